@@ -1,0 +1,26 @@
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: bench test lint clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+bench: $(STAMP)
+	$(BIN)/bench run suites/quick.toml --out results/quick-latest.json
+	$(BIN)/bench report results/quick-latest.json
+
+test: $(STAMP)
+	$(BIN)/ruff check bench tests tools
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check bench tests tools
+
+clean:
+	rm -rf $(VENV) build *.egg-info
