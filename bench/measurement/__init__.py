@@ -1,0 +1,1 @@
+"""How figures are taken: timers, the adaptive sampler, statistics, memory, environment."""

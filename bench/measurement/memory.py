@@ -1,0 +1,118 @@
+"""Peak memory: host RSS sampled in a background thread, CUDA allocator peaks, NVML."""
+
+from __future__ import annotations
+
+import resource
+import threading
+from dataclasses import dataclass
+
+import psutil
+
+MIB = 2**20
+
+
+def tree_rss_bytes(process: psutil.Process) -> int:
+    """Resident set size of a process and all its descendants."""
+    total = 0
+    for proc in [process, *process.children(recursive=True)]:
+        try:
+            total += proc.memory_info().rss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return total
+
+
+@dataclass
+class MemoryReport:
+    baseline_rss_mib: float
+    peak_rss_mib: float
+    rss_high_water_mib: float
+    cuda_peak_allocated_mib: float | None
+    cuda_peak_reserved_mib: float | None
+    nvml_peak_used_mib: float | None
+    sample_interval_s: float
+    samples: int
+    method: str
+
+
+class MemoryTracker:
+    """Context manager: samples RSS of this process and its children every ``interval`` s.
+
+    On CUDA it also resets and reads torch's allocator peaks, and samples the device's
+    used memory through NVML (which counts every process on the GPU).
+    """
+
+    def __init__(self, device: str = "cpu", interval: float = 0.005) -> None:
+        self.device = device
+        self.interval = interval
+        self._process = psutil.Process()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="memory-tracker", daemon=True)
+        self._peak_rss = 0
+        self._baseline_rss = 0
+        self._samples = 0
+        self._nvml_handle = None
+        self._nvml_peak: int | None = None
+        self.report: MemoryReport | None = None
+
+    def _sample(self) -> None:
+        self._peak_rss = max(self._peak_rss, tree_rss_bytes(self._process))
+        if self._nvml_handle is not None:
+            import pynvml
+
+            used = pynvml.nvmlDeviceGetMemoryInfo(self._nvml_handle).used
+            self._nvml_peak = max(self._nvml_peak or 0, used)
+        self._samples += 1
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def _open_nvml(self) -> None:
+        try:
+            import pynvml
+            import torch
+
+            pynvml.nvmlInit()
+            index = torch.cuda.current_device()
+            self._nvml_handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        except Exception:  # NVML is optional: no driver, no permission, no library
+            self._nvml_handle = None
+
+    def __enter__(self) -> MemoryTracker:
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
+            self._open_nvml()
+        self._baseline_rss = tree_rss_bytes(self._process)
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        cuda_alloc = cuda_reserved = None
+        if self.device == "cuda":
+            import torch
+
+            cuda_alloc = torch.cuda.max_memory_allocated() / MIB
+            cuda_reserved = torch.cuda.max_memory_reserved() / MIB
+        high_water_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        self.report = MemoryReport(
+            baseline_rss_mib=self._baseline_rss / MIB,
+            peak_rss_mib=self._peak_rss / MIB,
+            rss_high_water_mib=high_water_kib * 1024 / MIB,
+            cuda_peak_allocated_mib=cuda_alloc,
+            cuda_peak_reserved_mib=cuda_reserved,
+            nvml_peak_used_mib=None if self._nvml_peak is None else self._nvml_peak / MIB,
+            sample_interval_s=self.interval,
+            samples=self._samples,
+            method=("peak_rss: max RSS of worker + children (psutil) sampled every "
+                    f"{self.interval * 1e3:g} ms over the case; rss_high_water: kernel "
+                    "ru_maxrss of the worker over its life (includes imports); cuda: "
+                    "torch.cuda.max_memory_allocated/reserved since case start; nvml: "
+                    "device-wide used memory, all processes"),
+        )

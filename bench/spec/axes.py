@@ -1,0 +1,75 @@
+"""Declarations of axes and parameters, shared by workloads and the suite loader."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from bench.errors import BenchInputError
+
+_TYPE_NAMES = {int: "integer", float: "number", str: "string", bool: "boolean"}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A typed value a suite may set: a matrix axis or a fixed parameter.
+
+    ``choices`` restricts the values; ``minimum`` bounds numbers from below.
+    ``phases`` limits the phases where it means anything (None: all).
+    """
+
+    name: str
+    kind: type
+    default: Any = None
+    choices: tuple[Any, ...] | None = None
+    minimum: float | None = None
+    phases: tuple[str, ...] | None = None
+    help: str = ""
+
+    def valid_values(self) -> str:
+        if self.choices is not None:
+            return ", ".join(str(c) for c in self.choices)
+        text = _TYPE_NAMES.get(self.kind, self.kind.__name__)
+        if self.minimum is not None:
+            text += f" >= {self.minimum:g}"
+        return text
+
+    def validate(self, value: Any, source: str, key: str) -> Any:
+        """Return the value coerced to ``kind`` or raise a one-line BenchInputError."""
+        ok_type = isinstance(value, self.kind) and not (
+            self.kind is not bool and isinstance(value, bool)
+        )
+        if self.kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value, ok_type = float(value), True
+        if not ok_type:
+            raise BenchInputError(
+                source, f"expected {_TYPE_NAMES.get(self.kind, self.kind.__name__)}, "
+                f"got {type(value).__name__} {value!r}", key=key, valid=self.valid_values())
+        if self.choices is not None and value not in self.choices:
+            raise BenchInputError(source, f"unknown value {value!r}", key=key,
+                                  valid=self.valid_values())
+        if self.minimum is not None and value < self.minimum:
+            raise BenchInputError(source, f"value {value!r} is too small", key=key,
+                                  valid=self.valid_values())
+        return value
+
+
+def common_axes(phases: tuple[str, ...]) -> dict[str, Setting]:
+    """Axes every torch workload accepts. Precision names come from the variant registry."""
+    from bench.variants.precision import PRECISIONS
+
+    axes = {
+        "device": Setting("device", str, "cpu", choices=("cpu", "cuda"),
+                          help="where the model runs"),
+        "precision": Setting("precision", str, "fp32", choices=tuple(PRECISIONS),
+                             help="numeric precision of the compute"),
+        "batch_size": Setting("batch_size", int, 32, minimum=1,
+                              help="samples per micro-batch"),
+        "threads": Setting("threads", int, 0, minimum=0,
+                           help="torch intra-op threads (0: leave torch's default)"),
+    }
+    if "train" in phases:
+        axes["accum_steps"] = Setting(
+            "accum_steps", int, 1, minimum=1, phases=("train",),
+            help="micro-batches accumulated per optimizer step")
+    return axes

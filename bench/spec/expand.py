@@ -1,0 +1,57 @@
+"""Expand a suite's matrices into cases; say why a case cannot run here."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+from bench.spec.model import CaseSpec, SuiteSpec
+
+
+@dataclass(frozen=True)
+class PlannedCase:
+    spec: CaseSpec
+    skip_reason: str | None = None
+
+    @property
+    def case_id(self) -> str:
+        return self.spec.case_id
+
+
+def skip_reason(case: CaseSpec) -> str | None:
+    """Why this case cannot run on this machine, or None if it can."""
+    from bench.variants.devices import device_unavailable_reason
+    from bench.variants.precision import get_precision
+    from bench.workloads import get_workload
+
+    reason = device_unavailable_reason(case.device)
+    if reason:
+        return reason
+    reason = get_precision(case.axes.get("precision", "fp32")).unsupported_reason(case.device)
+    if reason:
+        return reason
+    return get_workload(case.workload).unsupported_reason(case)
+
+
+def expand_suite(suite: SuiteSpec, select: dict[str, set[str]] | None = None) -> list[PlannedCase]:
+    """Every combination of every benchmark's matrix, in file order.
+
+    ``select`` keeps only cases whose axis values (as strings) are in the given sets;
+    cases that cannot run are kept, with their reason, never dropped.
+    """
+    planned: list[PlannedCase] = []
+    seen: set[str] = set()
+    for bench in suite.benchmarks:
+        names = list(bench.matrix)
+        for values in itertools.product(*(bench.matrix[n] for n in names)):
+            axes = dict(zip(names, values, strict=True))
+            if select and any(str(axes.get(k)) not in allowed for k, allowed in select.items()
+                              if k in axes):
+                continue
+            case = CaseSpec(workload=bench.workload, phase=bench.phase, axes=axes,
+                            params=bench.params, budget=bench.budget, accuracy=bench.accuracy)
+            if case.case_id in seen:
+                continue
+            seen.add(case.case_id)
+            planned.append(PlannedCase(case, skip_reason(case)))
+    return planned

@@ -1,0 +1,141 @@
+"""Load a suite TOML file into a validated SuiteSpec. Every problem is one line."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from bench.errors import BenchInputError
+from bench.spec.axes import Setting
+from bench.spec.model import AccuracyTarget, BenchmarkSpec, Budget, SuiteSpec
+
+PHASES = ("train", "infer")
+_SUITE_KEYS = {"suite", "budget", "benchmark"}
+_SUITE_TABLE_KEYS = {"name", "description"}
+_BENCHMARK_KEYS = {"workload", "phase", "matrix", "params", "accuracy", "budget"}
+_BUDGET_SETTINGS = {
+    f.name: Setting(f.name, float if f.type in ("float", "float | None") else int,
+                    minimum=0)
+    for f in dataclasses.fields(Budget)
+}
+
+
+def _check_keys(table: Any, allowed: set[str], source: str, where: str) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        raise BenchInputError(source, f"expected a table, got {type(table).__name__}",
+                              key=where or None)
+    for key in table:
+        if key not in allowed:
+            full = f"{where}.{key}" if where else key
+            raise BenchInputError(source, "unknown key", key=full, valid=sorted(allowed))
+    return table
+
+
+def _load_budget(table: Any, base: Budget, source: str, where: str) -> Budget:
+    table = _check_keys(table, set(_BUDGET_SETTINGS), source, where)
+    values = {key: _BUDGET_SETTINGS[key].validate(value, source, f"{where}.{key}")
+              for key, value in table.items()}
+    if "min_trials" in values and values["min_trials"] < 2:
+        raise BenchInputError(source, "need at least 2 trials for a confidence interval",
+                              key=f"{where}.min_trials", valid="integer >= 2")
+    budget = dataclasses.replace(base, **values)
+    if budget.max_trials < budget.min_trials:
+        raise BenchInputError(source, "max_trials is below min_trials",
+                              key=f"{where}.max_trials", valid=f"integer >= {budget.min_trials}")
+    return budget
+
+
+def _load_accuracy(table: Any, metrics: tuple[str, ...], source: str,
+                   where: str) -> tuple[AccuracyTarget, ...]:
+    table = _check_keys(table, set(metrics), source, where)
+    targets = []
+    bound = Setting("bound", float)
+    for metric, bounds in table.items():
+        bounds = _check_keys(bounds, {"min", "max"}, source, f"{where}.{metric}")
+        values = {k: bound.validate(v, source, f"{where}.{metric}.{k}")
+                  for k, v in bounds.items()}
+        targets.append(AccuracyTarget(metric=metric, **values))
+    return tuple(targets)
+
+
+def _load_benchmark(table: Any, index: int, default_budget: Budget,
+                    source: str) -> BenchmarkSpec:
+    from bench.workloads import get_workload, workload_names
+
+    where = f"benchmark[{index}]"
+    table = _check_keys(table, _BENCHMARK_KEYS, source, where)
+    for required in ("workload", "phase"):
+        if required not in table:
+            raise BenchInputError(source, "missing required key", key=f"{where}.{required}")
+    name = table["workload"]
+    if not isinstance(name, str) or name not in workload_names():
+        raise BenchInputError(source, f"unknown workload {name!r}", key=f"{where}.workload",
+                              valid=workload_names())
+    workload = get_workload(name)
+    phase = table["phase"]
+    if phase not in workload.phases:
+        raise BenchInputError(source, f"unknown phase {phase!r} for workload {name}",
+                              key=f"{where}.phase", valid=workload.phases)
+
+    axes = {k: s for k, s in workload.axes().items() if s.phases is None or phase in s.phases}
+    matrix_table = _check_keys(table.get("matrix", {}), set(axes), source, f"{where}.matrix")
+    matrix: dict[str, tuple[Any, ...]] = {}
+    for axis_name, setting in axes.items():
+        raw = matrix_table.get(axis_name, setting.default)
+        values = raw if isinstance(raw, list) else [raw]
+        if not values:
+            raise BenchInputError(source, "empty list", key=f"{where}.matrix.{axis_name}",
+                                  valid=setting.valid_values())
+        key = f"{where}.matrix.{axis_name}"
+        matrix[axis_name] = tuple(setting.validate(v, source, key) for v in values)
+
+    param_settings = workload.params()
+    params_table = _check_keys(table.get("params", {}), set(param_settings), source,
+                               f"{where}.params")
+    params = {
+        key: setting.validate(params_table[key], source, f"{where}.params.{key}")
+        if key in params_table else setting.default
+        for key, setting in param_settings.items()
+    }
+    budget = default_budget
+    if "budget" in table:
+        budget = _load_budget(table["budget"], default_budget, source, f"{where}.budget")
+    accuracy = _load_accuracy(table.get("accuracy", {}), workload.metrics(phase), source,
+                              f"{where}.accuracy")
+    return BenchmarkSpec(workload=name, phase=phase, matrix=matrix, params=params,
+                         accuracy=accuracy, budget=budget)
+
+
+def load_suite(path: str | Path) -> SuiteSpec:
+    """Parse and validate a suite file. Raises BenchInputError on any problem."""
+    path = Path(path)
+    source = str(path)
+    try:
+        raw_bytes = path.read_bytes()
+    except OSError as exc:
+        raise BenchInputError(source, f"cannot read suite file: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw_bytes.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise BenchInputError(source, f"malformed TOML: {exc}") from None
+
+    _check_keys(data, _SUITE_KEYS, source, "")
+    suite_table = _check_keys(data.get("suite", {}), _SUITE_TABLE_KEYS, source, "suite")
+    budget = _load_budget(data.get("budget", {}), Budget(), source, "budget")
+    benchmarks_raw = data.get("benchmark")
+    if not isinstance(benchmarks_raw, list) or not benchmarks_raw:
+        raise BenchInputError(source, "a suite needs at least one [[benchmark]] table",
+                              key="benchmark")
+    benchmarks = tuple(_load_benchmark(table, i, budget, source)
+                       for i, table in enumerate(benchmarks_raw))
+    name = suite_table.get("name", path.stem)
+    description = suite_table.get("description", "")
+    for key, value in (("suite.name", name), ("suite.description", description)):
+        if not isinstance(value, str):
+            raise BenchInputError(source, f"expected string, got {type(value).__name__}",
+                                  key=key, valid="string")
+    return SuiteSpec(name=name, path=source, description=description, benchmarks=benchmarks,
+                     sha256=hashlib.sha256(raw_bytes).hexdigest())

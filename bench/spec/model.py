@@ -1,0 +1,110 @@
+"""Typed specs: what a suite file says once it is validated."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much measuring a case may do, and when to stop early.
+
+    Trials continue until the 95% CI half-width of the median falls under
+    ``target_rel_ci`` (relative to the median) after ``min_trials``, or until
+    ``max_trials`` or ``max_time_s`` is reached.
+    """
+
+    min_trials: int = 5
+    max_trials: int = 30
+    target_rel_ci: float = 0.02
+    max_time_s: float = 10.0
+    trial_time_s: float = 0.1
+    warmup_min_iters: int = 3
+    warmup_max_s: float = 3.0
+    warmup_tolerance: float = 0.05
+    cv_warning: float = 0.10
+    timeout_s: float = 300.0
+    memory_limit_mib: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class AccuracyTarget:
+    """A bound on one task metric: ``min`` and/or ``max``."""
+
+    metric: str
+    min: float | None = None
+    max: float | None = None
+
+    def check(self, value: float | None) -> bool | None:
+        if value is None:
+            return None
+        if self.min is not None and value < self.min:
+            return False
+        return not (self.max is not None and value > self.max)
+
+
+@dataclass(frozen=True)
+class BenchmarkSpec:
+    """One ``[[benchmark]]`` table: a workload, a phase, fixed params and matrix axes."""
+
+    workload: str
+    phase: str
+    matrix: dict[str, tuple[Any, ...]]
+    params: dict[str, Any] = field(default_factory=dict)
+    accuracy: tuple[AccuracyTarget, ...] = ()
+    budget: Budget = field(default_factory=Budget)
+
+
+@dataclass(frozen=True)
+class SuiteSpec:
+    name: str
+    path: str
+    description: str
+    benchmarks: tuple[BenchmarkSpec, ...]
+    sha256: str
+
+
+@dataclass(frozen=True)
+class CaseSpec:
+    """One point of a benchmark's matrix, ready to hand to a worker."""
+
+    workload: str
+    phase: str
+    axes: dict[str, Any]
+    params: dict[str, Any]
+    budget: Budget
+    accuracy: tuple[AccuracyTarget, ...] = ()
+
+    @property
+    def case_id(self) -> str:
+        axes = ",".join(f"{key}={self.axes[key]}" for key in self.axes)
+        return f"{self.workload}/{self.phase}[{axes}]"
+
+    @property
+    def device(self) -> str:
+        return str(self.axes.get("device", "cpu"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "workload": self.workload,
+            "phase": self.phase,
+            "axes": dict(self.axes),
+            "params": dict(self.params),
+            "budget": self.budget.to_dict(),
+            "accuracy": [asdict(target) for target in self.accuracy],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CaseSpec:
+        return cls(
+            workload=data["workload"],
+            phase=data["phase"],
+            axes=dict(data["axes"]),
+            params=dict(data["params"]),
+            budget=Budget(**data["budget"]),
+            accuracy=tuple(AccuracyTarget(**t) for t in data.get("accuracy", [])),
+        )

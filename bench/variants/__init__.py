@@ -1,0 +1,1 @@
+"""Variants a case can run under: devices and precisions (later: quantization, pruning)."""

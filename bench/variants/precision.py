@@ -1,0 +1,89 @@
+"""Precision modes: how a step's compute is run, and where each mode exists.
+
+A precision is a registry entry with a context manager wrapped around every
+step (autocast or the TF32 switch) and a reason when a device lacks it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Precision:
+    name: str
+    description: str
+    autocast_dtype: str | None = None
+    tf32: bool = False
+    devices: tuple[str, ...] = ("cpu", "cuda")
+    cuda_check: Callable[[], str | None] | None = None
+
+    def unsupported_reason(self, device: str) -> str | None:
+        if device not in self.devices:
+            return f"precision {self.name} is not available on {device} " \
+                   f"(only on {', '.join(self.devices)})"
+        if device == "cuda" and self.cuda_check is not None:
+            return self.cuda_check()
+        return None
+
+    @contextlib.contextmanager
+    def context(self, device: str) -> Iterator[None]:
+        import torch
+
+        # fp32 must mean fp32: cuDNN allows TF32 convolutions by default, so set both
+        # switches explicitly for every precision.
+        saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+        torch.backends.cuda.matmul.allow_tf32 = self.tf32
+        torch.backends.cudnn.allow_tf32 = self.tf32
+        try:
+            if self.autocast_dtype is not None:
+                dtype = getattr(torch, self.autocast_dtype)
+                with torch.autocast(device_type=device, dtype=dtype):
+                    yield
+            else:
+                yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+    def method(self) -> str:
+        if self.tf32:
+            return "fp32 tensors, TF32 tensor-core matmul/conv (torch.backends allow_tf32)"
+        if self.autocast_dtype:
+            return f"torch.autocast(dtype=torch.{self.autocast_dtype}), fp32 weights"
+        return "fp32 throughout (TF32 disabled)"
+
+
+def _cuda_bf16_check() -> str | None:
+    import torch
+
+    if not torch.cuda.is_bf16_supported():
+        return f"bf16 not supported by {torch.cuda.get_device_name()}"
+    return None
+
+
+def _cuda_tf32_check() -> str | None:
+    import torch
+
+    major, _ = torch.cuda.get_device_capability()
+    if major < 8:
+        return f"TF32 needs compute capability 8.0+, {torch.cuda.get_device_name()} has {major}.x"
+    return None
+
+
+PRECISIONS: dict[str, Precision] = {
+    p.name: p
+    for p in (
+        Precision("fp32", "IEEE float32"),
+        Precision("tf32", "float32 storage, TF32 tensor-core math", tf32=True,
+                  devices=("cuda",), cuda_check=_cuda_tf32_check),
+        Precision("fp16", "float16 autocast", autocast_dtype="float16"),
+        Precision("bf16", "bfloat16 autocast", autocast_dtype="bfloat16",
+                  cuda_check=_cuda_bf16_check),
+    )
+}
+
+
+def get_precision(name: str) -> Precision:
+    return PRECISIONS[name]

@@ -1,0 +1,39 @@
+"""Workload registry. Each module in this package registers its workloads on import,
+so adding a workload is adding one file."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+from bench.workloads.base import Workload
+
+_REGISTRY: dict[str, type[Workload]] = {}
+_loaded = False
+
+
+def register(cls: type[Workload]) -> type[Workload]:
+    if cls.name in _REGISTRY:
+        raise ValueError(f"workload {cls.name!r} registered twice")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def _load_all() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for module in pkgutil.iter_modules(__path__):
+        if module.name != "base" and not module.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{module.name}")
+
+
+def workload_names() -> list[str]:
+    _load_all()
+    return sorted(_REGISTRY)
+
+
+def get_workload(name: str) -> type[Workload]:
+    _load_all()
+    return _REGISTRY[name]
