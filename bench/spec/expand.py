@@ -49,7 +49,8 @@ def expand_suite(suite: SuiteSpec, select: dict[str, set[str]] | None = None) ->
                               if k in axes):
                 continue
             case = CaseSpec(workload=bench.workload, phase=bench.phase, axes=axes,
-                            params=bench.params, budget=bench.budget, accuracy=bench.accuracy)
+                            params=bench.params, budget=bench.budget, accuracy=bench.accuracy,
+                            id_axes=bench.named_axes)
             if case.case_id in seen:
                 continue
             seen.add(case.case_id)

@@ -105,7 +105,9 @@ def _load_benchmark(table: Any, index: int, default_budget: Budget,
         budget = _load_budget(table["budget"], default_budget, source, f"{where}.budget")
     accuracy = _load_accuracy(table.get("accuracy", {}), workload.metrics(phase), source,
                               f"{where}.accuracy")
-    return BenchmarkSpec(workload=name, phase=phase, matrix=matrix, params=params,
+    named = tuple(a for a in axes if a in matrix_table)
+    return BenchmarkSpec(workload=name, phase=phase, matrix=matrix, named_axes=named,
+                         params=params,
                          accuracy=accuracy, budget=budget)
 
 

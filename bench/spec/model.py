@@ -54,6 +54,7 @@ class BenchmarkSpec:
     workload: str
     phase: str
     matrix: dict[str, tuple[Any, ...]]
+    named_axes: tuple[str, ...]
     params: dict[str, Any] = field(default_factory=dict)
     accuracy: tuple[AccuracyTarget, ...] = ()
     budget: Budget = field(default_factory=Budget)
@@ -78,10 +79,13 @@ class CaseSpec:
     params: dict[str, Any]
     budget: Budget
     accuracy: tuple[AccuracyTarget, ...] = ()
+    id_axes: tuple[str, ...] | None = None
 
     @property
     def case_id(self) -> str:
-        axes = ",".join(f"{key}={self.axes[key]}" for key in self.axes)
+        """Workload, phase and the axes the suite named, e.g. ``linreg/train[device=cpu]``."""
+        names = self.axes if self.id_axes is None else self.id_axes
+        axes = ",".join(f"{key}={self.axes[key]}" for key in names)
         return f"{self.workload}/{self.phase}[{axes}]"
 
     @property
@@ -96,6 +100,7 @@ class CaseSpec:
             "params": dict(self.params),
             "budget": self.budget.to_dict(),
             "accuracy": [asdict(target) for target in self.accuracy],
+            "id_axes": None if self.id_axes is None else list(self.id_axes),
         }
 
     @classmethod
@@ -107,4 +112,5 @@ class CaseSpec:
             params=dict(data["params"]),
             budget=Budget(**data["budget"]),
             accuracy=tuple(AccuracyTarget(**t) for t in data.get("accuracy", [])),
+            id_axes=None if data.get("id_axes") is None else tuple(data["id_axes"]),
         )

@@ -32,15 +32,21 @@ class Precision:
     def context(self, device: str) -> Iterator[None]:
         import torch
 
+        if device != "cuda":
+            if self.autocast_dtype is None:
+                yield
+            else:
+                with torch.autocast(device_type=device, dtype=getattr(torch, self.autocast_dtype)):
+                    yield
+            return
         # fp32 must mean fp32: cuDNN allows TF32 convolutions by default, so set both
-        # switches explicitly for every precision.
+        # switches explicitly for every precision on CUDA.
         saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
         torch.backends.cuda.matmul.allow_tf32 = self.tf32
         torch.backends.cudnn.allow_tf32 = self.tf32
         try:
             if self.autocast_dtype is not None:
-                dtype = getattr(torch, self.autocast_dtype)
-                with torch.autocast(device_type=device, dtype=dtype):
+                with torch.autocast(device_type=device, dtype=getattr(torch, self.autocast_dtype)):
                     yield
             else:
                 yield

@@ -1,0 +1,124 @@
+"""The ``bench`` command: a thin front door over the engine."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from bench.errors import BenchInputError
+
+DEFAULT_SUITES_DIR = Path("suites")
+
+
+def _parse_select(items: list[str] | None) -> dict[str, set[str]]:
+    select: dict[str, set[str]] = {}
+    for item in items or []:
+        key, sep, values = item.partition("=")
+        if not sep or not key or not values:
+            raise BenchInputError("--select", f"expected AXIS=VALUE[,VALUE...], got {item!r}")
+        select.setdefault(key, set()).update(values.split(","))
+    return select
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from bench.spec import expand_suite, load_suite
+    from bench.workloads import get_workload, workload_names
+
+    if args.suite is None:
+        suites = sorted(DEFAULT_SUITES_DIR.glob("*.toml"))
+        rows = []
+        for path in suites:
+            suite = load_suite(path)
+            planned = expand_suite(suite)
+            runnable = sum(1 for p in planned if not p.skip_reason)
+            rows.append([str(path), len(planned), runnable, suite.description])
+        print(tabulate(rows, headers=["suite", "cases", "runnable here", "description"]))
+        print()
+        rows = [[n, ", ".join(get_workload(n).phases), get_workload(n).description]
+                for n in workload_names()]
+        print(tabulate(rows, headers=["workload", "phases", "description"]))
+        return 0
+    suite = load_suite(args.suite)
+    planned = expand_suite(suite, _parse_select(args.select))
+    rows = [[p.case_id, "skipped: " + p.skip_reason if p.skip_reason else "runnable"]
+            for p in planned]
+    print(f"{suite.name}: {len(planned)} cases")
+    print(tabulate(rows, headers=["case", "here"]))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bench.reports.table import render_report
+    from bench.runners.sweep import run_suite
+
+    out = Path(args.out) if args.out else Path("results") / f"{Path(args.suite).stem}.json"
+    store = run_suite(args.suite, out, resume=args.resume, overwrite=args.overwrite,
+                      select=_parse_select(args.select), progress=not args.no_progress)
+    if not args.quiet:
+        print(render_report(store.record, "github"))
+    print(f"results written to {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from bench.reports.table import render_report
+    from bench.results.store import load_run
+
+    print(render_report(load_run(args.run), args.format), end="")
+    return 0
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    from bench.measurement.fingerprint import fingerprint
+
+    print(json.dumps(fingerprint(), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from bench.reports.table import FORMATS
+
+    parser = argparse.ArgumentParser(prog="bench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="list suites and workloads, or one suite's cases")
+    p.add_argument("suite", nargs="?", help="a suite file (TOML)")
+    p.add_argument("--select", action="append", metavar="AXIS=V1,V2",
+                   help="keep only cases with these axis values (repeatable)")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("run", help="run a suite, each case in its own worker process")
+    p.add_argument("suite", help="a suite file (TOML)")
+    p.add_argument("--out", help="result file (default results/SUITE.json)")
+    p.add_argument("--resume", action="store_true", help="run only cases missing from --out")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--select", action="append", metavar="AXIS=V1,V2",
+                   help="keep only cases with these axis values (repeatable)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="do not print the report at the end")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("report", help="print a run file as a table")
+    p.add_argument("run", help="a result file written by bench run")
+    p.add_argument("--format", choices=FORMATS, default="github")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("env", help="print this machine's environment fingerprint")
+    p.set_defaults(func=cmd_env)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except BenchInputError as exc:
+        print(f"bench: error: {exc.one_line()}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bench: interrupted; finished cases are saved, use --resume", file=sys.stderr)
+        return 130

@@ -1,0 +1,72 @@
+"""The run report: one row per case, rendered by tabulate (or csv)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+from tabulate import tabulate
+
+from bench.measurement.fingerprint import machine_name
+from bench.results.schema import CaseResult, RunRecord
+
+FORMATS = ("github", "plain", "latex", "csv")
+HEADERS = ["case", "status", "step ms (median)", "95% CI ms", "CV %", "throughput",
+           "p99 ms", "cold ms", "peak RSS MiB", "GPU peak MiB", "accuracy", "target"]
+
+
+def _ms(seconds: float | None) -> str:
+    return "" if seconds is None else f"{seconds * 1e3:.4g}"
+
+
+def _accuracy(case: CaseResult) -> tuple[str, str]:
+    if case.accuracy is None:
+        return "", ""
+    metrics = ", ".join(f"{k}={v:.4g}" for k, v in case.accuracy.metrics.items())
+    verdict = {True: "pass", False: "FAIL", None: ""}[case.accuracy.passed]
+    return metrics, verdict
+
+
+def case_row(case: CaseResult) -> list[Any]:
+    t, thr, mem = case.timing, case.throughput, case.memory
+    metrics, verdict = _accuracy(case)
+    status = case.status if case.status == "ok" else f"{case.status}: {case.reason}"
+    if t and any(w.startswith("unstable") for w in case.warnings):
+        status += " (unstable)"
+    gpu = mem.cuda_peak_allocated_mib if mem else None
+    return [
+        case.case_id,
+        status,
+        _ms(t.median_s) if t else "",
+        f"{_ms(t.ci_low_s)}–{_ms(t.ci_high_s)}" if t else "",
+        f"{t.cv * 100:.1f}" if t else "",
+        f"{thr.value:.4g} {thr.unit}" if thr else "",
+        _ms(t.latency_s.get("p99")) if t else "",
+        _ms(t.cold_start_s) if t else "",
+        f"{mem.peak_rss_mib:.0f}" if mem else "",
+        "" if gpu is None else f"{gpu:.0f}",
+        metrics,
+        verdict,
+    ]
+
+
+def render_report(record: RunRecord, fmt: str = "github") -> str:
+    rows = [case_row(c) for c in record.cases]
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(HEADERS)
+        writer.writerows(rows)
+        return buffer.getvalue()
+    counts: dict[str, int] = {}
+    for case in record.cases:
+        counts[case.status] = counts.get(case.status, 0) + 1
+    fp = record.fingerprint
+    header = (f"suite {record.run.suite_name} ({record.run.suite_path}), run "
+              f"{record.run.run_id} at {record.run.started_at} on {machine_name(fp)}, "
+              f"torch {fp.get('packages', {}).get('torch')}, "
+              f"{fp.get('threads', {}).get('torch_intraop')} threads\n"
+              + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    table = tabulate(rows, headers=HEADERS, tablefmt=fmt, disable_numparse=True)
+    return f"{header}\n\n{table}\n" if fmt != "latex" else table + "\n"

@@ -1,0 +1,174 @@
+"""The result file schema (JSON), version 1.
+
+A run file holds ``schema``/``schema_version``, the run's metadata, the machine's
+fingerprint and one record per finished case. Every figure keeps its raw samples and
+says how it was measured.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+SCHEMA_NAME = "bench.run"
+SCHEMA_VERSION = 1
+
+STATUS_OK = "ok"
+STATUS_SKIPPED = "skipped"
+STATUS_ERROR = "error"  # the workload raised a Python exception
+STATUS_CRASHED = "crashed"  # the worker died (signal, non-zero exit, no result)
+STATUS_TIMEOUT = "timeout"
+STATUS_OOM = "oom"
+STATUSES = (STATUS_OK, STATUS_SKIPPED, STATUS_ERROR, STATUS_CRASHED, STATUS_TIMEOUT, STATUS_OOM)
+FINAL_STATUSES = frozenset(STATUSES)
+
+
+@dataclass
+class TimingResult:
+    timer: str
+    timer_description: str
+    step_description: str
+    cold_start_s: float
+    warmup_iterations: int
+    warmup_steady: bool
+    warmup_s: float
+    iters_per_trial: int
+    trial_samples_s: list[list[float]]
+    trial_means_s: list[float]
+    median_s: float
+    mean_s: float
+    std_s: float
+    cv: float
+    ci_low_s: float
+    ci_high_s: float
+    ci_level: float
+    ci_method: str
+    latency_s: dict[str, float]
+    stop_reason: str
+    statistic: str = "median over trials of the trial's mean seconds per step"
+
+
+@dataclass
+class ThroughputResult:
+    value: float
+    ci_low: float
+    ci_high: float
+    unit: str
+    samples_per_step: int
+    method: str
+
+
+@dataclass
+class MemoryResult:
+    baseline_rss_mib: float
+    peak_rss_mib: float
+    rss_high_water_mib: float
+    cuda_peak_allocated_mib: float | None
+    cuda_peak_reserved_mib: float | None
+    nvml_peak_used_mib: float | None
+    sample_interval_s: float
+    samples: int
+    method: str
+
+
+@dataclass
+class AccuracyResult:
+    metrics: dict[str, float]
+    targets: list[dict[str, Any]]
+    passed: bool | None
+    failures: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CaseResult:
+    case_id: str
+    workload: str
+    phase: str
+    axes: dict[str, Any]
+    params: dict[str, Any]
+    status: str
+    reason: str | None = None
+    budget: dict[str, Any] = field(default_factory=dict)
+    timing: TimingResult | None = None
+    throughput: ThroughputResult | None = None
+    memory: MemoryResult | None = None
+    accuracy: AccuracyResult | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    stderr_tail: str | None = None
+    worker: dict[str, Any] = field(default_factory=dict)
+    duration_s: float | None = None
+    finished_at: str | None = None
+
+
+@dataclass
+class RunInfo:
+    run_id: str
+    suite_name: str
+    suite_path: str
+    suite_sha256: str
+    started_at: str
+    command: list[str]
+    selection: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass
+class RunRecord:
+    run: RunInfo
+    fingerprint: dict[str, Any]
+    cases: list[CaseResult] = field(default_factory=list)
+    schema: str = SCHEMA_NAME
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        # Schema identification first, for humans opening the file.
+        return {"schema": data.pop("schema"), "schema_version": data.pop("schema_version"),
+                **data}
+
+    def case(self, case_id: str) -> CaseResult | None:
+        return next((c for c in self.cases if c.case_id == case_id), None)
+
+
+class SchemaError(ValueError):
+    pass
+
+
+def _build(tp: Any, value: Any, where: str) -> Any:
+    if value is None:
+        return None
+    if tp is float and isinstance(value, str):
+        return float(value)  # "inf"/"nan", written as strings to stay standard JSON
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _build(inner[0], value, where) if len(inner) == 1 else value
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    if origin is list and dataclasses.is_dataclass(typing.get_args(tp)[0]):
+        if not isinstance(value, list):
+            raise SchemaError(f"{where}: expected a list")
+        return [_build(typing.get_args(tp)[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def from_dict(cls: type, data: Any, where: str = "") -> Any:
+    """Build a dataclass from JSON data, refusing missing and unknown keys."""
+    if not isinstance(data, dict):
+        raise SchemaError(f"{where or cls.__name__}: expected an object")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(fields)
+    if unknown:
+        raise SchemaError(f"{where or cls.__name__}: unknown keys {sorted(unknown)}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise SchemaError(f"{where or cls.__name__}: missing key {name!r}")
+            continue
+        kwargs[name] = _build(hints[name], data[name], f"{where}.{name}" if where else name)
+    return cls(**kwargs)

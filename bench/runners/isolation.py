@@ -1,0 +1,129 @@
+"""Run one case in its own worker process, under a timeout and a memory limit.
+
+The worker is a fresh interpreter (spawned, never forked) in its own process group.
+A watchdog polls it: past ``timeout_s`` the group is killed (status ``timeout``);
+when the RSS of the worker and its children passes ``memory_limit_mib`` the group is
+killed (status ``oom``). A worker that dies without writing its result is ``crashed``,
+with the signal or exit code and the tail of its stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+from bench.measurement.memory import MIB, tree_rss_bytes
+from bench.results.schema import (
+    STATUS_CRASHED,
+    STATUS_OOM,
+    STATUS_TIMEOUT,
+    CaseResult,
+    SchemaError,
+    from_dict,
+)
+from bench.spec.model import CaseSpec
+
+POLL_INTERVAL_S = 0.02
+STDERR_TAIL_LINES = 30
+
+
+def _tail(path: Path, lines: int = STDERR_TAIL_LINES) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def _describe_exit(returncode: int) -> str:
+    if returncode < 0:
+        sig = signal.Signals(-returncode).name
+        hint = " (possibly the kernel's OOM killer)" if sig == "SIGKILL" else ""
+        return f"worker killed by {sig}{hint}"
+    return f"worker exited with code {returncode} without a result"
+
+
+def _failed(case: CaseSpec, status: str, reason: str, stderr: str, peak_rss: int,
+            started: float) -> CaseResult:
+    return CaseResult(
+        case_id=case.case_id, workload=case.workload, phase=case.phase, axes=case.axes,
+        params=case.params, status=status, reason=reason, budget=case.budget.to_dict(),
+        stderr_tail=stderr, details={"watchdog_peak_rss_mib": peak_rss / MIB},
+        duration_s=time.perf_counter() - started,
+    )
+
+
+def run_isolated(case: CaseSpec) -> CaseResult:
+    started = time.perf_counter()
+    budget = case.budget
+    limit = budget.memory_limit_mib * MIB if budget.memory_limit_mib else None
+    with tempfile.TemporaryDirectory(prefix="bench-case-") as tmp:
+        tmpdir = Path(tmp)
+        case_file, out_file, err_file = (tmpdir / n for n in ("case.json", "out.json", "err"))
+        case_file.write_text(json.dumps(case.to_dict()))
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"}
+        with open(err_file, "wb") as err:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "bench.runners.worker", str(case_file), str(out_file)],
+                stdin=subprocess.DEVNULL, stdout=err, stderr=err, env=env,
+                start_new_session=True,
+            )
+        ps = psutil.Process(proc.pid)
+        peak_rss = 0
+        verdict: tuple[str, str] | None = None
+        while proc.poll() is None:
+            elapsed = time.perf_counter() - started
+            try:
+                rss = tree_rss_bytes(ps)
+            except psutil.NoSuchProcess:
+                rss = 0
+            peak_rss = max(peak_rss, rss)
+            if elapsed > budget.timeout_s:
+                verdict = (STATUS_TIMEOUT, f"no result after {budget.timeout_s:g} s; "
+                                           "worker killed")
+            elif limit is not None and rss > limit:
+                verdict = (STATUS_OOM, f"worker RSS {rss / MIB:.0f} MiB exceeded the "
+                                       f"memory limit {budget.memory_limit_mib:g} MiB; "
+                                       "worker killed")
+            if verdict:
+                _kill_group(proc)
+                break
+            time.sleep(POLL_INTERVAL_S)
+        else:
+            # The worker has exited; reap any children it left in its group.
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        stderr = _tail(err_file)
+        if verdict:
+            return _failed(case, *verdict, stderr, peak_rss, started)
+        if proc.returncode != 0 or not out_file.exists():
+            return _failed(case, STATUS_CRASHED, _describe_exit(proc.returncode), stderr,
+                           peak_rss, started)
+        try:
+            result = from_dict(CaseResult, json.loads(out_file.read_text()))
+        except (json.JSONDecodeError, SchemaError) as exc:
+            return _failed(case, STATUS_CRASHED, f"unreadable worker result: {exc}", stderr,
+                           peak_rss, started)
+    result.details["watchdog_peak_rss_mib"] = peak_rss / MIB
+    result.duration_s = time.perf_counter() - started
+    if result.status != "ok" and not result.stderr_tail:
+        result.stderr_tail = stderr
+    return result

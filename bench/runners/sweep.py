@@ -1,0 +1,81 @@
+"""Run every case of a suite, each isolated, appending each result as it finishes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from bench.errors import BenchInputError
+from bench.results.schema import STATUS_SKIPPED, CaseResult, RunInfo, RunRecord
+from bench.results.store import ResultStore
+from bench.runners.isolation import run_isolated
+from bench.spec import expand_suite, load_suite
+from bench.spec.expand import PlannedCase
+
+CaseRunner = Callable[[PlannedCase], CaseResult]
+
+
+def _skipped(planned: PlannedCase) -> CaseResult:
+    spec = planned.spec
+    return CaseResult(case_id=spec.case_id, workload=spec.workload, phase=spec.phase,
+                      axes=spec.axes, params=spec.params, status=STATUS_SKIPPED,
+                      reason=planned.skip_reason, budget=spec.budget.to_dict(),
+                      finished_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+
+
+def _run_one(planned: PlannedCase) -> CaseResult:
+    if planned.skip_reason:
+        return _skipped(planned)
+    return run_isolated(planned.spec)
+
+
+def open_store(suite, out: Path, resume: bool, overwrite: bool,
+               select: dict[str, set[str]] | None) -> ResultStore:
+    from bench.measurement.fingerprint import fingerprint
+
+    if out.exists() and resume:
+        store = ResultStore.open(out)
+        if store.record.run.suite_sha256 != suite.sha256:
+            raise BenchInputError(str(out), "was written by a different version of "
+                                  f"{suite.path}; refusing to mix results", key="run.suite_sha256")
+        return store
+    if out.exists() and not overwrite:
+        raise BenchInputError(str(out), "result file exists; pass --resume to finish it or "
+                              "--overwrite to start again")
+    info = RunInfo(
+        run_id=uuid.uuid4().hex[:12], suite_name=suite.name, suite_path=suite.path,
+        suite_sha256=suite.sha256,
+        started_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        command=list(sys.argv),
+        selection={k: sorted(v) for k, v in (select or {}).items()},
+    )
+    return ResultStore.create(out, RunRecord(run=info, fingerprint=fingerprint(suite.path)))
+
+
+def run_suite(suite_path: str | Path, out: str | Path, *, resume: bool = False,
+              overwrite: bool = False, select: dict[str, set[str]] | None = None,
+              progress: bool = True, runner: CaseRunner = _run_one) -> ResultStore:
+    suite = load_suite(suite_path)
+    planned = expand_suite(suite, select)
+    store = open_store(suite, Path(out), resume, overwrite, select)
+    done = store.completed_ids()
+    todo = [p for p in planned if p.case_id not in done]
+
+    from tqdm import tqdm
+
+    bar = tqdm(todo, desc=suite.name, unit="case", disable=not progress, file=sys.stderr,
+               dynamic_ncols=True, bar_format="{l_bar}{bar}| {n}/{total} "
+                                              "[{elapsed}<{remaining}] {postfix}")
+    if done:
+        bar.write(f"resuming {out}: {len(done)} cases done, {len(todo)} to run")
+    for case in bar:
+        bar.set_postfix_str(case.case_id, refresh=True)
+        result = runner(case)
+        store.append(result)
+        if result.status not in ("ok", "skipped"):
+            bar.write(f"{result.status}: {result.case_id}: {result.reason}")
+    bar.close()
+    return store

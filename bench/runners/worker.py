@@ -1,0 +1,166 @@
+"""The worker: runs one case in a fresh interpreter and writes its result as JSON.
+
+Invoked by the isolation layer as ``python -m bench.runners.worker CASE.json OUT.json``.
+Python exceptions become status ``error`` (or ``oom`` for out-of-memory errors) with
+the traceback; anything that kills the process is classified by the parent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from bench.results.schema import (
+    STATUS_ERROR,
+    STATUS_OK,
+    STATUS_OOM,
+    AccuracyResult,
+    CaseResult,
+    MemoryResult,
+    ThroughputResult,
+    TimingResult,
+)
+from bench.spec.model import CaseSpec
+
+TRACEBACK_TAIL_CHARS = 4000
+
+
+def _timing(measurement, step_description: str) -> TimingResult:
+    s = measurement.summary
+    return TimingResult(
+        timer=measurement.timer, timer_description=measurement.timer_description,
+        step_description=step_description, cold_start_s=measurement.cold_start_s,
+        warmup_iterations=measurement.warmup_iterations,
+        warmup_steady=measurement.warmup_steady, warmup_s=measurement.warmup_s,
+        iters_per_trial=measurement.iters_per_trial, trial_samples_s=measurement.trials,
+        trial_means_s=measurement.trial_means_s, median_s=s.median, mean_s=s.mean,
+        std_s=s.std, cv=s.cv, ci_low_s=s.ci_low, ci_high_s=s.ci_high, ci_level=s.ci_level,
+        ci_method=s.ci_method, latency_s=measurement.latency_percentiles_s,
+        stop_reason=measurement.stop_reason,
+    )
+
+
+def _throughput(timing: TimingResult, samples_per_step: int, unit: str) -> ThroughputResult:
+    return ThroughputResult(
+        value=samples_per_step / timing.median_s,
+        ci_low=samples_per_step / timing.ci_high_s,
+        ci_high=samples_per_step / timing.ci_low_s if timing.ci_low_s > 0 else float("inf"),
+        unit=f"{unit}/s", samples_per_step=samples_per_step,
+        method="samples_per_step / median step time; CI mapped from the step-time CI",
+    )
+
+
+def _accuracy(case: CaseSpec, metrics: dict[str, float]) -> AccuracyResult:
+    failures = []
+    results = []
+    for target in case.accuracy:
+        value = metrics.get(target.metric)
+        ok = target.check(value)
+        results.append(ok)
+        if ok is False:
+            failures.append(f"{target.metric}={value:.4g} outside "
+                            f"[{target.min if target.min is not None else '-inf'}, "
+                            f"{target.max if target.max is not None else 'inf'}]")
+    passed = None if not results else all(r is True for r in results)
+    return AccuracyResult(metrics=metrics, targets=[dataclasses.asdict(t) for t in case.accuracy],
+                          passed=passed, failures=failures)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    try:
+        import torch
+
+        return isinstance(exc, torch.OutOfMemoryError)
+    except (ImportError, AttributeError):
+        return False
+
+
+def _configure_torch(case: CaseSpec) -> dict[str, Any]:
+    import torch
+
+    threads = case.axes.get("threads", 0)
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    if case.device == "cuda":
+        torch.cuda.manual_seed_all(0)
+    return {"torch_threads": torch.get_num_threads(), "torch": torch.__version__}
+
+
+def run_case(case: CaseSpec) -> CaseResult:
+    from bench.measurement.memory import MemoryTracker
+    from bench.measurement.sampler import measure
+    from bench.measurement.timers import timer_for
+    from bench.variants.precision import get_precision
+    from bench.workloads import get_workload
+    from bench.workloads.base import RunContext
+
+    started = time.perf_counter()
+    result = CaseResult(case_id=case.case_id, workload=case.workload, phase=case.phase,
+                        axes=case.axes, params=case.params, status=STATUS_OK,
+                        budget=case.budget.to_dict())
+    result.worker = {"pid": os.getpid(), "python": sys.version.split()[0]}
+    tracker = None
+    try:
+        result.worker.update(_configure_torch(case))
+        precision = get_precision(case.axes.get("precision", "fp32"))
+        result.details["precision_method"] = precision.method()
+        ctx = RunContext(device=case.device, precision=precision)
+        with MemoryTracker(case.device) as tracker:
+            phase = get_workload(case.workload).prepare(case, ctx)
+            measurement = measure(phase.step, timer_for(case.device), case.budget)
+            outcome = phase.finish()
+        result.timing = _timing(measurement, phase.step_description)
+        result.throughput = _throughput(result.timing, phase.samples_per_step,
+                                        phase.sample_unit)
+        result.warnings.extend(measurement.warnings)
+        result.accuracy = _accuracy(case, outcome.metrics)
+        result.details.update(outcome.details)
+    except BaseException as exc:  # noqa: BLE001 - every failure becomes a status
+        result.status = STATUS_OOM if _is_oom(exc) else STATUS_ERROR
+        result.reason = f"{type(exc).__name__}: {exc}".strip()[:500]
+        result.stderr_tail = traceback.format_exc()[-TRACEBACK_TAIL_CHARS:]
+    if tracker is not None and tracker.report is not None:
+        result.memory = MemoryResult(**dataclasses.asdict(tracker.report))
+    result.duration_s = time.perf_counter() - started
+    result.finished_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    return result
+
+
+def _exit_with_parent() -> None:
+    """If the sweep that started us dies (even by SIGKILL), stop rather than run orphaned."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os._exit(3)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def main(argv: list[str]) -> int:
+    _exit_with_parent()
+    case_path, out_path = Path(argv[0]), Path(argv[1])
+    case = CaseSpec.from_dict(json.loads(case_path.read_text()))
+    result = run_case(case)
+    from bench.results.store import _json_safe
+
+    out_path.write_text(json.dumps(_json_safe(dataclasses.asdict(result))))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,94 @@
+"""Shared training machinery: batches on the device, gradient accumulation, schedules."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import nn
+
+from bench.variants.precision import Precision
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class BatchStream:
+    """Endless shuffled mini-batches of tensors already on the device; epoch by epoch,
+    dropping the last partial batch (sizes larger than the data use the whole set)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int) -> None:
+        self.x, self.y = x, y
+        self.batch_size = min(batch_size, len(x))
+        self.generator = torch.Generator().manual_seed(seed)
+        self.batches_per_epoch = len(x) // self.batch_size
+        self._iter = self._batches()
+
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        while True:
+            order = torch.randperm(len(self.x), generator=self.generator).to(self.x.device)
+            for i in range(self.batches_per_epoch):
+                idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+                yield self.x[idx], self.y[idx]
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return next(self._iter)
+
+
+def accumulate_gradients(model: nn.Module, loss_fn: LossFn,
+                         micro_batches: list[tuple[torch.Tensor, torch.Tensor]],
+                         precision: Precision, device: str,
+                         scaler: torch.amp.GradScaler | None = None) -> torch.Tensor:
+    """Forward and backward over k micro-batches, each loss divided by k, so the summed
+    gradients equal those of one batch holding all k micro-batches (for mean losses
+    over equal-size micro-batches). Returns the mean loss as a tensor (no sync)."""
+    k = len(micro_batches)
+    total = torch.zeros((), device=micro_batches[0][0].device)
+    for x, y in micro_batches:
+        with precision.context(device):
+            loss = loss_fn(model(x), y) / k
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        total += loss.detach().float()
+    return total
+
+
+def linear_warmup_decay(total_steps: int, warmup_fraction: float = 0.1) -> Callable[[int], float]:
+    """LR multiplier: linear warm-up over the first steps, then linear decay to zero."""
+    warmup = max(1, int(total_steps * warmup_fraction))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return factor
+
+
+class Trainer:
+    """One optimizer step = ``accum_steps`` micro-batches, then step, schedule, zero."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: LossFn,
+                 stream: BatchStream, accum_steps: int, precision: Precision, device: str,
+                 scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> None:
+        self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
+        self.stream, self.accum_steps = stream, accum_steps
+        self.precision, self.device, self.scheduler = precision, device, scheduler
+        # fp16 gradients underflow without loss scaling; the scaler is a no-op otherwise.
+        self.scaler = torch.amp.GradScaler(device, enabled=precision.name == "fp16")
+        self.steps = 0
+
+    @property
+    def samples_per_step(self) -> int:
+        return self.stream.batch_size * self.accum_steps
+
+    def step(self) -> torch.Tensor:
+        self.model.train()
+        batches = [self.stream.next() for _ in range(self.accum_steps)]
+        loss = accumulate_gradients(self.model, self.loss_fn, batches, self.precision,
+                                    self.device, self.scaler)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.steps += 1
+        return loss

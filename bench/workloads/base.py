@@ -1,0 +1,79 @@
+"""The workload interface.
+
+A workload declares its phases, axes, parameters and accuracy metrics (read by the
+suite loader in the parent process) and, inside the worker, prepares a ``Phase``:
+an object whose ``step()`` is one timed iteration (an optimizer step, or one
+inference batch) and whose ``finish()`` returns the task metrics.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from bench.spec.axes import Setting, common_axes
+
+if TYPE_CHECKING:
+    from bench.spec.model import CaseSpec
+    from bench.variants.precision import Precision
+
+
+@dataclass
+class RunContext:
+    """What the worker hands a workload: where and how to run."""
+
+    device: str
+    precision: Precision
+    seed: int = 0
+
+
+@dataclass
+class Outcome:
+    """What a phase reports after its timed steps."""
+
+    metrics: dict[str, float]
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class Phase(ABC):
+    samples_per_step: int = 1
+    sample_unit: str = "samples"
+    step_description: str = ""
+
+    @abstractmethod
+    def step(self) -> object:
+        """One timed iteration. Must not synchronize the device itself."""
+
+    @abstractmethod
+    def finish(self) -> Outcome:
+        """Task metrics (accuracy, loss...) once timing is done."""
+
+
+class Workload(ABC):
+    name: ClassVar[str]
+    description: ClassVar[str]
+    phases: ClassVar[tuple[str, ...]]
+
+    @classmethod
+    def axes(cls) -> dict[str, Setting]:
+        return common_axes(cls.phases)
+
+    @classmethod
+    def params(cls) -> dict[str, Setting]:
+        return {}
+
+    @classmethod
+    @abstractmethod
+    def metrics(cls, phase: str) -> tuple[str, ...]:
+        """Names of the task metrics this phase reports."""
+
+    @classmethod
+    def unsupported_reason(cls, case: CaseSpec) -> str | None:
+        """Why this workload cannot run this case here (None: it can)."""
+        return None
+
+    @classmethod
+    @abstractmethod
+    def prepare(cls, case: CaseSpec, ctx: RunContext) -> Phase:
+        """Build data, model and the step to time, inside the worker process."""

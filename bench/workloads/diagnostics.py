@@ -1,0 +1,112 @@
+"""Diagnostic workloads that check the harness itself, not a model.
+
+``sleep`` takes a known time per step, so the timing path can be checked against
+truth. ``fault`` misbehaves on purpose (aborts, hangs, exhausts memory, raises) so
+the isolation layer can be checked to turn each fault into a case status.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from bench.spec.axes import Setting
+from bench.workloads import register
+from bench.workloads.base import Outcome, Phase, RunContext, Workload
+
+_CPU_ONLY = {"device": Setting("device", str, "cpu", choices=("cpu",))}
+
+
+class SleepPhase(Phase):
+    step_description = "time.sleep(sleep_ms / 1000)"
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def step(self) -> object:
+        time.sleep(self.seconds)
+        return None
+
+    def finish(self) -> Outcome:
+        return Outcome(metrics={"expected_step_s": self.seconds})
+
+
+@register
+class Sleep(Workload):
+    name = "sleep"
+    description = "sleeps a known time per step: checks the timer against truth"
+    phases = ("infer",)
+
+    @classmethod
+    def axes(cls) -> dict[str, Setting]:
+        return dict(_CPU_ONLY)
+
+    @classmethod
+    def params(cls) -> dict[str, Setting]:
+        return {"sleep_ms": Setting("sleep_ms", float, 10.0, minimum=0)}
+
+    @classmethod
+    def metrics(cls, phase: str) -> tuple[str, ...]:
+        return ("expected_step_s",)
+
+    @classmethod
+    def prepare(cls, case, ctx: RunContext) -> Phase:
+        return SleepPhase(case.params["sleep_ms"] / 1000)
+
+
+class FaultPhase(Phase):
+    step_description = "misbehaves on purpose after `after_steps` normal steps"
+
+    def __init__(self, fault: str, after_steps: int, chunk_mib: int) -> None:
+        self.fault, self.after_steps, self.chunk_mib = fault, after_steps, chunk_mib
+        self.steps = 0
+        self.hoard: list[bytearray] = []
+
+    def step(self) -> object:
+        self.steps += 1
+        if self.steps <= self.after_steps or self.fault == "none":
+            time.sleep(0.001)
+            return None
+        if self.fault == "abort":
+            os.abort()
+        if self.fault == "hang":
+            while True:
+                time.sleep(1)
+        if self.fault == "memory":
+            # bytearray pages are written (zeroed), so they count in RSS at once.
+            self.hoard.append(bytearray(self.chunk_mib * 2**20))
+            return None
+        if self.fault == "raise":
+            raise RuntimeError("injected failure")
+        raise AssertionError(self.fault)
+
+    def finish(self) -> Outcome:
+        return Outcome(metrics={})
+
+
+@register
+class Fault(Workload):
+    name = "fault"
+    description = "injects a crash, hang, memory blow-up or exception: checks isolation"
+    phases = ("infer",)
+
+    @classmethod
+    def axes(cls) -> dict[str, Setting]:
+        axes = dict(_CPU_ONLY)
+        axes["fault"] = Setting("fault", str, "none",
+                                choices=("none", "abort", "hang", "memory", "raise"))
+        return axes
+
+    @classmethod
+    def params(cls) -> dict[str, Setting]:
+        return {"after_steps": Setting("after_steps", int, 2, minimum=0),
+                "chunk_mib": Setting("chunk_mib", int, 64, minimum=1)}
+
+    @classmethod
+    def metrics(cls, phase: str) -> tuple[str, ...]:
+        return ()
+
+    @classmethod
+    def prepare(cls, case, ctx: RunContext) -> Phase:
+        return FaultPhase(case.axes["fault"], case.params["after_steps"],
+                          case.params["chunk_mib"])

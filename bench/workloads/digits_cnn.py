@@ -1,0 +1,182 @@
+"""digits_cnn: a small CNN on scikit-learn's bundled 8x8 handwritten digits.
+
+Fixed seeded split: 1437 training and 360 validation images (80/20). No batch norm or
+dropout, so k accumulated micro-batches give exactly the gradients of one k-times
+larger batch.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import torch
+from torch import nn
+
+from bench.spec.axes import Setting
+from bench.workloads import register
+from bench.workloads._training import BatchStream, Trainer
+from bench.workloads.base import Outcome, Phase, RunContext, Workload
+
+SPLIT_SEED = 1234
+VAL_FRACTION = 0.2
+
+
+@functools.cache
+def load_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(x_train, y_train, x_val, y_val): images scaled to [0, 1], shape (N, 1, 8, 8)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = (digits.images / 16.0).astype(np.float32)[:, None, :, :]
+    y = digits.target.astype(np.int64)
+    order = np.random.default_rng(SPLIT_SEED).permutation(len(x))
+    n_val = int(round(len(x) * VAL_FRACTION))
+    val, train = order[:n_val], order[n_val:]
+    return x[train], y[train], x[val], y[val]
+
+
+class DigitsCNN(nn.Module):
+    def __init__(self, width: int = 32) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, width, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Linear(2 * width * 16, 128), nn.ReLU(), nn.Linear(128, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def tensors(device: str) -> tuple[torch.Tensor, ...]:
+    return tuple(torch.from_numpy(a).to(device) for a in load_split())
+
+
+def build_trainer(x: torch.Tensor, y: torch.Tensor, batch_size: int, accum_steps: int,
+                  lr: float, width: int, ctx: RunContext, seed: int) -> Trainer:
+    torch.manual_seed(seed)
+    model = DigitsCNN(width).to(ctx.device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    stream = BatchStream(x, y, batch_size, seed)
+    return Trainer(model, optimizer, nn.functional.cross_entropy, stream, accum_steps,
+                   ctx.precision, ctx.device)
+
+
+def train_epochs(trainer: Trainer, epochs: int) -> list[float]:
+    steps_per_epoch = max(1, trainer.stream.batches_per_epoch // trainer.accum_steps)
+    curve = []
+    for _ in range(epochs):
+        losses = [trainer.step() for _ in range(steps_per_epoch)]
+        curve.append(float(torch.stack(losses).mean()))
+    return curve
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+             ctx: RunContext) -> float:
+    model.eval()
+    correct = 0
+    with torch.inference_mode(), ctx.precision.context(ctx.device):
+        for start in range(0, len(x), batch_size):
+            logits = model(x[start:start + batch_size])
+            correct += int((logits.argmax(1) == y[start:start + batch_size]).sum())
+    return correct / len(x)
+
+
+class DigitsTrain(Phase):
+    step_description = "one optimizer step: accum_steps micro-batches of batch_size " \
+                       "(forward, cross-entropy, backward), then Adam"
+
+    def __init__(self, case, ctx: RunContext) -> None:
+        self.case, self.ctx = case, ctx
+        self.x_train, self.y_train, self.x_val, self.y_val = tensors(ctx.device)
+        self.trainer = self._trainer(seed=ctx.seed + 1)
+        self.samples_per_step = self.trainer.samples_per_step
+
+    def _trainer(self, seed: int) -> Trainer:
+        a, p = self.case.axes, self.case.params
+        return build_trainer(self.x_train, self.y_train, a["batch_size"], a["accum_steps"],
+                             p["lr"], p["width"], self.ctx, seed)
+
+    def step(self) -> object:
+        return self.trainer.step()
+
+    def finish(self) -> Outcome:
+        # A fresh seeded model trained for exactly the configured epochs: the timed steps
+        # never change the reported accuracy.
+        trainer = self._trainer(seed=self.ctx.seed + 2)
+        curve = train_epochs(trainer, self.case.params["epochs"])
+        val_acc = accuracy(trainer.model, self.x_val, self.y_val, 256, self.ctx)
+        return Outcome(
+            metrics={"val_accuracy": val_acc, "final_train_loss": curve[-1]},
+            details={"epochs": self.case.params["epochs"], "optimizer_steps": trainer.steps,
+                     "train_loss_per_epoch": curve, "n_train": len(self.x_train),
+                     "n_val": len(self.x_val)},
+        )
+
+
+class DigitsInfer(Phase):
+    step_description = "one forward pass over a batch of batch_size validation images " \
+                       "under torch.inference_mode (batches rotate through 8 distinct inputs)"
+
+    def __init__(self, case, ctx: RunContext) -> None:
+        self.case, self.ctx = case, ctx
+        x_train, y_train, self.x_val, self.y_val = tensors(ctx.device)
+        # The served model is trained once in fp32, as users deploy a trained checkpoint;
+        # the case's precision applies to inference only.
+        fp32_ctx = RunContext(ctx.device, _fp32(), ctx.seed)
+        trainer = build_trainer(x_train, y_train, 64, 1, case.params["lr"],
+                                case.params["width"], fp32_ctx, ctx.seed + 1)
+        self.train_curve = train_epochs(trainer, case.params["epochs"])
+        self.model = trainer.model.eval()
+        batch = case.axes["batch_size"]
+        reps = -(-8 * batch // len(self.x_val))
+        pool = self.x_val.repeat(reps, 1, 1, 1)
+        self.inputs = [pool[i * batch:(i + 1) * batch].contiguous() for i in range(8)]
+        self._next = 0
+        self.samples_per_step = batch
+
+    def step(self) -> object:
+        x = self.inputs[self._next]
+        self._next = (self._next + 1) % len(self.inputs)
+        with torch.inference_mode(), self.ctx.precision.context(self.ctx.device):
+            return self.model(x)
+
+    def finish(self) -> Outcome:
+        val_acc = accuracy(self.model, self.x_val, self.y_val, self.case.axes["batch_size"],
+                           self.ctx)
+        return Outcome(metrics={"val_accuracy": val_acc},
+                       details={"train_epochs_fp32": self.case.params["epochs"],
+                                "train_loss_per_epoch": self.train_curve,
+                                "n_val": len(self.x_val)})
+
+
+def _fp32():
+    from bench.variants.precision import get_precision
+
+    return get_precision("fp32")
+
+
+@register
+class DigitsCnn(Workload):
+    name = "digits_cnn"
+    description = "two-conv CNN on scikit-learn's 8x8 digits (1437 train / 360 val)"
+    phases = ("train", "infer")
+
+    @classmethod
+    def params(cls) -> dict[str, Setting]:
+        return {
+            "epochs": Setting("epochs", int, 8, minimum=1),
+            "lr": Setting("lr", float, 2e-3, minimum=0),
+            "width": Setting("width", int, 32, minimum=1, help="channels of the first conv"),
+        }
+
+    @classmethod
+    def metrics(cls, phase: str) -> tuple[str, ...]:
+        return ("val_accuracy", "final_train_loss") if phase == "train" else ("val_accuracy",)
+
+    @classmethod
+    def prepare(cls, case, ctx: RunContext) -> Phase:
+        return DigitsTrain(case, ctx) if case.phase == "train" else DigitsInfer(case, ctx)

@@ -1,0 +1,150 @@
+"""Faults are data: crashes, hangs, memory blow-ups and exceptions become statuses,
+and a sweep killed with SIGKILL loses no finished case and resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from bench.results.store import load_run
+from bench.runners.isolation import run_isolated
+from bench.spec.model import Budget, CaseSpec
+
+from .conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+QUICK = Budget(min_trials=3, max_trials=5, max_time_s=0.5, trial_time_s=0.01,
+               warmup_max_s=0.1, timeout_s=60)
+
+
+def fault_case(fault: str, **budget) -> CaseSpec:
+    return CaseSpec("fault", "infer", {"device": "cpu", "fault": fault},
+                    {"after_steps": 2, "chunk_mib": 64}, Budget(**{**QUICK.to_dict(), **budget}))
+
+
+def test_abort_is_crashed_with_signal_and_stderr():
+    result = run_isolated(fault_case("abort"))
+    assert result.status == "crashed"
+    assert result.reason == "worker killed by SIGABRT"
+    assert "Fatal Python error: Aborted" in result.stderr_tail
+
+
+def test_hang_is_timeout():
+    started = time.monotonic()
+    result = run_isolated(fault_case("hang", timeout_s=4))
+    assert result.status == "timeout"
+    assert "no result after 4 s" in result.reason
+    assert time.monotonic() - started < 15
+
+
+def test_memory_limit_is_oom():
+    result = run_isolated(fault_case("memory", memory_limit_mib=700))
+    assert result.status == "oom"
+    assert "exceeded the memory limit 700 MiB" in result.reason
+    assert result.details["watchdog_peak_rss_mib"] > 700
+
+
+def test_exception_is_error_with_traceback():
+    result = run_isolated(fault_case("raise"))
+    assert result.status == "error"
+    assert result.reason == "RuntimeError: injected failure"
+    assert "diagnostics.py" in result.stderr_tail
+
+
+def test_healthy_case_is_ok_with_every_figure():
+    sleep = CaseSpec("sleep", "infer", {"device": "cpu"}, {"sleep_ms": 20.0},
+                     Budget(**{**QUICK.to_dict(), "max_time_s": 2.0, "trial_time_s": 0.1}))
+    result = run_isolated(sleep)
+    assert result.status == "ok", result.stderr_tail
+    t = result.timing
+    assert t.median_s == pytest.approx(0.020, rel=0.02)
+    assert t.timer == "perf_counter_ns" and t.ci_low_s <= t.median_s <= t.ci_high_s
+    assert result.throughput.value == pytest.approx(1 / t.median_s)
+    assert result.memory.peak_rss_mib > 10
+    assert result.worker["pid"] != os.getpid()
+
+
+SWEEP_SUITE = """
+[suite]
+name = "killme"
+[budget]
+min_trials = 3
+max_trials = 3
+trial_time_s = 0.05
+warmup_max_s = 0.1
+max_time_s = 1.0
+[[benchmark]]
+workload = "sleep"
+phase = "infer"
+params = { sleep_ms = 5.0 }
+[[benchmark]]
+workload = "fault"
+phase = "infer"
+matrix = { fault = ["none", "abort", "raise"] }
+[[benchmark]]
+workload = "sleep"
+phase = "infer"
+params = { sleep_ms = 7.0 }
+[[benchmark]]
+workload = "sleep"
+phase = "infer"
+params = { sleep_ms = 9.0 }
+"""
+
+
+def _bench(*args: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "bench", *args], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            **kwargs)
+
+
+def test_sweep_killed_with_sigkill_then_resumed(write_suite, tmp_path):
+    suite = write_suite(SWEEP_SUITE)
+    out = tmp_path / "run.json"
+    proc = _bench("run", str(suite), "--out", str(out), "--no-progress")
+    deadline = time.monotonic() + 120
+    finished = 0
+    while time.monotonic() < deadline and finished < 2:
+        time.sleep(0.1)
+        if out.exists():
+            finished = len(json.loads(out.read_text())["cases"])
+    assert finished >= 2, "sweep did not finish two cases in time"
+    children = psutil.Process(proc.pid).children(recursive=True)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    psutil.wait_procs(children, timeout=10)  # orphaned workers exit by themselves
+
+    before = load_run(out)
+    assert 2 <= len(before.cases) < 6
+    kept = {c.case_id: c.finished_at for c in before.cases}
+
+    resumed = _bench("run", str(suite), "--out", str(out), "--resume", "--no-progress",
+                     "--quiet")
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert f"{len(kept)} cases done" in err
+
+    after = load_run(out)
+    assert len(after.cases) == 6
+    assert len({c.case_id for c in after.cases}) == 6
+    for case in after.cases:
+        if case.case_id in kept:
+            assert case.finished_at == kept[case.case_id], "a finished case was re-run"
+    statuses = {c.axes.get("fault", "sleep"): c.status for c in after.cases}
+    assert statuses == {"sleep": "ok", "none": "ok", "abort": "crashed", "raise": "error"}
+
+
+def test_existing_result_file_is_not_overwritten_silently(write_suite, tmp_path):
+    out = tmp_path / "run.json"
+    out.write_text("{}")
+    proc = _bench("run", str(write_suite(SWEEP_SUITE)), "--out", str(out))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "pass --resume" in err

@@ -1,0 +1,97 @@
+"""The timing path: a known sleep is measured right; the sampler stops as specified."""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import pytest
+
+from bench.measurement.memory import MemoryTracker
+from bench.measurement.sampler import measure
+from bench.measurement.timers import PerfCounterTimer
+from bench.spec.model import Budget
+
+FAST = Budget(min_trials=5, max_trials=12, max_time_s=2.0, trial_time_s=0.05,
+              warmup_max_s=0.5)
+
+
+class ScriptedTimer:
+    """A timer replaying given per-iteration durations, to test the sampler's logic."""
+
+    name = "scripted"
+    description = "replays durations"
+
+    def __init__(self, durations):
+        self._durations = iter(durations)
+        self.calls = 0
+
+    def time_iterations(self, step, iterations):
+        self.calls += iterations
+        return [next(self._durations) for _ in range(iterations)]
+
+
+def test_known_sleep_measured_within_2_percent():
+    sleep_s = 0.010
+    m = measure(lambda: time.sleep(sleep_s), PerfCounterTimer(), FAST)
+    assert m.summary.median == pytest.approx(sleep_s, rel=0.02)
+    assert m.summary.ci_low <= m.summary.median <= m.summary.ci_high
+    assert len(m.trials) == len(m.trial_means_s) >= FAST.min_trials
+    assert all(len(t) == m.iters_per_trial for t in m.trials)
+
+
+def test_cold_start_reported_apart_from_steady_state():
+    calls = itertools.count()
+
+    def step():
+        time.sleep(0.05 if next(calls) == 0 else 0.002)
+
+    m = measure(step, PerfCounterTimer(), FAST)
+    assert m.cold_start_s >= 0.05
+    assert m.summary.median == pytest.approx(0.002, rel=0.25)
+    assert max(max(t) for t in m.trials) < 0.05
+
+
+def test_stops_at_ci_target_after_min_trials():
+    timer = ScriptedTimer(itertools.repeat(0.001))
+    budget = Budget(min_trials=4, max_trials=50, trial_time_s=0.01, warmup_min_iters=2)
+    m = measure(lambda: None, timer, budget)
+    assert m.stop_reason == "ci_target"
+    assert len(m.trials) == 4
+    assert m.warmup_steady and m.iters_per_trial == 10
+    assert m.summary.median == 0.001 and m.summary.cv == 0.0
+    assert m.warnings == []
+
+
+def test_noisy_timings_run_to_max_trials_and_warn():
+    noisy = itertools.cycle([0.001, 0.003, 0.0005, 0.004, 0.002])
+    timer = ScriptedTimer(noisy)
+    budget = Budget(min_trials=3, max_trials=7, trial_time_s=0.001, warmup_min_iters=1,
+                    target_rel_ci=0.001, max_time_s=100, warmup_max_s=0.0)
+    m = measure(lambda: None, timer, budget)
+    assert m.stop_reason == "max_trials" and len(m.trials) == 7
+    assert any("did not reach the target" in w for w in m.warnings)
+    assert any(w.startswith("unstable") for w in m.warnings)
+
+
+def test_warmup_waits_for_steady_state():
+    # 0.010 s per step falling to 0.001 s: warm-up must run until two blocks agree.
+    durations = itertools.chain([0.02], [0.010] * 3, [0.005] * 3, [0.001] * 1000,
+                                itertools.repeat(0.001))
+    timer = ScriptedTimer(durations)
+    budget = Budget(min_trials=3, trial_time_s=0.003, warmup_min_iters=3, warmup_max_s=60)
+    m = measure(lambda: None, timer, budget)
+    assert m.cold_start_s == 0.02
+    assert m.warmup_steady and m.warmup_iterations >= 9
+    assert m.summary.median == 0.001
+
+
+def test_memory_tracker_sees_an_allocation():
+    with MemoryTracker("cpu", interval=0.002) as tracker:
+        block = bytearray(200 * 2**20)
+        time.sleep(0.05)
+        del block
+    report = tracker.report
+    assert report.peak_rss_mib - report.baseline_rss_mib >= 190
+    assert report.rss_high_water_mib >= report.peak_rss_mib * 0.99
+    assert report.cuda_peak_allocated_mib is None
