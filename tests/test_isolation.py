@@ -90,10 +90,12 @@ workload = "fault"
 phase = "infer"
 matrix = { fault = ["none", "abort", "raise"] }
 [[benchmark]]
+label = "s7"
 workload = "sleep"
 phase = "infer"
 params = { sleep_ms = 7.0 }
 [[benchmark]]
+label = "s9"
 workload = "sleep"
 phase = "infer"
 params = { sleep_ms = 9.0 }
@@ -138,8 +140,11 @@ def test_sweep_killed_with_sigkill_then_resumed(write_suite, tmp_path):
     for case in after.cases:
         if case.case_id in kept:
             assert case.finished_at == kept[case.case_id], "a finished case was re-run"
-    statuses = {c.axes.get("fault", "sleep"): c.status for c in after.cases}
-    assert statuses == {"sleep": "ok", "none": "ok", "abort": "crashed", "raise": "error"}
+    statuses = {c.case_id: c.status for c in after.cases}
+    assert statuses == {
+        "sleep/infer[]": "ok", "sleep/infer:s7[]": "ok", "sleep/infer:s9[]": "ok",
+        "fault/infer[fault=none]": "ok", "fault/infer[fault=abort]": "crashed",
+        "fault/infer[fault=raise]": "error"}
 
 
 def test_existing_result_file_is_not_overwritten_silently(write_suite, tmp_path):

@@ -59,7 +59,7 @@ def test_stops_at_ci_target_after_min_trials():
     assert m.stop_reason == "ci_target"
     assert len(m.trials) == 4
     assert m.warmup_steady and m.iters_per_trial == 10
-    assert m.summary.median == 0.001 and m.summary.cv == 0.0
+    assert m.summary.median == pytest.approx(0.001) and m.summary.cv == 0.0
     assert m.warnings == []
 
 
@@ -83,7 +83,7 @@ def test_warmup_waits_for_steady_state():
     m = measure(lambda: None, timer, budget)
     assert m.cold_start_s == 0.02
     assert m.warmup_steady and m.warmup_iterations >= 9
-    assert m.summary.median == 0.001
+    assert m.summary.median == pytest.approx(0.001)
 
 
 def test_memory_tracker_sees_an_allocation():

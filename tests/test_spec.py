@@ -71,6 +71,19 @@ def test_cli_process_prints_no_traceback(write_suite):
     assert proc.stderr.startswith(f"bench: error: {path}: benchmark[0].matrix.batch_size")
 
 
+def test_colliding_case_ids_are_refused(write_suite, capsys):
+    path = write_suite(GOOD + GOOD.split("[suite]")[1].split('name = "t"')[1])
+    assert main(["list", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "benchmark[1].label: case digits_cnn/train[" in err
+    assert "also comes from benchmark[0]" in err
+    labelled = GOOD + GOOD.split('name = "t"')[1].replace("[[benchmark]]",
+                                                          '[[benchmark]]\nlabel = "again"')
+    planned = expand_suite(load_suite(write_suite(labelled, "ok.toml")))
+    assert len({p.case_id for p in planned}) == 16
+    assert any(p.case_id.startswith("digits_cnn/train:again[") for p in planned)
+
+
 def test_missing_file_is_refused(tmp_path, capsys):
     assert main(["list", str(tmp_path / "nope.toml")]) == 2
     assert "cannot read suite file" in capsys.readouterr().err

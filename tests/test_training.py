@@ -67,7 +67,7 @@ def test_linreg_learns_the_slope():
         w, case = _case("linreg", "train", {"device": "cpu", "precision": "fp32",
                                             "batch_size": 16, "accum_steps": 1,
                                             "method": method, "lr_schedule": "warmup_linear"},
-                        epochs=5, n_train=64)
+                        epochs=30, n_train=64)
         outcome = w.prepare(case, RunContext("cpu", FP32)).finish()
         assert abs(outcome.metrics["slope"] - 2.0) < 0.1, (method, outcome.metrics)
         assert outcome.metrics["val_mse"] < 0.02

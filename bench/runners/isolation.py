@@ -9,6 +9,7 @@ with the signal or exit code and the tail of its stderr.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -44,10 +45,8 @@ def _tail(path: Path, lines: int = STDERR_TAIL_LINES) -> str:
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     proc.wait()
 
 
@@ -107,10 +106,8 @@ def run_isolated(case: CaseSpec) -> CaseResult:
             time.sleep(POLL_INTERVAL_S)
         else:
             # The worker has exited; reap any children it left in its group.
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
         stderr = _tail(err_file)
         if verdict:
             return _failed(case, *verdict, stderr, peak_rss, started)

@@ -70,12 +70,12 @@ def run_suite(suite_path: str | Path, out: str | Path, *, resume: bool = False,
                dynamic_ncols=True, bar_format="{l_bar}{bar}| {n}/{total} "
                                               "[{elapsed}<{remaining}] {postfix}")
     if done:
-        bar.write(f"resuming {out}: {len(done)} cases done, {len(todo)} to run")
+        bar.write(f"resuming {out}: {len(done)} cases done, {len(todo)} to run", file=sys.stderr)
     for case in bar:
         bar.set_postfix_str(case.case_id, refresh=True)
         result = runner(case)
         store.append(result)
         if result.status not in ("ok", "skipped"):
-            bar.write(f"{result.status}: {result.case_id}: {result.reason}")
+            bar.write(f"{result.status}: {result.case_id}: {result.reason}", file=sys.stderr)
     bar.close()
     return store

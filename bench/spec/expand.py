@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
-from bench.spec.model import CaseSpec, SuiteSpec
+from bench.spec.model import BenchmarkSpec, CaseSpec, SuiteSpec
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,21 @@ def skip_reason(case: CaseSpec) -> str | None:
     return get_workload(case.workload).unsupported_reason(case)
 
 
+def benchmark_cases(bench: BenchmarkSpec) -> list[CaseSpec]:
+    names = list(bench.matrix)
+    return [
+        CaseSpec(workload=bench.workload, phase=bench.phase,
+                 axes=dict(zip(names, values, strict=True)), params=bench.params,
+                 budget=bench.budget, accuracy=bench.accuracy, id_axes=bench.named_axes,
+                 label=bench.label)
+        for values in itertools.product(*(bench.matrix[n] for n in names))
+    ]
+
+
+def benchmark_case_ids(bench: BenchmarkSpec) -> list[str]:
+    return [case.case_id for case in benchmark_cases(bench)]
+
+
 def expand_suite(suite: SuiteSpec, select: dict[str, set[str]] | None = None) -> list[PlannedCase]:
     """Every combination of every benchmark's matrix, in file order.
 
@@ -40,19 +55,10 @@ def expand_suite(suite: SuiteSpec, select: dict[str, set[str]] | None = None) ->
     cases that cannot run are kept, with their reason, never dropped.
     """
     planned: list[PlannedCase] = []
-    seen: set[str] = set()
     for bench in suite.benchmarks:
-        names = list(bench.matrix)
-        for values in itertools.product(*(bench.matrix[n] for n in names)):
-            axes = dict(zip(names, values, strict=True))
-            if select and any(str(axes.get(k)) not in allowed for k, allowed in select.items()
-                              if k in axes):
+        for case in benchmark_cases(bench):
+            if select and any(str(case.axes.get(k)) not in allowed
+                              for k, allowed in select.items() if k in case.axes):
                 continue
-            case = CaseSpec(workload=bench.workload, phase=bench.phase, axes=axes,
-                            params=bench.params, budget=bench.budget, accuracy=bench.accuracy,
-                            id_axes=bench.named_axes)
-            if case.case_id in seen:
-                continue
-            seen.add(case.case_id)
             planned.append(PlannedCase(case, skip_reason(case)))
     return planned

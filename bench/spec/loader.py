@@ -15,7 +15,7 @@ from bench.spec.model import AccuracyTarget, BenchmarkSpec, Budget, SuiteSpec
 PHASES = ("train", "infer")
 _SUITE_KEYS = {"suite", "budget", "benchmark"}
 _SUITE_TABLE_KEYS = {"name", "description"}
-_BENCHMARK_KEYS = {"workload", "phase", "matrix", "params", "accuracy", "budget"}
+_BENCHMARK_KEYS = {"label", "workload", "phase", "matrix", "params", "accuracy", "budget"}
 _BUDGET_SETTINGS = {
     f.name: Setting(f.name, float if f.type in ("float", "float | None") else int,
                     minimum=0)
@@ -106,9 +106,29 @@ def _load_benchmark(table: Any, index: int, default_budget: Budget,
     accuracy = _load_accuracy(table.get("accuracy", {}), workload.metrics(phase), source,
                               f"{where}.accuracy")
     named = tuple(a for a in axes if a in matrix_table)
-    return BenchmarkSpec(workload=name, phase=phase, matrix=matrix, named_axes=named,
+    label = table.get("label")
+    if label is not None and (not isinstance(label, str) or not label.isidentifier()):
+        raise BenchInputError(source, f"bad label {label!r}", key=f"{where}.label",
+                              valid="a name of letters, digits and underscores")
+    return BenchmarkSpec(workload=name, phase=phase, matrix=matrix, label=label,
+                         named_axes=named,
                          params=params,
                          accuracy=accuracy, budget=budget)
+
+
+def _refuse_colliding_ids(benchmarks: tuple[BenchmarkSpec, ...], source: str) -> None:
+    """Two benchmarks whose cases would share ids could not be told apart in results."""
+    from bench.spec.expand import benchmark_case_ids
+
+    owner: dict[str, int] = {}
+    for index, bench in enumerate(benchmarks):
+        for case_id in benchmark_case_ids(bench):
+            if case_id in owner:
+                raise BenchInputError(
+                    source, f"case {case_id} also comes from benchmark[{owner[case_id]}]",
+                    key=f"benchmark[{index}].label",
+                    valid="a distinct label, or different matrix axes")
+            owner[case_id] = index
 
 
 def load_suite(path: str | Path) -> SuiteSpec:
@@ -133,6 +153,7 @@ def load_suite(path: str | Path) -> SuiteSpec:
                               key="benchmark")
     benchmarks = tuple(_load_benchmark(table, i, budget, source)
                        for i, table in enumerate(benchmarks_raw))
+    _refuse_colliding_ids(benchmarks, source)
     name = suite_table.get("name", path.stem)
     description = suite_table.get("description", "")
     for key, value in (("suite.name", name), ("suite.description", description)):

@@ -54,6 +54,7 @@ class BenchmarkSpec:
     workload: str
     phase: str
     matrix: dict[str, tuple[Any, ...]]
+    label: str | None
     named_axes: tuple[str, ...]
     params: dict[str, Any] = field(default_factory=dict)
     accuracy: tuple[AccuracyTarget, ...] = ()
@@ -80,13 +81,15 @@ class CaseSpec:
     budget: Budget
     accuracy: tuple[AccuracyTarget, ...] = ()
     id_axes: tuple[str, ...] | None = None
+    label: str | None = None
 
     @property
     def case_id(self) -> str:
         """Workload, phase and the axes the suite named, e.g. ``linreg/train[device=cpu]``."""
         names = self.axes if self.id_axes is None else self.id_axes
         axes = ",".join(f"{key}={self.axes[key]}" for key in names)
-        return f"{self.workload}/{self.phase}[{axes}]"
+        label = f":{self.label}" if self.label else ""
+        return f"{self.workload}/{self.phase}{label}[{axes}]"
 
     @property
     def device(self) -> str:
@@ -101,6 +104,7 @@ class CaseSpec:
             "budget": self.budget.to_dict(),
             "accuracy": [asdict(target) for target in self.accuracy],
             "id_axes": None if self.id_axes is None else list(self.id_axes),
+            "label": self.label,
         }
 
     @classmethod
@@ -113,4 +117,5 @@ class CaseSpec:
             budget=Budget(**data["budget"]),
             accuracy=tuple(AccuracyTarget(**t) for t in data.get("accuracy", [])),
             id_axes=None if data.get("id_axes") is None else tuple(data["id_axes"]),
+            label=data.get("label"),
         )

@@ -8,6 +8,7 @@ larger batch.
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 import torch
@@ -31,7 +32,7 @@ def load_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     x = (digits.images / 16.0).astype(np.float32)[:, None, :, :]
     y = digits.target.astype(np.int64)
     order = np.random.default_rng(SPLIT_SEED).permutation(len(x))
-    n_val = int(round(len(x) * VAL_FRACTION))
+    n_val = math.ceil(len(x) * VAL_FRACTION)
     val, train = order[:n_val], order[n_val:]
     return x[train], y[train], x[val], y[val]
 
