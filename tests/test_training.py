@@ -89,6 +89,7 @@ def test_digits_cnn_trains_and_infers():
     axes = {"device": "cpu", "precision": "bf16", "batch_size": 16}
     w, case = _case("digits_cnn", "infer", axes, epochs=3, width=8)
     phase = w.prepare(case, RunContext("cpu", get_precision("bf16")))
-    out = phase.step()
+    with phase.session():
+        out = phase.step()
     assert out.shape == (16, 10) and out.dtype == torch.bfloat16
     assert phase.finish().metrics["val_accuracy"] > 0.8

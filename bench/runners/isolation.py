@@ -32,8 +32,10 @@ from bench.results.schema import (
 )
 from bench.spec.model import CaseSpec
 
-POLL_INTERVAL_S = 0.02
-STDERR_TAIL_LINES = 30
+# The watchdog shares the machine with the worker it guards: poll gently, and scan
+# /proc for the worker's children only when a memory limit needs enforcing.
+POLL_INTERVAL_S = 0.05
+STDERR_TAIL_LINES = 60
 
 
 def _tail(path: Path, lines: int = STDERR_TAIL_LINES) -> str:
@@ -63,7 +65,8 @@ def _failed(case: CaseSpec, status: str, reason: str, stderr: str, peak_rss: int
     return CaseResult(
         case_id=case.case_id, workload=case.workload, phase=case.phase, axes=case.axes,
         params=case.params, status=status, reason=reason, budget=case.budget.to_dict(),
-        stderr_tail=stderr, details={"watchdog_peak_rss_mib": peak_rss / MIB},
+        stderr_tail=stderr,
+        details={"watchdog_peak_rss_mib": peak_rss / MIB} if peak_rss else {},
         duration_s=time.perf_counter() - started,
     )
 
@@ -88,10 +91,12 @@ def run_isolated(case: CaseSpec) -> CaseResult:
         verdict: tuple[str, str] | None = None
         while proc.poll() is None:
             elapsed = time.perf_counter() - started
-            try:
-                rss = tree_rss_bytes(ps)
-            except psutil.NoSuchProcess:
-                rss = 0
+            rss = 0
+            if limit is not None:
+                try:
+                    rss = tree_rss_bytes(ps)
+                except psutil.NoSuchProcess:
+                    rss = 0
             peak_rss = max(peak_rss, rss)
             if elapsed > budget.timeout_s:
                 verdict = (STATUS_TIMEOUT, f"no result after {budget.timeout_s:g} s; "
@@ -119,7 +124,8 @@ def run_isolated(case: CaseSpec) -> CaseResult:
         except (json.JSONDecodeError, SchemaError) as exc:
             return _failed(case, STATUS_CRASHED, f"unreadable worker result: {exc}", stderr,
                            peak_rss, started)
-    result.details["watchdog_peak_rss_mib"] = peak_rss / MIB
+    if peak_rss:
+        result.details["watchdog_peak_rss_mib"] = peak_rss / MIB
     result.duration_s = time.perf_counter() - started
     if result.status != "ok" and not result.stderr_tail:
         result.stderr_tail = stderr

@@ -117,7 +117,8 @@ def run_case(case: CaseSpec) -> CaseResult:
         ctx = RunContext(device=case.device, precision=precision)
         with MemoryTracker(case.device) as tracker:
             phase = get_workload(case.workload).prepare(case, ctx)
-            measurement = measure(phase.step, timer_for(case.device), case.budget)
+            with phase.session():
+                measurement = measure(phase.step, timer_for(case.device), case.budget)
             outcome = phase.finish()
         result.timing = _timing(measurement, phase.step_description)
         result.throughput = _throughput(result.timing, phase.samples_per_step,

@@ -8,6 +8,7 @@ inference batch) and whose ``finish()`` returns the task metrics.
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -40,6 +41,11 @@ class Phase(ABC):
     samples_per_step: int = 1
     sample_unit: str = "samples"
     step_description: str = ""
+
+    def session(self) -> contextlib.AbstractContextManager[object]:
+        """Entered once around all timed steps (inference mode, autocast...), as a
+        hand-written loop would, so per-step context switching is not timed."""
+        return contextlib.nullcontext()
 
     @abstractmethod
     def step(self) -> object:

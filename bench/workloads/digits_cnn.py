@@ -7,7 +7,9 @@ larger batch.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import itertools
 import math
 
 import numpy as np
@@ -119,8 +121,9 @@ class DigitsTrain(Phase):
 
 
 class DigitsInfer(Phase):
-    step_description = "one forward pass over a batch of batch_size validation images " \
-                       "under torch.inference_mode (batches rotate through 8 distinct inputs)"
+    step_description = "one forward pass over a batch of batch_size validation images; " \
+                       "torch.inference_mode and autocast entered once around all steps; " \
+                       "batches rotate through 8 distinct inputs"
 
     def __init__(self, case, ctx: RunContext) -> None:
         self.case, self.ctx = case, ctx
@@ -136,14 +139,17 @@ class DigitsInfer(Phase):
         reps = -(-8 * batch // len(self.x_val))
         pool = self.x_val.repeat(reps, 1, 1, 1)
         self.inputs = [pool[i * batch:(i + 1) * batch].contiguous() for i in range(8)]
-        self._next = 0
+        self._cycle = itertools.cycle(self.inputs)
         self.samples_per_step = batch
 
+    def session(self) -> contextlib.AbstractContextManager[object]:
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.inference_mode())
+        stack.enter_context(self.ctx.precision.context(self.ctx.device))
+        return stack
+
     def step(self) -> object:
-        x = self.inputs[self._next]
-        self._next = (self._next + 1) % len(self.inputs)
-        with torch.inference_mode(), self.ctx.precision.context(self.ctx.device):
-            return self.model(x)
+        return self.model(next(self._cycle))
 
     def finish(self) -> Outcome:
         val_acc = accuracy(self.model, self.x_val, self.y_val, self.case.axes["batch_size"],
