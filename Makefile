@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 bench: $(STAMP)
-	$(BIN)/bench run suites/quick.toml --out results/quick-latest.json
+	$(BIN)/bench run suites/quick.toml --out results/quick-latest.json --overwrite --quiet
 	$(BIN)/bench report results/quick-latest.json
 
 test: $(STAMP)
