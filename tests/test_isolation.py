@@ -154,3 +154,26 @@ def test_existing_result_file_is_not_overwritten_silently(write_suite, tmp_path)
     proc = _bench("run", str(write_suite(SWEEP_SUITE)), "--out", str(out))
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2 and "pass --resume" in err
+
+
+def test_processes_pool_trials_of_independent_workers():
+    from bench.runners.isolation import run_case
+
+    budget = Budget(**{**QUICK.to_dict(), "processes": 2, "trial_time_s": 0.02})
+    case = CaseSpec("sleep", "infer", {"device": "cpu"}, {"sleep_ms": 5.0}, budget)
+    result = run_case(case)
+    assert result.status == "ok"
+    pids = result.details["process_pids"]
+    assert len(pids) == 2 and len(set(pids)) == 2
+    assert len(result.timing.trial_samples_s) >= 2 * QUICK.min_trials
+    assert len(result.details["process_medians_s"]) == 2
+    assert result.timing.median_s == pytest.approx(0.005, rel=0.05)
+    assert "2 worker processes" in result.timing.statistic
+
+
+def test_processes_stop_at_first_failure():
+    from bench.runners.isolation import run_case
+
+    result = run_case(fault_case("raise", processes=3))
+    assert result.status == "error"
+    assert result.details["processes_completed"] == 0

@@ -122,3 +122,8 @@ def test_precision_unavailable_on_device_is_skipped(write_suite):
 def test_shipped_suites_load():
     for path in sorted((REPO / "suites").glob("*.toml")):
         assert expand_suite(load_suite(path))
+
+
+def test_zero_processes_is_refused(write_suite, capsys):
+    assert main(["list", str(write_suite(GOOD + "[budget]\nprocesses = 0\n"))]) == 2
+    assert "budget.processes: need at least one worker process" in capsys.readouterr().err

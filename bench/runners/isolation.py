@@ -71,6 +71,18 @@ def _failed(case: CaseSpec, status: str, reason: str, stderr: str, peak_rss: int
     )
 
 
+def run_case(case: CaseSpec) -> CaseResult:
+    """Run a case in ``budget.processes`` independent workers, pooled into one record."""
+    from bench.runners.merge import merge_process_results
+
+    results = []
+    for _ in range(case.budget.processes):
+        results.append(run_isolated(case))
+        if results[-1].status != "ok":
+            break
+    return merge_process_results(results)
+
+
 def run_isolated(case: CaseSpec) -> CaseResult:
     started = time.perf_counter()
     budget = case.budget

@@ -11,7 +11,7 @@ from pathlib import Path
 from bench.errors import BenchInputError
 from bench.results.schema import STATUS_SKIPPED, CaseResult, RunInfo, RunRecord
 from bench.results.store import ResultStore
-from bench.runners.isolation import run_isolated
+from bench.runners.isolation import run_case
 from bench.spec import expand_suite, load_suite
 from bench.spec.expand import PlannedCase
 
@@ -29,7 +29,7 @@ def _skipped(planned: PlannedCase) -> CaseResult:
 def _run_one(planned: PlannedCase) -> CaseResult:
     if planned.skip_reason:
         return _skipped(planned)
-    return run_isolated(planned.spec)
+    return run_case(planned.spec)
 
 
 def open_store(suite, out: Path, resume: bool, overwrite: bool,

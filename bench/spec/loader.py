@@ -38,6 +38,9 @@ def _load_budget(table: Any, base: Budget, source: str, where: str) -> Budget:
     table = _check_keys(table, set(_BUDGET_SETTINGS), source, where)
     values = {key: _BUDGET_SETTINGS[key].validate(value, source, f"{where}.{key}")
               for key, value in table.items()}
+    if "processes" in values and values["processes"] < 1:
+        raise BenchInputError(source, "need at least one worker process",
+                              key=f"{where}.processes", valid="integer >= 1")
     if "min_trials" in values and values["min_trials"] < 2:
         raise BenchInputError(source, "need at least 2 trials for a confidence interval",
                               key=f"{where}.min_trials", valid="integer >= 2")

@@ -12,7 +12,9 @@ class Budget:
 
     Trials continue until the 95% CI half-width of the median falls under
     ``target_rel_ci`` (relative to the median) after ``min_trials``, or until
-    ``max_trials`` or ``max_time_s`` is reached.
+    ``max_trials`` or ``max_time_s`` is reached. With ``processes`` > 1 the case runs in
+    that many independent worker processes and their trials are pooled, so the CI also
+    covers what changes from one process to the next (allocation, thread placement).
     """
 
     min_trials: int = 5
@@ -26,6 +28,7 @@ class Budget:
     cv_warning: float = 0.10
     timeout_s: float = 300.0
     memory_limit_mib: float | None = None
+    processes: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

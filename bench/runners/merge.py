@@ -1,0 +1,63 @@
+"""Pool the results of one case run in several independent worker processes."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from bench.measurement.stats import percentiles, summarize
+from bench.results.schema import CaseResult, ThroughputResult, TimingResult
+
+
+def _pooled_timing(timings: list[TimingResult]) -> TimingResult:
+    trials = [trial for t in timings for trial in t.trial_samples_s]
+    means = [sum(trial) / len(trial) for trial in trials]
+    s = summarize(means)
+    first = timings[0]
+    colds = sorted(t.cold_start_s for t in timings)
+    return dataclasses.replace(
+        first,
+        cold_start_s=colds[len(colds) // 2],
+        warmup_iterations=sum(t.warmup_iterations for t in timings),
+        warmup_steady=all(t.warmup_steady for t in timings),
+        warmup_s=sum(t.warmup_s for t in timings),
+        trial_samples_s=trials,
+        trial_means_s=means,
+        median_s=s.median, mean_s=s.mean, std_s=s.std, cv=s.cv,
+        ci_low_s=s.ci_low, ci_high_s=s.ci_high, ci_level=s.ci_level, ci_method=s.ci_method,
+        latency_s=percentiles([d for trial in trials for d in trial]),
+        stop_reason=",".join(sorted({t.stop_reason for t in timings})),
+        statistic=(f"median over the trials of {len(timings)} worker processes of the "
+                   "trial's mean seconds per step; cold start: median over processes"),
+    )
+
+
+def merge_process_results(results: list[CaseResult]) -> CaseResult:
+    """One record from N runs of the same case. Any failed run makes the case fail with
+    that run's status; figures pool the raw trials; memory takes the worst process."""
+    failed = next((r for r in results if r.status != "ok"), None)
+    if failed is not None:
+        if failed.budget.get("processes", 1) > 1:
+            failed.details["processes_completed"] = sum(r.status == "ok" for r in results)
+        return failed
+    if len(results) == 1:
+        return results[0]
+    first = results[0]
+    timing = _pooled_timing([r.timing for r in results])
+    samples = first.throughput.samples_per_step
+    throughput = ThroughputResult(
+        value=samples / timing.median_s, ci_low=samples / timing.ci_high_s,
+        ci_high=samples / timing.ci_low_s if timing.ci_low_s > 0 else float("inf"),
+        unit=first.throughput.unit, samples_per_step=samples, method=first.throughput.method)
+    memory = max((r.memory for r in results if r.memory),
+                 key=lambda m: m.peak_rss_mib, default=None)
+    warnings = list(dict.fromkeys(w for r in results for w in r.warnings))
+    if timing.cv > first.budget.get("cv_warning", 0.1):
+        warnings.insert(0, f"unstable: CV of trial means over {len(results)} processes is "
+                           f"{timing.cv:.1%}")
+    details = dict(first.details)
+    details["process_medians_s"] = [r.timing.median_s for r in results]
+    details["process_pids"] = [r.worker.get("pid") for r in results]
+    return dataclasses.replace(
+        first, timing=timing, throughput=throughput, memory=memory, warnings=warnings,
+        details=details, duration_s=sum(r.duration_s or 0 for r in results),
+        finished_at=results[-1].finished_at)
