@@ -1,8 +1,8 @@
 """Cross-check the suite's timing against torch.utils.benchmark.
 
 For digits_cnn inference at several batch sizes, times the same trained model on the
-same input two ways, each in --processes independent processes (a process is the unit
-that varies: allocation, thread placement, neighbours on a shared host):
+same input two ways, each in --processes independent processes, interleaved (a process
+is the unit that varies: allocation, thread placement, neighbours on a shared host):
 
 - the suite: the engine's worker, as `bench run` does (budget.processes pooled);
 - the reference: torch.utils.benchmark.Timer.blocked_autorange on
@@ -25,14 +25,15 @@ import sys
 import torch
 from tabulate import tabulate
 
-from bench.runners.isolation import run_case
+from bench.runners.isolation import run_isolated
+from bench.runners.merge import merge_process_results
 from bench.spec.model import Budget, CaseSpec
 from bench.variants.precision import get_precision
 from bench.workloads import get_workload
 from bench.workloads.base import RunContext
 
 
-def _case(batch: int, device: str, processes: int) -> CaseSpec:
+def _case(batch: int, device: str, processes: int = 1) -> CaseSpec:
     workload = get_workload("digits_cnn")
     params = {k: s.default for k, s in workload.params().items()}
     budget = Budget(max_time_s=3.0, target_rel_ci=0.01, min_trials=10, max_trials=40,
@@ -76,12 +77,14 @@ def main() -> int:
 
     rows, worst = [], 0.0
     for batch in args.batch_sizes:
-        case = _case(batch, args.device, args.processes)
-        # Alternate the two sides so slow drift of the machine hits both alike.
-        refs = []
+        case = _case(batch, args.device, 1)
+        # Interleave the two sides process by process, so slow drift of a shared machine
+        # hits both alike; the suite's processes are pooled as budget.processes would.
+        refs, runs = [], []
         for _ in range(args.processes):
             refs.append(reference(batch, args.device, args.min_run_time))
-        result = run_case(case)
+            runs.append(run_isolated(case))
+        result = merge_process_results(runs)
         if result.status != "ok":
             print(f"{case.case_id}: {result.status}: {result.reason}", file=sys.stderr)
             return 1
