@@ -168,7 +168,8 @@ def test_processes_pool_trials_of_independent_workers():
     assert len(result.timing.trial_samples_s) >= 2 * QUICK.min_trials
     assert len(result.details["process_medians_s"]) == 2
     assert result.timing.median_s == pytest.approx(0.005, rel=0.05)
-    assert "2 worker processes" in result.timing.statistic
+    assert "each of 2 worker processes" in result.timing.statistic
+    assert sum(result.details["trials_per_process"]) == len(result.timing.trial_samples_s)
 
 
 def test_processes_stop_at_first_failure():
@@ -177,3 +178,30 @@ def test_processes_stop_at_first_failure():
     result = run_case(fault_case("raise", processes=3))
     assert result.status == "error"
     assert result.details["processes_completed"] == 0
+
+
+def test_pooling_weights_processes_equally():
+    """A noisy process that ran to max_trials must not outvote a quick, steady one."""
+    import dataclasses
+
+    from bench.results.schema import CaseResult, ThroughputResult, TimingResult
+    from bench.runners.merge import merge_process_results
+
+    def run(value: float, trials: int) -> CaseResult:
+        timing = TimingResult(
+            timer="t", timer_description="", step_description="", cold_start_s=value,
+            warmup_iterations=1, warmup_steady=True, warmup_s=0.0, iters_per_trial=1,
+            trial_samples_s=[[value]] * trials, trial_means_s=[value] * trials,
+            median_s=value, mean_s=value, std_s=0.0, cv=0.0, ci_low_s=value,
+            ci_high_s=value, ci_level=0.95, ci_method="", latency_s={}, stop_reason="x")
+        return CaseResult(case_id="c", workload="w", phase="infer", axes={}, params={},
+                          status="ok", budget={"processes": 3, "cv_warning": 0.1},
+                          timing=timing, worker={"pid": trials},
+                          throughput=ThroughputResult(1 / value, 0, 0, "samples/s", 1, ""))
+
+    slow_and_long = run(2.0, 40)
+    merged = merge_process_results([slow_and_long, run(1.0, 5), run(1.0, 5)])
+    assert merged.timing.median_s == 1.0
+    assert len(merged.timing.trial_samples_s) == 50
+    assert merged.details["trials_per_process"] == [40, 5, 5]
+    assert dataclasses.asdict(merged)["throughput"]["value"] == 1.0

@@ -9,7 +9,9 @@ is the unit that varies: allocation, thread placement, neighbours on a shared ho
   `with torch.inference_mode(): model(x)` in a fresh process, a timer the engine does
   not use; the median over processes is taken.
 
-Prints both, each process's figure, and the ratio; exits 1 beyond --tolerance.
+Prints both, each process's figure, and the median over pairs of suite / reference (each
+suite process against the reference process run just before it); exits 1 beyond
+--tolerance.
 
     python tools/crosscheck_timer.py [--batch-sizes 1 32 256] [--device cpu] [--processes 3]
 """
@@ -65,7 +67,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32, 256])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--processes", type=int, default=3)
+    parser.add_argument("--processes", type=int, default=5,
+                        help="interleaved (reference, suite) process pairs per batch size")
     parser.add_argument("--tolerance", type=float, default=0.05)
     parser.add_argument("--min-run-time", type=float, default=2.0,
                         help="seconds of blocked_autorange per reference process")
@@ -89,17 +92,21 @@ def main() -> int:
             print(f"{case.case_id}: {result.status}: {result.reason}", file=sys.stderr)
             return 1
         suite_s, reference_s = result.timing.median_s, statistics.median(refs)
-        per_process = result.details.get("process_medians_s", [suite_s])
-        ratio = suite_s / reference_s
+        per_process = [r.timing.median_s for r in runs]
+        # Each suite process against the reference process run just before it: drift
+        # of the machine common to the pair cancels in the ratio.
+        paired = sorted(s / r for s, r in zip(per_process, refs, strict=True))
+        ratio = statistics.median(paired)
         worst = max(worst, abs(ratio - 1))
         rows.append([case.case_id, f"{suite_s * 1e3:.4f}",
                      " ".join(f"{m * 1e3:.3f}" for m in per_process),
                      f"{reference_s * 1e3:.4f}", " ".join(f"{r * 1e3:.3f}" for r in refs),
-                     f"{ratio:.3f}", result.timing.timer])
+                     f"{ratio:.3f}", f"{paired[0]:.2f}-{paired[-1]:.2f}",
+                     result.timing.timer])
     print(tabulate(rows, headers=["case", "suite ms", "suite per process",
                                   "torch.utils.benchmark ms", "reference per process",
-                                  "ratio", "suite timer"]))
-    print(f"threads: {torch.get_num_threads()}; {args.processes} processes a side; "
+                                  "paired ratio (median)", "range", "suite timer"]))
+    print(f"threads: {torch.get_num_threads()}; {args.processes} process pairs; "
           f"worst disagreement {worst:.1%} (tolerance {args.tolerance:.0%})")
     return 0 if worst <= args.tolerance else 1
 

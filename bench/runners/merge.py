@@ -11,7 +11,13 @@ from bench.results.schema import CaseResult, ThroughputResult, TimingResult
 def _pooled_timing(timings: list[TimingResult]) -> TimingResult:
     trials = [trial for t in timings for trial in t.trial_samples_s]
     means = [sum(trial) / len(trial) for trial in trials]
-    s = summarize(means)
+    # Equal weight per process: a noisy process misses the CI target and runs to
+    # max_trials, so pooling every trial would pull the median toward the worst process.
+    # The statistic uses each process's first n trials, n the fewest any process ran;
+    # every trial stays in the raw samples.
+    n = min(len(t.trial_samples_s) for t in timings)
+    balanced = [sum(trial) / len(trial) for t in timings for trial in t.trial_samples_s[:n]]
+    s = summarize(balanced)
     first = timings[0]
     colds = sorted(t.cold_start_s for t in timings)
     return dataclasses.replace(
@@ -26,8 +32,9 @@ def _pooled_timing(timings: list[TimingResult]) -> TimingResult:
         ci_low_s=s.ci_low, ci_high_s=s.ci_high, ci_level=s.ci_level, ci_method=s.ci_method,
         latency_s=percentiles([d for trial in trials for d in trial]),
         stop_reason=",".join(sorted({t.stop_reason for t in timings})),
-        statistic=(f"median over the trials of {len(timings)} worker processes of the "
-                   "trial's mean seconds per step; cold start: median over processes"),
+        statistic=(f"median of the trial's mean seconds per step over the first {n} trials "
+                   f"of each of {len(timings)} worker processes (equal weight per process); "
+                   "cold start: median over processes"),
     )
 
 
@@ -56,6 +63,7 @@ def merge_process_results(results: list[CaseResult]) -> CaseResult:
                            f"{timing.cv:.1%}")
     details = dict(first.details)
     details["process_medians_s"] = [r.timing.median_s for r in results]
+    details["trials_per_process"] = [len(r.timing.trial_samples_s) for r in results]
     details["process_pids"] = [r.worker.get("pid") for r in results]
     return dataclasses.replace(
         first, timing=timing, throughput=throughput, memory=memory, warnings=warnings,
