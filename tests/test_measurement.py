@@ -32,7 +32,7 @@ class ScriptedTimer:
 
 
 def test_known_sleep_measured_within_2_percent():
-    sleep_s = 0.010
+    sleep_s = 0.020  # time.sleep overshoots by ~0.1 ms: 20 ms keeps that well inside 2%
     m = measure(lambda: time.sleep(sleep_s), PerfCounterTimer(), FAST)
     assert m.summary.median == pytest.approx(sleep_s, rel=0.02)
     assert m.summary.ci_low <= m.summary.median <= m.summary.ci_high

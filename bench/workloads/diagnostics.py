@@ -73,9 +73,11 @@ class FaultPhase(Phase):
             while True:
                 time.sleep(1)
         if self.fault == "memory":
-            # bytearray pages are written (zeroed), so they count in RSS at once.
-            self.hoard.append(bytearray(self.chunk_mib * 2**20))
-            return None
+            # A runaway allocation: grows until something stops it. bytearray pages are
+            # written (zeroed), so they count in RSS at once.
+            while True:
+                self.hoard.append(bytearray(self.chunk_mib * 2**20))
+                time.sleep(0.01)
         if self.fault == "raise":
             raise RuntimeError("injected failure")
         raise AssertionError(self.fault)
