@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -101,7 +102,25 @@ def run_isolated(case: CaseSpec) -> CaseResult:
         ps = psutil.Process(proc.pid)
         peak_rss = 0
         verdict: tuple[str, str] | None = None
-        while proc.poll() is None:
+        if limit is None:
+            # Nothing to poll for: block in waitpid (Popen.wait(timeout) would poll every
+            # 50 ms), so the watchdog never wakes beside the worker: on a 2-core host each
+            # wake-up can stall one of the worker's compute threads.
+            timed_out = threading.Event()
+
+            def on_timeout() -> None:
+                timed_out.set()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+
+            alarm = threading.Timer(budget.timeout_s, on_timeout)
+            alarm.start()
+            proc.wait()
+            alarm.cancel()
+            if timed_out.is_set():
+                verdict = (STATUS_TIMEOUT, f"no result after {budget.timeout_s:g} s; "
+                                           "worker killed")
+        while verdict is None and proc.poll() is None:
             elapsed = time.perf_counter() - started
             rss = 0
             if limit is not None:
