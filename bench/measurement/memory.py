@@ -6,9 +6,10 @@ import contextlib
 import resource
 import threading
 import time
-from dataclasses import dataclass
 
 import psutil
+
+from bench.results.schema import MemoryResult
 
 MIB = 2**20
 
@@ -22,19 +23,6 @@ def tree_rss_bytes(process: psutil.Process, children: list[psutil.Process] | Non
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             total += proc.memory_info().rss
     return total
-
-
-@dataclass
-class MemoryReport:
-    baseline_rss_mib: float
-    peak_rss_mib: float
-    rss_high_water_mib: float
-    cuda_peak_allocated_mib: float | None
-    cuda_peak_reserved_mib: float | None
-    nvml_peak_used_mib: float | None
-    sample_interval_s: float
-    samples: int
-    method: str
 
 
 class MemoryTracker:
@@ -65,7 +53,7 @@ class MemoryTracker:
         self._children_at = float("-inf")
         self._nvml_handle = None
         self._nvml_peak: int | None = None
-        self.report: MemoryReport | None = None
+        self.report: MemoryResult | None = None
 
     def _sample(self) -> None:
         now = time.monotonic()
@@ -117,7 +105,7 @@ class MemoryTracker:
             cuda_alloc = torch.cuda.max_memory_allocated() / MIB
             cuda_reserved = torch.cuda.max_memory_reserved() / MIB
         high_water_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        self.report = MemoryReport(
+        self.report = MemoryResult(
             baseline_rss_mib=self._baseline_rss / MIB,
             peak_rss_mib=self._peak_rss / MIB,
             rss_high_water_mib=high_water_kib * 1024 / MIB,

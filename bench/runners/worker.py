@@ -23,7 +23,6 @@ from bench.results.schema import (
     STATUS_OOM,
     AccuracyResult,
     CaseResult,
-    MemoryResult,
     ThroughputResult,
     TimingResult,
 )
@@ -131,7 +130,7 @@ def run_case(case: CaseSpec) -> CaseResult:
         result.reason = f"{type(exc).__name__}: {exc}".strip()[:500]
         result.stderr_tail = traceback.format_exc()[-TRACEBACK_TAIL_CHARS:]
     if tracker is not None and tracker.report is not None:
-        result.memory = MemoryResult(**dataclasses.asdict(tracker.report))
+        result.memory = tracker.report
     result.duration_s = time.perf_counter() - started
     result.finished_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     return result
