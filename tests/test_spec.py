@@ -127,3 +127,12 @@ def test_shipped_suites_load():
 def test_zero_processes_is_refused(write_suite, capsys):
     assert main(["list", str(write_suite(GOOD + "[budget]\nprocesses = 0\n"))]) == 2
     assert "budget.processes: need at least one worker process" in capsys.readouterr().err
+
+
+def test_parity_target_is_validated(write_suite, capsys):
+    bad = GOOD.replace('phase = "train"', 'phase = "train"\nparity_target = 1.5')
+    assert main(["list", str(write_suite(bad))]) == 2
+    assert "benchmark[0].parity_target: value 1.5 is above 1" in capsys.readouterr().err
+    ok = GOOD.replace('phase = "train"', 'phase = "train"\nparity_target = 0.97')
+    planned = expand_suite(load_suite(write_suite(ok, "ok.toml")))
+    assert {p.spec.parity_target for p in planned} == {0.97}

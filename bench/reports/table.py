@@ -9,11 +9,13 @@ from typing import Any
 from tabulate import tabulate
 
 from bench.measurement.fingerprint import machine_name
+from bench.reports.parity import Parity, parity_by_case
 from bench.results.schema import CaseResult, RunRecord
 
 FORMATS = ("github", "plain", "latex", "csv")
 HEADERS = ["case", "status", "step ms (median)", "95% CI ms", "CV %", "throughput",
-           "p99 ms", "cold ms", "peak RSS MiB", "GPU peak MiB", "accuracy", "target"]
+           "p99 ms", "cold ms", "peak RSS MiB", "GPU peak MiB", "accuracy", "target",
+           "vs fp32", "parity"]
 
 
 def _ms(seconds: float | None) -> str:
@@ -28,7 +30,14 @@ def _accuracy(case: CaseResult) -> tuple[str, str]:
     return metrics, verdict
 
 
-def case_row(case: CaseResult) -> list[Any]:
+def _parity(parity: Parity | None) -> tuple[str, str]:
+    if parity is None:
+        return "", ""
+    verdict = "pass" if parity.passed else f"FAIL (< {parity.target:.0%})"
+    return f"{parity.ratio:.4f}", verdict
+
+
+def case_row(case: CaseResult, parity: Parity | None = None) -> list[Any]:
     t, thr, mem = case.timing, case.throughput, case.memory
     metrics, verdict = _accuracy(case)
     status = case.status if case.status == "ok" else f"{case.status}: {case.reason}"
@@ -48,11 +57,13 @@ def case_row(case: CaseResult) -> list[Any]:
         "" if gpu is None else f"{gpu:.0f}",
         metrics,
         verdict,
+        *_parity(parity),
     ]
 
 
 def render_report(record: RunRecord, fmt: str = "github") -> str:
-    rows = [case_row(c) for c in record.cases]
+    parities = parity_by_case(record.cases)
+    rows = [case_row(c, parities.get(c.case_id)) for c in record.cases]
     if fmt == "csv":
         buffer = io.StringIO()
         writer = csv.writer(buffer)

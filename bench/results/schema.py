@@ -80,6 +80,9 @@ class AccuracyResult:
     targets: list[dict[str, Any]]
     passed: bool | None
     failures: list[str] = field(default_factory=list)
+    task_metric: str | None = None
+    higher_is_better: bool | None = None
+    parity_target: float = 0.99
 
 
 @dataclass

@@ -56,7 +56,8 @@ def _throughput(timing: TimingResult, samples_per_step: int, unit: str) -> Throu
     )
 
 
-def _accuracy(case: CaseSpec, metrics: dict[str, float]) -> AccuracyResult:
+def _accuracy(case: CaseSpec, metrics: dict[str, float],
+              task_metric: tuple[str, bool] | None) -> AccuracyResult:
     failures = []
     results = []
     for target in case.accuracy:
@@ -68,8 +69,10 @@ def _accuracy(case: CaseSpec, metrics: dict[str, float]) -> AccuracyResult:
                             f"[{target.min if target.min is not None else '-inf'}, "
                             f"{target.max if target.max is not None else 'inf'}]")
     passed = None if not results else all(r is True for r in results)
+    name, higher = task_metric if task_metric else (None, None)
     return AccuracyResult(metrics=metrics, targets=[dataclasses.asdict(t) for t in case.accuracy],
-                          passed=passed, failures=failures)
+                          passed=passed, failures=failures, task_metric=name,
+                          higher_is_better=higher, parity_target=case.parity_target)
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -123,7 +126,8 @@ def run_case(case: CaseSpec) -> CaseResult:
         result.throughput = _throughput(result.timing, phase.samples_per_step,
                                         phase.sample_unit)
         result.warnings.extend(measurement.warnings)
-        result.accuracy = _accuracy(case, outcome.metrics)
+        result.accuracy = _accuracy(case, outcome.metrics,
+                                    get_workload(case.workload).task_metric(case.phase))
         result.details.update(outcome.details)
     except BaseException as exc:  # noqa: BLE001 - every failure becomes a status
         result.status = STATUS_OOM if _is_oom(exc) else STATUS_ERROR

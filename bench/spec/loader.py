@@ -15,7 +15,8 @@ from bench.spec.model import AccuracyTarget, BenchmarkSpec, Budget, SuiteSpec
 PHASES = ("train", "infer")
 _SUITE_KEYS = {"suite", "budget", "benchmark"}
 _SUITE_TABLE_KEYS = {"name", "description"}
-_BENCHMARK_KEYS = {"label", "workload", "phase", "matrix", "params", "accuracy", "budget"}
+_BENCHMARK_KEYS = {"label", "parity_target", "workload", "phase", "matrix", "params", "accuracy",
+                   "budget"}
 _BUDGET_SETTINGS = {
     f.name: Setting(f.name, float if f.type in ("float", "float | None") else int,
                     minimum=0)
@@ -113,8 +114,13 @@ def _load_benchmark(table: Any, index: int, default_budget: Budget,
     if label is not None and (not isinstance(label, str) or not label.isidentifier()):
         raise BenchInputError(source, f"bad label {label!r}", key=f"{where}.label",
                               valid="a name of letters, digits and underscores")
+    parity = Setting("parity_target", float, 0.99, minimum=0).validate(
+        table.get("parity_target", 0.99), source, f"{where}.parity_target")
+    if parity > 1:
+        raise BenchInputError(source, f"value {parity!r} is above 1",
+                              key=f"{where}.parity_target", valid="number in [0, 1]")
     return BenchmarkSpec(workload=name, phase=phase, matrix=matrix, label=label,
-                         named_axes=named,
+                         parity_target=parity, named_axes=named,
                          params=params,
                          accuracy=accuracy, budget=budget)
 

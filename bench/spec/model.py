@@ -62,6 +62,7 @@ class BenchmarkSpec:
     params: dict[str, Any] = field(default_factory=dict)
     accuracy: tuple[AccuracyTarget, ...] = ()
     budget: Budget = field(default_factory=Budget)
+    parity_target: float = 0.99
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,7 @@ class CaseSpec:
     accuracy: tuple[AccuracyTarget, ...] = ()
     id_axes: tuple[str, ...] | None = None
     label: str | None = None
+    parity_target: float = 0.99
 
     @property
     def case_id(self) -> str:
@@ -108,6 +110,7 @@ class CaseSpec:
             "accuracy": [asdict(target) for target in self.accuracy],
             "id_axes": None if self.id_axes is None else list(self.id_axes),
             "label": self.label,
+            "parity_target": self.parity_target,
         }
 
     @classmethod
@@ -121,4 +124,5 @@ class CaseSpec:
             accuracy=tuple(AccuracyTarget(**t) for t in data.get("accuracy", [])),
             id_axes=None if data.get("id_axes") is None else tuple(data["id_axes"]),
             label=data.get("label"),
+            parity_target=data.get("parity_target", 0.99),
         )

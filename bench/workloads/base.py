@@ -75,6 +75,11 @@ class Workload(ABC):
         """Names of the task metrics this phase reports."""
 
     @classmethod
+    def task_metric(cls, phase: str) -> tuple[str, bool] | None:
+        """The metric accuracy parity compares, and whether higher is better."""
+        return None
+
+    @classmethod
     def unsupported_reason(cls, case: CaseSpec) -> str | None:
         """Why this workload cannot run this case here (None: it can)."""
         return None

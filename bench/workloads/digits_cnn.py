@@ -185,5 +185,9 @@ class DigitsCnn(Workload):
         return ("val_accuracy", "final_train_loss") if phase == "train" else ("val_accuracy",)
 
     @classmethod
+    def task_metric(cls, phase: str) -> tuple[str, bool] | None:
+        return ("val_accuracy", True)
+
+    @classmethod
     def prepare(cls, case, ctx: RunContext) -> Phase:
         return DigitsTrain(case, ctx) if case.phase == "train" else DigitsInfer(case, ctx)

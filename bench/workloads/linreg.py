@@ -111,5 +111,9 @@ class Linreg(Workload):
         return ("val_mse", "slope", "intercept")
 
     @classmethod
+    def task_metric(cls, phase: str) -> tuple[str, bool] | None:
+        return ("val_mse", False)
+
+    @classmethod
     def prepare(cls, case, ctx: RunContext) -> Phase:
         return LinregTrain(case, ctx)

@@ -1,0 +1,64 @@
+"""Accuracy parity: each case's task metric as a ratio to its fp32 reference case.
+
+ratio = metric / reference for higher-is-better metrics (accuracy), and
+reference / metric for lower-is-better ones (MSE, loss), so a ratio below 1 is always
+worse. A case passes at ratio >= its benchmark's ``parity_target`` (default 0.99, as
+MLPerf's 99% of fp32).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bench.results.schema import CaseResult
+from bench.variants.reference import REFERENCE_VALUES
+
+
+@dataclass(frozen=True)
+class Parity:
+    metric: str
+    value: float
+    reference: float
+    ratio: float
+    target: float
+    reference_case: str
+
+    @property
+    def passed(self) -> bool:
+        return self.ratio >= self.target
+
+
+def _shape_key(case: CaseResult) -> tuple:
+    label = case.case_id.split("[", 1)[0]  # workload/phase[:label]
+    shape = tuple(sorted((k, str(v)) for k, v in case.axes.items() if k not in REFERENCE_VALUES))
+    return label, shape
+
+
+def _is_reference(case: CaseResult) -> bool:
+    return all(str(case.axes.get(axis, value)) == value
+               for axis, value in REFERENCE_VALUES.items())
+
+
+def parity_by_case(cases: list[CaseResult]) -> dict[str, Parity]:
+    """Parity of every ok case whose reference case in the same run is ok too."""
+    references = {_shape_key(c): c for c in cases
+                  if c.status == "ok" and c.accuracy and _is_reference(c)}
+    out: dict[str, Parity] = {}
+    for case in cases:
+        acc = case.accuracy
+        if case.status != "ok" or acc is None or acc.task_metric is None:
+            continue
+        ref = references.get(_shape_key(case))
+        if ref is None or ref.accuracy is None:
+            continue
+        value = acc.metrics.get(acc.task_metric)
+        reference = ref.accuracy.metrics.get(acc.task_metric)
+        if value is None or reference is None:
+            continue
+        if acc.higher_is_better:
+            ratio = value / reference if reference else float("inf")
+        else:
+            ratio = reference / value if value else float("inf")
+        out[case.case_id] = Parity(acc.task_metric, value, reference, ratio,
+                                   acc.parity_target, ref.case_id)
+    return out
