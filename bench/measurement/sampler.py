@@ -69,13 +69,16 @@ def measure(step: Step, timer: Timer, budget: Budget, clock=time.perf_counter) -
 
     started = clock()
     trials: list[list[float]] = []
+    means: list[float] = []
     stop_reason = ""
     summary: Summary | None = None
     while not stop_reason:
-        trials.append(timer.time_iterations(step, iters_per_trial))
+        trial = timer.time_iterations(step, iters_per_trial)
+        trials.append(trial)
+        means.append(sum(trial) / len(trial))
         if len(trials) < budget.min_trials:
             continue
-        summary = summarize([sum(t) / len(t) for t in trials])
+        summary = summarize(means)
         if summary.rel_half_width <= budget.target_rel_ci:
             stop_reason = "ci_target"
         elif len(trials) >= budget.max_trials:
@@ -84,7 +87,6 @@ def measure(step: Step, timer: Timer, budget: Budget, clock=time.perf_counter) -
             stop_reason = "max_time"
     assert summary is not None
 
-    means = [sum(t) / len(t) for t in trials]
     warnings = []
     if summary.cv > budget.cv_warning:
         warnings.append(f"unstable: CV of trial means is {summary.cv:.1%} "

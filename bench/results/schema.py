@@ -60,6 +60,18 @@ class ThroughputResult:
     samples_per_step: int
     method: str
 
+    @classmethod
+    def from_timing(cls, timing: TimingResult, samples_per_step: int,
+                    unit: str) -> ThroughputResult:
+        low = timing.ci_low_s
+        return cls(
+            value=samples_per_step / timing.median_s,
+            ci_low=samples_per_step / timing.ci_high_s,
+            ci_high=samples_per_step / low if low > 0 else float("inf"),
+            unit=unit, samples_per_step=samples_per_step,
+            method="samples_per_step / median step time; CI mapped from the step-time CI",
+        )
+
 
 @dataclass
 class MemoryResult:
@@ -105,6 +117,14 @@ class CaseResult:
     worker: dict[str, Any] = field(default_factory=dict)
     duration_s: float | None = None
     finished_at: str | None = None
+
+    @classmethod
+    def for_case(cls, spec: Any, status: str, reason: str | None = None,
+                 **fields: Any) -> CaseResult:
+        """A record carrying a CaseSpec's identity, parameters and budget."""
+        return cls(case_id=spec.case_id, workload=spec.workload, phase=spec.phase,
+                   axes=spec.axes, params=spec.params, status=status, reason=reason,
+                   budget=spec.budget.to_dict(), **fields)
 
 
 @dataclass

@@ -1,10 +1,10 @@
 """Run one case in its own worker process, under a timeout and a memory limit.
 
 The worker is a fresh interpreter (spawned, never forked) in its own process group.
-A watchdog polls it: past ``timeout_s`` the group is killed (status ``timeout``);
-when the RSS of the worker and its children passes ``memory_limit_mib`` the group is
-killed (status ``oom``). A worker that dies without writing its result is ``crashed``,
-with the signal or exit code and the tail of its stderr.
+A watchdog guards it: past ``timeout_s`` the group is killed (status ``timeout``).
+With a memory limit it polls, and when the RSS of the worker and its children passes
+``memory_limit_mib`` the group is killed (status ``oom``). A worker that dies without
+writing its result is ``crashed``, with the signal or exit code and the tail of its stderr.
 """
 
 from __future__ import annotations
@@ -63,10 +63,8 @@ def _describe_exit(returncode: int) -> str:
 
 def _failed(case: CaseSpec, status: str, reason: str, stderr: str, peak_rss: int,
             started: float) -> CaseResult:
-    return CaseResult(
-        case_id=case.case_id, workload=case.workload, phase=case.phase, axes=case.axes,
-        params=case.params, status=status, reason=reason, budget=case.budget.to_dict(),
-        stderr_tail=stderr,
+    return CaseResult.for_case(
+        case, status, reason, stderr_tail=stderr,
         details={"watchdog_peak_rss_mib": peak_rss / MIB} if peak_rss else {},
         duration_s=time.perf_counter() - started,
     )
@@ -102,6 +100,7 @@ def run_isolated(case: CaseSpec) -> CaseResult:
         ps = psutil.Process(proc.pid)
         peak_rss = 0
         verdict: tuple[str, str] | None = None
+        timeout = (STATUS_TIMEOUT, f"no result after {budget.timeout_s:g} s; worker killed")
         if limit is None:
             # Nothing to poll for: block in waitpid (Popen.wait(timeout) would poll every
             # 50 ms), so the watchdog never wakes beside the worker: on a 2-core host each
@@ -118,8 +117,7 @@ def run_isolated(case: CaseSpec) -> CaseResult:
             proc.wait()
             alarm.cancel()
             if timed_out.is_set():
-                verdict = (STATUS_TIMEOUT, f"no result after {budget.timeout_s:g} s; "
-                                           "worker killed")
+                verdict = timeout
         while verdict is None and proc.poll() is None:
             elapsed = time.perf_counter() - started
             rss = 0
@@ -130,8 +128,7 @@ def run_isolated(case: CaseSpec) -> CaseResult:
                     rss = 0
             peak_rss = max(peak_rss, rss)
             if elapsed > budget.timeout_s:
-                verdict = (STATUS_TIMEOUT, f"no result after {budget.timeout_s:g} s; "
-                                           "worker killed")
+                verdict = timeout
             elif limit is not None and rss > limit:
                 verdict = (STATUS_OOM, f"worker RSS {rss / MIB:.0f} MiB exceeded the "
                                        f"memory limit {budget.memory_limit_mib:g} MiB; "

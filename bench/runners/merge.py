@@ -50,11 +50,8 @@ def merge_process_results(results: list[CaseResult]) -> CaseResult:
         return results[0]
     first = results[0]
     timing = _pooled_timing([r.timing for r in results])
-    samples = first.throughput.samples_per_step
-    throughput = ThroughputResult(
-        value=samples / timing.median_s, ci_low=samples / timing.ci_high_s,
-        ci_high=samples / timing.ci_low_s if timing.ci_low_s > 0 else float("inf"),
-        unit=first.throughput.unit, samples_per_step=samples, method=first.throughput.method)
+    throughput = ThroughputResult.from_timing(timing, first.throughput.samples_per_step,
+                                              first.throughput.unit)
     memory = max((r.memory for r in results if r.memory),
                  key=lambda m: m.peak_rss_mib, default=None)
     warnings = list(dict.fromkeys(w for r in results for w in r.warnings))

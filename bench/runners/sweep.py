@@ -19,11 +19,8 @@ CaseRunner = Callable[[PlannedCase], CaseResult]
 
 
 def _skipped(planned: PlannedCase) -> CaseResult:
-    spec = planned.spec
-    return CaseResult(case_id=spec.case_id, workload=spec.workload, phase=spec.phase,
-                      axes=spec.axes, params=spec.params, status=STATUS_SKIPPED,
-                      reason=planned.skip_reason, budget=spec.budget.to_dict(),
-                      finished_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+    return CaseResult.for_case(planned.spec, STATUS_SKIPPED, planned.skip_reason,
+                               finished_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
 
 
 def _run_one(planned: PlannedCase) -> CaseResult:

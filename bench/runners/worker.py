@@ -46,16 +46,6 @@ def _timing(measurement, step_description: str) -> TimingResult:
     )
 
 
-def _throughput(timing: TimingResult, samples_per_step: int, unit: str) -> ThroughputResult:
-    return ThroughputResult(
-        value=samples_per_step / timing.median_s,
-        ci_low=samples_per_step / timing.ci_high_s,
-        ci_high=samples_per_step / timing.ci_low_s if timing.ci_low_s > 0 else float("inf"),
-        unit=f"{unit}/s", samples_per_step=samples_per_step,
-        method="samples_per_step / median step time; CI mapped from the step-time CI",
-    )
-
-
 def _accuracy(case: CaseSpec, metrics: dict[str, float],
               task_metric: tuple[str, bool] | None) -> AccuracyResult:
     failures = []
@@ -107,9 +97,7 @@ def run_case(case: CaseSpec) -> CaseResult:
     from bench.workloads.base import RunContext
 
     started = time.perf_counter()
-    result = CaseResult(case_id=case.case_id, workload=case.workload, phase=case.phase,
-                        axes=case.axes, params=case.params, status=STATUS_OK,
-                        budget=case.budget.to_dict())
+    result = CaseResult.for_case(case, STATUS_OK)
     result.worker = {"pid": os.getpid(), "python": sys.version.split()[0]}
     tracker = None
     try:
@@ -123,8 +111,8 @@ def run_case(case: CaseSpec) -> CaseResult:
                 measurement = measure(phase.step, timer_for(case.device), case.budget)
             outcome = phase.finish()
         result.timing = _timing(measurement, phase.step_description)
-        result.throughput = _throughput(result.timing, phase.samples_per_step,
-                                        phase.sample_unit)
+        result.throughput = ThroughputResult.from_timing(
+            result.timing, phase.samples_per_step, f"{phase.sample_unit}/s")
         result.warnings.extend(measurement.warnings)
         result.accuracy = _accuracy(case, outcome.metrics,
                                     get_workload(case.workload).task_metric(case.phase))
@@ -160,9 +148,9 @@ def main(argv: list[str]) -> int:
     case_path, out_path = Path(argv[0]), Path(argv[1])
     case = CaseSpec.from_dict(json.loads(case_path.read_text()))
     result = run_case(case)
-    from bench.results.store import _json_safe
+    from bench.results.store import json_safe
 
-    out_path.write_text(json.dumps(_json_safe(dataclasses.asdict(result))))
+    out_path.write_text(json.dumps(json_safe(dataclasses.asdict(result))))
     return 0
 
 

@@ -63,6 +63,16 @@ def linear_warmup_decay(total_steps: int, warmup_fraction: float = 0.1) -> Calla
     return factor
 
 
+def train_epochs(trainer: Trainer, epochs: int) -> list[float]:
+    """Train for exactly ``epochs`` passes over the data; mean loss per epoch."""
+    steps_per_epoch = max(1, trainer.stream.batches_per_epoch // trainer.accum_steps)
+    curve = []
+    for _ in range(epochs):
+        losses = [trainer.step() for _ in range(steps_per_epoch)]
+        curve.append(float(torch.stack(losses).mean()))
+    return curve
+
+
 class Trainer:
     """One optimizer step = ``accum_steps`` micro-batches, then step, schedule, zero."""
 

@@ -17,8 +17,9 @@ import torch
 from torch import nn
 
 from bench.spec.axes import Setting
+from bench.variants.precision import get_precision
 from bench.workloads import register
-from bench.workloads._training import BatchStream, Trainer
+from bench.workloads._training import BatchStream, Trainer, train_epochs
 from bench.workloads.base import Outcome, Phase, RunContext, Workload
 
 SPLIT_SEED = 1234
@@ -66,15 +67,6 @@ def build_trainer(x: torch.Tensor, y: torch.Tensor, batch_size: int, accum_steps
     stream = BatchStream(x, y, batch_size, seed)
     return Trainer(model, optimizer, nn.functional.cross_entropy, stream, accum_steps,
                    ctx.precision, ctx.device)
-
-
-def train_epochs(trainer: Trainer, epochs: int) -> list[float]:
-    steps_per_epoch = max(1, trainer.stream.batches_per_epoch // trainer.accum_steps)
-    curve = []
-    for _ in range(epochs):
-        losses = [trainer.step() for _ in range(steps_per_epoch)]
-        curve.append(float(torch.stack(losses).mean()))
-    return curve
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
@@ -130,7 +122,7 @@ class DigitsInfer(Phase):
         x_train, y_train, self.x_val, self.y_val = tensors(ctx.device)
         # The served model is trained once in fp32, as users deploy a trained checkpoint;
         # the case's precision applies to inference only.
-        fp32_ctx = RunContext(ctx.device, _fp32(), ctx.seed)
+        fp32_ctx = RunContext(ctx.device, get_precision("fp32"), ctx.seed)
         trainer = build_trainer(x_train, y_train, 64, 1, case.params["lr"],
                                 case.params["width"], fp32_ctx, ctx.seed + 1)
         self.train_curve = train_epochs(trainer, case.params["epochs"])
@@ -158,12 +150,6 @@ class DigitsInfer(Phase):
                        details={"train_epochs_fp32": self.case.params["epochs"],
                                 "train_loss_per_epoch": self.train_curve,
                                 "n_val": len(self.x_val)})
-
-
-def _fp32():
-    from bench.variants.precision import get_precision
-
-    return get_precision("fp32")
 
 
 @register

@@ -12,7 +12,7 @@ from torch import nn
 
 from bench.spec.axes import Setting
 from bench.workloads import register
-from bench.workloads._training import BatchStream, Trainer, linear_warmup_decay
+from bench.workloads._training import BatchStream, Trainer, linear_warmup_decay, train_epochs
 from bench.workloads.base import Outcome, Phase, RunContext, Workload
 
 TRUE_SLOPE = 2.0
@@ -47,8 +47,7 @@ class LinregTrain(Phase):
         optimizer = torch.optim.SGD(model.parameters(), lr=self.case.params["lr"])
         stream = BatchStream(self.x_train, self.y_train, self.batch_size, seed)
         accum = self.case.axes["accum_steps"]
-        self.steps_per_epoch = max(1, stream.batches_per_epoch // accum)
-        total = self.case.params["epochs"] * self.steps_per_epoch
+        total = self.case.params["epochs"] * max(1, stream.batches_per_epoch // accum)
         scheduler = None
         if self.case.axes["lr_schedule"] == "warmup_linear":
             scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_decay(total))
@@ -64,10 +63,7 @@ class LinregTrain(Phase):
         # change the reported metrics.
         trainer = self._make_trainer(seed=self.ctx.seed + 2)
         epochs = self.case.params["epochs"]
-        curve = []
-        for _ in range(epochs):
-            losses = [trainer.step() for _ in range(self.steps_per_epoch)]
-            curve.append(float(torch.stack(losses).mean()))
+        curve = train_epochs(trainer, epochs)
         model = trainer.model.eval()
         with torch.inference_mode(), self.ctx.precision.context(self.ctx.device):
             val_mse = float(nn.functional.mse_loss(model(self.x_val).float(), self.y_val))
