@@ -98,6 +98,25 @@ class AccuracyResult:
 
 
 @dataclass
+class ModelResult:
+    """What was built and timed: the variant steps applied, its size and sparsity."""
+
+    variant: list[str]
+    bytes: int
+    bytes_method: str
+    parameters: int
+    nonzero_parameters: int
+    prunable_weights: int
+    weight_sparsity: float
+    int8_weights: int
+    export_check: dict[str, Any] | None
+    build_s: dict[str, float]
+    reference_parameters: int | None = None
+    sparsity_method: str = "zeros / elements over every Linear/Conv weight, after pruning " \
+                           "and before quantization"
+
+
+@dataclass
 class CaseResult:
     case_id: str
     workload: str
@@ -111,6 +130,7 @@ class CaseResult:
     throughput: ThroughputResult | None = None
     memory: MemoryResult | None = None
     accuracy: AccuracyResult | None = None
+    model: ModelResult | None = None
     details: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     stderr_tail: str | None = None

@@ -117,6 +117,7 @@ def run_case(case: CaseSpec) -> CaseResult:
         result.accuracy = _accuracy(case, outcome.metrics,
                                     get_workload(case.workload).task_metric(case.phase))
         result.details.update(outcome.details)
+        result.model = outcome.model
     except BaseException as exc:  # noqa: BLE001 - every failure becomes a status
         result.status = STATUS_OOM if _is_oom(exc) else STATUS_ERROR
         result.reason = f"{type(exc).__name__}: {exc}".strip()[:500]

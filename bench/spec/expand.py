@@ -27,7 +27,8 @@ def skip_reason(case: CaseSpec) -> str | None:
     reason = device_unavailable_reason(case.device)
     if reason:
         return reason
-    reason = get_precision(case.axes.get("precision", "fp32")).unsupported_reason(case.device)
+    precision = get_precision(case.axes.get("precision", "fp32"))
+    reason = precision.unsupported_reason(case.device, case.phase)
     if reason:
         return reason
     return get_workload(case.workload).unsupported_reason(case)

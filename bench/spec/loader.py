@@ -96,7 +96,8 @@ def _load_benchmark(table: Any, index: int, default_budget: Budget,
         key = f"{where}.matrix.{axis_name}"
         matrix[axis_name] = tuple(setting.validate(v, source, key) for v in values)
 
-    param_settings = workload.params()
+    param_settings = {k: s for k, s in workload.params().items()
+                      if s.phases is None or phase in s.phases}
     params_table = _check_keys(table.get("params", {}), set(param_settings), source,
                                f"{where}.params")
     params = {

@@ -19,8 +19,12 @@ class Precision:
     tf32: bool = False
     devices: tuple[str, ...] = ("cpu", "cuda")
     cuda_check: Callable[[], str | None] | None = None
+    cast_dtype: str | None = None  # weights and activations cast (model.to), no autocast
 
-    def unsupported_reason(self, device: str) -> str | None:
+    def unsupported_reason(self, device: str, phase: str = "infer") -> str | None:
+        if self.cast_dtype is not None and phase == "train":
+            return f"precision {self.name} casts the weights for inference; training " \
+                   f"uses autocast ({self.name.split('_')[0]})"
         if device not in self.devices:
             return f"precision {self.name} is not available on {device} " \
                    f"(only on {', '.join(self.devices)})"
@@ -58,6 +62,9 @@ class Precision:
             return "fp32 tensors, TF32 tensor-core matmul/conv (torch.backends allow_tf32)"
         if self.autocast_dtype:
             return f"torch.autocast(dtype=torch.{self.autocast_dtype}), fp32 weights"
+        if self.cast_dtype:
+            return f"weights and floating inputs cast to torch.{self.cast_dtype} " \
+                   "(model.to(dtype)), no autocast"
         return "fp32 throughout (TF32 disabled)"
 
 
@@ -86,6 +93,9 @@ PRECISIONS: dict[str, Precision] = {
                   devices=("cuda",), cuda_check=_cuda_tf32_check),
         Precision("fp16", "float16 autocast", autocast_dtype="float16"),
         Precision("bf16", "bfloat16 autocast", autocast_dtype="bfloat16",
+                  cuda_check=_cuda_bf16_check),
+        Precision("fp16_cast", "float16 weights and activations", cast_dtype="float16"),
+        Precision("bf16_cast", "bfloat16 weights and activations", cast_dtype="bfloat16",
                   cuda_check=_cuda_bf16_check),
     )
 }

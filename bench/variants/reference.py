@@ -7,4 +7,8 @@ variant axis adds its reference value here.
 
 REFERENCE_VALUES: dict[str, str] = {
     "precision": "fp32",
+    "backend": "eager",
+    "quantization": "none",
+    "pruning": "none",
+    "distillation": "none",
 }

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from bench.spec.axes import Setting, common_axes
 
 if TYPE_CHECKING:
+    from bench.results.schema import ModelResult
     from bench.spec.model import CaseSpec
     from bench.variants.precision import Precision
 
@@ -35,6 +36,7 @@ class Outcome:
 
     metrics: dict[str, float]
     details: dict[str, Any] = field(default_factory=dict)
+    model: ModelResult | None = None  # for phases built through bench.variants.pipeline
 
 
 class Phase(ABC):

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from bench.spec.axes import Setting
+from bench.variants import distillation, pipeline, pruning
 from bench.variants.precision import get_precision
 from bench.workloads import register
 from bench.workloads._training import BatchStream, Trainer, train_epochs
@@ -112,44 +113,84 @@ class DigitsTrain(Phase):
         )
 
 
+EVAL_BATCH = 120  # the 360 validation images in three fixed-shape batches
+
+
 class DigitsInfer(Phase):
     step_description = "one forward pass over a batch of batch_size validation images; " \
-                       "torch.inference_mode and autocast entered once around all steps; " \
+                       "torch.inference_mode and precision entered once around all steps; " \
                        "batches rotate through 8 distinct inputs"
 
     def __init__(self, case, ctx: RunContext) -> None:
         self.case, self.ctx = case, ctx
-        x_train, y_train, self.x_val, self.y_val = tensors(ctx.device)
+        p = case.params
+        self.x_train, self.y_train, self.x_val, self.y_val = tensors(ctx.device)
         # The served model is trained once in fp32, as users deploy a trained checkpoint;
-        # the case's precision applies to inference only.
-        fp32_ctx = RunContext(ctx.device, get_precision("fp32"), ctx.seed)
-        trainer = build_trainer(x_train, y_train, 64, 1, case.params["lr"],
-                                case.params["width"], fp32_ctx, ctx.seed + 1)
-        self.train_curve = train_epochs(trainer, case.params["epochs"])
-        self.model = trainer.model.eval()
+        # the case's variant axes apply to inference only.
+        self.fp32 = RunContext(ctx.device, get_precision("fp32"), ctx.seed)
+        trainer = build_trainer(self.x_train, self.y_train, 64, 1, p["lr"], p["width"],
+                                self.fp32, ctx.seed + 1)
+        self.train_curve = train_epochs(trainer, p["epochs"])
+        self.teacher = trainer.model.eval()
+        self.teacher_accuracy = accuracy(self.teacher, self.x_val, self.y_val, EVAL_BATCH,
+                                         self.fp32)
+        model = self.teacher
+        if case.axes.get("distillation", "none") == "student":
+            model = self._distil()
+        self.eval_batches = [(self.x_val[i:i + EVAL_BATCH],)
+                             for i in range(0, len(self.x_val), EVAL_BATCH)]
+        calibration = [(self.x_train[i:i + 32],) for i in range(0, 8 * 32, 32)]
+        adapter = pipeline.ModelAdapter(
+            model=model, input_names=("images",), output_name="logits",
+            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+            check_inputs=self.eval_batches, calibration=calibration,
+            structured_pruner=pruning.conv_channels)
+        self.variant = pipeline.build_variant(adapter, case.axes, ctx.device)
         batch = case.axes["batch_size"]
         reps = -(-8 * batch // len(self.x_val))
         pool = self.x_val.repeat(reps, 1, 1, 1)
-        self.inputs = [pool[i * batch:(i + 1) * batch].contiguous() for i in range(8)]
+        self.inputs = [self.variant.prepare((pool[i * batch:(i + 1) * batch].contiguous(),))
+                       for i in range(8)]
         self._cycle = itertools.cycle(self.inputs)
         self.samples_per_step = batch
 
+    def _distil(self) -> nn.Module:
+        p = self.case.params
+        with torch.inference_mode():
+            teacher_logits = torch.cat([self.teacher(self.x_train[i:i + 256])
+                                        for i in range(0, len(self.x_train), 256)])
+        targets = distillation.soft_targets(self.y_train, teacher_logits)
+        torch.manual_seed(self.ctx.seed + 3)
+        student = DigitsCNN(p["student_width"]).to(self.ctx.device)
+        trainer = Trainer(student, torch.optim.Adam(student.parameters(), lr=p["lr"]),
+                          distillation.distillation_loss,
+                          BatchStream(self.x_train, targets, 64, self.ctx.seed + 3), 1,
+                          self.fp32.precision, self.ctx.device)
+        self.student_curve = train_epochs(trainer, p["epochs"])
+        return student.eval()
+
     def session(self) -> contextlib.AbstractContextManager[object]:
-        stack = contextlib.ExitStack()
-        stack.enter_context(torch.inference_mode())
-        stack.enter_context(self.ctx.precision.context(self.ctx.device))
-        return stack
+        return self.variant.session()
 
     def step(self) -> object:
-        return self.model(next(self._cycle))
+        return self.variant.step(next(self._cycle))
 
     def finish(self) -> Outcome:
-        val_acc = accuracy(self.model, self.x_val, self.y_val, self.case.axes["batch_size"],
-                           self.ctx)
-        return Outcome(metrics={"val_accuracy": val_acc},
-                       details={"train_epochs_fp32": self.case.params["epochs"],
-                                "train_loss_per_epoch": self.train_curve,
-                                "n_val": len(self.x_val)})
+        correct = 0
+        for (images,), start in zip(self.eval_batches, range(0, len(self.x_val), EVAL_BATCH),
+                                    strict=True):
+            logits = self.variant.infer((images,))
+            correct += int((logits.argmax(1) == self.y_val[start:start + EVAL_BATCH].cpu()).sum())
+        details = {"train_epochs_fp32": self.case.params["epochs"],
+                   "train_loss_per_epoch": self.train_curve, "n_val": len(self.x_val),
+                   "teacher_val_accuracy": self.teacher_accuracy}
+        if hasattr(self, "student_curve"):
+            details["distillation"] = {
+                "method": distillation.method(), "student_width": self.case.params["student_width"],
+                "teacher_width": self.case.params["width"],
+                "student_loss_per_epoch": self.student_curve}
+        return Outcome(metrics={"val_accuracy": correct / len(self.x_val)}, details=details,
+                       model=self.variant.model)
 
 
 @register
@@ -157,6 +198,8 @@ class DigitsCnn(Workload):
     name = "digits_cnn"
     description = "two-conv CNN on scikit-learn's 8x8 digits (1437 train / 360 val)"
     phases = ("train", "infer")
+    support = pipeline.VariantSupport(structured_pruning="conv output channels",
+                                      torch_static_int8=None)
 
     @classmethod
     def params(cls) -> dict[str, Setting]:
@@ -164,7 +207,19 @@ class DigitsCnn(Workload):
             "epochs": Setting("epochs", int, 8, minimum=1),
             "lr": Setting("lr", float, 2e-3, minimum=0),
             "width": Setting("width", int, 32, minimum=1, help="channels of the first conv"),
+            "student_width": Setting("student_width", int, 8, minimum=1, phases=("infer",),
+                                     help="channels of the distilled student's first conv"),
         }
+
+    @classmethod
+    def axes(cls) -> dict[str, Setting]:
+        return {**super().axes(), **pipeline.variant_axes(), "distillation": distillation.AXIS}
+
+    @classmethod
+    def unsupported_reason(cls, case) -> str | None:
+        if case.phase != "infer":
+            return None
+        return pipeline.unsupported_reason(case.axes, case.device, cls.support)
 
     @classmethod
     def metrics(cls, phase: str) -> tuple[str, ...]:

@@ -1,0 +1,160 @@
+"""Pruning, made permanent before timing (torch.nn.utils.prune, then prune.remove).
+
+- ``magnitude-NN``: unstructured L1 pruning of NN% of every Linear/Conv weight. The tensors
+  stay dense, so dense kernels do the same work: expect no speed-up, and the figures show it.
+- ``structured-NN``: NN% of whole units removed by the workload's own rule (attention heads
+  for transformers, physically removed; conv output channels for CNNs).
+- ``semi-2:4``: 2:4 semi-structured sparsity (two zeros in every four weights along the
+  input dimension) stored as torch's SparseSemiStructuredTensor: CUDA, compute capability
+  8.0+, fp16/bf16 weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from bench.spec.axes import Setting
+
+PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
+
+
+@dataclass(frozen=True)
+class Pruning:
+    name: str
+    kind: str  # none | magnitude | structured | semi_structured
+    amount: float = 0.0
+
+    def unsupported_reason(self, device: str, precision: str, backend: str) -> str | None:
+        if self.kind != "semi_structured":
+            return None
+        if device != "cuda":
+            return "2:4 semi-structured sparse kernels (cuSPARSELt/CUTLASS) run on CUDA only"
+        if precision not in ("fp16_cast", "bf16_cast"):
+            return "2:4 semi-structured sparsity needs fp16/bf16 weights: use precision " \
+                   "fp16_cast or bf16_cast"
+        if backend != "eager":
+            return "2:4 semi-structured tensors are timed with backend=eager only"
+        major, _ = torch.cuda.get_device_capability()
+        if major < 8:
+            return f"2:4 sparsity needs compute capability 8.0+, " \
+                   f"{torch.cuda.get_device_name()} has {major}.x"
+        return None
+
+
+PRUNINGS: dict[str, Pruning] = {
+    p.name: p
+    for p in (
+        Pruning("none", "none"),
+        Pruning("magnitude-30", "magnitude", 0.3),
+        Pruning("magnitude-50", "magnitude", 0.5),
+        Pruning("magnitude-70", "magnitude", 0.7),
+        Pruning("magnitude-90", "magnitude", 0.9),
+        Pruning("structured-25", "structured", 0.25),
+        Pruning("structured-50", "structured", 0.5),
+        Pruning("semi-2:4", "semi_structured", 0.5),
+    )
+}
+
+AXIS = Setting("pruning", str, "none", choices=tuple(PRUNINGS), phases=("infer",),
+               help="weight pruning, made permanent before timing")
+
+StructuredPruner = Callable[[nn.Module, float], str]
+
+
+def prunable_modules(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, PRUNABLE)]
+
+
+def magnitude(model: nn.Module, amount: float) -> str:
+    for module in prunable_modules(model):
+        prune.l1_unstructured(module, "weight", amount=amount)
+        prune.remove(module, "weight")
+    return f"torch.nn.utils.prune.l1_unstructured(amount={amount}) on every Linear/Conv " \
+           "weight, then prune.remove (dense tensors with zeros)"
+
+
+def conv_channels(model: nn.Module, amount: float) -> str:
+    """Structured pruning of conv output channels by L2 norm (zeroed, shapes kept)."""
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv1d | nn.Conv2d)]
+    for module in convs:
+        prune.ln_structured(module, "weight", amount=amount, n=2, dim=0)
+        prune.remove(module, "weight")
+        if module.bias is not None:
+            with torch.no_grad():
+                dead = module.weight.flatten(1).abs().sum(1) == 0
+                module.bias[dead] = 0
+    return f"torch.nn.utils.prune.ln_structured(n=2, dim=0, amount={amount}) on " \
+           f"{len(convs)} conv layers (output channels zeroed with their bias; dense shapes kept)"
+
+
+def _two_four_mask(weight: torch.Tensor) -> torch.Tensor:
+    groups = weight.abs().reshape(-1, 4)
+    keep = groups.topk(2, dim=1).indices
+    mask = torch.zeros_like(groups, dtype=torch.bool).scatter_(1, keep, True)
+    return mask.reshape(weight.shape)
+
+
+def _semi_structured_linears(model: nn.Module) -> list[nn.Linear]:
+    return [m for m in model.modules() if isinstance(m, nn.Linear)
+            and m.in_features % 64 == 0 and m.out_features % 64 == 0]
+
+
+def semi_structured_mask(model: nn.Module) -> str:
+    """Zero the 2 smallest-magnitude weights of every 4 (dense tensors, masks permanent)."""
+    layers = _semi_structured_linears(model)
+    for module in layers:
+        with torch.no_grad():
+            module.weight.mul_(_two_four_mask(module.weight))
+    return f"2:4 magnitude mask on {len(layers)} Linear layers (dims multiple of 64), " \
+           "stored by torch.sparse.to_sparse_semi_structured after the precision cast"
+
+
+def to_semi_structured(model: nn.Module) -> int:
+    """Replace masked Linear weights by SparseSemiStructuredTensor (CUDA, fp16/bf16)."""
+    from torch.sparse import to_sparse_semi_structured
+
+    layers = _semi_structured_linears(model)
+    for module in layers:
+        module.weight = nn.Parameter(to_sparse_semi_structured(module.weight.detach()),
+                                     requires_grad=False)
+    return len(layers)
+
+
+@dataclass(frozen=True)
+class SparsityReport:
+    prunable_weights: int
+    zero_weights: int
+    parameters: int
+    nonzero_parameters: int
+
+    @property
+    def sparsity(self) -> float:
+        return self.zero_weights / self.prunable_weights if self.prunable_weights else 0.0
+
+
+def sparsity_report(model: nn.Module) -> SparsityReport:
+    prunable = zeros = 0
+    for module in prunable_modules(model):
+        w = module.weight.detach()
+        prunable += w.numel()
+        zeros += int((w == 0).sum())
+    params = sum(p.numel() for p in model.parameters())
+    nonzero = sum(int((p.detach() != 0).sum()) for p in model.parameters())
+    return SparsityReport(prunable, zeros, params, nonzero)
+
+
+def apply(model: nn.Module, pruning: Pruning, structured: StructuredPruner | None) -> str:
+    if pruning.kind == "none":
+        return "none"
+    if pruning.kind == "magnitude":
+        return magnitude(model, pruning.amount)
+    if pruning.kind == "structured":
+        if structured is None:
+            raise ValueError("this workload has no structured pruning rule")
+        return structured(model, pruning.amount)
+    return semi_structured_mask(model)
