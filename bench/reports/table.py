@@ -14,8 +14,9 @@ from bench.results.schema import CaseResult, RunRecord
 
 FORMATS = ("github", "plain", "latex", "csv")
 HEADERS = ["case", "status", "step ms (median)", "95% CI ms", "CV %", "throughput",
-           "p99 ms", "cold ms", "peak RSS MiB", "GPU peak MiB", "accuracy", "target",
-           "vs fp32", "parity"]
+           "p99 ms", "cold ms", "peak RSS MiB", "GPU peak MiB", "model MiB", "sparsity",
+           "fidelity cos (mean/min)", "accuracy", "target", "vs fp32", "parity"]
+MIB = 2 ** 20
 
 
 def _ms(seconds: float | None) -> str:
@@ -25,7 +26,10 @@ def _ms(seconds: float | None) -> str:
 def _accuracy(case: CaseResult) -> tuple[str, str]:
     if case.accuracy is None:
         return "", ""
-    metrics = ", ".join(f"{k}={v:.4g}" for k, v in case.accuracy.metrics.items())
+    shown = case.accuracy.metrics
+    if case.accuracy.task_metric in shown:  # the rest stays in the result file
+        shown = {case.accuracy.task_metric: shown[case.accuracy.task_metric]}
+    metrics = ", ".join(f"{k}={v:.4g}" for k, v in shown.items())
     verdict = {True: "pass", False: "FAIL", None: ""}[case.accuracy.passed]
     return metrics, verdict
 
@@ -35,6 +39,20 @@ def _parity(parity: Parity | None) -> tuple[str, str]:
         return "", ""
     verdict = "pass" if parity.passed else f"FAIL (< {parity.target:.0%})"
     return f"{parity.ratio:.4f}", verdict
+
+
+def _model(case: CaseResult) -> tuple[str, str, str]:
+    m = case.model
+    size = "" if m is None else f"{m.bytes / MIB:.2f}"
+    sparsity = "" if m is None or not m.weight_sparsity else f"{m.weight_sparsity:.0%}"
+    if m is not None and m.reference_parameters and m.parameters < m.reference_parameters:
+        sparsity = (sparsity + " " if sparsity else "") + \
+            f"({1 - m.parameters / m.reference_parameters:.0%} params removed)"
+    metrics = case.accuracy.metrics if case.accuracy else {}
+    fidelity = ""
+    if "fidelity_mean_cos" in metrics:
+        fidelity = f"{metrics['fidelity_mean_cos']:.4f}/{metrics['fidelity_min_cos']:.4f}"
+    return size, sparsity, fidelity
 
 
 def case_row(case: CaseResult, parity: Parity | None = None) -> list[Any]:
@@ -55,6 +73,7 @@ def case_row(case: CaseResult, parity: Parity | None = None) -> list[Any]:
         _ms(t.cold_start_s) if t else "",
         f"{mem.peak_rss_mib:.0f}" if mem else "",
         "" if gpu is None else f"{gpu:.0f}",
+        *_model(case),
         metrics,
         verdict,
         *_parity(parity),

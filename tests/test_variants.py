@@ -1,0 +1,178 @@
+"""Variant builders on tiny models: each really does what its name says."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from bench.variants import distillation, pipeline, pruning, quantization
+from bench.workloads.digits_cnn import DigitsCNN
+
+
+def tiny_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return DigitsCNN(width=4).eval()
+
+
+def images(n: int = 16, seed: int = 0) -> torch.Tensor:
+    return torch.rand(n, 1, 8, 8, generator=torch.Generator().manual_seed(seed))
+
+
+def adapter(model: nn.Module) -> pipeline.ModelAdapter:
+    return pipeline.ModelAdapter(
+        model=model, input_names=("images",), output_name="logits",
+        dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+        check_inputs=[(images(16, 1),), (images(5, 2),)],
+        calibration=[(images(32, s),) for s in range(3, 7)],
+        structured_pruner=pruning.conv_channels)
+
+
+def weight_elements(model: nn.Module, kinds=(nn.Linear,)) -> int:
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, kinds))
+
+
+def test_torch_dynamic_int8_has_int8_linear_weights():
+    model = tiny_cnn()
+    variant = pipeline.build_variant(adapter(model), {"quantization": "int8_dynamic"}, "cpu")
+    assert variant.model.int8_weights == weight_elements(model, (nn.Linear,))
+    x = images(8, 9)
+    expected = model(x)
+    got = variant.infer((x,))
+    assert nn.functional.cosine_similarity(expected, got).min() > 0.99
+
+
+def test_torch_static_int8_quantizes_every_conv_and_linear():
+    model = tiny_cnn()
+    variant = pipeline.build_variant(adapter(model), {"quantization": "int8_static"}, "cpu")
+    assert variant.model.int8_weights == weight_elements(model, (nn.Linear, nn.Conv2d))
+    assert "4 calibration batches" in " ".join(variant.model.variant)
+    assert variant.model.bytes < pipeline.serialized_bytes(model)
+
+
+def test_onnx_export_runs_in_onnxruntime_and_matches_torch():
+    model = tiny_cnn()
+    variant = pipeline.build_variant(adapter(model), {"backend": "onnxruntime"}, "cpu")
+    check = variant.model.export_check
+    assert check["passed"] and check["rows"] == 21 and check["max_abs_diff"] < 1e-4
+    assert variant.model.bytes_method == "size of the .onnx file"
+    x = images(7, 3)  # a batch size never exported: the batch axis is dynamic
+    out = variant.infer((x,))
+    assert out.shape == (7, 10)
+    torch.testing.assert_close(out, model(x).detach(), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["int8_dynamic", "int8_static"])
+def test_onnxruntime_int8_file_holds_int8_weights(method):
+    model = tiny_cnn()
+    variant = pipeline.build_variant(
+        adapter(model), {"backend": "onnxruntime", "quantization": method}, "cpu")
+    assert variant.model.int8_weights >= weight_elements(model, (nn.Linear,))
+    assert variant.model.export_check["passed"]  # the fp32 export is checked before int8
+    logits = variant.infer((images(16, 1),))
+    assert nn.functional.cosine_similarity(logits, model(images(16, 1)).detach()).mean() > 0.95
+
+
+@pytest.mark.parametrize("name", ["magnitude-30", "magnitude-50", "magnitude-90"])
+def test_magnitude_pruning_reaches_the_stated_sparsity(name):
+    model = tiny_cnn()
+    variant = pipeline.build_variant(adapter(model), {"pruning": name}, "cpu")
+    target = pruning.PRUNINGS[name].amount
+    assert variant.model.weight_sparsity == pytest.approx(target, abs=0.01)
+    assert variant.model.parameters == variant.model.reference_parameters
+
+
+def test_pruning_is_made_permanent():
+    model = tiny_cnn()
+    pruning.magnitude(model, 0.5)
+    assert not any(n.endswith("_orig") for n, _ in model.named_parameters())
+    assert not any(n.endswith("_mask") for n, _ in model.named_buffers())
+    assert pruning.sparsity_report(model).sparsity == pytest.approx(0.5, abs=0.01)
+
+
+def test_magnitude_pruning_removes_the_smallest_weights():
+    layer = nn.Linear(4, 2)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[1.0, -5.0, 0.5, 3.0], [-0.1, 2.0, 4.0, -6.0]]))
+    pruning.magnitude(layer, 0.5)
+    assert layer.weight.tolist() == [[0.0, -5.0, 0.0, 3.0], [0.0, 0.0, 4.0, -6.0]]
+
+
+def test_structured_channel_pruning_zeroes_whole_channels():
+    model = tiny_cnn()
+    pruning.conv_channels(model, 0.5)
+    for conv in (model.features[0], model.features[2]):
+        dead = conv.weight.flatten(1).abs().sum(1) == 0
+        assert int(dead.sum()) == conv.out_channels // 2
+        assert bool((conv.bias[dead] == 0).all())
+
+
+def test_two_four_mask_keeps_two_largest_of_every_four():
+    w = torch.tensor([[0.1, -3.0, 2.0, 0.2, 5.0, 4.0, -0.3, 0.0]])
+    mask = pruning._two_four_mask(w)
+    assert mask.tolist() == [[False, True, True, False, True, True, False, False]]
+
+
+def test_unsupported_combinations_have_reasons():
+    support = pipeline.VariantSupport(structured_pruning=None)
+    reason = pipeline.unsupported_reason
+    assert "precision=fp32" in reason({"quantization": "int8_dynamic", "precision": "bf16"},
+                                      "cpu", support)
+    assert "fp32 export" in reason({"backend": "onnxruntime", "precision": "fp16"}, "cpu",
+                                   support)
+    assert "no structured pruning" in reason({"pruning": "structured-25"}, "cpu", support)
+    assert "CUDA only" in reason({"pruning": "semi-2:4", "precision": "fp16_cast"}, "cpu",
+                                 support)
+    assert "eager-mode static" in reason({"quantization": "int8_static"}, "cpu", support)
+    assert reason({"backend": "onnxruntime", "quantization": "int8_static"}, "cpu",
+                  support) is None
+
+
+def test_weight_cast_precision_casts_weights_and_inputs():
+    model = tiny_cnn()
+    variant = pipeline.build_variant(adapter(model), {"precision": "bf16_cast"}, "cpu")
+    x = images(4)
+    prepared = variant.prepare((x,))
+    assert prepared[0].dtype == torch.bfloat16
+    assert variant.model.bytes < 0.6 * pipeline.serialized_bytes(model)
+    assert nn.functional.cosine_similarity(variant.infer((x,)), model(x).detach()).min() > 0.99
+
+
+def test_distillation_loss_reduces_to_its_parts():
+    torch.manual_seed(0)
+    student, teacher = torch.randn(6, 10), torch.randn(6, 10)
+    labels = torch.randint(0, 10, (6,))
+    targets = distillation.soft_targets(labels, teacher)
+    hard = distillation.distillation_loss(student, targets, alpha=0.0)
+    torch.testing.assert_close(hard, nn.functional.cross_entropy(student, labels))
+    same = distillation.distillation_loss(teacher, distillation.soft_targets(labels, teacher),
+                                          alpha=1.0)
+    assert float(same) == pytest.approx(0.0, abs=1e-6)  # KL of a distribution to itself
+
+
+def test_quantization_registry_names_are_the_axis_choices():
+    assert quantization.AXIS.choices == tuple(quantization.QUANTIZATIONS)
+    assert set(pipeline.variant_axes()) == {"backend", "quantization", "pruning"}
+
+
+@pytest.mark.slow
+def test_variant_case_through_the_worker_records_model_and_parity(tmp_path):
+    """An ONNX Runtime static-int8 digits case and its fp32 eager reference, end to end
+    through the isolated worker and the result file."""
+    from bench.reports.parity import parity_by_case
+    from bench.runners.isolation import run_isolated
+    from bench.spec.model import Budget, CaseSpec
+
+    budget = Budget(min_trials=3, max_trials=5, max_time_s=0.5, trial_time_s=0.01,
+                    warmup_max_s=0.1, timeout_s=120)
+    params = {"epochs": 2, "lr": 2e-3, "width": 8, "student_width": 4}
+    base = {"device": "cpu", "precision": "fp32", "batch_size": 16}
+    cases = [CaseSpec("digits_cnn", "infer", {**base, **axes}, params, budget)
+             for axes in ({}, {"backend": "onnxruntime", "quantization": "int8_static"})]
+    results = [run_isolated(c) for c in cases]
+    assert [r.status for r in results] == ["ok", "ok"], [r.reason for r in results]
+    model = results[1].model
+    assert model.int8_weights > 0 and model.export_check["passed"]
+    assert any("quantize_static" in step for step in model.variant)
+    parity = parity_by_case(results)[results[1].case_id]
+    assert parity.reference_case == results[0].case_id
