@@ -1,19 +1,23 @@
 """Cross-check the suite's timing against torch.utils.benchmark.
 
-For digits_cnn inference at several batch sizes, times the same trained model on the
-same input two ways, each in --processes independent processes, interleaved (a process
-is the unit that varies: allocation, thread placement, neighbours on a shared host):
+For fp32 eager inference of a workload at several batch sizes, times the same model on
+the same input shape two ways, each in --processes independent processes, interleaved (a
+process is the unit that varies: allocation, thread placement, neighbours on a shared
+host):
 
 - the suite: the engine's worker, as `bench run` does (budget.processes pooled);
-- the reference: torch.utils.benchmark.Timer.blocked_autorange on
-  `with torch.inference_mode(): model(x)` in a fresh process, a timer the engine does
-  not use; the median over processes is taken.
+- the reference: torch.utils.benchmark.Timer.blocked_autorange on a plain hand-written
+  forward in a fresh process, a timer the engine does not use; the median over
+  processes is taken. digits_cnn: `model(x)` on the suite's trained model. minilm: the
+  transformers model called directly on tokenizer output, then mean pooling, written
+  out in the statement without any of the suite's code.
 
 Prints both, each process's figure, and the median over pairs of suite / reference (each
 suite process against the reference process run just before it); exits 1 beyond
 --tolerance.
 
-    python tools/crosscheck_timer.py [--batch-sizes 1 32 256] [--device cpu] [--processes 3]
+    python tools/crosscheck_timer.py [--workload digits_cnn|minilm] [--batch-sizes 1 32 256]
+        [--seq-len 128] [--device cpu] [--processes 5]
 """
 
 from __future__ import annotations
@@ -35,29 +39,66 @@ from bench.workloads import get_workload
 from bench.workloads.base import RunContext
 
 
-def _case(batch: int, device: str, processes: int = 1) -> CaseSpec:
-    workload = get_workload("digits_cnn")
-    params = {k: s.default for k, s in workload.params().items()}
+def _case(workload_name: str, batch: int, device: str, seq_len: int,
+          processes: int = 1) -> CaseSpec:
+    workload = get_workload(workload_name)
+    params = {k: s.default for k, s in workload.params().items()
+              if s.phases is None or "infer" in s.phases}
     budget = Budget(max_time_s=3.0, target_rel_ci=0.01, min_trials=10, max_trials=40,
                     processes=processes)
     axes = {"device": device, "precision": "fp32", "batch_size": batch}
-    return CaseSpec("digits_cnn", "infer", axes, params, budget)
+    if workload_name == "minilm":
+        axes["seq_len"] = seq_len
+    return CaseSpec(workload_name, "infer", axes, params, budget)
 
 
-def reference_worker(batch: int, device: str, min_run_time: float) -> None:
+MINILM_STMT = """\
+with torch.inference_mode():
+    hidden = model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    embedding = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+"""
+
+
+def _minilm_reference(batch: int, device: str, seq_len: int) -> tuple[str, dict]:
+    import itertools
+    import os
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    from transformers import AutoModel, AutoTokenizer
+
+    from bench.workloads.minilm import eval_sentences, model_path
+
+    path = str(model_path())
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModel.from_pretrained(path, add_pooling_layer=False).eval().to(device)
+    sentences = list(itertools.islice(itertools.cycle(eval_sentences()), batch))
+    enc = tokenizer(sentences, padding="max_length", truncation=True, max_length=seq_len,
+                    return_tensors="pt").to(device)
+    return MINILM_STMT, {"model": model, "input_ids": enc["input_ids"],
+                         "attention_mask": enc["attention_mask"], "torch": torch}
+
+
+def reference_worker(workload: str, batch: int, device: str, seq_len: int,
+                     min_run_time: float) -> None:
     import torch.utils.benchmark as tub
 
-    case = _case(batch, device, 1)
-    phase = get_workload("digits_cnn").prepare(case, RunContext(device, get_precision("fp32")))
-    timer = tub.Timer(stmt="with torch.inference_mode(): model(x)",
-                      globals={"model": phase.model, "x": phase.inputs[0], "torch": torch},
-                      num_threads=torch.get_num_threads())
+    if workload == "minilm":
+        stmt, env = _minilm_reference(batch, device, seq_len)
+    else:
+        case = _case(workload, batch, device, seq_len)
+        phase = get_workload(workload).prepare(case, RunContext(device, get_precision("fp32")))
+        stmt = "with torch.inference_mode(): model(x)"
+        env = {"model": phase.teacher, "x": phase.inputs[0][0], "torch": torch}
+    timer = tub.Timer(stmt=stmt, globals=env, num_threads=torch.get_num_threads())
     median = timer.blocked_autorange(min_run_time=min_run_time).median
     print(json.dumps({"median_s": median, "threads": torch.get_num_threads()}))
 
 
-def reference(batch: int, device: str, min_run_time: float) -> float:
+def reference(workload: str, batch: int, device: str, seq_len: int,
+              min_run_time: float) -> float:
     out = subprocess.run([sys.executable, __file__, "--reference-worker", str(batch),
+                          "--workload", workload, "--seq-len", str(seq_len),
                           "--device", device, "--min-run-time", str(min_run_time)],
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])["median_s"]
@@ -65,7 +106,10 @@ def reference(batch: int, device: str, min_run_time: float) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32, 256])
+    parser.add_argument("--workload", default="digits_cnn", choices=["digits_cnn", "minilm"])
+    parser.add_argument("--batch-sizes", type=int, nargs="+",
+                        help="default: 1 32 256 (digits_cnn), 1 8 32 (minilm)")
+    parser.add_argument("--seq-len", type=int, default=128, help="minilm tokens per sentence")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--processes", type=int, default=5,
                         help="interleaved (reference, suite) process pairs per batch size")
@@ -75,17 +119,20 @@ def main() -> int:
     parser.add_argument("--reference-worker", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.reference_worker:
-        reference_worker(args.reference_worker, args.device, args.min_run_time)
+        reference_worker(args.workload, args.reference_worker, args.device, args.seq_len,
+                         args.min_run_time)
         return 0
+    batch_sizes = args.batch_sizes or ([1, 8, 32] if args.workload == "minilm" else [1, 32, 256])
 
     rows, worst = [], 0.0
-    for batch in args.batch_sizes:
-        case = _case(batch, args.device, 1)
+    for batch in batch_sizes:
+        case = _case(args.workload, batch, args.device, args.seq_len)
         # Interleave the two sides process by process, so slow drift of a shared machine
         # hits both alike; the suite's processes are pooled as budget.processes would.
         refs, runs = [], []
         for _ in range(args.processes):
-            refs.append(reference(batch, args.device, args.min_run_time))
+            refs.append(reference(args.workload, batch, args.device, args.seq_len,
+                                  args.min_run_time))
             runs.append(run_isolated(case))
         result = merge_process_results(runs)
         if result.status != "ok":
