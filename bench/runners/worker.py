@@ -11,6 +11,7 @@ import dataclasses
 import datetime as dt
 import json
 import os
+import resource
 import sys
 import time
 import traceback
@@ -107,9 +108,15 @@ def run_case(case: CaseSpec) -> CaseResult:
         ctx = RunContext(device=case.device, precision=precision)
         with MemoryTracker(case.device) as tracker:
             phase = get_workload(case.workload).prepare(case, ctx)
+            faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             with phase.session():
                 measurement = measure(phase.step, timer_for(case.device), case.budget)
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before
             outcome = phase.finish()
+        steps = 1 + measurement.warmup_iterations + sum(len(t) for t in measurement.trials)
+        # Fresh pages the allocator had to fault in: a step that allocates from recycled
+        # heap memory is faster than one that maps new pages (process history matters).
+        result.details["minor_page_faults_per_step"] = faults / steps
         result.timing = _timing(measurement, phase.step_description)
         result.throughput = ThroughputResult.from_timing(
             result.timing, phase.samples_per_step, f"{phase.sample_unit}/s")

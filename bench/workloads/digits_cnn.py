@@ -190,7 +190,7 @@ class DigitsInfer(Phase):
                 "teacher_width": self.case.params["width"],
                 "student_loss_per_epoch": self.student_curve}
         return Outcome(metrics={"val_accuracy": correct / len(self.x_val)}, details=details,
-                       model=self.variant.model)
+                       model=self.variant.finalize())
 
 
 @register
