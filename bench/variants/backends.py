@@ -69,6 +69,11 @@ def export_onnx(model: nn.Module, example: tuple[torch.Tensor, ...], path: Path,
            f"{sorted({a for axes in dynamic_axes.values() for a in axes.values()})})"
 
 
+def numpy_feeds(input_names: tuple[str, ...],
+                inputs: tuple[torch.Tensor, ...]) -> dict[str, np.ndarray]:
+    return {name: t.detach().cpu().numpy() for name, t in zip(input_names, inputs, strict=True)}
+
+
 @dataclass
 class OrtRunner:
     """An InferenceSession with its feeds prepared outside the timed region."""
@@ -92,8 +97,7 @@ class OrtRunner:
 
     def prepare(self, inputs: tuple[torch.Tensor, ...]) -> Any:
         if self.device != "cuda":
-            return {name: t.detach().cpu().numpy() for name, t in zip(self.input_names, inputs,
-                                                                      strict=True)}
+            return numpy_feeds(self.input_names, inputs)
         binding = self.session.io_binding()
         for name, tensor in zip(self.input_names, inputs, strict=True):
             tensor = tensor.contiguous()

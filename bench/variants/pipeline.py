@@ -164,7 +164,6 @@ def build_variant(adapter: ModelAdapter, axes: dict[str, Any], device: str) -> V
 
     workdir = None
     int8_weights = 0
-    check = None
     if backend.name == "onnxruntime":
         workdir = tempfile.TemporaryDirectory(prefix="bench-onnx-")
         fp32_path = Path(workdir.name) / "model.onnx"
@@ -181,8 +180,8 @@ def build_variant(adapter: ModelAdapter, axes: dict[str, Any], device: str) -> V
         if quant.name != "none":
             started = clock()
             path = Path(workdir.name) / "model.int8.onnx"
-            runner = backends.OrtRunner.open(fp32_path, adapter.input_names, "cpu")
-            feeds = [runner.prepare(batch) for batch in adapter.calibration]
+            feeds = [backends.numpy_feeds(adapter.input_names, batch)
+                     for batch in adapter.calibration]
             how = quantization.onnx_quantize(fp32_path, path, quant, feeds,
                                              adapter.onnx_static_op_types)
             steps.append(f"quantization {quant.name}: {how}")
@@ -194,8 +193,8 @@ def build_variant(adapter: ModelAdapter, axes: dict[str, Any], device: str) -> V
         steps.append("backend: " + runner.describe())
         return Variant(runner.step, runner.prepare, runner.outputs, precision, device,
                        _model_result(steps, path.stat().st_size, "size of the .onnx file",
-                                     sparsity, int8_weights, check, build_s,
-                                     reference_parameters), workdir, pending_check)
+                                     sparsity, int8_weights, build_s, reference_parameters),
+                       workdir, pending_check)
 
     if quant.name != "none":
         started = clock()
@@ -206,13 +205,10 @@ def build_variant(adapter: ModelAdapter, axes: dict[str, Any], device: str) -> V
         steps.append(f"quantization {quant.name}: {how}")
         build_s["quantize"] = clock() - started
         int8_weights = quantization.count_int8_weights(model)
-    size = serialized_bytes(model)
-
     prepare: Callable[[Inputs], Any] = lambda inputs: inputs  # noqa: E731
     if precision.cast_dtype:
         dtype = getattr(torch, precision.cast_dtype)
         model = model.to(dtype)
-        size = serialized_bytes(model)
         steps.append(f"precision {precision.name}: {precision.method()}")
 
         def prepare(inputs: Inputs) -> Inputs:
@@ -222,7 +218,7 @@ def build_variant(adapter: ModelAdapter, axes: dict[str, Any], device: str) -> V
     if prune_.kind == "semi_structured":
         converted = pruning.to_semi_structured(model)
         steps.append(f"2:4 storage: {converted} Linear weights as SparseSemiStructuredTensor")
-        size = serialized_bytes(model)
+    size = serialized_bytes(model)
 
     runnable = model
     if backend.name == "compile":
@@ -237,16 +233,16 @@ def build_variant(adapter: ModelAdapter, axes: dict[str, Any], device: str) -> V
 
     return Variant(step, prepare, lambda out: out, precision, device,
                    _model_result(steps, size, "torch.save(state_dict) bytes", sparsity,
-                                 int8_weights, check, build_s, reference_parameters))
+                                 int8_weights, build_s, reference_parameters))
 
 
 def _model_result(steps: list[str], size: int, size_method: str,
                   sparsity: pruning.SparsityReport, int8_weights: int,
-                  check: dict[str, Any] | None, build_s: dict[str, float],
+                  build_s: dict[str, float],
                   reference_parameters: int) -> ModelResult:
     return ModelResult(
         variant=steps, bytes=size, bytes_method=size_method,
         parameters=sparsity.parameters, nonzero_parameters=sparsity.nonzero_parameters,
         prunable_weights=sparsity.prunable_weights, weight_sparsity=sparsity.sparsity,
-        int8_weights=int8_weights, export_check=check, build_s=build_s,
+        int8_weights=int8_weights, export_check=None, build_s=build_s,
         reference_parameters=reference_parameters)

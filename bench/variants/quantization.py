@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,19 +93,6 @@ def count_int8_weights(model: nn.Module) -> int:
     return total
 
 
-class _CalibrationReader:
-    """onnxruntime.quantization.CalibrationDataReader over prepared input dicts."""
-
-    def __init__(self, feeds: list[dict[str, object]]) -> None:
-        self._iter = iter(feeds)
-
-    def get_next(self) -> dict[str, object] | None:
-        return next(self._iter, None)
-
-    def rewind(self) -> None:  # pragma: no cover - ORT only calls it for some methods
-        pass
-
-
 def onnx_quantize(source: Path, target: Path, method: Quantization,
                   calibration_feeds: list[dict[str, object]] | None,
                   static_op_types: tuple[str, ...] | None = None) -> str:
@@ -117,19 +105,28 @@ def onnx_quantize(source: Path, target: Path, method: Quantization,
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    class Reader(CalibrationDataReader):
+        def __init__(self, feeds: list[dict[str, object]]) -> None:
+            self._iter = iter(feeds)
+
+        def get_next(self) -> dict[str, object] | None:
+            return next(self._iter, None)
+
     prepared = target.with_suffix(".pre.onnx")
-    quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
-    if not method.static:
-        quantize_dynamic(str(prepared), str(target), weight_type=QuantType.QInt8)
-        return "onnxruntime.quantization.quantize_dynamic(weight_type=QInt8) after " \
-               "quant_pre_process"
-    if not calibration_feeds:
-        raise ValueError("static quantization needs calibration inputs")
-    reader = type("Reader", (_CalibrationReader, CalibrationDataReader), {})(calibration_feeds)
-    quantize_static(str(prepared), str(target), reader, quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    per_channel=True,
-                    op_types_to_quantize=list(static_op_types) if static_op_types else None)
+    # ORT's shape inference and calibration write temporary models into the working
+    # directory: keep them beside the model, never in the caller's tree.
+    with contextlib.chdir(target.parent):
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        if not method.static:
+            quantize_dynamic(str(prepared), str(target), weight_type=QuantType.QInt8)
+            return "onnxruntime.quantization.quantize_dynamic(weight_type=QInt8) after " \
+                   "quant_pre_process"
+        if not calibration_feeds:
+            raise ValueError("static quantization needs calibration inputs")
+        quantize_static(str(prepared), str(target), Reader(calibration_feeds),
+                        quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, per_channel=True,
+                        op_types_to_quantize=list(static_op_types) if static_op_types else None)
     ops = ", ".join(static_op_types) if static_op_types else "all supported ops"
     return f"onnxruntime.quantization.quantize_static(QDQ, activations QUInt8, weights " \
            f"QInt8 per channel, ops: {ops}; MinMax calibration on {len(calibration_feeds)} " \
