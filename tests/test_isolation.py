@@ -205,3 +205,18 @@ def test_pooling_weights_processes_equally():
     assert len(merged.timing.trial_samples_s) == 50
     assert merged.details["trials_per_process"] == [40, 5, 5]
     assert dataclasses.asdict(merged)["throughput"]["value"] == 1.0
+
+
+@pytest.mark.parametrize("policy, expected", [
+    ("steady", "MALLOC_MMAP_THRESHOLD_=32 MiB, MALLOC_TRIM_THRESHOLD_=4096 MiB"),
+    ("system", "default settings (dynamic mmap threshold)"),
+])
+def test_worker_measures_in_the_allocator_state_it_records(policy, expected, monkeypatch):
+    # A tunable left in the parent's environment must not leak into a `system` worker.
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
+    sleep = CaseSpec("sleep", "infer", {"device": "cpu"}, {"sleep_ms": 1.0},
+                     Budget(**{**QUICK.to_dict(), "allocator": policy}))
+    result = run_isolated(sleep)
+    assert result.status == "ok", result.stderr_tail
+    assert result.details["allocator"].endswith(expected)
+    assert result.budget["allocator"] == policy

@@ -95,3 +95,16 @@ def test_memory_tracker_sees_an_allocation():
     assert report.peak_rss_mib - report.baseline_rss_mib >= 190
     assert report.rss_high_water_mib >= report.peak_rss_mib * 0.99
     assert report.cuda_peak_allocated_mib is None
+
+
+def test_allocator_policies_set_and_clear_glibc_tunables():
+    from bench.measurement.allocator import STEADY_ENV, worker_env
+
+    base = {"PATH": "/bin", "MALLOC_TRIM_THRESHOLD_": "1"}
+    steady = worker_env("steady", base)
+    assert steady["PATH"] == "/bin"
+    assert {k: steady[k] for k in STEADY_ENV} == {
+        "MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(4096 << 20)}
+    assert "MALLOC_TRIM_THRESHOLD_" not in worker_env("system", base)
+    with pytest.raises(ValueError, match="valid: steady, system"):
+        worker_env("jemalloc", base)

@@ -36,6 +36,8 @@ BAD_FILES = {
     "unknown axis": (GOOD.replace("batch_size = [8, 16]", "colour = [1]"),
                      "benchmark[0].matrix.colour: unknown key"),
     "budget type": (GOOD + "[budget]\nmax_trials = 'many'\n", "budget.max_trials: expected"),
+    "allocator": (GOOD + "[budget]\nallocator = 'jemalloc'\n",
+                  "budget.allocator: unknown value 'jemalloc' (valid: steady, system)"),
     "bad phase": (GOOD.replace('phase = "train"', 'phase = "serve"'),
                   "benchmark[0].phase: unknown phase 'serve'"),
 }

@@ -17,7 +17,11 @@ suite process against the reference process run just before it); exits 1 beyond
 --tolerance.
 
     python tools/crosscheck_timer.py [--workload digits_cnn|minilm] [--batch-sizes 1 32 256]
-        [--seq-len 128] [--device cpu] [--processes 5]
+        [--seq-len 128] [--device cpu] [--processes 5] [--allocator steady|system]
+
+Both sides run in the same host allocator state (--allocator, the suite's budget default
+`steady`): with `system`, glibc's dynamic mmap threshold makes each process's speed
+depend on what it allocated before timing, which is not what either side measures.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import sys
 import torch
 from tabulate import tabulate
 
+from bench.measurement.allocator import POLICIES, worker_env
 from bench.runners.isolation import run_isolated
 from bench.runners.merge import merge_process_results
 from bench.spec.model import Budget, CaseSpec
@@ -40,12 +45,12 @@ from bench.workloads.base import RunContext
 
 
 def _case(workload_name: str, batch: int, device: str, seq_len: int,
-          processes: int = 1) -> CaseSpec:
+          allocator: str = "steady") -> CaseSpec:
     workload = get_workload(workload_name)
     params = {k: s.default for k, s in workload.params().items()
               if s.phases is None or "infer" in s.phases}
     budget = Budget(max_time_s=3.0, target_rel_ci=0.01, min_trials=10, max_trials=40,
-                    processes=processes)
+                    allocator=allocator)
     axes = {"device": device, "precision": "fp32", "batch_size": batch}
     if workload_name == "minilm":
         axes["seq_len"] = seq_len
@@ -96,11 +101,13 @@ def reference_worker(workload: str, batch: int, device: str, seq_len: int,
 
 
 def reference(workload: str, batch: int, device: str, seq_len: int,
-              min_run_time: float) -> float:
+              min_run_time: float, allocator: str) -> float:
+    # The same allocator state as the suite's worker (bench.measurement.allocator).
     out = subprocess.run([sys.executable, __file__, "--reference-worker", str(batch),
                           "--workload", workload, "--seq-len", str(seq_len),
                           "--device", device, "--min-run-time", str(min_run_time)],
-                         capture_output=True, text=True, check=True)
+                         capture_output=True, text=True, check=True,
+                         env=worker_env(allocator))
     return json.loads(out.stdout.strip().splitlines()[-1])["median_s"]
 
 
@@ -116,6 +123,8 @@ def main() -> int:
     parser.add_argument("--tolerance", type=float, default=0.05)
     parser.add_argument("--min-run-time", type=float, default=2.0,
                         help="seconds of blocked_autorange per reference process")
+    parser.add_argument("--allocator", default="steady", choices=POLICIES,
+                        help="host allocator state of both sides (bench.measurement.allocator)")
     parser.add_argument("--reference-worker", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.reference_worker:
@@ -126,13 +135,13 @@ def main() -> int:
 
     rows, worst = [], 0.0
     for batch in batch_sizes:
-        case = _case(args.workload, batch, args.device, args.seq_len)
+        case = _case(args.workload, batch, args.device, args.seq_len, args.allocator)
         # Interleave the two sides process by process, so slow drift of a shared machine
         # hits both alike; the suite's processes are pooled as budget.processes would.
         refs, runs = [], []
         for _ in range(args.processes):
             refs.append(reference(args.workload, batch, args.device, args.seq_len,
-                                  args.min_run_time))
+                                  args.min_run_time, args.allocator))
             runs.append(run_isolated(case))
         result = merge_process_results(runs)
         if result.status != "ok":
@@ -153,7 +162,8 @@ def main() -> int:
     print(tabulate(rows, headers=["case", "suite ms", "suite per process",
                                   "torch.utils.benchmark ms", "reference per process",
                                   "paired ratio (median)", "range", "suite timer"]))
-    print(f"threads: {torch.get_num_threads()}; {args.processes} process pairs; "
+    print(f"threads: {torch.get_num_threads()}; allocator: {args.allocator} "
+          f"({result.details.get('allocator')}); {args.processes} process pairs; "
           f"worst disagreement {worst:.1%} (tolerance {args.tolerance:.0%})")
     return 0 if worst <= args.tolerance else 1
 

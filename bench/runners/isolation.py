@@ -22,6 +22,7 @@ from pathlib import Path
 
 import psutil
 
+from bench.measurement.allocator import worker_env
 from bench.measurement.memory import MIB, tree_rss_bytes
 from bench.results.schema import (
     STATUS_CRASHED,
@@ -90,7 +91,7 @@ def run_isolated(case: CaseSpec) -> CaseResult:
         tmpdir = Path(tmp)
         case_file, out_file, err_file = (tmpdir / n for n in ("case.json", "out.json", "err"))
         case_file.write_text(json.dumps(case.to_dict()))
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"}
+        env = {**worker_env(budget.allocator), "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"}
         with open(err_file, "wb") as err:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "bench.runners.worker", str(case_file), str(out_file)],

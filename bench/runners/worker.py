@@ -18,6 +18,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from bench.measurement.allocator import describe_current
 from bench.results.schema import (
     STATUS_ERROR,
     STATUS_OK,
@@ -105,6 +106,7 @@ def run_case(case: CaseSpec) -> CaseResult:
         result.worker.update(_configure_torch(case))
         precision = get_precision(case.axes.get("precision", "fp32"))
         result.details["precision_method"] = precision.method()
+        result.details["allocator"] = describe_current()
         ctx = RunContext(device=case.device, precision=precision)
         with MemoryTracker(case.device) as tracker:
             phase = get_workload(case.workload).prepare(case, ctx)
@@ -115,7 +117,7 @@ def run_case(case: CaseSpec) -> CaseResult:
             outcome = phase.finish()
         steps = 1 + measurement.warmup_iterations + sum(len(t) for t in measurement.trials)
         # Fresh pages the allocator had to fault in: a step that allocates from recycled
-        # heap memory is faster than one that maps new pages (process history matters).
+        # heap memory is faster than one that maps new pages (see measurement.allocator).
         result.details["minor_page_faults_per_step"] = faults / steps
         result.timing = _timing(measurement, phase.step_description)
         result.throughput = ThroughputResult.from_timing(

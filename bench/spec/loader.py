@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import BenchInputError
+from bench.measurement.allocator import POLICIES
 from bench.spec.axes import Setting
 from bench.spec.model import AccuracyTarget, BenchmarkSpec, Budget, SuiteSpec
 
@@ -20,8 +21,9 @@ _BENCHMARK_KEYS = {"label", "parity_target", "workload", "phase", "matrix", "par
 _BUDGET_SETTINGS = {
     f.name: Setting(f.name, float if f.type in ("float", "float | None") else int,
                     minimum=0)
-    for f in dataclasses.fields(Budget)
+    for f in dataclasses.fields(Budget) if f.type != "str"
 }
+_BUDGET_SETTINGS["allocator"] = Setting("allocator", str, choices=POLICIES)
 
 
 def _check_keys(table: Any, allowed: set[str], source: str, where: str) -> dict[str, Any]:

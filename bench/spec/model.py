@@ -15,6 +15,8 @@ class Budget:
     ``max_trials`` or ``max_time_s`` is reached. With ``processes`` > 1 the case runs in
     that many independent worker processes and their trials are pooled, so the CI also
     covers what changes from one process to the next (allocation, thread placement).
+    ``allocator`` pins the host allocator's state in the workers (see
+    bench.measurement.allocator): ``steady`` (default) or ``system``.
     """
 
     min_trials: int = 5
@@ -29,6 +31,7 @@ class Budget:
     timeout_s: float = 300.0
     memory_limit_mib: float | None = None
     processes: int = 1
+    allocator: str = "steady"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
