@@ -50,6 +50,37 @@ def test_torch_static_int8_quantizes_every_conv_and_linear():
     assert variant.model.bytes < pipeline.serialized_bytes(model)
 
 
+@pytest.mark.parametrize("method", ["int8_static", "int8_dynamic"])
+def test_torchao_pt2e_graph_holds_int8_weights_and_no_fp32_copies(method):
+    model = tiny_cnn()
+    quantized, how = quantization.torchao_pt2e(
+        model, quantization.QUANTIZATIONS[method], adapter(model).calibration, ("images",),
+        {"images": {0: "batch"}})
+    assert "X86InductorQuantizer" in how
+    assert quantization.count_int8_weights(quantized) == \
+        weight_elements(model, (nn.Linear, nn.Conv2d))
+    float_weights = [n for n, t in quantized.state_dict().items()
+                     if t.is_floating_point() and t.dim() > 1]
+    assert float_weights == []
+    x = images(9, 4)  # the batch axis was exported dynamic
+    with torch.no_grad():
+        expected, got = model(x), quantized(x)
+    assert got.shape == (9, 10)
+    assert nn.functional.cosine_similarity(expected, got).min() > 0.99
+
+
+@pytest.mark.slow
+def test_torch_int8_with_compile_runs_inductor_int8_kernels():
+    model = tiny_cnn()
+    variant = pipeline.build_variant(
+        adapter(model), {"quantization": "int8_static", "backend": "compile"}, "cpu")
+    assert any("torchao PT2E" in s for s in variant.model.variant)
+    assert variant.model.bytes < pipeline.serialized_bytes(model)
+    x = images(16, 5)
+    out = variant.infer((x,))
+    assert nn.functional.cosine_similarity(out, model(x).detach()).min() > 0.99
+
+
 def test_onnx_export_runs_in_onnxruntime_and_matches_torch():
     model = tiny_cnn()
     variant = pipeline.build_variant(adapter(model), {"backend": "onnxruntime"}, "cpu")
@@ -125,6 +156,10 @@ def test_unsupported_combinations_have_reasons():
     assert "CUDA only" in reason({"pruning": "semi-2:4", "precision": "fp16_cast"}, "cpu",
                                  support)
     assert "eager-mode static" in reason({"quantization": "int8_static"}, "cpu", support)
+    assert reason({"quantization": "int8_static", "backend": "compile"}, "cpu",
+                  support) is None
+    assert "x86 CPU kernels only" in reason({"quantization": "int8_dynamic",
+                                             "backend": "compile"}, "cuda", support)
     assert reason({"backend": "onnxruntime", "quantization": "int8_static"}, "cpu",
                   support) is None
 

@@ -54,9 +54,8 @@ def unsupported_reason(axes: dict[str, Any], device: str, support: VariantSuppor
     if backend.name == "onnxruntime" and precision != "fp32":
         return "the onnxruntime backend runs the fp32 export and its int8 quantizations; " \
                "fp16/bf16 ONNX conversion is not built"
-    if quant.name != "none" and backend.name == "compile":
-        return "torch.compile of torch.ao int8 modules is not supported here " \
-               "(use backend eager or onnxruntime)"
+    if quant.name != "none" and backend.name == "compile" and device == "cuda":
+        return "torchao PT2E int8 with the X86InductorQuantizer lowers to x86 CPU kernels only"
     if quant.name != "none" and backend.name == "eager" and device == "cuda":
         return "torch.ao int8 kernels (x86/fbgemm/onednn engines) run on CPU only"
     if quant.static and backend.name == "eager" and support.torch_static_int8:
@@ -198,7 +197,10 @@ def build_variant(adapter: ModelAdapter, axes: dict[str, Any], device: str) -> V
 
     if quant.name != "none":
         started = clock()
-        if quant.static:
+        if backend.name == "compile":
+            model, how = quantization.torchao_pt2e(model, quant, adapter.calibration,
+                                                   adapter.input_names, adapter.dynamic_axes)
+        elif quant.static:
             model, how = quantization.torch_static(model, adapter.calibration)
         else:
             model, how = quantization.torch_dynamic(model)
@@ -221,7 +223,13 @@ def build_variant(adapter: ModelAdapter, axes: dict[str, Any], device: str) -> V
     size = serialized_bytes(model)
 
     runnable = model
-    if backend.name == "compile":
+    if backend.name == "compile" and quant.name != "none":
+        # Static shapes: inductor's int8 conv lowering mis-strides symbolic batch sizes
+        # (digits_cnn); each new shape compiles once.
+        runnable = torch.compile(model, dynamic=False)
+        steps.append("backend: torch.compile(model, dynamic=False) (inductor, default mode); "
+                     "the first call compiles and is the cold start")
+    elif backend.name == "compile":
         runnable = torch.compile(model)
         steps.append("backend: torch.compile(model) (inductor, default mode); the first call "
                      "compiles and is the cold start")

@@ -1,15 +1,21 @@
-"""int8 quantization: the same three choices in PyTorch (torch.ao) and in ONNX Runtime.
+"""int8 quantization: the same choices in PyTorch and in ONNX Runtime.
 
 - ``int8_dynamic``: int8 weights, activations quantized per batch at run time (Linear only
-  in torch: ``quantize_dynamic``; MatMul/Gemm/Conv in ONNX Runtime: ``quantize_dynamic``).
+  in torch eager: ``quantize_dynamic``; MatMul/Gemm/Conv in ONNX Runtime: ``quantize_dynamic``).
 - ``int8_static``: int8 weights and activations with scales fixed by calibration on held-out
-  inputs (torch: eager-mode ``QuantWrapper`` + observers; ONNX Runtime: QDQ format with a
+  inputs (torch eager: ``QuantWrapper`` + observers; ONNX Runtime: QDQ format with a
   calibration data reader).
+
+With ``backend=compile`` both go through torchao's PT2E flow instead (torch.export ->
+``prepare_pt2e`` with the ``X86InductorQuantizer`` -> calibration -> ``convert_pt2e``), which
+inductor lowers to oneDNN int8 kernels: the path PyTorch now documents for int8 on x86, and
+the one that handles graphs eager mode cannot wrap (BERT).
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,9 +84,73 @@ def torch_static(model: nn.Module, calibration: Iterable[Sequence[torch.Tensor]]
                       f"(per-channel weights, histogram activations), {batches} calibration batches"
 
 
+def _import_pt2e():  # noqa: ANN202 - module objects
+    import logging
+
+    # torchao's import logs every optional CUDA kernel library it cannot load on this host.
+    logging.getLogger("torchao").setLevel(logging.ERROR)
+    import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as x86
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    return x86, prepare_pt2e, convert_pt2e
+
+
+def torchao_pt2e(model: nn.Module, method: Quantization,
+                 calibration: list[Sequence[torch.Tensor]], input_names: tuple[str, ...],
+                 dynamic_axes: dict[str, dict[int, str]]) -> tuple[nn.Module, str]:
+    """torch.export the model with the workload's dynamic axes, quantize it with the x86
+    inductor quantizer (static: calibrated on ``calibration``; dynamic: weights only,
+    activation scales per batch at run time). The result is meant for torch.compile with
+    inductor freezing, which replaces the quantize/dequantize pairs by int8 kernels."""
+    import torch._inductor.config as inductor_config
+
+    x86, prepare_pt2e, convert_pt2e = _import_pt2e()
+    # Dim.DYNAMIC lets export infer each axis's range (minilm's sequence stops at 512
+    # positions); positional, since forward's argument names are the model's own.
+    dynamic_shapes = tuple({axis: torch.export.Dim.DYNAMIC for axis in dynamic_axes.get(name, {})}
+                           for name in input_names)
+    labels = sorted({label for name in input_names
+                     for label in dynamic_axes.get(name, {}).values()})
+    example = tuple(calibration[0])
+    with torch.no_grad():
+        exported = torch.export.export(model, example, dynamic_shapes=dynamic_shapes).module()
+        quantizer = x86.X86InductorQuantizer().set_global(
+            x86.get_default_x86_inductor_quantization_config(is_dynamic=not method.static))
+        prepared = prepare_pt2e(exported, quantizer)
+        batches = calibration if method.static else calibration[:1]
+        for inputs in batches:
+            prepared(*inputs)
+        converted = _drop_unreferenced(convert_pt2e(prepared))
+    # Without freezing inductor keeps the weights as graph inputs and runs the q/dq pairs
+    # as float ops: no int8 kernels.
+    inductor_config.freezing = True
+    activations = (f"activations uint8 per tensor, calibrated on {len(batches)} held-out "
+                   "batches (histogram observer)" if method.static
+                   else "activations quantized per batch at run time")
+    return converted, ("torchao PT2E: torch.export (dynamic " + ", ".join(labels)
+                       + ") -> prepare_pt2e(X86InductorQuantizer: weights int8 per channel, "
+                       + activations + ") -> convert_pt2e; inductor freezing on")
+
+
+def _drop_unreferenced(graph_module: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """convert_pt2e folds each weight into an int8 constant but keeps the fp32 original as
+    a dead attribute; drop those, so the saved state (the model size we report) is what the
+    graph uses."""
+    used = {node.target for node in graph_module.graph.nodes if node.op == "get_attr"}
+    for name in [n for n, _ in itertools.chain(graph_module.named_parameters(),
+                                               graph_module.named_buffers())]:
+        if name not in used:
+            owner_path, _, attr = name.rpartition(".")
+            owner = graph_module.get_submodule(owner_path) if owner_path else graph_module
+            delattr(owner, attr)
+    return graph_module
+
+
 def count_int8_weights(model: nn.Module) -> int:
-    """Number of int8 weight elements held by a torch quantized model."""
-    total = 0
+    """Number of int8 weight elements held by a torch quantized model (torch.ao quantized
+    modules, or int8 constants of a PT2E-converted graph)."""
+    total = sum(t.numel() for t in itertools.chain(model.parameters(), model.buffers())
+                if t.dtype == torch.int8)
     for module in model.modules():
         weight = getattr(module, "weight", None)
         if callable(weight):  # quantized modules expose weight() returning a qint8 tensor

@@ -245,8 +245,8 @@ class MiniLM(Workload):
     support = pipeline.VariantSupport(
         structured_pruning="attention heads",
         torch_static_int8="torch.ao eager-mode static int8 cannot wrap this BERT graph "
-                          "(functional add/softmax/layernorm); its pt2e successor lives in "
-                          "torchao: use backend=onnxruntime for static int8")
+                          "(functional add/softmax/layernorm): PyTorch static int8 for it is "
+                          "torchao PT2E, backend=compile (or use backend=onnxruntime)")
 
     @classmethod
     def axes(cls) -> dict[str, Setting]:
