@@ -72,6 +72,39 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_max_batch(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from tabulate import tabulate
+
+    from bench.runners.max_batch import max_batch_for_case
+    from bench.spec import expand_suite, load_suite
+
+    suite = load_suite(args.suite)
+    planned = [p for p in expand_suite(suite, _parse_select(args.select)) if not p.skip_reason]
+    if not planned:
+        raise BenchInputError(args.suite, "no runnable case here", key="--select")
+    rows, records = [], []
+    for plan in planned:
+        found = max_batch_for_case(plan.spec, ceiling=args.ceiling)
+        at_max = found.at_max
+        rows.append([found.case_id, found.max_batch, found.first_oom,
+                     f"{at_max.throughput:.4g} {at_max.throughput_unit}"
+                     if at_max and at_max.throughput else "",
+                     f"{at_max.peak_mib:.0f}" if at_max and at_max.peak_mib else "",
+                     " ".join(f"{p.batch_size}:{p.status}" for p in found.probes),
+                     found.stopped or ""])
+        records.append(dataclasses.asdict(found))
+        print(f"{found.case_id}: max batch {found.max_batch}", file=sys.stderr)
+    print(tabulate(rows, headers=["case (batch_size searched)", "max batch", "first OOM",
+                                  "throughput at max", "peak MiB at max", "probes",
+                                  "stopped"]))
+    if args.out:
+        Path(args.out).write_text(json.dumps({"suite": suite.path, "searches": records},
+                                             indent=1))
+    return 0
+
+
 def cmd_env(args: argparse.Namespace) -> int:
     from bench.measurement.fingerprint import fingerprint
 
@@ -106,6 +139,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="a result file written by bench run")
     p.add_argument("--format", choices=FORMATS, default="github")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("max-batch", help="find the largest batch that fits in memory for "
+                                         "each case (doubling, then bisection; each probe "
+                                         "its own worker)")
+    p.add_argument("suite", help="a suite file (TOML)")
+    p.add_argument("--select", action="append", metavar="AXIS=V1,V2",
+                   help="keep only cases with these axis values (repeatable)")
+    p.add_argument("--ceiling", type=int, default=1 << 16, help="largest batch to probe")
+    p.add_argument("--out", help="write the searches (every probe) as JSON")
+    p.set_defaults(func=cmd_max_batch)
 
     p = sub.add_parser("env", help="print this machine's environment fingerprint")
     p.set_defaults(func=cmd_env)

@@ -18,7 +18,7 @@ THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                    "CUDA_VISIBLE_DEVICES", "TORCHINDUCTOR_CACHE_DIR")
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -121,7 +121,7 @@ def fingerprint(suite_path: str | Path | None = None) -> dict[str, Any]:
         "python": sys.version.split()[0],
         "python_implementation": platform.python_implementation(),
         "cpu": {
-            "model": _cpu_model(),
+            "model": cpu_model(),
             "arch": platform.machine(),
             "logical_cores": psutil.cpu_count(logical=True),
             "physical_cores": psutil.cpu_count(logical=False),

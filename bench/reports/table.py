@@ -15,7 +15,8 @@ from bench.results.schema import CaseResult, RunRecord
 FORMATS = ("github", "plain", "latex", "csv")
 HEADERS = ["case", "status", "step ms (median)", "95% CI ms", "CV %", "throughput",
            "p99 ms", "cold ms", "peak RSS MiB", "GPU peak MiB", "model MiB", "sparsity",
-           "fidelity cos (mean/min)", "accuracy", "target", "vs fp32", "parity"]
+           "fidelity cos (mean/min)", "TFLOP/s", "MFU measured / spec",
+           "params/grads/optim/activations MiB", "accuracy", "target", "vs fp32", "parity"]
 MIB = 2 ** 20
 
 
@@ -55,10 +56,23 @@ def _model(case: CaseResult) -> tuple[str, str, str]:
     return size, sparsity, fidelity
 
 
+def _compute(case: CaseResult) -> tuple[str, str, str]:
+    c = case.compute
+    split = case.details.get("memory_split")
+    memory = "" if not split else "/".join(
+        f"{split[k]:.3g}" for k in ("parameters_mib", "gradients_mib", "optimizer_state_mib",
+                                     "activations_saved_mib"))
+    if c is None:
+        return "", "", memory
+    spec = "n/a" if c.mfu_spec is None else f"{c.mfu_spec:.1%}"
+    return f"{c.achieved_tflops:.3g}", f"{c.mfu_measured:.1%} / {spec}", memory
+
+
 def case_row(case: CaseResult, parity: Parity | None = None) -> list[Any]:
     t, thr, mem = case.timing, case.throughput, case.memory
     metrics, verdict = _accuracy(case)
-    status = case.status if case.status == "ok" else f"{case.status}: {case.reason}"
+    reason = (case.reason or "").strip().splitlines()[0] if case.reason else ""
+    status = case.status if case.status == "ok" else f"{case.status}: {reason}"
     if t and any(w.startswith("unstable") for w in case.warnings):
         status += " (unstable)"
     gpu = mem.cuda_peak_allocated_mib if mem else None
@@ -74,6 +88,7 @@ def case_row(case: CaseResult, parity: Parity | None = None) -> list[Any]:
         f"{mem.peak_rss_mib:.0f}" if mem else "",
         "" if gpu is None else f"{gpu:.0f}",
         *_model(case),
+        *_compute(case),
         metrics,
         verdict,
         *_parity(parity),
@@ -83,10 +98,15 @@ def case_row(case: CaseResult, parity: Parity | None = None) -> list[Any]:
 def render_report(record: RunRecord, fmt: str = "github") -> str:
     parities = parity_by_case(record.cases)
     rows = [case_row(c, parities.get(c.case_id)) for c in record.cases]
+    # Columns no case fills (GPU memory on a CPU run, MFU in an inference-variant suite)
+    # are left out; the first two always stay.
+    keep = [i for i in range(len(HEADERS)) if i < 2 or any(row[i] != "" for row in rows)]
+    headers = [HEADERS[i] for i in keep]
+    rows = [[row[i] for i in keep] for row in rows]
     if fmt == "csv":
         buffer = io.StringIO()
         writer = csv.writer(buffer)
-        writer.writerow(HEADERS)
+        writer.writerow(headers)
         writer.writerows(rows)
         return buffer.getvalue()
     counts: dict[str, int] = {}
@@ -98,5 +118,5 @@ def render_report(record: RunRecord, fmt: str = "github") -> str:
               f"torch {fp.get('packages', {}).get('torch')}, "
               f"{fp.get('threads', {}).get('torch_intraop')} threads\n"
               + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
-    table = tabulate(rows, headers=HEADERS, tablefmt=fmt, disable_numparse=True)
+    table = tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True)
     return f"{header}\n\n{table}\n" if fmt != "latex" else table + "\n"

@@ -117,6 +117,27 @@ class ModelResult:
 
 
 @dataclass
+class ComputeResult:
+    """FLOPs per step and MFU against a measured and a spec peak (bench.measurement.flops)."""
+
+    flops_per_step: float
+    flops_method: str
+    analytic_flops_per_step: float
+    analytic_formula: str
+    counted_over_analytic: float
+    achieved_tflops: float
+    achieved_method: str
+    compute_dtype: str
+    device_name: str
+    peak_measured_tflops: float
+    peak_measured_method: str
+    mfu_measured: float
+    peak_spec_tflops: float | None
+    peak_spec_source: str
+    mfu_spec: float | None
+
+
+@dataclass
 class CaseResult:
     case_id: str
     workload: str
@@ -131,6 +152,7 @@ class CaseResult:
     memory: MemoryResult | None = None
     accuracy: AccuracyResult | None = None
     model: ModelResult | None = None
+    compute: ComputeResult | None = None
     details: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     stderr_tail: str | None = None

@@ -127,6 +127,12 @@ def run_case(case: CaseSpec) -> CaseResult:
                                     get_workload(case.workload).task_metric(case.phase))
         result.details.update(outcome.details)
         result.model = outcome.model
+        # After timing: counting runs one more step, the measured peak a large matmul.
+        count = phase.flop_count()
+        if count is not None:
+            from bench.measurement.flops import compute_record
+
+            result.compute = compute_record(count, result.timing.median_s, case.device)
     except BaseException as exc:  # noqa: BLE001 - every failure becomes a status
         result.status = STATUS_OOM if _is_oom(exc) else STATUS_ERROR
         result.reason = f"{type(exc).__name__}: {exc}".strip()[:500]

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from bench.spec.axes import Setting, common_axes
 
 if TYPE_CHECKING:
+    from bench.measurement.flops import FlopCount
     from bench.results.schema import ModelResult
     from bench.spec.model import CaseSpec
     from bench.variants.precision import Precision
@@ -56,6 +57,10 @@ class Phase(ABC):
     @abstractmethod
     def finish(self) -> Outcome:
         """Task metrics (accuracy, loss...) once timing is done."""
+
+    def flop_count(self) -> FlopCount | None:
+        """FLOPs of one step (counted and analytic), for MFU; None: not reported."""
+        return None
 
 
 class Workload(ABC):

@@ -2,7 +2,8 @@
 
 ``sleep`` takes a known time per step, so the timing path can be checked against
 truth. ``fault`` misbehaves on purpose (aborts, hangs, exhausts memory, raises) so
-the isolation layer can be checked to turn each fault into a case status.
+the isolation layer can be checked to turn each fault into a case status. ``ballast``
+holds a known amount of memory per sample, so the max-batch search has a known answer.
 """
 
 from __future__ import annotations
@@ -112,3 +113,43 @@ class Fault(Workload):
     def prepare(cls, case, ctx: RunContext) -> Phase:
         return FaultPhase(case.axes["fault"], case.params["after_steps"],
                           case.params["chunk_mib"])
+
+
+class BallastPhase(Phase):
+    step_description = "time.sleep(0.001) while holding batch_size x mib_per_sample of memory"
+
+    def __init__(self, batch_size: int, mib_per_sample: int) -> None:
+        # Written pages (bytearray zeroes them), so all of it is resident at once.
+        self.ballast = [bytearray(mib_per_sample * 2**20) for _ in range(batch_size)]
+
+    def step(self) -> object:
+        time.sleep(0.001)
+        return None
+
+    def finish(self) -> Outcome:
+        return Outcome(metrics={})
+
+
+@register
+class Ballast(Workload):
+    name = "ballast"
+    description = "holds a known amount of memory per sample: checks the max-batch search"
+    phases = ("infer",)
+
+    @classmethod
+    def axes(cls) -> dict[str, Setting]:
+        axes = dict(_CPU_ONLY)
+        axes["batch_size"] = Setting("batch_size", int, 1, minimum=1)
+        return axes
+
+    @classmethod
+    def params(cls) -> dict[str, Setting]:
+        return {"mib_per_sample": Setting("mib_per_sample", int, 256, minimum=1)}
+
+    @classmethod
+    def metrics(cls, phase: str) -> tuple[str, ...]:
+        return ()
+
+    @classmethod
+    def prepare(cls, case, ctx: RunContext) -> Phase:
+        return BallastPhase(case.axes["batch_size"], case.params["mib_per_sample"])

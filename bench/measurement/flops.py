@@ -1,0 +1,180 @@
+"""FLOPs and model FLOPs utilisation (MFU).
+
+FLOPs per step are counted by ``torch.utils.flop_counter.FlopCounterMode`` (matmuls,
+convolutions and attention; elementwise ops are not counted) and stated next to the
+workload's analytic formula. MFU = achieved FLOP/s / peak FLOP/s against two peaks:
+
+- measured: a large square matmul in the case's dtype on this device, timed with
+  torch.utils.benchmark once per machine (fingerprint) and cached;
+- spec: the vendor's dense (no 2:4 sparsity) peak for the exact device name, when known.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bench.results.schema import ComputeResult
+
+# Dense peaks in TFLOP/s from the vendors' data sheets (tensor-core figures without
+# sparsity), keyed by torch.cuda.get_device_name() and compute dtype.
+SPEC_PEAKS_TFLOPS: dict[str, dict[str, float]] = {
+    "NVIDIA H100 80GB HBM3": {"fp32": 66.9, "tf32": 494.7, "bf16": 989.4, "fp16": 989.4,
+                              "fp8": 1978.9},
+    "NVIDIA H100 PCIe": {"fp32": 51.2, "tf32": 378.0, "bf16": 756.0, "fp16": 756.0,
+                         "fp8": 1513.0},
+    "NVIDIA H200": {"fp32": 66.9, "tf32": 494.7, "bf16": 989.4, "fp16": 989.4,
+                    "fp8": 1978.9},
+    "NVIDIA A100-SXM4-80GB": {"fp32": 19.5, "tf32": 156.0, "bf16": 312.0, "fp16": 312.0},
+    "NVIDIA A100-SXM4-40GB": {"fp32": 19.5, "tf32": 156.0, "bf16": 312.0, "fp16": 312.0},
+}
+SPEC_SOURCE = "vendor data sheet, dense tensor-core peak (H100 SXM5 / H200 / A100 SXM4)"
+
+
+@dataclass(frozen=True)
+class FlopCount:
+    """What a phase reports about its arithmetic."""
+
+    counted_per_step: float
+    analytic_per_step: float
+    analytic_formula: str
+    compute_dtype: str  # fp32 / tf32 / bf16 / fp16: which peak MFU divides by
+    counted_method: str = "torch.utils.flop_counter.FlopCounterMode over one step " \
+                          "(matmul, conv, attention; elementwise not counted)"
+
+
+def _register_cpu_attention() -> None:
+    """FlopCounterMode knows the CUDA attention kernels but not the CPU flash-attention op
+    that scaled_dot_product_attention dispatches to on CPU (torch 2.13), so attention
+    would count as free there. Register it with torch's own SDPA formulas."""
+    import torch
+    from torch.utils import flop_counter
+
+    aten = torch.ops.aten
+    pairs = (("_scaled_dot_product_flash_attention_for_cpu", flop_counter.sdpa_flop_count, 3),
+             ("_scaled_dot_product_flash_attention_for_cpu_backward",
+              flop_counter.sdpa_backward_flop_count, 4))
+    for name, formula, shapes in pairs:
+        op = getattr(aten, name, None)
+        if op is None or op in flop_counter.flop_registry:
+            continue
+
+        def flops(*args, out_shape=None, _formula=formula, _n=shapes, **kwargs) -> int:
+            return _formula(*args[:_n])
+
+        flop_counter.register_flop_formula(op)(flops)
+
+
+def count_flops(fn: Callable[[], object]) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    _register_cpu_attention()
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
+def compute_dtype(precision: str) -> str:
+    return {"bf16": "bf16", "fp16": "fp16", "tf32": "tf32", "bf16_cast": "bf16",
+            "fp16_cast": "fp16"}.get(precision, "fp32")
+
+
+def spec_peak(device_name: str, dtype: str) -> float | None:
+    return SPEC_PEAKS_TFLOPS.get(device_name, {}).get(dtype)
+
+
+def _cache_path() -> Path:
+    root = os.environ.get("BENCH_CACHE_DIR") or Path.home() / ".cache" / "bench"
+    return Path(root) / "peak_tflops.json"
+
+
+def device_name(device: str) -> str:
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    from bench.measurement.fingerprint import cpu_model
+
+    return cpu_model()
+
+
+def measured_peak(device: str, dtype: str) -> tuple[float, str]:
+    """Achieved TFLOP/s of a square matmul in ``dtype`` on ``device``, cached per machine
+    (device name, torch version, thread count) in ~/.cache/bench (BENCH_CACHE_DIR)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    key_text = f"{device_name(device)}|{device}|{dtype}|torch {torch.__version__}|{threads}"
+    key = hashlib.sha256(key_text.encode()).hexdigest()[:16]
+    path = _cache_path()
+    cache: dict[str, Any] = {}
+    if path.exists():
+        try:
+            cache = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            cache = {}
+    if key in cache:
+        entry = cache[key]
+        return entry["tflops"], entry["method"] + " (cached)"
+    tflops, method = _time_matmul(device, dtype)
+    cache[key] = {"tflops": tflops, "method": method, "what": key_text}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(cache, indent=1))
+    tmp.replace(path)
+    return tflops, method
+
+
+def _time_matmul(device: str, dtype: str) -> tuple[float, str]:
+    import torch
+    import torch.utils.benchmark as tub
+
+    n = 8192 if device == "cuda" else 1024
+    torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype, torch.float32)
+    a = torch.randn(n, n, device=device, dtype=torch_dtype)
+    b = torch.randn(n, n, device=device, dtype=torch_dtype)
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = dtype == "tf32"
+    try:
+        timer = tub.Timer("a @ b", globals={"a": a, "b": b},
+                          num_threads=torch.get_num_threads())
+        median = timer.blocked_autorange(min_run_time=1.0).median
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
+    tflops = 2 * n**3 / median / 1e12
+    return tflops, f"{n}x{n} @ {n}x{n} {dtype} matmul, 2·n³ / median of " \
+                   "torch.utils.benchmark.Timer.blocked_autorange(1 s)"
+
+
+def compute_record(count: FlopCount, median_step_s: float, device: str) -> ComputeResult:
+    """The result file's ``compute`` record: FLOPs, achieved TFLOP/s and MFU with both peaks."""
+    from bench.results.schema import ComputeResult
+
+    achieved = count.counted_per_step / median_step_s / 1e12
+    name = device_name(device)
+    measured, measured_method = measured_peak(device, count.compute_dtype)
+    spec = spec_peak(name, count.compute_dtype)
+    return ComputeResult(
+        flops_per_step=count.counted_per_step,
+        flops_method=count.counted_method,
+        analytic_flops_per_step=count.analytic_per_step,
+        analytic_formula=count.analytic_formula,
+        counted_over_analytic=count.counted_per_step / count.analytic_per_step,
+        achieved_tflops=achieved,
+        achieved_method="counted FLOPs per step / median step time",
+        compute_dtype=count.compute_dtype,
+        device_name=name,
+        peak_measured_tflops=measured,
+        peak_measured_method=measured_method,
+        mfu_measured=achieved / measured,
+        peak_spec_tflops=spec,
+        peak_spec_source=SPEC_SOURCE if spec is not None else
+        f"no dense spec peak on file for {name!r} ({count.compute_dtype})",
+        mfu_spec=achieved / spec if spec else None,
+    )

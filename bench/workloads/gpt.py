@@ -1,0 +1,315 @@
+"""gpt: a nanoGPT-style decoder trained for real on byte-level text every machine has.
+
+Corpus: the Python standard library's own ``.py`` sources, read at run time (nothing is
+downloaded or shipped). Files are shuffled with a fixed seed and taken until
+``corpus_mib``; the first 10% of those bytes (whole files) are validation, the rest
+training. The corpus differs between Python versions, so its size, file count and
+sha256 are recorded with every case.
+
+Train phase: one optimizer step (AdamW, ``accum_steps`` micro-batches of ``batch_size``
+windows of the config's context). Infer phase: prefill, a forward over ``batch_size``
+full-context windows with logits at every position (scoring). Validation loss is
+reported in bits per byte (a token is a byte), on a model trained from a fixed seed for
+exactly ``train_steps`` steps with the case's settings, not on the timed one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import itertools
+import math
+import sys
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from bench.measurement.flops import FlopCount, compute_dtype, count_flops
+from bench.spec.axes import Setting
+from bench.workloads import register
+from bench.workloads._training import BatchStream, Trainer
+from bench.workloads.base import Outcome, Phase, RunContext, Workload
+from bench.workloads.gpt_model import CONFIGS, GPT, analytic_flops_per_token, next_token_loss
+
+CORPUS_SEED = 20261123
+VAL_FRACTION = 0.1
+TRAIN_WINDOWS = 4096  # distinct training windows the batch stream shuffles through
+VAL_WINDOWS = 64
+MIB = 1 << 20
+
+
+@functools.cache
+def load_corpus(corpus_mib: float) -> tuple[np.ndarray, np.ndarray, dict[str, object]]:
+    """(train bytes, validation bytes, description) from the standard library sources."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(p for p in root.rglob("*.py") if "site-packages" not in p.parts)
+    order = np.random.default_rng(CORPUS_SEED).permutation(len(files))
+    chunks, total, limit = [], 0, int(corpus_mib * MIB)
+    for i in order:
+        data = files[i].read_bytes()
+        chunks.append(data)
+        total += len(data)
+        if total >= limit:
+            break
+    n_val_files = next(i for i, size in enumerate(itertools.accumulate(map(len, chunks)))
+                       if size >= VAL_FRACTION * total) + 1
+    val = b"".join(chunks[:n_val_files])
+    train = b"".join(chunks[n_val_files:])
+    digest = hashlib.sha256(val + train).hexdigest()
+    info = {"source": f"Python {sys.version.split()[0]} standard library *.py under {root}",
+            "files": len(chunks), "train_bytes": len(train), "val_bytes": len(val),
+            "sha256": digest, "split": f"whole files, seed {CORPUS_SEED}, first "
+                                        f"{VAL_FRACTION:.0%} of bytes validation"}
+    return (np.frombuffer(train, dtype=np.uint8), np.frombuffer(val, dtype=np.uint8), info)
+
+
+def windows(data: np.ndarray, count: int, length: int, seed: int) -> tuple[torch.Tensor, ...]:
+    """``count`` random windows of ``length`` + 1 bytes: inputs and next-byte targets."""
+    starts = np.random.default_rng(seed).integers(0, len(data) - length - 1, size=count)
+    block = np.stack([data[s:s + length + 1] for s in starts]).astype(np.int64)
+    tokens = torch.from_numpy(block)
+    return tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
+
+
+def bits_per_byte(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+                  ctx: RunContext) -> float:
+    model.eval()
+    total = 0.0
+    with torch.inference_mode(), ctx.precision.context(ctx.device):
+        for start in range(0, len(x), batch_size):
+            logits = model(x[start:start + batch_size])
+            loss = next_token_loss(logits, y[start:start + batch_size])
+            total += float(loss) * len(x[start:start + batch_size])
+    return total / len(x) / math.log(2)
+
+
+def memory_split(model: nn.Module, optimizer: torch.optim.Optimizer,
+                 saved_activation_bytes: int) -> dict[str, object]:
+    params = {id(p): p for p in model.parameters()}.values()
+    param_bytes = sum(p.numel() * p.element_size() for p in params)
+    grad_bytes = sum(p.numel() * p.element_size() for p in params if p.requires_grad)
+    state_bytes = sum(t.numel() * t.element_size() for state in optimizer.state.values()
+                      for t in state.values() if isinstance(t, torch.Tensor))
+    return {"parameters_mib": param_bytes / MIB, "gradients_mib": grad_bytes / MIB,
+            "optimizer_state_mib": state_bytes / MIB,
+            "activations_saved_mib": saved_activation_bytes / MIB,
+            "method": "parameters and gradients: numel x element size of the fp32 master "
+                      "weights (tied embedding once); optimizer state: the AdamW state "
+                      "tensors after a step; activations: bytes of the tensors autograd "
+                      "saves for backward in one micro-batch forward (saved_tensors_hooks, "
+                      "distinct storages), on the eager model"}
+
+
+def saved_activation_bytes(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                           ctx: RunContext) -> int:
+    """Bytes autograd keeps for backward over one forward: what checkpointing trades."""
+    seen: dict[tuple[int, int], int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        seen[(storage.data_ptr(), t.device.index or 0)] = storage.nbytes()
+        return t
+
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+            ctx.precision.context(ctx.device):
+        loss = next_token_loss(model(x), y)
+    # Parameters are saved for backward too, but they exist anyway: not activations.
+    param_ptrs = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    return sum(n for (ptr, _), n in seen.items() if ptr not in param_ptrs)
+
+
+class GPTPhase(Phase):
+    sample_unit = "tokens"
+
+    def __init__(self, case, ctx: RunContext) -> None:
+        self.case, self.ctx = case, ctx
+        a, p = case.axes, case.params
+        self.cfg = CONFIGS[a["model"]]
+        self.train_data, self.val_data, self.corpus = load_corpus(p["corpus_mib"])
+        t = self.cfg.block_size
+        self.x_train, self.y_train = (z.to(ctx.device) for z in
+                                      windows(self.train_data, TRAIN_WINDOWS, t, seed=1))
+        self.x_val, self.y_val = (z.to(ctx.device) for z in
+                                  windows(self.val_data, VAL_WINDOWS, t, seed=2))
+        torch.manual_seed(ctx.seed)
+        self.model = GPT(self.cfg, checkpointing=a.get("checkpointing", False)).to(ctx.device)
+        self.runnable = torch.compile(self.model) if a["compile"] else self.model
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        p = self.case.params
+        decay = [q for q in self.model.parameters() if q.dim() >= 2]
+        no_decay = [q for q in self.model.parameters() if q.dim() < 2]
+        return torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
+                                  {"params": no_decay, "weight_decay": 0.0}],
+                                 lr=p["lr"], betas=(0.9, 0.95),
+                                 fused=bool(self.case.axes.get("fused_optimizer", False)))
+
+    def _trainer(self, seed: int) -> Trainer:
+        a = self.case.axes
+        torch.manual_seed(seed)
+        self.model.reset_parameters()
+        stream = BatchStream(self.x_train, self.y_train, a["batch_size"], seed)
+        return Trainer(self.runnable, self._optimizer(), next_token_loss, stream,
+                       a.get("accum_steps", 1), self.ctx.precision, self.ctx.device)
+
+    def _trained(self) -> tuple[Trainer, list[float]]:
+        """The fixed-seed model trained for exactly train_steps (timing never changes it)."""
+        trainer = self._trainer(seed=self.ctx.seed + 2)
+        steps = self.case.params["train_steps"]
+        losses = [trainer.step() for _ in range(steps)]
+        every = max(1, steps // 20)
+        curve = [float(torch.stack(losses[i:i + every]).mean()) for i in range(0, steps, every)]
+        return trainer, curve
+
+    def _outcome(self, trainer: Trainer, curve: list[float]) -> Outcome:
+        val_bpb = bits_per_byte(self.runnable, self.x_val, self.y_val,
+                                self.case.axes["batch_size"], self.ctx)
+        details = {"corpus": self.corpus, "config": self.cfg.__dict__ | {"name":
+                                                                        self.case.axes["model"]},
+                   "train_steps": trainer.steps, "train_loss_curve": curve,
+                   "loss_curve_every_steps": max(1, self.case.params["train_steps"] // 20),
+                   "val_windows": len(self.x_val)}
+        return Outcome(metrics={"val_bpb": val_bpb, "final_train_loss": curve[-1]},
+                       details=details)
+
+
+class GPTTrain(GPTPhase):
+    def __init__(self, case, ctx: RunContext) -> None:
+        super().__init__(case, ctx)
+        self.trainer = self._trainer(seed=ctx.seed + 1)
+        self.samples_per_step = self.trainer.samples_per_step * self.cfg.block_size
+        self.step_description = (
+            "one optimizer step: accum_steps micro-batches of batch_size x "
+            f"{self.cfg.block_size} tokens (forward, cross-entropy, backward), then AdamW; "
+            f"batches drawn from {TRAIN_WINDOWS} windows already on the device")
+
+    def step(self) -> object:
+        return self.trainer.step()
+
+    def flop_count(self) -> FlopCount:
+        a = self.case.axes
+        micro = self.x_train[:a["batch_size"]], self.y_train[:a["batch_size"]]
+
+        def one_step() -> None:  # the eager model: FLOPs of the math, not of a compiler
+            self.model.train()
+            for _ in range(a.get("accum_steps", 1)):
+                with self.ctx.precision.context(self.ctx.device):
+                    loss = next_token_loss(self.model(micro[0]), micro[1])
+                loss.backward()
+            self.model.zero_grad(set_to_none=True)
+
+        per_token, formula = analytic_flops_per_token(self.model, self.cfg.block_size, True)
+        counted = count_flops(one_step)
+        if a.get("checkpointing"):
+            formula += "; checkpointing recomputes each block's forward, which the counter " \
+                       "sees and the formula does not"
+        return FlopCount(counted, per_token * self.samples_per_step, formula,
+                         compute_dtype(a["precision"]))
+
+    def finish(self) -> Outcome:
+        micro = self.x_train[:self.case.axes["batch_size"]], \
+            self.y_train[:self.case.axes["batch_size"]]
+        saved = saved_activation_bytes(self.model, *micro, self.ctx)
+        trainer, curve = self._trained()
+        outcome = self._outcome(trainer, curve)
+        outcome.details["memory_split"] = memory_split(self.model, trainer.optimizer, saved)
+        return outcome
+
+
+class GPTInfer(GPTPhase):
+    def __init__(self, case, ctx: RunContext) -> None:
+        super().__init__(case, ctx)
+        batch = case.axes["batch_size"]
+        pool = windows(self.val_data, 8 * batch, self.cfg.block_size, seed=3)[0]
+        self.inputs = [pool[i * batch:(i + 1) * batch].to(ctx.device) for i in range(8)]
+        self._cycle = itertools.cycle(self.inputs)
+        self.samples_per_step = batch * self.cfg.block_size
+        self.step_description = (
+            f"prefill: one forward over batch_size x {self.cfg.block_size} tokens, logits "
+            "at every position; inference_mode and precision entered once around all "
+            "steps; batches rotate through 8 distinct inputs")
+        self.model.eval()
+
+    def session(self) -> contextlib.AbstractContextManager[object]:
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.inference_mode())
+        stack.enter_context(self.ctx.precision.context(self.ctx.device))
+        return stack
+
+    def step(self) -> object:
+        return self.runnable(next(self._cycle))
+
+    def flop_count(self) -> FlopCount:
+        def forward() -> None:
+            with torch.inference_mode(), self.ctx.precision.context(self.ctx.device):
+                self.model(self.inputs[0])
+
+        per_token, formula = analytic_flops_per_token(self.model, self.cfg.block_size, False)
+        return FlopCount(count_flops(forward), per_token * self.samples_per_step, formula,
+                         compute_dtype(self.case.axes["precision"]))
+
+    def finish(self) -> Outcome:
+        trainer, curve = self._trained()
+        return self._outcome(trainer, curve)
+
+
+@register
+class Gpt(Workload):
+    name = "gpt"
+    description = "nanoGPT-style decoder, byte-level, trained on the Python standard " \
+                  "library's sources; tokens/s, FLOPs, MFU, memory split, val bits/byte"
+    phases = ("train", "infer")
+
+    @classmethod
+    def axes(cls) -> dict[str, Setting]:
+        axes = super().axes()
+        axes["batch_size"] = Setting("batch_size", int, 8, minimum=1,
+                                     help="sequences per micro-batch")
+        axes.update({
+            "model": Setting("model", str, "tiny", choices=tuple(CONFIGS),
+                             help="named config: " + ", ".join(
+                                 f"{n} ({c.n_layer}L d{c.n_embd} T{c.block_size})"
+                                 for n, c in CONFIGS.items())),
+            "compile": Setting("compile", bool, False, help="torch.compile the model"),
+            "checkpointing": Setting("checkpointing", bool, False, phases=("train",),
+                                     help="activation checkpointing per block"),
+            "fused_optimizer": Setting("fused_optimizer", bool, False, phases=("train",),
+                                       help="AdamW(fused=True) instead of foreach"),
+        })
+        return axes
+
+    @classmethod
+    def params(cls) -> dict[str, Setting]:
+        return {
+            "train_steps": Setting("train_steps", int, 200, minimum=1,
+                                   help="steps of the fixed-seed run validation is measured on"),
+            "lr": Setting("lr", float, 1e-3, minimum=0),
+            "corpus_mib": Setting("corpus_mib", float, 4.0, minimum=0.1,
+                                  help="MiB of standard-library source to read"),
+        }
+
+    @classmethod
+    def metrics(cls, phase: str) -> tuple[str, ...]:
+        return ("val_bpb", "final_train_loss")
+
+    @classmethod
+    def task_metric(cls, phase: str) -> tuple[str, bool] | None:
+        return ("val_bpb", False)
+
+    @classmethod
+    def unsupported_reason(cls, case) -> str | None:
+        if case.axes.get("model") == "gpt2-124m" and case.device == "cpu":
+            return "gpt2-124m is a GPU config (one step at batch 8 takes minutes on a CPU); " \
+                   "use model=tiny or small on CPU"
+        return None
+
+    @classmethod
+    def prepare(cls, case, ctx: RunContext) -> Phase:
+        return GPTTrain(case, ctx) if case.phase == "train" else GPTInfer(case, ctx)

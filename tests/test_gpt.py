@@ -1,0 +1,141 @@
+"""The GPT workload: FLOPs against the analytic formula, real learning, checkpointing
+equivalence, the memory split, the corpus split, and the MFU record."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench.measurement import flops
+from bench.spec.model import Budget, CaseSpec
+from bench.variants.precision import get_precision
+from bench.workloads import get_workload
+from bench.workloads.base import RunContext
+from bench.workloads.gpt import (
+    GPTInfer,
+    GPTTrain,
+    load_corpus,
+    saved_activation_bytes,
+    windows,
+)
+from bench.workloads.gpt_model import CONFIGS, GPT, GPTConfig, next_token_loss
+
+# FlopCounterMode counts matmuls and attention only; the formula's N also holds biases and
+# LayerNorm gains, which cost no matmul: ~1.5% of N for the tiny config, 0.1% for gpt2-124m.
+FLOP_TOLERANCE = 0.03
+CPU = RunContext("cpu", get_precision("fp32"))
+
+
+def gpt_case(phase: str = "train", **axes) -> CaseSpec:
+    workload = get_workload("gpt")
+    defaults = {k: s.default for k, s in workload.axes().items()
+                if s.phases is None or phase in s.phases}
+    params = {k: s.default for k, s in workload.params().items()}
+    params.update(train_steps=60, corpus_mib=0.5)
+    return CaseSpec("gpt", phase, {**defaults, **axes}, params, Budget())
+
+
+def batch(cfg: GPTConfig, n: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    train, _, _ = load_corpus(0.5)
+    return windows(train, n, cfg.block_size, seed)
+
+
+@pytest.mark.parametrize("phase_cls, phase", [(GPTTrain, "train"), (GPTInfer, "infer")])
+def test_counted_flops_match_the_analytic_formula(phase_cls, phase):
+    count = phase_cls(gpt_case(phase, batch_size=4), CPU).flop_count()
+    assert count.counted_per_step == pytest.approx(count.analytic_per_step, rel=FLOP_TOLERANCE)
+    assert ("6N + 12" if phase == "train" else "2N + 4") in count.analytic_formula
+
+
+def test_analytic_formula_is_gpt2s_for_gpt2_124m():
+    model = GPT(CONFIGS["gpt2-124m"])
+    # 124M parameters with the padded vocabulary, position embeddings excluded from N.
+    assert model.non_embedding_parameters() == pytest.approx(123.6e6, rel=0.01)
+    from bench.workloads.gpt_model import analytic_flops_per_token
+
+    per_token, _ = analytic_flops_per_token(model, 1024, train=True)
+    assert per_token == 6 * model.non_embedding_parameters() + 12 * 12 * 768 * 1024
+
+
+def test_accumulation_multiplies_the_flops_of_a_step():
+    one = GPTTrain(gpt_case(batch_size=4), CPU).flop_count()
+    four = GPTTrain(gpt_case(batch_size=4, accum_steps=4), CPU).flop_count()
+    assert four.counted_per_step == pytest.approx(4 * one.counted_per_step, rel=1e-9)
+
+
+def test_loss_decreases_and_validation_beats_uniform_bytes():
+    phase = GPTTrain(gpt_case(batch_size=16), CPU)
+    outcome = phase.finish()
+    curve = outcome.details["train_loss_curve"]
+    assert curve[-1] < curve[0] - 0.5  # nats per byte
+    assert outcome.metrics["val_bpb"] < 6.0  # uniform over 256 byte values: 8 bits
+    split = outcome.details["memory_split"]
+    assert split["optimizer_state_mib"] == pytest.approx(2 * split["parameters_mib"], rel=0.01)
+
+
+def test_checkpointing_gives_the_same_loss_and_gradients():
+    cfg = CONFIGS["tiny"]
+    x, y = batch(cfg)
+    grads, losses = [], []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = GPT(cfg, checkpointing=checkpointing).train()
+        loss = next_token_loss(model(x), y)
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    torch.testing.assert_close(losses[0], losses[1], rtol=0, atol=0)
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-5, atol=1e-7)
+
+
+def test_checkpointing_keeps_fewer_activations_for_backward():
+    cfg = CONFIGS["small"]
+    x, y = batch(cfg)
+    saved = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        saved.append(saved_activation_bytes(GPT(cfg, checkpointing), x, y, CPU))
+    assert saved[1] < saved[0] / 2
+
+
+def test_corpus_split_is_fixed_and_disjoint():
+    train, val, info = load_corpus(0.5)
+    again = load_corpus.__wrapped__(0.5)
+    assert info["sha256"] == again[2]["sha256"]
+    assert info["train_bytes"] + info["val_bytes"] >= 0.5 * (1 << 20)
+    assert 0.08 < info["val_bytes"] / (info["train_bytes"] + info["val_bytes"]) < 0.3
+    assert bytes(val[:200]) not in bytes(train)
+
+
+def test_mfu_divides_achieved_by_both_peaks(tmp_path, monkeypatch):
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(flops, "device_name", lambda device: "NVIDIA H100 80GB HBM3")
+    monkeypatch.setattr(flops, "_time_matmul", lambda device, dtype: (700.0, "test matmul"))
+    count = flops.FlopCount(counted_per_step=5e12, analytic_per_step=5.1e12,
+                            analytic_formula="f", compute_dtype="bf16")
+    record = flops.compute_record(count, median_step_s=0.01, device="cuda")
+    assert record.achieved_tflops == pytest.approx(500.0)
+    assert record.mfu_spec == pytest.approx(500.0 / 989.4)
+    assert record.mfu_measured == pytest.approx(500.0 / 700.0)
+    assert record.counted_over_analytic == pytest.approx(5 / 5.1)
+    # The peak is measured once per machine and dtype, then read from the cache.
+    monkeypatch.setattr(flops, "_time_matmul", lambda device, dtype: pytest.fail("re-measured"))
+    again = flops.compute_record(count, median_step_s=0.01, device="cuda")
+    assert again.peak_measured_method.endswith("(cached)")
+
+
+def test_unknown_device_has_no_spec_peak_and_says_so(tmp_path, monkeypatch):
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(flops, "_time_matmul", lambda device, dtype: (0.1, "test matmul"))
+    count = flops.FlopCount(1e9, 1e9, "f", "fp32")
+    record = flops.compute_record(count, median_step_s=0.1, device="cpu")
+    assert record.mfu_spec is None and "no dense spec peak" in record.peak_spec_source
+    assert record.mfu_measured == pytest.approx(0.01 / 0.1)
+
+
+def test_measured_peak_times_a_real_matmul(tmp_path, monkeypatch):
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path))
+    tflops, method = flops.measured_peak("cpu", "fp32")
+    assert 0 < tflops < 100 and "1024x1024" in method
+    assert (tmp_path / "peak_tflops.json").exists()

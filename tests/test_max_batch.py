@@ -1,0 +1,65 @@
+"""The max-batch search: exact on a known answer, and under a real memory cap."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from bench.runners.isolation import run_isolated
+from bench.runners.max_batch import Probe, max_batch_for_case, search
+from bench.spec.model import Budget, CaseSpec
+
+
+def fits_up_to(limit: int, calls: list[int]):
+    def probe(batch: int) -> Probe:
+        calls.append(batch)
+        return Probe(batch, "ok" if batch <= limit else "oom")
+    return probe
+
+
+@pytest.mark.parametrize("limit", [1, 2, 3, 37, 64, 1000])
+def test_search_finds_the_exact_limit_in_logarithmic_probes(limit):
+    calls: list[int] = []
+    found = search(fits_up_to(limit, calls))
+    assert found.max_batch == limit and found.first_oom == limit + 1
+    assert len(calls) <= 2 * math.ceil(math.log2(limit + 1)) + 2
+    assert len(set(calls)) == len(calls)  # no batch probed twice
+
+
+def test_search_bisects_below_a_start_that_does_not_fit():
+    found = search(fits_up_to(5, []), start=16)
+    assert found.max_batch == 5 and found.first_oom == 6
+
+
+def test_nothing_fits_and_ceiling():
+    assert search(fits_up_to(0, [])).max_batch is None
+    capped = search(fits_up_to(10**6, []), ceiling=100)
+    assert capped.max_batch == 64 and capped.first_oom is None
+
+
+def test_a_crash_is_not_mistaken_for_a_memory_limit():
+    def probe(batch: int) -> Probe:
+        return Probe(batch, "ok" if batch < 4 else "crashed", "worker killed by SIGSEGV")
+    found = search(probe)
+    assert found.max_batch == 2 and found.first_oom is None
+    assert found.stopped == "batch 4: crashed: worker killed by SIGSEGV"
+
+
+@pytest.mark.slow
+def test_real_workers_under_a_memory_cap_find_the_known_limit():
+    mib_per_sample = 512
+    quick = Budget(min_trials=3, max_trials=3, max_time_s=0.5, trial_time_s=0.01,
+                   warmup_max_s=0.1, timeout_s=60)
+    # What a worker holds besides the ballast (interpreter, torch): measured, not assumed.
+    base = run_isolated(CaseSpec("ballast", "infer", {"device": "cpu", "batch_size": 1},
+                                 {"mib_per_sample": 1}, quick)).memory.peak_rss_mib
+    cap = base + 2.5 * mib_per_sample  # 2 samples fit, 3 do not
+    case = CaseSpec("ballast", "infer", {"device": "cpu", "batch_size": 1},
+                    {"mib_per_sample": mib_per_sample},
+                    Budget(**{**quick.to_dict(), "memory_limit_mib": cap}))
+    found = max_batch_for_case(case)
+    assert found.max_batch == 2, found.probes
+    assert found.first_oom == 3
+    assert [p.status for p in found.probes] == ["ok", "ok", "oom", "oom"]
+    assert found.at_max.peak_mib > base + 2 * mib_per_sample * 0.9
