@@ -91,7 +91,11 @@ def run_isolated(case: CaseSpec) -> CaseResult:
         tmpdir = Path(tmp)
         case_file, out_file, err_file = (tmpdir / n for n in ("case.json", "out.json", "err"))
         case_file.write_text(json.dumps(case.to_dict()))
-        env = {**worker_env(budget.allocator), "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"}
+        env = {**worker_env(budget.allocator), "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1",
+               # A compile's cold start is a cold compile, not whatever an earlier case
+               # left in inductor's on-disk cache.
+               "TORCHINDUCTOR_CACHE_DIR": str(tmpdir / "inductor"),
+               "TRITON_CACHE_DIR": str(tmpdir / "triton")}
         with open(err_file, "wb") as err:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "bench.runners.worker", str(case_file), str(out_file)],

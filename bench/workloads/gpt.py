@@ -155,7 +155,10 @@ class GPTPhase(Phase):
         a = self.case.axes
         torch.manual_seed(seed)
         self.model.reset_parameters()
-        stream = BatchStream(self.x_train, self.y_train, a["batch_size"], seed)
+        # Prefill's batch_size is an inference batch: its model trains at a fixed one.
+        batch = a["batch_size"] if self.case.phase == "train" else \
+            self.case.params["train_batch_size"]
+        stream = BatchStream(self.x_train, self.y_train, batch, seed)
         return Trainer(self.runnable, self._optimizer(), next_token_loss, stream,
                        a.get("accum_steps", 1), self.ctx.precision, self.ctx.device)
 
@@ -291,6 +294,9 @@ class Gpt(Workload):
             "train_steps": Setting("train_steps", int, 200, minimum=1,
                                    help="steps of the fixed-seed run validation is measured on"),
             "lr": Setting("lr", float, 1e-3, minimum=0),
+            "train_batch_size": Setting("train_batch_size", int, 16, minimum=1,
+                                        phases=("infer",),
+                                        help="batch of the run prefill's model is trained by"),
             "corpus_mib": Setting("corpus_mib", float, 4.0, minimum=0.1,
                                   help="MiB of standard-library source to read"),
         }
