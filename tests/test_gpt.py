@@ -125,8 +125,18 @@ def test_mfu_divides_achieved_by_both_peaks(tmp_path, monkeypatch):
     assert again.peak_measured_method.endswith("(cached)")
 
 
+def test_cpu_theoretical_peak_is_threads_clock_and_fma_width():
+    peak, source = flops.cpu_theoretical_peak("fp32", 2, {"avx2", "fma"}, 2245.8)
+    assert peak == pytest.approx(2 * 2245.8e6 * 32 / 1e12)  # 0.1437 TFLOP/s
+    assert "AVX2+FMA" in source
+    assert flops.cpu_theoretical_peak("fp32", 4, {"avx512f"}, 1000.0)[0] == pytest.approx(0.256)
+    assert flops.cpu_theoretical_peak("bf16", 2, {"avx512f", "amx_bf16"}, 1000.0) is None
+    assert flops.cpu_theoretical_peak("fp32", 2, {"sse4_2"}, 1000.0) is None
+
+
 def test_unknown_device_has_no_spec_peak_and_says_so(tmp_path, monkeypatch):
     monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(flops, "cpu_theoretical_peak", lambda *args: None)
     monkeypatch.setattr(flops, "_time_matmul", lambda device, dtype: (0.1, "test matmul"))
     count = flops.FlopCount(1e9, 1e9, "f", "fp32")
     record = flops.compute_record(count, median_step_s=0.1, device="cpu")

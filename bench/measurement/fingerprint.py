@@ -28,7 +28,7 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _cpu_flags() -> list[str]:
+def cpu_flags() -> list[str]:
     wanted = {"avx", "avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "fma", "sse4_2"}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -126,7 +126,7 @@ def fingerprint(suite_path: str | Path | None = None) -> dict[str, Any]:
             "logical_cores": psutil.cpu_count(logical=True),
             "physical_cores": psutil.cpu_count(logical=False),
             "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-            "flags": _cpu_flags(),
+            "flags": cpu_flags(),
         },
         "memory_total_mib": psutil.virtual_memory().total / MIB,
         "packages": {

@@ -6,7 +6,8 @@ workload's analytic formula. MFU = achieved FLOP/s / peak FLOP/s against two pea
 
 - measured: the best of a few square ``F.linear`` matmuls in the case's dtype on this
   device, timed with torch.utils.benchmark once per machine and cached;
-- spec: the vendor's dense (no 2:4 sparsity) peak for the exact device name, when known.
+- spec: the vendor's dense (no 2:4 sparsity) peak for the exact device name, when known;
+  on a CPU without one, the theoretical threads x clock x FLOP/cycle of its FMA units.
 """
 
 from __future__ import annotations
@@ -90,6 +91,33 @@ def spec_peak(device_name: str, dtype: str) -> float | None:
     return SPEC_PEAKS_TFLOPS.get(device_name, {}).get(dtype)
 
 
+def cpu_theoretical_peak(dtype: str, threads: int, flags: set[str] | None = None,
+                         mhz: float | None = None) -> tuple[float, str] | None:
+    """threads x clock x FLOP per cycle per core from the ISA, for fp32 FMA units: AVX2+FMA
+    is 2 units x 8 lanes x 2 = 32, AVX-512 64 (assuming two 512-bit FMA units). Without
+    avx512_bf16/AMX, bf16 and fp16 run at best at that fp32 rate (convert, then fp32 FMA)."""
+    from pathlib import Path
+
+    from bench.measurement.fingerprint import cpu_flags
+
+    flags = set(cpu_flags()) if flags is None else flags
+    per_cycle = 64 if "avx512f" in flags else 32 if {"avx2", "fma"} <= flags else None
+    if per_cycle is None or dtype not in ("fp32", "bf16", "fp16"):
+        return None
+    if dtype != "fp32" and flags & {"avx512_bf16", "amx_bf16"}:
+        return None  # native low-precision units: no simple formula on file
+    if mhz is None:
+        try:
+            mhz = next(float(line.split(":")[1]) for line in Path("/proc/cpuinfo").read_text()
+                       .splitlines() if line.startswith("cpu MHz"))
+        except (OSError, StopIteration, ValueError):
+            return None
+    tflops = threads * mhz * 1e6 * per_cycle / 1e12
+    return tflops, f"theoretical: {threads} threads x {mhz:.0f} MHz (/proc/cpuinfo) x " \
+                   f"{per_cycle} fp32 FLOP/cycle ({'AVX-512' if per_cycle == 64 else 'AVX2+FMA'}" \
+                   " FMA units); no vendor figure for this CPU"
+
+
 def _cache_path() -> Path:
     root = os.environ.get("BENCH_CACHE_DIR") or Path.home() / ".cache" / "bench"
     return Path(root) / "peak_tflops.json"
@@ -169,6 +197,14 @@ def compute_record(count: FlopCount, median_step_s: float, device: str) -> Compu
     name = device_name(device)
     measured, measured_method = measured_peak(device, count.compute_dtype)
     spec = spec_peak(name, count.compute_dtype)
+    spec_source = SPEC_SOURCE if spec is not None else \
+        f"no dense spec peak on file for {name!r} ({count.compute_dtype})"
+    if spec is None and device == "cpu":
+        import torch
+
+        derived = cpu_theoretical_peak(count.compute_dtype, torch.get_num_threads())
+        if derived is not None:
+            spec, spec_source = derived
     return ComputeResult(
         flops_per_step=count.counted_per_step,
         flops_method=count.counted_method,
@@ -183,7 +219,6 @@ def compute_record(count: FlopCount, median_step_s: float, device: str) -> Compu
         peak_measured_method=measured_method,
         mfu_measured=achieved / measured,
         peak_spec_tflops=spec,
-        peak_spec_source=SPEC_SOURCE if spec is not None else
-        f"no dense spec peak on file for {name!r} ({count.compute_dtype})",
+        peak_spec_source=spec_source,
         mfu_spec=achieved / spec if spec else None,
     )

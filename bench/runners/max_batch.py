@@ -1,6 +1,7 @@
 """The largest batch that fits: doubling, then bisection, each probe its own worker.
 
-A probe is the case at one batch size, run through ``run_isolated`` with a short budget:
+A probe is the case at one batch size, run through ``run_isolated`` with a short budget
+and ``probe`` set (the worker times the step and skips the task metrics):
 ``ok`` fits; ``oom`` (a CUDA/host allocation failure caught in the worker, or the
 watchdog's memory limit) does not. Any other status (error, crash, timeout) ends the
 search with its reason rather than being mistaken for a memory limit.
@@ -97,7 +98,7 @@ def max_batch_for_case(case: CaseSpec, ceiling: int = 1 << 16,
 
     def probe(batch: int) -> Probe:
         trial = dataclasses.replace(case, axes={**case.axes, "batch_size": batch},
-                                    budget=budget)
+                                    budget=budget, probe=True)
         return _probe_result(batch, run(trial))
 
     result = search(probe, start=int(case.axes.get("batch_size", 1)), ceiling=ceiling)

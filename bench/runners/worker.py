@@ -96,7 +96,7 @@ def run_case(case: CaseSpec) -> CaseResult:
     from bench.measurement.timers import timer_for
     from bench.variants.precision import get_precision
     from bench.workloads import get_workload
-    from bench.workloads.base import RunContext
+    from bench.workloads.base import Outcome, RunContext
 
     started = time.perf_counter()
     result = CaseResult.for_case(case, STATUS_OK)
@@ -114,7 +114,7 @@ def run_case(case: CaseSpec) -> CaseResult:
             with phase.session():
                 measurement = measure(phase.step, timer_for(case.device), case.budget)
             faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before
-            outcome = phase.finish()
+            outcome = Outcome(metrics={}) if case.probe else phase.finish()
         steps = 1 + measurement.warmup_iterations + sum(len(t) for t in measurement.trials)
         # Fresh pages the allocator had to fault in: a step that allocates from recycled
         # heap memory is faster than one that maps new pages (see measurement.allocator).
@@ -128,7 +128,7 @@ def run_case(case: CaseSpec) -> CaseResult:
         result.details.update(outcome.details)
         result.model = outcome.model
         # After timing: counting runs one more step, the measured peak a large matmul.
-        count = phase.flop_count()
+        count = None if case.probe else phase.flop_count()
         if count is not None:
             from bench.measurement.flops import compute_record
 

@@ -90,6 +90,8 @@ class CaseSpec:
     id_axes: tuple[str, ...] | None = None
     label: str | None = None
     parity_target: float = 0.99
+    # A probe (max-batch search) times the step and stops: no task metrics, no FLOP count.
+    probe: bool = False
 
     @property
     def case_id(self) -> str:
@@ -114,6 +116,7 @@ class CaseSpec:
             "id_axes": None if self.id_axes is None else list(self.id_axes),
             "label": self.label,
             "parity_target": self.parity_target,
+            "probe": self.probe,
         }
 
     @classmethod
@@ -128,4 +131,5 @@ class CaseSpec:
             id_axes=None if data.get("id_axes") is None else tuple(data["id_axes"]),
             label=data.get("label"),
             parity_target=data.get("parity_target", 0.99),
+            probe=data.get("probe", False),
         )
