@@ -105,6 +105,45 @@ def cmd_max_batch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_pair(args: argparse.Namespace):  # noqa: ANN202 - (RunRecord, RunRecord)
+    from bench.reports.compare import fingerprint_differences
+    from bench.results.store import load_run
+
+    baseline, current = load_run(args.baseline), load_run(args.current)
+    diffs = fingerprint_differences(baseline, current)
+    if diffs and not args.allow_different_machines:
+        raise BenchInputError(args.current, "measured on a different machine or stack than "
+                              f"the baseline ({'; '.join(diffs)}); pass "
+                              "--allow-different-machines to compare anyway")
+    return baseline, current
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from bench.reports.compare import compare_runs, render_comparison
+
+    baseline, current = _load_pair(args)
+    print(render_comparison(compare_runs(baseline, current), args.format))
+    return 0
+
+
+def cmd_gate(args: argparse.Namespace) -> int:
+    import os
+
+    from bench.reports.compare import compare_runs
+    from bench.reports.gate import Policy, evaluate, load_policy, markdown
+
+    policy = load_policy(args.policy) if args.policy else Policy()
+    baseline, current = _load_pair(args)
+    report = evaluate(compare_runs(baseline, current), policy)
+    summary = markdown(report, args.baseline, args.current, policy)
+    print(summary, end="")
+    step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if step_summary:
+        with open(step_summary, "a") as fh:
+            fh.write(summary)
+    return report.exit_code
+
+
 def cmd_env(args: argparse.Namespace) -> int:
     from bench.measurement.fingerprint import fingerprint
 
@@ -149,6 +188,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ceiling", type=int, default=1 << 16, help="largest batch to probe")
     p.add_argument("--out", help="write the searches (every probe) as JSON")
     p.set_defaults(func=cmd_max_batch)
+
+    p = sub.add_parser("compare", help="compare two run files case by case (speed with a "
+                                       "95%% CI and a Mann-Whitney test, memory, accuracy)")
+    p.add_argument("baseline", help="the reference run file")
+    p.add_argument("current", help="the run file to compare with it")
+    p.add_argument("--format", choices=FORMATS, default="github")
+    p.add_argument("--allow-different-machines", action="store_true",
+                   help="compare even when the fingerprints differ")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("gate", help="fail (exit 1) on a regression against a baseline; "
+                                    "exit 2 on bad input; markdown summary")
+    p.add_argument("--baseline", required=True, help="the baseline run file")
+    p.add_argument("--current", required=True, help="the run file under test")
+    p.add_argument("--policy", help="TOML thresholds ([speed] max_drop, alpha, gate; "
+                                    "[memory] max_growth, gate; [accuracy] min_ratio, gate)")
+    p.add_argument("--allow-different-machines", action="store_true",
+                   help="gate even when the fingerprints differ")
+    p.set_defaults(func=cmd_gate)
 
     p = sub.add_parser("env", help="print this machine's environment fingerprint")
     p.set_defaults(func=cmd_env)

@@ -149,3 +149,25 @@ def test_measured_peak_times_a_real_matmul(tmp_path, monkeypatch):
     tflops, method = flops.measured_peak("cpu", "fp32")
     assert 0 < tflops < 100 and "n = 256/512/1024" in method
     assert (tmp_path / "peak_tflops.json").exists()
+
+
+def test_fp8_is_skipped_with_a_reason_where_it_cannot_run():
+    from bench.spec.expand import skip_reason
+
+    def reason(workload, phase, device):
+        axes = {"device": device, "precision": "fp8", "batch_size": 8}
+        return skip_reason(CaseSpec(workload, phase, axes, {}, Budget()))
+
+    assert "does not build float8 training" in reason("digits_cnn", "train", "cpu")
+    assert "not available on cpu" in reason("gpt", "train", "cpu")
+    assert "fp8 inference is not built" in reason("gpt", "infer", "cpu")
+
+
+def test_fp8_swaps_eligible_linears_but_not_the_tied_head():
+    model = GPT(CONFIGS["tiny"])
+    done = get_precision("fp8").prepare_model(model)
+    kinds = {name: type(m).__name__ for name, m in model.named_modules()}
+    assert kinds["blocks.0.attn.c_attn"] == "Float8Linear"
+    assert kinds["blocks.1.mlp.c_proj"] == "Float8Linear"
+    assert kinds["lm_head"] == "Linear" and model.lm_head.weight is model.wte.weight
+    assert "8 Linear -> Float8Linear" in done

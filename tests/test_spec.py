@@ -59,9 +59,10 @@ def test_bad_suite_is_one_line_exit_2(label, write_suite, capsys):
 def test_errors_name_the_valid_values(write_suite, capsys):
     main(["list", str(write_suite(BAD_FILES["unknown axis value"][0]))])
     err = capsys.readouterr().err
-    assert "(valid: fp32, tf32, fp16, bf16, fp16_cast, bf16_cast)" in err
+    assert "(valid: fp32, tf32, fp16, bf16, fp8, fp16_cast, bf16_cast)" in err
     main(["list", str(write_suite(BAD_FILES["unknown workload"][0]))])
-    assert "valid: digits_cnn" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "valid: ballast, digits_cnn, fault, gpt, linreg, minilm, sleep" in err
 
 
 def test_cli_process_prints_no_traceback(write_suite):

@@ -84,7 +84,7 @@ def count_flops(fn: Callable[[], object]) -> float:
 
 def compute_dtype(precision: str) -> str:
     return {"bf16": "bf16", "fp16": "fp16", "tf32": "tf32", "bf16_cast": "bf16",
-            "fp16_cast": "fp16"}.get(precision, "fp32")
+            "fp16_cast": "fp16", "fp8": "fp8"}.get(precision, "fp32")
 
 
 def spec_peak(device_name: str, dtype: str) -> float | None:
@@ -168,6 +168,8 @@ def _time_matmul(device: str, dtype: str) -> tuple[float, str]:
     import torch
     import torch.utils.benchmark as tub
 
+    if dtype == "fp8":
+        return _time_scaled_mm(device)
     sizes = (4096, 8192) if device == "cuda" else (256, 512, 1024)
     torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype, torch.float32)
     saved = torch.backends.cuda.matmul.allow_tf32
@@ -187,6 +189,28 @@ def _time_matmul(device: str, dtype: str) -> tuple[float, str]:
     sizes_text = "/".join(map(str, sizes))
     return best, f"best of F.linear(a, w) (a @ wᵀ), n x n, n = {sizes_text}, {dtype}: " \
                  "2·n³ / median of torch.utils.benchmark.Timer.blocked_autorange(0.5 s)"
+
+
+def _time_scaled_mm(device: str) -> tuple[float, str]:
+    """fp8 peak: torch._scaled_mm (e4m3 x e4m3 -> bf16, tensorwise scales), the kernel
+    Float8Linear runs; the second operand column-major as cuBLASLt requires."""
+    import torch
+    import torch.utils.benchmark as tub
+
+    if device != "cuda":
+        raise RuntimeError("float8 matmul peak is measured on CUDA only")
+    best = 0.0
+    for n in (4096, 8192):
+        a = torch.randn(n, n, device=device).to(torch.float8_e4m3fn)
+        b = torch.randn(n, n, device=device).to(torch.float8_e4m3fn).t()
+        one = torch.ones((), device=device)
+        timer = tub.Timer("torch._scaled_mm(a, b, scale_a=one, scale_b=one, "
+                          "out_dtype=torch.bfloat16)",
+                          globals={"a": a, "b": b, "one": one, "torch": torch})
+        median = timer.blocked_autorange(min_run_time=0.5).median
+        best = max(best, 2 * n**3 / median / 1e12)
+    return best, "best of torch._scaled_mm(e4m3 n x n, e4m3 column-major, out bf16), " \
+                 "n = 4096/8192: 2·n³ / median of torch.utils.benchmark (0.5 s)"
 
 
 def compute_record(count: FlopCount, median_step_s: float, device: str) -> ComputeResult:

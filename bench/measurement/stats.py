@@ -70,3 +70,42 @@ def percentiles(values: list[float] | np.ndarray,
                 qs: tuple[int, ...] = (50, 90, 99)) -> dict[str, float]:
     arr = np.asarray(values, dtype=float)
     return {f"p{q}": float(np.percentile(arr, q)) for q in qs}
+
+
+@dataclass(frozen=True)
+class RatioEstimate:
+    """How ``current`` compares to ``baseline``: the ratio of their medians with a 95%
+    bootstrap CI, and a two-sided Mann-Whitney U p-value on the raw per-trial values."""
+
+    ratio: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    n_baseline: int
+    n_current: int
+    method: str = ("median(current) / median(baseline); percentile bootstrap CI resampling "
+                   "both sides' trials independently; Mann-Whitney U (two-sided) on the trials")
+
+    def significant(self, alpha: float = 0.05) -> bool:
+        return self.p_value < alpha and not (self.ci_low <= 1.0 <= self.ci_high)
+
+
+def ratio_of_medians(baseline: list[float] | np.ndarray, current: list[float] | np.ndarray,
+                     level: float = CI_LEVEL, resamples: int = BOOTSTRAP_RESAMPLES,
+                     seed: int = 0) -> RatioEstimate:
+    from scipy.stats import mannwhitneyu
+
+    base = np.asarray(baseline, dtype=float)
+    cur = np.asarray(current, dtype=float)
+    if base.size == 0 or cur.size == 0:
+        raise ValueError("both sides need at least one trial")
+    ratio = float(np.median(cur) / np.median(base))
+    if base.size < 2 or cur.size < 2:
+        return RatioEstimate(ratio, float("-inf"), float("inf"), 1.0, base.size, cur.size)
+    rng = np.random.default_rng(seed)
+    base_medians = np.median(base[rng.integers(0, base.size, (resamples, base.size))], axis=1)
+    cur_medians = np.median(cur[rng.integers(0, cur.size, (resamples, cur.size))], axis=1)
+    alpha = (1.0 - level) / 2
+    low, high = np.quantile(cur_medians / base_medians, [alpha, 1.0 - alpha])
+    p_value = float(mannwhitneyu(cur, base, alternative="two-sided").pvalue)
+    return RatioEstimate(ratio, float(low), float(high), p_value, base.size, cur.size)

@@ -28,10 +28,13 @@ def skip_reason(case: CaseSpec) -> str | None:
     if reason:
         return reason
     precision = get_precision(case.axes.get("precision", "fp32"))
+    workload = get_workload(case.workload)
+    if precision.float8_training and not workload.float8_training:
+        return f"workload {case.workload} does not build float8 training (gpt does)"
     reason = precision.unsupported_reason(case.device, case.phase)
     if reason:
         return reason
-    return get_workload(case.workload).unsupported_reason(case)
+    return workload.unsupported_reason(case)
 
 
 def benchmark_cases(bench: BenchmarkSpec) -> list[CaseSpec]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -20,8 +21,33 @@ class Precision:
     devices: tuple[str, ...] = ("cpu", "cuda")
     cuda_check: Callable[[], str | None] | None = None
     cast_dtype: str | None = None  # weights and activations cast (model.to), no autocast
+    float8_training: bool = False  # Linear layers swapped for torchao Float8Linear
+
+    def prepare_model(self, model: Any) -> str | None:
+        """Apply what autocast cannot: fp8 swaps eligible Linear layers (both dimensions
+        multiples of 16, the tied output head excluded) for torchao's Float8Linear with
+        dynamic tensorwise scales. Returns what was done, or None."""
+        if not self.float8_training:
+            return None
+        import logging
+
+        from torch import nn
+
+        logging.getLogger("torchao").setLevel(logging.ERROR)
+        from torchao.float8 import convert_to_float8_training
+
+        def eligible(module: nn.Module, fqn: str) -> bool:
+            return isinstance(module, nn.Linear) and "lm_head" not in fqn and \
+                module.in_features % 16 == 0 and module.out_features % 16 == 0
+
+        convert_to_float8_training(model, module_filter_fn=eligible)
+        swapped = sum(type(m).__name__ == "Float8Linear" for m in model.modules())
+        return f"torchao convert_to_float8_training: {swapped} Linear -> Float8Linear " \
+               "(tensorwise dynamic scales, e4m3 forward / e5m2 gradients), bf16 autocast"
 
     def unsupported_reason(self, device: str, phase: str = "infer") -> str | None:
+        if self.float8_training and phase != "train":
+            return "fp8 here is torchao float8 training; fp8 inference is not built"
         if self.cast_dtype is not None and phase == "train":
             return f"precision {self.name} casts the weights for inference; training " \
                    f"uses autocast ({self.name.split('_')[0]})"
@@ -58,6 +84,9 @@ class Precision:
             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
     def method(self) -> str:
+        if self.float8_training:
+            return "Linear matmuls in float8 (torchao Float8Linear, torch._scaled_mm), " \
+                   "torch.autocast(dtype=torch.bfloat16) for the rest, fp32 master weights"
         if self.tf32:
             return "fp32 tensors, TF32 tensor-core matmul/conv (torch.backends allow_tf32)"
         if self.autocast_dtype:
@@ -73,6 +102,20 @@ def _cuda_bf16_check() -> str | None:
 
     if not torch.cuda.is_bf16_supported():
         return f"bf16 not supported by {torch.cuda.get_device_name()}"
+    return None
+
+
+def _cuda_fp8_check() -> str | None:
+    import torch
+
+    capability = torch.cuda.get_device_capability()
+    if capability < (8, 9):
+        return f"float8 matmuls need compute capability 8.9+ (Ada/Hopper), " \
+               f"{torch.cuda.get_device_name()} has {capability[0]}.{capability[1]}"
+    try:
+        import torchao.float8  # noqa: F401
+    except ImportError as exc:
+        return f"torchao float8 training is not importable: {exc}"
     return None
 
 
@@ -94,6 +137,9 @@ PRECISIONS: dict[str, Precision] = {
         Precision("fp16", "float16 autocast", autocast_dtype="float16"),
         Precision("bf16", "bfloat16 autocast", autocast_dtype="bfloat16",
                   cuda_check=_cuda_bf16_check),
+        Precision("fp8", "float8 Linear matmuls (torchao float8 training), bf16 elsewhere",
+                  autocast_dtype="bfloat16", devices=("cuda",), cuda_check=_cuda_fp8_check,
+                  float8_training=True),
         Precision("fp16_cast", "float16 weights and activations", cast_dtype="float16"),
         Precision("bf16_cast", "bfloat16 weights and activations", cast_dtype="bfloat16",
                   cuda_check=_cuda_bf16_check),

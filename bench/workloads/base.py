@@ -67,6 +67,8 @@ class Workload(ABC):
     name: ClassVar[str]
     description: ClassVar[str]
     phases: ClassVar[tuple[str, ...]]
+    # Whether prepare() applies Precision.prepare_model (fp8 swaps Linear layers).
+    float8_training: ClassVar[bool] = False
 
     @classmethod
     def axes(cls) -> dict[str, Setting]:

@@ -140,6 +140,7 @@ class GPTPhase(Phase):
                                   windows(self.val_data, VAL_WINDOWS, t, seed=2))
         torch.manual_seed(ctx.seed)
         self.model = GPT(self.cfg, checkpointing=a.get("checkpointing", False)).to(ctx.device)
+        self.precision_steps = ctx.precision.prepare_model(self.model)
         self.runnable = torch.compile(self.model) if a["compile"] else self.model
 
     def _optimizer(self) -> torch.optim.Optimizer:
@@ -179,6 +180,8 @@ class GPTPhase(Phase):
                    "train_steps": trainer.steps, "train_loss_curve": curve,
                    "loss_curve_every_steps": max(1, self.case.params["train_steps"] // 20),
                    "val_windows": len(self.x_val)}
+        if self.precision_steps:
+            details["precision_model"] = self.precision_steps
         return Outcome(metrics={"val_bpb": val_bpb, "final_train_loss": curve[-1]},
                        details=details)
 
@@ -269,6 +272,7 @@ class Gpt(Workload):
     description = "nanoGPT-style decoder, byte-level, trained on the Python standard " \
                   "library's sources; tokens/s, FLOPs, MFU, memory split, val bits/byte"
     phases = ("train", "infer")
+    float8_training = True
 
     @classmethod
     def axes(cls) -> dict[str, Setting]:

@@ -1,0 +1,164 @@
+"""Compare and gate: the ratio statistics on synthetic data with a known answer, the gate's
+verdicts and exit codes, and refusal of foreign or corrupt files."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from bench.cli import main
+from bench.measurement.stats import ratio_of_medians, summarize
+from bench.reports.compare import compare_runs
+from bench.reports.gate import Policy, evaluate
+from bench.results.schema import (
+    AccuracyResult,
+    CaseResult,
+    MemoryResult,
+    RunInfo,
+    RunRecord,
+    TimingResult,
+)
+from bench.results.store import json_safe
+
+FINGERPRINT = {"cpu": {"model": "Test CPU", "logical_cores": 2},
+               "packages": {"torch": "2.13.0"}, "threads": {"torch_intraop": 2}}
+
+
+def trials(median_s: float, n: int = 20, noise: float = 0.01, seed: int = 0) -> list[float]:
+    rng = np.random.default_rng(seed)
+    return list(median_s * (1 + noise * rng.standard_normal(n)))
+
+
+def case(case_id: str, times: list[float] | None, rss: float = 500.0, accuracy: float = 0.9,
+         status: str = "ok") -> CaseResult:
+    timing = None
+    if times is not None:
+        s = summarize(times)
+        timing = TimingResult(
+            timer="perf_counter_ns", timer_description="", step_description="",
+            cold_start_s=s.median, warmup_iterations=3, warmup_steady=True, warmup_s=0.1,
+            iters_per_trial=1, trial_samples_s=[[t] for t in times], trial_means_s=times,
+            median_s=s.median, mean_s=s.mean, std_s=s.std, cv=s.cv, ci_low_s=s.ci_low,
+            ci_high_s=s.ci_high, ci_level=0.95, ci_method=s.ci_method, latency_s={},
+            stop_reason="test")
+    return CaseResult(
+        case_id=case_id, workload="w", phase="infer", axes={}, params={}, status=status,
+        reason=None if status == "ok" else "RuntimeError: boom", timing=timing,
+        memory=MemoryResult(100.0, rss, rss, None, None, None, 0.01, 10, "test"),
+        accuracy=AccuracyResult({"acc": accuracy}, [], None, task_metric="acc",
+                                higher_is_better=True))
+
+
+def run(*cases: CaseResult, fingerprint: dict | None = None) -> RunRecord:
+    return RunRecord(RunInfo("r", "s", "s.toml", "0", "now", []),
+                     fingerprint or FINGERPRINT, list(cases))
+
+
+def write(path, record: RunRecord) -> str:
+    path.write_text(json.dumps(json_safe(record.to_dict())))
+    return str(path)
+
+
+def test_ratio_recovers_a_known_slowdown():
+    est = ratio_of_medians(trials(0.100, seed=1), trials(0.110, seed=2))
+    assert est.ratio == pytest.approx(1.10, rel=0.01)
+    assert est.ci_low < 1.10 < est.ci_high and est.ci_low > 1.05
+    assert est.p_value < 1e-6 and est.significant()
+
+
+def test_ratio_ci_covers_the_truth_and_the_test_holds_its_level():
+    covered = false_alarms = 0
+    reps = 200
+    for i in range(reps):
+        est = ratio_of_medians(trials(0.1, seed=2 * i), trials(0.1, seed=2 * i + 1), seed=i)
+        covered += est.ci_low <= 1.0 <= est.ci_high
+        false_alarms += est.significant()
+    # Percentile-bootstrap CIs of a median run a little narrow at 20 trials: ~92-95%.
+    assert 0.88 <= covered / reps <= 0.99
+    assert false_alarms / reps <= 0.06
+
+
+def test_gate_flags_a_significant_slowdown_only():
+    base = run(case("a", trials(0.1, seed=1)), case("b", trials(0.1, seed=3)))
+    slow = run(case("a", trials(0.115, seed=2)), case("b", trials(0.1, seed=4)))
+    report = evaluate(compare_runs(base, slow), Policy())
+    assert [(f.case_id, f.check) for f in report.regressions] == [("a", "speed")]
+    assert report.exit_code == 1
+    # A 3% slowdown is real here but within the 5% threshold: no alarm.
+    small = run(case("a", trials(0.103, seed=2)), case("b", trials(0.1, seed=4)))
+    assert evaluate(compare_runs(base, small), Policy()).exit_code == 0
+
+
+def test_gate_ignores_a_large_but_noisy_difference():
+    base = run(case("a", trials(0.1, n=3, noise=0.3, seed=1)))
+    cur = run(case("a", trials(0.115, n=3, noise=0.3, seed=2)))
+    assert evaluate(compare_runs(base, cur), Policy()).regressions == []
+
+
+def test_gate_checks_memory_accuracy_status_and_reports_improvements():
+    base = run(case("mem", trials(0.1, seed=1)), case("acc", trials(0.1, seed=1)),
+               case("st", trials(0.1, seed=1)), case("fast", trials(0.1, seed=1)))
+    cur = run(case("mem", trials(0.1, seed=2), rss=600.0),
+              case("acc", trials(0.1, seed=2), accuracy=0.88),
+              case("st", None, status="error"),
+              case("fast", trials(0.08, seed=2)))
+    report = evaluate(compare_runs(base, cur), Policy())
+    found = {(f.case_id, f.check) for f in report.regressions}
+    assert found == {("mem", "memory"), ("acc", "accuracy"), ("st", "status")}
+    assert [(f.case_id, f.check) for f in report.improvements] == [("fast", "speed")]
+    assert "RuntimeError: boom" in next(f.text for f in report.regressions if f.check == "status")
+
+
+def test_gate_cli_exit_codes_and_summary(tmp_path, monkeypatch, capsys):
+    base = write(tmp_path / "base.json", run(case("a", trials(0.1, seed=1))))
+    same = write(tmp_path / "same.json", run(case("a", trials(0.1, seed=2))))
+    slow = write(tmp_path / "slow.json", run(case("a", trials(0.12, seed=2))))
+    summary = tmp_path / "summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    assert main(["gate", "--baseline", base, "--current", same]) == 0
+    assert "## bench gate: PASS" in capsys.readouterr().out
+    assert main(["gate", "--baseline", base, "--current", slow]) == 1
+    out = capsys.readouterr().out
+    assert "## bench gate: FAIL" in out and "| `a` | speed | speed x0.8" in out
+    assert summary.read_text().count("## bench gate") == 2
+    assert main(["compare", base, slow]) == 0
+    assert "geometric mean" in capsys.readouterr().out
+
+
+def test_gate_refuses_foreign_corrupt_and_bad_policy(tmp_path, capsys):
+    base = write(tmp_path / "base.json", run(case("a", trials(0.1))))
+    other_fp = dataclasses.replace(run(case("a", trials(0.1))), fingerprint={
+        **FINGERPRINT, "cpu": {"model": "Other CPU", "logical_cores": 64}})
+    other = write(tmp_path / "other.json", other_fp)
+    assert main(["gate", "--baseline", base, "--current", other]) == 2
+    err = capsys.readouterr().err
+    assert "different machine" in err and "cpu.model: 'Test CPU' vs 'Other CPU'" in err
+    assert len(err.strip().splitlines()) == 1
+    assert main(["gate", "--baseline", base, "--current", other,
+                 "--allow-different-machines"]) == 0
+    capsys.readouterr()
+    corrupt = tmp_path / "corrupt.json"
+    corrupt.write_text('{"schema": "bench.run", "schema_version": 1, "run": 3}')
+    assert main(["gate", "--baseline", base, "--current", str(corrupt)]) == 2
+    assert "corrupt result file" in capsys.readouterr().err
+    policy = tmp_path / "policy.toml"
+    policy.write_text("[speed]\nmax_dorp = 0.1\n")
+    assert main(["gate", "--baseline", base, "--current", base, "--policy", str(policy)]) == 2
+    assert "speed.max_dorp: unknown key (valid: alpha, gate, max_drop)" in capsys.readouterr().err
+
+
+def test_policy_file_sets_thresholds(tmp_path):
+    from bench.reports.gate import load_policy
+
+    path = tmp_path / "p.toml"
+    path.write_text("[speed]\nmax_drop = 0.2\n[memory]\ngate = false\n"
+                    "[accuracy]\nmin_ratio = 0.95\n")
+    policy = load_policy(path)
+    assert (policy.speed_max_drop, policy.gate_memory, policy.accuracy_min_ratio) == \
+        (0.2, False, 0.95)
+    base = run(case("a", trials(0.1, seed=1)))
+    cur = run(case("a", trials(0.115, seed=2), rss=900.0))
+    assert evaluate(compare_runs(base, cur), policy).exit_code == 0
