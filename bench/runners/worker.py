@@ -90,6 +90,30 @@ def _configure_torch(case: CaseSpec) -> dict[str, Any]:
     return {"torch_threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
+SLOWDOWN_ENV = "BENCH_TEST_SLOWDOWN"
+
+
+def _with_injected_slowdown(step: Any, details: dict[str, Any]) -> Any:
+    """Test-only knob (gate-quality measurements, regression-gate tests): with
+    BENCH_TEST_SLOWDOWN=0.1 every step takes 10% longer (it spins for 0.1 x its own
+    duration). Recorded in the result, never silent. CPU steps only: a CUDA step returns
+    before its kernels finish."""
+    fraction = float(os.environ.get(SLOWDOWN_ENV, "0") or 0)
+    if fraction <= 0:
+        return step
+    details["injected_slowdown"] = fraction
+
+    def slowed() -> object:
+        started = time.perf_counter()
+        out = step()
+        until = time.perf_counter() + (time.perf_counter() - started) * fraction
+        while time.perf_counter() < until:
+            pass
+        return out
+
+    return slowed
+
+
 def run_case(case: CaseSpec) -> CaseResult:
     from bench.measurement.memory import MemoryTracker
     from bench.measurement.sampler import measure
@@ -111,8 +135,9 @@ def run_case(case: CaseSpec) -> CaseResult:
         with MemoryTracker(case.device) as tracker:
             phase = get_workload(case.workload).prepare(case, ctx)
             faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            step = _with_injected_slowdown(phase.step, result.details)
             with phase.session():
-                measurement = measure(phase.step, timer_for(case.device), case.budget)
+                measurement = measure(step, timer_for(case.device), case.budget)
             faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before
             outcome = Outcome(metrics={}) if case.probe else phase.finish()
         steps = 1 + measurement.warmup_iterations + sum(len(t) for t in measurement.trials)

@@ -1,0 +1,151 @@
+"""pytest front door: the cases of suite files as pytest items, timed by the engine.
+
+    pytest suites/ --benchmark-only [-k quick] [--benchmark-json=out.json]
+        [--bench-select device=cpu] [--benchmark-compare] [--benchmark-compare-fail=median:10%]
+
+Each ``suites/*.toml`` file is collected (only files in a directory named ``suites``);
+each of its cases is an item named ``workload-phase[:label][axis values]``, for example
+``digits_cnn-infer[cpu-fp32-bs32]``. An item runs its case through the engine's isolated
+worker(s) (``bench.runners.isolation.run_case``, as ``bench run`` does) and hands the
+per-trial step times to pytest-benchmark's fixture in pedantic mode, through a replay
+clock, so pytest-benchmark's statistics are computed from our trials; nothing is timed by
+pytest-benchmark itself. Our figures (throughput, latency percentiles, memory, accuracy,
+MFU, status) go into ``extra_info``, the environment fingerprint into ``machine_info``.
+Cases that cannot run here are pytest skips, failed cases pytest failures, with the reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+SHORT_AXES = {"batch_size": "bs", "seq_len": "seq", "accum_steps": "acc"}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("bench", "bench suites (the benchmark engine)")
+    group.addoption("--bench-select", action="append", default=[], metavar="AXIS=V1,V2",
+                    help="keep only suite cases with these axis values (repeatable)")
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    if file_path.suffix == ".toml" and file_path.parent.name == "suites":
+        return SuiteFile.from_parent(parent, path=file_path)
+    return None
+
+
+def pytest_benchmark_update_machine_info(config: pytest.Config,
+                                         machine_info: dict[str, Any]) -> None:
+    from bench.measurement.fingerprint import fingerprint, machine_name
+
+    fp = fingerprint()
+    machine_info["bench_fingerprint"] = fp
+    machine_info["bench_machine"] = machine_name(fp)
+
+
+def _value(axis: str, value: Any) -> str:
+    if isinstance(value, bool):
+        return f"{axis}" if value else f"no-{axis}"
+    return f"{SHORT_AXES.get(axis, '')}{value}"
+
+
+def item_name(case: Any) -> str:
+    """``workload-phase[:label][v1-v2-...]`` from the axes the suite named."""
+    names = case.axes if case.id_axes is None else case.id_axes
+    values = "-".join(_value(axis, case.axes[axis]) for axis in names)
+    label = f":{case.label}" if case.label else ""
+    return f"{case.workload}-{case.phase}{label}" + (f"[{values}]" if values else "")
+
+
+class SuiteFile(pytest.File):
+    def collect(self) -> Iterator[pytest.Item]:
+        from bench.cli import _parse_select
+        from bench.spec import expand_suite, load_suite
+
+        suite = load_suite(self.path)
+        select = _parse_select(self.config.getoption("--bench-select"))
+        planned = expand_suite(suite, select)
+        names = [item_name(p.spec) for p in planned]
+        for plan, name in zip(planned, names, strict=True):
+            if names.count(name) > 1:  # short names collide: fall back to the case id
+                name = plan.case_id
+            yield pytest.Function.from_parent(
+                self, name=name, callobj=_case_test(plan.spec, plan.skip_reason),
+                keywords={suite.name: True})
+
+
+def _case_test(case: Any, skip_reason: str | None):  # noqa: ANN202 - a test function
+    def test_case(benchmark: Any) -> None:
+        if skip_reason:
+            pytest.skip(skip_reason)
+        from bench.runners.isolation import run_case
+
+        result = run_case(case)
+        benchmark.extra_info.update(extra_info(result))
+        if result.status == "skipped":
+            pytest.skip(result.reason or "skipped")
+        if result.status != "ok":
+            # No timing to report (the failure says why); marks the fixture as used, so
+            # pytest-benchmark does not warn that it was forgotten.
+            benchmark._mode = "not timed: the case failed"
+            pytest.fail(f"{result.status}: {result.reason}", pytrace=False)
+        feed(benchmark, result.timing.trial_means_s)
+        if result.accuracy is not None and result.accuracy.passed is False:
+            pytest.fail("accuracy target missed: " + "; ".join(result.accuracy.failures),
+                        pytrace=False)
+
+    test_case.__doc__ = f"{case.case_id} through the engine's isolated worker"
+    return test_case
+
+
+class ReplayClock:
+    """A clock for pytest-benchmark's runner that reports our measured trials: each
+    (start, end) pair of calls is exactly one trial's mean step time apart."""
+
+    def __init__(self, samples: list[float]) -> None:
+        self._samples = list(samples)
+        self._now = 0.0
+        self._calls = 0
+
+    def __call__(self) -> float:
+        if self._calls % 2 == 1:
+            self._now += self._samples[self._calls // 2]
+        self._calls += 1
+        return self._now
+
+    def __repr__(self) -> str:
+        return "bench.ReplayClock(trial means from the engine's worker)"
+
+
+def feed(benchmark: Any, samples: list[float]) -> None:
+    if getattr(benchmark, "disabled", False):
+        return
+    # pytest-benchmark's runner reads the fixture's clock; ours replays the worker's trials.
+    benchmark._timer = ReplayClock(samples)
+    benchmark.pedantic(lambda: None, rounds=len(samples), iterations=1, warmup_rounds=0)
+
+
+def extra_info(result: Any) -> dict[str, Any]:
+    from bench.results.store import json_safe
+
+    info: dict[str, Any] = {"case_id": result.case_id, "status": result.status,
+                            "reason": result.reason}
+    if result.timing is not None:
+        t = result.timing
+        info.update(median_s=t.median_s, ci95_s=[t.ci_low_s, t.ci_high_s], cv=t.cv,
+                    cold_start_s=t.cold_start_s, latency_s=t.latency_s,
+                    timer=t.timer, statistic=t.statistic)
+    if result.throughput is not None:
+        info["throughput"] = {"value": result.throughput.value, "unit": result.throughput.unit,
+                              "ci95": [result.throughput.ci_low, result.throughput.ci_high]}
+    for name in ("memory", "accuracy", "compute", "model"):
+        value = getattr(result, name)
+        if value is not None:
+            info[name] = dataclasses.asdict(value)
+    if result.warnings:
+        info["warnings"] = result.warnings
+    return json_safe(info)
