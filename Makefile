@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: bench test lint clean
+.PHONY: bench test lint clean smoke-gate
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,12 @@ bench: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check bench tests tools
 	$(BIN)/python -m pytest -q
+
+smoke-gate: $(STAMP)
+	$(BIN)/bench run suites/smoke.toml --out results/smoke-latest.json --overwrite --quiet --no-progress
+	$(BIN)/bench gate --baseline results/baselines/smoke-cpu-epyc-2core.json \
+		--current results/smoke-latest.json --policy results/baselines/ci-policy.toml \
+		--allow-different-machines
 
 lint: $(STAMP)
 	$(BIN)/ruff check bench tests tools

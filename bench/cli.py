@@ -144,6 +144,22 @@ def cmd_gate(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
+def cmd_table(args: argparse.Namespace) -> int:
+    from bench.reports.hardware import render_table
+    from bench.results.store import load_run
+
+    runs = [load_run(path) for path in args.runs]
+    try:
+        text = render_table(runs, args.metric, args.reference, args.format)
+    except KeyError:
+        raise BenchInputError("--reference", f"no machine matches {args.reference!r}") from None
+    if args.out:
+        Path(args.out).write_text(text)
+    else:
+        print(text, end="")
+    return 0
+
+
 def cmd_env(args: argparse.Namespace) -> int:
     from bench.measurement.fingerprint import fingerprint
 
@@ -207,6 +223,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-different-machines", action="store_true",
                    help="gate even when the fingerprints differ")
     p.set_defaults(func=cmd_gate)
+
+    from bench.reports.hardware import FORMATS as TABLE_FORMATS
+    from bench.reports.hardware import METRICS
+
+    p = sub.add_parser("table", help="hardware comparison: cases x machines, speed-up "
+                                     "against a reference machine, geometric mean")
+    p.add_argument("runs", nargs="+", help="run files, one or more per machine")
+    p.add_argument("--metric", choices=sorted(METRICS), default="throughput")
+    p.add_argument("--reference", help="the machine the others are compared with (a part "
+                                       "of its column name; default: the first run)")
+    p.add_argument("--format", choices=TABLE_FORMATS, default="github")
+    p.add_argument("--out", help="write the table to a file")
+    p.set_defaults(func=cmd_table)
 
     p = sub.add_parser("env", help="print this machine's environment fingerprint")
     p.set_defaults(func=cmd_env)
