@@ -68,7 +68,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     from bench.reports.table import render_report
     from bench.results.store import load_run
 
-    print(render_report(load_run(args.run), args.format), end="")
+    record = load_run(args.run)
+    if args.html:
+        from bench.reports.html import render_html
+
+        Path(args.html).write_text(render_html(record))
+        print(f"wrote {args.html}", file=sys.stderr)
+        return 0
+    print(render_report(record, args.format), end="")
     return 0
 
 
@@ -193,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="print a run file as a table")
     p.add_argument("run", help="a result file written by bench run")
     p.add_argument("--format", choices=FORMATS, default="github")
+    p.add_argument("--html", metavar="OUT.html",
+                   help="write one self-contained HTML file (table + plots) instead")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("max-batch", help="find the largest batch that fits in memory for "

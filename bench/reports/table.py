@@ -12,7 +12,7 @@ from bench.measurement.fingerprint import machine_name
 from bench.reports.parity import Parity, parity_by_case
 from bench.results.schema import CaseResult, RunRecord
 
-FORMATS = ("github", "plain", "latex", "csv")
+FORMATS = ("github", "plain", "latex", "csv", "html")
 HEADERS = ["case", "status", "step ms (median)", "95% CI ms", "CV %", "throughput",
            "p99 ms", "cold ms", "peak RSS MiB", "GPU peak MiB", "model MiB", "sparsity",
            "fidelity cos (mean/min)", "TFLOP/s", "MFU measured / spec",
@@ -119,4 +119,8 @@ def render_report(record: RunRecord, fmt: str = "github") -> str:
               f"{fp.get('threads', {}).get('torch_intraop')} threads\n"
               + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     table = tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True)
+    if fmt == "html":
+        import html
+
+        return "".join(f"<p>{html.escape(line)}</p>" for line in header.splitlines()) + table
     return f"{header}\n\n{table}\n" if fmt != "latex" else table + "\n"

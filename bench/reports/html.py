@@ -1,0 +1,197 @@
+"""One self-contained HTML report of a run: the table and plots, images embedded.
+
+Plots (matplotlib, Agg, PNG as data: URIs), each drawn only when the run has the data:
+- throughput against batch size, a line per precision, per benchmark;
+- accuracy parity against throughput per variant, with the Pareto front;
+- peak memory and saved activations against accumulation steps;
+- training loss curves.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections import defaultdict
+from typing import Any
+
+from bench.reports.parity import parity_by_case
+from bench.reports.table import render_report
+from bench.results.schema import CaseResult, RunRecord
+
+
+def _png(fig: Any) -> str:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _figure(title: str, xlabel: str, ylabel: str) -> tuple[Any, Any]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    return fig, ax
+
+
+def _benchmark(case: CaseResult) -> str:
+    return case.case_id.split("[", 1)[0]
+
+
+def throughput_vs_batch(cases: list[CaseResult]) -> list[tuple[str, str]]:
+    groups: dict[tuple[str, str], dict[str, list[tuple[int, float]]]] = defaultdict(
+        lambda: defaultdict(list))
+    for c in cases:
+        if c.status == "ok" and c.throughput and "batch_size" in c.axes:
+            rest = ",".join(f"{k}={v}" for k, v in c.axes.items()
+                            if k not in ("batch_size", "precision"))
+            groups[(_benchmark(c), rest)][str(c.axes.get("precision", "fp32"))].append(
+                (int(c.axes["batch_size"]), c.throughput.value))
+    out = []
+    for (bench, rest), lines in groups.items():
+        if max(len(points) for points in lines.values()) < 2:
+            continue
+        unit = next(c.throughput.unit for c in cases if c.throughput and _benchmark(c) == bench)
+        fig, ax = _figure(f"{bench} [{rest}]", "batch size", unit)
+        for precision, points in sorted(lines.items()):
+            xs, ys = zip(*sorted(points), strict=True)
+            ax.plot(xs, ys, marker="o", label=precision)
+        ax.set_xscale("log", base=2)
+        ax.legend(title="precision")
+        out.append((f"Throughput against batch size: {bench} [{rest}]", _png(fig)))
+    return out
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Points no other point beats on both speed (x) and accuracy (y), by speed."""
+    front, best = [], float("-inf")
+    for x, y in sorted(points, key=lambda p: (-p[0], -p[1])):
+        if y > best:
+            front.append((x, y))
+            best = y
+    return sorted(front)
+
+
+def _variant_label(case: CaseResult) -> str:
+    """The variant axes that differ from the fp32 eager reference, plus the batch size."""
+    from bench.variants.reference import REFERENCE_VALUES
+
+    parts = [f"{k}={v}" for k, v in case.axes.items()
+             if k in REFERENCE_VALUES and str(v) != REFERENCE_VALUES[k]]
+    parts.append(f"bs{case.axes.get('batch_size', '?')}")
+    return " ".join(parts)
+
+
+def accuracy_vs_throughput(cases: list[CaseResult]) -> list[tuple[str, str]]:
+    parities = parity_by_case(cases)
+    groups: dict[str, list[tuple[float, float, str]]] = defaultdict(list)
+    for c in cases:
+        p = parities.get(c.case_id)
+        if p is not None and c.throughput:
+            groups[c.workload].append((c.throughput.value, p.ratio, _variant_label(c)))
+    out = []
+    for workload, points in groups.items():
+        if len(points) < 3:
+            continue
+        fig, ax = _figure(f"{workload}: accuracy parity against throughput",
+                          "throughput (log)", "task metric / fp32 reference")
+        ax.scatter([p[0] for p in points], [p[1] for p in points], s=18, color="tab:blue")
+        front = pareto_front([(p[0], p[1]) for p in points])
+        ax.plot(*zip(*front, strict=True), color="tab:red", marker="o", label="Pareto front")
+        for x, y, label in points:
+            if (x, y) in front:
+                ax.annotate(label, (x, y), fontsize=6, xytext=(3, 3),
+                            textcoords="offset points")
+        ax.axhline(0.99, color="gray", linestyle="--", linewidth=0.8, label="99% of fp32")
+        ax.set_xscale("log")
+        ax.legend(fontsize=7)
+        out.append((f"Accuracy against throughput: {workload}", _png(fig)))
+    return out
+
+
+def memory_vs_accumulation(cases: list[CaseResult]) -> list[tuple[str, str]]:
+    groups: dict[str, list[tuple[int, float, float | None]]] = defaultdict(list)
+    for c in cases:
+        if c.status == "ok" and c.memory and "accum_steps" in c.axes:
+            rest = ",".join(f"{k}={v}" for k, v in c.axes.items() if k != "accum_steps")
+            split = c.details.get("memory_split") or {}
+            peak = c.memory.cuda_peak_allocated_mib or c.memory.peak_rss_mib
+            groups[f"{_benchmark(c)} [{rest}]"].append(
+                (int(c.axes["accum_steps"]), peak, split.get("activations_saved_mib")))
+    out = []
+    for name, points in groups.items():
+        if len({p[0] for p in points}) < 2:
+            continue
+        points.sort()
+        fig, ax = _figure(name, "accumulation steps", "MiB")
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label="peak memory")
+        if all(p[2] is not None for p in points):
+            ax.plot([p[0] for p in points], [p[2] for p in points], marker="s",
+                    label="activations saved for backward")
+        ax.legend(fontsize=7)
+        out.append((f"Memory against accumulation steps: {name}", _png(fig)))
+    return out
+
+
+def loss_curves(cases: list[CaseResult]) -> list[tuple[str, str]]:
+    curves = []
+    for c in cases:
+        d = c.details
+        if c.status != "ok":
+            continue
+        if "train_loss_curve" in d:
+            every = d.get("loss_curve_every_steps", 1)
+            curves.append((c.case_id, [i * every for i in range(len(d["train_loss_curve"]))],
+                           d["train_loss_curve"], "optimizer step"))
+        elif "train_loss_per_epoch" in d:
+            curve = d["train_loss_per_epoch"]
+            curves.append((c.case_id, list(range(1, len(curve) + 1)), curve, "epoch"))
+    by_unit: dict[str, list] = defaultdict(list)
+    seen: set[tuple[float, ...]] = set()
+    for curve in curves:  # cases sharing one trained model share its curve: draw it once
+        if tuple(curve[2]) not in seen:
+            seen.add(tuple(curve[2]))
+            by_unit[curve[3]].append(curve)
+    out = []
+    for unit, group in by_unit.items():
+        fig, ax = _figure(f"Training loss ({len(group)} cases)", unit, "loss")
+        for case_id, xs, ys, _ in group[:12]:
+            ax.plot(xs, ys, label=case_id[:60])
+        ax.set_yscale("log")
+        ax.legend(fontsize=5)
+        out.append((f"Training loss per {unit}", _png(fig)))
+    return out
+
+
+PLOTS = (throughput_vs_batch, accuracy_vs_throughput, memory_vs_accumulation, loss_curves)
+
+
+def render_html(record: RunRecord) -> str:
+    figures = [fig for plot in PLOTS for fig in plot(record.cases)]
+    table = render_report(record, "html")
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>bench report: {html.escape(record.run.suite_name)}</title>",
+        "<style>body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse;"
+        "font-size:11px}td,th{border:1px solid #ccc;padding:2px 4px}"
+        "figure{display:inline-block;margin:0.5em}</style></head>",
+        # The page says when every image has decoded, for the headless-browser check.
+        "<body onload=\"document.body.dataset.imagesLoaded=Array.from(document.images)"
+        ".filter(i=>i.complete&&i.naturalWidth>0).length\">",
+        f"<h1>bench report: suite {html.escape(record.run.suite_name)}</h1>",
+        f"<h2>Plots ({len(figures)})</h2>",
+    ]
+    for title, png in figures:
+        parts.append(f"<figure><img alt='{html.escape(title)}' src='data:image/png;base64,{png}'>"
+                     f"<figcaption>{html.escape(title)}</figcaption></figure>")
+    parts += ["<h2>Cases</h2>", table, "</body></html>"]
+    return "\n".join(parts)
