@@ -162,3 +162,11 @@ def test_policy_file_sets_thresholds(tmp_path):
     base = run(case("a", trials(0.1, seed=1)))
     cur = run(case("a", trials(0.115, seed=2), rss=900.0))
     assert evaluate(compare_runs(base, cur), policy).exit_code == 0
+
+
+def test_memory_prefers_anonymous_rss_over_library_pages():
+    base, cur = case("a", trials(0.1, seed=1)), case("a", trials(0.1, seed=2), rss=650.0)
+    base.memory.peak_anon_rss_mib = cur.memory.peak_anon_rss_mib = 300.0
+    (comparison,) = compare_runs(run(base), run(cur))
+    assert comparison.memory_kind == "peak anonymous RSS" and comparison.memory_ratio == 1.0
+    assert evaluate([comparison], Policy()).regressions == []

@@ -3,8 +3,8 @@ accuracy and status. Nothing is measured here; everything comes from the files' 
 
 Speed is baseline median step time / current median step time (> 1: current is faster),
 estimated from the per-trial mean step times both files keep. Memory is the peak (CUDA
-allocated where present, else host RSS), current / baseline. Accuracy is the task metric,
-oriented so a ratio below 1 is worse (current / baseline, or the inverse for
+allocated where present, else anonymous RSS, else RSS), current / baseline. Accuracy is
+the task metric, oriented so a ratio below 1 is worse (current / baseline, or the inverse for
 lower-is-better metrics such as loss).
 """
 
@@ -60,13 +60,19 @@ def _trial_times(case: CaseResult) -> list[float]:
     return list(case.timing.trial_means_s) if case.timing else []
 
 
-def _peak(case: CaseResult) -> tuple[float | None, str | None]:
-    mem = case.memory
-    if mem is None:
+def _memory_ratio(base: CaseResult, cur: CaseResult) -> tuple[float | None, str | None]:
+    """CUDA peak allocated where both have it; else the peak anonymous RSS (stable across
+    venvs and page-cache states); else the peak RSS."""
+    a, b = base.memory, cur.memory
+    if a is None or b is None:
         return None, None
-    if mem.cuda_peak_allocated_mib:
-        return mem.cuda_peak_allocated_mib, "CUDA peak allocated"
-    return mem.peak_rss_mib, "peak RSS"
+    for attr, kind in (("cuda_peak_allocated_mib", "CUDA peak allocated"),
+                       ("peak_anon_rss_mib", "peak anonymous RSS"),
+                       ("peak_rss_mib", "peak RSS")):
+        then, now = getattr(a, attr), getattr(b, attr)
+        if then and now:
+            return now / then, kind
+    return None, None
 
 
 def _accuracy(base: CaseResult, cur: CaseResult) -> tuple[str | None, float | None, float | None]:
@@ -92,8 +98,7 @@ def compare_case(base: CaseResult | None, cur: CaseResult | None) -> CaseCompari
     base_times, cur_times = _trial_times(base), _trial_times(cur)
     if base_times and cur_times:
         speed = Speed(ratio_of_medians(base_times, cur_times))
-    (base_peak, kind), (cur_peak, _) = _peak(base), _peak(cur)
-    memory = cur_peak / base_peak if base_peak and cur_peak else None
+    memory, kind = _memory_ratio(base, cur)
     metric, accuracy, target = _accuracy(base, cur)
     return CaseComparison(case_id, base, cur, speed, memory, kind, metric, accuracy, target)
 

@@ -84,6 +84,7 @@ class MemoryResult:
     sample_interval_s: float
     samples: int
     method: str
+    peak_anon_rss_mib: float | None = None
 
 
 @dataclass
