@@ -27,7 +27,7 @@ from collections import Counter
 from tabulate import tabulate
 
 from bench.measurement.fingerprint import fingerprint
-from bench.reports.compare import compare_runs
+from bench.reports.compare import compare_runs, geometric_mean
 from bench.reports.gate import Policy, evaluate, load_policy
 from bench.results.schema import RunInfo, RunRecord
 from bench.runners.isolation import run_case
@@ -51,6 +51,12 @@ def one_run(suite, processes: int, slowdown: float) -> RunRecord:
                    suite_path=suite.path, suite_sha256=suite.sha256,
                    started_at=time.strftime("%Y-%m-%dT%H:%M:%S"), command=sys.argv)
     return RunRecord(run=info, fingerprint=fingerprint(suite.path), cases=cases)
+
+
+def _interleaved(unchanged: list[RunRecord], slowed: list[RunRecord], order: list[str]):
+    u, s = iter(unchanged), iter(slowed)
+    for kind in order:
+        yield next(s) if kind == "slowed" else next(u)
 
 
 def speed_alarms(baseline: RunRecord, current: RunRecord, policy: Policy) -> set[str]:
@@ -86,6 +92,13 @@ def main() -> int:
     os.environ.pop(SLOWDOWN_ENV, None)
 
     case_ids = [c.case_id for c in unchanged[0].cases if c.status == "ok"]
+    # Drift across the session: each run's geometric-mean step time against the first.
+    first = {c.case_id: c.timing.median_s for c in unchanged[0].cases if c.timing}
+    drift = []
+    for kind, record in zip(order, [*_interleaved(unchanged, slowed, order)], strict=True):
+        ratios = [c.timing.median_s / first[c.case_id] for c in record.cases
+                  if c.timing and c.case_id in first]
+        drift.append(f"{kind[0]}{geometric_mean(ratios) or float('nan'):.3f}")
     false_alarms: Counter[str] = Counter()
     detections: Counter[str] = Counter()
     null_pairs = list(itertools.combinations(range(len(unchanged)), 2))
@@ -104,6 +117,7 @@ def main() -> int:
             f"(+{args.slowdown:.0%}) runs, interleaved; budget.processes = {args.processes}; "
             f"policy: speed drop > {policy.speed_max_drop:.0%} and significant (p < "
             f"{policy.speed_alpha:g}, CI excludes 1); {time.perf_counter() - started:.0f} s\n"
+            f"run-by-run step time vs the first run (u unchanged, s slowed): {' '.join(drift)}\n"
             + tabulate(rows, headers=["case", "false alarms (unchanged pairs)",
                                       f"detections of +{args.slowdown:.0%}"]) + "\n")
     print(text)
