@@ -8,18 +8,9 @@ import sys
 from pathlib import Path
 
 from bench.errors import BenchInputError
+from bench.spec.expand import parse_select
 
 DEFAULT_SUITES_DIR = Path("suites")
-
-
-def _parse_select(items: list[str] | None) -> dict[str, set[str]]:
-    select: dict[str, set[str]] = {}
-    for item in items or []:
-        key, sep, values = item.partition("=")
-        if not sep or not key or not values:
-            raise BenchInputError("--select", f"expected AXIS=VALUE[,VALUE...], got {item!r}")
-        select.setdefault(key, set()).update(values.split(","))
-    return select
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -43,7 +34,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(tabulate(rows, headers=["workload", "phases", "description"]))
         return 0
     suite = load_suite(args.suite)
-    planned = expand_suite(suite, _parse_select(args.select))
+    planned = expand_suite(suite, parse_select(args.select))
     rows = [[p.case_id, "skipped: " + p.skip_reason if p.skip_reason else "runnable"]
             for p in planned]
     print(f"{suite.name}: {len(planned)} cases")
@@ -57,7 +48,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     out = Path(args.out) if args.out else Path("results") / f"{Path(args.suite).stem}.json"
     store = run_suite(args.suite, out, resume=args.resume, overwrite=args.overwrite,
-                      select=_parse_select(args.select), progress=not args.no_progress)
+                      select=parse_select(args.select), progress=not args.no_progress)
     if not args.quiet:
         print(render_report(store.record, "github"))
     print(f"results written to {out}", file=sys.stderr)
@@ -88,7 +79,7 @@ def cmd_max_batch(args: argparse.Namespace) -> int:
     from bench.spec import expand_suite, load_suite
 
     suite = load_suite(args.suite)
-    planned = [p for p in expand_suite(suite, _parse_select(args.select)) if not p.skip_reason]
+    planned = [p for p in expand_suite(suite, parse_select(args.select)) if not p.skip_reason]
     if not planned:
         raise BenchInputError(args.suite, "no runnable case here", key="--select")
     rows, records = [], []

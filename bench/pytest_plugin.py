@@ -63,11 +63,11 @@ def item_name(case: Any) -> str:
 
 class SuiteFile(pytest.File):
     def collect(self) -> Iterator[pytest.Item]:
-        from bench.cli import _parse_select
         from bench.spec import expand_suite, load_suite
+        from bench.spec.expand import parse_select
 
         suite = load_suite(self.path)
-        select = _parse_select(self.config.getoption("--bench-select"))
+        select = parse_select(self.config.getoption("--bench-select"), "--bench-select")
         planned = expand_suite(suite, select)
         names = [item_name(p.spec) for p in planned]
         for plan, name in zip(planned, names, strict=True):

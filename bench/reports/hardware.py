@@ -9,12 +9,11 @@ ratios over the rows both machines ran.
 
 from __future__ import annotations
 
-import csv
-import io
 from dataclasses import dataclass
 
 from bench.measurement.fingerprint import machine_name
 from bench.reports.compare import geometric_mean
+from bench.reports.table import csv_text
 from bench.results.schema import CaseResult, RunRecord
 
 PLACEMENT_AXES = ("device", "threads")
@@ -121,11 +120,7 @@ def render_table(runs: list[RunRecord], metric: str = "throughput",
 
     headers, rows = build_table(runs, metric, reference)
     if fmt == "csv":
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow(headers)
-        writer.writerows(rows)
-        return buffer.getvalue()
+        return csv_text(headers, rows)
     return tabulate(rows, headers=headers, tablefmt=fmt,
                     disable_numparse=True) + "\n"
 

@@ -20,6 +20,14 @@ HEADERS = ["case", "status", "step ms (median)", "95% CI ms", "CV %", "throughpu
 MIB = 2 ** 20
 
 
+def csv_text(headers: list[str], rows: list[list[Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(headers)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
 def _ms(seconds: float | None) -> str:
     return "" if seconds is None else f"{seconds * 1e3:.4g}"
 
@@ -104,11 +112,7 @@ def render_report(record: RunRecord, fmt: str = "github") -> str:
     headers = [HEADERS[i] for i in keep]
     rows = [[row[i] for i in keep] for row in rows]
     if fmt == "csv":
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow(headers)
-        writer.writerows(rows)
-        return buffer.getvalue()
+        return csv_text(headers, rows)
     counts: dict[str, int] = {}
     for case in record.cases:
         counts[case.status] = counts.get(case.status, 0) + 1

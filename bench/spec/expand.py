@@ -5,7 +5,19 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
+from bench.errors import BenchInputError
 from bench.spec.model import BenchmarkSpec, CaseSpec, SuiteSpec
+
+
+def parse_select(items: list[str] | None, option: str = "--select") -> dict[str, set[str]]:
+    """``["device=cpu", "batch_size=8,16"]`` -> ``{"device": {"cpu"}, ...}`` (CLI, plugin)."""
+    select: dict[str, set[str]] = {}
+    for item in items or []:
+        key, sep, values = item.partition("=")
+        if not sep or not key or not values:
+            raise BenchInputError(option, f"expected AXIS=VALUE[,VALUE...], got {item!r}")
+        select.setdefault(key, set()).update(values.split(","))
+    return select
 
 
 @dataclass(frozen=True)

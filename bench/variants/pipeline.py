@@ -223,16 +223,14 @@ def build_variant(adapter: ModelAdapter, axes: dict[str, Any], device: str) -> V
     size = serialized_bytes(model)
 
     runnable = model
-    if backend.name == "compile" and quant.name != "none":
-        # Static shapes: inductor's int8 conv lowering mis-strides symbolic batch sizes
-        # (digits_cnn); each new shape compiles once.
-        runnable = torch.compile(model, dynamic=False)
-        steps.append("backend: torch.compile(model, dynamic=False) (inductor, default mode); "
-                     "the first call compiles and is the cold start")
-    elif backend.name == "compile":
-        runnable = torch.compile(model)
-        steps.append("backend: torch.compile(model) (inductor, default mode); the first call "
-                     "compiles and is the cold start")
+    if backend.name == "compile":
+        # int8 graphs compile with static shapes: inductor's int8 conv lowering mis-strides
+        # symbolic batch sizes (digits_cnn); each new shape compiles once.
+        dynamic = False if quant.name != "none" else None
+        runnable = torch.compile(model, dynamic=dynamic)
+        args = "model, dynamic=False" if dynamic is False else "model"
+        steps.append(f"backend: torch.compile({args}) (inductor, default mode); the first "
+                     "call compiles and is the cold start")
     else:
         steps.append("backend: torch eager")
 

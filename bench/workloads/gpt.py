@@ -16,6 +16,7 @@ exactly ``train_steps`` steps with the case's settings, not on the timed one.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import itertools
@@ -175,8 +176,8 @@ class GPTPhase(Phase):
     def _outcome(self, trainer: Trainer, curve: list[float]) -> Outcome:
         val_bpb = bits_per_byte(self.runnable, self.x_val, self.y_val,
                                 self.case.axes["batch_size"], self.ctx)
-        details = {"corpus": self.corpus, "config": self.cfg.__dict__ | {"name":
-                                                                        self.case.axes["model"]},
+        details = {"corpus": self.corpus,
+                   "config": {"name": self.case.axes["model"], **dataclasses.asdict(self.cfg)},
                    "train_steps": trainer.steps, "train_loss_curve": curve,
                    "loss_curve_every_steps": max(1, self.case.params["train_steps"] // 20),
                    "val_windows": len(self.x_val)}
