@@ -124,22 +124,76 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_gate(args: argparse.Namespace) -> int:
+def _gate(baseline, current, policy_path: str | None, baseline_name: str,  # noqa: ANN001
+          current_name: str) -> int:
     import os
 
     from bench.reports.compare import compare_runs
     from bench.reports.gate import Policy, evaluate, load_policy, markdown
 
-    policy = load_policy(args.policy) if args.policy else Policy()
-    baseline, current = _load_pair(args)
+    policy = load_policy(policy_path) if policy_path else Policy()
     report = evaluate(compare_runs(baseline, current), policy)
-    summary = markdown(report, args.baseline, args.current, policy)
+    summary = markdown(report, baseline_name, current_name, policy)
     print(summary, end="")
     step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if step_summary:
         with open(step_summary, "a") as fh:
             fh.write(summary)
     return report.exit_code
+
+
+def cmd_gate(args: argparse.Namespace) -> int:
+    baseline, current = _load_pair(args)
+    return _gate(baseline, current, args.policy, args.baseline, args.current)
+
+
+def _env_pairs(values: list[str] | None, option: str) -> dict[str, str]:
+    env = {}
+    for item in values or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise BenchInputError(option, f"expected KEY=VALUE, got {item!r}")
+        env[key] = value
+    return env
+
+
+def _checkout(path: str, option: str) -> Path:
+    source = Path(path).resolve()
+    if not (source / "bench" / "runners" / "worker.py").is_file():
+        raise BenchInputError(option, f"{path} holds no bench package (bench/runners/worker.py)")
+    return source
+
+
+def cmd_ab(args: argparse.Namespace) -> int:
+    import contextlib
+
+    from bench.reports.compare import compare_runs, render_comparison
+    from bench.reports.gate import load_policy
+    from bench.runners.interleave import git_worktree, run_ab
+    from bench.runners.isolation import WorkerCode
+
+    if args.policy:
+        load_policy(args.policy)  # refuse a bad policy before measuring for minutes
+    if (args.baseline_ref is None) == (args.baseline_source is None):
+        raise BenchInputError("bench ab", "give exactly one of --baseline-ref (a git commit "
+                              "of this repository) and --baseline-source (a checkout)")
+    current = WorkerCode(_checkout(args.current_source, "--current-source"),
+                         _env_pairs(args.current_env, "--current-env"))
+    baseline_env = _env_pairs(args.baseline_env, "--baseline-env")
+    out_dir = Path(args.out_dir)
+    with contextlib.ExitStack() as stack:
+        if args.baseline_ref is not None:
+            tree = stack.enter_context(git_worktree(args.baseline_ref, current.source))
+        else:
+            tree = _checkout(args.baseline_source, "--baseline-source")
+        baseline = WorkerCode(tree, baseline_env)
+        progress = None if args.no_progress else (lambda text: print(text, file=sys.stderr))
+        base_run, cur_run = run_ab(args.suite, baseline, current, args.rounds, out_dir,
+                                   select=parse_select(args.select), progress=progress)
+    print(render_comparison(compare_runs(base_run, cur_run)))
+    print()
+    return _gate(base_run, cur_run, args.policy, str(out_dir / "baseline.json"),
+                 str(out_dir / "current.json"))
 
 
 def cmd_table(args: argparse.Namespace) -> int:
@@ -223,6 +277,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-different-machines", action="store_true",
                    help="gate even when the fingerprints differ")
     p.set_defaults(func=cmd_gate)
+
+    p = sub.add_parser("ab", help="interleaved A/B: run a suite for a baseline checkout and "
+                                  "this one, alternating case by case, then gate on the "
+                                  "paired rounds (exit 0 pass, 1 regression, 2 bad input)")
+    p.add_argument("suite", help="a suite file (TOML)")
+    p.add_argument("--baseline-ref", help="a git commit of this repository to check out "
+                                          "as the baseline (e.g. main, HEAD~1)")
+    p.add_argument("--baseline-source", help="or: a checkout holding the baseline's bench "
+                                             "package")
+    p.add_argument("--current-source", default=str(Path(__file__).resolve().parents[1]),
+                   help="the checkout under test (default: this one)")
+    p.add_argument("--rounds", type=int, default=6,
+                   help="rounds per case; each runs one worker process per side")
+    p.add_argument("--out-dir", default="results/ab",
+                   help="where baseline.json and current.json are written")
+    p.add_argument("--policy", help="gate policy TOML (as for bench gate)")
+    p.add_argument("--select", action="append", metavar="AXIS=V1,V2",
+                   help="keep only cases with these axis values (repeatable)")
+    p.add_argument("--baseline-env", action="append", metavar="KEY=VALUE",
+                   help="extra environment for the baseline's workers (repeatable)")
+    p.add_argument("--current-env", action="append", metavar="KEY=VALUE",
+                   help="extra environment for the current side's workers (repeatable)")
+    p.add_argument("--no-progress", action="store_true", help="no progress lines")
+    p.set_defaults(func=cmd_ab)
 
     from bench.reports.hardware import FORMATS as TABLE_FORMATS
     from bench.reports.hardware import METRICS

@@ -1,5 +1,20 @@
 """Measure the regression gate's quality on this machine: false alarms and detections.
 
+--design interleaved (default; what `bench ab` does): one long interleaved session with
+three sides per case, each round running one worker process per side back to back in the
+order U1 U2 S, then S U2 U1 (alternating over rounds and cases): U1 and U2 unchanged, S
+slowed by a known fraction (the worker's BENCH_TEST_SLOWDOWN test knob). Every block of
+--session-rounds consecutive rounds is one A/B session as `bench ab --rounds N` would run
+it: gating U2 against U1 counts false alarms, S against U2 detections. Reported over the
+disjoint sessions (independent) and over random subsets of rounds (a finer estimate of
+the same rates), with each case's round-to-round spread of the paired ratio.
+
+    python tools/gate_quality.py [--suite suites/smoke.toml] [--rounds 30]
+        [--session-rounds 6] [--slowdown 0.10] [--keep DIR] [--from-dir DIR] [--out FILE]
+
+--design runs (the earlier design, kept to show why it was replaced): separate runs
+of the suite, alternating unchanged and slowed ones, gated pairwise from their trials.
+
 Runs a suite (default suites/smoke.toml) repeatedly through the engine, alternating
 unchanged runs and runs slowed by a known fraction (the worker's BENCH_TEST_SLOWDOWN test
 knob: every step spins for that fraction of its own duration), so machine drift hits both
@@ -24,15 +39,20 @@ import sys
 import time
 from collections import Counter
 
+import numpy as np
 from tabulate import tabulate
 
 from bench.measurement.fingerprint import fingerprint
 from bench.reports.compare import compare_runs, geometric_mean
 from bench.reports.gate import Policy, evaluate, load_policy
-from bench.results.schema import RunInfo, RunRecord
-from bench.runners.isolation import run_case
+from bench.results.schema import PROCESS_MEDIANS_KEY, RunInfo, RunRecord
+from bench.results.store import load_run
+from bench.runners.interleave import Side, run_interleaved
+from bench.runners.isolation import WorkerCode, run_case
 from bench.runners.worker import SLOWDOWN_ENV
 from bench.spec import expand_suite, load_suite
+
+SIDE_NAMES = ("unchanged-1", "unchanged-2", "slowed")
 
 
 def one_run(suite, processes: int, slowdown: float) -> RunRecord:
@@ -64,18 +84,121 @@ def speed_alarms(baseline: RunRecord, current: RunRecord, policy: Policy) -> set
     return {f.case_id for f in report.regressions if f.check == "speed"}
 
 
+def rounds_subset(record: RunRecord, rounds: list[int]) -> RunRecord:
+    """The record as a session of only these rounds would have written it."""
+    cases = []
+    for case in record.cases:
+        medians = case.details.get(PROCESS_MEDIANS_KEY)
+        if case.status == "ok" and medians:
+            details = {**case.details, PROCESS_MEDIANS_KEY: [medians[r] for r in rounds]}
+            case = dataclasses.replace(case, details=details)
+        cases.append(case)
+    return dataclasses.replace(record, cases=cases)
+
+
+def session_alarms(records: dict[str, RunRecord], rounds: list[int],
+                   policy: Policy) -> tuple[set[str], set[str]]:
+    """(false alarms: U2 gated against U1, detections: S gated against U2)."""
+    u1, u2, slow = (rounds_subset(records[name], rounds) for name in SIDE_NAMES)
+    return speed_alarms(u1, u2, policy), speed_alarms(u2, slow, policy)
+
+
+def _rate(count: int, total: int) -> str:
+    return f"{count}/{total} = {count / max(total, 1):.1%}"
+
+
+def main_interleaved(args: argparse.Namespace, policy: Policy) -> str:
+    started = time.perf_counter()
+    if args.from_dir:
+        records = {name: load_run(f"{args.from_dir}/{name}.json") for name in SIDE_NAMES}
+    else:
+        here = WorkerCode.this_checkout()
+        sides = [Side(SIDE_NAMES[0], here), Side(SIDE_NAMES[1], here),
+                 Side(SIDE_NAMES[2], WorkerCode(here.source, {SLOWDOWN_ENV: str(args.slowdown)}))]
+        keep = args.keep or f"/tmp/gate-quality-{time.time_ns()}"
+        runs = run_interleaved(args.suite, sides, args.rounds, keep,
+                               progress=lambda text: print(text, file=sys.stderr, flush=True))
+        records = dict(zip(SIDE_NAMES, runs, strict=True))
+    total = min(len(c.details.get(PROCESS_MEDIANS_KEY) or [])
+                for c in records[SIDE_NAMES[0]].cases if c.status == "ok")
+    n = args.session_rounds
+    case_ids = [c.case_id for c in records[SIDE_NAMES[0]].cases if c.status == "ok"]
+    disjoint = [list(range(k, k + n)) for k in range(0, total - n + 1, n)]
+    rng = np.random.default_rng(0)
+    resampled = [sorted(rng.choice(total, n, replace=False).tolist())
+                 for _ in range(args.resamples)]
+    counts = {}
+    for label, sessions in (("disjoint", disjoint), ("resampled", resampled)):
+        fa: Counter[str] = Counter()
+        det: Counter[str] = Counter()
+        for rounds in sessions:
+            false_alarms, detections = session_alarms(records, rounds, policy)
+            fa.update(false_alarms)
+            det.update(detections)
+        counts[label] = (fa, det, len(sessions))
+    rows = []
+    for cid in case_ids:
+        spread = []
+        for a, b in ((0, 1), (1, 2)):
+            x = np.asarray(records[SIDE_NAMES[a]].case(cid).details[PROCESS_MEDIANS_KEY][:total])
+            y = np.asarray(records[SIDE_NAMES[b]].case(cid).details[PROCESS_MEDIANS_KEY][:total])
+            spread.append(np.log(y / x))
+        row = [cid, f"{np.std(spread[0], ddof=1):.3f}", f"{np.exp(np.mean(spread[1])):.3f}"]
+        for label in ("disjoint", "resampled"):
+            fa, det, k = counts[label]
+            row += [_rate(fa[cid], k), _rate(det[cid], k)]
+        rows.append(row)
+    summary = ["all cases", "", ""]
+    for label in ("disjoint", "resampled"):
+        fa, det, k = counts[label]
+        summary += [_rate(sum(fa.values()), k * len(case_ids)),
+                    _rate(sum(det.values()), k * len(case_ids))]
+    rows.append(summary)
+    source = args.from_dir or keep
+    return (f"suite {args.suite}; design: interleaved, {total} rounds of U1 U2 S / S U2 U1 "
+            f"(one worker process each), S slowed by +{args.slowdown:.0%}; sessions of {n} "
+            f"rounds: {len(disjoint)} disjoint, {len(resampled)} random subsets; policy: speed "
+            f"drop > {policy.speed_max_drop:.0%} and significant (paired t-test p < "
+            f"{policy.speed_alpha:g}, CI excludes 1); raw records in {source}; "
+            f"{time.perf_counter() - started:.0f} s\n"
+            "sd log(U2/U1): round-to-round spread of one paired ratio; S/U2: measured "
+            "slowdown (geometric mean over all rounds)\n"
+            + tabulate(rows, headers=["case", "sd log(U2/U1)", "S/U2",
+                                      "false alarms (disjoint)", "detections (disjoint)",
+                                      "false alarms (resampled)", "detections (resampled)"])
+            + "\n")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--design", choices=["interleaved", "runs"], default="interleaved")
     parser.add_argument("--suite", default="suites/smoke.toml")
-    parser.add_argument("--unchanged", type=int, default=6)
-    parser.add_argument("--slowed", type=int, default=4)
     parser.add_argument("--slowdown", type=float, default=0.10)
-    parser.add_argument("--processes", type=int, default=1,
-                        help="worker processes pooled per case (the suite's budget.processes)")
     parser.add_argument("--policy", help="a gate policy file (default: bench gate's defaults)")
     parser.add_argument("--out", help="also write the report here")
+    parser.add_argument("--rounds", type=int, default=30, help="interleaved: rounds in all")
+    parser.add_argument("--session-rounds", type=int, default=6,
+                        help="interleaved: rounds per gated session (bench ab --rounds)")
+    parser.add_argument("--resamples", type=int, default=1000,
+                        help="interleaved: random sessions drawn from the rounds")
+    parser.add_argument("--keep", help="interleaved: directory for the raw records")
+    parser.add_argument("--from-dir", help="interleaved: re-evaluate kept records, no run")
+    parser.add_argument("--unchanged", type=int, default=6, help="runs: unchanged runs")
+    parser.add_argument("--slowed", type=int, default=4, help="runs: slowed runs")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="runs: worker processes pooled per case (budget.processes)")
     args = parser.parse_args()
     policy = load_policy(args.policy) if args.policy else Policy()
+    text = main_interleaved(args, policy) if args.design == "interleaved" else \
+        main_runs(args, policy)
+    print(text)
+    if args.out:
+        with open(args.out, "a") as fh:
+            fh.write(text + "\n")
+    return 0
+
+
+def main_runs(args: argparse.Namespace, policy: Policy) -> str:
     suite = load_suite(args.suite)
 
     started = time.perf_counter()
@@ -120,11 +243,7 @@ def main() -> int:
             f"run-by-run step time vs the first run (u unchanged, s slowed): {' '.join(drift)}\n"
             + tabulate(rows, headers=["case", "false alarms (unchanged pairs)",
                                       f"detections of +{args.slowdown:.0%}"]) + "\n")
-    print(text)
-    if args.out:
-        with open(args.out, "a") as fh:
-            fh.write(text + "\n")
-    return 0
+    return text
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -85,6 +86,7 @@ class RatioEstimate:
     n_current: int
     method: str = ("median(current) / median(baseline); percentile bootstrap CI resampling "
                    "both sides' trials independently; Mann-Whitney U (two-sided) on the trials")
+    pairs: int | None = None  # set when estimated from interleaved (paired) rounds
 
     def significant(self, alpha: float = 0.05) -> bool:
         return self.p_value < alpha and not (self.ci_low <= 1.0 <= self.ci_high)
@@ -109,3 +111,39 @@ def ratio_of_medians(baseline: list[float] | np.ndarray, current: list[float] | 
     low, high = np.quantile(cur_medians / base_medians, [alpha, 1.0 - alpha])
     p_value = float(mannwhitneyu(cur, base, alternative="two-sided").pvalue)
     return RatioEstimate(ratio, float(low), float(high), p_value, base.size, cur.size)
+
+
+PAIRED_METHOD = ("geometric mean over interleaved rounds of current/baseline (each round: one "
+                 "worker process per side, run back to back, order alternating); Student-t "
+                 "95% CI and one-sample t-test (two-sided) on the per-round log ratios")
+
+
+def paired_ratio(baseline: list[float] | np.ndarray, current: list[float] | np.ndarray,
+                 level: float = CI_LEVEL) -> RatioEstimate:
+    """``current`` against ``baseline`` when value i of each side was measured in the same
+    round, back to back: machine drift between rounds cancels in each round's ratio, so
+    the test is on the rounds' log ratios, not on trials pooled across rounds."""
+    from scipy.stats import t as student_t
+
+    base = np.asarray(baseline, dtype=float)
+    cur = np.asarray(current, dtype=float)
+    if base.shape != cur.shape or base.size == 0:
+        raise ValueError("paired values need the same, non-zero, number of rounds per side")
+    if (base <= 0).any() or (cur <= 0).any():
+        raise ValueError("paired ratios need positive values")
+    logs = np.log(cur / base)
+    n = int(logs.size)
+    mean = float(logs.mean())
+    if n < 2:
+        return RatioEstimate(math.exp(mean), float("-inf"), float("inf"), 1.0, n, n,
+                             PAIRED_METHOD, pairs=n)
+    se = float(logs.std(ddof=1)) / math.sqrt(n)
+    if se == 0.0:
+        p_value = 1.0 if mean == 0.0 else 0.0
+        low = high = math.exp(mean)
+    else:
+        t_stat = mean / se
+        p_value = float(2 * student_t.sf(abs(t_stat), n - 1))
+        half = float(student_t.ppf(1 - (1 - level) / 2, n - 1)) * se
+        low, high = math.exp(mean - half), math.exp(mean + half)
+    return RatioEstimate(math.exp(mean), low, high, p_value, n, n, PAIRED_METHOD, pairs=n)

@@ -1,8 +1,12 @@
 """Compare two run files case by case: speed with a CI and a significance test, memory,
 accuracy and status. Nothing is measured here; everything comes from the files' raw trials.
 
-Speed is baseline median step time / current median step time (> 1: current is faster),
-estimated from the per-trial mean step times both files keep. Memory is the peak (CUDA
+Speed is baseline median step time / current median step time (> 1: current is faster).
+Two files of one interleaved A/B session (``bench ab``) are compared round by round: each
+round ran both sides back to back, so the test is on the rounds' paired ratios and machine
+drift between rounds cancels. Otherwise it is estimated from the per-trial mean step times
+both files keep (trials of one run share its drift, so that test is only as good as the
+machine is steady between the two runs). Memory is the peak (CUDA
 allocated where present, else anonymous RSS, else RSS), current / baseline. Accuracy is
 the task metric, oriented so a ratio below 1 is worse (current / baseline, or the inverse for
 lower-is-better metrics such as loss).
@@ -13,8 +17,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from bench.measurement.stats import RatioEstimate, ratio_of_medians
-from bench.results.schema import CaseResult, RunRecord
+from bench.measurement.stats import RatioEstimate, paired_ratio, ratio_of_medians
+from bench.results.schema import PROCESS_MEDIANS_KEY, CaseResult, RunRecord
 
 # What must match for two runs' figures to be comparable, read from their fingerprints.
 FINGERPRINT_KEYS = (("cpu", "model"), ("cpu", "logical_cores"), ("packages", "torch"),
@@ -90,14 +94,33 @@ def _accuracy(base: CaseResult, cur: CaseResult) -> tuple[str | None, float | No
     return metric, ratio, a.parity_target
 
 
-def compare_case(base: CaseResult | None, cur: CaseResult | None) -> CaseComparison:
+def paired_session(baseline: RunRecord, current: RunRecord) -> str | None:
+    """The A/B session id when the two files are the two sides of one interleaved run."""
+    a, b = baseline.run.pairing, current.run.pairing
+    if a.get("session") and a.get("session") == b.get("session") and \
+            a.get("side") != b.get("side"):
+        return a["session"]
+    return None
+
+
+def _speed(base: CaseResult, cur: CaseResult, paired: bool) -> Speed | None:
+    if paired:
+        base_rounds = base.details.get(PROCESS_MEDIANS_KEY) or []
+        cur_rounds = cur.details.get(PROCESS_MEDIANS_KEY) or []
+        if base_rounds and len(base_rounds) == len(cur_rounds):
+            return Speed(paired_ratio(base_rounds, cur_rounds))
+    base_times, cur_times = _trial_times(base), _trial_times(cur)
+    if base_times and cur_times:
+        return Speed(ratio_of_medians(base_times, cur_times))
+    return None
+
+
+def compare_case(base: CaseResult | None, cur: CaseResult | None,
+                 paired: bool = False) -> CaseComparison:
     case_id = (cur or base).case_id
     if base is None or cur is None or base.status != "ok" or cur.status != "ok":
         return CaseComparison(case_id, base, cur)
-    speed = None
-    base_times, cur_times = _trial_times(base), _trial_times(cur)
-    if base_times and cur_times:
-        speed = Speed(ratio_of_medians(base_times, cur_times))
+    speed = _speed(base, cur, paired)
     memory, kind = _memory_ratio(base, cur)
     metric, accuracy, target = _accuracy(base, cur)
     return CaseComparison(case_id, base, cur, speed, memory, kind, metric, accuracy, target)
@@ -107,7 +130,8 @@ def compare_runs(baseline: RunRecord, current: RunRecord) -> list[CaseComparison
     """Every case of either run, in the current run's order, then baseline-only ones."""
     base_cases = {c.case_id: c for c in baseline.cases}
     cur_ids = [c.case_id for c in current.cases]
-    out = [compare_case(base_cases.get(c.case_id), c) for c in current.cases]
+    paired = paired_session(baseline, current) is not None
+    out = [compare_case(base_cases.get(c.case_id), c, paired) for c in current.cases]
     out += [compare_case(c, None) for c in baseline.cases if c.case_id not in cur_ids]
     return out
 
@@ -147,6 +171,8 @@ def render_comparison(rows: list[CaseComparison], fmt: str = "github") -> str:
             low, high = c.speed.ci
             speed, ci = f"{c.speed.ratio:.3f}", f"{low:.3f}–{high:.3f}"
             p = f"{c.speed.time.p_value:.3g}"
+            if c.speed.time.pairs:
+                p += f" (t, {c.speed.time.pairs} rounds)"
         table.append([c.case_id, c.status_change, speed, ci, p,
                       "" if c.memory_ratio is None else f"{c.memory_ratio:.3f}",
                       "" if c.accuracy_ratio is None else
@@ -155,5 +181,6 @@ def render_comparison(rows: list[CaseComparison], fmt: str = "github") -> str:
     if gm is not None:
         table.append(["geometric mean", "", f"{gm:.3f}", "", "", "", ""])
     return tabulate(table, headers=["case", "status", "speed (base/current time)", "95% CI",
-                                    "p (Mann-Whitney)", "memory ratio", "accuracy ratio"],
+                                    "p (Mann-Whitney; t when paired)", "memory ratio",
+                                    "accuracy ratio"],
                     tablefmt=fmt, disable_numparse=True)

@@ -2,8 +2,10 @@
 
 A case regresses when (each check a small strategy over a ``CaseComparison``):
 - status: it was ok in the baseline and is not now (or has gone missing);
-- speed: slower by more than ``speed.max_drop`` AND significant (Mann-Whitney p < alpha
-  and the ratio's 95% CI excludes 1), so noise alone does not fail a build;
+- speed: slower by more than ``speed.max_drop`` AND significant (p < alpha and the
+  ratio's 95% CI excludes 1), so noise alone does not fail a build. The test is a
+  Mann-Whitney U on trials for two separate runs, a paired t-test on the rounds of an
+  interleaved A/B session (``bench ab``), where machine drift cancels;
 - memory: peak grew by more than ``memory.max_growth``;
 - accuracy: task metric below ``accuracy.min_ratio`` of the baseline (default: the
   suite's parity target for the case, 0.99).
@@ -109,8 +111,9 @@ def check_speed(c: CaseComparison, policy: Policy) -> tuple[str | None, str | No
     if not policy.gate_speed or c.speed is None:
         return None, None
     ratio, (low, high) = c.speed.ratio, c.speed.ci
+    pairs = c.speed.time.pairs
     text = (f"speed x{ratio:.3f} (95% CI {low:.3f}–{high:.3f}, "
-            f"p={c.speed.time.p_value:.2g})")
+            f"p={c.speed.time.p_value:.2g}{f', {pairs} paired rounds' if pairs else ''})")
     if not c.speed.time.significant(policy.speed_alpha):
         return None, None
     if ratio < 1 - policy.speed_max_drop:

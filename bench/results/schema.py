@@ -25,6 +25,10 @@ STATUS_OOM = "oom"
 STATUSES = (STATUS_OK, STATUS_SKIPPED, STATUS_ERROR, STATUS_CRASHED, STATUS_TIMEOUT, STATUS_OOM)
 FINAL_STATUSES = frozenset(STATUSES)
 
+# details key: each worker process's median step time, in run order (several processes per
+# case, or the rounds of an interleaved A/B run, whose two files pair them round by round).
+PROCESS_MEDIANS_KEY = "process_medians_s"
+
 
 @dataclass
 class TimingResult:
@@ -179,6 +183,9 @@ class RunInfo:
     started_at: str
     command: list[str]
     selection: dict[str, list[str]] = field(default_factory=dict)
+    # Set by an interleaved A/B run (bench ab): {"session", "side", "rounds", "order",
+    # "source", "commit", "env"}; both sides' files share the session id.
+    pairing: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

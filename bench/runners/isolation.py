@@ -18,6 +18,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -38,6 +40,21 @@ from bench.spec.model import CaseSpec
 # /proc for the worker's children only when a memory limit needs enforcing.
 POLL_INTERVAL_S = 0.05
 STDERR_TAIL_LINES = 60
+
+
+@dataclass(frozen=True)
+class WorkerCode:
+    """Which code a worker runs: the directory holding the ``bench`` package it imports
+    (another checkout, for an interleaved A/B against another commit) and extra
+    environment variables. The worker starts with ``python -P`` and PYTHONPATH set to
+    ``source``, so neither the working directory nor the installed package shadows it."""
+
+    source: Path
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def this_checkout(cls, env: Mapping[str, str] | None = None) -> WorkerCode:
+        return cls(Path(__file__).resolve().parents[2], dict(env or {}))
 
 
 def _tail(path: Path, lines: int = STDERR_TAIL_LINES) -> str:
@@ -83,7 +100,7 @@ def run_case(case: CaseSpec) -> CaseResult:
     return merge_process_results(results)
 
 
-def run_isolated(case: CaseSpec) -> CaseResult:
+def run_isolated(case: CaseSpec, code: WorkerCode | None = None) -> CaseResult:
     started = time.perf_counter()
     budget = case.budget
     limit = budget.memory_limit_mib * MIB if budget.memory_limit_mib else None
@@ -96,9 +113,15 @@ def run_isolated(case: CaseSpec) -> CaseResult:
                # left in inductor's on-disk cache.
                "TORCHINDUCTOR_CACHE_DIR": str(tmpdir / "inductor"),
                "TRITON_CACHE_DIR": str(tmpdir / "triton")}
+        python = [sys.executable]
+        if code is not None:
+            env.update(code.env)
+            env["PYTHONPATH"] = os.pathsep.join(
+                p for p in (str(code.source), env.get("PYTHONPATH", "")) if p)
+            python.append("-P")
         with open(err_file, "wb") as err:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "bench.runners.worker", str(case_file), str(out_file)],
+                [*python, "-m", "bench.runners.worker", str(case_file), str(out_file)],
                 stdin=subprocess.DEVNULL, stdout=err, stderr=err, env=env,
                 start_new_session=True,
             )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from bench.measurement.stats import percentiles, summarize
-from bench.results.schema import CaseResult, ThroughputResult, TimingResult
+from bench.results.schema import PROCESS_MEDIANS_KEY, CaseResult, ThroughputResult, TimingResult
 
 
 def _pooled_timing(timings: list[TimingResult]) -> TimingResult:
@@ -59,7 +59,7 @@ def merge_process_results(results: list[CaseResult]) -> CaseResult:
         warnings.insert(0, f"unstable: CV of trial means over {len(results)} processes is "
                            f"{timing.cv:.1%}")
     details = dict(first.details)
-    details["process_medians_s"] = [r.timing.median_s for r in results]
+    details[PROCESS_MEDIANS_KEY] = [r.timing.median_s for r in results]
     details["trials_per_process"] = [len(r.timing.trial_samples_s) for r in results]
     details["process_pids"] = [r.worker.get("pid") for r in results]
     return dataclasses.replace(

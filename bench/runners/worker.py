@@ -124,7 +124,8 @@ def run_case(case: CaseSpec) -> CaseResult:
 
     started = time.perf_counter()
     result = CaseResult.for_case(case, STATUS_OK)
-    result.worker = {"pid": os.getpid(), "python": sys.version.split()[0]}
+    result.worker = {"pid": os.getpid(), "python": sys.version.split()[0],
+                     "bench_source": str(Path(__file__).resolve().parents[2])}
     tracker = None
     try:
         result.worker.update(_configure_torch(case))

@@ -1,0 +1,154 @@
+"""Interleaved A/B: a suite run for two versions of the code, alternating, case by case.
+
+On a shared machine the speed of a whole run drifts by several percent between runs
+minutes apart (results/runs/gate-quality-cpu-epyc-2core.txt: unchanged runs at 0.97-1.08
+of the first), which no number of trials inside one run can tell from a code change. So
+each case is measured in rounds: in every round one worker process per side runs back to
+back, the order alternating from round to round and case to case (ABBA...), so drift
+within a pair is seconds, not minutes, and linear drift cancels over the rounds. The
+gate tests the rounds' paired ratios (bench.measurement.stats.paired_ratio).
+
+Each side is a :class:`WorkerCode`: the checkout whose ``bench`` package the worker
+imports and extra environment variables. The cases come from the suite as this checkout
+reads it, so a baseline that cannot run a case shows that case failing on its side.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.errors import BenchInputError
+from bench.results.schema import PROCESS_MEDIANS_KEY, STATUS_SKIPPED, CaseResult, RunInfo, RunRecord
+from bench.results.store import write_atomically
+from bench.runners.isolation import WorkerCode, run_isolated
+from bench.runners.merge import merge_process_results
+from bench.spec import expand_suite, load_suite
+
+
+@dataclass(frozen=True)
+class Side:
+    name: str
+    code: WorkerCode
+
+    def describe(self) -> dict[str, object]:
+        return {"side": self.name, "source": str(self.code.source),
+                "commit": git_commit(self.code.source), "env": dict(self.code.env)}
+
+
+def git_commit(path: Path) -> str | None:
+    """The commit checked out at ``path`` (with "-dirty" for uncommitted changes)."""
+    try:
+        head = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], check=True,
+                              capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(path), "status", "--porcelain",
+                                "--untracked-files=no"], check=True, capture_output=True,
+                               text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("-dirty" if dirty else "")
+
+
+@contextlib.contextmanager
+def git_worktree(ref: str, repo: Path) -> Iterator[Path]:
+    """A detached checkout of ``ref`` in a temporary directory, removed afterwards."""
+    parent = Path(tempfile.mkdtemp(prefix="bench-ab-"))
+    tree = parent / "src"
+    proc = subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach", str(tree),
+                           ref], capture_output=True, text=True)
+    if proc.returncode != 0:
+        shutil.rmtree(parent, ignore_errors=True)
+        last = (proc.stderr.strip().splitlines() or ["git failed"])[-1]
+        raise BenchInputError("--baseline-ref", f"cannot check out {ref!r}: {last}")
+    try:
+        yield tree
+    finally:
+        subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(tree)],
+                       capture_output=True)
+        shutil.rmtree(parent, ignore_errors=True)
+
+
+def round_order(round_index: int, case_index: int, sides: int = 2) -> list[int]:
+    """The sides' running order in one round of one case: forward and reversed in turn,
+    alternating over rounds and over cases within a round (ABBA...). A side in the middle
+    of three runs next to both others in every round."""
+    forward = list(range(sides))
+    return forward if (round_index + case_index) % 2 == 0 else forward[::-1]
+
+
+def _merged(results: list[CaseResult], rounds_run: int) -> CaseResult:
+    merged = merge_process_results(results)
+    if merged.status == "ok":
+        merged.details[PROCESS_MEDIANS_KEY] = [r.timing.median_s for r in results]
+        merged.details["ab_rounds"] = rounds_run
+    return merged
+
+
+def run_interleaved(suite_path: str | Path, sides: list[Side], rounds: int,
+                    out_dir: str | Path, select: dict[str, set[str]] | None = None,
+                    progress: Callable[[str], None] | None = None) -> list[RunRecord]:
+    """Measure every runnable case ``rounds`` times per side, interleaved; write
+    OUT_DIR/SIDE.json for every side after every round, so a cut-short session keeps
+    its finished rounds."""
+    from bench.measurement.fingerprint import fingerprint
+
+    if rounds < 2:
+        raise BenchInputError("--rounds", f"{rounds} is too few to test paired rounds",
+                              valid="an integer >= 2 (5 or more to detect 10%)")
+    if len({side.name for side in sides}) != len(sides):
+        raise ValueError("side names must differ")
+    suite = load_suite(suite_path)
+    planned = expand_suite(suite, select)
+    session = uuid.uuid4().hex[:12]
+    started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    machine = fingerprint(suite.path)
+    records = []
+    for side in sides:
+        info = RunInfo(run_id=f"{session}-{side.name}", suite_name=suite.name,
+                       suite_path=suite.path, suite_sha256=suite.sha256, started_at=started,
+                       command=list(sys.argv),
+                       selection={k: sorted(v) for k, v in (select or {}).items()},
+                       pairing={"session": session, "rounds": rounds,
+                                "order": "one process per side per round, forward and "
+                                         "reversed in turn over rounds and cases",
+                                **side.describe()})
+        records.append(RunRecord(run=info, fingerprint=machine))
+    skipped = [CaseResult.for_case(p.spec, STATUS_SKIPPED, p.skip_reason)
+               for p in planned if p.skip_reason]
+    runnable = [p for p in planned if not p.skip_reason]
+    results = {p.case_id: [[] for _ in sides] for p in runnable}
+    failed: set[str] = set()
+    for r in range(rounds):
+        for i, case in enumerate(runnable):
+            if case.case_id in failed:
+                continue
+            for s in round_order(r, i, len(sides)):
+                if progress:
+                    progress(f"round {r + 1}/{rounds} {sides[s].name}: {case.case_id}")
+                result = run_isolated(case.spec, sides[s].code)
+                results[case.case_id][s].append(result)
+                if result.status != "ok":
+                    failed.add(case.case_id)
+        for s, record in enumerate(records):
+            record.cases = [_merged(results[p.case_id][s], r + 1) for p in runnable
+                            if results[p.case_id][s]] + skipped
+            write_atomically(Path(out_dir) / f"{sides[s].name}.json", record.to_dict())
+    return records
+
+
+def run_ab(suite_path: str | Path, baseline: WorkerCode, current: WorkerCode, rounds: int,
+           out_dir: str | Path, select: dict[str, set[str]] | None = None,
+           progress: Callable[[str], None] | None = None) -> tuple[RunRecord, RunRecord]:
+    """The A/B of ``bench ab``: OUT_DIR/baseline.json and OUT_DIR/current.json."""
+    base, cur = run_interleaved(suite_path, [Side("baseline", baseline),
+                                             Side("current", current)],
+                                rounds, out_dir, select, progress)
+    return base, cur
