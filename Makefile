@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: bench test lint clean smoke-gate
+.PHONY: bench test lint clean smoke-gate ab-gate
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,14 @@ smoke-gate: $(STAMP)
 	$(BIN)/bench gate --baseline results/baselines/smoke-cpu-epyc-2core.json \
 		--current results/smoke-latest.json --policy results/baselines/ci-policy.toml \
 		--allow-different-machines
+
+# Speed gate of this commit against its parent: the smoke suite in interleaved rounds
+# (bench ab), each round one worker per side back to back, paired t-test on the rounds.
+ab-gate: $(STAMP)
+	@if git rev-parse -q --verify HEAD~1 >/dev/null; then \
+		$(BIN)/bench ab suites/smoke.toml --baseline-ref HEAD~1 --rounds 6 \
+			--out-dir results/ab-latest --policy results/baselines/ab-policy.toml --no-progress; \
+	else echo "ab-gate: this clone has no parent commit (shallow clone?): interleaved A/B not run"; fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check bench tests tools

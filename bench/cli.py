@@ -189,7 +189,9 @@ def cmd_ab(args: argparse.Namespace) -> int:
         baseline = WorkerCode(tree, baseline_env)
         progress = None if args.no_progress else (lambda text: print(text, file=sys.stderr))
         base_run, cur_run = run_ab(args.suite, baseline, current, args.rounds, out_dir,
-                                   select=parse_select(args.select), progress=progress)
+                                   select=parse_select(args.select), progress=progress,
+                                   max_rounds=args.max_rounds,
+                                   target_half_width=args.target_half_width)
     print(render_comparison(compare_runs(base_run, cur_run)))
     print()
     return _gate(base_run, cur_run, args.policy, str(out_dir / "baseline.json"),
@@ -289,7 +291,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--current-source", default=str(Path(__file__).resolve().parents[1]),
                    help="the checkout under test (default: this one)")
     p.add_argument("--rounds", type=int, default=6,
-                   help="rounds per case; each runs one worker process per side")
+                   help="rounds per case at least; each runs one worker process per side")
+    p.add_argument("--max-rounds", type=int, default=16,
+                   help="rounds per case at most: a case whose paired CI is still wider "
+                        "than --target-half-width gets more rounds, up to this")
+    p.add_argument("--target-half-width", type=float, default=0.04,
+                   help="the paired CI's half width (log scale; 0.04 = about +-4%%) at "
+                        "which a case stops adding rounds")
     p.add_argument("--out-dir", default="results/ab",
                    help="where baseline.json and current.json are written")
     p.add_argument("--policy", help="gate policy TOML (as for bench gate)")

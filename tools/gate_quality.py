@@ -43,11 +43,12 @@ import numpy as np
 from tabulate import tabulate
 
 from bench.measurement.fingerprint import fingerprint
+from bench.measurement.stats import rounds_needed
 from bench.reports.compare import compare_runs, geometric_mean
 from bench.reports.gate import Policy, evaluate, load_policy
 from bench.results.schema import PROCESS_MEDIANS_KEY, RunInfo, RunRecord
 from bench.results.store import load_run
-from bench.runners.interleave import Side, run_interleaved
+from bench.runners.interleave import DEFAULT_TARGET_HALF_WIDTH, Side, run_interleaved
 from bench.runners.isolation import WorkerCode, run_case
 from bench.runners.worker import SLOWDOWN_ENV
 from bench.spec import expand_suite, load_suite
@@ -84,27 +85,30 @@ def speed_alarms(baseline: RunRecord, current: RunRecord, policy: Policy) -> set
     return {f.case_id for f in report.regressions if f.check == "speed"}
 
 
-def rounds_subset(record: RunRecord, rounds: list[int]) -> RunRecord:
-    """The record as a session of only these rounds would have written it."""
-    cases = []
-    for case in record.cases:
-        medians = case.details.get(PROCESS_MEDIANS_KEY)
-        if case.status == "ok" and medians:
-            details = {**case.details, PROCESS_MEDIANS_KEY: [medians[r] for r in rounds]}
-            case = dataclasses.replace(case, details=details)
-        cases.append(case)
-    return dataclasses.replace(record, cases=cases)
+def case_subset(record: RunRecord, case_id: str, rounds: list[int]) -> RunRecord:
+    """One case of the record, as a session of only these rounds would have written it."""
+    case = record.case(case_id)
+    medians = case.details[PROCESS_MEDIANS_KEY]
+    details = {**case.details, PROCESS_MEDIANS_KEY: [medians[r] for r in rounds]}
+    return dataclasses.replace(record, cases=[dataclasses.replace(case, details=details)])
 
 
-def session_alarms(records: dict[str, RunRecord], rounds: list[int],
-                   policy: Policy) -> tuple[set[str], set[str]]:
-    """(false alarms: U2 gated against U1, detections: S gated against U2)."""
-    u1, u2, slow = (rounds_subset(records[name], rounds) for name in SIDE_NAMES)
-    return speed_alarms(u1, u2, policy), speed_alarms(u2, slow, policy)
+def adaptive_session(chain: list[list[float]], order: list[int], args: argparse.Namespace,
+                     ) -> list[int] | None:
+    """The rounds, taken from ``order``, that bench ab's stopping rule would run (at least
+    --session-rounds, more while a paired CI is wider than --target-half-width, at most
+    --max-rounds); None when ``order`` runs out first."""
+    taken: list[int] = []
+    for r in order:
+        taken.append(r)
+        if not rounds_needed([[side[i] for i in taken] for side in chain],
+                             args.session_rounds, args.max_rounds, args.target_half_width):
+            return taken
+    return None
 
 
 def _rate(count: int, total: int) -> str:
-    return f"{count}/{total} = {count / max(total, 1):.1%}"
+    return f"{count}/{total} = {count / max(total, 1):.1%}" if total else "-"
 
 
 def main_interleaved(args: argparse.Namespace, policy: Policy) -> str:
@@ -119,53 +123,57 @@ def main_interleaved(args: argparse.Namespace, policy: Policy) -> str:
         runs = run_interleaved(args.suite, sides, args.rounds, keep,
                                progress=lambda text: print(text, file=sys.stderr, flush=True))
         records = dict(zip(SIDE_NAMES, runs, strict=True))
-    total = min(len(c.details.get(PROCESS_MEDIANS_KEY) or [])
-                for c in records[SIDE_NAMES[0]].cases if c.status == "ok")
-    n = args.session_rounds
     case_ids = [c.case_id for c in records[SIDE_NAMES[0]].cases if c.status == "ok"]
-    disjoint = [list(range(k, k + n)) for k in range(0, total - n + 1, n)]
     rng = np.random.default_rng(0)
-    resampled = [sorted(rng.choice(total, n, replace=False).tolist())
-                 for _ in range(args.resamples)]
-    counts = {}
-    for label, sessions in (("disjoint", disjoint), ("resampled", resampled)):
-        fa: Counter[str] = Counter()
-        det: Counter[str] = Counter()
-        for rounds in sessions:
-            false_alarms, detections = session_alarms(records, rounds, policy)
-            fa.update(false_alarms)
-            det.update(detections)
-        counts[label] = (fa, det, len(sessions))
     rows = []
+    totals = {key: [0, 0] for key in ("fa-d", "det-d", "fa-r", "det-r")}
+    total_rounds = None
     for cid in case_ids:
-        spread = []
-        for a, b in ((0, 1), (1, 2)):
-            x = np.asarray(records[SIDE_NAMES[a]].case(cid).details[PROCESS_MEDIANS_KEY][:total])
-            y = np.asarray(records[SIDE_NAMES[b]].case(cid).details[PROCESS_MEDIANS_KEY][:total])
-            spread.append(np.log(y / x))
-        row = [cid, f"{np.std(spread[0], ddof=1):.3f}", f"{np.exp(np.mean(spread[1])):.3f}"]
-        for label in ("disjoint", "resampled"):
-            fa, det, k = counts[label]
-            row += [_rate(fa[cid], k), _rate(det[cid], k)]
-        rows.append(row)
-    summary = ["all cases", "", ""]
-    for label in ("disjoint", "resampled"):
-        fa, det, k = counts[label]
-        summary += [_rate(sum(fa.values()), k * len(case_ids)),
-                    _rate(sum(det.values()), k * len(case_ids))]
-    rows.append(summary)
+        chain = [list(records[name].case(cid).details[PROCESS_MEDIANS_KEY]) for name in SIDE_NAMES]
+        total = min(len(side) for side in chain)
+        total_rounds = total if total_rounds is None else min(total_rounds, total)
+        disjoint, start = [], 0
+        while (session := adaptive_session(chain, list(range(start, total)), args)):
+            disjoint.append(session)
+            start = session[-1] + 1
+        resampled = [adaptive_session(chain, rng.permutation(total).tolist(), args)
+                     for _ in range(args.resamples)]
+        resampled = [s for s in resampled if s]
+        counts = {}
+        for label, sessions in (("d", disjoint), ("r", resampled)):
+            fa = det = 0
+            for rounds in sessions:
+                u1, u2, slow = (case_subset(records[name], cid, rounds) for name in SIDE_NAMES)
+                fa += bool(speed_alarms(u1, u2, policy))
+                det += bool(speed_alarms(u2, slow, policy))
+            counts[label] = (fa, det, len(sessions))
+            totals[f"fa-{label}"][0] += fa
+            totals[f"det-{label}"][0] += det
+            totals[f"fa-{label}"][1] += len(sessions)
+            totals[f"det-{label}"][1] += len(sessions)
+        x, y, z = (np.asarray(side[:total]) for side in chain)
+        mean_rounds = np.mean([len(s) for s in resampled]) if resampled else float("nan")
+        rows.append([cid, f"{np.std(np.log(y / x), ddof=1):.3f}",
+                     f"{np.exp(np.mean(np.log(z / y))):.3f}", f"{mean_rounds:.1f}",
+                     _rate(counts["d"][0], counts["d"][2]), _rate(counts["d"][1], counts["d"][2]),
+                     _rate(counts["r"][0], counts["r"][2]), _rate(counts["r"][1], counts["r"][2])])
+    rows.append(["all cases", "", "", "", *(_rate(*totals[k]) for k in
+                                            ("fa-d", "det-d", "fa-r", "det-r"))])
     source = args.from_dir or keep
-    return (f"suite {args.suite}; design: interleaved, {total} rounds of U1 U2 S / S U2 U1 "
-            f"(one worker process each), S slowed by +{args.slowdown:.0%}; sessions of {n} "
-            f"rounds: {len(disjoint)} disjoint, {len(resampled)} random subsets; policy: speed "
-            f"drop > {policy.speed_max_drop:.0%} and significant (paired t-test p < "
+    return (f"suite {args.suite}; design: interleaved, {total_rounds} rounds of U1 U2 S / "
+            f"S U2 U1 (one worker process each), S slowed by +{args.slowdown:.0%}; sessions as "
+            f"bench ab --rounds {args.session_rounds} --max-rounds {args.max_rounds} "
+            f"--target-half-width {args.target_half_width:g} runs them: consecutive (disjoint) "
+            f"and {args.resamples} drawn in random order; policy: speed drop > "
+            f"{policy.speed_max_drop:.0%} and significant (paired t-test p < "
             f"{policy.speed_alpha:g}, CI excludes 1); raw records in {source}; "
             f"{time.perf_counter() - started:.0f} s\n"
             "sd log(U2/U1): round-to-round spread of one paired ratio; S/U2: measured "
-            "slowdown (geometric mean over all rounds)\n"
-            + tabulate(rows, headers=["case", "sd log(U2/U1)", "S/U2",
+            "slowdown (geometric mean over all rounds); rounds: mean rounds per session\n"
+            + tabulate(rows, headers=["case", "sd log(U2/U1)", "S/U2", "rounds",
                                       "false alarms (disjoint)", "detections (disjoint)",
-                                      "false alarms (resampled)", "detections (resampled)"])
+                                      "false alarms (random)", "detections (random)"],
+                       disable_numparse=True)
             + "\n")
 
 
@@ -178,7 +186,12 @@ def main() -> int:
     parser.add_argument("--out", help="also write the report here")
     parser.add_argument("--rounds", type=int, default=30, help="interleaved: rounds in all")
     parser.add_argument("--session-rounds", type=int, default=6,
-                        help="interleaved: rounds per gated session (bench ab --rounds)")
+                        help="interleaved: rounds per gated session at least (bench ab "
+                             "--rounds)")
+    parser.add_argument("--max-rounds", type=int, default=16,
+                        help="interleaved: at most (bench ab --max-rounds)")
+    parser.add_argument("--target-half-width", type=float, default=DEFAULT_TARGET_HALF_WIDTH,
+                        help="interleaved: bench ab --target-half-width")
     parser.add_argument("--resamples", type=int, default=1000,
                         help="interleaved: random sessions drawn from the rounds")
     parser.add_argument("--keep", help="interleaved: directory for the raw records")

@@ -147,3 +147,27 @@ def paired_ratio(baseline: list[float] | np.ndarray, current: list[float] | np.n
         half = float(student_t.ppf(1 - (1 - level) / 2, n - 1)) * se
         low, high = math.exp(mean - half), math.exp(mean + half)
     return RatioEstimate(math.exp(mean), low, high, p_value, n, n, PAIRED_METHOD, pairs=n)
+
+
+def paired_half_width(baseline: list[float] | np.ndarray, current: list[float] | np.ndarray,
+                      level: float = CI_LEVEL) -> float:
+    """Half the width of the paired ratio's CI on the log scale (0.04: about +-4%)."""
+    est = paired_ratio(baseline, current, level)
+    if not (est.ci_low > 0 and math.isfinite(est.ci_high)):
+        return math.inf
+    return (math.log(est.ci_high) - math.log(est.ci_low)) / 2
+
+
+def rounds_needed(rounds_per_side: list[list[float]], min_rounds: int, max_rounds: int,
+                  target_half_width: float) -> bool:
+    """Whether an interleaved case should run another round: fewer than ``min_rounds``,
+    or, below ``max_rounds``, a paired CI (each side against the next) still wider than
+    ``target_half_width``. The rule looks at the spread only, never at the ratio, so
+    stopping early does not bias the test; a noisy case simply gets more rounds."""
+    done = min(len(r) for r in rounds_per_side)
+    if done < min_rounds:
+        return True
+    if done >= max_rounds:
+        return False
+    return any(paired_half_width(a[:done], b[:done]) > target_half_width
+               for a, b in zip(rounds_per_side, rounds_per_side[1:], strict=False))

@@ -84,25 +84,36 @@ def round_order(round_index: int, case_index: int, sides: int = 2) -> list[int]:
     return forward if (round_index + case_index) % 2 == 0 else forward[::-1]
 
 
-def _merged(results: list[CaseResult], rounds_run: int) -> CaseResult:
+def _merged(results: list[CaseResult]) -> CaseResult:
     merged = merge_process_results(results)
     if merged.status == "ok":
         merged.details[PROCESS_MEDIANS_KEY] = [r.timing.median_s for r in results]
-        merged.details["ab_rounds"] = rounds_run
+        merged.details["ab_rounds"] = len(results)
     return merged
+
+
+DEFAULT_TARGET_HALF_WIDTH = 0.04
 
 
 def run_interleaved(suite_path: str | Path, sides: list[Side], rounds: int,
                     out_dir: str | Path, select: dict[str, set[str]] | None = None,
-                    progress: Callable[[str], None] | None = None) -> list[RunRecord]:
-    """Measure every runnable case ``rounds`` times per side, interleaved; write
-    OUT_DIR/SIDE.json for every side after every round, so a cut-short session keeps
-    its finished rounds."""
+                    progress: Callable[[str], None] | None = None,
+                    max_rounds: int | None = None,
+                    target_half_width: float = DEFAULT_TARGET_HALF_WIDTH) -> list[RunRecord]:
+    """Measure every runnable case ``rounds`` times per side, interleaved, then keep adding
+    rounds, up to ``max_rounds``, for each case whose paired CI is wider than
+    ``target_half_width`` (bench.measurement.stats.rounds_needed). Writes OUT_DIR/SIDE.json
+    for every side after every round, so a cut-short session keeps its finished rounds."""
     from bench.measurement.fingerprint import fingerprint
+    from bench.measurement.stats import rounds_needed
 
+    max_rounds = rounds if max_rounds is None else max_rounds
     if rounds < 2:
         raise BenchInputError("--rounds", f"{rounds} is too few to test paired rounds",
                               valid="an integer >= 2 (5 or more to detect 10%)")
+    if max_rounds < rounds:
+        raise BenchInputError("--max-rounds", f"{max_rounds} is below --rounds {rounds}",
+                              valid=f"an integer >= {rounds}")
     if len({side.name for side in sides}) != len(sides):
         raise ValueError("side names must differ")
     suite = load_suite(suite_path)
@@ -117,6 +128,8 @@ def run_interleaved(suite_path: str | Path, sides: list[Side], rounds: int,
                        command=list(sys.argv),
                        selection={k: sorted(v) for k, v in (select or {}).items()},
                        pairing={"session": session, "rounds": rounds,
+                                "max_rounds": max_rounds,
+                                "target_half_width": target_half_width,
                                 "order": "one process per side per round, forward and "
                                          "reversed in turn over rounds and cases",
                                 **side.describe()})
@@ -126,9 +139,14 @@ def run_interleaved(suite_path: str | Path, sides: list[Side], rounds: int,
     runnable = [p for p in planned if not p.skip_reason]
     results = {p.case_id: [[] for _ in sides] for p in runnable}
     failed: set[str] = set()
-    for r in range(rounds):
+
+    def medians(case_id: str) -> list[list[float]]:
+        return [[p.timing.median_s for p in per_side] for per_side in results[case_id]]
+
+    for r in range(max_rounds):
         for i, case in enumerate(runnable):
-            if case.case_id in failed:
+            if case.case_id in failed or (r >= rounds and not rounds_needed(
+                    medians(case.case_id), rounds, max_rounds, target_half_width)):
                 continue
             for s in round_order(r, i, len(sides)):
                 if progress:
@@ -138,17 +156,24 @@ def run_interleaved(suite_path: str | Path, sides: list[Side], rounds: int,
                 if result.status != "ok":
                     failed.add(case.case_id)
         for s, record in enumerate(records):
-            record.cases = [_merged(results[p.case_id][s], r + 1) for p in runnable
+            record.cases = [_merged(results[p.case_id][s]) for p in runnable
                             if results[p.case_id][s]] + skipped
             write_atomically(Path(out_dir) / f"{sides[s].name}.json", record.to_dict())
+        if r + 1 >= rounds and not any(
+                rounds_needed(medians(p.case_id), rounds, max_rounds, target_half_width)
+                for p in runnable if p.case_id not in failed):
+            break
     return records
 
 
 def run_ab(suite_path: str | Path, baseline: WorkerCode, current: WorkerCode, rounds: int,
            out_dir: str | Path, select: dict[str, set[str]] | None = None,
-           progress: Callable[[str], None] | None = None) -> tuple[RunRecord, RunRecord]:
+           progress: Callable[[str], None] | None = None, max_rounds: int | None = None,
+           target_half_width: float = DEFAULT_TARGET_HALF_WIDTH,
+           ) -> tuple[RunRecord, RunRecord]:
     """The A/B of ``bench ab``: OUT_DIR/baseline.json and OUT_DIR/current.json."""
     base, cur = run_interleaved(suite_path, [Side("baseline", baseline),
                                              Side("current", current)],
-                                rounds, out_dir, select, progress)
+                                rounds, out_dir, select, progress, max_rounds,
+                                target_half_width)
     return base, cur

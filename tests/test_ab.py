@@ -1,0 +1,207 @@
+"""Interleaved A/B: the paired statistic on synthetic data with a known answer, pairing
+only within one session, the running order, and real interleaved runs of two sides
+(this checkout and a copy, one slowed by the worker's test knob)."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from bench.cli import main
+from bench.measurement.stats import paired_ratio, rounds_needed
+from bench.reports.compare import compare_runs
+from bench.reports.gate import Policy, evaluate
+from bench.results.schema import PROCESS_MEDIANS_KEY
+from bench.runners.interleave import Side, round_order, run_interleaved
+from bench.runners.isolation import WorkerCode, run_isolated
+from bench.runners.worker import SLOWDOWN_ENV
+from bench.spec.model import Budget, CaseSpec
+
+from .conftest import REPO
+from .test_gate import case, run, trials
+
+
+def drifting_rounds(ratio: float, rounds: int, drift_sd: float = 0.08,
+                    pair_sd: float = 0.01, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Per-round medians of two sides on a machine whose speed drifts by ``drift_sd``
+    from round to round, both sides of a round sharing it."""
+    rng = np.random.default_rng(seed)
+    drift = np.exp(drift_sd * rng.standard_normal(rounds))
+    base = 0.1 * drift * np.exp(pair_sd * rng.standard_normal(rounds))
+    cur = 0.1 * ratio * drift * np.exp(pair_sd * rng.standard_normal(rounds))
+    return base, cur
+
+
+def test_paired_ratio_recovers_a_known_slowdown_through_drift():
+    base, cur = drifting_rounds(1.10, rounds=6, seed=1)
+    est = paired_ratio(base, cur)
+    assert est.ratio == pytest.approx(1.10, rel=0.02)
+    assert est.ci_low < 1.10 < est.ci_high and est.ci_low > 1.05
+    assert est.significant(0.01) and est.pairs == 6
+    # The rounds' drift (8%) swamps the same values taken as two unpaired samples.
+    spread = np.std(np.log(base), ddof=1)
+    assert spread > 4 * np.std(np.log(cur / base), ddof=1)
+
+
+def test_paired_ci_covers_the_truth_and_the_test_holds_its_level():
+    reps, covered, alarms = 400, 0, 0
+    for i in range(reps):
+        base, cur = drifting_rounds(1.0, rounds=6, pair_sd=0.03, seed=i)
+        est = paired_ratio(base, cur)
+        covered += est.ci_low <= 1.0 <= est.ci_high
+        alarms += est.significant(0.05)
+    assert 0.92 <= covered / reps <= 0.98
+    assert alarms / reps <= 0.08
+
+
+def test_paired_ratio_refuses_unmatched_rounds():
+    with pytest.raises(ValueError, match="same"):
+        paired_ratio([0.1, 0.1], [0.1])
+    with pytest.raises(ValueError, match="positive"):
+        paired_ratio([0.1, 0.0], [0.1, 0.1])
+
+
+def paired_run(side: str, session: str, medians: np.ndarray, case_id: str = "a"):
+    record = run(case(case_id, trials(float(np.median(medians)), seed=len(side))))
+    record.cases[0].details[PROCESS_MEDIANS_KEY] = [float(m) for m in medians]
+    record.run.pairing = {"session": session, "side": side, "rounds": len(medians)}
+    return record
+
+
+def test_compare_pairs_rounds_only_within_one_session():
+    base, cur = drifting_rounds(1.10, rounds=6, seed=2)
+    (paired,) = compare_runs(paired_run("baseline", "s1", base), paired_run("current", "s1", cur))
+    assert paired.speed.time.pairs == 6
+    assert paired.speed.ratio == pytest.approx(1 / 1.10, rel=0.02)
+    (unpaired,) = compare_runs(paired_run("baseline", "s1", base),
+                               paired_run("current", "s2", cur))
+    assert unpaired.speed.time.pairs is None
+
+
+def test_gate_on_paired_rounds_flags_a_slowdown_and_passes_an_unchanged_rerun():
+    reports = {}
+    for ratio in (1.10, 1.0):
+        base, cur = drifting_rounds(ratio, rounds=6, pair_sd=0.02, seed=3)
+        reports[ratio] = evaluate(compare_runs(paired_run("baseline", "s", base),
+                                               paired_run("current", "s", cur)), Policy())
+    assert reports[1.0].exit_code == 0
+    assert reports[1.10].exit_code == 1
+    assert "6 paired rounds" in reports[1.10].regressions[0].text
+
+
+def test_more_rounds_only_while_the_paired_ci_is_wide():
+    steady = [[0.100, 0.101, 0.100, 0.099], [0.110, 0.111, 0.110, 0.109]]
+    noisy = [[0.10, 0.10, 0.10, 0.10], [0.10, 0.13, 0.08, 0.11]]
+    assert rounds_needed([s[:2] for s in steady], 3, 8, 0.04)  # below the minimum
+    assert not rounds_needed(steady, 3, 8, 0.04)
+    assert rounds_needed(noisy, 3, 8, 0.04)
+    assert not rounds_needed(noisy, 3, 4, 0.04)  # at the maximum
+    # Three sides: each against the next; a noisy third side keeps the case running.
+    assert rounds_needed([steady[0], steady[1], noisy[1]], 3, 8, 0.04)
+    # The rule reads the spread, not the ratio: a large steady slowdown stops as early.
+    assert not rounds_needed([steady[0], [2 * v for v in steady[0]]], 3, 8, 0.04)
+
+
+def test_round_order_alternates_and_keeps_the_middle_side_adjacent():
+    assert round_order(0, 0) == [0, 1] and round_order(1, 0) == [1, 0]
+    assert round_order(0, 1) == [1, 0]
+    orders = [round_order(r, 0, 3) for r in range(4)]
+    assert orders == [[0, 1, 2], [2, 1, 0]] * 2
+    for order in orders:  # side 1 (U2 in tools/gate_quality.py) runs next to both others
+        assert abs(order.index(1) - order.index(0)) == 1
+        assert abs(order.index(1) - order.index(2)) == 1
+
+
+QUICK = Budget(min_trials=3, max_trials=5, max_time_s=0.5, trial_time_s=0.02,
+               warmup_max_s=0.1, timeout_s=60)
+SLEEP_SUITE = """
+[suite]
+name = "ab"
+[budget]
+min_trials = 3
+max_trials = 5
+max_time_s = 0.5
+trial_time_s = 0.02
+warmup_max_s = 0.1
+timeout_s = 60
+[[benchmark]]
+workload = "sleep"
+phase = "infer"
+params = { sleep_ms = 5.0 }
+matrix = { device = ["cpu"] }
+"""
+
+
+@pytest.mark.slow
+def test_worker_imports_the_checkout_it_is_given(tmp_path):
+    copy = tmp_path / "other-checkout"
+    shutil.copytree(REPO / "bench", copy / "bench",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    spec = CaseSpec("sleep", "infer", {"device": "cpu"}, {"sleep_ms": 2.0}, QUICK)
+    result = run_isolated(spec, WorkerCode(copy, {SLOWDOWN_ENV: "0.5"}))
+    assert result.status == "ok", result.reason
+    assert result.worker["bench_source"] == str(copy)
+    assert result.details["injected_slowdown"] == 0.5
+
+
+@pytest.mark.slow
+def test_interleaved_run_measures_a_known_slowdown(write_suite, tmp_path):
+    here = WorkerCode.this_checkout()
+    sides = [Side("baseline", here),
+             Side("current", dataclasses.replace(here, env={SLOWDOWN_ENV: "0.3"}))]
+    # A CI target no case can reach: every case runs on from 2 rounds to max_rounds.
+    base, cur = run_interleaved(write_suite(SLEEP_SUITE), sides, rounds=2, out_dir=tmp_path,
+                                max_rounds=3, target_half_width=1e-9)
+    assert base.run.pairing["session"] == cur.run.pairing["session"]
+    assert (base.run.pairing["side"], cur.run.pairing["side"]) == ("baseline", "current")
+    assert cur.run.pairing["env"] == {SLOWDOWN_ENV: "0.3"}
+    assert (tmp_path / "baseline.json").is_file() and (tmp_path / "current.json").is_file()
+    (b,), (c,) = base.cases, cur.cases
+    assert len(b.details[PROCESS_MEDIANS_KEY]) == len(c.details[PROCESS_MEDIANS_KEY]) == 3
+    assert b.details["ab_rounds"] == 3
+    assert len(set(b.details["process_pids"]) | set(c.details["process_pids"])) == 6
+    (comparison,) = compare_runs(base, cur)
+    assert comparison.speed.time.pairs == 3
+    # 5 ms sleeps, slowed by spinning 30% of each step's own duration.
+    assert comparison.speed.time.ratio == pytest.approx(1.3, rel=0.08)
+
+
+def _git_checkout() -> bool:
+    return subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"],
+                          capture_output=True).returncode == 0
+
+
+@pytest.mark.slow
+def test_bench_ab_cli_refuses_bad_input_in_one_line(write_suite, tmp_path, capsys):
+    suite = str(write_suite(SLEEP_SUITE))
+    out = str(tmp_path / "ab")
+    for args, message in (
+            ([], "give exactly one of --baseline-ref"),
+            (["--baseline-source", str(tmp_path)], "holds no bench package"),
+            (["--baseline-source", str(REPO), "--rounds", "1"], "--rounds: 1 is too few"),
+            (["--baseline-source", str(REPO), "--current-env", "NOVALUE"], "KEY=VALUE")):
+        assert main(["ab", suite, "--out-dir", out, *args]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    if _git_checkout():
+        assert main(["ab", suite, "--out-dir", out, "--baseline-ref", "no-such-ref"]) == 2
+        assert "cannot check out 'no-such-ref'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _git_checkout(), reason="needs a git checkout")
+def test_bench_ab_against_a_git_ref_exits_1_on_an_injected_slowdown(write_suite, tmp_path,
+                                                                    capsys):
+    code = main(["ab", str(write_suite(SLEEP_SUITE)), "--baseline-ref", "HEAD",
+                 "--rounds", "3", "--out-dir", str(tmp_path), "--no-progress",
+                 "--current-env", f"{SLOWDOWN_ENV}=0.3"])
+    out = capsys.readouterr().out
+    assert code == 1, out
+    assert "## bench gate: FAIL" in out and "3 paired rounds" in out
+    worktrees = subprocess.run(["git", "-C", str(REPO), "worktree", "list"],
+                               capture_output=True, text=True).stdout
+    assert "bench-ab-" not in worktrees  # the baseline checkout is removed afterwards
