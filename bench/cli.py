@@ -336,5 +336,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: error: {exc.one_line()}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("bench: interrupted; finished cases are saved, use --resume", file=sys.stderr)
+        print("bench: interrupted; finished cases (bench ab: rounds) are saved; bench run "
+              "continues with --resume", file=sys.stderr)
         return 130
