@@ -124,14 +124,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _gate(baseline, current, policy_path: str | None, baseline_name: str,  # noqa: ANN001
-          current_name: str) -> int:
+def _policy(path: str | None):  # noqa: ANN202 - bench.reports.gate.Policy
+    from bench.reports.gate import Policy, load_policy
+
+    return load_policy(path) if path else Policy()
+
+
+def _gate(baseline, current, policy, baseline_name: str, current_name: str) -> int:  # noqa: ANN001
     import os
 
     from bench.reports.compare import compare_runs
-    from bench.reports.gate import Policy, evaluate, load_policy, markdown
+    from bench.reports.gate import evaluate, markdown
 
-    policy = load_policy(policy_path) if policy_path else Policy()
     report = evaluate(compare_runs(baseline, current), policy)
     summary = markdown(report, baseline_name, current_name, policy)
     print(summary, end="")
@@ -143,8 +147,9 @@ def _gate(baseline, current, policy_path: str | None, baseline_name: str,  # noq
 
 
 def cmd_gate(args: argparse.Namespace) -> int:
+    policy = _policy(args.policy)
     baseline, current = _load_pair(args)
-    return _gate(baseline, current, args.policy, args.baseline, args.current)
+    return _gate(baseline, current, policy, args.baseline, args.current)
 
 
 def _env_pairs(values: list[str] | None, option: str) -> dict[str, str]:
@@ -168,17 +173,16 @@ def cmd_ab(args: argparse.Namespace) -> int:
     import contextlib
 
     from bench.reports.compare import compare_runs, render_comparison
-    from bench.reports.gate import load_policy
     from bench.runners.interleave import git_worktree, run_ab
     from bench.runners.isolation import WorkerCode
 
-    if args.policy:
-        load_policy(args.policy)  # refuse a bad policy before measuring for minutes
+    policy = _policy(args.policy)  # a bad policy is refused before minutes of measuring
     if (args.baseline_ref is None) == (args.baseline_source is None):
         raise BenchInputError("bench ab", "give exactly one of --baseline-ref (a git commit "
                               "of this repository) and --baseline-source (a checkout)")
-    current = WorkerCode(_checkout(args.current_source, "--current-source"),
-                         _env_pairs(args.current_env, "--current-env"))
+    current_env = _env_pairs(args.current_env, "--current-env")
+    current = WorkerCode.this_checkout(current_env) if args.current_source is None else \
+        WorkerCode(_checkout(args.current_source, "--current-source"), current_env)
     baseline_env = _env_pairs(args.baseline_env, "--baseline-env")
     out_dir = Path(args.out_dir)
     with contextlib.ExitStack() as stack:
@@ -194,7 +198,7 @@ def cmd_ab(args: argparse.Namespace) -> int:
                                    target_half_width=args.target_half_width)
     print(render_comparison(compare_runs(base_run, cur_run)))
     print()
-    return _gate(base_run, cur_run, args.policy, str(out_dir / "baseline.json"),
+    return _gate(base_run, cur_run, policy, str(out_dir / "baseline.json"),
                  str(out_dir / "current.json"))
 
 
@@ -288,8 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
                                           "as the baseline (e.g. main, HEAD~1)")
     p.add_argument("--baseline-source", help="or: a checkout holding the baseline's bench "
                                              "package")
-    p.add_argument("--current-source", default=str(Path(__file__).resolve().parents[1]),
-                   help="the checkout under test (default: this one)")
+    p.add_argument("--current-source", help="the checkout under test (default: this one)")
     p.add_argument("--rounds", type=int, default=6,
                    help="rounds per case at least; each runs one worker process per side")
     p.add_argument("--max-rounds", type=int, default=16,

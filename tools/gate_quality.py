@@ -46,10 +46,11 @@ from bench.measurement.fingerprint import fingerprint
 from bench.measurement.stats import rounds_needed
 from bench.reports.compare import compare_runs, geometric_mean
 from bench.reports.gate import Policy, evaluate, load_policy
-from bench.results.schema import PROCESS_MEDIANS_KEY, RunInfo, RunRecord
+from bench.results.schema import PROCESS_MEDIANS_KEY, RunRecord
 from bench.results.store import load_run
 from bench.runners.interleave import DEFAULT_TARGET_HALF_WIDTH, Side, run_interleaved
 from bench.runners.isolation import WorkerCode, run_case
+from bench.runners.sweep import new_run_info
 from bench.runners.worker import SLOWDOWN_ENV
 from bench.spec import expand_suite, load_suite
 
@@ -68,9 +69,7 @@ def one_run(suite, processes: int, slowdown: float) -> RunRecord:
         spec = dataclasses.replace(planned.spec, budget=dataclasses.replace(
             planned.spec.budget, processes=processes))
         cases.append(run_case(spec))
-    info = RunInfo(run_id=f"gate-quality-{time.time_ns()}", suite_name=suite.name,
-                   suite_path=suite.path, suite_sha256=suite.sha256,
-                   started_at=time.strftime("%Y-%m-%dT%H:%M:%S"), command=sys.argv)
+    info = new_run_info(suite, None, f"gate-quality-{time.time_ns()}")
     return RunRecord(run=info, fingerprint=fingerprint(suite.path), cases=cases)
 
 

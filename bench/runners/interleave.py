@@ -16,10 +16,8 @@ reads it, so a baseline that cannot run a case shows that case failing on its si
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import shutil
 import subprocess
-import sys
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -27,10 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.errors import BenchInputError
-from bench.results.schema import PROCESS_MEDIANS_KEY, STATUS_SKIPPED, CaseResult, RunInfo, RunRecord
+from bench.results.schema import CaseResult, RunRecord
 from bench.results.store import write_atomically
 from bench.runners.isolation import WorkerCode, run_isolated
 from bench.runners.merge import merge_process_results
+from bench.runners.sweep import new_run_info, skipped_result
 from bench.spec import expand_suite, load_suite
 
 
@@ -85,9 +84,10 @@ def round_order(round_index: int, case_index: int, sides: int = 2) -> list[int]:
 
 
 def _merged(results: list[CaseResult]) -> CaseResult:
+    # merge_process_results keeps each process's median in run order
+    # (PROCESS_MEDIANS_KEY): here, the rounds that compare/gate pair.
     merged = merge_process_results(results)
     if merged.status == "ok":
-        merged.details[PROCESS_MEDIANS_KEY] = [r.timing.median_s for r in results]
         merged.details["ab_rounds"] = len(results)
     return merged
 
@@ -119,49 +119,37 @@ def run_interleaved(suite_path: str | Path, sides: list[Side], rounds: int,
     suite = load_suite(suite_path)
     planned = expand_suite(suite, select)
     session = uuid.uuid4().hex[:12]
-    started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     machine = fingerprint(suite.path)
-    records = []
-    for side in sides:
-        info = RunInfo(run_id=f"{session}-{side.name}", suite_name=suite.name,
-                       suite_path=suite.path, suite_sha256=suite.sha256, started_at=started,
-                       command=list(sys.argv),
-                       selection={k: sorted(v) for k, v in (select or {}).items()},
-                       pairing={"session": session, "rounds": rounds,
-                                "max_rounds": max_rounds,
-                                "target_half_width": target_half_width,
-                                "order": "one process per side per round, forward and "
-                                         "reversed in turn over rounds and cases",
-                                **side.describe()})
-        records.append(RunRecord(run=info, fingerprint=machine))
-    skipped = [CaseResult.for_case(p.spec, STATUS_SKIPPED, p.skip_reason)
-               for p in planned if p.skip_reason]
+    pairing = {"session": session, "rounds": rounds, "max_rounds": max_rounds,
+               "target_half_width": target_half_width,
+               "order": "one process per side per round, forward and reversed in turn over "
+                        "rounds and cases"}
+    records = [RunRecord(run=new_run_info(suite, select, f"{session}-{side.name}",
+                                          pairing={**pairing, **side.describe()}),
+                         fingerprint=machine) for side in sides]
+    skipped = [skipped_result(p) for p in planned if p.skip_reason]
     runnable = [p for p in planned if not p.skip_reason]
     results = {p.case_id: [[] for _ in sides] for p in runnable}
-    failed: set[str] = set()
-
-    def medians(case_id: str) -> list[list[float]]:
-        return [[p.timing.median_s for p in per_side] for per_side in results[case_id]]
-
+    pending = {p.case_id for p in runnable}
     for r in range(max_rounds):
         for i, case in enumerate(runnable):
-            if case.case_id in failed or (r >= rounds and not rounds_needed(
-                    medians(case.case_id), rounds, max_rounds, target_half_width)):
+            if case.case_id not in pending:
                 continue
             for s in round_order(r, i, len(sides)):
                 if progress:
                     progress(f"round {r + 1}/{rounds} {sides[s].name}: {case.case_id}")
-                result = run_isolated(case.spec, sides[s].code)
-                results[case.case_id][s].append(result)
-                if result.status != "ok":
-                    failed.add(case.case_id)
+                results[case.case_id][s].append(run_isolated(case.spec, sides[s].code))
         for s, record in enumerate(records):
             record.cases = [_merged(results[p.case_id][s]) for p in runnable
                             if results[p.case_id][s]] + skipped
             write_atomically(Path(out_dir) / f"{sides[s].name}.json", record.to_dict())
-        if r + 1 >= rounds and not any(
-                rounds_needed(medians(p.case_id), rounds, max_rounds, target_half_width)
-                for p in runnable if p.case_id not in failed):
+        # A case stops at its first failure (either side) or when its rounds suffice.
+        pending = {cid for cid in pending
+                   if all(res.status == "ok" for per_side in results[cid] for res in per_side)
+                   and rounds_needed([[res.timing.median_s for res in per_side]
+                                      for per_side in results[cid]],
+                                     rounds, max_rounds, target_half_width)}
+        if not pending:
             break
     return records
 

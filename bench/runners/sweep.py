@@ -18,15 +18,26 @@ from bench.spec.expand import PlannedCase
 CaseRunner = Callable[[PlannedCase], CaseResult]
 
 
-def _skipped(planned: PlannedCase) -> CaseResult:
+def skipped_result(planned: PlannedCase) -> CaseResult:
     return CaseResult.for_case(planned.spec, STATUS_SKIPPED, planned.skip_reason,
                                finished_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
 
 
 def _run_one(planned: PlannedCase) -> CaseResult:
     if planned.skip_reason:
-        return _skipped(planned)
+        return skipped_result(planned)
     return run_case(planned.spec)
+
+
+def new_run_info(suite, select: dict[str, set[str]] | None, run_id: str | None = None,
+                 **fields: object) -> RunInfo:
+    """The metadata of a run of ``suite`` started now by this command."""
+    return RunInfo(
+        run_id=run_id or uuid.uuid4().hex[:12], suite_name=suite.name, suite_path=suite.path,
+        suite_sha256=suite.sha256,
+        started_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        command=list(sys.argv),
+        selection={k: sorted(v) for k, v in (select or {}).items()}, **fields)
 
 
 def open_store(suite, out: Path, resume: bool, overwrite: bool,
@@ -42,13 +53,7 @@ def open_store(suite, out: Path, resume: bool, overwrite: bool,
     if out.exists() and not overwrite:
         raise BenchInputError(str(out), "result file exists; pass --resume to finish it or "
                               "--overwrite to start again")
-    info = RunInfo(
-        run_id=uuid.uuid4().hex[:12], suite_name=suite.name, suite_path=suite.path,
-        suite_sha256=suite.sha256,
-        started_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        command=list(sys.argv),
-        selection={k: sorted(v) for k, v in (select or {}).items()},
-    )
+    info = new_run_info(suite, select)
     return ResultStore.create(out, RunRecord(run=info, fingerprint=fingerprint(suite.path)))
 
 
