@@ -36,6 +36,7 @@ import dataclasses
 import itertools
 import os
 import sys
+import tempfile
 import time
 from collections import Counter
 
@@ -118,7 +119,7 @@ def main_interleaved(args: argparse.Namespace, policy: Policy) -> str:
         here = WorkerCode.this_checkout()
         sides = [Side(SIDE_NAMES[0], here), Side(SIDE_NAMES[1], here),
                  Side(SIDE_NAMES[2], WorkerCode(here.source, {SLOWDOWN_ENV: str(args.slowdown)}))]
-        keep = args.keep or f"/tmp/gate-quality-{time.time_ns()}"
+        keep = args.keep or tempfile.mkdtemp(prefix="gate-quality-")
         runs = run_interleaved(args.suite, sides, args.rounds, keep,
                                progress=lambda text: print(text, file=sys.stderr, flush=True))
         records = dict(zip(SIDE_NAMES, runs, strict=True))

@@ -12,6 +12,7 @@ workload's analytic formula. MFU = achieved FLOP/s / peak FLOP/s against two pea
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -154,10 +155,13 @@ def measured_peak(device: str, dtype: str) -> tuple[float, str]:
         return entry["tflops"], entry["method"] + " (cached)"
     tflops, method = _time_matmul(device, dtype)
     cache[key] = {"tflops": tflops, "method": method, "what": key_text}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(cache, indent=1))
-    tmp.replace(path)
+    from bench.errors import BenchInputError
+    from bench.results.store import write_text_atomically
+
+    # A unique temporary name: two workers may time the peak at once. An unwritable
+    # cache only costs the next case another timing.
+    with contextlib.suppress(BenchInputError):
+        write_text_atomically(path, json.dumps(cache, indent=1))
     return tflops, method
 
 

@@ -91,6 +91,35 @@ class RatioEstimate:
     def significant(self, alpha: float = 0.05) -> bool:
         return self.p_value < alpha and not (self.ci_low <= 1.0 <= self.ci_high)
 
+    @property
+    def smallest_p(self) -> float:
+        """The smallest p-value the test could give with these sample sizes, whatever the
+        data: a test that cannot go below alpha cannot reach a verdict."""
+        if self.pairs is not None:
+            return 0.0 if self.pairs >= MIN_PAIRED_ROUNDS else 1.0
+        return mann_whitney_smallest_p(self.n_baseline, self.n_current)
+
+
+# A paired t-test needs two rounds for a standard error; with them any p is reachable.
+MIN_PAIRED_ROUNDS = 2
+
+
+def mann_whitney_smallest_p(n1: int, n2: int) -> float:
+    """Two-sided exact Mann-Whitney U: the most extreme ordering of n1 + n2 values has
+    probability 1 / C(n1 + n2, n1) on each side, so p >= 2 / C(n1 + n2, n1)."""
+    if n1 < 1 or n2 < 1:
+        return 1.0
+    return min(1.0, 2.0 / math.comb(n1 + n2, n1))
+
+
+def min_trials_for_verdict(alpha: float = 0.05) -> int:
+    """Trials each side needs for Mann-Whitney to be able to reach p < alpha (4 at 0.05:
+    2/C(8,4) = 0.029, while 3 trials give at best 0.1 and 2 trials 0.333)."""
+    n = 1
+    while mann_whitney_smallest_p(n, n) >= alpha:
+        n += 1
+    return n
+
 
 def ratio_of_medians(baseline: list[float] | np.ndarray, current: list[float] | np.ndarray,
                      level: float = CI_LEVEL, resamples: int = BOOTSTRAP_RESAMPLES,

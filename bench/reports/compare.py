@@ -15,14 +15,37 @@ lower-is-better metrics such as loss).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bench.measurement.stats import RatioEstimate, paired_ratio, ratio_of_medians
-from bench.results.schema import PROCESS_MEDIANS_KEY, CaseResult, RunRecord
+from bench.results.schema import (
+    PROCESS_MEDIANS_KEY,
+    STATUS_CONTENDED,
+    CaseResult,
+    RunRecord,
+)
 
 # What must match for two runs' figures to be comparable, read from their fingerprints.
-FINGERPRINT_KEYS = (("cpu", "model"), ("cpu", "logical_cores"), ("packages", "torch"),
-                    ("threads", "torch_intraop"))
+# The ISA level torch dispatches to and the CPU family/model numbers tell apart machines
+# whose model string is generic ("AMD EPYC" is AVX2-only on one kind, AVX-512 with bf16
+# on another: 10x apart in bf16).
+FINGERPRINT_KEYS = (("cpu", "model"), ("cpu", "family"), ("cpu", "model_number"),
+                    ("cpu", "logical_cores"), ("torch_config", "cpu_capability"),
+                    ("packages", "torch"), ("threads", "torch_intraop"))
+
+INJECTED_SLOWDOWN_KEY = "injected_slowdown"
+
+
+def injected_slowdown(case: CaseResult | None) -> float | None:
+    """The test-only slowdown a worker injected into this case (BENCH_TEST_SLOWDOWN)."""
+    if case is None:
+        return None
+    value = case.details.get(INJECTED_SLOWDOWN_KEY)
+    return value if isinstance(value, int | float) and value else None
+
+
+def run_injected_slowdowns(record: RunRecord) -> dict[str, float]:
+    return {c.case_id: v for c in record.cases if (v := injected_slowdown(c)) is not None}
 
 
 @dataclass(frozen=True)
@@ -52,6 +75,9 @@ class CaseComparison:
     accuracy_metric: str | None = None
     accuracy_ratio: float | None = None
     accuracy_target: float | None = None
+    # Why a figure the baseline has cannot be compared (missing, non-finite, unpaired,
+    # contended): the gate counts each as a failure, never as a pass.
+    problems: tuple[str, ...] = field(default_factory=tuple)
 
     @property
     def status_change(self) -> str:
@@ -60,38 +86,70 @@ class CaseComparison:
         return base if base == cur else f"{base} -> {cur}"
 
 
+def _finite_positive(values: list[float]) -> bool:
+    return all(isinstance(v, int | float) and math.isfinite(v) and v > 0 for v in values)
+
+
 def _trial_times(case: CaseResult) -> list[float]:
     return list(case.timing.trial_means_s) if case.timing else []
 
 
-def _memory_ratio(base: CaseResult, cur: CaseResult) -> tuple[float | None, str | None]:
+_MEMORY_KINDS = (("cuda_peak_allocated_mib", "CUDA peak allocated"),
+                 ("peak_anon_rss_mib", "peak anonymous RSS"),
+                 ("peak_rss_mib", "peak RSS"))
+
+
+def _memory_ratio(base: CaseResult, cur: CaseResult,
+                  problems: list[str]) -> tuple[float | None, str | None]:
     """CUDA peak allocated where both have it; else the peak anonymous RSS (stable across
-    venvs and page-cache states); else the peak RSS."""
+    venvs and page-cache states); else the peak RSS. A baseline peak the current run
+    lacks is a problem, not a pass."""
     a, b = base.memory, cur.memory
-    if a is None or b is None:
+    base_kinds = [kind for attr, kind in _MEMORY_KINDS if a is not None and getattr(a, attr)]
+    if not base_kinds:
         return None, None
-    for attr, kind in (("cuda_peak_allocated_mib", "CUDA peak allocated"),
-                       ("peak_anon_rss_mib", "peak anonymous RSS"),
-                       ("peak_rss_mib", "peak RSS")):
+    if b is None:
+        problems.append("memory: the current run has no memory figures")
+        return None, None
+    for attr, kind in _MEMORY_KINDS:
         then, now = getattr(a, attr), getattr(b, attr)
         if then and now:
-            return now / then, kind
+            ratio = now / then
+            if not (math.isfinite(ratio) and ratio > 0):
+                problems.append(f"memory: {kind} {then!r} -> {now!r} is not comparable")
+                return None, None
+            return ratio, kind
+    problems.append(f"memory: the current run has no {base_kinds[0]} figure")
     return None, None
 
 
-def _accuracy(base: CaseResult, cur: CaseResult) -> tuple[str | None, float | None, float | None]:
+def metric_ratio(value: float, reference: float, higher_is_better: bool | None) -> float:
+    """A task metric against its reference, oriented so that below 1 is worse; NaN when
+    either is not a finite number (NaN never passes a bound)."""
+    if not all(isinstance(v, int | float) and math.isfinite(v) for v in (value, reference)):
+        return math.nan
+    if higher_is_better:
+        return value / reference if reference else (1.0 if value == 0 else math.inf)
+    return reference / value if value else (1.0 if reference == 0 else math.inf)
+
+
+def _accuracy(base: CaseResult, cur: CaseResult,
+              problems: list[str]) -> tuple[str | None, float | None, float | None]:
     a, b = cur.accuracy, base.accuracy
-    if a is None or b is None or a.task_metric is None:
+    if b is None or b.task_metric is None or b.metrics.get(b.task_metric) is None:
         return None, None, None
-    metric = a.task_metric
-    now, then = a.metrics.get(metric), b.metrics.get(metric)
-    if now is None or then is None:
-        return metric, None, a.parity_target
-    if a.higher_is_better:
-        ratio = now / then if then else math.inf
-    else:
-        ratio = then / now if now else math.inf
-    return metric, ratio, a.parity_target
+    metric = b.task_metric
+    then = b.metrics[metric]
+    now = a.metrics.get(metric) if a is not None else None
+    target = (a or b).parity_target
+    if now is None:
+        problems.append(f"accuracy: the current run has no {metric}")
+        return metric, None, target
+    ratio = metric_ratio(now, then, b.higher_is_better)
+    if not math.isfinite(ratio) and not (math.isfinite(now) and math.isfinite(then)):
+        problems.append(f"accuracy: {metric} {then!r} -> {now!r} is not a finite number")
+        return metric, None, target
+    return metric, ratio, target
 
 
 def paired_session(baseline: RunRecord, current: RunRecord) -> str | None:
@@ -103,27 +161,50 @@ def paired_session(baseline: RunRecord, current: RunRecord) -> str | None:
     return None
 
 
-def _speed(base: CaseResult, cur: CaseResult, paired: bool) -> Speed | None:
+def _speed(base: CaseResult, cur: CaseResult, paired: bool,
+           problems: list[str]) -> Speed | None:
+    if base.timing is None:
+        return None
+    if cur.timing is None:
+        problems.append("speed: the current run has no timing")
+        return None
     if paired:
         base_rounds = base.details.get(PROCESS_MEDIANS_KEY) or []
         cur_rounds = cur.details.get(PROCESS_MEDIANS_KEY) or []
-        if base_rounds and len(base_rounds) == len(cur_rounds):
-            return Speed(paired_ratio(base_rounds, cur_rounds))
+        if not base_rounds or len(base_rounds) != len(cur_rounds):
+            problems.append(f"speed: an A/B session must pair its rounds, got "
+                            f"{len(base_rounds)} baseline and {len(cur_rounds)} current")
+            return None
+        if not _finite_positive(base_rounds + cur_rounds):
+            problems.append("speed: a round's median is not a finite positive number")
+            return None
+        return Speed(paired_ratio(base_rounds, cur_rounds))
     base_times, cur_times = _trial_times(base), _trial_times(cur)
-    if base_times and cur_times:
-        return Speed(ratio_of_medians(base_times, cur_times))
-    return None
+    if not base_times or not cur_times:
+        problems.append(f"speed: no trials ({len(base_times)} baseline, {len(cur_times)} "
+                        "current)")
+        return None
+    if not _finite_positive(base_times + cur_times):
+        problems.append("speed: a trial mean is not a finite positive number")
+        return None
+    return Speed(ratio_of_medians(base_times, cur_times))
 
 
 def compare_case(base: CaseResult | None, cur: CaseResult | None,
                  paired: bool = False) -> CaseComparison:
     case_id = (cur or base).case_id
-    if base is None or cur is None or base.status != "ok" or cur.status != "ok":
+    if base is None or cur is None or not base.measured or not cur.measured:
         return CaseComparison(case_id, base, cur)
-    speed = _speed(base, cur, paired)
-    memory, kind = _memory_ratio(base, cur)
-    metric, accuracy, target = _accuracy(base, cur)
-    return CaseComparison(case_id, base, cur, speed, memory, kind, metric, accuracy, target)
+    problems: list[str] = []
+    for side, case in (("baseline", base), ("current", cur)):
+        if case.status == STATUS_CONTENDED:
+            problems.append(f"inconclusive: the {side} case was timed while other processes "
+                            f"used the CPU ({case.reason})")
+    speed = _speed(base, cur, paired, problems)
+    memory, kind = _memory_ratio(base, cur, problems)
+    metric, accuracy, target = _accuracy(base, cur, problems)
+    return CaseComparison(case_id, base, cur, speed, memory, kind, metric, accuracy, target,
+                          tuple(problems))
 
 
 def compare_runs(baseline: RunRecord, current: RunRecord) -> list[CaseComparison]:
@@ -166,6 +247,10 @@ def render_comparison(rows: list[CaseComparison], fmt: str = "github") -> str:
 
     table = []
     for c in rows:
+        notes = list(c.problems)
+        for side, case in (("baseline", c.baseline), ("current", c.current)):
+            if (fraction := injected_slowdown(case)) is not None:
+                notes.append(f"{side}: injected slowdown +{fraction:.0%} (BENCH_TEST_SLOWDOWN)")
         speed = ci = p = ""
         if c.speed is not None:
             low, high = c.speed.ci
@@ -176,11 +261,11 @@ def render_comparison(rows: list[CaseComparison], fmt: str = "github") -> str:
         table.append([c.case_id, c.status_change, speed, ci, p,
                       "" if c.memory_ratio is None else f"{c.memory_ratio:.3f}",
                       "" if c.accuracy_ratio is None else
-                      f"{c.accuracy_ratio:.4f} ({c.accuracy_metric})"])
+                      f"{c.accuracy_ratio:.4f} ({c.accuracy_metric})", "; ".join(notes)])
     gm = geometric_mean([c.speed.ratio for c in rows if c.speed is not None])
     if gm is not None:
-        table.append(["geometric mean", "", f"{gm:.3f}", "", "", "", ""])
+        table.append(["geometric mean", "", f"{gm:.3f}", "", "", "", "", ""])
     return tabulate(table, headers=["case", "status", "speed (base/current time)", "95% CI",
                                     "p (Mann-Whitney; t when paired)", "memory ratio",
-                                    "accuracy ratio"],
+                                    "accuracy ratio", "notes"],
                     tablefmt=fmt, disable_numparse=True)

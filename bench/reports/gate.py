@@ -10,16 +10,24 @@ A case regresses when (each check a small strategy over a ``CaseComparison``):
 - accuracy: task metric below ``accuracy.min_ratio`` of the baseline (default: the
   suite's parity target for the case, 0.99).
 Changes as large the other way are listed as improvements, so baselines get refreshed.
+
+"Exit 0" means "no regression", never "could not tell": a case the gate cannot judge is a
+failure with its reason (listed under "Cannot judge"): too few trials for the test to
+reach alpha (Mann-Whitney needs ``min_trials_for_verdict(alpha)`` trials per side, 4 at
+0.05), a figure the baseline has and the current run lacks or holds as NaN, unpaired A/B
+rounds, a case timed under contention, or a baseline with no measured case at all.
 """
 
 from __future__ import annotations
 
+import math
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from bench.errors import BenchInputError
+from bench.measurement.stats import min_trials_for_verdict
 from bench.reports.compare import CaseComparison
 
 
@@ -34,6 +42,14 @@ class Policy:
     gate_accuracy: bool = True
 
 
+# Each number's valid range: (low, high, low inclusive, high inclusive).
+_POLICY_RANGES = {
+    "speed_max_drop": (0.0, 1.0, True, False),
+    "speed_alpha": (0.0, 0.5, False, True),
+    "memory_max_growth": (0.0, math.inf, True, False),
+    "accuracy_min_ratio": (0.0, 1.0, False, True),
+}
+
 _POLICY_TABLES = {
     "speed": {"max_drop": "speed_max_drop", "alpha": "speed_alpha", "gate": "gate_speed"},
     "memory": {"max_growth": "memory_max_growth", "gate": "gate_memory"},
@@ -44,13 +60,16 @@ _POLICY_TABLES = {
 def load_policy(path: str | Path) -> Policy:
     """A TOML policy: [speed] max_drop, alpha, gate; [memory] max_growth, gate;
     [accuracy] min_ratio, gate. Unknown keys and wrong types are refused in one line."""
+    from bench.results.store import read_bounded_text
+
     source = str(path)
+    text = read_bounded_text(path, "policy file", limit=2**20)
     try:
-        data = tomllib.loads(Path(path).read_text())
-    except OSError as exc:
-        raise BenchInputError(source, f"cannot read policy file: {exc.strerror}") from None
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise BenchInputError(source, f"malformed TOML: {exc}") from None
+    except RecursionError:
+        raise BenchInputError(source, "malformed TOML: nested too deeply") from None
     values = {}
     types = {f.name: f.type for f in fields(Policy)}
     for table, content in data.items():
@@ -68,9 +87,15 @@ def load_policy(path: str | Path) -> Policy:
                     not want_bool and not isinstance(value, int | float)):
                 raise BenchInputError(source, f"expected {'boolean' if want_bool else 'number'}"
                                       f", got {value!r}", key=f"{table}.{key}")
-            if not want_bool and value < 0:
-                raise BenchInputError(source, f"value {value!r} is negative",
-                                      key=f"{table}.{key}", valid="number >= 0")
+            if not want_bool:
+                low, high, low_in, high_in = _POLICY_RANGES[name]
+                inside = (value >= low if low_in else value > low) and \
+                    (value <= high if high_in else value < high)
+                if not (math.isfinite(value) and inside):
+                    valid = (f"{'[' if low_in else '('}{low:g}, {high:g}"
+                             f"{']' if high_in else ')'}")
+                    raise BenchInputError(source, f"value {value!r} is out of range",
+                                          key=f"{table}.{key}", valid=f"a number in {valid}")
             values[name] = value
     return replace(Policy(), **values)
 
@@ -86,19 +111,28 @@ class Finding:
 class GateReport:
     regressions: list[Finding] = field(default_factory=list)
     improvements: list[Finding] = field(default_factory=list)
+    # Cases (or the whole comparison) the gate could not judge: failures, never passes.
+    inconclusive: list[Finding] = field(default_factory=list)
     cases: int = 0
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.regressions else 0
+        return 1 if self.regressions or self.inconclusive else 0
+
+    @property
+    def verdict(self) -> str:
+        if self.regressions:
+            return "FAIL"
+        return "INCONCLUSIVE (fails)" if self.inconclusive else "PASS"
 
 
 Check = Callable[[CaseComparison, Policy], tuple[str | None, str | None]]
 
 
 def check_status(c: CaseComparison, policy: Policy) -> tuple[str | None, str | None]:
-    base_ok = c.baseline is not None and c.baseline.status == "ok"
-    cur_ok = c.current is not None and c.current.status == "ok"
+    # A contended case was measured: it is inconclusive (CaseComparison.problems), not lost.
+    base_ok = c.baseline is not None and c.baseline.measured
+    cur_ok = c.current is not None and c.current.measured
     if base_ok and not cur_ok:
         reason = f" ({c.current.reason})" if c.current is not None and c.current.reason else ""
         return f"status {c.status_change}{reason}", None
@@ -112,6 +146,8 @@ def check_speed(c: CaseComparison, policy: Policy) -> tuple[str | None, str | No
         return None, None
     ratio, (low, high) = c.speed.ratio, c.speed.ci
     pairs = c.speed.time.pairs
+    if not math.isfinite(ratio) or ratio <= 0:
+        return f"cannot judge: speed ratio {ratio!r}", None
     text = (f"speed x{ratio:.3f} (95% CI {low:.3f}–{high:.3f}, "
             f"p={c.speed.time.p_value:.2g}{f', {pairs} paired rounds' if pairs else ''})")
     if not c.speed.time.significant(policy.speed_alpha):
@@ -126,6 +162,8 @@ def check_speed(c: CaseComparison, policy: Policy) -> tuple[str | None, str | No
 def check_memory(c: CaseComparison, policy: Policy) -> tuple[str | None, str | None]:
     if not policy.gate_memory or c.memory_ratio is None:
         return None, None
+    if not math.isfinite(c.memory_ratio):
+        return f"cannot judge: {c.memory_kind} ratio {c.memory_ratio!r}", None
     text = f"{c.memory_kind} x{c.memory_ratio:.3f}"
     if c.memory_ratio > 1 + policy.memory_max_growth:
         return text, None
@@ -137,6 +175,8 @@ def check_memory(c: CaseComparison, policy: Policy) -> tuple[str | None, str | N
 def check_accuracy(c: CaseComparison, policy: Policy) -> tuple[str | None, str | None]:
     if not policy.gate_accuracy or c.accuracy_ratio is None:
         return None, None
+    if math.isnan(c.accuracy_ratio):
+        return f"cannot judge: {c.accuracy_metric} ratio is NaN", None
     target = policy.accuracy_min_ratio if policy.accuracy_min_ratio is not None else \
         (c.accuracy_target or 0.99)
     text = f"{c.accuracy_metric} at {c.accuracy_ratio:.4f} of baseline (target {target:g})"
@@ -151,23 +191,53 @@ CHECKS: dict[str, Check] = {"status": check_status, "speed": check_speed,
                             "memory": check_memory, "accuracy": check_accuracy}
 
 
+def judgeability(c: CaseComparison, policy: Policy) -> list[str]:
+    """Why the gate cannot judge this case (empty: it can)."""
+    gated = {"speed": policy.gate_speed, "memory": policy.gate_memory,
+             "accuracy": policy.gate_accuracy, "inconclusive": True}
+    reasons = [p for p in c.problems if gated.get(p.split(":", 1)[0], True)]
+    if policy.gate_speed and c.speed is not None and \
+            c.speed.time.smallest_p >= policy.speed_alpha:
+        est = c.speed.time
+        if est.pairs is not None:
+            reasons.append(f"speed: {est.pairs} paired rounds cannot reach "
+                           f"p < {policy.speed_alpha:g}")
+        else:
+            need = min_trials_for_verdict(policy.speed_alpha)
+            reasons.append(f"speed: {est.n_baseline} baseline and {est.n_current} current "
+                           f"trials: Mann-Whitney cannot reach p < {policy.speed_alpha:g} "
+                           f"(smallest p {est.smallest_p:.3g}); a verdict needs at least "
+                           f"{need} trials per side")
+    return reasons
+
+
 def evaluate(comparisons: list[CaseComparison], policy: Policy) -> GateReport:
     report = GateReport(cases=len(comparisons))
+    baseline_cases = [c.baseline for c in comparisons if c.baseline is not None]
+    if not any(b.measured for b in baseline_cases):
+        report.inconclusive.append(Finding(
+            "(all)", "baseline", f"the baseline has no measured case "
+            f"({len(baseline_cases)} cases, none ok): nothing to judge against"))
     for c in comparisons:
         for name, check in CHECKS.items():
             worse, better = check(c, policy)
-            if worse:
+            if worse and worse.startswith("cannot judge"):
+                report.inconclusive.append(Finding(c.case_id, name, worse))
+            elif worse:
                 report.regressions.append(Finding(c.case_id, name, worse))
             if better:
                 report.improvements.append(Finding(c.case_id, name, better))
+        for reason in judgeability(c, policy):
+            check, _, text = reason.partition(": ")
+            report.inconclusive.append(Finding(c.case_id, check, text or reason))
     return report
 
 
 def markdown(report: GateReport, baseline: str, current: str, policy: Policy) -> str:
-    verdict = "FAIL" if report.regressions else "PASS"
-    lines = [f"## bench gate: {verdict}", "",
+    lines = [f"## bench gate: {report.verdict}", "",
              f"{report.cases} cases; baseline `{baseline}`, current `{current}`; "
-             f"{len(report.regressions)} regressions, {len(report.improvements)} improvements.",
+             f"{len(report.regressions)} regressions, {len(report.inconclusive)} cannot "
+             f"judge, {len(report.improvements)} improvements.",
              "",
              f"Policy: speed drop > {policy.speed_max_drop:.0%} and significant "
              f"(p < {policy.speed_alpha:g}, CI excludes 1){'' if policy.gate_speed else ' (off)'}"
@@ -177,6 +247,7 @@ def markdown(report: GateReport, baseline: str, current: str, policy: Policy) ->
                 else "each case's parity target")
              + f" of baseline{'' if policy.gate_accuracy else ' (off)'}; ok -> not ok.", ""]
     for title, findings in (("Regressions", report.regressions),
+                            ("Cannot judge (each counts as a failure)", report.inconclusive),
                             ("Improvements (consider refreshing the baseline)",
                              report.improvements)):
         if findings:

@@ -1,20 +1,27 @@
-"""The result file schema (JSON), version 1.
+"""The result file schema (JSON), version 2.
 
 A run file holds ``schema``/``schema_version``, the run's metadata, the machine's
 fingerprint and one record per finished case. Every figure keeps its raw samples and
 says how it was measured.
+
+Versions (older files are read through ``bench.results.migrations``):
+1. the first record.
+2. statuses ``diverged`` (a non-finite loss or metric) and ``contended`` (other processes
+   took CPU while the case was timed); ``CaseResult.interference`` (what the worker saw
+   of other processes while timing). A version-1 file reads unchanged.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any
 
 SCHEMA_NAME = "bench.run"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 STATUS_OK = "ok"
 STATUS_SKIPPED = "skipped"
@@ -22,8 +29,15 @@ STATUS_ERROR = "error"  # the workload raised a Python exception
 STATUS_CRASHED = "crashed"  # the worker died (signal, non-zero exit, no result)
 STATUS_TIMEOUT = "timeout"
 STATUS_OOM = "oom"
-STATUSES = (STATUS_OK, STATUS_SKIPPED, STATUS_ERROR, STATUS_CRASHED, STATUS_TIMEOUT, STATUS_OOM)
+STATUS_DIVERGED = "diverged"  # a loss or task metric became NaN or infinite
+# Timed, but other processes took CPU meanwhile (bench.measurement.interference): the
+# figures are kept and shown, and the gate calls the case inconclusive instead of judging it.
+STATUS_CONTENDED = "contended"
+STATUSES = (STATUS_OK, STATUS_SKIPPED, STATUS_ERROR, STATUS_CRASHED, STATUS_TIMEOUT, STATUS_OOM,
+            STATUS_DIVERGED, STATUS_CONTENDED)
 FINAL_STATUSES = frozenset(STATUSES)
+# Statuses whose timing, memory and accuracy figures are complete and comparable.
+MEASURED_STATUSES = frozenset({STATUS_OK, STATUS_CONTENDED})
 
 # details key: each worker process's median step time, in run order (several processes per
 # case, or the rounds of an interleaved A/B run, whose two files pair them round by round).
@@ -143,6 +157,23 @@ class ComputeResult:
 
 
 @dataclass
+class InterferenceResult:
+    """What else ran on the machine while the case was timed (bench.measurement.interference)."""
+
+    wall_s: float
+    cores: int
+    own_cpu_s: float
+    others_cpu_s: float
+    others_share: float
+    steal_share: float
+    own_cpu_per_thread: float | None
+    threads: int
+    contended: bool
+    threshold: float
+    method: str
+
+
+@dataclass
 class CaseResult:
     case_id: str
     workload: str
@@ -164,6 +195,12 @@ class CaseResult:
     worker: dict[str, Any] = field(default_factory=dict)
     duration_s: float | None = None
     finished_at: str | None = None
+    interference: InterferenceResult | None = None
+
+    @property
+    def measured(self) -> bool:
+        """Whether the case has complete figures (ok, or contended and kept)."""
+        return self.status in MEASURED_STATUSES
 
     @classmethod
     def for_case(cls, spec: Any, status: str, reason: str | None = None,
@@ -210,33 +247,69 @@ class SchemaError(ValueError):
     pass
 
 
+_NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf, "infinity": math.inf,
+               "-infinity": -math.inf}
+_TYPE_NAMES = {float: "a number", int: "an integer", str: "a string", bool: "a boolean"}
+
+
+def _fail(where: str, expected: str, value: Any) -> SchemaError:
+    shown = repr(value) if not isinstance(value, dict | list) else type(value).__name__
+    return SchemaError(f"{where}: expected {expected}, got {shown[:60]}")
+
+
 def _build(tp: Any, value: Any, where: str) -> Any:
-    if value is None:
-        return None
-    if tp is float and isinstance(value, str):
-        return float(value)  # "inf"/"nan", written as strings to stay standard JSON
+    """``value`` checked against the type hint ``tp`` (and built, for dataclasses)."""
     origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
     if origin in (typing.Union, types.UnionType):
-        inner = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _build(inner[0], value, where) if len(inner) == 1 else value
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            return _build(inner[0], value, where)
+        for option in inner:
+            try:
+                return _build(option, value, where)
+            except SchemaError:
+                continue
+        raise _fail(where, " or ".join(str(a) for a in inner), value)
+    if tp is float:
+        if isinstance(value, str) and value.lower() in _NON_FINITE:
+            return _NON_FINITE[value.lower()]  # written as strings to stay standard JSON
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise _fail(where, "a number", value)
+    if tp in (int, str, bool):
+        if isinstance(value, tp) and (tp is bool or not isinstance(value, bool)):
+            return value
+        raise _fail(where, _TYPE_NAMES[tp], value)
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)
-    if origin is list and dataclasses.is_dataclass(typing.get_args(tp)[0]):
+    if origin is list:
         if not isinstance(value, list):
-            raise SchemaError(f"{where}: expected a list")
-        return [_build(typing.get_args(tp)[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
-    return value
+            raise _fail(where, "a list", value)
+        (item,) = typing.get_args(tp)
+        return [_build(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _fail(where, "an object", value)
+        _, item = typing.get_args(tp)
+        return {k: _build(item, v, f"{where}.{k}") for k, v in value.items()}
+    raise SchemaError(f"{where}: no reader for type {tp}")
 
 
 def from_dict(cls: type, data: Any, where: str = "") -> Any:
-    """Build a dataclass from JSON data, refusing missing and unknown keys."""
+    """Build a dataclass from JSON data, refusing missing and unknown keys and values of
+    the wrong type."""
     if not isinstance(data, dict):
         raise SchemaError(f"{where or cls.__name__}: expected an object")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(data) - set(fields)
     if unknown:
-        raise SchemaError(f"{where or cls.__name__}: unknown keys {sorted(unknown)}")
+        raise SchemaError(f"{where or cls.__name__}: unknown keys {sorted(unknown)[:5]}")
     kwargs = {}
     for name, f in fields.items():
         if name not in data:
@@ -245,3 +318,42 @@ def from_dict(cls: type, data: Any, where: str = "") -> Any:
             continue
         kwargs[name] = _build(hints[name], data[name], f"{where}.{name}" if where else name)
     return cls(**kwargs)
+
+
+def _finite(values: list[float], where: str, positive: bool = False) -> None:
+    for i, v in enumerate(values):
+        if not math.isfinite(v) or v < 0 or (positive and v == 0):
+            raise SchemaError(f"{where}[{i}]: {v!r} is not a finite "
+                              f"{'positive' if positive else 'non-negative'} number")
+
+
+def check_case(case: CaseResult, where: str) -> None:
+    """Invariants every case the engine writes keeps: a known status, and timing and
+    throughput figures that are finite (task metrics may be NaN: status diverged)."""
+    if case.status not in STATUSES:
+        raise SchemaError(f"{where}.status: unknown status {case.status!r} "
+                          f"(valid: {', '.join(STATUSES)})")
+    t = case.timing
+    if t is not None:
+        _finite(t.trial_means_s, f"{where}.timing.trial_means_s")
+        for i, trial in enumerate(t.trial_samples_s):
+            _finite(trial, f"{where}.timing.trial_samples_s[{i}]")
+        _finite([t.median_s, t.mean_s, t.cold_start_s], f"{where}.timing.median/mean/cold")
+    if case.throughput is not None:
+        _finite([case.throughput.value], f"{where}.throughput.value")
+    if case.memory is not None:
+        m = case.memory
+        _finite([v for v in (m.peak_rss_mib, m.peak_anon_rss_mib, m.cuda_peak_allocated_mib)
+                 if v is not None], f"{where}.memory")
+    medians = case.details.get(PROCESS_MEDIANS_KEY)
+    if medians is not None:
+        if not isinstance(medians, list) or not all(
+                isinstance(v, int | float) and not isinstance(v, bool) for v in medians):
+            raise SchemaError(f"{where}.details.{PROCESS_MEDIANS_KEY}: expected a list of "
+                              "numbers")
+        _finite(medians, f"{where}.details.{PROCESS_MEDIANS_KEY}", positive=True)
+
+
+def check_record(record: RunRecord) -> None:
+    for i, case in enumerate(record.cases):
+        check_case(case, f"cases[{i}]")

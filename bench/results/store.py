@@ -8,22 +8,33 @@ case is lost and no half-written JSON is ever read.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
 import math
 import os
+import stat
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from bench.errors import BenchInputError
+from bench.results.migrations import MIGRATIONS, migrate
 from bench.results.schema import (
     SCHEMA_NAME,
     SCHEMA_VERSION,
     CaseResult,
     RunRecord,
     SchemaError,
+    check_record,
     from_dict,
 )
+
+# Result files are a few MiB at most; a larger "result file" (or /dev/zero) is refused
+# before it is read whole.
+MAX_RESULT_BYTES = 256 * 2**20
 
 
 def json_safe(value: Any) -> Any:
@@ -37,51 +48,135 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-def write_atomically(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def _umask() -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def write_text_atomically(path: Path, text: str, option: str | None = None) -> None:
+    """Write ``text`` to ``path`` through a temporary file, fsync and rename, with the mode
+    a plain ``open`` would give (mkstemp's 0600 would otherwise survive the rename).
+    A directory that cannot be written is one line (exit 2), and the old file stays."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise BenchInputError(option or str(path), f"cannot write {path}: "
+                              f"{exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "w") as handle:
-            json.dump(json_safe(data), handle, indent=1)
-            handle.write("\n")
+            os.fchmod(handle.fileno(), 0o666 & ~_umask())
+            handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise BenchInputError(option or str(path), f"cannot write {path}: "
+                                  f"{exc.strerror or exc}") from None
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def write_atomically(path: Path, data: dict[str, Any], option: str | None = None) -> None:
+    write_text_atomically(path, json.dumps(json_safe(data), indent=1) + "\n", option)
+
+
+def read_bounded_text(path: str | Path, what: str, limit: int = MAX_RESULT_BYTES) -> str:
+    """A regular file's UTF-8 text, at most ``limit`` bytes; anything else is one line."""
+    source = str(path)
     try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        with open(path, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise BenchInputError(source, f"not a regular file; cannot read {what}")
+            raw = handle.read(limit + 1)
+    except OSError as exc:
+        raise BenchInputError(source, f"cannot read {what}: {exc.strerror or exc}") from None
+    if len(raw) > limit:
+        raise BenchInputError(source, f"larger than {limit // 2**20} MiB; not a {what}")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BenchInputError(source, f"not UTF-8 text (byte {exc.start}); not a "
+                              f"{what}") from None
 
 
 def load_run(path: str | Path) -> RunRecord:
-    """Read a run file; refuse foreign files and unknown schema versions (one line)."""
-    path = Path(path)
+    """Read a run file; refuse foreign, malformed and unknown-version files (one line)."""
     source = str(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise BenchInputError(source, f"cannot read result file: {exc.strerror}") from None
+    text = read_bounded_text(path, "result file")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise BenchInputError(source, f"not a JSON result file ({exc.msg} at line "
                               f"{exc.lineno})") from None
+    except RecursionError:
+        raise BenchInputError(source, "not a result file (JSON nested too deeply)") from None
     if not isinstance(data, dict) or data.get("schema") != SCHEMA_NAME:
         found = data.get("schema") if isinstance(data, dict) else type(data).__name__
-        raise BenchInputError(source, f"not a bench run file (schema {found!r})", key="schema",
-                              valid=SCHEMA_NAME)
-    if data.get("schema_version") != SCHEMA_VERSION:
-        raise BenchInputError(source, f"unsupported schema version "
-                              f"{data.get('schema_version')!r}", key="schema_version",
-                              valid=[SCHEMA_VERSION])
+        raise BenchInputError(source, f"not a bench run file (schema {str(found)[:40]!r})",
+                              key="schema", valid=SCHEMA_NAME)
+    version = data.get("schema_version")
+    known = [*MIGRATIONS, SCHEMA_VERSION]
+    if type(version) is not int or version not in known:
+        raise BenchInputError(source, f"unsupported schema version {str(version)[:20]}",
+                              key="schema_version", valid=known)
     try:
-        return from_dict(RunRecord, data)
+        record = from_dict(RunRecord, migrate(data, version, SCHEMA_VERSION))
+        check_record(record)
     except SchemaError as exc:
         raise BenchInputError(source, f"corrupt result file: {exc}") from None
+    except RecursionError:
+        raise BenchInputError(source, "corrupt result file: nested too deeply") from None
+    return record
+
+
+class OutputLocked(BenchInputError):
+    pass
+
+
+@contextlib.contextmanager
+def exclusive_output(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path``'s lock file (``.NAME.lock`` beside it) while a
+    run writes it; a second writer is refused at once with one line. The kernel drops
+    the lock when the holder dies, however it dies."""
+    path = Path(path)
+    lock_path = path.parent / f".{path.name}.lock"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise BenchInputError(str(path), f"cannot write here: {exc.strerror or exc}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
+            raise OutputLocked(str(path), "another bench process is writing this result "
+                               f"file{f' (pid {holder})' if holder else ''}; wait for it or "
+                               "choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 class ResultStore:
@@ -110,4 +205,4 @@ class ResultStore:
         self.flush()
 
     def flush(self) -> None:
-        write_atomically(self.path, self.record.to_dict())
+        write_atomically(self.path, self.record.to_dict(), "--out")
