@@ -62,8 +62,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     record = load_run(args.run)
     if args.html:
         from bench.reports.html import render_html
+        from bench.results.store import write_text_atomically
 
-        Path(args.html).write_text(render_html(record))
+        write_text_atomically(Path(args.html), render_html(record), "--html")
         print(f"wrote {args.html}", file=sys.stderr)
         return 0
     print(render_report(record, args.format), end="")
@@ -98,12 +99,14 @@ def cmd_max_batch(args: argparse.Namespace) -> int:
                                   "throughput at max", "peak MiB at max", "probes",
                                   "stopped"]))
     if args.out:
-        Path(args.out).write_text(json.dumps({"suite": suite.path, "searches": records},
-                                             indent=1))
+        from bench.results.store import write_text_atomically
+
+        write_text_atomically(Path(args.out), json.dumps(
+            {"suite": suite.path, "searches": records}, indent=1), "--out")
     return 0
 
 
-def _load_pair(args: argparse.Namespace):  # noqa: ANN202 - (RunRecord, RunRecord)
+def _load_pair(args: argparse.Namespace, gating: bool = False):  # noqa: ANN202
     from bench.reports.compare import fingerprint_differences
     from bench.results.store import load_run
 
@@ -113,7 +116,48 @@ def _load_pair(args: argparse.Namespace):  # noqa: ANN202 - (RunRecord, RunRecor
         raise BenchInputError(args.current, "measured on a different machine or stack than "
                               f"the baseline ({'; '.join(diffs)}); pass "
                               "--allow-different-machines to compare anyway")
+    if gating:
+        _refuse_fooled_pair(args.baseline, baseline, args.current, current,
+                            getattr(args, "allow_injected_slowdown", False))
     return baseline, current
+
+
+def _refuse_fooled_pair(base_name: str, baseline, cur_name: str, current,  # noqa: ANN001
+                        allow_injected: bool) -> None:
+    """Refuse (exit 2) to gate files whose verdict would not mean what it says: a run with
+    a test-injected slowdown, or an A/B session whose two sides ran the same code."""
+    from bench.reports.compare import paired_session, run_injected_slowdowns
+
+    if not allow_injected:
+        for name, record in ((base_name, baseline), (cur_name, current)):
+            injected = run_injected_slowdowns(record)
+            if injected:
+                case_id, fraction = next(iter(injected.items()))
+                raise BenchInputError(name, f"{len(injected)} cases ran with an injected "
+                                      f"slowdown (BENCH_TEST_SLOWDOWN; {case_id}: "
+                                      f"+{fraction:.0%}); pass --allow-injected-slowdown "
+                                      "to gate it anyway")
+    if paired_session(baseline, current) is None:
+        return
+    declared = [r.run.pairing.get("source") for r in (baseline, current)]
+    envs = [r.run.pairing.get("env") or {} for r in (baseline, current)]
+    ran = [{c.case_id: c.worker.get("bench_source") for c in r.cases if c.worker}
+           for r in (baseline, current)]
+    for side, name, record, source in zip(("baseline", "current"), (base_name, cur_name),
+                                          (baseline, current), declared, strict=True):
+        wrong = [c.case_id for c in record.cases
+                 if c.worker.get("bench_source") not in (None, source)]
+        if wrong:
+            raise BenchInputError(name, f"the {side} side was declared as {source} but its "
+                                  f"worker ran the bench package at "
+                                  f"{record.case(wrong[0]).worker.get('bench_source')} "
+                                  f"({wrong[0]}); refusing a session that did not measure "
+                                  "what it says")
+    same = [cid for cid, src in ran[1].items() if src is not None and ran[0].get(cid) == src]
+    if same and envs[0] == envs[1]:
+        raise BenchInputError(cur_name, f"both sides of the A/B session ran the same code "
+                              f"({ran[1][same[0]]}) with the same environment: the session "
+                              "compares the code with itself")
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -148,7 +192,7 @@ def _gate(baseline, current, policy, baseline_name: str, current_name: str) -> i
 
 def cmd_gate(args: argparse.Namespace) -> int:
     policy = _policy(args.policy)
-    baseline, current = _load_pair(args)
+    baseline, current = _load_pair(args, gating=True)
     return _gate(baseline, current, policy, args.baseline, args.current)
 
 
@@ -163,8 +207,10 @@ def _env_pairs(values: list[str] | None, option: str) -> dict[str, str]:
 
 
 def _checkout(path: str, option: str) -> Path:
+    from bench.runners.interleave import has_bench_package
+
     source = Path(path).resolve()
-    if not (source / "bench" / "runners" / "worker.py").is_file():
+    if not has_bench_package(source):
         raise BenchInputError(option, f"{path} holds no bench package (bench/runners/worker.py)")
     return source
 
@@ -196,10 +242,16 @@ def cmd_ab(args: argparse.Namespace) -> int:
                                    select=parse_select(args.select), progress=progress,
                                    max_rounds=args.max_rounds,
                                    target_half_width=args.target_half_width)
+    from bench.runners.worker import SLOWDOWN_ENV
+
     print(render_comparison(compare_runs(base_run, cur_run)))
     print()
-    return _gate(base_run, cur_run, policy, str(out_dir / "baseline.json"),
-                 str(out_dir / "current.json"))
+    base_name, cur_name = str(out_dir / "baseline.json"), str(out_dir / "current.json")
+    # A slowdown asked for on the command line is the point of the session; one inherited
+    # from the shell's environment is not.
+    _refuse_fooled_pair(base_name, base_run, cur_name, cur_run,
+                        allow_injected=SLOWDOWN_ENV in {**current_env, **baseline_env})
+    return _gate(base_run, cur_run, policy, base_name, cur_name)
 
 
 def cmd_table(args: argparse.Namespace) -> int:
@@ -212,7 +264,9 @@ def cmd_table(args: argparse.Namespace) -> int:
     except KeyError:
         raise BenchInputError("--reference", f"no machine matches {args.reference!r}") from None
     if args.out:
-        Path(args.out).write_text(text)
+        from bench.results.store import write_text_atomically
+
+        write_text_atomically(Path(args.out), text, "--out")
     else:
         print(text, end="")
     return 0
@@ -282,6 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "[memory] max_growth, gate; [accuracy] min_ratio, gate)")
     p.add_argument("--allow-different-machines", action="store_true",
                    help="gate even when the fingerprints differ")
+    p.add_argument("--allow-injected-slowdown", action="store_true",
+                   help="gate runs that had a test-injected slowdown (BENCH_TEST_SLOWDOWN)")
     p.set_defaults(func=cmd_gate)
 
     p = sub.add_parser("ab", help="interleaved A/B: run a suite for a baseline checkout and "

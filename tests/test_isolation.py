@@ -77,8 +77,8 @@ SWEEP_SUITE = """
 [suite]
 name = "killme"
 [budget]
-min_trials = 3
-max_trials = 3
+min_trials = 4
+max_trials = 4
 trial_time_s = 0.05
 warmup_max_s = 0.1
 max_time_s = 1.0

@@ -129,7 +129,7 @@ def test_shipped_suites_load():
 
 def test_zero_processes_is_refused(write_suite, capsys):
     assert main(["list", str(write_suite(GOOD + "[budget]\nprocesses = 0\n"))]) == 2
-    assert "budget.processes: need at least one worker process" in capsys.readouterr().err
+    assert "budget.processes: value 0 is too small (valid: integer >= 1)" in capsys.readouterr().err
 
 
 def test_parity_target_is_validated(write_suite, capsys):

@@ -28,6 +28,25 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_numbers() -> dict[str, int | None]:
+    """The CPU's family and model numbers: where the model string is generic ("AMD EPYC")
+    they tell the generations (and ISA levels) apart."""
+    found: dict[str, int | None] = {"family": None, "model_number": None}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key == "cpu family" and found["family"] is None:
+                found["family"] = int(value)
+            elif key == "model" and found["model_number"] is None:
+                found["model_number"] = int(value)
+            if None not in found.values():
+                break
+    except (OSError, ValueError):
+        pass
+    return found
+
+
 def cpu_flags() -> list[str]:
     wanted = {"avx", "avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "fma", "sse4_2"}
     try:
@@ -127,6 +146,7 @@ def fingerprint(suite_path: str | Path | None = None) -> dict[str, Any]:
             "physical_cores": psutil.cpu_count(logical=False),
             "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
             "flags": cpu_flags(),
+            **cpu_numbers(),
         },
         "memory_total_mib": psutil.virtual_memory().total / MIB,
         "packages": {
@@ -156,5 +176,8 @@ def machine_name(fp: dict[str, Any]) -> str:
     gpus = fp.get("gpus") or []
     if gpus:
         return f"{gpus[0]['name']} x{len(gpus)}"
-    cpu = fp.get("cpu", {})
-    return f"{cpu.get('model', 'cpu')} ({cpu.get('logical_cores')} threads)"
+    cpu = fp.get("cpu", {}) if isinstance(fp.get("cpu"), dict) else {}
+    config = fp.get("torch_config") if isinstance(fp.get("torch_config"), dict) else {}
+    isa = config.get("cpu_capability")
+    return f"{cpu.get('model', 'cpu')} ({cpu.get('logical_cores')} threads" \
+           f"{f', {isa}' if isa else ''})"

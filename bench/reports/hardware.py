@@ -9,12 +9,13 @@ ratios over the rows both machines ran.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from bench.measurement.fingerprint import machine_name
 from bench.reports.compare import geometric_mean
 from bench.reports.table import csv_text
-from bench.results.schema import CaseResult, RunRecord
+from bench.results.schema import STATUS_CONTENDED, CaseResult, RunRecord
 
 PLACEMENT_AXES = ("device", "threads")
 FORMATS = ("github", "latex", "csv", "html")
@@ -77,16 +78,19 @@ def build_table(runs: list[RunRecord], metric: str = "throughput",
         ref_index = matches[0]
     columns: list[dict[str, float]] = []
     rows: list[str] = []
+    contended: list[set[str]] = []
     for run in runs:
         values: dict[str, float] = {}
+        contended.append({row_key(c) for c in run.cases if c.status == STATUS_CONTENDED})
         for case in run.cases:
             key, value = row_key(case), m.value(case)
-            if value is not None and key not in values:
+            if value is not None and math.isfinite(value) and value > 0 and key not in values:
                 values[key] = value
             if key not in rows:
                 rows.append(key)
         columns.append(values)
-    rows = [r for r in rows if any(r in col for col in columns)]
+    rows = [r for r in rows if any(r in col or r in bad
+                                   for col, bad in zip(columns, contended, strict=True))]
     ratios: list[list[float]] = [[] for _ in runs]
     table = []
     for key in rows:
@@ -95,7 +99,8 @@ def build_table(runs: list[RunRecord], metric: str = "throughput",
         for i, col in enumerate(columns):
             value = col.get(key)
             if value is None:
-                cells.append("")
+                # Timed beside other processes: shown, never compared.
+                cells.append("contended (not compared)" if key in contended[i] else "")
                 continue
             text = f"{value:.4g}"
             if i != ref_index and ref:

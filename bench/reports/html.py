@@ -146,7 +146,7 @@ def loss_curves(cases: list[CaseResult]) -> list[tuple[str, str]]:
     curves = []
     for c in cases:
         d = c.details
-        if c.status != "ok":
+        if not c.measured:
             continue
         if "train_loss_curve" in d:
             every = d.get("loss_curve_every_steps", 1)
@@ -175,8 +175,20 @@ def loss_curves(cases: list[CaseResult]) -> list[tuple[str, str]]:
 PLOTS = (throughput_vs_batch, accuracy_vs_throughput, memory_vs_accumulation, loss_curves)
 
 
+def _plots(cases: list[CaseResult]) -> tuple[list[tuple[str, str]], list[str]]:
+    """Every plot that can be drawn; free-form details a hand-edited file holds in the
+    wrong shape (strings for numbers, NaN) drop that plot with a note, not the report."""
+    figures, dropped = [], []
+    for plot in PLOTS:
+        try:
+            figures += plot(cases)
+        except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
+            dropped.append(f"{plot.__name__}: {type(exc).__name__}: {str(exc)[:120]}")
+    return figures, dropped
+
+
 def render_html(record: RunRecord) -> str:
-    figures = [fig for plot in PLOTS for fig in plot(record.cases)]
+    figures, dropped = _plots(record.cases)
     table = render_report(record, "html")
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
@@ -189,6 +201,7 @@ def render_html(record: RunRecord) -> str:
         ".filter(i=>i.complete&&i.naturalWidth>0).length\">",
         f"<h1>bench report: suite {html.escape(record.run.suite_name)}</h1>",
         f"<h2>Plots ({len(figures)})</h2>",
+        *(f"<p>plot not drawn: {html.escape(text)}</p>" for text in dropped),
     ]
     for title, png in figures:
         parts.append(f"<figure><img alt='{html.escape(title)}' src='data:image/png;base64,{png}'>"

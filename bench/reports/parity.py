@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bench.reports.compare import metric_ratio
 from bench.results.schema import CaseResult
 from bench.variants.reference import REFERENCE_VALUES
 
@@ -25,7 +26,7 @@ class Parity:
 
     @property
     def passed(self) -> bool:
-        return self.ratio >= self.target
+        return self.ratio >= self.target  # False for NaN: NaN never passes a bound
 
 
 def _shape_key(case: CaseResult) -> tuple:
@@ -42,11 +43,11 @@ def _is_reference(case: CaseResult) -> bool:
 def parity_by_case(cases: list[CaseResult]) -> dict[str, Parity]:
     """Parity of every ok case whose reference case in the same run is ok too."""
     references = {_shape_key(c): c for c in cases
-                  if c.status == "ok" and c.accuracy and _is_reference(c)}
+                  if c.measured and c.accuracy and _is_reference(c)}
     out: dict[str, Parity] = {}
     for case in cases:
         acc = case.accuracy
-        if case.status != "ok" or acc is None or acc.task_metric is None:
+        if not case.measured or acc is None or acc.task_metric is None:
             continue
         ref = references.get(_shape_key(case))
         if ref is None or ref.accuracy is None:
@@ -55,10 +56,7 @@ def parity_by_case(cases: list[CaseResult]) -> dict[str, Parity]:
         reference = ref.accuracy.metrics.get(acc.task_metric)
         if value is None or reference is None:
             continue
-        if acc.higher_is_better:
-            ratio = value / reference if reference else float("inf")
-        else:
-            ratio = reference / value if value else float("inf")
+        ratio = metric_ratio(value, reference, acc.higher_is_better)
         out[case.case_id] = Parity(acc.task_metric, value, reference, ratio,
                                    acc.parity_target, ref.case_id)
     return out

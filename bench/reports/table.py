@@ -83,6 +83,9 @@ def case_row(case: CaseResult, parity: Parity | None = None) -> list[Any]:
     status = case.status if case.status == "ok" else f"{case.status}: {reason}"
     if t and any(w.startswith("unstable") for w in case.warnings):
         status += " (unstable)"
+    slowdown = case.details.get("injected_slowdown")
+    if isinstance(slowdown, int | float) and slowdown:
+        status += f" (INJECTED SLOWDOWN +{slowdown:.0%}: BENCH_TEST_SLOWDOWN)"
     gpu = mem.cuda_peak_allocated_mib if mem else None
     return [
         case.case_id,

@@ -354,6 +354,24 @@ def check_case(case: CaseResult, where: str) -> None:
         _finite(medians, f"{where}.details.{PROCESS_MEDIANS_KEY}", positive=True)
 
 
+# The fingerprint is free-form (what each machine has), but readers navigate these parts.
+_FINGERPRINT_SHAPES = {"cpu": dict, "packages": dict, "threads": dict, "torch_config": dict,
+                       "gpus": list, "git": dict, "cuda": dict}
+
+
+def check_fingerprint(fp: dict[str, Any]) -> None:
+    for key, kind in _FINGERPRINT_SHAPES.items():
+        value = fp.get(key)
+        if value is not None and not isinstance(value, kind):
+            expected = "an object" if kind is dict else "a list"
+            raise SchemaError(f"fingerprint.{key}: expected {expected}, got "
+                              f"{type(value).__name__}")
+    for i, gpu in enumerate(fp.get("gpus") or []):
+        if not isinstance(gpu, dict) or not isinstance(gpu.get("name"), str):
+            raise SchemaError(f"fingerprint.gpus[{i}]: expected an object with a name")
+
+
 def check_record(record: RunRecord) -> None:
+    check_fingerprint(record.fingerprint)
     for i, case in enumerate(record.cases):
         check_case(case, f"cases[{i}]")

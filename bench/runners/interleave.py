@@ -26,7 +26,7 @@ from pathlib import Path
 
 from bench.errors import BenchInputError
 from bench.results.schema import CaseResult, RunRecord
-from bench.results.store import write_atomically
+from bench.results.store import exclusive_output, write_atomically
 from bench.runners.isolation import WorkerCode, run_isolated
 from bench.runners.merge import merge_process_results
 from bench.runners.sweep import new_run_info, skipped_result
@@ -56,18 +56,46 @@ def git_commit(path: Path) -> str | None:
     return head + ("-dirty" if dirty else "")
 
 
+def resolve_commit(ref: str, repo: Path) -> str:
+    """The commit ``ref`` names in ``repo``; one line for anything else. ``ref`` is never
+    read as an option (``--end-of-options``), so ``--lock`` is a ref that does not exist."""
+    try:
+        proc = subprocess.run(["git", "-C", str(repo), "rev-parse", "--verify", "--quiet",
+                               "--end-of-options", f"{ref}^{{commit}}"],
+                              capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise BenchInputError("--baseline-ref", f"cannot run git: {exc}") from None
+    commit = proc.stdout.strip()
+    if proc.returncode != 0 or len(commit) < 40:
+        raise BenchInputError("--baseline-ref", f"{ref!r} is not a commit of {repo}",
+                              valid="a branch, tag or commit (e.g. main, HEAD~1)")
+    return commit
+
+
+def has_bench_package(tree: Path) -> bool:
+    return (tree / "bench" / "runners" / "worker.py").is_file()
+
+
 @contextlib.contextmanager
 def git_worktree(ref: str, repo: Path) -> Iterator[Path]:
-    """A detached checkout of ``ref`` in a temporary directory, removed afterwards."""
+    """A detached checkout of ``ref`` in a temporary directory, removed afterwards; it
+    must hold the bench package (else its workers would import another checkout's)."""
+    commit = resolve_commit(ref, repo)
     parent = Path(tempfile.mkdtemp(prefix="bench-ab-"))
     tree = parent / "src"
-    proc = subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach", str(tree),
-                           ref], capture_output=True, text=True)
+    proc = subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach",
+                           "--end-of-options", str(tree), commit],
+                          capture_output=True, text=True)
     if proc.returncode != 0:
         shutil.rmtree(parent, ignore_errors=True)
+        subprocess.run(["git", "-C", str(repo), "worktree", "prune"], capture_output=True)
         last = (proc.stderr.strip().splitlines() or ["git failed"])[-1]
         raise BenchInputError("--baseline-ref", f"cannot check out {ref!r}: {last}")
     try:
+        if not has_bench_package(tree):
+            raise BenchInputError("--baseline-ref", f"commit {commit[:12]} ({ref}) holds no "
+                                  "bench package (bench/runners/worker.py): nothing to "
+                                  "measure as the baseline")
         yield tree
     finally:
         subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(tree)],
@@ -105,7 +133,6 @@ def run_interleaved(suite_path: str | Path, sides: list[Side], rounds: int,
     ``target_half_width`` (bench.measurement.stats.rounds_needed). Writes OUT_DIR/SIDE.json
     for every side after every round, so a cut-short session keeps its finished rounds."""
     from bench.measurement.fingerprint import fingerprint
-    from bench.measurement.stats import rounds_needed
 
     max_rounds = rounds if max_rounds is None else max_rounds
     if rounds < 2:
@@ -127,6 +154,19 @@ def run_interleaved(suite_path: str | Path, sides: list[Side], rounds: int,
     records = [RunRecord(run=new_run_info(suite, select, f"{session}-{side.name}",
                                           pairing={**pairing, **side.describe()}),
                          fingerprint=machine) for side in sides]
+    with contextlib.ExitStack() as locks:
+        for side in sides:
+            locks.enter_context(exclusive_output(Path(out_dir) / f"{side.name}.json"))
+        _rounds(sides, records, planned, rounds, max_rounds, target_half_width, out_dir,
+                progress)
+    return records
+
+
+def _rounds(sides: list[Side], records: list[RunRecord], planned: list, rounds: int,
+            max_rounds: int, target_half_width: float, out_dir: str | Path,
+            progress: Callable[[str], None] | None) -> None:
+    from bench.measurement.stats import rounds_needed
+
     skipped = [skipped_result(p) for p in planned if p.skip_reason]
     runnable = [p for p in planned if not p.skip_reason]
     results = {p.case_id: [[] for _ in sides] for p in runnable}
@@ -142,7 +182,8 @@ def run_interleaved(suite_path: str | Path, sides: list[Side], rounds: int,
         for s, record in enumerate(records):
             record.cases = [_merged(results[p.case_id][s]) for p in runnable
                             if results[p.case_id][s]] + skipped
-            write_atomically(Path(out_dir) / f"{sides[s].name}.json", record.to_dict())
+            write_atomically(Path(out_dir) / f"{sides[s].name}.json", record.to_dict(),
+                             "--out-dir")
         # A case stops at its first failure (either side) or when its rounds suffice.
         pending = {cid for cid in pending
                    if all(res.status == "ok" for per_side in results[cid] for res in per_side)
@@ -151,7 +192,6 @@ def run_interleaved(suite_path: str | Path, sides: list[Side], rounds: int,
                                      rounds, max_rounds, target_half_width)}
         if not pending:
             break
-    return records
 
 
 def run_ab(suite_path: str | Path, baseline: WorkerCode, current: WorkerCode, rounds: int,

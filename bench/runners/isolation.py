@@ -1,6 +1,13 @@
 """Run one case in its own worker process, under a timeout and a memory limit.
 
-The worker is a fresh interpreter (spawned, never forked) in its own process group.
+The worker is a fresh interpreter (spawned, never forked) in its own process group,
+started with ``python -P`` and PYTHONPATH set to the checkout whose code it must run, so
+a ``bench`` folder in the working directory is never imported instead. The kernel kills
+it when the thread that started it dies (``PR_SET_PDEATHSIG``, set in the child before
+exec, then a check that the parent is still the one that forked it: no window in which
+a killed sweep leaves a worker running). Ctrl-C (or any exception) in the parent kills
+the worker's group before it propagates. Temporary case directories of sweeps that were
+killed are removed by the next run.
 A watchdog guards it: past ``timeout_s`` the group is killed (status ``timeout``).
 With a memory limit it polls, and when the RSS of the worker and its children passes
 ``memory_limit_mib`` the group is killed (status ``oom``). A worker that dies without
@@ -65,6 +72,61 @@ def _tail(path: Path, lines: int = STDERR_TAIL_LINES) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
+_PR_SET_PDEATHSIG = 1
+_CASE_DIR_PREFIX = "bench-case-"
+_OWNER_FILE = "owner"
+_swept_stale_dirs = False
+
+
+def _die_with_parent(parent_pid: int):  # noqa: ANN202 - a preexec_fn
+    """Runs in the child between fork and exec: ask the kernel to SIGKILL us when the
+    parent (thread) dies, then make sure it has not died already."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def in_child() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent_pid:
+            os._exit(1)
+
+    return in_child
+
+
+def _owner_alive(owner: str) -> bool:
+    try:
+        pid, created = owner.split()
+        return abs(psutil.Process(int(pid)).create_time() - float(created)) < 1.0
+    except (ValueError, psutil.Error):
+        return False
+
+
+def remove_stale_case_dirs(root: Path | None = None, min_age_s: float = 60.0) -> list[Path]:
+    """Remove the temporary case directories of sweeps that no longer run (a sweep killed
+    with SIGKILL cannot clean up after itself). A directory's ``owner`` file names the
+    process that made it; one without (older versions) goes once an hour old."""
+    import shutil
+
+    root = Path(root or tempfile.gettempdir())
+    removed = []
+    now = time.time()
+    for path in root.glob(f"{_CASE_DIR_PREFIX}*"):
+        try:
+            if not path.is_dir() or path.is_symlink() or path.stat().st_uid != os.getuid():
+                continue
+            owner_file = path / _OWNER_FILE
+            if owner_file.exists():
+                stale = not _owner_alive(owner_file.read_text())
+            else:
+                stale = now - path.stat().st_mtime > max(min_age_s, 3600.0)
+        except OSError:
+            continue
+        if stale:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
 def _kill_group(proc: subprocess.Popen) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
@@ -101,11 +163,18 @@ def run_case(case: CaseSpec) -> CaseResult:
 
 
 def run_isolated(case: CaseSpec, code: WorkerCode | None = None) -> CaseResult:
+    global _swept_stale_dirs
+    if not _swept_stale_dirs:
+        _swept_stale_dirs = True
+        remove_stale_case_dirs()
     started = time.perf_counter()
     budget = case.budget
     limit = budget.memory_limit_mib * MIB if budget.memory_limit_mib else None
-    with tempfile.TemporaryDirectory(prefix="bench-case-") as tmp:
+    code = code or WorkerCode.this_checkout()
+    with tempfile.TemporaryDirectory(prefix=_CASE_DIR_PREFIX) as tmp:
         tmpdir = Path(tmp)
+        me = psutil.Process()
+        (tmpdir / _OWNER_FILE).write_text(f"{me.pid} {me.create_time()}")
         case_file, out_file, err_file = (tmpdir / n for n in ("case.json", "out.json", "err"))
         case_file.write_text(json.dumps(case.to_dict()))
         env = {**worker_env(budget.allocator), "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1",
@@ -113,76 +182,89 @@ def run_isolated(case: CaseSpec, code: WorkerCode | None = None) -> CaseResult:
                # left in inductor's on-disk cache.
                "TORCHINDUCTOR_CACHE_DIR": str(tmpdir / "inductor"),
                "TRITON_CACHE_DIR": str(tmpdir / "triton")}
-        python = [sys.executable]
-        if code is not None:
-            env.update(code.env)
-            env["PYTHONPATH"] = os.pathsep.join(
-                p for p in (str(code.source), env.get("PYTHONPATH", "")) if p)
-            python.append("-P")
+        env.update(code.env)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(code.source), env.get("PYTHONPATH", "")) if p)
         with open(err_file, "wb") as err:
             proc = subprocess.Popen(
-                [*python, "-m", "bench.runners.worker", str(case_file), str(out_file)],
+                [sys.executable, "-P", "-m", "bench.runners.worker", str(case_file),
+                 str(out_file)],
                 stdin=subprocess.DEVNULL, stdout=err, stderr=err, env=env,
-                start_new_session=True,
+                start_new_session=True, preexec_fn=_die_with_parent(os.getpid()),
             )
-        ps = psutil.Process(proc.pid)
-        peak_rss = 0
-        verdict: tuple[str, str] | None = None
-        timeout = (STATUS_TIMEOUT, f"no result after {budget.timeout_s:g} s; worker killed")
-        if limit is None:
-            # Nothing to poll for: block in waitpid (Popen.wait(timeout) would poll every
-            # 50 ms), so the watchdog never wakes beside the worker: on a 2-core host each
-            # wake-up can stall one of the worker's compute threads.
-            timed_out = threading.Event()
-
-            def on_timeout() -> None:
-                timed_out.set()
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-
-            alarm = threading.Timer(budget.timeout_s, on_timeout)
-            alarm.start()
-            proc.wait()
-            alarm.cancel()
-            if timed_out.is_set():
-                verdict = timeout
-        while verdict is None and proc.poll() is None:
-            elapsed = time.perf_counter() - started
-            rss = 0
-            if limit is not None:
-                try:
-                    rss = tree_rss_bytes(ps)
-                except psutil.NoSuchProcess:
-                    rss = 0
-            peak_rss = max(peak_rss, rss)
-            if elapsed > budget.timeout_s:
-                verdict = timeout
-            elif limit is not None and rss > limit:
-                verdict = (STATUS_OOM, f"worker RSS {rss / MIB:.0f} MiB exceeded the "
-                                       f"memory limit {budget.memory_limit_mib:g} MiB; "
-                                       "worker killed")
-            if verdict:
-                _kill_group(proc)
-                break
-            time.sleep(POLL_INTERVAL_S)
-        else:
-            # The worker has exited; reap any children it left in its group.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-        stderr = _tail(err_file)
-        if verdict:
-            return _failed(case, *verdict, stderr, peak_rss, started)
-        if proc.returncode != 0 or not out_file.exists():
-            return _failed(case, STATUS_CRASHED, _describe_exit(proc.returncode), stderr,
-                           peak_rss, started)
         try:
-            result = from_dict(CaseResult, json.loads(out_file.read_text()))
-        except (json.JSONDecodeError, SchemaError) as exc:
-            return _failed(case, STATUS_CRASHED, f"unreadable worker result: {exc}", stderr,
-                           peak_rss, started)
+            result = _watch(case, proc, limit, started, err_file, out_file)
+        except BaseException:
+            _kill_group(proc)  # Ctrl-C, or anything else: never leave the worker running
+            raise
+    result.duration_s = time.perf_counter() - started
+    return result
+
+
+def _watch(case: CaseSpec, proc: subprocess.Popen, limit: float | None, started: float,
+           err_file: Path, out_file: Path) -> CaseResult:
+    """Wait for the worker under the timeout and memory limit; its result or failure."""
+    budget = case.budget
+    ps = psutil.Process(proc.pid)
+    peak_rss = 0
+    verdict: tuple[str, str] | None = None
+    timeout = (STATUS_TIMEOUT, f"no result after {budget.timeout_s:g} s; worker killed")
+    if limit is None:
+        # Nothing to poll for: block in waitpid (Popen.wait(timeout) would poll every
+        # 50 ms), so the watchdog never wakes beside the worker: on a 2-core host each
+        # wake-up can stall one of the worker's compute threads.
+        timed_out = threading.Event()
+
+        def on_timeout() -> None:
+            timed_out.set()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+
+        alarm = threading.Timer(budget.timeout_s, on_timeout)
+        alarm.daemon = True  # never keeps an interrupted sweep alive
+        alarm.start()
+        try:
+            proc.wait()
+        finally:
+            alarm.cancel()
+        if timed_out.is_set():
+            verdict = timeout
+    while verdict is None and proc.poll() is None:
+        elapsed = time.perf_counter() - started
+        rss = 0
+        if limit is not None:
+            try:
+                rss = tree_rss_bytes(ps)
+            except psutil.NoSuchProcess:
+                rss = 0
+        peak_rss = max(peak_rss, rss)
+        if elapsed > budget.timeout_s:
+            verdict = timeout
+        elif limit is not None and rss > limit:
+            verdict = (STATUS_OOM, f"worker RSS {rss / MIB:.0f} MiB exceeded the "
+                                   f"memory limit {budget.memory_limit_mib:g} MiB; "
+                                   "worker killed")
+        if verdict:
+            _kill_group(proc)
+            break
+        time.sleep(POLL_INTERVAL_S)
+    else:
+        # The worker has exited; reap any children it left in its group.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    stderr = _tail(err_file)
+    if verdict:
+        return _failed(case, *verdict, stderr, peak_rss, started)
+    if proc.returncode != 0 or not out_file.exists():
+        return _failed(case, STATUS_CRASHED, _describe_exit(proc.returncode), stderr,
+                       peak_rss, started)
+    try:
+        result = from_dict(CaseResult, json.loads(out_file.read_text()))
+    except (json.JSONDecodeError, SchemaError) as exc:
+        return _failed(case, STATUS_CRASHED, f"unreadable worker result: {exc}", stderr,
+                       peak_rss, started)
     if peak_rss:
         result.details["watchdog_peak_rss_mib"] = peak_rss / MIB
-    result.duration_s = time.perf_counter() - started
     if result.status != "ok" and not result.stderr_tail:
         result.stderr_tail = stderr
     return result

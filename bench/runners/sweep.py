@@ -10,7 +10,7 @@ from pathlib import Path
 
 from bench.errors import BenchInputError
 from bench.results.schema import STATUS_SKIPPED, CaseResult, RunInfo, RunRecord
-from bench.results.store import ResultStore
+from bench.results.store import ResultStore, exclusive_output
 from bench.runners.isolation import run_case
 from bench.spec import expand_suite, load_suite
 from bench.spec.expand import PlannedCase
@@ -62,13 +62,22 @@ def run_suite(suite_path: str | Path, out: str | Path, *, resume: bool = False,
               progress: bool = True, runner: CaseRunner = _run_one) -> ResultStore:
     suite = load_suite(suite_path)
     planned = expand_suite(suite, select)
-    store = open_store(suite, Path(out), resume, overwrite, select)
+    # One writer per result file: a second run (--resume beside --overwrite) would
+    # otherwise overwrite the first one's cases with its own view of the file.
+    with exclusive_output(out):
+        store = open_store(suite, Path(out), resume, overwrite, select)
+        _run_cases(store, planned, suite.name, out, progress, runner)
+    return store
+
+
+def _run_cases(store: ResultStore, planned: list[PlannedCase], name: str, out: str | Path,
+               progress: bool, runner: CaseRunner) -> None:
     done = store.completed_ids()
     todo = [p for p in planned if p.case_id not in done]
 
     from tqdm import tqdm
 
-    bar = tqdm(todo, desc=suite.name, unit="case", disable=not progress, file=sys.stderr,
+    bar = tqdm(todo, desc=name, unit="case", disable=not progress, file=sys.stderr,
                dynamic_ncols=True, bar_format="{l_bar}{bar}| {n}/{total} "
                                               "[{elapsed}<{remaining}] {postfix}")
     if done:
@@ -80,4 +89,3 @@ def run_suite(suite_path: str | Path, out: str | Path, *, resume: bool = False,
         if result.status not in ("ok", "skipped"):
             bar.write(f"{result.status}: {result.case_id}: {result.reason}", file=sys.stderr)
     bar.close()
-    return store

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import math
 import os
 import resource
 import sys
@@ -20,6 +21,8 @@ from typing import Any
 
 from bench.measurement.allocator import describe_current
 from bench.results.schema import (
+    STATUS_CONTENDED,
+    STATUS_DIVERGED,
     STATUS_ERROR,
     STATUS_OK,
     STATUS_OOM,
@@ -101,6 +104,8 @@ def _with_injected_slowdown(step: Any, details: dict[str, Any]) -> Any:
     fraction = float(os.environ.get(SLOWDOWN_ENV, "0") or 0)
     if fraction <= 0:
         return step
+    if not math.isfinite(fraction):
+        raise ValueError(f"{SLOWDOWN_ENV}={fraction!r} is not a finite fraction")
     details["injected_slowdown"] = fraction
 
     def slowed() -> object:
@@ -114,7 +119,21 @@ def _with_injected_slowdown(step: Any, details: dict[str, Any]) -> Any:
     return slowed
 
 
+def divergence(metrics: dict[str, float], details: dict[str, Any]) -> str | None:
+    """Why a case diverged (a task metric NaN or infinite), or None."""
+    bad = {k: v for k, v in metrics.items()
+           if isinstance(v, float) and not math.isfinite(v)}
+    if not bad:
+        return None
+    text = "non-finite " + ", ".join(f"{k}={v}" for k, v in bad.items())
+    step = details.get("first_nonfinite_step")
+    if step is not None:
+        text += f"; the training loss was first non-finite at optimizer step {step}"
+    return text
+
+
 def run_case(case: CaseSpec) -> CaseResult:
+    from bench.measurement.interference import InterferenceProbe
     from bench.measurement.memory import MemoryTracker
     from bench.measurement.sampler import measure
     from bench.measurement.timers import timer_for
@@ -137,7 +156,8 @@ def run_case(case: CaseSpec) -> CaseResult:
             phase = get_workload(case.workload).prepare(case, ctx)
             faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             step = _with_injected_slowdown(phase.step, result.details)
-            with phase.session():
+            probe = InterferenceProbe(result.worker["torch_threads"])
+            with phase.session(), probe:
                 measurement = measure(step, timer_for(case.device), case.budget)
             faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before
             outcome = Outcome(metrics={}) if case.probe else phase.finish()
@@ -149,6 +169,13 @@ def run_case(case: CaseSpec) -> CaseResult:
         result.throughput = ThroughputResult.from_timing(
             result.timing, phase.samples_per_step, f"{phase.sample_unit}/s")
         result.warnings.extend(measurement.warnings)
+        if "injected_slowdown" in result.details:
+            result.warnings.append(f"injected slowdown: every step spun "
+                                   f"{result.details['injected_slowdown']:.0%} longer "
+                                   f"({SLOWDOWN_ENV}, a test knob)")
+        result.interference = probe.result
+        if probe.result is not None and probe.result.contended:
+            result.status, result.reason = STATUS_CONTENDED, probe.reason()
         result.accuracy = _accuracy(case, outcome.metrics,
                                     get_workload(case.workload).task_metric(case.phase))
         result.details.update(outcome.details)
@@ -159,6 +186,9 @@ def run_case(case: CaseSpec) -> CaseResult:
             from bench.measurement.flops import compute_record
 
             result.compute = compute_record(count, result.timing.median_s, case.device)
+        diverged = divergence(outcome.metrics, outcome.details)
+        if diverged:
+            result.status, result.reason = STATUS_DIVERGED, diverged
     except BaseException as exc:  # noqa: BLE001 - every failure becomes a status
         result.status = STATUS_OOM if _is_oom(exc) else STATUS_ERROR
         result.reason = f"{type(exc).__name__}: {exc}".strip()[:500]

@@ -4,23 +4,40 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import tomllib
 from pathlib import Path
 from typing import Any
 
 from bench.errors import BenchInputError
 from bench.measurement.allocator import POLICIES
+from bench.measurement.stats import min_trials_for_verdict
 from bench.spec.axes import Setting
 from bench.spec.model import AccuracyTarget, BenchmarkSpec, Budget, SuiteSpec
 
 PHASES = ("train", "infer")
 _SUITE_KEYS = {"suite", "budget", "benchmark"}
-_SUITE_TABLE_KEYS = {"name", "description"}
+_SUITE_TABLE_KEYS = {"name", "description", "max_cases"}
 _BENCHMARK_KEYS = {"label", "parity_target", "workload", "phase", "matrix", "params", "accuracy",
                    "budget"}
+# A suite with more cases than this is refused before its list is built (two axes of
+# 1,000 values are a million cases); ``[suite] max_cases`` raises the limit.
+DEFAULT_MAX_CASES = 10_000
+# Longer than any case should run, and short enough for threading.Timer (inf overflows).
+MAX_TIMEOUT_S = 7 * 24 * 3600.0
+
+# Every budget number is finite; these must also be above zero (0 s of trials, a 0 s
+# timeout or a 0 MiB limit would fail every case), the rest may be zero.
+_POSITIVE_BUDGET = {"target_rel_ci", "max_time_s", "trial_time_s", "cv_warning", "timeout_s",
+                    "memory_limit_mib"}
+_BUDGET_MINIMUM = {"min_trials": min_trials_for_verdict(), "max_trials": 1,
+                   "warmup_min_iters": 1, "processes": 1}
 _BUDGET_SETTINGS = {
     f.name: Setting(f.name, float if f.type in ("float", "float | None") else int,
-                    minimum=0)
+                    minimum=_BUDGET_MINIMUM.get(f.name, 0),
+                    above_minimum=f.name in _POSITIVE_BUDGET,
+                    maximum=MAX_TIMEOUT_S if f.name in ("timeout_s", "max_time_s",
+                                                        "warmup_max_s") else None)
     for f in dataclasses.fields(Budget) if f.type != "str"
 }
 _BUDGET_SETTINGS["allocator"] = Setting("allocator", str, choices=POLICIES)
@@ -39,14 +56,15 @@ def _check_keys(table: Any, allowed: set[str], source: str, where: str) -> dict[
 
 def _load_budget(table: Any, base: Budget, source: str, where: str) -> Budget:
     table = _check_keys(table, set(_BUDGET_SETTINGS), source, where)
+    if "min_trials" in table and isinstance(table["min_trials"], int) and \
+            not isinstance(table["min_trials"], bool) and \
+            table["min_trials"] < _BUDGET_MINIMUM["min_trials"]:
+        need = _BUDGET_MINIMUM["min_trials"]
+        raise BenchInputError(source, f"{table['min_trials']} trials cannot reach a verdict: "
+                              f"Mann-Whitney needs {need} per side to reach p < 0.05",
+                              key=f"{where}.min_trials", valid=f"integer >= {need}")
     values = {key: _BUDGET_SETTINGS[key].validate(value, source, f"{where}.{key}")
               for key, value in table.items()}
-    if "processes" in values and values["processes"] < 1:
-        raise BenchInputError(source, "need at least one worker process",
-                              key=f"{where}.processes", valid="integer >= 1")
-    if "min_trials" in values and values["min_trials"] < 2:
-        raise BenchInputError(source, "need at least 2 trials for a confidence interval",
-                              key=f"{where}.min_trials", valid="integer >= 2")
     budget = dataclasses.replace(base, **values)
     if budget.max_trials < budget.min_trials:
         raise BenchInputError(source, "max_trials is below min_trials",
@@ -63,6 +81,10 @@ def _load_accuracy(table: Any, metrics: tuple[str, ...], source: str,
         bounds = _check_keys(bounds, {"min", "max"}, source, f"{where}.{metric}")
         values = {k: bound.validate(v, source, f"{where}.{metric}.{k}")
                   for k, v in bounds.items()}
+        if values.get("min", -math.inf) > values.get("max", math.inf):
+            raise BenchInputError(source, f"min {values['min']!r} is above max "
+                                  f"{values['max']!r}: no value could pass",
+                                  key=f"{where}.{metric}", valid="min <= max")
         targets.append(AccuracyTarget(metric=metric, **values))
     return tuple(targets)
 
@@ -146,15 +168,17 @@ def _refuse_colliding_ids(benchmarks: tuple[BenchmarkSpec, ...], source: str) ->
 def load_suite(path: str | Path) -> SuiteSpec:
     """Parse and validate a suite file. Raises BenchInputError on any problem."""
     path = Path(path)
+    from bench.results.store import read_bounded_text
+
     source = str(path)
+    text = read_bounded_text(path, "suite file", limit=16 * 2**20)
+    raw_bytes = text.encode("utf-8")
     try:
-        raw_bytes = path.read_bytes()
-    except OSError as exc:
-        raise BenchInputError(source, f"cannot read suite file: {exc.strerror}") from None
-    try:
-        data = tomllib.loads(raw_bytes.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
         raise BenchInputError(source, f"malformed TOML: {exc}") from None
+    except RecursionError:
+        raise BenchInputError(source, "malformed TOML: nested too deeply") from None
 
     _check_keys(data, _SUITE_KEYS, source, "")
     suite_table = _check_keys(data.get("suite", {}), _SUITE_TABLE_KEYS, source, "suite")
@@ -163,8 +187,15 @@ def load_suite(path: str | Path) -> SuiteSpec:
     if not isinstance(benchmarks_raw, list) or not benchmarks_raw:
         raise BenchInputError(source, "a suite needs at least one [[benchmark]] table",
                               key="benchmark")
+    max_cases = Setting("max_cases", int, minimum=1).validate(
+        suite_table.get("max_cases", DEFAULT_MAX_CASES), source, "suite.max_cases")
     benchmarks = tuple(_load_benchmark(table, i, budget, source)
                        for i, table in enumerate(benchmarks_raw))
+    cases = sum(math.prod(len(v) for v in b.matrix.values()) for b in benchmarks)
+    if cases > max_cases:
+        raise BenchInputError(source, f"the matrices expand to {cases:,} cases, above the "
+                              f"limit of {max_cases:,}; trim an axis or raise the limit",
+                              key="suite.max_cases", valid=f"integer >= {cases}")
     _refuse_colliding_ids(benchmarks, source)
     name = suite_table.get("name", path.stem)
     description = suite_table.get("description", "")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -48,6 +49,8 @@ class AccuracyTarget:
     def check(self, value: float | None) -> bool | None:
         if value is None:
             return None
+        if not math.isfinite(value):
+            return False  # NaN compares false with every bound: it must never pass one
         if self.min is not None and value < self.min:
             return False
         return not (self.max is not None and value > self.max)

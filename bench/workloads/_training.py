@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 
 import torch
@@ -67,9 +68,12 @@ def train_epochs(trainer: Trainer, epochs: int) -> list[float]:
     """Train for exactly ``epochs`` passes over the data; mean loss per epoch."""
     steps_per_epoch = max(1, trainer.stream.batches_per_epoch // trainer.accum_steps)
     curve = []
-    for _ in range(epochs):
-        losses = [trainer.step() for _ in range(steps_per_epoch)]
-        curve.append(float(torch.stack(losses).mean()))
+    for epoch in range(epochs):
+        losses = torch.stack([trainer.step() for _ in range(steps_per_epoch)])
+        curve.append(float(losses.mean()))
+        if trainer.first_nonfinite_step is None and not math.isfinite(curve[-1]):
+            bad = (~torch.isfinite(losses)).nonzero()
+            trainer.first_nonfinite_step = epoch * steps_per_epoch + int(bad[0]) + 1
     return curve
 
 
@@ -85,6 +89,8 @@ class Trainer:
         # fp16 gradients underflow without loss scaling; the scaler is a no-op otherwise.
         self.scaler = torch.amp.GradScaler(device, enabled=precision.name == "fp16")
         self.steps = 0
+        # Set by train_epochs: the 1-based optimizer step whose loss was first NaN or inf.
+        self.first_nonfinite_step: int | None = None
 
     @property
     def samples_per_step(self) -> int:

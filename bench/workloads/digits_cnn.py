@@ -107,7 +107,8 @@ class DigitsTrain(Phase):
         val_acc = accuracy(trainer.model, self.x_val, self.y_val, 256, self.ctx)
         return Outcome(
             metrics={"val_accuracy": val_acc, "final_train_loss": curve[-1]},
-            details={"epochs": self.case.params["epochs"], "optimizer_steps": trainer.steps,
+            details={"first_nonfinite_step": trainer.first_nonfinite_step,
+                     "epochs": self.case.params["epochs"], "optimizer_steps": trainer.steps,
                      "train_loss_per_epoch": curve, "n_train": len(self.x_train),
                      "n_val": len(self.x_val)},
         )

@@ -169,6 +169,9 @@ class GPTPhase(Phase):
         trainer = self._trainer(seed=self.ctx.seed + 2)
         steps = self.case.params["train_steps"]
         losses = [trainer.step() for _ in range(steps)]
+        finite = torch.isfinite(torch.stack(losses))
+        if not bool(finite.all()):
+            trainer.first_nonfinite_step = int((~finite).nonzero()[0]) + 1
         every = max(1, steps // 20)
         curve = [float(torch.stack(losses[i:i + every]).mean()) for i in range(0, steps, every)]
         return trainer, curve
@@ -180,7 +183,8 @@ class GPTPhase(Phase):
                    "config": {"name": self.case.axes["model"], **dataclasses.asdict(self.cfg)},
                    "train_steps": trainer.steps, "train_loss_curve": curve,
                    "loss_curve_every_steps": max(1, self.case.params["train_steps"] // 20),
-                   "val_windows": len(self.x_val)}
+                   "val_windows": len(self.x_val),
+                   "first_nonfinite_step": trainer.first_nonfinite_step}
         if self.precision_steps:
             details["precision_model"] = self.precision_steps
         return Outcome(metrics={"val_bpb": val_bpb, "final_train_loss": curve[-1]},

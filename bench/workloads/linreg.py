@@ -70,7 +70,8 @@ class LinregTrain(Phase):
         return Outcome(
             metrics={"val_mse": val_mse, "slope": float(model.weight.item()),
                      "intercept": float(model.bias.item())},
-            details={"epochs": epochs, "optimizer_steps": trainer.steps,
+            details={"first_nonfinite_step": trainer.first_nonfinite_step,
+                     "epochs": epochs, "optimizer_steps": trainer.steps,
                      "effective_batch_size": self.batch_size, "train_loss_per_epoch": curve,
                      "true_slope": TRUE_SLOPE, "noise_std": self.case.params["noise"]},
         )
