@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# Test modules share builders (test_gate's records) by plain import.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 @pytest.fixture

@@ -1,0 +1,455 @@
+"""Issue 11: a gate that cannot be fooled. Each test reproduces one way a hostile or
+unlucky user got a wrong verdict, a traceback or a lost case, through the CLI where it can."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from test_gate import FINGERPRINT, case, run, trials, write
+
+from bench.cli import main
+from bench.results.schema import RunInfo, RunRecord
+from bench.results.store import json_safe
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def gate(capsys, base: RunRecord, cur: RunRecord, tmp_path, *extra: str,
+         policy: str | None = None) -> tuple[int, str]:
+    args = ["gate", "--baseline", write(tmp_path / "b.json", base),
+            "--current", write(tmp_path / "c.json", cur), *extra]
+    if policy is not None:
+        (tmp_path / "p.toml").write_text(policy)
+        args += ["--policy", str(tmp_path / "p.toml")]
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def slow_run(factor: float = 10.0, n: int = 20) -> RunRecord:
+    return run(case("w/infer[a=1]", trials(0.1 * factor, n=n, seed=2)))
+
+
+BASE = run(case("w/infer[a=1]", trials(0.1, seed=1)))
+
+
+# 1. Wrong verdicts -------------------------------------------------------------------
+
+def test_gate_does_not_pass_a_10x_slowdown_measured_in_one_trial(tmp_path, capsys):
+    code, out = gate(capsys, BASE, slow_run(n=1), tmp_path)
+    assert code == 1, out
+    assert "Mann-Whitney cannot reach p < 0.05" in out and "at least 4 trials" in out
+
+
+def test_gate_refuses_a_nan_trial_mean(tmp_path, capsys):
+    cur = slow_run()
+    cur.cases[0].timing.trial_means_s[3] = math.nan
+    code, out = gate(capsys, BASE, cur, tmp_path)
+    assert code == 2 and "trial_means_s[3]" in out, out
+
+
+@pytest.mark.parametrize("field", ["timing", "throughput_and_timing"])
+def test_gate_does_not_pass_a_case_without_timing(tmp_path, capsys, field):
+    cur = slow_run()
+    cur.cases[0].timing = None
+    cur.cases[0].throughput = None
+    code, out = gate(capsys, BASE, cur, tmp_path)
+    assert code == 1 and "no timing" in out, out
+
+
+def test_gate_does_not_pass_a_nan_task_metric(tmp_path, capsys):
+    cur = run(case("w/infer[a=1]", trials(0.1, seed=2), accuracy=math.nan))
+    code, out = gate(capsys, BASE, cur, tmp_path)
+    assert code == 1 and "acc" in out and "Cannot judge" in out, out
+
+
+def test_gate_does_not_pass_against_an_empty_baseline(tmp_path, capsys):
+    code, out = gate(capsys, run(), slow_run(), tmp_path)
+    assert code == 1 and "baseline has no measured case" in out, out
+
+
+def test_gate_refuses_unknown_statuses(tmp_path, capsys):
+    base = run(case("w/infer[a=1]", trials(0.1, seed=1), status="mystery"))
+    code, out = gate(capsys, base, slow_run(), tmp_path)
+    assert code == 2 and "unknown status 'mystery'" in out, out
+
+
+@pytest.mark.parametrize("policy", ["[speed]\nmax_drop = nan\n", "[speed]\nmax_drop = inf\n",
+                                    "[speed]\nalpha = 0\n", "[speed]\nmax_drop = 1.5\n",
+                                    "[accuracy]\nmin_ratio = nan\n"])
+def test_gate_refuses_a_non_finite_or_out_of_range_policy(tmp_path, capsys, policy):
+    code, out = gate(capsys, BASE, slow_run(), tmp_path, policy=policy)
+    assert code == 2 and "out of range" in out and len(out.strip().splitlines()) == 1, out
+
+
+def test_two_trials_per_side_cannot_pass_a_34_percent_slowdown(tmp_path, capsys, write_suite):
+    code, out = gate(capsys, run(case("w/infer[a=1]", [0.100, 0.101])),
+                     run(case("w/infer[a=1]", [0.134, 0.135])), tmp_path)
+    assert code == 1 and "smallest p 0.333" in out, out
+    # ... and a suite cannot ask for a budget too small to reach a verdict.
+    suite = write_suite('[budget]\nmin_trials = 2\n[[benchmark]]\nworkload = "sleep"\n'
+                        'phase = "infer"\n')
+    assert main(["list", str(suite)]) == 2
+    assert "min_trials: 2 trials cannot reach a verdict" in capsys.readouterr().err
+
+
+# 2. Diverged training ------------------------------------------------------------------
+
+DIVERGING = """
+[budget]
+min_trials = 4
+max_trials = 4
+trial_time_s = 0.01
+warmup_max_s = 0.1
+max_time_s = 0.5
+[[benchmark]]
+workload = "linreg"
+phase = "train"
+params = { lr = 1e6, epochs = 3 }
+accuracy = { val_mse = { max = 1.0 } }
+"""
+
+
+@pytest.mark.slow
+def test_diverged_training_gets_its_status_and_every_reader_handles_it(write_suite,
+                                                                       tmp_path, capsys):
+    out = tmp_path / "run.json"
+    assert main(["run", str(write_suite(DIVERGING)), "--out", str(out), "--no-progress",
+                 "--quiet"]) == 0
+    data = json.loads(out.read_text())
+    (only,) = data["cases"]
+    assert only["status"] == "diverged", only["reason"]
+    assert "val_mse=nan" in only["reason"] and "optimizer step" in only["reason"]
+    assert only["accuracy"]["passed"] is False  # NaN never passes a bound
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 0
+    assert "diverged" in capsys.readouterr().out
+    assert main(["report", str(out), "--html", str(tmp_path / "r.html")]) == 0
+    assert main(["compare", str(out), str(out)]) == 0
+    # A diverged current run against an ok baseline is a regression.
+    ok = json.loads(out.read_text())
+    ok["cases"][0]["status"] = "ok"
+    ok["cases"][0]["accuracy"]["metrics"] = {"val_mse": 0.01, "slope": 2.0, "intercept": 0.0}
+    (tmp_path / "ok.json").write_text(json.dumps(ok))
+    assert main(["gate", "--baseline", str(tmp_path / "ok.json"), "--current", str(out)]) == 1
+    assert "ok -> diverged" in capsys.readouterr().out
+
+
+def test_nan_never_passes_an_accuracy_bound():
+    from bench.spec.model import AccuracyTarget
+
+    assert AccuracyTarget("m", min=0.5).check(math.nan) is False
+    assert AccuracyTarget("m", max=0.5).check(math.nan) is False
+    assert AccuracyTarget("m", max=0.5).check(math.inf) is False
+
+
+# 3. bench ab refs ------------------------------------------------------------------------
+
+def _git(*args: str, cwd: Path) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
+                          text=True).stdout
+
+
+def test_a_baseline_commit_without_the_bench_package_is_refused(tmp_path):
+    from bench.errors import BenchInputError
+    from bench.runners.interleave import git_worktree
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _git("init", "-q", cwd=repo)
+    (repo / "README").write_text("no bench here\n")
+    _git("add", "README", cwd=repo)
+    _git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x", cwd=repo)
+    with pytest.raises(BenchInputError, match="holds no bench package"), \
+            git_worktree("HEAD", repo):
+        pass
+    assert "README" not in _git("worktree", "list", cwd=repo).replace(str(repo), "")
+    assert len(_git("worktree", "list", cwd=repo).splitlines()) == 1  # removed again
+
+
+@pytest.mark.skipif(not (REPO / ".git").exists(), reason="needs a git checkout")
+def test_a_ref_that_looks_like_an_option_is_not_handed_to_git(tmp_path, capsys, write_suite):
+    before = _git("worktree", "list", cwd=REPO)
+    suite = str(write_suite('[[benchmark]]\nworkload = "sleep"\nphase = "infer"\n'))
+    assert main(["ab", suite, "--baseline-ref=--lock", "--out-dir", str(tmp_path)]) == 2
+    assert "'--lock' is not a commit" in capsys.readouterr().err
+    assert _git("worktree", "list", cwd=REPO) == before
+
+
+def _paired(source_a: str, source_b: str, env_b: dict | None = None) -> tuple[RunRecord, ...]:
+    records = []
+    for side, source, env in (("baseline", source_a, {}), ("current", source_b, env_b or {})):
+        c = case("w/infer[a=1]", trials(0.1, seed=len(records)))
+        c.worker = {"bench_source": source_b}  # what the workers really imported
+        c.details["process_medians_s"] = trials(0.1, n=6, seed=len(records))
+        records.append(RunRecord(RunInfo("r", "s", "s.toml", "0", "now", [], {},
+                                         {"session": "s1", "side": side, "source": source,
+                                          "env": env}), FINGERPRINT, [c]))
+    return tuple(records)
+
+
+def test_gate_refuses_an_ab_session_whose_sides_ran_the_same_code(tmp_path, capsys):
+    base, cur = _paired("/tmp/baseline-tree", "/work/this")
+    code, out = gate(capsys, base, cur, tmp_path)
+    assert code == 2 and "worker ran the bench package at /work/this" in out, out
+    base, cur = _paired("/work/this", "/work/this")
+    code, out = gate(capsys, base, cur, tmp_path)
+    assert code == 2 and "compares the code with itself" in out, out
+
+
+# 4. Workers never import bench from the working directory --------------------------------
+
+@pytest.mark.slow
+def test_a_bench_folder_in_the_working_directory_is_not_imported(tmp_path, monkeypatch):
+    from bench.runners.isolation import run_isolated
+    from bench.spec.model import Budget, CaseSpec
+
+    fake = tmp_path / "bench" / "runners"
+    fake.mkdir(parents=True)
+    (tmp_path / "bench" / "__init__.py").write_text("")
+    (fake / "__init__.py").write_text("")
+    (fake / "worker.py").write_text("import sys\nopen(sys.argv[2], 'w').write('{}')\n"
+                                    "open('FAKE_RAN', 'w').write('yes')\n")
+    monkeypatch.chdir(tmp_path)
+    budget = Budget(min_trials=4, max_trials=4, trial_time_s=0.01, warmup_max_s=0.05,
+                    max_time_s=0.3, timeout_s=60)
+    result = run_isolated(CaseSpec("sleep", "infer", {"device": "cpu"}, {"sleep_ms": 1.0},
+                                   budget))
+    assert not (tmp_path / "FAKE_RAN").exists()
+    assert result.worker["bench_source"] == str(REPO)
+
+
+# 5-7. Suite files ------------------------------------------------------------------------
+
+SLEEP = '[[benchmark]]\nworkload = "sleep"\nphase = "infer"\n'
+
+
+@pytest.mark.parametrize("budget, key", [
+    ("memory_limit_mib = nan", "budget.memory_limit_mib"),
+    ("timeout_s = inf", "budget.timeout_s"),
+    ("timeout_s = 0", "budget.timeout_s"),
+    ("timeout_s = nan", "budget.timeout_s"),
+    ("max_time_s = -1.0", "budget.max_time_s"),
+    ("target_rel_ci = 0", "budget.target_rel_ci"),
+])
+def test_non_finite_zero_and_negative_budgets_are_refused(write_suite, capsys, budget, key):
+    assert main(["list", str(write_suite(f"[budget]\n{budget}\n{SLEEP}"))]) == 2
+    err = capsys.readouterr().err
+    assert key in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_accuracy_min_above_max_is_refused(write_suite, capsys):
+    suite = write_suite('[[benchmark]]\nworkload = "linreg"\nphase = "train"\n'
+                        'accuracy = { val_mse = { min = 0.5, max = 0.1 } }\n')
+    assert main(["list", str(suite)]) == 2
+    assert "min 0.5 is above max 0.1" in capsys.readouterr().err
+
+
+def test_a_million_case_suite_is_refused_before_it_is_expanded(write_suite, capsys):
+    values = ", ".join(str(i) for i in range(1, 1001))
+    suite = write_suite(f'[[benchmark]]\nworkload = "linreg"\nphase = "train"\n'
+                        f'matrix = {{ batch_size = [{values}], threads = [{values}] }}\n')
+    started = time.perf_counter()
+    assert main(["list", str(suite)]) == 2
+    assert time.perf_counter() - started < 10
+    assert "1,000,000 cases, above the limit of 10,000" in capsys.readouterr().err
+    raised = suite.read_text().replace("[[benchmark]]", "[suite]\nmax_cases = 1000000\n"
+                                       "[[benchmark]]", 1)
+    suite.write_text(raised.replace(f"threads = [{values}]", "threads = [0]"))
+    assert main(["list", str(suite)]) == 0
+
+
+def test_deep_nesting_is_refused(write_suite, tmp_path, capsys):
+    suite = write_suite("x = " + "[" * 500 + "]" * 500 + "\n")
+    assert main(["list", str(suite)]) == 2
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 50_000 + "]" * 50_000)
+    assert main(["report", str(deep)]) == 2
+    err = capsys.readouterr().err
+    assert "nested too deeply" in err and len(err.strip().splitlines()) == 2, err
+
+
+# 8. Result loader ------------------------------------------------------------------------
+
+def _valid() -> dict:
+    return json.loads(json.dumps(json_safe(slow_run().to_dict())))
+
+
+def _mutated(**changes) -> dict:
+    data = _valid()
+    for path, value in changes.items():
+        node = data
+        keys = path.split("__")
+        for key in keys[:-1]:
+            node = node[int(key)] if isinstance(node, list) else node[key]
+        node[keys[-1]] = value
+    return data
+
+
+@pytest.mark.parametrize("content", [
+    bytes(range(256)) * 4,
+    "{\"schema\": \"bench.run\", \"x\": \"caf\xe9\"}".encode("latin-1"),
+    json.dumps(_valid()).encode("utf-16"),
+    json.dumps(_mutated(fingerprint=[])).encode(),
+    json.dumps(_mutated(cases__0__timing__median_s="abc")).encode(),
+    json.dumps(_mutated(cases__0__timing__trial_means_s="0.1,0.2")).encode(),
+    json.dumps(_mutated(schema_version=True)).encode(),
+    json.dumps(_mutated(schema_version=1.0)).encode(),
+    json.dumps(_mutated(cases__0__accuracy__metrics={"acc": "high"})).encode(),
+])
+def test_hostile_result_files_are_one_line_exit_2(tmp_path, capsys, content):
+    path = tmp_path / "hostile.json"
+    path.write_bytes(content)
+    for command in (["report", str(path)],
+                    ["gate", "--baseline", write(tmp_path / "b.json", BASE), "--current",
+                     str(path)]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("bench: error:") and len(err.strip().splitlines()) == 1, err
+
+
+def test_non_regular_files_are_not_read(capsys):
+    assert main(["report", "/dev/zero"]) == 2
+    assert "not a regular file" in capsys.readouterr().err
+
+
+def test_a_non_utf8_policy_is_one_line(tmp_path, capsys):
+    code, out = gate(capsys, BASE, slow_run(), tmp_path, policy="[speed]\n# caf\xe9\n")
+    (tmp_path / "p.toml").write_bytes(b"[speed]\n# caf\xe9\n")
+    assert main(["gate", "--baseline", str(tmp_path / "b.json"), "--current",
+                 str(tmp_path / "c.json"), "--policy", str(tmp_path / "p.toml")]) == 2
+    assert "not UTF-8" in capsys.readouterr().err
+
+
+# 9. Unwritable --out ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("where", ["under-a-file", "proc"])
+def test_an_unwritable_out_is_one_line_and_the_old_file_stays(tmp_path, capsys, where):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    out = blocker / "out.html" if where == "under-a-file" else Path("/proc/bench/out.html")
+    report = write(tmp_path / "r.json", BASE)
+    assert main(["report", report, "--html", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bench: error: --html: cannot write") and \
+        len(err.strip().splitlines()) == 1, err
+    assert blocker.read_text() == "x"
+
+
+# 12-13. Files ----------------------------------------------------------------------------
+
+def test_result_files_get_the_umask_mode(tmp_path):
+    from bench.results.store import write_atomically
+
+    old = os.umask(0o022)
+    try:
+        write_atomically(tmp_path / "r.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "r.json").stat().st_mode) == 0o644
+
+
+def test_a_second_writer_of_one_out_is_refused(write_suite, tmp_path, capsys):
+    from bench.results.store import exclusive_output
+
+    out = tmp_path / "run.json"
+    suite = str(write_suite(SLEEP))
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\nfrom bench.results.store import exclusive_output\n"
+        f"with exclusive_output({str(out)!r}):\n    print('locked', flush=True)\n"
+        "    time.sleep(30)\n")], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert main(["run", suite, "--out", str(out), "--overwrite", "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert f"another bench process is writing this result file (pid {holder.pid})" in err
+    finally:
+        holder.kill()
+        holder.wait()
+    with exclusive_output(out):  # the kernel dropped the dead holder's lock
+        pass
+
+
+# 14. Injected slowdowns are never silent ------------------------------------------------
+
+def test_an_injected_slowdown_is_shown_and_refused_by_the_gate(tmp_path, capsys):
+    cur = slow_run(1.1)
+    cur.cases[0].details["injected_slowdown"] = 0.1
+    code, out = gate(capsys, BASE, cur, tmp_path)
+    assert code == 2 and "injected slowdown" in out and "--allow-injected-slowdown" in out
+    code, out = gate(capsys, BASE, cur, tmp_path, "--allow-injected-slowdown")
+    assert code == 1 and "speed x0.9" in out, out
+    assert main(["report", str(tmp_path / "c.json")]) == 0
+    assert "INJECTED SLOWDOWN +10%" in capsys.readouterr().out
+    assert main(["compare", str(tmp_path / "b.json"), str(tmp_path / "c.json")]) == 0
+    assert "current: injected slowdown +10%" in capsys.readouterr().out
+
+
+# 15. Contention --------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_case_timed_beside_spinning_processes_is_contended(tmp_path, capsys):
+    from bench.runners.isolation import run_isolated
+    from bench.spec.model import Budget, CaseSpec
+
+    budget = Budget(min_trials=4, max_trials=8, trial_time_s=0.1, warmup_max_s=0.2,
+                    max_time_s=1.5, timeout_s=120)
+    spec = CaseSpec("sleep", "infer", {"device": "cpu"}, {"sleep_ms": 2.0}, budget)
+    spin = "import os\nos.nice(19)\nwhile True: pass\n"
+    spinners = [subprocess.Popen([sys.executable, "-c", spin])
+                for _ in range(psutil.cpu_count())]
+    try:
+        time.sleep(0.5)
+        busy = run_isolated(spec)
+    finally:
+        for p in spinners:
+            p.kill()
+            p.wait()
+    alone = run_isolated(spec)
+    assert busy.status == "contended", busy.reason
+    assert busy.interference.others_share > 0.3 and busy.timing is not None
+    assert alone.status == "ok", alone.reason
+    assert alone.interference.others_share < 0.1
+    # Shown in the report, and the gate calls it inconclusive (a failure), not a pass.
+    base, cur = run(dataclasses.replace(alone)), run(dataclasses.replace(busy))
+    code, out = gate(capsys, base, cur, tmp_path)
+    assert code == 1 and "| inconclusive | the current case was timed while other" in out
+    assert main(["report", str(tmp_path / "c.json")]) == 0
+    assert "contended: other processes used" in capsys.readouterr().out
+
+
+# 16. Machine identity --------------------------------------------------------------------
+
+def test_two_cpu_kinds_under_one_model_string_are_two_machines(tmp_path, capsys):
+    from bench.measurement.fingerprint import machine_name
+
+    avx2 = {**FINGERPRINT, "torch_config": {"cpu_capability": "AVX2"}}
+    avx512 = {**FINGERPRINT, "torch_config": {"cpu_capability": "AVX512"}}
+    base = run(case("w/infer[a=1]", trials(0.1, seed=1)), fingerprint=avx2)
+    cur = run(case("w/infer[a=1]", trials(0.1, seed=2)), fingerprint=avx512)
+    code, out = gate(capsys, base, cur, tmp_path)
+    assert code == 2 and "torch_config.cpu_capability: 'AVX2' vs 'AVX512'" in out
+    assert machine_name(avx2) != machine_name(avx512)
+    assert main(["table", str(tmp_path / "b.json"), str(tmp_path / "c.json")]) == 0
+    header = capsys.readouterr().out.splitlines()[0]
+    assert "AVX2" in header and "AVX512" in header
+
+
+def test_the_fingerprint_records_the_isa_and_cpu_numbers():
+    from bench.measurement.fingerprint import fingerprint
+
+    fp = fingerprint()
+    assert fp["torch_config"]["cpu_capability"]
+    if Path("/proc/cpuinfo").exists() and "cpu family" in Path("/proc/cpuinfo").read_text():
+        assert isinstance(fp["cpu"]["family"], int)
+        assert isinstance(fp["cpu"]["model_number"], int)

@@ -1,0 +1,129 @@
+"""Issue 11, processes: Ctrl-C stops a sweep at once and kills its worker; a sweep killed
+at any moment leaves no worker behind; killed sweeps' temporary directories are removed."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+
+from bench.results.store import load_run
+
+REPO = Path(__file__).resolve().parents[1]
+MARK = "BENCH_SIGNAL_TEST_MARK"
+
+HANG_SUITE = """
+[budget]
+min_trials = 4
+max_trials = 4
+trial_time_s = 0.01
+warmup_max_s = 0.05
+max_time_s = 0.3
+timeout_s = 120
+[[benchmark]]
+workload = "sleep"
+phase = "infer"
+params = { sleep_ms = 1.0 }
+[[benchmark]]
+workload = "fault"
+phase = "infer"
+matrix = { fault = ["hang"] }
+"""
+
+
+def marked(mark: str) -> list[psutil.Process]:
+    """Live processes started with MARK=mark in their environment."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.status() != psutil.STATUS_ZOMBIE and proc.environ().get(MARK) == mark:
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def start_sweep(suite: Path, out: Path, mark: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "bench", "run", str(suite), "--out",
+                             str(out), "--no-progress", "--quiet"], cwd=REPO,
+                            env={**os.environ, MARK: mark}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_worker_of(proc: subprocess.Popen, case_name: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            try:
+                if "bench.runners.worker" in " ".join(child.cmdline()) and \
+                        case_name in Path(child.cmdline()[-2]).read_text():
+                    return
+            except (psutil.Error, OSError, IndexError):
+                continue
+        time.sleep(0.1)
+    raise AssertionError(f"no worker for {case_name} within {timeout} s")
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_a_hang_case_exits_at_once_and_kills_the_worker(write_suite, tmp_path):
+    out = tmp_path / "run.json"
+    mark = uuid.uuid4().hex
+    proc = start_sweep(write_suite(HANG_SUITE), out, mark)
+    wait_for_worker_of(proc, '"hang"', timeout=120)
+    time.sleep(1.0)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    took = time.monotonic() - started
+    assert took < 3.0, f"exited {took:.1f} s after SIGINT"
+    assert proc.returncode == 130 and "interrupted" in err, err
+    assert marked(mark) == [], "a worker outlived the interrupted sweep"
+    record = load_run(out)  # the file is whole, with the finished case
+    assert [c.workload for c in record.cases] == ["sleep"]
+
+
+@pytest.mark.slow
+def test_a_sweep_killed_at_random_moments_leaves_no_worker(write_suite, tmp_path):
+    suite = write_suite(HANG_SUITE)
+    rng = random.Random(11)
+    survivors = []
+    for attempt in range(20):
+        mark = uuid.uuid4().hex
+        proc = start_sweep(suite, tmp_path / f"run{attempt}.json", mark)
+        # From before the suite is loaded to well after the hang case's worker started.
+        time.sleep(rng.uniform(0.2, 4.0))
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 2.0
+        while (left := marked(mark)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        survivors += left
+        for p in left:  # never leave them running, even when the test fails
+            p.kill()
+    assert survivors == [], f"{len(survivors)} workers outlived their killed sweep"
+
+
+def test_killed_sweeps_case_directories_are_removed(tmp_path):
+    from bench.runners.isolation import remove_stale_case_dirs
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    me = psutil.Process()
+    stale, live, old_style = (tmp_path / f"bench-case-{n}" for n in ("a", "b", "c"))
+    for d in (stale, live, old_style):
+        d.mkdir()
+    (stale / "owner").write_text(f"{dead.pid} 12345.0")
+    (live / "owner").write_text(f"{me.pid} {me.create_time()}")
+    two_hours_ago = time.time() - 7200
+    os.utime(old_style, (two_hours_ago, two_hours_ago))
+    removed = remove_stale_case_dirs(tmp_path)
+    assert sorted(removed) == sorted([stale, old_style])
+    assert live.exists() and not stale.exists()
