@@ -273,6 +273,13 @@ def cmd_table(args: argparse.Namespace) -> int:
 
 
 def cmd_env(args: argparse.Namespace) -> int:
+    if args.isa:
+        import torch
+
+        # The ISA level torch dispatches CPU kernels to: machines with one model string
+        # ("AMD EPYC") differ 10x in bf16 between AVX2 and AVX512; baselines are per level.
+        print(torch.backends.cpu.get_cpu_capability().lower().replace(" ", "-"))
+        return 0
     from bench.measurement.fingerprint import fingerprint
 
     print(json.dumps(fingerprint(), indent=2))
@@ -383,6 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_table)
 
     p = sub.add_parser("env", help="print this machine's environment fingerprint")
+    p.add_argument("--isa", action="store_true",
+                   help="print only the CPU ISA level torch dispatches to (avx2, avx512...)")
     p.set_defaults(func=cmd_env)
     return parser
 

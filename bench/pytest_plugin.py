@@ -88,12 +88,16 @@ def _case_test(case: Any, skip_reason: str | None):  # noqa: ANN202 - a test fun
         benchmark.extra_info.update(extra_info(result))
         if result.status == "skipped":
             pytest.skip(result.reason or "skipped")
-        if result.status != "ok":
+        if not result.measured:
             # No timing to report (the failure says why); marks the fixture as used, so
             # pytest-benchmark does not warn that it was forgotten.
             benchmark._mode = "not timed: the case failed"
             pytest.fail(f"{result.status}: {result.reason}", pytrace=False)
         feed(benchmark, result.timing.trial_means_s)
+        if result.status != "ok":  # contended: the figures stand, with a warning beside
+            import warnings
+
+            warnings.warn(f"{case.case_id}: {result.status}: {result.reason}", stacklevel=1)
         if result.accuracy is not None and result.accuracy.passed is False:
             pytest.fail("accuracy target missed: " + "; ".join(result.accuracy.failures),
                         pytrace=False)

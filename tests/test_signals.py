@@ -90,16 +90,33 @@ def test_ctrl_c_on_a_hang_case_exits_at_once_and_kills_the_worker(write_suite, t
     assert [c.workload for c in record.cases] == ["sleep"]
 
 
+def _worker_started(proc: subprocess.Popen) -> bool:
+    for child in psutil.Process(proc.pid).children():
+        try:
+            if "bench.runners.worker" in child.cmdline():
+                return True
+        except psutil.Error:
+            continue
+    return False
+
+
 @pytest.mark.slow
 def test_a_sweep_killed_at_random_moments_leaves_no_worker(write_suite, tmp_path):
-    suite = write_suite(HANG_SUITE)
+    # The hang case alone: a worker that outlives its sweep would run until killed.
+    suite = write_suite(HANG_SUITE.split("[[benchmark]]")[0] + "[[benchmark]]" +
+                        HANG_SUITE.split("[[benchmark]]")[2])
     rng = random.Random(11)
     survivors = []
     for attempt in range(20):
         mark = uuid.uuid4().hex
         proc = start_sweep(suite, tmp_path / f"run{attempt}.json", mark)
-        # From before the suite is loaded to well after the hang case's worker started.
-        time.sleep(rng.uniform(0.2, 4.0))
+        if attempt % 4 == 0:  # any moment: before the suite is loaded, or long after
+            time.sleep(rng.uniform(0.1, 4.0))
+        else:  # the worker's first instants, before any code of its own can watch us
+            deadline = time.monotonic() + 60
+            while not _worker_started(proc) and time.monotonic() < deadline:
+                time.sleep(0.002)
+            time.sleep(rng.uniform(0.0, 0.15))
         proc.kill()
         proc.wait()
         deadline = time.monotonic() + 2.0

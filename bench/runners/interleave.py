@@ -39,7 +39,7 @@ class Side:
     code: WorkerCode
 
     def describe(self) -> dict[str, object]:
-        return {"side": self.name, "source": str(self.code.source),
+        return {"side": self.name, "source": str(Path(self.code.source).resolve()),
                 "commit": git_commit(self.code.source), "env": dict(self.code.env)}
 
 
