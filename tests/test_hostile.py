@@ -453,3 +453,25 @@ def test_the_fingerprint_records_the_isa_and_cpu_numbers():
     if Path("/proc/cpuinfo").exists() and "cpu family" in Path("/proc/cpuinfo").read_text():
         assert isinstance(fp["cpu"]["family"], int)
         assert isinstance(fp["cpu"]["model_number"], int)
+
+
+def test_an_ab_round_timed_under_contention_is_run_again(monkeypatch):
+    from bench.runners import interleave
+    from bench.runners.isolation import WorkerCode
+
+    statuses = iter(["contended", "ok", "ok", "ok"])
+    calls = []
+
+    def fake_run(spec, code):  # noqa: ANN001, ANN202
+        calls.append(code.env["SIDE"])
+        result = case("w/infer[a=1]", trials(0.1, n=5, seed=len(calls)))
+        result.status = next(statuses)
+        return result
+
+    monkeypatch.setattr(interleave, "run_isolated", fake_run)
+    sides = [interleave.Side(n, WorkerCode(REPO, {"SIDE": n})) for n in ("a", "b")]
+    planned = type("P", (), {"spec": None, "case_id": "w/infer[a=1]"})()
+    pair = interleave._run_round(planned, sides, [0, 1], 0, 6, None)
+    assert calls == ["a", "b", "a", "b"]  # both sides again, in the round's order
+    assert [r.status for r in pair] == ["ok", "ok"]
+    assert all(r.details["contended_round_repeats"] == 1 for r in pair)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.errors import BenchInputError
-from bench.results.schema import CaseResult, RunRecord
+from bench.results.schema import STATUS_CONTENDED, CaseResult, RunRecord
 from bench.results.store import exclusive_output, write_atomically
 from bench.runners.isolation import WorkerCode, run_isolated
 from bench.runners.merge import merge_process_results
@@ -117,6 +117,9 @@ def _merged(results: list[CaseResult]) -> CaseResult:
     merged = merge_process_results(results)
     if merged.status == "ok":
         merged.details["ab_rounds"] = len(results)
+        repeats = sum(r.details.get("contended_round_repeats", 0) for r in results)
+        if repeats:
+            merged.details["contended_round_repeats"] = repeats
     return merged
 
 
@@ -175,10 +178,9 @@ def _rounds(sides: list[Side], records: list[RunRecord], planned: list, rounds: 
         for i, case in enumerate(runnable):
             if case.case_id not in pending:
                 continue
-            for s in round_order(r, i, len(sides)):
-                if progress:
-                    progress(f"round {r + 1}/{rounds} {sides[s].name}: {case.case_id}")
-                results[case.case_id][s].append(run_isolated(case.spec, sides[s].code))
+            pair = _run_round(case, sides, round_order(r, i, len(sides)), r, rounds, progress)
+            for s, result in enumerate(pair):
+                results[case.case_id][s].append(result)
         for s, record in enumerate(records):
             record.cases = [_merged(results[p.case_id][s]) for p in runnable
                             if results[p.case_id][s]] + skipped
@@ -192,6 +194,30 @@ def _rounds(sides: list[Side], records: list[RunRecord], planned: list, rounds: 
                                      rounds, max_rounds, target_half_width)}
         if not pending:
             break
+
+
+# A round in which a side was timed beside another process (status contended) is run
+# again, both sides, up to this many times; after that it stays contended and the gate
+# calls the case inconclusive.
+CONTENDED_ROUND_RETRIES = 2
+
+
+def _run_round(case, sides: list[Side], order: list[int], r: int, rounds: int,  # noqa: ANN001
+               progress: Callable[[str], None] | None) -> list[CaseResult]:
+    """One round of one case: each side's worker in ``order``; a contended round again."""
+    for attempt in range(CONTENDED_ROUND_RETRIES + 1):
+        pair: list[CaseResult | None] = [None] * len(sides)
+        for s in order:
+            if progress:
+                again = f" (again: contended {attempt}x)" if attempt else ""
+                progress(f"round {r + 1}/{rounds} {sides[s].name}: {case.case_id}{again}")
+            pair[s] = run_isolated(case.spec, sides[s].code)
+        if all(res.status != STATUS_CONTENDED for res in pair):
+            break
+    for res in pair:
+        if attempt:
+            res.details["contended_round_repeats"] = attempt
+    return pair
 
 
 def run_ab(suite_path: str | Path, baseline: WorkerCode, current: WorkerCode, rounds: int,
