@@ -1,7 +1,8 @@
 """Issue 11 acceptance: a seeded mutator over suite files and result files.
 
 1,000 suite mutants go through the loader (and the expansion); 1,000 result mutants
-through ``bench report``, ``bench compare`` and ``bench gate``. Nothing may end in a
+through ``bench report``, ``bench compare`` and ``bench gate`` (every fifth through
+``bench report --html`` too). Nothing may end in a
 traceback, and no mutant that is slower, non-finite where the gate reads, or malformed
 may pass the gate. Run with ``-s`` to see the counts.
 """
@@ -119,11 +120,18 @@ def _set(data, path, value) -> None:  # noqa: ANN001
     data[path[-1]] = value
 
 
-# The figures the gate reads, in the two measured cases.
-GATED_NUMBERS = [("timing", "trial_means_s", 0), ("timing", "trial_means_s", 7),
-                 ("timing", "median_s"), ("timing", "trial_samples_s", 3, 0),
-                 ("memory", "peak_rss_mib"), ("accuracy", "metrics", "acc"),
-]
+def _gated_number(target: dict, rng: random.Random) -> tuple:
+    """A path to a figure the gate reads in a measured case."""
+    t = target["timing"]
+    return rng.choice([
+        ("timing", "trial_means_s", rng.randrange(len(t["trial_means_s"]))),
+        ("timing", "median_s"),
+        ("timing", "trial_samples_s", rng.randrange(len(t["trial_samples_s"])), 0),
+        ("memory", "peak_rss_mib"),
+        ("accuracy", "metrics", target["accuracy"]["task_metric"]),
+    ])
+
+
 TYPED_FIELDS = [("case_id",), ("status",), ("timing", "median_s"),
                 ("timing", "trial_means_s"), ("timing", "trial_samples_s"),
                 ("timing", "iters_per_trial"), ("memory", "peak_rss_mib"),
@@ -131,13 +139,14 @@ TYPED_FIELDS = [("case_id",), ("status",), ("timing", "median_s"),
 WRONG_TYPES = ["abc", [1, 2], {"a": 1}, True, "nan-ish", [[["deep"]]], 3 + 0j]
 
 
-def _mutant(rng: random.Random) -> tuple[str, bytes, dict | None]:
-    """(class, file bytes, parsed JSON or None). Classes that must never pass the gate:
-    slower, nonfinite, malformed; 'neutral' ones may pass but must not traceback."""
-    data = _current()
+def _mutant(rng: random.Random, data: dict) -> tuple[str, bytes, dict | None]:
+    """(class, file bytes, parsed JSON or None) from a copy of ``data``. Classes that must
+    never pass the gate: slower, nonfinite, malformed; 'neutral' ones may pass but must
+    not traceback."""
     kind = rng.choice(["slower", "nonfinite", "malformed", "malformed", "structure",
                        "neutral"])
-    target = data["cases"][rng.randrange(2)]
+    measured = [c for c in data["cases"] if c["status"] == "ok"]
+    target = rng.choice(measured)
     if kind == "slower":
         factor = rng.choice([1.5, 2.0, 10.0])
         t = target["timing"]
@@ -150,7 +159,7 @@ def _mutant(rng: random.Random) -> tuple[str, bytes, dict | None]:
             t["trial_means_s"] = t["trial_means_s"][:keep]
             t["trial_samples_s"] = t["trial_samples_s"][:keep]
     elif kind == "nonfinite":
-        path = rng.choice(GATED_NUMBERS)
+        path = _gated_number(target, rng)
         value = rng.choice(["nan", "inf", "-inf", "NaN", "Infinity"])
         _set(target, path, value)
     elif kind == "malformed":
@@ -189,19 +198,30 @@ def _cli(args: list[str]) -> int:
         return main(args)
 
 
+# A real run (every figure, model and compute record a bench run writes) beside the
+# synthetic pair; its baseline is itself.
+REAL_RUN = REPO / "results" / "baselines" / "smoke-cpu-avx512-xeon-2core.json"
+
+
 def test_result_mutants_never_traceback_and_never_pass_when_bad(tmp_path):
     rng = random.Random(11)
-    base = tmp_path / "base.json"
-    base.write_text(json.dumps(_baseline()))
-    assert _cli(["gate", "--baseline", str(base), "--current", str(base)]) == 0
+    synthetic = tmp_path / "base.json"
+    synthetic.write_text(json.dumps(_baseline()))
+    real = json.loads(REAL_RUN.read_text())
+    for base in (synthetic, REAL_RUN):
+        assert _cli(["gate", "--baseline", str(base), "--current", str(base)]) == 0
     counts: Counter[str] = Counter()
     passes_when_bad, tracebacks = [], []
     for i in range(RESULT_MUTANTS):
-        kind, raw, _ = _mutant(rng)
+        use_real = i % 3 == 0
+        base = REAL_RUN if use_real else synthetic
+        kind, raw, _ = _mutant(rng, json.loads(json.dumps(real)) if use_real else _current())
         path = tmp_path / f"m{i % 10}.json"
         path.write_bytes(raw)
         codes = {}
-        for name, args in (("report", ["report", str(path)]),
+        html = [("html", ["report", str(path), "--html", str(tmp_path / "r.html")])]
+        with_html = i % 30 == 0 if use_real else i % 5 == 0
+        for name, args in (*(html if with_html else ()), ("report", ["report", str(path)]),
                            ("compare", ["compare", str(base), str(path)]),
                            ("gate", ["gate", "--baseline", str(base), "--current",
                                      str(path)])):

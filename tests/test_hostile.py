@@ -3,6 +3,7 @@ unlucky user got a wrong verdict, a traceback or a lost case, through the CLI wh
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -475,3 +476,36 @@ def test_an_ab_round_timed_under_contention_is_run_again(monkeypatch):
     assert calls == ["a", "b", "a", "b"]  # both sides again, in the round's order
     assert [r.status for r in pair] == ["ok", "ok"]
     assert all(r.details["contended_round_repeats"] == 1 for r in pair)
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 64 KiB tmpfs mounted for the test, with a valid result file in it."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_full_disk_is_one_line_and_the_old_file_stays(full_disk, write_suite, capsys):
+    out = full_disk / "run.json"
+    write(out, BASE)
+    before = out.read_bytes()
+    fd = os.open(full_disk / "filler", os.O_WRONLY | os.O_CREAT)
+    with contextlib.suppress(OSError):
+        while True:
+            os.write(fd, b"x" * 512)
+    os.close(fd)
+    code = main(["run", str(write_suite(SLEEP)), "--out", str(out), "--overwrite",
+                 "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--out: cannot write" in err and "No space left" in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in full_disk.iterdir()) == [".run.json.lock", "filler",
+                                                           "run.json"]

@@ -172,8 +172,9 @@ def exclusive_output(path: str | Path) -> Iterator[None]:
             raise OutputLocked(str(path), "another bench process is writing this result "
                                f"file{f' (pid {holder})' if holder else ''}; wait for it or "
                                "choose another --out") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        with contextlib.suppress(OSError):  # the holder's pid, for the message; a full
+            os.ftruncate(fd, 0)              # disk is reported by the write that matters
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield
     finally:
         os.close(fd)
