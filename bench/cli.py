@@ -396,14 +396,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a CI runner cancelling the job): unwound like Ctrl-C, exit 128 + 15."""
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+    import threading
+
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         return args.func(args)
     except BenchInputError as exc:
         print(f"bench: error: {exc.one_line()}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("bench: interrupted; finished cases (bench ab: rounds) are saved; bench run "
-              "continues with --resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        # The running worker's group was killed on the way up (bench.runners.isolation).
+        print(f"bench: {'terminated' if isinstance(exc, Terminated) else 'interrupted'}; "
+              "finished cases (bench ab: rounds) are saved; bench run continues with "
+              "--resume", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130

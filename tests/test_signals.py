@@ -73,18 +73,21 @@ def wait_for_worker_of(proc: subprocess.Popen, case_name: str, timeout: float) -
 
 
 @pytest.mark.slow
-def test_ctrl_c_on_a_hang_case_exits_at_once_and_kills_the_worker(write_suite, tmp_path):
+@pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "interrupted"),
+                                             (signal.SIGTERM, 143, "terminated")])
+def test_ctrl_c_on_a_hang_case_exits_at_once_and_kills_the_worker(write_suite, tmp_path,
+                                                                  sig, code, word):
     out = tmp_path / "run.json"
     mark = uuid.uuid4().hex
     proc = start_sweep(write_suite(HANG_SUITE), out, mark)
     wait_for_worker_of(proc, '"hang"', timeout=120)
     time.sleep(1.0)
     started = time.monotonic()
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=30)
     took = time.monotonic() - started
-    assert took < 3.0, f"exited {took:.1f} s after SIGINT"
-    assert proc.returncode == 130 and "interrupted" in err, err
+    assert took < 3.0, f"exited {took:.1f} s after {sig.name}"
+    assert proc.returncode == code and word in err, err
     assert marked(mark) == [], "a worker outlived the interrupted sweep"
     record = load_run(out)  # the file is whole, with the finished case
     assert [c.workload for c in record.cases] == ["sleep"]
