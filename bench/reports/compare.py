@@ -32,6 +32,9 @@ from bench.results.schema import (
 FINGERPRINT_KEYS = (("cpu", "model"), ("cpu", "family"), ("cpu", "model_number"),
                     ("cpu", "logical_cores"), ("torch_config", "cpu_capability"),
                     ("packages", "torch"), ("threads", "torch_intraop"))
+# Recorded since schema 2: compared where both files have them, so a baseline written
+# before is not refused on the same machine (its ISA level, recorded before, still is).
+RECENT_FINGERPRINT_KEYS = frozenset({("cpu", "family"), ("cpu", "model_number")})
 
 INJECTED_SLOWDOWN_KEY = "injected_slowdown"
 
@@ -226,6 +229,8 @@ def fingerprint_differences(baseline: RunRecord, current: RunRecord) -> list[str
             for key in path:
                 node = node.get(key) if isinstance(node, dict) else None
             values.append(node)
+        if path in RECENT_FINGERPRINT_KEYS and None in values:
+            continue
         if values[0] != values[1]:
             diffs.append(f"{'.'.join(path)}: {values[0]!r} vs {values[1]!r}")
     base_gpus = [g.get("name") for g in baseline.fingerprint.get("gpus") or []]
