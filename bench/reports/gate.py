@@ -29,6 +29,7 @@ from pathlib import Path
 from bench.errors import BenchInputError
 from bench.measurement.stats import min_trials_for_verdict
 from bench.reports.compare import CaseComparison
+from bench.results.schema import STATUS_CONTENDED
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,8 @@ def check_status(c: CaseComparison, policy: Policy) -> tuple[str | None, str | N
 def check_speed(c: CaseComparison, policy: Policy) -> tuple[str | None, str | None]:
     if not policy.gate_speed or c.speed is None:
         return None, None
+    if STATUS_CONTENDED in (c.baseline.status, c.current.status):
+        return None, None  # not judged: inconclusive (CaseComparison.problems)
     ratio, (low, high) = c.speed.ratio, c.speed.ci
     pairs = c.speed.time.pairs
     if not math.isfinite(ratio) or ratio <= 0:
