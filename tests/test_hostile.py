@@ -510,3 +510,15 @@ def test_a_full_disk_is_one_line_and_the_old_file_stays(full_disk, write_suite, 
     assert out.read_bytes() == before
     assert sorted(p.name for p in full_disk.iterdir()) == [".run.json.lock", "filler",
                                                            "run.json"]
+
+
+def test_the_peak_cache_is_written_through_a_unique_temporary_file(tmp_path, monkeypatch):
+    from bench.measurement import flops
+
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(flops, "_time_matmul", lambda device, dtype: (1.5, "test"))
+    (tmp_path / "peak_tflops.tmp").mkdir()  # a fixed temporary name would collide here
+    assert flops.measured_peak("cpu", "fp32") == (1.5, "test")
+    assert flops.measured_peak("cpu", "fp32") == (1.5, "test (cached)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["peak_tflops.json",
+                                                          "peak_tflops.tmp"]
