@@ -479,18 +479,32 @@ def test_an_ab_round_timed_under_contention_is_run_again(monkeypatch):
     assert all(r.details["contended_round_repeats"] == 1 for r in pair)
 
 
-@pytest.fixture
-def full_disk(tmp_path):
-    """A 64 KiB tmpfs mounted for the test, with a valid result file in it."""
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+def _tmpfs(path: Path, options: str) -> None:
+    path.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
                       capture_output=True).returncode != 0:
         pytest.skip("cannot mount a tmpfs here (needs root)")
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 64 KiB tmpfs mounted for the test."""
+    _tmpfs(tmp_path / "tiny", "size=64k")
     try:
-        yield mount
+        yield tmp_path / "tiny"
     finally:
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+        subprocess.run(["umount", "-l", str(tmp_path / "tiny")], capture_output=True)
+
+
+def test_a_read_only_directory_is_one_line(tmp_path, write_suite, capsys):
+    _tmpfs(tmp_path / "ro", "ro,size=64k")  # root writes through file modes, not this
+    try:
+        code = main(["run", str(write_suite(SLEEP)), "--out", str(tmp_path / "ro" / "r.json"),
+                     "--no-progress"])
+    finally:
+        subprocess.run(["umount", "-l", str(tmp_path / "ro")], capture_output=True)
+    err = capsys.readouterr().err
+    assert code == 2 and "Read-only file system" in err and len(err.splitlines()) == 1, err
 
 
 def test_a_full_disk_is_one_line_and_the_old_file_stays(full_disk, write_suite, capsys):
