@@ -288,6 +288,11 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from bench.reports.table import FORMATS
+    from bench.runners.interleave import (
+        DEFAULT_MAX_ROUNDS,
+        DEFAULT_ROUNDS,
+        DEFAULT_TARGET_HALF_WIDTH,
+    )
 
     parser = argparse.ArgumentParser(prog="bench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -356,12 +361,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline-source", help="or: a checkout holding the baseline's bench "
                                              "package")
     p.add_argument("--current-source", help="the checkout under test (default: this one)")
-    p.add_argument("--rounds", type=int, default=6,
+    p.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS,
                    help="rounds per case at least; each runs one worker process per side")
-    p.add_argument("--max-rounds", type=int, default=16,
+    p.add_argument("--max-rounds", type=int, default=DEFAULT_MAX_ROUNDS,
                    help="rounds per case at most: a case whose paired CI is still wider "
                         "than --target-half-width gets more rounds, up to this")
-    p.add_argument("--target-half-width", type=float, default=0.04,
+    p.add_argument("--target-half-width", type=float, default=DEFAULT_TARGET_HALF_WIDTH,
                    help="the paired CI's half width (log scale; 0.04 = about +-4%%) at "
                         "which a case stops adding rounds")
     p.add_argument("--out-dir", default="results/ab",

@@ -6,7 +6,7 @@
 Each ``suites/*.toml`` file is collected (only files in a directory named ``suites``);
 each of its cases is an item named ``workload-phase[:label][axis values]``, for example
 ``digits_cnn-infer[cpu-fp32-bs32]``. An item runs its case through the engine's isolated
-worker(s) (``bench.runners.isolation.run_case``, as ``bench run`` does) and hands the
+worker(s) (``bench.runners.isolation.run_in_processes``, as ``bench run`` does) and hands the
 per-trial step times to pytest-benchmark's fixture in pedantic mode, through a replay
 clock, so pytest-benchmark's statistics are computed from our trials; nothing is timed by
 pytest-benchmark itself. Our figures (throughput, latency percentiles, memory, accuracy,
@@ -82,9 +82,9 @@ def _case_test(case: Any, skip_reason: str | None):  # noqa: ANN202 - a test fun
     def test_case(benchmark: Any) -> None:
         if skip_reason:
             pytest.skip(skip_reason)
-        from bench.runners.isolation import run_case
+        from bench.runners.isolation import run_in_processes
 
-        result = run_case(case)
+        result = run_in_processes(case)
         benchmark.extra_info.update(extra_info(result))
         if result.status == "skipped":
             pytest.skip(result.reason or "skipped")

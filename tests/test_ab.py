@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from bench.cli import main
-from bench.measurement.stats import paired_ratio, rounds_needed
+from bench.measurement.stats import needs_another_round, paired_ratio
 from bench.reports.compare import compare_runs
 from bench.reports.gate import Policy, evaluate
 from bench.results.schema import PROCESS_MEDIANS_KEY
@@ -96,14 +96,14 @@ def test_gate_on_paired_rounds_flags_a_slowdown_and_passes_an_unchanged_rerun():
 def test_more_rounds_only_while_the_paired_ci_is_wide():
     steady = [[0.100, 0.101, 0.100, 0.099], [0.110, 0.111, 0.110, 0.109]]
     noisy = [[0.10, 0.10, 0.10, 0.10], [0.10, 0.13, 0.08, 0.11]]
-    assert rounds_needed([s[:2] for s in steady], 3, 8, 0.04)  # below the minimum
-    assert not rounds_needed(steady, 3, 8, 0.04)
-    assert rounds_needed(noisy, 3, 8, 0.04)
-    assert not rounds_needed(noisy, 3, 4, 0.04)  # at the maximum
+    assert needs_another_round([s[:2] for s in steady], 3, 8, 0.04)  # below the minimum
+    assert not needs_another_round(steady, 3, 8, 0.04)
+    assert needs_another_round(noisy, 3, 8, 0.04)
+    assert not needs_another_round(noisy, 3, 4, 0.04)  # at the maximum
     # Three sides: each against the next; a noisy third side keeps the case running.
-    assert rounds_needed([steady[0], steady[1], noisy[1]], 3, 8, 0.04)
+    assert needs_another_round([steady[0], steady[1], noisy[1]], 3, 8, 0.04)
     # The rule reads the spread, not the ratio: a large steady slowdown stops as early.
-    assert not rounds_needed([steady[0], [2 * v for v in steady[0]]], 3, 8, 0.04)
+    assert not needs_another_round([steady[0], [2 * v for v in steady[0]]], 3, 8, 0.04)
 
 
 def test_round_order_alternates_and_keeps_the_middle_side_adjacent():

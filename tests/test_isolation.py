@@ -157,11 +157,11 @@ def test_existing_result_file_is_not_overwritten_silently(write_suite, tmp_path)
 
 
 def test_processes_pool_trials_of_independent_workers():
-    from bench.runners.isolation import run_case
+    from bench.runners.isolation import run_in_processes
 
     budget = Budget(**{**QUICK.to_dict(), "processes": 2, "trial_time_s": 0.02})
     case = CaseSpec("sleep", "infer", {"device": "cpu"}, {"sleep_ms": 5.0}, budget)
-    result = run_case(case)
+    result = run_in_processes(case)
     assert result.status == "ok"
     pids = result.details["process_pids"]
     assert len(pids) == 2 and len(set(pids)) == 2
@@ -173,9 +173,9 @@ def test_processes_pool_trials_of_independent_workers():
 
 
 def test_processes_stop_at_first_failure():
-    from bench.runners.isolation import run_case
+    from bench.runners.isolation import run_in_processes
 
-    result = run_case(fault_case("raise", processes=3))
+    result = run_in_processes(fault_case("raise", processes=3))
     assert result.status == "error"
     assert result.details["processes_completed"] == 0
 

@@ -44,13 +44,13 @@ import numpy as np
 from tabulate import tabulate
 
 from bench.measurement.fingerprint import fingerprint
-from bench.measurement.stats import rounds_needed
+from bench.measurement.stats import needs_another_round
 from bench.reports.compare import compare_runs, geometric_mean
 from bench.reports.gate import Policy, evaluate, load_policy
 from bench.results.schema import PROCESS_MEDIANS_KEY, RunRecord
 from bench.results.store import load_run
 from bench.runners.interleave import DEFAULT_TARGET_HALF_WIDTH, Side, run_interleaved
-from bench.runners.isolation import WorkerCode, run_case
+from bench.runners.isolation import WorkerCode, run_in_processes
 from bench.runners.sweep import new_run_info
 from bench.runners.worker import SLOWDOWN_ENV
 from bench.spec import expand_suite, load_suite
@@ -69,7 +69,7 @@ def one_run(suite, processes: int, slowdown: float) -> RunRecord:
             continue
         spec = dataclasses.replace(planned.spec, budget=dataclasses.replace(
             planned.spec.budget, processes=processes))
-        cases.append(run_case(spec))
+        cases.append(run_in_processes(spec))
     info = new_run_info(suite, None, f"gate-quality-{time.time_ns()}")
     return RunRecord(run=info, fingerprint=fingerprint(suite.path), cases=cases)
 
@@ -101,7 +101,7 @@ def adaptive_session(chain: list[list[float]], order: list[int], args: argparse.
     taken: list[int] = []
     for r in order:
         taken.append(r)
-        if not rounds_needed([[side[i] for i in taken] for side in chain],
+        if not needs_another_round([[side[i] for i in taken] for side in chain],
                              args.session_rounds, args.max_rounds, args.target_half_width):
             return taken
     return None

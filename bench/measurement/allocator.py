@@ -20,7 +20,8 @@ from __future__ import annotations
 import os
 import platform
 
-MIB = 1 << 20
+from bench.units import MIB
+
 STEADY_ENV = {
     "MALLOC_MMAP_THRESHOLD_": str(32 * MIB),
     "MALLOC_TRIM_THRESHOLD_": str(4096 * MIB),

@@ -13,7 +13,8 @@ from typing import Any
 
 import psutil
 
-MIB = 2**20
+from bench.units import MIB
+
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                    "CUDA_VISIBLE_DEVICES", "TORCHINDUCTOR_CACHE_DIR")
 

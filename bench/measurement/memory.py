@@ -10,8 +10,7 @@ import time
 import psutil
 
 from bench.results.schema import MemoryResult
-
-MIB = 2**20
+from bench.units import MIB
 
 
 def anon_rss_bytes() -> int | None:

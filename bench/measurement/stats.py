@@ -187,7 +187,7 @@ def paired_half_width(baseline: list[float] | np.ndarray, current: list[float] |
     return (math.log(est.ci_high) - math.log(est.ci_low)) / 2
 
 
-def rounds_needed(rounds_per_side: list[list[float]], min_rounds: int, max_rounds: int,
+def needs_another_round(rounds_per_side: list[list[float]], min_rounds: int, max_rounds: int,
                   target_half_width: float) -> bool:
     """Whether an interleaved case should run another round: fewer than ``min_rounds``,
     or, below ``max_rounds``, a paired CI (each side against the next) still wider than

@@ -22,6 +22,7 @@ from bench.results.schema import (
     PROCESS_MEDIANS_KEY,
     STATUS_CONTENDED,
     CaseResult,
+    MemoryResult,
     RunRecord,
 )
 
@@ -97,24 +98,19 @@ def _trial_times(case: CaseResult) -> list[float]:
     return list(case.timing.trial_means_s) if case.timing else []
 
 
-_MEMORY_KINDS = (("cuda_peak_allocated_mib", "CUDA peak allocated"),
-                 ("peak_anon_rss_mib", "peak anonymous RSS"),
-                 ("peak_rss_mib", "peak RSS"))
-
-
 def _memory_ratio(base: CaseResult, cur: CaseResult,
                   problems: list[str]) -> tuple[float | None, str | None]:
-    """CUDA peak allocated where both have it; else the peak anonymous RSS (stable across
-    venvs and page-cache states); else the peak RSS. A baseline peak the current run
-    lacks is a problem, not a pass."""
+    """The first figure of MemoryResult.PEAK_ORDER both records have. A baseline peak the
+    current run lacks is a problem, not a pass."""
     a, b = base.memory, cur.memory
-    base_kinds = [kind for attr, kind in _MEMORY_KINDS if a is not None and getattr(a, attr)]
+    base_kinds = [kind for attr, kind in MemoryResult.PEAK_ORDER
+                  if a is not None and getattr(a, attr)]
     if not base_kinds:
         return None, None
     if b is None:
         problems.append("memory: the current run has no memory figures")
         return None, None
-    for attr, kind in _MEMORY_KINDS:
+    for attr, kind in MemoryResult.PEAK_ORDER:
         then, now = getattr(a, attr), getattr(b, attr)
         if then and now:
             ratio = now / then

@@ -30,6 +30,7 @@ from bench.errors import BenchInputError
 from bench.measurement.stats import min_trials_for_verdict
 from bench.reports.compare import CaseComparison
 from bench.results.schema import STATUS_CONTENDED
+from bench.units import DEFAULT_PARITY_TARGET, MIB
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ def load_policy(path: str | Path) -> Policy:
     from bench.results.store import read_bounded_text
 
     source = str(path)
-    text = read_bounded_text(path, "policy file", limit=2**20)
+    text = read_bounded_text(path, "policy file", limit=MIB)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -181,7 +182,7 @@ def check_accuracy(c: CaseComparison, policy: Policy) -> tuple[str | None, str |
     if math.isnan(c.accuracy_ratio):
         return f"cannot judge: {c.accuracy_metric} ratio is NaN", None
     target = policy.accuracy_min_ratio if policy.accuracy_min_ratio is not None else \
-        (c.accuracy_target or 0.99)
+        (c.accuracy_target or DEFAULT_PARITY_TARGET)
     text = f"{c.accuracy_metric} at {c.accuracy_ratio:.4f} of baseline (target {target:g})"
     if c.accuracy_ratio < target:
         return text, None

@@ -36,7 +36,7 @@ class Metric:
             return case.timing.median_s * 1e3 if case.timing else None
         if self.name == "peak_memory_mib":
             mem = case.memory
-            return None if mem is None else (mem.cuda_peak_allocated_mib or mem.peak_rss_mib)
+            return None if mem is None else mem.peak()[0]
         if self.name == "mfu":
             return case.compute.mfu_measured if case.compute else None
         raise ValueError(self.name)
@@ -45,7 +45,8 @@ class Metric:
 METRICS = {m.name: m for m in (
     Metric("throughput", "throughput", True),
     Metric("median_ms", "median step ms", False),
-    Metric("peak_memory_mib", "peak memory MiB (CUDA allocated, else RSS)", False),
+    Metric("peak_memory_mib", "peak memory MiB (CUDA allocated, else anonymous RSS, else RSS)",
+           False),
     Metric("mfu", "MFU (measured peak)", True),
 )}
 

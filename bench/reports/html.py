@@ -18,6 +18,7 @@ from typing import Any
 from bench.reports.parity import parity_by_case
 from bench.reports.table import render_report
 from bench.results.schema import CaseResult, RunRecord
+from bench.units import DEFAULT_PARITY_TARGET
 
 
 def _png(fig: Any) -> str:
@@ -111,7 +112,8 @@ def accuracy_vs_throughput(cases: list[CaseResult]) -> list[tuple[str, str]]:
             if (x, y) in front:
                 ax.annotate(label, (x, y), fontsize=6, xytext=(3, 3),
                             textcoords="offset points")
-        ax.axhline(0.99, color="gray", linestyle="--", linewidth=0.8, label="99% of fp32")
+        ax.axhline(DEFAULT_PARITY_TARGET, color="gray", linestyle="--", linewidth=0.8,
+                   label=f"{DEFAULT_PARITY_TARGET:.0%} of fp32 (default parity target)")
         ax.set_xscale("log")
         ax.legend(fontsize=7)
         out.append((f"Accuracy against throughput: {workload}", _png(fig)))
@@ -124,7 +126,7 @@ def memory_vs_accumulation(cases: list[CaseResult]) -> list[tuple[str, str]]:
         if c.status == "ok" and c.memory and "accum_steps" in c.axes:
             rest = ",".join(f"{k}={v}" for k, v in c.axes.items() if k != "accum_steps")
             split = c.details.get("memory_split") or {}
-            peak = c.memory.cuda_peak_allocated_mib or c.memory.peak_rss_mib
+            peak = c.memory.peak()[0]
             groups[f"{_benchmark(c)} [{rest}]"].append(
                 (int(c.axes["accum_steps"]), peak, split.get("activations_saved_mib")))
     out = []

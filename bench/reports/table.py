@@ -11,13 +11,13 @@ from tabulate import tabulate
 from bench.measurement.fingerprint import machine_name
 from bench.reports.parity import Parity, parity_by_case
 from bench.results.schema import CaseResult, RunRecord
+from bench.units import MIB
 
 FORMATS = ("github", "plain", "latex", "csv", "html")
 HEADERS = ["case", "status", "step ms (median)", "95% CI ms", "CV %", "throughput",
            "p99 ms", "cold ms", "peak RSS MiB", "GPU peak MiB", "model MiB", "sparsity",
            "fidelity cos (mean/min)", "TFLOP/s", "MFU measured / spec",
            "params/grads/optim/activations MiB", "accuracy", "target", "vs fp32", "parity"]
-MIB = 2 ** 20
 
 
 def csv_text(headers: list[str], rows: list[list[Any]]) -> str:

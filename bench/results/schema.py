@@ -18,7 +18,9 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
+
+from bench.units import DEFAULT_PARITY_TARGET
 
 SCHEMA_NAME = "bench.run"
 SCHEMA_VERSION = 2
@@ -35,7 +37,6 @@ STATUS_DIVERGED = "diverged"  # a loss or task metric became NaN or infinite
 STATUS_CONTENDED = "contended"
 STATUSES = (STATUS_OK, STATUS_SKIPPED, STATUS_ERROR, STATUS_CRASHED, STATUS_TIMEOUT, STATUS_OOM,
             STATUS_DIVERGED, STATUS_CONTENDED)
-FINAL_STATUSES = frozenset(STATUSES)
 # Statuses whose timing, memory and accuracy figures are complete and comparable.
 MEASURED_STATUSES = frozenset({STATUS_OK, STATUS_CONTENDED})
 
@@ -67,6 +68,14 @@ class TimingResult:
     latency_s: dict[str, float]
     stop_reason: str
     statistic: str = "median over trials of the trial's mean seconds per step"
+
+    @staticmethod
+    def summary_fields(summary: Any) -> dict[str, Any]:
+        """The statistics fields from a ``bench.measurement.stats.Summary`` (one mapping
+        for the worker and for pooled processes)."""
+        return {"median_s": summary.median, "mean_s": summary.mean, "std_s": summary.std,
+                "cv": summary.cv, "ci_low_s": summary.ci_low, "ci_high_s": summary.ci_high,
+                "ci_level": summary.ci_level, "ci_method": summary.ci_method}
 
 
 @dataclass
@@ -104,6 +113,22 @@ class MemoryResult:
     method: str
     peak_anon_rss_mib: float | None = None
 
+    # "The peak this case used", in one documented order: what the device allocated on
+    # CUDA; on the host the anonymous RSS (heap and stacks: the same across venvs and
+    # page-cache states, where file-backed library pages differed by 59 MiB); else the RSS.
+    PEAK_ORDER: ClassVar[tuple[tuple[str, str], ...]] = (
+                  ("cuda_peak_allocated_mib", "CUDA peak allocated"),
+                  ("peak_anon_rss_mib", "peak anonymous RSS"),
+                  ("peak_rss_mib", "peak RSS"))
+
+    def peak(self) -> tuple[float | None, str | None]:
+        """(MiB, what it is) of the first figure of PEAK_ORDER this record has."""
+        for attr, kind in self.PEAK_ORDER:
+            value = getattr(self, attr)
+            if value:
+                return value, kind
+        return None, None
+
 
 @dataclass
 class AccuracyResult:
@@ -113,7 +138,7 @@ class AccuracyResult:
     failures: list[str] = field(default_factory=list)
     task_metric: str | None = None
     higher_is_better: bool | None = None
-    parity_target: float = 0.99
+    parity_target: float = DEFAULT_PARITY_TARGET
 
 
 @dataclass

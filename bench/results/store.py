@@ -31,10 +31,11 @@ from bench.results.schema import (
     check_record,
     from_dict,
 )
+from bench.units import MIB
 
 # Result files are a few MiB at most; a larger "result file" (or /dev/zero) is refused
 # before it is read whole.
-MAX_RESULT_BYTES = 256 * 2**20
+MAX_RESULT_BYTES = 256 * MIB
 
 
 def json_safe(value: Any) -> Any:
@@ -108,7 +109,7 @@ def read_bounded_text(path: str | Path, what: str, limit: int = MAX_RESULT_BYTES
     except OSError as exc:
         raise BenchInputError(source, f"cannot read {what}: {exc.strerror or exc}") from None
     if len(raw) > limit:
-        raise BenchInputError(source, f"larger than {limit // 2**20} MiB; not a {what}")
+        raise BenchInputError(source, f"larger than {limit // MIB} MiB; not a {what}")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.errors import BenchInputError
+from bench.measurement.fingerprint import git_state
 from bench.results.schema import STATUS_CONTENDED, CaseResult, RunRecord
 from bench.results.store import exclusive_output, write_atomically
 from bench.runners.isolation import WorkerCode, run_isolated
@@ -45,15 +46,10 @@ class Side:
 
 def git_commit(path: Path) -> str | None:
     """The commit checked out at ``path`` (with "-dirty" for uncommitted changes)."""
-    try:
-        head = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], check=True,
-                              capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(path), "status", "--porcelain",
-                                "--untracked-files=no"], check=True, capture_output=True,
-                               text=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
+    state = git_state(path)
+    if state["commit"] is None:
         return None
-    return head + ("-dirty" if dirty else "")
+    return state["commit"] + ("-dirty" if state["dirty"] else "")
 
 
 def resolve_commit(ref: str, repo: Path) -> str:
@@ -123,6 +119,10 @@ def _merged(results: list[CaseResult]) -> CaseResult:
     return merged
 
 
+# bench ab's defaults (the CLI reads them here): 6 rounds at least, up to 16 while a
+# case's paired CI is wider than +-4% (log scale).
+DEFAULT_ROUNDS = 6
+DEFAULT_MAX_ROUNDS = 16
 DEFAULT_TARGET_HALF_WIDTH = 0.04
 
 
@@ -133,7 +133,7 @@ def run_interleaved(suite_path: str | Path, sides: list[Side], rounds: int,
                     target_half_width: float = DEFAULT_TARGET_HALF_WIDTH) -> list[RunRecord]:
     """Measure every runnable case ``rounds`` times per side, interleaved, then keep adding
     rounds, up to ``max_rounds``, for each case whose paired CI is wider than
-    ``target_half_width`` (bench.measurement.stats.rounds_needed). Writes OUT_DIR/SIDE.json
+    ``target_half_width`` (bench.measurement.stats.needs_another_round). Writes OUT_DIR/SIDE.json
     for every side after every round, so a cut-short session keeps its finished rounds."""
     from bench.measurement.fingerprint import fingerprint
 
@@ -168,7 +168,7 @@ def run_interleaved(suite_path: str | Path, sides: list[Side], rounds: int,
 def _rounds(sides: list[Side], records: list[RunRecord], planned: list, rounds: int,
             max_rounds: int, target_half_width: float, out_dir: str | Path,
             progress: Callable[[str], None] | None) -> None:
-    from bench.measurement.stats import rounds_needed
+    from bench.measurement.stats import needs_another_round
 
     skipped = [skipped_result(p) for p in planned if p.skip_reason]
     runnable = [p for p in planned if not p.skip_reason]
@@ -189,7 +189,7 @@ def _rounds(sides: list[Side], records: list[RunRecord], planned: list, rounds: 
         # A case stops at its first failure (either side) or when its rounds suffice.
         pending = {cid for cid in pending
                    if all(res.status == "ok" for per_side in results[cid] for res in per_side)
-                   and rounds_needed([[res.timing.median_s for res in per_side]
+                   and needs_another_round([[res.timing.median_s for res in per_side]
                                       for per_side in results[cid]],
                                      rounds, max_rounds, target_half_width)}
         if not pending:
@@ -210,7 +210,9 @@ def _run_round(case, sides: list[Side], order: list[int], r: int, rounds: int,  
         for s in order:
             if progress:
                 again = f" (again: contended {attempt}x)" if attempt else ""
-                progress(f"round {r + 1}/{rounds} {sides[s].name}: {case.case_id}{again}")
+                # Past --rounds a case is getting extra rounds (its CI is still wide).
+                of = f"/{rounds}" if r < rounds else " (extra)"
+                progress(f"round {r + 1}{of} {sides[s].name}: {case.case_id}{again}")
             pair[s] = run_isolated(case.spec, sides[s].code)
         if all(res.status != STATUS_CONTENDED for res in pair):
             break

@@ -150,7 +150,7 @@ def _failed(case: CaseSpec, status: str, reason: str, stderr: str, peak_rss: int
     )
 
 
-def run_case(case: CaseSpec) -> CaseResult:
+def run_in_processes(case: CaseSpec) -> CaseResult:
     """Run a case in ``budget.processes`` independent workers, pooled into one record."""
     from bench.runners.merge import merge_process_results
 

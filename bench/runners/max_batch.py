@@ -83,7 +83,7 @@ def _probe_result(batch: int, record: CaseResult) -> Probe:
     throughput = record.throughput
     peak = None
     if record.memory is not None:
-        peak = record.memory.cuda_peak_allocated_mib or record.memory.peak_rss_mib
+        peak = record.memory.peak()[0]
     elif "watchdog_peak_rss_mib" in record.details:
         peak = record.details["watchdog_peak_rss_mib"]
     return Probe(batch, record.status, record.reason,

@@ -28,8 +28,7 @@ def _pooled_timing(timings: list[TimingResult]) -> TimingResult:
         warmup_s=sum(t.warmup_s for t in timings),
         trial_samples_s=trials,
         trial_means_s=means,
-        median_s=s.median, mean_s=s.mean, std_s=s.std, cv=s.cv,
-        ci_low_s=s.ci_low, ci_high_s=s.ci_high, ci_level=s.ci_level, ci_method=s.ci_method,
+        **TimingResult.summary_fields(s),
         latency_s=percentiles([d for trial in trials for d in trial]),
         stop_reason=",".join(sorted({t.stop_reason for t in timings})),
         statistic=(f"median of the trial's mean seconds per step over the first {n} trials "

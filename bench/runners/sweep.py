@@ -11,7 +11,7 @@ from pathlib import Path
 from bench.errors import BenchInputError
 from bench.results.schema import STATUS_SKIPPED, CaseResult, RunInfo, RunRecord
 from bench.results.store import ResultStore, exclusive_output
-from bench.runners.isolation import run_case
+from bench.runners.isolation import run_in_processes
 from bench.spec import expand_suite, load_suite
 from bench.spec.expand import PlannedCase
 
@@ -26,7 +26,7 @@ def skipped_result(planned: PlannedCase) -> CaseResult:
 def _run_one(planned: PlannedCase) -> CaseResult:
     if planned.skip_reason:
         return skipped_result(planned)
-    return run_case(planned.spec)
+    return run_in_processes(planned.spec)
 
 
 def new_run_info(suite, select: dict[str, set[str]] | None, run_id: str | None = None,

@@ -37,17 +37,15 @@ TRACEBACK_TAIL_CHARS = 4000
 
 
 def _timing(measurement, step_description: str) -> TimingResult:
-    s = measurement.summary
     return TimingResult(
         timer=measurement.timer, timer_description=measurement.timer_description,
         step_description=step_description, cold_start_s=measurement.cold_start_s,
         warmup_iterations=measurement.warmup_iterations,
         warmup_steady=measurement.warmup_steady, warmup_s=measurement.warmup_s,
         iters_per_trial=measurement.iters_per_trial, trial_samples_s=measurement.trials,
-        trial_means_s=measurement.trial_means_s, median_s=s.median, mean_s=s.mean,
-        std_s=s.std, cv=s.cv, ci_low_s=s.ci_low, ci_high_s=s.ci_high, ci_level=s.ci_level,
-        ci_method=s.ci_method, latency_s=measurement.latency_percentiles_s,
+        trial_means_s=measurement.trial_means_s, latency_s=measurement.latency_percentiles_s,
         stop_reason=measurement.stop_reason,
+        **TimingResult.summary_fields(measurement.summary),
     )
 
 

@@ -14,8 +14,8 @@ from bench.measurement.allocator import POLICIES
 from bench.measurement.stats import min_trials_for_verdict
 from bench.spec.axes import Setting
 from bench.spec.model import AccuracyTarget, BenchmarkSpec, Budget, SuiteSpec
+from bench.units import DEFAULT_PARITY_TARGET, MIB
 
-PHASES = ("train", "infer")
 _SUITE_KEYS = {"suite", "budget", "benchmark"}
 _SUITE_TABLE_KEYS = {"name", "description", "max_cases"}
 _BENCHMARK_KEYS = {"label", "parity_target", "workload", "phase", "matrix", "params", "accuracy",
@@ -139,8 +139,8 @@ def _load_benchmark(table: Any, index: int, default_budget: Budget,
     if label is not None and (not isinstance(label, str) or not label.isidentifier()):
         raise BenchInputError(source, f"bad label {label!r}", key=f"{where}.label",
                               valid="a name of letters, digits and underscores")
-    parity = Setting("parity_target", float, 0.99, minimum=0).validate(
-        table.get("parity_target", 0.99), source, f"{where}.parity_target")
+    parity = Setting("parity_target", float, DEFAULT_PARITY_TARGET, minimum=0).validate(
+        table.get("parity_target", DEFAULT_PARITY_TARGET), source, f"{where}.parity_target")
     if parity > 1:
         raise BenchInputError(source, f"value {parity!r} is above 1",
                               key=f"{where}.parity_target", valid="number in [0, 1]")
@@ -171,7 +171,7 @@ def load_suite(path: str | Path) -> SuiteSpec:
     from bench.results.store import read_bounded_text
 
     source = str(path)
-    text = read_bounded_text(path, "suite file", limit=16 * 2**20)
+    text = read_bounded_text(path, "suite file", limit=16 * MIB)
     raw_bytes = text.encode("utf-8")
     try:
         data = tomllib.loads(text)

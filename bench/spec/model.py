@@ -6,6 +6,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from bench.units import DEFAULT_PARITY_TARGET
+
 
 @dataclass(frozen=True)
 class Budget:
@@ -68,7 +70,7 @@ class BenchmarkSpec:
     params: dict[str, Any] = field(default_factory=dict)
     accuracy: tuple[AccuracyTarget, ...] = ()
     budget: Budget = field(default_factory=Budget)
-    parity_target: float = 0.99
+    parity_target: float = DEFAULT_PARITY_TARGET
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,7 @@ class CaseSpec:
     accuracy: tuple[AccuracyTarget, ...] = ()
     id_axes: tuple[str, ...] | None = None
     label: str | None = None
-    parity_target: float = 0.99
+    parity_target: float = DEFAULT_PARITY_TARGET
     # A probe (max-batch search) times the step and stops: no task metrics, no FLOP count.
     probe: bool = False
 
@@ -133,6 +135,6 @@ class CaseSpec:
             accuracy=tuple(AccuracyTarget(**t) for t in data.get("accuracy", [])),
             id_axes=None if data.get("id_axes") is None else tuple(data["id_axes"]),
             label=data.get("label"),
-            parity_target=data.get("parity_target", 0.99),
+            parity_target=data.get("parity_target", DEFAULT_PARITY_TARGET),
             probe=data.get("probe", False),
         )

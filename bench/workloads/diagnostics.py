@@ -12,6 +12,7 @@ import os
 import time
 
 from bench.spec.axes import Setting
+from bench.units import MIB
 from bench.workloads import register
 from bench.workloads.base import Outcome, Phase, RunContext, Workload
 
@@ -77,7 +78,7 @@ class FaultPhase(Phase):
             # A runaway allocation: grows until something stops it. bytearray pages are
             # written (zeroed), so they count in RSS at once.
             while True:
-                self.hoard.append(bytearray(self.chunk_mib * 2**20))
+                self.hoard.append(bytearray(self.chunk_mib * MIB))
                 time.sleep(0.01)
         if self.fault == "raise":
             raise RuntimeError("injected failure")
@@ -120,7 +121,7 @@ class BallastPhase(Phase):
 
     def __init__(self, batch_size: int, mib_per_sample: int) -> None:
         # Written pages (bytearray zeroes them), so all of it is resident at once.
-        self.ballast = [bytearray(mib_per_sample * 2**20) for _ in range(batch_size)]
+        self.ballast = [bytearray(mib_per_sample * MIB) for _ in range(batch_size)]
 
     def step(self) -> object:
         time.sleep(0.001)

@@ -31,6 +31,7 @@ from torch import nn
 
 from bench.measurement.flops import FlopCount, compute_dtype, count_flops
 from bench.spec.axes import Setting
+from bench.units import MIB
 from bench.workloads import register
 from bench.workloads._training import BatchStream, Trainer
 from bench.workloads.base import Outcome, Phase, RunContext, Workload
@@ -40,7 +41,6 @@ CORPUS_SEED = 20261123
 VAL_FRACTION = 0.1
 TRAIN_WINDOWS = 4096  # distinct training windows the batch stream shuffles through
 VAL_WINDOWS = 64
-MIB = 1 << 20
 
 
 @functools.cache
