@@ -61,8 +61,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     record = load_run(args.run)
     if args.html:
+        from bench.files import write_text_atomically
         from bench.reports.html import render_html
-        from bench.results.store import write_text_atomically
 
         write_text_atomically(Path(args.html), render_html(record), "--html")
         print(f"wrote {args.html}", file=sys.stderr)
@@ -99,7 +99,7 @@ def cmd_max_batch(args: argparse.Namespace) -> int:
                                   "throughput at max", "peak MiB at max", "probes",
                                   "stopped"]))
     if args.out:
-        from bench.results.store import write_text_atomically
+        from bench.files import write_text_atomically
 
         write_text_atomically(Path(args.out), json.dumps(
             {"suite": suite.path, "searches": records}, indent=1), "--out")
@@ -264,7 +264,7 @@ def cmd_table(args: argparse.Namespace) -> int:
     except KeyError:
         raise BenchInputError("--reference", f"no machine matches {args.reference!r}") from None
     if args.out:
-        from bench.results.store import write_text_atomically
+        from bench.files import write_text_atomically
 
         write_text_atomically(Path(args.out), text, "--out")
     else:

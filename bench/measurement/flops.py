@@ -156,7 +156,7 @@ def measured_peak(device: str, dtype: str) -> tuple[float, str]:
     tflops, method = _time_matmul(device, dtype)
     cache[key] = {"tflops": tflops, "method": method, "what": key_text}
     from bench.errors import BenchInputError
-    from bench.results.store import write_text_atomically
+    from bench.files import write_text_atomically
 
     # A unique temporary name: two workers may time the peak at once. An unwritable
     # cache only costs the next case another timing.

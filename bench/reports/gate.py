@@ -62,7 +62,7 @@ _POLICY_TABLES = {
 def load_policy(path: str | Path) -> Policy:
     """A TOML policy: [speed] max_drop, alpha, gate; [memory] max_growth, gate;
     [accuracy] min_ratio, gate. Unknown keys and wrong types are refused in one line."""
-    from bench.results.store import read_bounded_text
+    from bench.files import read_bounded_text
 
     source = str(path)
     text = read_bounded_text(path, "policy file", limit=MIB)

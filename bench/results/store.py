@@ -14,13 +14,12 @@ import fcntl
 import json
 import math
 import os
-import stat
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from bench.errors import BenchInputError
+from bench.files import read_bounded_text, write_text_atomically
 from bench.results.migrations import MIGRATIONS, migrate
 from bench.results.schema import (
     SCHEMA_NAME,
@@ -49,78 +48,14 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-def _umask() -> int:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def write_text_atomically(path: Path, text: str, option: str | None = None) -> None:
-    """Write ``text`` to ``path`` through a temporary file, fsync and rename, with the mode
-    a plain ``open`` would give (mkstemp's 0600 would otherwise survive the rename).
-    A directory that cannot be written is one line (exit 2), and the old file stays."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise BenchInputError(option or str(path), f"cannot write {path}: "
-                              f"{exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "w") as handle:
-            os.fchmod(handle.fileno(), 0o666 & ~_umask())
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise BenchInputError(option or str(path), f"cannot write {path}: "
-                                  f"{exc.strerror or exc}") from None
-        raise
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
 def write_atomically(path: Path, data: dict[str, Any], option: str | None = None) -> None:
     write_text_atomically(path, json.dumps(json_safe(data), indent=1) + "\n", option)
-
-
-def read_bounded_text(path: str | Path, what: str, limit: int = MAX_RESULT_BYTES) -> str:
-    """A regular file's UTF-8 text, at most ``limit`` bytes; anything else is one line."""
-    source = str(path)
-    try:
-        with open(path, "rb") as handle:
-            info = os.fstat(handle.fileno())
-            if not stat.S_ISREG(info.st_mode):
-                raise BenchInputError(source, f"not a regular file; cannot read {what}")
-            raw = handle.read(limit + 1)
-    except OSError as exc:
-        raise BenchInputError(source, f"cannot read {what}: {exc.strerror or exc}") from None
-    if len(raw) > limit:
-        raise BenchInputError(source, f"larger than {limit // MIB} MiB; not a {what}")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise BenchInputError(source, f"not UTF-8 text (byte {exc.start}); not a "
-                              f"{what}") from None
 
 
 def load_run(path: str | Path) -> RunRecord:
     """Read a run file; refuse foreign, malformed and unknown-version files (one line)."""
     source = str(path)
-    text = read_bounded_text(path, "result file")
+    text = read_bounded_text(path, "result file", MAX_RESULT_BYTES)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:

@@ -168,7 +168,7 @@ def _refuse_colliding_ids(benchmarks: tuple[BenchmarkSpec, ...], source: str) ->
 def load_suite(path: str | Path) -> SuiteSpec:
     """Parse and validate a suite file. Raises BenchInputError on any problem."""
     path = Path(path)
-    from bench.results.store import read_bounded_text
+    from bench.files import read_bounded_text
 
     source = str(path)
     text = read_bounded_text(path, "suite file", limit=16 * MIB)

@@ -1,0 +1,77 @@
+"""Files the user names: read bounded and checked, written atomically. Every problem is one
+line (BenchInputError), never a traceback; a failed write leaves the old file as it was."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import tempfile
+from pathlib import Path
+
+from bench.errors import BenchInputError
+from bench.units import MIB
+
+
+def _umask() -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def write_text_atomically(path: Path, text: str, option: str | None = None) -> None:
+    """Write ``text`` to ``path`` through a temporary file, fsync and rename, with the mode
+    a plain ``open`` would give (mkstemp's 0600 would otherwise survive the rename).
+    A directory that cannot be written is one line (exit 2), and the old file stays."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise BenchInputError(option or str(path), f"cannot write {path}: "
+                              f"{exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "w") as handle:
+            os.fchmod(handle.fileno(), 0o666 & ~_umask())
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise BenchInputError(option or str(path), f"cannot write {path}: "
+                                  f"{exc.strerror or exc}") from None
+        raise
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def read_bounded_text(path: str | Path, what: str, limit: int = 256 * MIB) -> str:
+    """A regular file's UTF-8 text, at most ``limit`` bytes; anything else is one line."""
+    source = str(path)
+    try:
+        with open(path, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise BenchInputError(source, f"not a regular file; cannot read {what}")
+            raw = handle.read(limit + 1)
+    except OSError as exc:
+        raise BenchInputError(source, f"cannot read {what}: {exc.strerror or exc}") from None
+    if len(raw) > limit:
+        raise BenchInputError(source, f"larger than {limit // MIB} MiB; not a {what}")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BenchInputError(source, f"not UTF-8 text (byte {exc.start}); not a "
+                              f"{what}") from None
