@@ -55,10 +55,10 @@ def _value(axis: str, value: Any) -> str:
 
 def item_name(case: Any) -> str:
     """``workload-phase[:label][v1-v2-...]`` from the axes the suite named."""
-    names = case.axes if case.id_axes is None else case.id_axes
-    values = "-".join(_value(axis, case.axes[axis]) for axis in names)
-    label = f":{case.label}" if case.label else ""
-    return f"{case.workload}-{case.phase}{label}" + (f"[{values}]" if values else "")
+    values = "-".join(_value(axis, value) for axis, value in case.named_axes())
+    # The case id's head with "-" for "/" (a "/" would split pytest's node id).
+    head = case.benchmark_key.replace("/", "-", 1)
+    return head + (f"[{values}]" if values else "")
 
 
 class SuiteFile(pytest.File):

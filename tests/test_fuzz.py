@@ -21,6 +21,7 @@ from test_gate import case, run, trials
 
 from bench.cli import main
 from bench.errors import BenchInputError
+from bench.results.schema import SCHEMA_VERSION
 from bench.results.store import json_safe
 from bench.spec import expand_suite, load_suite
 
@@ -177,7 +178,8 @@ def _mutant(rng: random.Random, data: dict) -> tuple[str, bytes, dict | None]:
         elif choice == 1:
             target[rng.choice(["timing", "memory"])]["surprise"] = 1
         elif choice == 2:
-            data["schema_version"] = rng.choice([True, 1.0, "2", 0, 3, None, [2]])
+            v = SCHEMA_VERSION
+            data["schema_version"] = rng.choice([True, 1.0, str(v), 0, v + 1, None, [v]])
         elif choice == 3:
             data["fingerprint"][rng.choice(["cpu", "packages", "threads", "gpus"])] = \
                 rng.choice(["x", 1, [1]])

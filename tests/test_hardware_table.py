@@ -22,7 +22,7 @@ def machine(model: str, threads: int = 2, device: str = "cpu", scale: float = 1.
     for name, seconds in (("a", 0.1), ("b", 0.2)):
         c = case(f"w/infer[device={device},batch_size=8]".replace("w/", f"{name}/"),
                  trials(seconds * scale))
-        c = dataclasses.replace(c, axes={"device": device, "batch_size": 8},
+        c = dataclasses.replace(c, workload=name, axes={"device": device, "batch_size": 8},
                                 throughput=None)
         cases.append(c)
     return dataclasses.replace(run(*cases), fingerprint=fp)

@@ -13,7 +13,7 @@ def case(workload, axes, metric, value, higher=True, status="ok", target=0.99, l
     names = ",".join(f"{k}={v}" for k, v in axes.items())
     return CaseResult(
         case_id=f"{workload}/infer{label}[{names}]", workload=workload, phase="infer",
-        axes=axes, params={}, status=status,
+        axes=axes, params={}, status=status, label=label.lstrip(":") or None,
         accuracy=AccuracyResult(metrics={metric: value}, targets=[], passed=None,
                                 task_metric=metric, higher_is_better=higher,
                                 parity_target=target))

@@ -115,6 +115,8 @@ class GateReport:
     improvements: list[Finding] = field(default_factory=list)
     # Cases (or the whole comparison) the gate could not judge: failures, never passes.
     inconclusive: list[Finding] = field(default_factory=list)
+    # Cases measured now whose baseline could not run: said, neither failure nor gain.
+    not_compared: list[Finding] = field(default_factory=list)
     cases: int = 0
 
     @property
@@ -138,9 +140,18 @@ def check_status(c: CaseComparison, policy: Policy) -> tuple[str | None, str | N
     if base_ok and not cur_ok:
         reason = f" ({c.current.reason})" if c.current is not None and c.current.reason else ""
         return f"status {c.status_change}{reason}", None
-    if c.baseline is not None and not base_ok and cur_ok:
-        return None, f"status {c.status_change}"
+    # A baseline that could not run is no improvement: nothing was compared (not_compared).
     return None, None
+
+
+def not_compared(c: CaseComparison) -> str | None:
+    """Why a case measured now has nothing to be compared with (no verdict either way)."""
+    if c.current is None or not c.current.measured or c.baseline is None or \
+            c.baseline.measured:
+        return None
+    reason = f": {c.baseline.reason}" if c.baseline.reason else ""
+    return (f"the baseline could not run ({c.baseline.status}{reason}); now "
+            f"{c.current.status}")
 
 
 def check_speed(c: CaseComparison, policy: Policy) -> tuple[str | None, str | None]:
@@ -231,6 +242,8 @@ def evaluate(comparisons: list[CaseComparison], policy: Policy) -> GateReport:
                 report.regressions.append(Finding(c.case_id, name, worse))
             if better:
                 report.improvements.append(Finding(c.case_id, name, better))
+        if (text := not_compared(c)) is not None:
+            report.not_compared.append(Finding(c.case_id, "baseline", text))
         for reason in judgeability(c, policy):
             check, _, text = reason.partition(": ")
             report.inconclusive.append(Finding(c.case_id, check, text or reason))
@@ -241,7 +254,9 @@ def markdown(report: GateReport, baseline: str, current: str, policy: Policy) ->
     lines = [f"## bench gate: {report.verdict}", "",
              f"{report.cases} cases; baseline `{baseline}`, current `{current}`; "
              f"{len(report.regressions)} regressions, {len(report.inconclusive)} cannot "
-             f"judge, {len(report.improvements)} improvements.",
+             f"judge, {len(report.improvements)} improvements"
+             + (f", {len(report.not_compared)} not compared (baseline could not run)"
+                if report.not_compared else "") + ".",
              "",
              f"Policy: speed drop > {policy.speed_max_drop:.0%} and significant "
              f"(p < {policy.speed_alpha:g}, CI excludes 1){'' if policy.gate_speed else ' (off)'}"
@@ -252,6 +267,8 @@ def markdown(report: GateReport, baseline: str, current: str, policy: Policy) ->
              + f" of baseline{'' if policy.gate_accuracy else ' (off)'}; ok -> not ok.", ""]
     for title, findings in (("Regressions", report.regressions),
                             ("Cannot judge (each counts as a failure)", report.inconclusive),
+                            ("Not compared: the baseline could not run (no verdict)",
+                             report.not_compared),
                             ("Improvements (consider refreshing the baseline)",
                              report.improvements)):
         if findings:

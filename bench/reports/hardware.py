@@ -52,9 +52,8 @@ METRICS = {m.name: m for m in (
 
 
 def row_key(case: CaseResult) -> str:
-    head = case.case_id.split("[", 1)[0]
     axes = ",".join(f"{k}={v}" for k, v in case.axes.items() if k not in PLACEMENT_AXES)
-    return f"{head}[{axes}]"
+    return f"{case.benchmark_key}[{axes}]"
 
 
 def machine_names(runs: list[RunRecord]) -> list[str]:

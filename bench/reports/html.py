@@ -45,7 +45,7 @@ def _figure(title: str, xlabel: str, ylabel: str) -> tuple[Any, Any]:
 
 
 def _benchmark(case: CaseResult) -> str:
-    return case.case_id.split("[", 1)[0]
+    return case.benchmark_key
 
 
 def throughput_vs_batch(cases: list[CaseResult]) -> list[tuple[str, str]]:

@@ -30,9 +30,8 @@ class Parity:
 
 
 def _shape_key(case: CaseResult) -> tuple:
-    label = case.case_id.split("[", 1)[0]  # workload/phase[:label]
     shape = tuple(sorted((k, str(v)) for k, v in case.axes.items() if k not in REFERENCE_VALUES))
-    return label, shape
+    return case.benchmark_key, shape
 
 
 def _is_reference(case: CaseResult) -> bool:

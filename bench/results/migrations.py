@@ -19,7 +19,22 @@ def _v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "schema_version": 2}
 
 
-MIGRATIONS: dict[int, Migration] = {1: _v1_to_v2}
+def _label_of(case_id: object) -> str | None:
+    head, _, _ = str(case_id).partition("[")  # workload/phase[:label]
+    _, colon, label = head.partition(":")
+    return label if colon and label else None
+
+
+def _v2_to_v3(data: dict[str, Any]) -> dict[str, Any]:
+    # Version 3 records each case's benchmark label, read here once from the case id.
+    cases = data.get("cases")
+    if isinstance(cases, list):
+        cases = [{**c, "label": _label_of(c.get("case_id"))} if isinstance(c, dict) else c
+                 for c in cases]
+    return {**data, "cases": cases, "schema_version": 3}
+
+
+MIGRATIONS: dict[int, Migration] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 def migrate(data: dict[str, Any], version: int, target: int) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The result file schema (JSON), version 2.
+"""The result file schema (JSON), version 3.
 
 A run file holds ``schema``/``schema_version``, the run's metadata, the machine's
 fingerprint and one record per finished case. Every figure keeps its raw samples and
@@ -9,6 +9,8 @@ Versions (older files are read through ``bench.results.migrations``):
 2. statuses ``diverged`` (a non-finite loss or metric) and ``contended`` (other processes
    took CPU while the case was timed); ``CaseResult.interference`` (what the worker saw
    of other processes while timing). A version-1 file reads unchanged.
+3. ``CaseResult.label``, the benchmark's label, so no reader parses it back out of the
+   case id (older files get it from their ids, in the migration).
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from bench.spec.model import benchmark_key
 from bench.units import DEFAULT_PARITY_TARGET
 
 SCHEMA_NAME = "bench.run"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 STATUS_OK = "ok"
 STATUS_SKIPPED = "skipped"
@@ -221,6 +224,12 @@ class CaseResult:
     duration_s: float | None = None
     finished_at: str | None = None
     interference: InterferenceResult | None = None
+    label: str | None = None  # the benchmark's label (schema 3)
+
+    @property
+    def benchmark_key(self) -> str:
+        """``workload/phase[:label]``: what reports group and match cases by."""
+        return benchmark_key(self.workload, self.phase, self.label)
 
     @property
     def measured(self) -> bool:
@@ -233,7 +242,7 @@ class CaseResult:
         """A record carrying a CaseSpec's identity, parameters and budget."""
         return cls(case_id=spec.case_id, workload=spec.workload, phase=spec.phase,
                    axes=spec.axes, params=spec.params, status=status, reason=reason,
-                   budget=spec.budget.to_dict(), **fields)
+                   budget=spec.budget.to_dict(), label=spec.label, **fields)
 
 
 @dataclass
@@ -282,7 +291,7 @@ def _fail(where: str, expected: str, value: Any) -> SchemaError:
     return SchemaError(f"{where}: expected {expected}, got {shown[:60]}")
 
 
-def _build(tp: Any, value: Any, where: str) -> Any:
+def _build(tp: Any, value: Any, where: str, dropped: list[str] | None = None) -> Any:
     """``value`` checked against the type hint ``tp`` (and built, for dataclasses)."""
     origin = typing.get_origin(tp)
     if tp is Any:
@@ -293,7 +302,7 @@ def _build(tp: Any, value: Any, where: str) -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         if len(inner) == 1:
-            return _build(inner[0], value, where)
+            return _build(inner[0], value, where, dropped)
         for option in inner:
             try:
                 return _build(option, value, where)
@@ -311,12 +320,12 @@ def _build(tp: Any, value: Any, where: str) -> Any:
             return value
         raise _fail(where, _TYPE_NAMES[tp], value)
     if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, where)
+        return from_dict(tp, value, where, dropped)
     if origin is list:
         if not isinstance(value, list):
             raise _fail(where, "a list", value)
         (item,) = typing.get_args(tp)
-        return [_build(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [_build(item, v, f"{where}[{i}]", dropped) for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
             raise _fail(where, "an object", value)
@@ -325,23 +334,27 @@ def _build(tp: Any, value: Any, where: str) -> Any:
     raise SchemaError(f"{where}: no reader for type {tp}")
 
 
-def from_dict(cls: type, data: Any, where: str = "") -> Any:
-    """Build a dataclass from JSON data, refusing missing and unknown keys and values of
-    the wrong type."""
+def from_dict(cls: type, data: Any, where: str = "", dropped: list[str] | None = None) -> Any:
+    """Build a dataclass from JSON data, refusing missing keys and values of the wrong
+    type, and unknown keys: those are refused, or, given a ``dropped`` list, left out and
+    named there (a worker of a newer bench writing fields this one does not know)."""
     if not isinstance(data, dict):
         raise SchemaError(f"{where or cls.__name__}: expected an object")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(data) - set(fields)
-    if unknown:
+    if unknown and dropped is None:
         raise SchemaError(f"{where or cls.__name__}: unknown keys {sorted(unknown)[:5]}")
+    if unknown:
+        dropped += [f"{where}.{k}" if where else k for k in sorted(unknown)]
     kwargs = {}
     for name, f in fields.items():
         if name not in data:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise SchemaError(f"{where or cls.__name__}: missing key {name!r}")
             continue
-        kwargs[name] = _build(hints[name], data[name], f"{where}.{name}" if where else name)
+        kwargs[name] = _build(hints[name], data[name], f"{where}.{name}" if where else name,
+                              dropped)
     return cls(**kwargs)
 
 

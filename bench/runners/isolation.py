@@ -258,11 +258,16 @@ def _watch(case: CaseSpec, proc: subprocess.Popen, limit: float | None, started:
     if proc.returncode != 0 or not out_file.exists():
         return _failed(case, STATUS_CRASHED, _describe_exit(proc.returncode), stderr,
                        peak_rss, started)
+    dropped: list[str] = []
     try:
-        result = from_dict(CaseResult, json.loads(out_file.read_text()))
+        result = from_dict(CaseResult, json.loads(out_file.read_text()), dropped=dropped)
     except (json.JSONDecodeError, SchemaError) as exc:
         return _failed(case, STATUS_CRASHED, f"unreadable worker result: {exc}", stderr,
                        peak_rss, started)
+    if dropped:  # a worker of another bench version (bench ab): its record, less these
+        result.warnings.append(f"the worker wrote fields this bench does not read, left out: "
+                               f"{', '.join(dropped[:8])}")
+    result.label = case.label  # workers of older versions did not record it
     if peak_rss:
         result.details["watchdog_peak_rss_mib"] = peak_rss / MIB
     if result.status != "ok" and not result.stderr_tail:

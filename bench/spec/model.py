@@ -9,6 +9,12 @@ from typing import Any
 from bench.units import DEFAULT_PARITY_TARGET
 
 
+def benchmark_key(workload: str, phase: str, label: str | None) -> str:
+    """The benchmark a case belongs to, ``workload/phase[:label]``: the one builder of the
+    head of every case id, and the key reports group by (never parsed back from an id)."""
+    return f"{workload}/{phase}" + (f":{label}" if label else "")
+
+
 @dataclass(frozen=True)
 class Budget:
     """How much measuring a case may do, and when to stop early.
@@ -98,13 +104,20 @@ class CaseSpec:
     # A probe (max-batch search) times the step and stops: no task metrics, no FLOP count.
     probe: bool = False
 
+    def named_axes(self) -> list[tuple[str, Any]]:
+        """The axes the suite named (all of them when it named none), in order."""
+        names = self.axes if self.id_axes is None else self.id_axes
+        return [(key, self.axes[key]) for key in names]
+
+    @property
+    def benchmark_key(self) -> str:
+        return benchmark_key(self.workload, self.phase, self.label)
+
     @property
     def case_id(self) -> str:
-        """Workload, phase and the axes the suite named, e.g. ``linreg/train[device=cpu]``."""
-        names = self.axes if self.id_axes is None else self.id_axes
-        axes = ",".join(f"{key}={self.axes[key]}" for key in names)
-        label = f":{self.label}" if self.label else ""
-        return f"{self.workload}/{self.phase}{label}[{axes}]"
+        """Benchmark key and the axes the suite named, e.g. ``linreg/train[device=cpu]``."""
+        axes = ",".join(f"{key}={value}" for key, value in self.named_axes())
+        return f"{self.benchmark_key}[{axes}]"
 
     @property
     def device(self) -> str:

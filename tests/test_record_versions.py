@@ -1,0 +1,86 @@
+"""Issue 12, the record across versions: every committed result file loads, reports and
+compares; a worker of another bench version is read (unknown fields left out with a
+warning); a baseline that could not run is said, not counted as an improvement."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from test_gate import case, run, trials, write
+
+from bench.cli import main
+from bench.reports.compare import compare_runs, render_comparison
+from bench.reports.table import render_report
+from bench.results.schema import SCHEMA_VERSION, CaseResult, SchemaError, from_dict
+from bench.results.store import load_run
+
+REPO = Path(__file__).resolve().parents[1]
+COMMITTED = sorted(p for p in (REPO / "results").rglob("*.json")
+                   if '"schema": "bench.run"' in p.read_text()[:200])
+
+
+def test_there_are_committed_runs_of_every_version():
+    versions = {json.loads(p.read_text())["schema_version"] for p in COMMITTED}
+    assert 1 in versions and len(COMMITTED) >= 8
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.name)
+def test_every_committed_result_file_loads_reports_and_compares(path):
+    record = load_run(path)
+    assert record.schema_version == SCHEMA_VERSION  # read through the migrations
+    assert render_report(record)
+    rows = compare_runs(record, record)
+    assert render_comparison(rows)
+    for c in record.cases:  # the label the migration read from the id is the id's own
+        assert c.case_id.startswith(c.benchmark_key + "[")
+
+
+def test_unknown_worker_fields_are_left_out_only_when_asked():
+    data = json.loads(json.dumps(CaseResult("w/infer[a=1]", "w", "infer", {}, {}, "ok"),
+                                 default=vars))
+    data["from_the_future"] = 1
+    with pytest.raises(SchemaError, match="unknown keys"):
+        from_dict(CaseResult, data)
+    dropped: list[str] = []
+    assert from_dict(CaseResult, data, dropped=dropped).status == "ok"
+    assert dropped == ["from_the_future"]
+
+
+@pytest.mark.slow
+def test_a_worker_of_a_newer_record_is_read_with_a_warning(tmp_path):
+    from bench.runners.isolation import WorkerCode, run_isolated
+    from bench.spec.model import Budget, CaseSpec
+
+    newer = tmp_path / "newer"
+    shutil.copytree(REPO / "bench", newer / "bench",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    worker = newer / "bench" / "runners" / "worker.py"
+    text = worker.read_text()
+    old = "json.dumps(json_safe(dataclasses.asdict(result)))"
+    assert old in text
+    worker.write_text(text.replace(old, "json.dumps(json_safe({**dataclasses.asdict(result), "
+                                        "'energy_j': 1.5}))"))
+    budget = Budget(min_trials=4, max_trials=4, trial_time_s=0.01, warmup_max_s=0.05,
+                    max_time_s=0.3, timeout_s=60)
+    result = run_isolated(CaseSpec("sleep", "infer", {"device": "cpu"}, {"sleep_ms": 1.0},
+                                   budget, label="x"), WorkerCode(newer))
+    assert result.status == "ok", result.reason
+    assert any("left out: energy_j" in w for w in result.warnings)
+    assert result.worker["bench_source"] == str(newer) and result.label == "x"
+
+
+def test_a_baseline_that_could_not_run_is_said_not_counted_as_an_improvement(tmp_path,
+                                                                             capsys):
+    base = run(case("w/infer[a=1]", trials(0.1, seed=1)),
+               case("w/infer[a=2]", None, status="crashed"))
+    cur = run(case("w/infer[a=1]", trials(0.1, seed=2)),
+              case("w/infer[a=2]", trials(0.1, seed=3)))
+    code = main(["gate", "--baseline", write(tmp_path / "b.json", base),
+                 "--current", write(tmp_path / "c.json", cur)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "0 improvements, 1 not compared (baseline could not run)" in out
+    assert "the baseline could not run (crashed: RuntimeError: boom); now ok" in out
