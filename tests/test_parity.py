@@ -66,3 +66,13 @@ def test_custom_target_and_report_columns():
     text = render_report(RunRecord(run=info, fingerprint={}, cases=cases), "csv")
     assert text.splitlines()[0].endswith("vs fp32,parity")
     assert "0.9556,pass" in text
+
+
+def test_a_compiled_gpt_case_is_compared_with_its_eager_case():
+    eager = case("gpt", {"device": "cpu", "precision": "fp32", "compile": False}, "bpb", 2.0,
+                 higher=False)
+    compiled = case("gpt", {"device": "cpu", "precision": "fp32", "compile": True}, "bpb",
+                    2.1, higher=False)
+    parity = parity_by_case([eager, compiled])
+    assert parity[compiled.case_id].reference_case == eager.case_id
+    assert parity[compiled.case_id].ratio == pytest.approx(2.0 / 2.1)

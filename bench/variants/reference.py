@@ -11,4 +11,6 @@ REFERENCE_VALUES: dict[str, str] = {
     "quantization": "none",
     "pruning": "none",
     "distillation": "none",
+    # gpt's torch.compile switch (a backend axis elsewhere): compiled cases compare with eager.
+    "compile": "False",
 }
