@@ -69,6 +69,9 @@ class Workload(ABC):
     phases: ClassVar[tuple[str, ...]]
     # Whether prepare() applies Precision.prepare_model (fp8 swaps Linear layers).
     float8_training: ClassVar[bool] = False
+    # Parameters of this workload's smallest meaningful case (a few seconds on a CPU): the
+    # workload contract test (tests/test_workload_contract.py) runs every workload with them.
+    smoke_params: ClassVar[dict[str, object]] = {}
 
     @classmethod
     def axes(cls) -> dict[str, Setting]:

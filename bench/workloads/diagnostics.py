@@ -36,6 +36,7 @@ class SleepPhase(Phase):
 @register
 class Sleep(Workload):
     name = "sleep"
+    smoke_params = {"sleep_ms": 1.0}
     description = "sleeps a known time per step: checks the timer against truth"
     phases = ("infer",)
 
@@ -134,6 +135,7 @@ class BallastPhase(Phase):
 @register
 class Ballast(Workload):
     name = "ballast"
+    smoke_params = {"mib_per_sample": 1}
     description = "holds a known amount of memory per sample: checks the max-batch search"
     phases = ("infer",)
 

@@ -274,6 +274,7 @@ class GPTInfer(GPTPhase):
 @register
 class Gpt(Workload):
     name = "gpt"
+    smoke_params = {"train_steps": 4, "corpus_mib": 0.2, "train_batch_size": 4}
     description = "nanoGPT-style decoder, byte-level, trained on the Python standard " \
                   "library's sources; tokens/s, FLOPs, MFU, memory split, val bits/byte"
     phases = ("train", "infer")
