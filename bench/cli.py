@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -16,7 +17,8 @@ DEFAULT_SUITES_DIR = Path("suites")
 def cmd_list(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
-    from bench.spec import expand_suite, load_suite
+    from bench.runners.plan import plan_suite
+    from bench.spec import load_suite
     from bench.workloads import get_workload, workload_names
 
     if args.suite is None:
@@ -24,7 +26,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         rows = []
         for path in suites:
             suite = load_suite(path)
-            planned = expand_suite(suite)
+            planned = plan_suite(suite)
             runnable = sum(1 for p in planned if not p.skip_reason)
             rows.append([str(path), len(planned), runnable, suite.description])
         print(tabulate(rows, headers=["suite", "cases", "runnable here", "description"]))
@@ -34,7 +36,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(tabulate(rows, headers=["workload", "phases", "description"]))
         return 0
     suite = load_suite(args.suite)
-    planned = expand_suite(suite, parse_select(args.select))
+    planned = plan_suite(suite, parse_select(args.select))
     rows = [[p.case_id, "skipped: " + p.skip_reason if p.skip_reason else "runnable"]
             for p in planned]
     print(f"{suite.name}: {len(planned)} cases")
@@ -77,10 +79,11 @@ def cmd_max_batch(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
     from bench.runners.max_batch import max_batch_for_case
-    from bench.spec import expand_suite, load_suite
+    from bench.runners.plan import plan_suite
+    from bench.spec import load_suite
 
     suite = load_suite(args.suite)
-    planned = [p for p in expand_suite(suite, parse_select(args.select)) if not p.skip_reason]
+    planned = [p for p in plan_suite(suite, parse_select(args.select)) if not p.skip_reason]
     if not planned:
         raise BenchInputError(args.suite, "no runnable case here", key="--select")
     rows, records = [], []
@@ -175,8 +178,6 @@ def _policy(path: str | None):  # noqa: ANN202 - bench.reports.gate.Policy
 
 
 def _gate(baseline, current, policy, baseline_name: str, current_name: str) -> int:  # noqa: ANN001
-    import os
-
     from bench.reports.compare import compare_runs
     from bench.reports.gate import evaluate, markdown
 
@@ -421,6 +422,9 @@ def main(argv: list[str] | None = None) -> int:
     except BenchInputError as exc:
         print(f"bench: error: {exc.one_line()}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `bench list | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt as exc:
         # The running worker's group was killed on the way up (bench.runners.isolation).
         print(f"bench: {'terminated' if isinstance(exc, Terminated) else 'interrupted'}; "

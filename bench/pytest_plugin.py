@@ -63,12 +63,13 @@ def item_name(case: Any) -> str:
 
 class SuiteFile(pytest.File):
     def collect(self) -> Iterator[pytest.Item]:
-        from bench.spec import expand_suite, load_suite
+        from bench.runners.plan import plan_suite
+        from bench.spec import load_suite
         from bench.spec.expand import parse_select
 
         suite = load_suite(self.path)
         select = parse_select(self.config.getoption("--bench-select"), "--bench-select")
-        planned = expand_suite(suite, select)
+        planned = plan_suite(suite, select)
         names = [item_name(p.spec) for p in planned]
         for plan, name in zip(planned, names, strict=True):
             if names.count(name) > 1:  # short names collide: fall back to the case id

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from bench.cli import main
-from bench.spec import expand_suite, load_suite
+from bench.runners.plan import plan_suite
+from bench.spec import load_suite
 
 from .conftest import REPO
 
@@ -82,7 +83,7 @@ def test_colliding_case_ids_are_refused(write_suite, capsys):
     assert "also comes from benchmark[0]" in err
     labelled = GOOD + GOOD.split('name = "t"')[1].replace("[[benchmark]]",
                                                           '[[benchmark]]\nlabel = "again"')
-    planned = expand_suite(load_suite(write_suite(labelled, "ok.toml")))
+    planned = plan_suite(load_suite(write_suite(labelled, "ok.toml")))
     assert len({p.case_id for p in planned}) == 16
     assert any(p.case_id.startswith("digits_cnn/train:again[") for p in planned)
 
@@ -94,7 +95,7 @@ def test_missing_file_is_refused(tmp_path, capsys):
 
 def test_expansion_keeps_unrunnable_cases_with_reason(write_suite):
     suite = load_suite(write_suite(GOOD))
-    planned = expand_suite(suite)
+    planned = plan_suite(suite)
     assert len(planned) == 2 * 2 * 2
     cuda = [p for p in planned if p.spec.device == "cuda"]
     assert len(cuda) == 4
@@ -111,20 +112,20 @@ def test_defaults_and_selection(write_suite):
     bench = suite.benchmarks[0]
     assert bench.params == {"epochs": 8, "lr": 2e-3, "width": 32}
     assert bench.matrix["accum_steps"] == (1,)
-    picked = expand_suite(suite, {"precision": {"bf16"}, "device": {"cpu"}})
+    picked = plan_suite(suite, {"precision": {"bf16"}, "device": {"cpu"}})
     assert [p.spec.axes["batch_size"] for p in picked] == [8, 16]
 
 
 def test_precision_unavailable_on_device_is_skipped(write_suite):
     suite = load_suite(write_suite(GOOD.replace('"bf16"', '"tf32"')))
-    tf32_cpu = [p for p in expand_suite(suite)
+    tf32_cpu = [p for p in plan_suite(suite)
                 if p.spec.device == "cpu" and p.spec.axes["precision"] == "tf32"]
     assert tf32_cpu and all("not available on cpu" in p.skip_reason for p in tf32_cpu)
 
 
 def test_shipped_suites_load():
     for path in sorted((REPO / "suites").glob("*.toml")):
-        assert expand_suite(load_suite(path))
+        assert plan_suite(load_suite(path))
 
 
 def test_zero_processes_is_refused(write_suite, capsys):
@@ -137,5 +138,5 @@ def test_parity_target_is_validated(write_suite, capsys):
     assert main(["list", str(write_suite(bad))]) == 2
     assert "benchmark[0].parity_target: value 1.5 is above 1" in capsys.readouterr().err
     ok = GOOD.replace('phase = "train"', 'phase = "train"\nparity_target = 0.97')
-    planned = expand_suite(load_suite(write_suite(ok, "ok.toml")))
+    planned = plan_suite(load_suite(write_suite(ok, "ok.toml")))
     assert {p.spec.parity_target for p in planned} == {0.97}

@@ -9,7 +9,8 @@ import math
 
 import pytest
 
-from bench.spec import expand_suite, load_suite
+from bench.runners.plan import plan_suite
+from bench.spec import load_suite
 from bench.variants.precision import get_precision
 from bench.workloads import get_workload, workload_names
 from bench.workloads.base import RunContext
@@ -33,7 +34,7 @@ def test_every_workload_runs_its_smallest_case_and_reports_its_metrics(name, pha
     suite = load_suite(write_suite(f'[[benchmark]]\nworkload = "{name}"\nphase = "{phase}"\n'
                                    f"params = {{ {table} }}\n"
                                    'matrix = { device = ["cpu"] }\n'))
-    planned = expand_suite(suite)[0]
+    planned = plan_suite(suite)[0]
     assert planned.skip_reason is None, planned.skip_reason
     case = planned.spec
     ctx = RunContext(device="cpu", precision=get_precision(case.axes.get("precision", "fp32")))

@@ -51,9 +51,10 @@ from bench.results.schema import PROCESS_MEDIANS_KEY, RunRecord
 from bench.results.store import load_run
 from bench.runners.interleave import DEFAULT_TARGET_HALF_WIDTH, Side, run_interleaved
 from bench.runners.isolation import WorkerCode, run_in_processes
+from bench.runners.plan import plan_suite
 from bench.runners.sweep import new_run_info
 from bench.runners.worker import SLOWDOWN_ENV
-from bench.spec import expand_suite, load_suite
+from bench.spec import load_suite
 
 SIDE_NAMES = ("unchanged-1", "unchanged-2", "slowed")
 
@@ -64,7 +65,7 @@ def one_run(suite, processes: int, slowdown: float) -> RunRecord:
     else:
         os.environ.pop(SLOWDOWN_ENV, None)
     cases = []
-    for planned in expand_suite(suite):
+    for planned in plan_suite(suite):
         if planned.skip_reason:
             continue
         spec = dataclasses.replace(planned.spec, budget=dataclasses.replace(

@@ -30,8 +30,9 @@ from bench.results.schema import STATUS_CONTENDED, CaseResult, RunRecord
 from bench.results.store import exclusive_output, write_atomically
 from bench.runners.isolation import WorkerCode, run_isolated
 from bench.runners.merge import merge_process_results
+from bench.runners.plan import plan_suite
 from bench.runners.sweep import new_run_info, skipped_result
-from bench.spec import expand_suite, load_suite
+from bench.spec import load_suite
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,7 @@ def run_interleaved(suite_path: str | Path, sides: list[Side], rounds: int,
     if len({side.name for side in sides}) != len(sides):
         raise ValueError("side names must differ")
     suite = load_suite(suite_path)
-    planned = expand_suite(suite, select)
+    planned = plan_suite(suite, select)
     session = uuid.uuid4().hex[:12]
     machine = fingerprint(suite.path)
     pairing = {"session": session, "rounds": rounds, "max_rounds": max_rounds,

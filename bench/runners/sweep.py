@@ -12,8 +12,8 @@ from bench.errors import BenchInputError
 from bench.results.schema import STATUS_SKIPPED, CaseResult, RunInfo, RunRecord
 from bench.results.store import ResultStore, exclusive_output
 from bench.runners.isolation import run_in_processes
-from bench.spec import expand_suite, load_suite
-from bench.spec.expand import PlannedCase
+from bench.runners.plan import PlannedCase, plan_suite
+from bench.spec import load_suite
 
 CaseRunner = Callable[[PlannedCase], CaseResult]
 
@@ -61,7 +61,7 @@ def run_suite(suite_path: str | Path, out: str | Path, *, resume: bool = False,
               overwrite: bool = False, select: dict[str, set[str]] | None = None,
               progress: bool = True, runner: CaseRunner = _run_one) -> ResultStore:
     suite = load_suite(suite_path)
-    planned = expand_suite(suite, select)
+    planned = plan_suite(suite, select)
     # One writer per result file: a second run (--resume beside --overwrite) would
     # otherwise overwrite the first one's cases with its own view of the file.
     with exclusive_output(out):

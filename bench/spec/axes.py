@@ -68,24 +68,3 @@ class Setting:
             raise BenchInputError(source, f"value {value!r} is too large", key=key,
                                   valid=self.valid_values())
         return value
-
-
-def common_axes(phases: tuple[str, ...]) -> dict[str, Setting]:
-    """Axes every torch workload accepts. Precision names come from the variant registry."""
-    from bench.variants.precision import PRECISIONS
-
-    axes = {
-        "device": Setting("device", str, "cpu", choices=("cpu", "cuda"),
-                          help="where the model runs"),
-        "precision": Setting("precision", str, "fp32", choices=tuple(PRECISIONS),
-                             help="numeric precision of the compute"),
-        "batch_size": Setting("batch_size", int, 32, minimum=1,
-                              help="samples per micro-batch"),
-        "threads": Setting("threads", int, 0, minimum=0,
-                           help="torch intra-op threads (0: leave torch's default)"),
-    }
-    if "train" in phases:
-        axes["accum_steps"] = Setting(
-            "accum_steps", int, 1, minimum=1, phases=("train",),
-            help="micro-batches accumulated per optimizer step")
-    return axes

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
 
 from bench.errors import BenchInputError
 from bench.spec.model import BenchmarkSpec, CaseSpec, SuiteSpec
@@ -18,35 +17,6 @@ def parse_select(items: list[str] | None, option: str = "--select") -> dict[str,
             raise BenchInputError(option, f"expected AXIS=VALUE[,VALUE...], got {item!r}")
         select.setdefault(key, set()).update(values.split(","))
     return select
-
-
-@dataclass(frozen=True)
-class PlannedCase:
-    spec: CaseSpec
-    skip_reason: str | None = None
-
-    @property
-    def case_id(self) -> str:
-        return self.spec.case_id
-
-
-def skip_reason(case: CaseSpec) -> str | None:
-    """Why this case cannot run on this machine, or None if it can."""
-    from bench.variants.devices import device_unavailable_reason
-    from bench.variants.precision import get_precision
-    from bench.workloads import get_workload
-
-    reason = device_unavailable_reason(case.device)
-    if reason:
-        return reason
-    precision = get_precision(case.axes.get("precision", "fp32"))
-    workload = get_workload(case.workload)
-    if precision.float8_training and not workload.float8_training:
-        return f"workload {case.workload} does not build float8 training (gpt does)"
-    reason = precision.unsupported_reason(case.device, case.phase)
-    if reason:
-        return reason
-    return workload.unsupported_reason(case)
 
 
 def benchmark_cases(bench: BenchmarkSpec) -> list[CaseSpec]:
@@ -64,17 +34,18 @@ def benchmark_case_ids(bench: BenchmarkSpec) -> list[str]:
     return [case.case_id for case in benchmark_cases(bench)]
 
 
-def expand_suite(suite: SuiteSpec, select: dict[str, set[str]] | None = None) -> list[PlannedCase]:
+def expand_suite(suite: SuiteSpec, select: dict[str, set[str]] | None = None) -> list[CaseSpec]:
     """Every combination of every benchmark's matrix, in file order.
 
-    ``select`` keeps only cases whose axis values (as strings) are in the given sets;
-    cases that cannot run are kept, with their reason, never dropped.
+    ``select`` keeps only cases whose axis values (as strings) are in the given sets.
+    Whether this machine can run a case is the runners' question
+    (bench.runners.plan.plan_suite), not the spec's.
     """
-    planned: list[PlannedCase] = []
+    cases: list[CaseSpec] = []
     for bench in suite.benchmarks:
         for case in benchmark_cases(bench):
             if select and any(str(case.axes.get(k)) not in allowed
                               for k, allowed in select.items() if k in case.axes):
                 continue
-            planned.append(PlannedCase(case, skip_reason(case)))
-    return planned
+            cases.append(case)
+    return cases

@@ -13,13 +13,33 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from bench.spec.axes import Setting, common_axes
+from bench.spec.axes import Setting
+from bench.variants.precision import PRECISIONS
 
 if TYPE_CHECKING:
     from bench.measurement.flops import FlopCount
     from bench.results.schema import ModelResult
     from bench.spec.model import CaseSpec
     from bench.variants.precision import Precision
+
+
+def common_axes(phases: tuple[str, ...]) -> dict[str, Setting]:
+    """Axes every torch workload accepts. Precision names come from the variant registry."""
+    axes = {
+        "device": Setting("device", str, "cpu", choices=("cpu", "cuda"),
+                          help="where the model runs"),
+        "precision": Setting("precision", str, "fp32", choices=tuple(PRECISIONS),
+                             help="numeric precision of the compute"),
+        "batch_size": Setting("batch_size", int, 32, minimum=1,
+                              help="samples per micro-batch"),
+        "threads": Setting("threads", int, 0, minimum=0,
+                           help="torch intra-op threads (0: leave torch's default)"),
+    }
+    if "train" in phases:
+        axes["accum_steps"] = Setting(
+            "accum_steps", int, 1, minimum=1, phases=("train",),
+            help="micro-batches accumulated per optimizer step")
+    return axes
 
 
 @dataclass

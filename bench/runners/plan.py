@@ -1,0 +1,44 @@
+"""What this machine can run of a suite: its expanded cases, each with the reason it
+cannot run here (no GPU, a precision the device lacks, a kernel the workload does not
+build), asked of the devices, precisions and workloads. The spec layer only parses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bench.spec.expand import expand_suite
+from bench.spec.model import CaseSpec, SuiteSpec
+from bench.variants.devices import device_unavailable_reason
+from bench.variants.precision import get_precision
+from bench.workloads import get_workload
+
+
+@dataclass(frozen=True)
+class PlannedCase:
+    spec: CaseSpec
+    skip_reason: str | None = None
+
+    @property
+    def case_id(self) -> str:
+        return self.spec.case_id
+
+
+def skip_reason(case: CaseSpec) -> str | None:
+    """Why this case cannot run on this machine, or None if it can."""
+    reason = device_unavailable_reason(case.device)
+    if reason:
+        return reason
+    precision = get_precision(case.axes.get("precision", "fp32"))
+    workload = get_workload(case.workload)
+    if precision.float8_training and not workload.float8_training:
+        return f"workload {case.workload} does not build float8 training (gpt does)"
+    reason = precision.unsupported_reason(case.device, case.phase)
+    if reason:
+        return reason
+    return workload.unsupported_reason(case)
+
+
+def plan_suite(suite: SuiteSpec, select: dict[str, set[str]] | None = None) -> list[PlannedCase]:
+    """Every case of ``suite`` (after ``select``), in file order; cases that cannot run
+    here are kept, with their reason, never dropped."""
+    return [PlannedCase(case, skip_reason(case)) for case in expand_suite(suite, select)]
