@@ -1,4 +1,4 @@
-"""Backends: what runs the (pruned, quantized, cast) model.
+"""Backends: what runs the (pruned, quantized, cast) model, each a strategy class.
 
 - ``eager``: the torch module called as is.
 - ``compile``: ``torch.compile(model)``; the first call compiles, so compile time is the
@@ -6,31 +6,178 @@
 - ``onnxruntime``: exported with ``torch.onnx.export``, checked against torch on the same
   inputs, run by an ``InferenceSession`` (CPU provider; CUDA provider with IO binding when
   onnxruntime has it).
+
+A backend says which combinations it cannot run (``unsupported_reason``) and what this
+machine lacks for it (``unavailable_reason``), and builds the timed ``Variant`` from the
+pruned fp32 model (``build``). Adding one is a ``@register_backend`` class in any module
+that is imported; the ``backend`` axis offers every registered name.
 """
 
 from __future__ import annotations
 
 import shutil
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
 from bench.spec.axes import Setting
+from bench.variants import pruning, quantization
+from bench.variants.variant import (
+    EXPORT_MIN_COSINE,
+    BuildLog,
+    Inputs,
+    ModelAdapter,
+    Variant,
+    VariantPlan,
+    serialized_bytes,
+)
 
 
-@dataclass(frozen=True)
-class Backend:
-    name: str
-    description: str
+class Backend(ABC):
+    name: ClassVar[str]
+    description: ClassVar[str]
 
-    def unsupported_reason(self, device: str) -> str | None:
-        if self.name == "compile" and device == "cpu" and not shutil.which("g++"):
+    def unsupported_reason(self, plan: VariantPlan) -> str | None:
+        """Why this backend cannot run the case's other variant choices (None: it can)."""
+        return None
+
+    def unavailable_reason(self, device: str) -> str | None:
+        """What this machine lacks for this backend on ``device`` (None: nothing)."""
+        return None
+
+    @abstractmethod
+    def build(self, adapter: ModelAdapter, model: nn.Module, plan: VariantPlan,
+              log: BuildLog) -> Variant:
+        """The timed variant of ``model`` (pruned, fp32, a copy this backend may change)."""
+
+
+BACKENDS: dict[str, Backend] = {}
+
+
+def register_backend(cls: type[Backend]) -> type[Backend]:
+    if cls.name in BACKENDS:
+        raise ValueError(f"backend {cls.name!r} registered twice")
+    BACKENDS[cls.name] = cls()
+    return cls
+
+
+def backend_axis() -> Setting:
+    """The ``backend`` axis over every registered backend (read when a suite is loaded)."""
+    return Setting("backend", str, "eager", choices=tuple(BACKENDS), phases=("infer",),
+                   help="what runs the model")
+
+
+@register_backend
+class Eager(Backend):
+    """The torch module as is: torch.ao int8, a cast for *_cast precisions, 2:4 storage."""
+
+    name = "eager"
+    description = "torch eager"
+
+    def unsupported_reason(self, plan: VariantPlan) -> str | None:
+        if plan.quant.name != "none" and plan.device == "cuda":
+            return "torch.ao int8 kernels (x86/fbgemm/onednn engines) run on CPU only"
+        if plan.quant.static and plan.support.torch_static_int8:
+            return plan.support.torch_static_int8
+        return None
+
+    def quantize(self, model: nn.Module, plan: VariantPlan,
+                 adapter: ModelAdapter) -> tuple[nn.Module, str]:
+        if plan.quant.static:
+            return quantization.torch_static(model, adapter.calibration)
+        return quantization.torch_dynamic(model)
+
+    def runnable(self, model: nn.Module, plan: VariantPlan, log: BuildLog) -> nn.Module:
+        log.steps.append("backend: torch eager")
+        return model
+
+    def build(self, adapter: ModelAdapter, model: nn.Module, plan: VariantPlan,
+              log: BuildLog) -> Variant:
+        int8_weights = 0
+        if plan.quant.name != "none":
+            with log.timed("quantize"):
+                model, how = self.quantize(model, plan, adapter)
+            log.steps.append(f"quantization {plan.quant.name}: {how}")
+            int8_weights = quantization.count_int8_weights(model)
+        precision = plan.precision
+        prepare: Callable[[Inputs], Any] = lambda inputs: inputs  # noqa: E731
+        if precision.cast_dtype:
+            dtype = getattr(torch, precision.cast_dtype)
+            model = model.to(dtype)
+            log.steps.append(f"precision {precision.name}: {precision.method()}")
+
+            def prepare(inputs: Inputs) -> Inputs:
+                return tuple(t.to(dtype) if t.is_floating_point() else t for t in inputs)
+        elif precision.name != "fp32":
+            log.steps.append(f"precision {precision.name}: {precision.method()}")
+        if plan.prune.kind == "semi_structured":
+            converted = pruning.to_semi_structured(model)
+            log.steps.append(f"2:4 storage: {converted} Linear weights as "
+                             "SparseSemiStructuredTensor")
+        size = serialized_bytes(model)
+        runnable = self.runnable(model, plan, log)
+
+        def step(inputs: Inputs) -> object:
+            return runnable(*inputs)
+
+        return Variant(step, prepare, lambda out: out, precision, plan.device,
+                       log.model_result(size, "torch.save(state_dict) bytes", int8_weights))
+
+
+@register_backend
+class Compile(Eager):
+    """torch.compile (inductor) of the torch path; int8 through torchao PT2E."""
+
+    name = "compile"
+    description = "torch.compile (inductor), compile time reported as cold start"
+
+    def unsupported_reason(self, plan: VariantPlan) -> str | None:
+        if plan.quant.name != "none" and plan.device == "cuda":
+            return "torchao PT2E int8 with the X86InductorQuantizer lowers to x86 CPU kernels only"
+        return None
+
+    def unavailable_reason(self, device: str) -> str | None:
+        if device == "cpu" and not shutil.which("g++"):
             return "torch.compile on CPU needs a C++ compiler (g++ not found)"
-        if self.name == "onnxruntime" and device == "cuda":
+        return None
+
+    def quantize(self, model: nn.Module, plan: VariantPlan,
+                 adapter: ModelAdapter) -> tuple[nn.Module, str]:
+        return quantization.torchao_pt2e(model, plan.quant, adapter.calibration,
+                                         adapter.input_names, adapter.dynamic_axes)
+
+    def runnable(self, model: nn.Module, plan: VariantPlan, log: BuildLog) -> nn.Module:
+        # int8 graphs compile with static shapes: inductor's int8 conv lowering mis-strides
+        # symbolic batch sizes (digits_cnn); each new shape compiles once.
+        dynamic = False if plan.quant.name != "none" else None
+        args = "model, dynamic=False" if dynamic is False else "model"
+        log.steps.append(f"backend: torch.compile({args}) (inductor, default mode); the first "
+                         "call compiles and is the cold start")
+        return torch.compile(model, dynamic=dynamic)
+
+
+@register_backend
+class OnnxRuntime(Backend):
+    """The fp32 torch.onnx export (int8 through onnxruntime.quantization) in a session."""
+
+    name = "onnxruntime"
+    description = "ONNX Runtime InferenceSession of the torch.onnx export"
+
+    def unsupported_reason(self, plan: VariantPlan) -> str | None:
+        if plan.precision.name != "fp32":
+            return "the onnxruntime backend runs the fp32 export and its int8 " \
+                   "quantizations; fp16/bf16 ONNX conversion is not built"
+        return None
+
+    def unavailable_reason(self, device: str) -> str | None:
+        if device == "cuda":
             import onnxruntime
 
             providers = onnxruntime.get_available_providers()
@@ -39,18 +186,57 @@ class Backend:
                        f"(providers: {', '.join(providers)})"
         return None
 
+    def build(self, adapter: ModelAdapter, model: nn.Module, plan: VariantPlan,
+              log: BuildLog) -> Variant:
+        workdir = tempfile.TemporaryDirectory(prefix="bench-onnx-")
+        fp32_path = Path(workdir.name) / "model.onnx"
+        with log.timed("export"):
+            log.steps.append("export: " + export_onnx(
+                model, adapter.check_inputs[0], fp32_path, adapter.input_names,
+                adapter.output_name, adapter.dynamic_axes))
 
-BACKENDS: dict[str, Backend] = {
-    b.name: b
-    for b in (
-        Backend("eager", "torch eager"),
-        Backend("compile", "torch.compile (inductor), compile time reported as cold start"),
-        Backend("onnxruntime", "ONNX Runtime InferenceSession of the torch.onnx export"),
-    )
-}
+        def pending_check() -> dict[str, Any]:
+            runner = OrtRunner.open(fp32_path, adapter.input_names, plan.device)
+            return export_check(model, runner, adapter.check_inputs)
 
-AXIS = Setting("backend", str, "eager", choices=tuple(BACKENDS), phases=("infer",),
-               help="what runs the model")
+        path, int8_weights = fp32_path, 0
+        if plan.quant.name != "none":
+            path = Path(workdir.name) / "model.int8.onnx"
+            with log.timed("quantize"):
+                feeds = [numpy_feeds(adapter.input_names, batch)
+                         for batch in adapter.calibration]
+                how = quantization.onnx_quantize(fp32_path, path, plan.quant, feeds,
+                                                 adapter.onnx_static_op_types)
+            log.steps.append(f"quantization {plan.quant.name}: {how}")
+            int8_weights = quantization.onnx_int8_initializers(path)
+        with log.timed("session"):
+            runner = OrtRunner.open(path, adapter.input_names, plan.device)
+        log.steps.append("backend: " + runner.describe())
+        return Variant(runner.step, runner.prepare, runner.outputs, plan.precision,
+                       plan.device, log.model_result(path.stat().st_size,
+                                                     "size of the .onnx file", int8_weights),
+                       workdir, pending_check)
+
+
+def export_check(reference: nn.Module, runner: OrtRunner,
+                 inputs: list[Inputs]) -> dict[str, Any]:
+    """The exported fp32 model against torch on the same inputs."""
+    max_abs = 0.0
+    cosines = []
+    with torch.inference_mode():
+        for batch in inputs:
+            expected = reference(*batch).float().cpu()
+            got = runner.outputs(runner.step(runner.prepare(batch))).float()
+            max_abs = max(max_abs, float((expected - got).abs().max()))
+            cosines.append(nn.functional.cosine_similarity(
+                expected.flatten(1), got.flatten(1), dim=1))
+    cos = torch.cat(cosines)
+    return {"max_abs_diff": max_abs, "min_cosine": float(cos.min()),
+            "mean_cosine": float(cos.mean()), "rows": int(cos.numel()),
+            "passed": bool(cos.min() >= EXPORT_MIN_COSINE),
+            "method": "exported fp32 model vs torch fp32 on the same inputs; "
+                      f"cosine per output row, pass at min cosine >= {EXPORT_MIN_COSINE}"}
+
 
 OPSET = 17
 
