@@ -7,7 +7,9 @@ import contextlib
 import os
 import stat
 import tempfile
+import tomllib
 from pathlib import Path
+from typing import Any
 
 from bench.errors import BenchInputError
 from bench.units import MIB
@@ -75,3 +77,13 @@ def read_bounded_text(path: str | Path, what: str, limit: int = 256 * MIB) -> st
     except UnicodeDecodeError as exc:
         raise BenchInputError(source, f"not UTF-8 text (byte {exc.start}); not a "
                               f"{what}") from None
+
+
+def parse_toml(text: str, source: str) -> dict[str, Any]:
+    """TOML text as a dict; malformed or too deeply nested TOML is one line."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise BenchInputError(source, f"malformed TOML: {exc}") from None
+    except RecursionError:
+        raise BenchInputError(source, "malformed TOML: nested too deeply") from None

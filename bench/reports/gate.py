@@ -21,7 +21,6 @@ rounds, a case timed under contention, or a baseline with no measured case at al
 from __future__ import annotations
 
 import math
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -62,16 +61,10 @@ _POLICY_TABLES = {
 def load_policy(path: str | Path) -> Policy:
     """A TOML policy: [speed] max_drop, alpha, gate; [memory] max_growth, gate;
     [accuracy] min_ratio, gate. Unknown keys and wrong types are refused in one line."""
-    from bench.files import read_bounded_text
+    from bench.files import parse_toml, read_bounded_text
 
     source = str(path)
-    text = read_bounded_text(path, "policy file", limit=MIB)
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise BenchInputError(source, f"malformed TOML: {exc}") from None
-    except RecursionError:
-        raise BenchInputError(source, "malformed TOML: nested too deeply") from None
+    data = parse_toml(read_bounded_text(path, "policy file", limit=MIB), source)
     values = {}
     types = {f.name: f.type for f in fields(Policy)}
     for table, content in data.items():

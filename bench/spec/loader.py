@@ -5,11 +5,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
-import tomllib
 from pathlib import Path
 from typing import Any
 
 from bench.errors import BenchInputError
+from bench.files import parse_toml, read_bounded_text
 from bench.measurement.allocator import POLICIES
 from bench.measurement.stats import min_trials_for_verdict
 from bench.spec.axes import Setting
@@ -168,17 +168,10 @@ def _refuse_colliding_ids(benchmarks: tuple[BenchmarkSpec, ...], source: str) ->
 def load_suite(path: str | Path) -> SuiteSpec:
     """Parse and validate a suite file. Raises BenchInputError on any problem."""
     path = Path(path)
-    from bench.files import read_bounded_text
-
     source = str(path)
     text = read_bounded_text(path, "suite file", limit=16 * MIB)
     raw_bytes = text.encode("utf-8")
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise BenchInputError(source, f"malformed TOML: {exc}") from None
-    except RecursionError:
-        raise BenchInputError(source, "malformed TOML: nested too deeply") from None
+    data = parse_toml(text, source)
 
     _check_keys(data, _SUITE_KEYS, source, "")
     suite_table = _check_keys(data.get("suite", {}), _SUITE_TABLE_KEYS, source, "suite")

@@ -9,6 +9,7 @@ inference batch) and whose ``finish()`` returns the task metrics.
 from __future__ import annotations
 
 import contextlib
+import itertools
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from bench.results.schema import ModelResult
     from bench.spec.model import CaseSpec
     from bench.variants.precision import Precision
+    from bench.variants.variant import Variant
 
 
 def common_axes(phases: tuple[str, ...]) -> dict[str, Setting]:
@@ -81,6 +83,29 @@ class Phase(ABC):
     def flop_count(self) -> FlopCount | None:
         """FLOPs of one step (counted and analytic), for MFU; None: not reported."""
         return None
+
+
+# Distinct batches a timed inference step rotates through: different data each step (no
+# cache-warm repeat of one batch), prepared before timing.
+ROTATING_INPUTS = 8
+
+
+class VariantInferPhase(Phase):
+    """An inference phase timed through a ``bench.variants`` Variant: the variant's session
+    around all steps, each step one prepared batch of ``ROTATING_INPUTS`` in turn."""
+
+    variant: Variant
+
+    def rotate(self, batches: list[tuple[Any, ...]]) -> None:
+        """Prepare the timed batches (outside the timed region) and cycle through them."""
+        self.inputs = [self.variant.prepare(b) for b in batches]
+        self._cycle = itertools.cycle(self.inputs)
+
+    def session(self) -> contextlib.AbstractContextManager[object]:
+        return self.variant.session()
+
+    def step(self) -> object:
+        return self.variant.step(next(self._cycle))
 
 
 class Workload(ABC):

@@ -7,9 +7,7 @@ larger batch.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import itertools
 import math
 
 import numpy as np
@@ -21,7 +19,14 @@ from bench.variants import distillation, pipeline, pruning
 from bench.variants.precision import get_precision
 from bench.workloads import register
 from bench.workloads._training import BatchStream, Trainer, train_epochs
-from bench.workloads.base import Outcome, Phase, RunContext, Workload
+from bench.workloads.base import (
+    ROTATING_INPUTS,
+    Outcome,
+    Phase,
+    RunContext,
+    VariantInferPhase,
+    Workload,
+)
 
 SPLIT_SEED = 1234
 VAL_FRACTION = 0.2
@@ -117,10 +122,10 @@ class DigitsTrain(Phase):
 EVAL_BATCH = 120  # the 360 validation images in three fixed-shape batches
 
 
-class DigitsInfer(Phase):
+class DigitsInfer(VariantInferPhase):
     step_description = "one forward pass over a batch of batch_size validation images; " \
                        "torch.inference_mode and precision entered once around all steps; " \
-                       "batches rotate through 8 distinct inputs"
+                       f"batches rotate through {ROTATING_INPUTS} distinct inputs"
 
     def __init__(self, case, ctx: RunContext) -> None:
         self.case, self.ctx = case, ctx
@@ -148,11 +153,10 @@ class DigitsInfer(Phase):
             structured_pruner=pruning.conv_channels)
         self.variant = pipeline.build_variant(adapter, case.axes, ctx.device)
         batch = case.axes["batch_size"]
-        reps = -(-8 * batch // len(self.x_val))
+        reps = -(-ROTATING_INPUTS * batch // len(self.x_val))
         pool = self.x_val.repeat(reps, 1, 1, 1)
-        self.inputs = [self.variant.prepare((pool[i * batch:(i + 1) * batch].contiguous(),))
-                       for i in range(8)]
-        self._cycle = itertools.cycle(self.inputs)
+        self.rotate([(pool[i * batch:(i + 1) * batch].contiguous(),)
+                     for i in range(ROTATING_INPUTS)])
         self.samples_per_step = batch
 
     def _distil(self) -> nn.Module:
@@ -169,12 +173,6 @@ class DigitsInfer(Phase):
                           self.fp32.precision, self.ctx.device)
         self.student_curve = train_epochs(trainer, p["epochs"])
         return student.eval()
-
-    def session(self) -> contextlib.AbstractContextManager[object]:
-        return self.variant.session()
-
-    def step(self) -> object:
-        return self.variant.step(next(self._cycle))
 
     def finish(self) -> Outcome:
         correct = 0

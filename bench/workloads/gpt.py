@@ -34,7 +34,13 @@ from bench.spec.axes import Setting
 from bench.units import MIB
 from bench.workloads import register
 from bench.workloads._training import BatchStream, Trainer
-from bench.workloads.base import Outcome, Phase, RunContext, Workload
+from bench.workloads.base import (
+    ROTATING_INPUTS,
+    Outcome,
+    Phase,
+    RunContext,
+    Workload,
+)
 from bench.workloads.gpt_model import CONFIGS, GPT, analytic_flops_per_token, next_token_loss
 
 CORPUS_SEED = 20261123
@@ -238,14 +244,15 @@ class GPTInfer(GPTPhase):
     def __init__(self, case, ctx: RunContext) -> None:
         super().__init__(case, ctx)
         batch = case.axes["batch_size"]
-        pool = windows(self.val_data, 8 * batch, self.cfg.block_size, seed=3)[0]
-        self.inputs = [pool[i * batch:(i + 1) * batch].to(ctx.device) for i in range(8)]
+        pool = windows(self.val_data, ROTATING_INPUTS * batch, self.cfg.block_size, seed=3)[0]
+        self.inputs = [pool[i * batch:(i + 1) * batch].to(ctx.device)
+                       for i in range(ROTATING_INPUTS)]
         self._cycle = itertools.cycle(self.inputs)
         self.samples_per_step = batch * self.cfg.block_size
         self.step_description = (
             f"prefill: one forward over batch_size x {self.cfg.block_size} tokens, logits "
             "at every position; inference_mode and precision entered once around all "
-            "steps; batches rotate through 8 distinct inputs")
+            f"steps; batches rotate through {ROTATING_INPUTS} distinct inputs")
         self.model.eval()
 
     def session(self) -> contextlib.AbstractContextManager[object]:

@@ -15,7 +15,6 @@ Static int8 calibrates on 40 further sentences that are never evaluated.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import itertools
 import os
@@ -27,7 +26,14 @@ from torch import nn
 from bench.spec.axes import Setting
 from bench.variants import pipeline
 from bench.workloads import register
-from bench.workloads.base import Outcome, Phase, RunContext, Workload
+from bench.workloads.base import (
+    ROTATING_INPUTS,
+    Outcome,
+    Phase,
+    RunContext,
+    VariantInferPhase,
+    Workload,
+)
 
 DATA = Path(__file__).parent / "data"
 EVAL_BATCH = 32
@@ -156,11 +162,11 @@ def retrieval_metrics(anchors: torch.Tensor, paraphrases: torch.Tensor) -> dict[
             "retrieval_top1": float((ranks == 1).float().mean())}
 
 
-class MiniLMInfer(Phase):
+class MiniLMInfer(VariantInferPhase):
     sample_unit = "sentences"
     step_description = "one forward pass + mean pooling over batch_size sentences padded " \
                        "to seq_len tokens; inference_mode and precision entered once around " \
-                       "all steps; batches rotate through 8 distinct inputs"
+                       f"all steps; batches rotate through {ROTATING_INPUTS} distinct inputs"
 
     def __init__(self, case, ctx: RunContext) -> None:
         self.case, self.ctx = case, ctx
@@ -181,10 +187,9 @@ class MiniLMInfer(Phase):
             structured_pruner=prune_attention_heads, onnx_static_op_types=("MatMul", "Gemm"))
         self.variant = pipeline.build_variant(adapter, case.axes, ctx.device)
         batch, seq = case.axes["batch_size"], case.axes["seq_len"]
-        pool = list(itertools.islice(itertools.cycle(sentences), 8 * batch))
+        pool = list(itertools.islice(itertools.cycle(sentences), ROTATING_INPUTS * batch))
         timed = self._batches(pool, batch, seq)
-        self.inputs = [self.variant.prepare(b) for b in timed]
-        self._cycle = itertools.cycle(self.inputs)
+        self.rotate(timed)
         self.samples_per_step = batch
         self.real_tokens = sum(int(b[1].sum()) for b in timed) / len(timed)
 
@@ -207,12 +212,6 @@ class MiniLMInfer(Phase):
     @staticmethod
     def _embed(model, batches: list[pipeline.Inputs], n: int) -> torch.Tensor:
         return torch.cat([model(*b).float().cpu() for b in batches])[:n]
-
-    def session(self) -> contextlib.AbstractContextManager[object]:
-        return self.variant.session()
-
-    def step(self) -> object:
-        return self.variant.step(next(self._cycle))
 
     def finish(self) -> Outcome:
         n = len(eval_sentences())
