@@ -328,7 +328,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("suite", help="a suite file (TOML)")
     p.add_argument("--select", action="append", metavar="AXIS=V1,V2",
                    help="keep only cases with these axis values (repeatable)")
-    p.add_argument("--ceiling", type=int, default=1 << 16, help="largest batch to probe")
+    from bench.runners.max_batch import DEFAULT_CEILING
+
+    p.add_argument("--ceiling", type=int, default=DEFAULT_CEILING,
+                   help="largest batch to probe")
     p.add_argument("--out", help="write the searches (every probe) as JSON")
     p.set_defaults(func=cmd_max_batch)
 

@@ -44,7 +44,12 @@ class MaxBatch:
         return next((p for p in self.probes if p.batch_size == self.max_batch), None)
 
 
-def search(probe: Callable[[int], Probe], start: int = 1, ceiling: int = 1 << 16) -> MaxBatch:
+# The largest batch the search probes unless told otherwise (bench max-batch --ceiling).
+DEFAULT_CEILING = 1 << 16
+
+
+def search(probe: Callable[[int], Probe], start: int = 1,
+           ceiling: int = DEFAULT_CEILING) -> MaxBatch:
     """Double from ``start`` until a probe does not fit (or ``ceiling``), then bisect
     between the last fit and the first failure."""
     result = MaxBatch(case_id="", max_batch=None, first_oom=None)
@@ -91,7 +96,7 @@ def _probe_result(batch: int, record: CaseResult) -> Probe:
                  throughput.unit if throughput else None, peak)
 
 
-def max_batch_for_case(case: CaseSpec, ceiling: int = 1 << 16,
+def max_batch_for_case(case: CaseSpec, ceiling: int = DEFAULT_CEILING,
                        run: Callable[[CaseSpec], CaseResult] = run_isolated) -> MaxBatch:
     """Search the batch_size axis of ``case`` (its other axes fixed)."""
     budget = Budget(**{**case.budget.to_dict(), **PROBE_BUDGET})

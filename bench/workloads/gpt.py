@@ -48,6 +48,11 @@ VAL_FRACTION = 0.1
 TRAIN_WINDOWS = 4096  # distinct training windows the batch stream shuffles through
 VAL_WINDOWS = 64
 
+# nanoGPT's AdamW: weight decay on every matrix (dim >= 2: linear and embedding weights),
+# none on biases and norm gains; beta2 0.95, as for language-model pre-training.
+ADAMW_WEIGHT_DECAY = 0.1
+ADAMW_BETAS = (0.9, 0.95)
+
 
 @functools.cache
 def load_corpus(corpus_mib: float) -> tuple[np.ndarray, np.ndarray, dict[str, object]]:
@@ -154,9 +159,9 @@ class GPTPhase(Phase):
         p = self.case.params
         decay = [q for q in self.model.parameters() if q.dim() >= 2]
         no_decay = [q for q in self.model.parameters() if q.dim() < 2]
-        return torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
+        return torch.optim.AdamW([{"params": decay, "weight_decay": ADAMW_WEIGHT_DECAY},
                                   {"params": no_decay, "weight_decay": 0.0}],
-                                 lr=p["lr"], betas=(0.9, 0.95),
+                                 lr=p["lr"], betas=ADAMW_BETAS,
                                  fused=bool(self.case.axes.get("fused_optimizer", False)))
 
     def _trainer(self, seed: int) -> Trainer:
