@@ -1,4 +1,8 @@
-"""The ``bench`` command: a thin front door over the engine."""
+"""The ``bench`` command: a thin front door over the engine.
+
+Each command imports the engine parts it uses inside its function: ``bench --help``,
+``bench gate`` or ``bench report`` then never pay for importing torch, which only the
+commands that run cases (and the workload registry) need."""
 
 from __future__ import annotations
 

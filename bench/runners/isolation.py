@@ -201,6 +201,29 @@ def run_isolated(case: CaseSpec, code: WorkerCode | None = None) -> CaseResult:
     return result
 
 
+def _wait_or_kill(proc: subprocess.Popen, timeout_s: float) -> bool:
+    """Wait for the worker, killing its group past ``timeout_s``; whether it timed out.
+
+    Nothing to poll for: block in waitpid (Popen.wait(timeout) would poll every 50 ms), so
+    the watchdog never wakes beside the worker: on a 2-core host each wake-up can stall one
+    of the worker's compute threads."""
+    timed_out = threading.Event()
+
+    def on_timeout() -> None:
+        timed_out.set()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    alarm = threading.Timer(timeout_s, on_timeout)
+    alarm.daemon = True  # never keeps an interrupted sweep alive
+    alarm.start()
+    try:
+        proc.wait()
+    finally:
+        alarm.cancel()
+    return timed_out.is_set()
+
+
 def _watch(case: CaseSpec, proc: subprocess.Popen, limit: float | None, started: float,
            err_file: Path, out_file: Path) -> CaseResult:
     """Wait for the worker under the timeout and memory limit; its result or failure."""
@@ -209,26 +232,8 @@ def _watch(case: CaseSpec, proc: subprocess.Popen, limit: float | None, started:
     peak_rss = 0
     verdict: tuple[str, str] | None = None
     timeout = (STATUS_TIMEOUT, f"no result after {budget.timeout_s:g} s; worker killed")
-    if limit is None:
-        # Nothing to poll for: block in waitpid (Popen.wait(timeout) would poll every
-        # 50 ms), so the watchdog never wakes beside the worker: on a 2-core host each
-        # wake-up can stall one of the worker's compute threads.
-        timed_out = threading.Event()
-
-        def on_timeout() -> None:
-            timed_out.set()
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-
-        alarm = threading.Timer(budget.timeout_s, on_timeout)
-        alarm.daemon = True  # never keeps an interrupted sweep alive
-        alarm.start()
-        try:
-            proc.wait()
-        finally:
-            alarm.cancel()
-        if timed_out.is_set():
-            verdict = timeout
+    if limit is None and _wait_or_kill(proc, budget.timeout_s):
+        verdict = timeout
     while verdict is None and proc.poll() is None:
         elapsed = time.perf_counter() - started
         rss = 0

@@ -130,6 +130,26 @@ def divergence(metrics: dict[str, float], details: dict[str, Any]) -> str | None
     return text
 
 
+def _record_timing(result: CaseResult, measurement: Any, phase: Any, probe: Any,
+                   faults: int) -> None:
+    """The timed phase's figures, warnings and interference into ``result``."""
+    steps = 1 + measurement.warmup_iterations + sum(len(t) for t in measurement.trials)
+    # Fresh pages the allocator had to fault in: a step that allocates from recycled
+    # heap memory is faster than one that maps new pages (see measurement.allocator).
+    result.details["minor_page_faults_per_step"] = faults / steps
+    result.timing = _timing(measurement, phase.step_description)
+    result.throughput = ThroughputResult.from_timing(
+        result.timing, phase.samples_per_step, f"{phase.sample_unit}/s")
+    result.warnings.extend(measurement.warnings)
+    if "injected_slowdown" in result.details:
+        result.warnings.append(f"injected slowdown: every step spun "
+                               f"{result.details['injected_slowdown']:.0%} longer "
+                               f"({SLOWDOWN_ENV}, a test knob)")
+    result.interference = probe.result
+    if probe.result is not None and probe.result.contended:
+        result.status, result.reason = STATUS_CONTENDED, probe.reason()
+
+
 def run_case(case: CaseSpec) -> CaseResult:
     from bench.measurement.interference import InterferenceProbe
     from bench.measurement.memory import MemoryTracker
@@ -159,21 +179,7 @@ def run_case(case: CaseSpec) -> CaseResult:
                 measurement = measure(step, timer_for(case.device), case.budget)
             faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before
             outcome = Outcome(metrics={}) if case.probe else phase.finish()
-        steps = 1 + measurement.warmup_iterations + sum(len(t) for t in measurement.trials)
-        # Fresh pages the allocator had to fault in: a step that allocates from recycled
-        # heap memory is faster than one that maps new pages (see measurement.allocator).
-        result.details["minor_page_faults_per_step"] = faults / steps
-        result.timing = _timing(measurement, phase.step_description)
-        result.throughput = ThroughputResult.from_timing(
-            result.timing, phase.samples_per_step, f"{phase.sample_unit}/s")
-        result.warnings.extend(measurement.warnings)
-        if "injected_slowdown" in result.details:
-            result.warnings.append(f"injected slowdown: every step spun "
-                                   f"{result.details['injected_slowdown']:.0%} longer "
-                                   f"({SLOWDOWN_ENV}, a test knob)")
-        result.interference = probe.result
-        if probe.result is not None and probe.result.contended:
-            result.status, result.reason = STATUS_CONTENDED, probe.reason()
+        _record_timing(result, measurement, phase, probe, faults)
         result.accuracy = _accuracy(case, outcome.metrics,
                                     get_workload(case.workload).task_metric(case.phase))
         result.details.update(outcome.details)
