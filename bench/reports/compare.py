@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from bench.measurement.stats import RatioEstimate, paired_ratio, ratio_of_medians
 from bench.results.schema import (
+    INJECTED_SLOWDOWN_KEY,
     PROCESS_MEDIANS_KEY,
     STATUS_CONTENDED,
     CaseResult,
@@ -37,7 +38,16 @@ FINGERPRINT_KEYS = (("cpu", "model"), ("cpu", "family"), ("cpu", "model_number")
 # before is not refused on the same machine (its ISA level, recorded before, still is).
 RECENT_FINGERPRINT_KEYS = frozenset({("cpu", "family"), ("cpu", "model_number")})
 
-INJECTED_SLOWDOWN_KEY = "injected_slowdown"
+@dataclass(frozen=True)
+class Problem:
+    """Why a figure of one check (speed, memory, accuracy; inconclusive for the whole case)
+    cannot be compared."""
+
+    check: str
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.check}: {self.text}"
 
 
 def injected_slowdown(case: CaseResult | None) -> float | None:
@@ -81,7 +91,7 @@ class CaseComparison:
     accuracy_target: float | None = None
     # Why a figure the baseline has cannot be compared (missing, non-finite, unpaired,
     # contended): the gate counts each as a failure, never as a pass.
-    problems: tuple[str, ...] = field(default_factory=tuple)
+    problems: tuple[Problem, ...] = field(default_factory=tuple)
 
     @property
     def status_change(self) -> str:
@@ -99,7 +109,7 @@ def _trial_times(case: CaseResult) -> list[float]:
 
 
 def _memory_ratio(base: CaseResult, cur: CaseResult,
-                  problems: list[str]) -> tuple[float | None, str | None]:
+                  problems: list[Problem]) -> tuple[float | None, str | None]:
     """The first figure of MemoryResult.PEAK_ORDER both records have. A baseline peak the
     current run lacks is a problem, not a pass."""
     a, b = base.memory, cur.memory
@@ -108,17 +118,18 @@ def _memory_ratio(base: CaseResult, cur: CaseResult,
     if not base_kinds:
         return None, None
     if b is None:
-        problems.append("memory: the current run has no memory figures")
+        problems.append(Problem("memory", "the current run has no memory figures"))
         return None, None
     for attr, kind in MemoryResult.PEAK_ORDER:
         then, now = getattr(a, attr), getattr(b, attr)
         if then and now:
             ratio = now / then
             if not (math.isfinite(ratio) and ratio > 0):
-                problems.append(f"memory: {kind} {then!r} -> {now!r} is not comparable")
+                problems.append(Problem("memory",
+                                        f"{kind} {then!r} -> {now!r} is not comparable"))
                 return None, None
             return ratio, kind
-    problems.append(f"memory: the current run has no {base_kinds[0]} figure")
+    problems.append(Problem("memory", f"the current run has no {base_kinds[0]} figure"))
     return None, None
 
 
@@ -133,7 +144,7 @@ def metric_ratio(value: float, reference: float, higher_is_better: bool | None) 
 
 
 def _accuracy(base: CaseResult, cur: CaseResult,
-              problems: list[str]) -> tuple[str | None, float | None, float | None]:
+              problems: list[Problem]) -> tuple[str | None, float | None, float | None]:
     a, b = cur.accuracy, base.accuracy
     if b is None or b.task_metric is None or b.metrics.get(b.task_metric) is None:
         return None, None, None
@@ -142,11 +153,12 @@ def _accuracy(base: CaseResult, cur: CaseResult,
     now = a.metrics.get(metric) if a is not None else None
     target = (a or b).parity_target
     if now is None:
-        problems.append(f"accuracy: the current run has no {metric}")
+        problems.append(Problem("accuracy", f"the current run has no {metric}"))
         return metric, None, target
     ratio = metric_ratio(now, then, b.higher_is_better)
-    if not math.isfinite(ratio) and not (math.isfinite(now) and math.isfinite(then)):
-        problems.append(f"accuracy: {metric} {then!r} -> {now!r} is not a finite number")
+    if math.isnan(ratio):  # a non-finite metric on either side
+        problems.append(Problem("accuracy",
+                                f"{metric} {then!r} -> {now!r} is not a finite number"))
         return metric, None, target
     return metric, ratio, target
 
@@ -161,32 +173,42 @@ def paired_session(baseline: RunRecord, current: RunRecord) -> str | None:
 
 
 def _speed(base: CaseResult, cur: CaseResult, paired: bool,
-           problems: list[str]) -> Speed | None:
+           problems: list[Problem]) -> Speed | None:
     if base.timing is None:
         return None
     if cur.timing is None:
-        problems.append("speed: the current run has no timing")
+        problems.append(Problem("speed", "the current run has no timing"))
         return None
     if paired:
         base_rounds = base.details.get(PROCESS_MEDIANS_KEY) or []
         cur_rounds = cur.details.get(PROCESS_MEDIANS_KEY) or []
         if not base_rounds or len(base_rounds) != len(cur_rounds):
-            problems.append(f"speed: an A/B session must pair its rounds, got "
-                            f"{len(base_rounds)} baseline and {len(cur_rounds)} current")
+            problems.append(Problem("speed", f"an A/B session must pair its rounds, got "
+                                    f"{len(base_rounds)} baseline and {len(cur_rounds)} "
+                                    "current"))
             return None
         if not _finite_positive(base_rounds + cur_rounds):
-            problems.append("speed: a round's median is not a finite positive number")
+            problems.append(Problem("speed",
+                                    "a round's median is not a finite positive number"))
             return None
-        return Speed(paired_ratio(base_rounds, cur_rounds))
+        return _finite_speed(Speed(paired_ratio(base_rounds, cur_rounds)), problems)
     base_times, cur_times = _trial_times(base), _trial_times(cur)
     if not base_times or not cur_times:
-        problems.append(f"speed: no trials ({len(base_times)} baseline, {len(cur_times)} "
-                        "current)")
+        problems.append(Problem("speed", f"no trials ({len(base_times)} baseline, "
+                                f"{len(cur_times)} current)"))
         return None
     if not _finite_positive(base_times + cur_times):
-        problems.append("speed: a trial mean is not a finite positive number")
+        problems.append(Problem("speed", "a trial mean is not a finite positive number"))
         return None
-    return Speed(ratio_of_medians(base_times, cur_times))
+    return _finite_speed(Speed(ratio_of_medians(base_times, cur_times)), problems)
+
+
+def _finite_speed(speed: Speed, problems: list[Problem]) -> Speed | None:
+    """Finite positive inputs can still overflow (1e308 against 0.1 s): not comparable."""
+    if math.isfinite(speed.ratio) and speed.ratio > 0:
+        return speed
+    problems.append(Problem("speed", f"the speed ratio {speed.ratio!r} is not a finite number"))
+    return None
 
 
 def compare_case(base: CaseResult | None, cur: CaseResult | None,
@@ -194,11 +216,11 @@ def compare_case(base: CaseResult | None, cur: CaseResult | None,
     case_id = (cur or base).case_id
     if base is None or cur is None or not base.measured or not cur.measured:
         return CaseComparison(case_id, base, cur)
-    problems: list[str] = []
+    problems: list[Problem] = []
     for side, case in (("baseline", base), ("current", cur)):
         if case.status == STATUS_CONTENDED:
-            problems.append(f"inconclusive: the {side} case was timed while other processes "
-                            f"used the CPU ({case.reason})")
+            problems.append(Problem("inconclusive", f"the {side} case was timed while other "
+                                    f"processes used the CPU ({case.reason})"))
     speed = _speed(base, cur, paired, problems)
     memory, kind = _memory_ratio(base, cur, problems)
     metric, accuracy, target = _accuracy(base, cur, problems)
@@ -248,7 +270,7 @@ def render_comparison(rows: list[CaseComparison], fmt: str = "github") -> str:
 
     table = []
     for c in rows:
-        notes = list(c.problems)
+        notes = [str(p) for p in c.problems]
         for side, case in (("baseline", c.baseline), ("current", c.current)):
             if (fraction := injected_slowdown(case)) is not None:
                 notes.append(f"{side}: injected slowdown +{fraction:.0%} (BENCH_TEST_SLOWDOWN)")

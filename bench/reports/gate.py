@@ -27,7 +27,7 @@ from pathlib import Path
 
 from bench.errors import BenchInputError
 from bench.measurement.stats import min_trials_for_verdict
-from bench.reports.compare import CaseComparison
+from bench.reports.compare import CaseComparison, Problem
 from bench.results.schema import STATUS_CONTENDED
 from bench.units import DEFAULT_PARITY_TARGET, MIB
 
@@ -154,8 +154,6 @@ def check_speed(c: CaseComparison, policy: Policy) -> tuple[str | None, str | No
         return None, None  # not judged: inconclusive (CaseComparison.problems)
     ratio, (low, high) = c.speed.ratio, c.speed.ci
     pairs = c.speed.time.pairs
-    if not math.isfinite(ratio) or ratio <= 0:
-        return f"cannot judge: speed ratio {ratio!r}", None
     text = (f"speed x{ratio:.3f} (95% CI {low:.3f}–{high:.3f}, "
             f"p={c.speed.time.p_value:.2g}{f', {pairs} paired rounds' if pairs else ''})")
     if not c.speed.time.significant(policy.speed_alpha):
@@ -170,8 +168,6 @@ def check_speed(c: CaseComparison, policy: Policy) -> tuple[str | None, str | No
 def check_memory(c: CaseComparison, policy: Policy) -> tuple[str | None, str | None]:
     if not policy.gate_memory or c.memory_ratio is None:
         return None, None
-    if not math.isfinite(c.memory_ratio):
-        return f"cannot judge: {c.memory_kind} ratio {c.memory_ratio!r}", None
     text = f"{c.memory_kind} x{c.memory_ratio:.3f}"
     if c.memory_ratio > 1 + policy.memory_max_growth:
         return text, None
@@ -183,8 +179,6 @@ def check_memory(c: CaseComparison, policy: Policy) -> tuple[str | None, str | N
 def check_accuracy(c: CaseComparison, policy: Policy) -> tuple[str | None, str | None]:
     if not policy.gate_accuracy or c.accuracy_ratio is None:
         return None, None
-    if math.isnan(c.accuracy_ratio):
-        return f"cannot judge: {c.accuracy_metric} ratio is NaN", None
     target = policy.accuracy_min_ratio if policy.accuracy_min_ratio is not None else \
         (c.accuracy_target or DEFAULT_PARITY_TARGET)
     text = f"{c.accuracy_metric} at {c.accuracy_ratio:.4f} of baseline (target {target:g})"
@@ -199,23 +193,24 @@ CHECKS: dict[str, Check] = {"status": check_status, "speed": check_speed,
                             "memory": check_memory, "accuracy": check_accuracy}
 
 
-def judgeability(c: CaseComparison, policy: Policy) -> list[str]:
-    """Why the gate cannot judge this case (empty: it can)."""
+def judgeability(c: CaseComparison, policy: Policy) -> list[Problem]:
+    """Why the gate cannot judge this case (empty: it can): the comparison's problems of
+    the checks the policy gates, and a test too small to reach alpha."""
     gated = {"speed": policy.gate_speed, "memory": policy.gate_memory,
-             "accuracy": policy.gate_accuracy, "inconclusive": True}
-    reasons = [p for p in c.problems if gated.get(p.split(":", 1)[0], True)]
+             "accuracy": policy.gate_accuracy}
+    reasons = [p for p in c.problems if gated.get(p.check, True)]
     if policy.gate_speed and c.speed is not None and \
             c.speed.time.smallest_p >= policy.speed_alpha:
         est = c.speed.time
         if est.pairs is not None:
-            reasons.append(f"speed: {est.pairs} paired rounds cannot reach "
-                           f"p < {policy.speed_alpha:g}")
+            reasons.append(Problem("speed", f"{est.pairs} paired rounds cannot reach "
+                                            f"p < {policy.speed_alpha:g}"))
         else:
             need = min_trials_for_verdict(policy.speed_alpha)
-            reasons.append(f"speed: {est.n_baseline} baseline and {est.n_current} current "
-                           f"trials: Mann-Whitney cannot reach p < {policy.speed_alpha:g} "
-                           f"(smallest p {est.smallest_p:.3g}); a verdict needs at least "
-                           f"{need} trials per side")
+            reasons.append(Problem(
+                "speed", f"{est.n_baseline} baseline and {est.n_current} current trials: "
+                f"Mann-Whitney cannot reach p < {policy.speed_alpha:g} (smallest p "
+                f"{est.smallest_p:.3g}); a verdict needs at least {need} trials per side"))
     return reasons
 
 
@@ -229,17 +224,14 @@ def evaluate(comparisons: list[CaseComparison], policy: Policy) -> GateReport:
     for c in comparisons:
         for name, check in CHECKS.items():
             worse, better = check(c, policy)
-            if worse and worse.startswith("cannot judge"):
-                report.inconclusive.append(Finding(c.case_id, name, worse))
-            elif worse:
+            if worse:
                 report.regressions.append(Finding(c.case_id, name, worse))
             if better:
                 report.improvements.append(Finding(c.case_id, name, better))
         if (text := not_compared(c)) is not None:
             report.not_compared.append(Finding(c.case_id, "baseline", text))
-        for reason in judgeability(c, policy):
-            check, _, text = reason.partition(": ")
-            report.inconclusive.append(Finding(c.case_id, check, text or reason))
+        for problem in judgeability(c, policy):
+            report.inconclusive.append(Finding(c.case_id, problem.check, problem.text))
     return report
 
 

@@ -9,6 +9,7 @@ from typing import Any
 from tabulate import tabulate
 
 from bench.measurement.fingerprint import machine_name
+from bench.reports.compare import injected_slowdown
 from bench.reports.parity import Parity, parity_by_case
 from bench.results.schema import CaseResult, RunRecord
 from bench.units import MIB
@@ -83,8 +84,8 @@ def case_row(case: CaseResult, parity: Parity | None = None) -> list[Any]:
     status = case.status if case.status == "ok" else f"{case.status}: {reason}"
     if t and any(w.startswith("unstable") for w in case.warnings):
         status += " (unstable)"
-    slowdown = case.details.get("injected_slowdown")
-    if isinstance(slowdown, int | float) and slowdown:
+    slowdown = injected_slowdown(case)
+    if slowdown is not None:
         status += f" (INJECTED SLOWDOWN +{slowdown:.0%}: BENCH_TEST_SLOWDOWN)"
     gpu = mem.cuda_peak_allocated_mib if mem else None
     return [

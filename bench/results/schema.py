@@ -46,6 +46,8 @@ MEASURED_STATUSES = frozenset({STATUS_OK, STATUS_CONTENDED})
 # details key: each worker process's median step time, in run order (several processes per
 # case, or the rounds of an interleaved A/B run, whose two files pair them round by round).
 PROCESS_MEDIANS_KEY = "process_medians_s"
+# details key: the fraction a test-only BENCH_TEST_SLOWDOWN made every step longer.
+INJECTED_SLOWDOWN_KEY = "injected_slowdown"
 
 
 @dataclass

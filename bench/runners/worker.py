@@ -21,6 +21,7 @@ from typing import Any
 
 from bench.measurement.allocator import describe_current
 from bench.results.schema import (
+    INJECTED_SLOWDOWN_KEY,
     STATUS_CONTENDED,
     STATUS_DIVERGED,
     STATUS_ERROR,
@@ -104,7 +105,7 @@ def _with_injected_slowdown(step: Any, details: dict[str, Any]) -> Any:
         return step
     if not math.isfinite(fraction):
         raise ValueError(f"{SLOWDOWN_ENV}={fraction!r} is not a finite fraction")
-    details["injected_slowdown"] = fraction
+    details[INJECTED_SLOWDOWN_KEY] = fraction
 
     def slowed() -> object:
         started = time.perf_counter()
@@ -141,9 +142,9 @@ def _record_timing(result: CaseResult, measurement: Any, phase: Any, probe: Any,
     result.throughput = ThroughputResult.from_timing(
         result.timing, phase.samples_per_step, f"{phase.sample_unit}/s")
     result.warnings.extend(measurement.warnings)
-    if "injected_slowdown" in result.details:
+    if INJECTED_SLOWDOWN_KEY in result.details:
         result.warnings.append(f"injected slowdown: every step spun "
-                               f"{result.details['injected_slowdown']:.0%} longer "
+                               f"{result.details[INJECTED_SLOWDOWN_KEY]:.0%} longer "
                                f"({SLOWDOWN_ENV}, a test knob)")
     result.interference = probe.result
     if probe.result is not None and probe.result.contended:
