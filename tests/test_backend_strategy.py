@@ -28,7 +28,7 @@ class Traced(Eager):
     description = "torch.jit.trace (toy backend for a test)"
 
     def unsupported_reason(self, plan):
-        if plan.quant.name != "none":
+        if plan.quant is not None:
             return "the toy backend traces fp32 models only"
         return None
 

@@ -54,7 +54,7 @@ def test_torch_static_int8_quantizes_every_conv_and_linear():
 def test_torchao_pt2e_graph_holds_int8_weights_and_no_fp32_copies(method):
     model = tiny_cnn()
     quantized, how = quantization.torchao_pt2e(
-        model, quantization.QUANTIZATIONS[method], adapter(model).calibration, ("images",),
+        model, quantization.QUANTIZATIONS[method].static, adapter(model).calibration, ("images",),
         {"images": {0: "batch"}})
     assert "X86InductorQuantizer" in how
     assert quantization.count_int8_weights(quantized) == \
@@ -186,8 +186,10 @@ def test_distillation_loss_reduces_to_its_parts():
     assert float(same) == pytest.approx(0.0, abs=1e-6)  # KL of a distribution to itself
 
 
-def test_quantization_registry_names_are_the_axis_choices():
-    assert quantization.AXIS.choices == tuple(quantization.QUANTIZATIONS)
+def test_registry_names_are_the_axis_choices():
+    assert quantization.quantization_axis().choices == ("none", *quantization.QUANTIZATIONS)
+    assert pruning.pruning_axis().choices == ("none", *pruning.PRUNINGS)
+    assert {p.name for p in pruning.PRUNINGS.values()} == set(pruning.PRUNINGS)
     assert set(pipeline.variant_axes()) == {"backend", "quantization", "pruning"}
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -28,7 +27,8 @@ import torch
 from torch import nn
 
 from bench.spec.axes import Setting
-from bench.variants import pruning, quantization
+from bench.variants import quantization
+from bench.variants.quantization import Quantization
 from bench.variants.variant import (
     EXPORT_MIN_COSINE,
     BuildLog,
@@ -36,6 +36,7 @@ from bench.variants.variant import (
     ModelAdapter,
     Variant,
     VariantPlan,
+    numpy_feeds,
     serialized_bytes,
 )
 
@@ -82,17 +83,15 @@ class Eager(Backend):
     description = "torch eager"
 
     def unsupported_reason(self, plan: VariantPlan) -> str | None:
-        if plan.quant.name != "none" and plan.device == "cuda":
+        if plan.quant is not None and plan.device == "cuda":
             return "torch.ao int8 kernels (x86/fbgemm/onednn engines) run on CPU only"
-        if plan.quant.static and plan.support.torch_static_int8:
+        if plan.quant is not None and plan.quant.static and plan.support.torch_static_int8:
             return plan.support.torch_static_int8
         return None
 
-    def quantize(self, model: nn.Module, plan: VariantPlan,
+    def quantize(self, model: nn.Module, quant: Quantization,
                  adapter: ModelAdapter) -> tuple[nn.Module, str]:
-        if plan.quant.static:
-            return quantization.torch_static(model, adapter.calibration)
-        return quantization.torch_dynamic(model)
+        return quant.torch_ao(model, adapter)
 
     def runnable(self, model: nn.Module, plan: VariantPlan, log: BuildLog) -> nn.Module:
         log.steps.append("backend: torch eager")
@@ -101,26 +100,18 @@ class Eager(Backend):
     def build(self, adapter: ModelAdapter, model: nn.Module, plan: VariantPlan,
               log: BuildLog) -> Variant:
         int8_weights = 0
-        if plan.quant.name != "none":
+        if plan.quant is not None:
             with log.timed("quantize"):
-                model, how = self.quantize(model, plan, adapter)
+                model, how = self.quantize(model, plan.quant, adapter)
             log.steps.append(f"quantization {plan.quant.name}: {how}")
             int8_weights = quantization.count_int8_weights(model)
         precision = plan.precision
-        prepare: Callable[[Inputs], Any] = lambda inputs: inputs  # noqa: E731
-        if precision.cast_dtype:
-            dtype = getattr(torch, precision.cast_dtype)
-            model = model.to(dtype)
+        model, prepare = precision.cast_model(model)
+        if precision.name != "fp32":
             log.steps.append(f"precision {precision.name}: {precision.method()}")
-
-            def prepare(inputs: Inputs) -> Inputs:
-                return tuple(t.to(dtype) if t.is_floating_point() else t for t in inputs)
-        elif precision.name != "fp32":
-            log.steps.append(f"precision {precision.name}: {precision.method()}")
-        if plan.prune.kind == "semi_structured":
-            converted = pruning.to_semi_structured(model)
-            log.steps.append(f"2:4 storage: {converted} Linear weights as "
-                             "SparseSemiStructuredTensor")
+        stored = plan.prune.store(model) if plan.prune is not None else None
+        if stored:
+            log.steps.append(stored)
         size = serialized_bytes(model)
         runnable = self.runnable(model, plan, log)
 
@@ -139,7 +130,7 @@ class Compile(Eager):
     description = "torch.compile (inductor), compile time reported as cold start"
 
     def unsupported_reason(self, plan: VariantPlan) -> str | None:
-        if plan.quant.name != "none" and plan.device == "cuda":
+        if plan.quant is not None and plan.device == "cuda":
             return "torchao PT2E int8 with the X86InductorQuantizer lowers to x86 CPU kernels only"
         return None
 
@@ -148,15 +139,14 @@ class Compile(Eager):
             return "torch.compile on CPU needs a C++ compiler (g++ not found)"
         return None
 
-    def quantize(self, model: nn.Module, plan: VariantPlan,
+    def quantize(self, model: nn.Module, quant: Quantization,
                  adapter: ModelAdapter) -> tuple[nn.Module, str]:
-        return quantization.torchao_pt2e(model, plan.quant, adapter.calibration,
-                                         adapter.input_names, adapter.dynamic_axes)
+        return quant.pt2e(model, adapter)
 
     def runnable(self, model: nn.Module, plan: VariantPlan, log: BuildLog) -> nn.Module:
         # int8 graphs compile with static shapes: inductor's int8 conv lowering mis-strides
         # symbolic batch sizes (digits_cnn); each new shape compiles once.
-        dynamic = False if plan.quant.name != "none" else None
+        dynamic = False if plan.quant is not None else None
         args = "model, dynamic=False" if dynamic is False else "model"
         log.steps.append(f"backend: torch.compile({args}) (inductor, default mode); the first "
                          "call compiles and is the cold start")
@@ -200,13 +190,10 @@ class OnnxRuntime(Backend):
             return export_check(model, runner, adapter.check_inputs)
 
         path, int8_weights = fp32_path, 0
-        if plan.quant.name != "none":
+        if plan.quant is not None:
             path = Path(workdir.name) / "model.int8.onnx"
             with log.timed("quantize"):
-                feeds = [numpy_feeds(adapter.input_names, batch)
-                         for batch in adapter.calibration]
-                how = quantization.onnx_quantize(fp32_path, path, plan.quant, feeds,
-                                                 adapter.onnx_static_op_types)
+                how = plan.quant.onnx(fp32_path, path, adapter)
             log.steps.append(f"quantization {plan.quant.name}: {how}")
             int8_weights = quantization.onnx_int8_initializers(path)
         with log.timed("session"):
@@ -253,11 +240,6 @@ def export_onnx(model: nn.Module, example: tuple[torch.Tensor, ...], path: Path,
                           opset_version=OPSET, dynamo=False)
     return f"torch.onnx.export(dynamo=False, opset {OPSET}, dynamic axes " \
            f"{sorted({a for axes in dynamic_axes.values() for a in axes.values()})})"
-
-
-def numpy_feeds(input_names: tuple[str, ...],
-                inputs: tuple[torch.Tensor, ...]) -> dict[str, np.ndarray]:
-    return {name: t.detach().cpu().numpy() for name, t in zip(input_names, inputs, strict=True)}
 
 
 @dataclass

@@ -45,6 +45,21 @@ class Precision:
         return f"torchao convert_to_float8_training: {swapped} Linear -> Float8Linear " \
                "(tensorwise dynamic scales, e4m3 forward / e5m2 gradients), bf16 autocast"
 
+    def cast_model(self, model: Any) -> tuple[Any, Callable[[tuple], tuple]]:
+        """For a ``*_cast`` precision: the model cast to its dtype, and the function that
+        casts a batch's floating inputs alike (outside the timed region). Otherwise the
+        model as is and inputs unchanged."""
+        if self.cast_dtype is None:
+            return model, lambda inputs: inputs
+        import torch
+
+        dtype = getattr(torch, self.cast_dtype)
+
+        def prepare(inputs: tuple) -> tuple:
+            return tuple(t.to(dtype) if t.is_floating_point() else t for t in inputs)
+
+        return model.to(dtype), prepare
+
     def unsupported_reason(self, device: str, phase: str = "infer") -> str | None:
         if self.float8_training and phase != "train":
             return "fp8 here is torchao float8 training; fp8 inference is not built"

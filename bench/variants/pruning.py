@@ -7,12 +7,19 @@
 - ``semi-2:4``: 2:4 semi-structured sparsity (two zeros in every four weights along the
   input dimension) stored as torch's SparseSemiStructuredTensor: CUDA, compute capability
   8.0+, fp16/bf16 weights.
+
+Each kind is a strategy class: ``unsupported_reason(plan)`` for the cases it cannot run,
+``apply(model, adapter)`` on the fp32 model before the backend, and ``store(model)``, which
+the eager backend calls after the precision cast (2:4 storage). The axis value ``none`` is no
+strategy at all; ``PRUNINGS`` holds one instance per axis value.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -20,48 +27,12 @@ from torch.nn.utils import prune
 
 from bench.spec.axes import Setting
 
+if TYPE_CHECKING:
+    from bench.variants.variant import ModelAdapter, VariantPlan
+
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
+NONE = "none"
 
-
-@dataclass(frozen=True)
-class Pruning:
-    name: str
-    kind: str  # none | magnitude | structured | semi_structured
-    amount: float = 0.0
-
-    def unsupported_reason(self, device: str, precision: str, backend: str) -> str | None:
-        if self.kind != "semi_structured":
-            return None
-        if device != "cuda":
-            return "2:4 semi-structured sparse kernels (cuSPARSELt/CUTLASS) run on CUDA only"
-        if precision not in ("fp16_cast", "bf16_cast"):
-            return "2:4 semi-structured sparsity needs fp16/bf16 weights: use precision " \
-                   "fp16_cast or bf16_cast"
-        if backend != "eager":
-            return "2:4 semi-structured tensors are timed with backend=eager only"
-        major, _ = torch.cuda.get_device_capability()
-        if major < 8:
-            return f"2:4 sparsity needs compute capability 8.0+, " \
-                   f"{torch.cuda.get_device_name()} has {major}.x"
-        return None
-
-
-PRUNINGS: dict[str, Pruning] = {
-    p.name: p
-    for p in (
-        Pruning("none", "none"),
-        Pruning("magnitude-30", "magnitude", 0.3),
-        Pruning("magnitude-50", "magnitude", 0.5),
-        Pruning("magnitude-70", "magnitude", 0.7),
-        Pruning("magnitude-90", "magnitude", 0.9),
-        Pruning("structured-25", "structured", 0.25),
-        Pruning("structured-50", "structured", 0.5),
-        Pruning("semi-2:4", "semi_structured", 0.5),
-    )
-}
-
-AXIS = Setting("pruning", str, "none", choices=tuple(PRUNINGS), phases=("infer",),
-               help="weight pruning, made permanent before timing")
 
 StructuredPruner = Callable[[nn.Module, float], str]
 
@@ -148,13 +119,110 @@ def sparsity_report(model: nn.Module) -> SparsityReport:
     return SparsityReport(prunable, zeros, params, nonzero)
 
 
-def apply(model: nn.Module, pruning: Pruning, structured: StructuredPruner | None) -> str:
-    if pruning.kind == "none":
-        return "none"
-    if pruning.kind == "magnitude":
-        return magnitude(model, pruning.amount)
-    if pruning.kind == "structured":
-        if structured is None:
+
+
+@dataclass(frozen=True)
+class Pruning(ABC):
+    amount: float  # fraction of the prunable weights (or units) removed
+
+    @property
+    @abstractmethod
+    def name(self) -> str:
+        """The axis value."""
+
+    def unsupported_reason(self, plan: VariantPlan) -> str | None:
+        return None
+
+    @abstractmethod
+    def apply(self, model: nn.Module, adapter: ModelAdapter) -> str:
+        """Prune ``model`` in place, permanently; say how."""
+
+    def store(self, model: nn.Module) -> str | None:
+        """After the precision cast (eager backend): change how the weights are stored."""
+        return None
+
+
+@dataclass(frozen=True)
+class Magnitude(Pruning):
+    @property
+    def name(self) -> str:
+        return f"magnitude-{round(self.amount * 100)}"
+
+    def apply(self, model: nn.Module, adapter: ModelAdapter) -> str:
+        return magnitude(model, self.amount)
+
+
+@dataclass(frozen=True)
+class Structured(Pruning):
+    """Whole units by the workload's own rule (``ModelAdapter.structured_pruner``)."""
+
+    @property
+    def name(self) -> str:
+        return f"structured-{round(self.amount * 100)}"
+
+    def unsupported_reason(self, plan: VariantPlan) -> str | None:
+        if plan.support.structured_pruning is None:
+            return "this workload has no structured pruning rule"
+        return None
+
+    def apply(self, model: nn.Module, adapter: ModelAdapter) -> str:
+        if adapter.structured_pruner is None:
             raise ValueError("this workload has no structured pruning rule")
-        return structured(model, pruning.amount)
-    return semi_structured_mask(model)
+        return adapter.structured_pruner(model, self.amount)
+
+
+@dataclass(frozen=True)
+class SemiStructured(Pruning):
+    amount: float = 0.5
+
+    @property
+    def name(self) -> str:
+        return "semi-2:4"
+
+    def unsupported_reason(self, plan: VariantPlan) -> str | None:
+        if plan.quant is not None:
+            return "2:4 semi-structured sparsity and int8 quantization are not combined here"
+        if plan.device != "cuda":
+            return "2:4 semi-structured sparse kernels (cuSPARSELt/CUTLASS) run on CUDA only"
+        if plan.precision.name not in ("fp16_cast", "bf16_cast"):
+            return "2:4 semi-structured sparsity needs fp16/bf16 weights: use precision " \
+                   "fp16_cast or bf16_cast"
+        if plan.backend.name != "eager":
+            return "2:4 semi-structured tensors are timed with backend=eager only"
+        major, _ = torch.cuda.get_device_capability()
+        if major < 8:
+            return f"2:4 sparsity needs compute capability 8.0+, " \
+                   f"{torch.cuda.get_device_name()} has {major}.x"
+        return None
+
+    def apply(self, model: nn.Module, adapter: ModelAdapter) -> str:
+        return semi_structured_mask(model)
+
+    def store(self, model: nn.Module) -> str | None:
+        return f"2:4 storage: {to_semi_structured(model)} Linear weights as " \
+               "SparseSemiStructuredTensor"
+
+
+PRUNINGS: dict[str, Pruning] = {}
+
+
+def register_pruning(method: Pruning) -> Pruning:
+    if method.name in PRUNINGS or method.name == NONE:
+        raise ValueError(f"pruning {method.name!r} registered twice")
+    PRUNINGS[method.name] = method
+    return method
+
+
+for _method in (Magnitude(0.3), Magnitude(0.5), Magnitude(0.7), Magnitude(0.9),
+                Structured(0.25), Structured(0.5), SemiStructured()):
+    register_pruning(_method)
+
+
+def pruning_axis() -> Setting:
+    return Setting("pruning", str, NONE, choices=(NONE, *PRUNINGS), phases=("infer",),
+                   help="weight pruning, made permanent before timing")
+
+
+def pruning_named(name: str) -> Pruning | None:
+    """The strategy for an axis value (None for ``none``)."""
+    return None if name == NONE else PRUNINGS[name]

@@ -10,41 +10,75 @@ With ``backend=compile`` both go through torchao's PT2E flow instead (torch.expo
 ``prepare_pt2e`` with the ``X86InductorQuantizer`` -> calibration -> ``convert_pt2e``), which
 inductor lowers to oneDNN int8 kernels: the path PyTorch now documents for int8 on x86, and
 the one that handles graphs eager mode cannot wrap (BERT).
+
+Each method is a strategy class (``@register_quantization``) that says which cases it cannot
+run and quantizes for each kind of backend: ``torch_ao`` (eager), ``pt2e`` (compile),
+``onnx`` (ONNX Runtime). The axis value ``none`` is no strategy at all.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import nn
 
 from bench.spec.axes import Setting
 
+if TYPE_CHECKING:
+    from bench.variants.variant import ModelAdapter, VariantPlan
 
-@dataclass(frozen=True)
-class Quantization:
-    name: str
-    description: str
-    static: bool = False
+NONE = "none"
 
 
-QUANTIZATIONS: dict[str, Quantization] = {
-    q.name: q
-    for q in (
-        Quantization("none", "no quantization"),
-        Quantization("int8_dynamic", "int8 weights, activations quantized at run time"),
-        Quantization("int8_static", "int8 weights and activations, scales from calibration",
-                     static=True),
-    )
-}
+class Quantization(ABC):
+    name: ClassVar[str]
+    description: ClassVar[str]
+    static: ClassVar[bool]  # activation scales fixed by calibration (else per batch)
 
-AXIS = Setting("quantization", str, "none", choices=tuple(QUANTIZATIONS), phases=("infer",),
-               help="int8 quantization of the fp32 model")
+    def unsupported_reason(self, plan: VariantPlan) -> str | None:
+        if plan.precision.name != "fp32":
+            return "int8 quantization starts from the fp32 model: set precision=fp32"
+        return None
+
+    @abstractmethod
+    def torch_ao(self, model: nn.Module, adapter: ModelAdapter) -> tuple[nn.Module, str]:
+        """The torch eager int8 model (torch.ao.quantization) and how it was made."""
+
+    def pt2e(self, model: nn.Module, adapter: ModelAdapter) -> tuple[nn.Module, str]:
+        """The torchao PT2E int8 graph, for torch.compile with inductor freezing."""
+        return torchao_pt2e(model, self.static, adapter.calibration, adapter.input_names,
+                            adapter.dynamic_axes)
+
+    def onnx(self, source: Path, target: Path, adapter: ModelAdapter) -> str:
+        """Quantize the exported fp32 ``source`` into ``target`` (onnxruntime.quantization)."""
+        return onnx_quantize(source, target, self.static, adapter.calibration_feeds(),
+                             adapter.onnx_static_op_types)
+
+
+QUANTIZATIONS: dict[str, Quantization] = {}
+
+
+def register_quantization(cls: type[Quantization]) -> type[Quantization]:
+    if cls.name in QUANTIZATIONS or cls.name == NONE:
+        raise ValueError(f"quantization {cls.name!r} registered twice")
+    QUANTIZATIONS[cls.name] = cls()
+    return cls
+
+
+def quantization_named(name: str) -> Quantization | None:
+    """The strategy for an axis value (None for ``none``)."""
+    return None if name == NONE else QUANTIZATIONS[name]
+
+
+def quantization_axis() -> Setting:
+    return Setting("quantization", str, NONE, choices=(NONE, *QUANTIZATIONS), phases=("infer",),
+                   help="int8 quantization of the fp32 model")
 
 
 def _silence_deprecation() -> None:
@@ -95,7 +129,7 @@ def _import_pt2e():  # noqa: ANN202 - module objects
     return x86, prepare_pt2e, convert_pt2e
 
 
-def torchao_pt2e(model: nn.Module, method: Quantization,
+def torchao_pt2e(model: nn.Module, static: bool,
                  calibration: list[Sequence[torch.Tensor]], input_names: tuple[str, ...],
                  dynamic_axes: dict[str, dict[int, str]]) -> tuple[nn.Module, str]:
     """torch.export the model with the workload's dynamic axes, quantize it with the x86
@@ -115,9 +149,9 @@ def torchao_pt2e(model: nn.Module, method: Quantization,
     with torch.no_grad():
         exported = torch.export.export(model, example, dynamic_shapes=dynamic_shapes).module()
         quantizer = x86.X86InductorQuantizer().set_global(
-            x86.get_default_x86_inductor_quantization_config(is_dynamic=not method.static))
+            x86.get_default_x86_inductor_quantization_config(is_dynamic=not static))
         prepared = prepare_pt2e(exported, quantizer)
-        batches = calibration if method.static else calibration[:1]
+        batches = calibration if static else calibration[:1]
         for inputs in batches:
             prepared(*inputs)
         converted = _drop_unreferenced(convert_pt2e(prepared))
@@ -125,7 +159,7 @@ def torchao_pt2e(model: nn.Module, method: Quantization,
     # as float ops: no int8 kernels.
     inductor_config.freezing = True
     activations = (f"activations uint8 per tensor, calibrated on {len(batches)} held-out "
-                   "batches (histogram observer)" if method.static
+                   "batches (histogram observer)" if static
                    else "activations quantized per batch at run time")
     return converted, ("torchao PT2E: torch.export (dynamic " + ", ".join(labels)
                        + ") -> prepare_pt2e(X86InductorQuantizer: weights int8 per channel, "
@@ -163,7 +197,7 @@ def count_int8_weights(model: nn.Module) -> int:
     return total
 
 
-def onnx_quantize(source: Path, target: Path, method: Quantization,
+def onnx_quantize(source: Path, target: Path, static: bool,
                   calibration_feeds: list[dict[str, object]] | None,
                   static_op_types: tuple[str, ...] | None = None) -> str:
     from onnxruntime.quantization import (
@@ -187,7 +221,7 @@ def onnx_quantize(source: Path, target: Path, method: Quantization,
     # directory: keep them beside the model, never in the caller's tree.
     with contextlib.chdir(target.parent):
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
-        if not method.static:
+        if not static:
             quantize_dynamic(str(prepared), str(target), weight_type=QuantType.QInt8)
             return "onnxruntime.quantization.quantize_dynamic(weight_type=QInt8) after " \
                    "quant_pre_process"
@@ -217,3 +251,23 @@ def onnx_int8_initializers(path: Path) -> int:
                 count *= d
             total += count
     return total
+
+
+@register_quantization
+class Int8Dynamic(Quantization):
+    name = "int8_dynamic"
+    description = "int8 weights, activations quantized at run time"
+    static = False
+
+    def torch_ao(self, model: nn.Module, adapter: ModelAdapter) -> tuple[nn.Module, str]:
+        return torch_dynamic(model)
+
+
+@register_quantization
+class Int8Static(Quantization):
+    name = "int8_static"
+    description = "int8 weights and activations, scales from calibration"
+    static = True
+
+    def torch_ao(self, model: nn.Module, adapter: ModelAdapter) -> tuple[nn.Module, str]:
+        return torch_static(model, adapter.calibration)

@@ -11,15 +11,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from bench.results.schema import ModelResult
-from bench.variants import pruning, quantization
-from bench.variants.precision import Precision, get_precision
+from bench.variants.precision import Precision
 
 if TYPE_CHECKING:
     from bench.variants.backends import Backend
+    from bench.variants.pruning import Pruning, SparsityReport, StructuredPruner
+    from bench.variants.quantization import Quantization
 
 Inputs = tuple[torch.Tensor, ...]
 
@@ -39,25 +41,15 @@ class VariantSupport:
 
 @dataclass(frozen=True)
 class VariantPlan:
-    """A case's variant axes resolved to their strategies."""
+    """A case's variant axes resolved to their strategies (None: the axis is ``none``);
+    built by ``bench.variants.pipeline.plan_variant``."""
 
     precision: Precision
     backend: Backend
-    quant: quantization.Quantization
-    prune: pruning.Pruning
+    quant: Quantization | None
+    prune: Pruning | None
     device: str
     support: VariantSupport = field(default_factory=VariantSupport)
-
-    @classmethod
-    def from_axes(cls, axes: dict[str, Any], device: str,
-                  support: VariantSupport | None = None) -> VariantPlan:
-        from bench.variants.backends import BACKENDS
-
-        return cls(get_precision(axes.get("precision", "fp32")),
-                   BACKENDS[axes.get("backend", "eager")],
-                   quantization.QUANTIZATIONS[axes.get("quantization", "none")],
-                   pruning.PRUNINGS[axes.get("pruning", "none")], device,
-                   support or VariantSupport())
 
 
 @dataclass
@@ -68,10 +60,13 @@ class ModelAdapter:
     dynamic_axes: dict[str, dict[int, str]]
     check_inputs: list[Inputs]  # export check: torch vs the exported model
     calibration: list[Inputs]  # held-out inputs for static quantization
-    structured_pruner: pruning.StructuredPruner | None = None
+    structured_pruner: StructuredPruner | None = None
     # ONNX static int8: which ops get QDQ pairs (None: all). Transformers keep softmax,
     # layernorm and residual adds in float, as ONNX Runtime advises for BERT models.
     onnx_static_op_types: tuple[str, ...] | None = None
+
+    def calibration_feeds(self) -> list[dict[str, np.ndarray]]:
+        return [numpy_feeds(self.input_names, batch) for batch in self.calibration]
 
 
 @dataclass
@@ -79,7 +74,7 @@ class BuildLog:
     """Each build step in words and seconds, and the model's size before the backend."""
 
     reference_parameters: int
-    sparsity: pruning.SparsityReport | None = None
+    sparsity: SparsityReport | None = None
     steps: list[str] = field(default_factory=list)
     build_s: dict[str, float] = field(default_factory=dict)
 
@@ -139,3 +134,9 @@ def serialized_bytes(model: nn.Module) -> int:
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     return buffer.tell()
+
+
+def numpy_feeds(input_names: tuple[str, ...],
+                inputs: tuple[torch.Tensor, ...]) -> dict[str, np.ndarray]:
+    """ONNX Runtime feeds: input name -> numpy array."""
+    return {name: t.detach().cpu().numpy() for name, t in zip(input_names, inputs, strict=True)}
