@@ -7,6 +7,12 @@ import pytest
 from bench.reports.parity import parity_by_case
 from bench.reports.table import render_report
 from bench.results.schema import AccuracyResult, CaseResult, RunInfo, RunRecord
+from bench.spec import load_suite
+from bench.spec.expand import expand_suite
+from bench.workloads import get_workload, workload_names
+
+# What the loader records for these workloads' variant axes (their declared defaults).
+DEFAULTS = {"precision": "fp32", "backend": "eager", "quantization": "none"}
 
 
 def case(workload, axes, metric, value, higher=True, status="ok", target=0.99, label=""):
@@ -14,6 +20,7 @@ def case(workload, axes, metric, value, higher=True, status="ok", target=0.99, l
     return CaseResult(
         case_id=f"{workload}/infer{label}[{names}]", workload=workload, phase="infer",
         axes=axes, params={}, status=status, label=label.lstrip(":") or None,
+        parity_reference={k: v for k, v in DEFAULTS.items() if k in axes},
         accuracy=AccuracyResult(metrics={metric: value}, targets=[], passed=None,
                                 task_metric=metric, higher_is_better=higher,
                                 parity_target=target))
@@ -69,10 +76,34 @@ def test_custom_target_and_report_columns():
 
 
 def test_a_compiled_gpt_case_is_compared_with_its_eager_case():
-    eager = case("gpt", {"device": "cpu", "precision": "fp32", "compile": False}, "bpb", 2.0,
+    eager = case("gpt", {"device": "cpu", "precision": "fp32", "backend": "eager"}, "bpb", 2.0,
                  higher=False)
-    compiled = case("gpt", {"device": "cpu", "precision": "fp32", "compile": True}, "bpb",
+    compiled = case("gpt", {"device": "cpu", "precision": "fp32", "backend": "compile"}, "bpb",
                     2.1, higher=False)
     parity = parity_by_case([eager, compiled])
     assert parity[compiled.case_id].reference_case == eager.case_id
     assert parity[compiled.case_id].ratio == pytest.approx(2.0 / 2.1)
+
+
+@pytest.mark.parametrize("workload, phase", [(name, phase) for name in workload_names()
+                                             for phase in get_workload(name).phases])
+def test_parity_references_are_the_declared_defaults_of_the_variant_axes(workload, phase,
+                                                                          write_suite):
+    """No second list: every workload's cases carry the defaults of its variant axes."""
+    suite = load_suite(write_suite(f'[[benchmark]]\nworkload = "{workload}"\n'
+                                   f'phase = "{phase}"\n'))
+    declared = {k: s.default for k, s in get_workload(workload).axes().items()
+                if s.variant and (s.phases is None or phase in s.phases)}
+    assert get_workload(workload).parity_reference(phase) == declared
+    for spec in expand_suite(suite):
+        assert spec.parity_reference == declared
+        assert CaseResult.for_case(spec, "ok").parity_reference == declared
+
+
+def test_compile_is_one_backend_axis_for_every_workload():
+    backends = {name: get_workload(name).axes().get("backend") for name in workload_names()}
+    assert backends["gpt"].choices == ("eager", "compile")  # the backends that train
+    for name, axis in backends.items():
+        assert "compile" not in get_workload(name).axes(), name
+        if axis is not None:
+            assert axis.default == "eager" and axis.variant and "compile" in axis.choices

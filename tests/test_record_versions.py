@@ -84,3 +84,40 @@ def test_a_baseline_that_could_not_run_is_said_not_counted_as_an_improvement(tmp
     assert code == 0, out
     assert "0 improvements, 1 not compared (baseline could not run)" in out
     assert "the baseline could not run (crashed: RuntimeError: boom); now ok" in out
+
+
+def _v3_gpt_case(compiled: bool) -> dict:
+    return {"case_id": f"gpt/train[device=cpu,compile={compiled},batch_size=8]",
+            "workload": "gpt", "phase": "train", "status": "skipped", "label": None,
+            "axes": {"device": "cpu", "precision": "fp32", "compile": compiled, "batch_size": 8},
+            "params": {}}
+
+
+def test_version_3_gpt_compile_reads_as_the_backend_axis():
+    from bench.results.migrations import migrate_case
+
+    for compiled, backend in ((True, "compile"), (False, "eager")):
+        case = migrate_case(_v3_gpt_case(compiled), 3, SCHEMA_VERSION)
+        assert case["case_id"] == f"gpt/train[device=cpu,backend={backend},batch_size=8]"
+        assert list(case["axes"]) == ["device", "precision", "backend", "batch_size"]
+        assert case["axes"]["backend"] == backend
+        assert case["parity_reference"] == {"precision": "fp32", "backend": "eager"}
+
+
+def test_an_older_worker_reads_its_own_case_file_and_its_record_comes_back_the_same():
+    """bench ab against a commit before version 4: the case file is written in the worker's
+    version, and the id its worker records migrates back to the parent's id."""
+    from bench.results.migrations import case_for_worker, migrate_case
+    from bench.spec.model import Budget, CaseSpec
+
+    spec = CaseSpec("gpt", "train", {"device": "cpu", "backend": "compile", "batch_size": 8},
+                    {}, Budget(), id_axes=("device", "backend"),
+                    parity_reference={"precision": "fp32", "backend": "eager"})
+    old = case_for_worker(spec.to_dict(), SCHEMA_VERSION, 3)
+    assert old["axes"] == {"device": "cpu", "compile": True, "batch_size": 8}
+    as_old_worker_sees_it = CaseSpec.from_dict(old)
+    assert as_old_worker_sees_it.case_id == "gpt/train[device=cpu,compile=True]"
+    record = {"case_id": as_old_worker_sees_it.case_id, "workload": "gpt", "phase": "train",
+              "axes": old["axes"], "params": {}, "status": "ok"}
+    assert migrate_case(record, 3, SCHEMA_VERSION)["case_id"] == spec.case_id
+    assert case_for_worker(spec.to_dict(), SCHEMA_VERSION, SCHEMA_VERSION) == spec.to_dict()

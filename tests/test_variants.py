@@ -200,12 +200,15 @@ def test_variant_case_through_the_worker_records_model_and_parity(tmp_path):
     from bench.reports.parity import parity_by_case
     from bench.runners.isolation import run_isolated
     from bench.spec.model import Budget, CaseSpec
+    from bench.workloads import get_workload
 
     budget = Budget(min_trials=3, max_trials=5, max_time_s=0.5, trial_time_s=0.01,
                     warmup_max_s=0.1, timeout_s=120)
     params = {"epochs": 2, "lr": 2e-3, "width": 8, "student_width": 4}
     base = {"device": "cpu", "precision": "fp32", "batch_size": 16}
-    cases = [CaseSpec("digits_cnn", "infer", {**base, **axes}, params, budget)
+    reference = get_workload("digits_cnn").parity_reference("infer")
+    cases = [CaseSpec("digits_cnn", "infer", {**base, **axes}, params, budget,
+                      parity_reference=reference)
              for axes in ({}, {"backend": "onnxruntime", "quantization": "int8_static"})]
     results = [run_isolated(c) for c in cases]
     assert [r.status for r in results] == ["ok", "ok"], [r.reason for r in results]

@@ -15,7 +15,7 @@ import io
 from collections import defaultdict
 from typing import Any
 
-from bench.reports.parity import parity_by_case
+from bench.reports.parity import parity_by_case, variant_choices
 from bench.reports.table import render_report
 from bench.results.schema import CaseResult, RunRecord
 from bench.units import DEFAULT_PARITY_TARGET
@@ -83,11 +83,8 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
 
 
 def _variant_label(case: CaseResult) -> str:
-    """The variant axes that differ from the fp32 eager reference, plus the batch size."""
-    from bench.variants.reference import REFERENCE_VALUES
-
-    parts = [f"{k}={v}" for k, v in case.axes.items()
-             if k in REFERENCE_VALUES and str(v) != REFERENCE_VALUES[k]]
+    """The variant axes that differ from the parity reference, plus the batch size."""
+    parts = [f"{k}={v}" for k, v in variant_choices(case).items()]
     parts.append(f"bs{case.axes.get('batch_size', '?')}")
     return " ".join(parts)
 

@@ -1,4 +1,9 @@
-"""Accuracy parity: each case's task metric as a ratio to its fp32 reference case.
+"""Accuracy parity: each case's task metric as a ratio to its reference case.
+
+A case's reference is the case of the same benchmark and shape whose variant axes
+(precision, backend, quantization, pruning, distillation: ``Setting.variant``) all hold
+their declared defaults (fp32, eager, none...), as each record carries them in
+``CaseResult.parity_reference``.
 
 ratio = metric / reference for higher-is-better metrics (accuracy), and
 reference / metric for lower-is-better ones (MSE, loss), so a ratio below 1 is always
@@ -12,7 +17,6 @@ from dataclasses import dataclass
 
 from bench.reports.compare import metric_ratio
 from bench.results.schema import CaseResult
-from bench.variants.reference import REFERENCE_VALUES
 
 
 @dataclass(frozen=True)
@@ -30,19 +34,27 @@ class Parity:
 
 
 def _shape_key(case: CaseResult) -> tuple:
-    shape = tuple(sorted((k, str(v)) for k, v in case.axes.items() if k not in REFERENCE_VALUES))
+    shape = tuple(sorted((k, str(v)) for k, v in case.axes.items()
+                         if k not in case.parity_reference))
     return case.benchmark_key, shape
 
 
-def _is_reference(case: CaseResult) -> bool:
-    return all(str(case.axes.get(axis, value)) == value
-               for axis, value in REFERENCE_VALUES.items())
+def is_reference(case: CaseResult) -> bool:
+    """Whether every variant axis of the case holds its reference value."""
+    return all(case.axes.get(axis, value) == value
+               for axis, value in case.parity_reference.items())
+
+
+def variant_choices(case: CaseResult) -> dict[str, object]:
+    """The variant axes where the case differs from its reference."""
+    return {axis: case.axes[axis] for axis, value in case.parity_reference.items()
+            if axis in case.axes and case.axes[axis] != value}
 
 
 def parity_by_case(cases: list[CaseResult]) -> dict[str, Parity]:
     """Parity of every ok case whose reference case in the same run is ok too."""
     references = {_shape_key(c): c for c in cases
-                  if c.measured and c.accuracy and _is_reference(c)}
+                  if c.measured and c.accuracy and is_reference(c)}
     out: dict[str, Parity] = {}
     for case in cases:
         acc = case.accuracy

@@ -3,6 +3,10 @@
 A file is migrated step by step, in memory, up to ``SCHEMA_VERSION``; the file on disk is
 never rewritten by a reader. Every change of the record bumps the version and adds its
 step here (as pyperf reads its older JSON files).
+
+A worker of an older bench (the baseline side of ``bench ab``) is spoken to in its own
+version: ``case_for_worker`` rewrites the case file it reads (``DOWNGRADES``), and its
+record is read back through the same migrations as a file (``migrate_case``).
 """
 
 from __future__ import annotations
@@ -34,7 +38,52 @@ def _v2_to_v3(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "cases": cases, "schema_version": 3}
 
 
-MIGRATIONS: dict[int, Migration] = {1: _v1_to_v2, 2: _v2_to_v3}
+# The variant axes and their reference values up to version 3, when parity read them from
+# one table instead of each axis's declared default.
+_V3_PARITY_REFERENCE = {"precision": "fp32", "backend": "eager", "quantization": "none",
+                        "pruning": "none", "distillation": "none"}
+
+
+def _rename_in_id(case_id: str, old: str, new: str) -> str:
+    head, bracket, rest = case_id.partition("[")
+    if not bracket:
+        return case_id
+    tokens = rest[:-1].split(",") if rest.endswith("]") else rest.split(",")
+    tokens = [new if t == old else t for t in tokens]
+    return f"{head}[{','.join(tokens)}]"
+
+
+def _gpt_compile_to_backend(case: dict[str, Any]) -> dict[str, Any]:
+    axes = case.get("axes")
+    if case.get("workload") != "gpt" or not isinstance(axes, dict) or "compile" not in axes:
+        return case
+    compiled = axes["compile"]
+    backend = "compile" if compiled is True else "eager"
+    case_id = case.get("case_id")
+    if isinstance(case_id, str):
+        case_id = _rename_in_id(case_id, f"compile={compiled}", f"backend={backend}")
+    return {**case, "case_id": case_id,
+            "axes": {("backend" if k == "compile" else k): (backend if k == "compile" else v)
+                     for k, v in axes.items()}}
+
+
+def _v3_to_v4(data: dict[str, Any]) -> dict[str, Any]:
+    # Version 4: gpt's compile boolean became the shared backend axis; each case records
+    # its parity reference (the v3 table, for the variant axes the case has).
+    cases = data.get("cases")
+    if isinstance(cases, list):
+        cases = [c if not isinstance(c, dict) else _with_v3_reference(_gpt_compile_to_backend(c))
+                 for c in cases]
+    return {**data, "cases": cases, "schema_version": 4}
+
+
+def _with_v3_reference(case: dict[str, Any]) -> dict[str, Any]:
+    axes = case.get("axes") if isinstance(case.get("axes"), dict) else {}
+    return {**case, "parity_reference": {a: v for a, v in _V3_PARITY_REFERENCE.items()
+                                         if a in axes}}
+
+
+MIGRATIONS: dict[int, Migration] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
 
 
 def migrate(data: dict[str, Any], version: int, target: int) -> dict[str, Any]:
@@ -42,3 +91,31 @@ def migrate(data: dict[str, Any], version: int, target: int) -> dict[str, Any]:
         data = MIGRATIONS[version](data)
         version += 1
     return data
+
+
+def migrate_case(case: dict[str, Any], version: int, target: int) -> dict[str, Any]:
+    """One case record (a worker's result) of ``version`` read as ``target``'s."""
+    return migrate({"cases": [case]}, version, target)["cases"][0]
+
+
+def _case_v4_to_v3(case: dict[str, Any]) -> dict[str, Any]:
+    axes = dict(case.get("axes", {}))
+    if case.get("workload") == "gpt" and "backend" in axes:
+        axes = {("compile" if k == "backend" else k): (v == "compile" if k == "backend" else v)
+                for k, v in axes.items()}
+        id_axes = case.get("id_axes")
+        if id_axes is not None:
+            case = {**case, "id_axes": ["compile" if a == "backend" else a for a in id_axes]}
+    return {**case, "axes": axes}
+
+
+# A case file (CaseSpec.to_dict) of version N+1 turned into version N's, for older workers.
+DOWNGRADES: dict[int, Migration] = {4: _case_v4_to_v3}
+
+
+def case_for_worker(case: dict[str, Any], version: int, worker_version: int) -> dict[str, Any]:
+    """The case file a worker of ``worker_version`` reads (it ignores keys it lacks)."""
+    while version > worker_version:
+        case = DOWNGRADES[version](case) if version in DOWNGRADES else case
+        version -= 1
+    return case

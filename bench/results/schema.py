@@ -1,4 +1,4 @@
-"""The result file schema (JSON), version 3.
+"""The result file schema (JSON), version 4.
 
 A run file holds ``schema``/``schema_version``, the run's metadata, the machine's
 fingerprint and one record per finished case. Every figure keeps its raw samples and
@@ -11,6 +11,9 @@ Versions (older files are read through ``bench.results.migrations``):
    of other processes while timing). A version-1 file reads unchanged.
 3. ``CaseResult.label``, the benchmark's label, so no reader parses it back out of the
    case id (older files get it from their ids, in the migration).
+4. ``CaseResult.parity_reference``: the case's variant axes with their declared defaults,
+   the case accuracy parity compares with. gpt's ``compile`` boolean axis is now the
+   ``backend`` axis every workload shares (``eager`` | ``compile``), in axes and case ids.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from bench.spec.model import benchmark_key
 from bench.units import DEFAULT_PARITY_TARGET
 
 SCHEMA_NAME = "bench.run"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 STATUS_OK = "ok"
 STATUS_SKIPPED = "skipped"
@@ -227,6 +230,8 @@ class CaseResult:
     finished_at: str | None = None
     interference: InterferenceResult | None = None
     label: str | None = None  # the benchmark's label (schema 3)
+    # The variant axes and their declared defaults: parity's reference case (schema 4).
+    parity_reference: dict[str, Any] = field(default_factory=dict)
 
     @property
     def benchmark_key(self) -> str:
@@ -244,7 +249,8 @@ class CaseResult:
         """A record carrying a CaseSpec's identity, parameters and budget."""
         return cls(case_id=spec.case_id, workload=spec.workload, phase=spec.phase,
                    axes=spec.axes, params=spec.params, status=status, reason=reason,
-                   budget=spec.budget.to_dict(), label=spec.label, **fields)
+                   budget=spec.budget.to_dict(), label=spec.label,
+                   parity_reference=dict(spec.parity_reference), **fields)
 
 
 @dataclass

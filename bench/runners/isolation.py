@@ -17,6 +17,7 @@ writing its result is ``crashed``, with the signal or exit code and the tail of 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -31,9 +32,12 @@ from pathlib import Path
 
 import psutil
 
+from bench.errors import BenchInputError
 from bench.measurement.allocator import worker_env
 from bench.measurement.memory import MIB, tree_rss_bytes
+from bench.results.migrations import MIGRATIONS, case_for_worker, migrate_case
 from bench.results.schema import (
+    SCHEMA_VERSION,
     STATUS_CRASHED,
     STATUS_OOM,
     STATUS_TIMEOUT,
@@ -62,6 +66,33 @@ class WorkerCode:
     @classmethod
     def this_checkout(cls, env: Mapping[str, str] | None = None) -> WorkerCode:
         return cls(Path(__file__).resolve().parents[2], dict(env or {}))
+
+    def record_version(self) -> int:
+        """The result-schema version this code's worker writes (and whose case file it
+        reads): this checkout's own, or asked of the other checkout's Python once."""
+        return _record_version(self.source.resolve())
+
+
+@functools.cache
+def _record_version(source: Path) -> int:
+    if source == Path(__file__).resolve().parents[2]:
+        return SCHEMA_VERSION
+    probe = subprocess.run(
+        [sys.executable, "-P", "-c",
+         "from bench.results.schema import SCHEMA_VERSION; print(SCHEMA_VERSION)"],
+        env={**os.environ, "PYTHONPATH": str(source)}, capture_output=True, text=True,
+        timeout=120, check=False)
+    try:
+        version = int(probe.stdout.strip())
+    except ValueError:
+        version = -1
+    known = [*MIGRATIONS, SCHEMA_VERSION]
+    if version not in known:
+        said = probe.stdout.strip() or probe.stderr.strip()[-200:]
+        raise BenchInputError(str(source), f"its bench writes records of version {said!r}",
+                              key="bench.results.schema.SCHEMA_VERSION",
+                              valid=", ".join(map(str, known)))
+    return version
 
 
 def _tail(path: Path, lines: int = STDERR_TAIL_LINES) -> str:
@@ -176,7 +207,8 @@ def run_isolated(case: CaseSpec, code: WorkerCode | None = None) -> CaseResult:
         me = psutil.Process()
         (tmpdir / _OWNER_FILE).write_text(f"{me.pid} {me.create_time()}")
         case_file, out_file, err_file = (tmpdir / n for n in ("case.json", "out.json", "err"))
-        case_file.write_text(json.dumps(case.to_dict()))
+        version = code.record_version()
+        case_file.write_text(json.dumps(case_for_worker(case.to_dict(), SCHEMA_VERSION, version)))
         env = {**worker_env(budget.allocator), "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1",
                # A compile's cold start is a cold compile, not whatever an earlier case
                # left in inductor's on-disk cache.
@@ -193,7 +225,7 @@ def run_isolated(case: CaseSpec, code: WorkerCode | None = None) -> CaseResult:
                 start_new_session=True, preexec_fn=_die_with_parent(os.getpid()),
             )
         try:
-            result = _watch(case, proc, limit, started, err_file, out_file)
+            result = _watch(case, proc, limit, started, err_file, out_file, version)
         except BaseException:
             _kill_group(proc)  # Ctrl-C, or anything else: never leave the worker running
             raise
@@ -225,7 +257,7 @@ def _wait_or_kill(proc: subprocess.Popen, timeout_s: float) -> bool:
 
 
 def _watch(case: CaseSpec, proc: subprocess.Popen, limit: float | None, started: float,
-           err_file: Path, out_file: Path) -> CaseResult:
+           err_file: Path, out_file: Path, version: int) -> CaseResult:
     """Wait for the worker under the timeout and memory limit; its result or failure."""
     budget = case.budget
     ps = psutil.Process(proc.pid)
@@ -265,14 +297,17 @@ def _watch(case: CaseSpec, proc: subprocess.Popen, limit: float | None, started:
                        peak_rss, started)
     dropped: list[str] = []
     try:
-        result = from_dict(CaseResult, json.loads(out_file.read_text()), dropped=dropped)
-    except (json.JSONDecodeError, SchemaError) as exc:
+        data = migrate_case(json.loads(out_file.read_text()), version, SCHEMA_VERSION)
+        result = from_dict(CaseResult, data, dropped=dropped)
+    except (json.JSONDecodeError, SchemaError, AttributeError, TypeError) as exc:
         return _failed(case, STATUS_CRASHED, f"unreadable worker result: {exc}", stderr,
                        peak_rss, started)
     if dropped:  # a worker of another bench version (bench ab): its record, less these
         result.warnings.append(f"the worker wrote fields this bench does not read, left out: "
                                f"{', '.join(dropped[:8])}")
-    result.label = case.label  # workers of older versions did not record it
+    # Workers of older versions did not record these; the parent's case is the truth.
+    result.label = case.label
+    result.parity_reference = dict(case.parity_reference)
     if peak_rss:
         result.details["watchdog_peak_rss_mib"] = peak_rss / MIB
     if result.status != "ok" and not result.stderr_tail:

@@ -19,6 +19,8 @@ class Setting:
     minimum excluded with ``above_minimum``). Numbers are finite: NaN compares false
     with every bound, so it would slip through any of them.
     ``phases`` limits the phases where it means anything (None: all).
+    ``variant`` marks a variant of the same model (precision, backend, int8, pruning...):
+    accuracy parity compares each case with the case at this axis's default.
     """
 
     name: str
@@ -30,6 +32,7 @@ class Setting:
     help: str = ""
     maximum: float | None = None
     above_minimum: bool = False
+    variant: bool = False
 
     def valid_values(self) -> str:
         if self.choices is not None:

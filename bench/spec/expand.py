@@ -25,7 +25,8 @@ def benchmark_cases(bench: BenchmarkSpec) -> list[CaseSpec]:
         CaseSpec(workload=bench.workload, phase=bench.phase,
                  axes=dict(zip(names, values, strict=True)), params=bench.params,
                  budget=bench.budget, accuracy=bench.accuracy, id_axes=bench.named_axes,
-                 label=bench.label, parity_target=bench.parity_target)
+                 label=bench.label, parity_target=bench.parity_target,
+                 parity_reference=bench.parity_reference)
         for values in itertools.product(*(bench.matrix[n] for n in names))
     ]
 

@@ -108,7 +108,7 @@ def _load_benchmark(table: Any, index: int, default_budget: Budget,
         raise BenchInputError(source, f"unknown phase {phase!r} for workload {name}",
                               key=f"{where}.phase", valid=workload.phases)
 
-    axes = {k: s for k, s in workload.axes().items() if s.phases is None or phase in s.phases}
+    axes = workload.phase_axes(phase)
     matrix_table = _check_keys(table.get("matrix", {}), set(axes), source, f"{where}.matrix")
     matrix: dict[str, tuple[Any, ...]] = {}
     for axis_name, setting in axes.items():
@@ -145,9 +145,9 @@ def _load_benchmark(table: Any, index: int, default_budget: Budget,
         raise BenchInputError(source, f"value {parity!r} is above 1",
                               key=f"{where}.parity_target", valid="number in [0, 1]")
     return BenchmarkSpec(workload=name, phase=phase, matrix=matrix, label=label,
-                         parity_target=parity, named_axes=named,
-                         params=params,
-                         accuracy=accuracy, budget=budget)
+                         parity_target=parity, named_axes=named, params=params,
+                         accuracy=accuracy, budget=budget,
+                         parity_reference=workload.parity_reference(phase))
 
 
 def _refuse_colliding_ids(benchmarks: tuple[BenchmarkSpec, ...], source: str) -> None:

@@ -77,6 +77,8 @@ class BenchmarkSpec:
     accuracy: tuple[AccuracyTarget, ...] = ()
     budget: Budget = field(default_factory=Budget)
     parity_target: float = DEFAULT_PARITY_TARGET
+    # The variant axes and their declared defaults: the case accuracy parity compares with.
+    parity_reference: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,7 @@ class CaseSpec:
     parity_target: float = DEFAULT_PARITY_TARGET
     # A probe (max-batch search) times the step and stops: no task metrics, no FLOP count.
     probe: bool = False
+    parity_reference: dict[str, Any] = field(default_factory=dict)
 
     def named_axes(self) -> list[tuple[str, Any]]:
         """The axes the suite named (all of them when it named none), in order."""
@@ -135,6 +138,7 @@ class CaseSpec:
             "label": self.label,
             "parity_target": self.parity_target,
             "probe": self.probe,
+            "parity_reference": dict(self.parity_reference),
         }
 
     @classmethod
@@ -150,4 +154,5 @@ class CaseSpec:
             label=data.get("label"),
             parity_target=data.get("parity_target", DEFAULT_PARITY_TARGET),
             probe=data.get("probe", False),
+            parity_reference=dict(data.get("parity_reference", {})),
         )

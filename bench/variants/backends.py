@@ -10,7 +10,9 @@
 A backend says which combinations it cannot run (``unsupported_reason``) and what this
 machine lacks for it (``unavailable_reason``), and builds the timed ``Variant`` from the
 pruned fp32 model (``build``). Adding one is a ``@register_backend`` class in any module
-that is imported; the ``backend`` axis offers every registered name.
+that is imported; the ``backend`` axis offers every registered name. A backend that can
+also run a training step (``trains``: eager, compile) wraps a module for it
+(``training_module``): workloads that train their own model (gpt) take the same axis.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from bench.variants.variant import (
 class Backend(ABC):
     name: ClassVar[str]
     description: ClassVar[str]
+    trains: ClassVar[bool] = False  # can run a training step (training_module)
 
     def unsupported_reason(self, plan: VariantPlan) -> str | None:
         """Why this backend cannot run the case's other variant choices (None: it can)."""
@@ -57,6 +60,10 @@ class Backend(ABC):
     def build(self, adapter: ModelAdapter, model: nn.Module, plan: VariantPlan,
               log: BuildLog) -> Variant:
         """The timed variant of ``model`` (pruned, fp32, a copy this backend may change)."""
+
+    def training_module(self, model: nn.Module) -> nn.Module:
+        """What a training step calls in place of ``model`` (only when ``trains``)."""
+        raise NotImplementedError(f"backend {self.name} does not run training steps")
 
 
 BACKENDS: dict[str, Backend] = {}
@@ -72,7 +79,14 @@ def register_backend(cls: type[Backend]) -> type[Backend]:
 def backend_axis() -> Setting:
     """The ``backend`` axis over every registered backend (read when a suite is loaded)."""
     return Setting("backend", str, "eager", choices=tuple(BACKENDS), phases=("infer",),
-                   help="what runs the model")
+                   help="what runs the model", variant=True)
+
+
+def training_backend_axis() -> Setting:
+    """The ``backend`` axis of a workload that runs its own torch model in every phase."""
+    return Setting("backend", str, "eager",
+                   choices=tuple(name for name, b in BACKENDS.items() if b.trains),
+                   help="what runs the model", variant=True)
 
 
 @register_backend
@@ -81,6 +95,10 @@ class Eager(Backend):
 
     name = "eager"
     description = "torch eager"
+    trains = True
+
+    def training_module(self, model: nn.Module) -> nn.Module:
+        return model
 
     def unsupported_reason(self, plan: VariantPlan) -> str | None:
         if plan.quant is not None and plan.device == "cuda":
@@ -133,6 +151,9 @@ class Compile(Eager):
         if plan.quant is not None and plan.device == "cuda":
             return "torchao PT2E int8 with the X86InductorQuantizer lowers to x86 CPU kernels only"
         return None
+
+    def training_module(self, model: nn.Module) -> nn.Module:
+        return torch.compile(model)
 
     def unavailable_reason(self, device: str) -> str | None:
         if device == "cpu" and not shutil.which("g++"):

@@ -14,7 +14,7 @@ from bench.spec.axes import Setting
 
 AXIS = Setting("distillation", str, "none", choices=("none", "student"), phases=("infer",),
                help="none: the trained model itself; student: a smaller model distilled "
-                    "from it")
+                    "from it", variant=True)
 
 TEMPERATURE = 4.0
 ALPHA = 0.7  # weight of the soft-target term

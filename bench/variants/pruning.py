@@ -220,7 +220,7 @@ for _method in (Magnitude(0.3), Magnitude(0.5), Magnitude(0.7), Magnitude(0.9),
 
 def pruning_axis() -> Setting:
     return Setting("pruning", str, NONE, choices=(NONE, *PRUNINGS), phases=("infer",),
-                   help="weight pruning, made permanent before timing")
+                   help="weight pruning, made permanent before timing", variant=True)
 
 
 def pruning_named(name: str) -> Pruning | None:

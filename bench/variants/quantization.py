@@ -78,7 +78,7 @@ def quantization_named(name: str) -> Quantization | None:
 
 def quantization_axis() -> Setting:
     return Setting("quantization", str, NONE, choices=(NONE, *QUANTIZATIONS), phases=("infer",),
-                   help="int8 quantization of the fp32 model")
+                   help="int8 quantization of the fp32 model", variant=True)
 
 
 def _silence_deprecation() -> None:

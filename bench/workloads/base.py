@@ -31,7 +31,7 @@ def common_axes(phases: tuple[str, ...]) -> dict[str, Setting]:
         "device": Setting("device", str, "cpu", choices=("cpu", "cuda"),
                           help="where the model runs"),
         "precision": Setting("precision", str, "fp32", choices=tuple(PRECISIONS),
-                             help="numeric precision of the compute"),
+                             help="numeric precision of the compute", variant=True),
         "batch_size": Setting("batch_size", int, 32, minimum=1,
                               help="samples per micro-batch"),
         "threads": Setting("threads", int, 0, minimum=0,
@@ -125,6 +125,17 @@ class Workload(ABC):
     @classmethod
     def params(cls) -> dict[str, Setting]:
         return {}
+
+    @classmethod
+    def phase_axes(cls, phase: str) -> dict[str, Setting]:
+        """The axes that mean something in ``phase``."""
+        return {k: s for k, s in cls.axes().items() if s.phases is None or phase in s.phases}
+
+    @classmethod
+    def parity_reference(cls, phase: str) -> dict[str, Any]:
+        """The variant axes of ``phase`` at their declared defaults: the case accuracy
+        parity compares every variant with (fp32, eager, unquantized, unpruned)."""
+        return {k: s.default for k, s in cls.phase_axes(phase).items() if s.variant}
 
     @classmethod
     @abstractmethod

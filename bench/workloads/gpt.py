@@ -32,6 +32,7 @@ from torch import nn
 from bench.measurement.flops import FlopCount, compute_dtype, count_flops
 from bench.spec.axes import Setting
 from bench.units import MIB
+from bench.variants.backends import BACKENDS, training_backend_axis
 from bench.workloads import register
 from bench.workloads._training import BatchStream, Trainer
 from bench.workloads.base import (
@@ -153,7 +154,7 @@ class GPTPhase(Phase):
         torch.manual_seed(ctx.seed)
         self.model = GPT(self.cfg, checkpointing=a.get("checkpointing", False)).to(ctx.device)
         self.precision_steps = ctx.precision.prepare_model(self.model)
-        self.runnable = torch.compile(self.model) if a["compile"] else self.model
+        self.runnable = BACKENDS[a["backend"]].training_module(self.model)
 
     def _optimizer(self) -> torch.optim.Optimizer:
         p = self.case.params
@@ -302,7 +303,7 @@ class Gpt(Workload):
                              help="named config: " + ", ".join(
                                  f"{n} ({c.n_layer}L d{c.n_embd} T{c.block_size})"
                                  for n, c in CONFIGS.items())),
-            "compile": Setting("compile", bool, False, help="torch.compile the model"),
+            "backend": training_backend_axis(),
             "checkpointing": Setting("checkpointing", bool, False, phases=("train",),
                                      help="activation checkpointing per block"),
             "fused_optimizer": Setting("fused_optimizer", bool, False, phases=("train",),
