@@ -247,7 +247,7 @@ def cmd_ab(args: argparse.Namespace) -> int:
                                    select=parse_select(args.select), progress=progress,
                                    max_rounds=args.max_rounds,
                                    target_half_width=args.target_half_width)
-    from bench.runners.worker import SLOWDOWN_ENV
+    from bench.results.schema import SLOWDOWN_ENV
 
     print(render_comparison(compare_runs(base_run, cur_run)))
     print()

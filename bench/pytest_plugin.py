@@ -17,11 +17,19 @@ Cases that cannot run here are pytest skips, failed cases pytest failures, with 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from bench.measurement.fingerprint import fingerprint, machine_name
+from bench.results.store import json_safe
+from bench.runners.isolation import run_in_processes
+from bench.runners.plan import plan_suite
+from bench.spec import load_suite
+from bench.spec.expand import parse_select
 
 SHORT_AXES = {"batch_size": "bs", "seq_len": "seq", "accum_steps": "acc"}
 
@@ -40,8 +48,6 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
 
 def pytest_benchmark_update_machine_info(config: pytest.Config,
                                          machine_info: dict[str, Any]) -> None:
-    from bench.measurement.fingerprint import fingerprint, machine_name
-
     fp = fingerprint()
     machine_info["bench_fingerprint"] = fp
     machine_info["bench_machine"] = machine_name(fp)
@@ -63,10 +69,6 @@ def item_name(case: Any) -> str:
 
 class SuiteFile(pytest.File):
     def collect(self) -> Iterator[pytest.Item]:
-        from bench.runners.plan import plan_suite
-        from bench.spec import load_suite
-        from bench.spec.expand import parse_select
-
         suite = load_suite(self.path)
         select = parse_select(self.config.getoption("--bench-select"), "--bench-select")
         planned = plan_suite(suite, select)
@@ -83,8 +85,6 @@ def _case_test(case: Any, skip_reason: str | None):  # noqa: ANN202 - a test fun
     def test_case(benchmark: Any) -> None:
         if skip_reason:
             pytest.skip(skip_reason)
-        from bench.runners.isolation import run_in_processes
-
         result = run_in_processes(case)
         benchmark.extra_info.update(extra_info(result))
         if result.status == "skipped":
@@ -96,8 +96,6 @@ def _case_test(case: Any, skip_reason: str | None):  # noqa: ANN202 - a test fun
             pytest.fail(f"{result.status}: {result.reason}", pytrace=False)
         feed(benchmark, result.timing.trial_means_s)
         if result.status != "ok":  # contended: the figures stand, with a warning beside
-            import warnings
-
             warnings.warn(f"{case.case_id}: {result.status}: {result.reason}", stacklevel=1)
         if result.accuracy is not None and result.accuracy.passed is False:
             pytest.fail("accuracy target missed: " + "; ".join(result.accuracy.failures),
@@ -135,8 +133,6 @@ def feed(benchmark: Any, samples: list[float]) -> None:
 
 
 def extra_info(result: Any) -> dict[str, Any]:
-    from bench.results.store import json_safe
-
     info: dict[str, Any] = {"case_id": result.case_id, "status": result.status,
                             "reason": result.reason}
     if result.timing is not None:

@@ -15,10 +15,9 @@ from bench.cli import main
 from bench.measurement.stats import needs_another_round, paired_ratio
 from bench.reports.compare import compare_runs
 from bench.reports.gate import Policy, evaluate
-from bench.results.schema import PROCESS_MEDIANS_KEY
+from bench.results.schema import PROCESS_MEDIANS_KEY, SLOWDOWN_ENV
 from bench.runners.interleave import Side, round_order, run_interleaved
 from bench.runners.isolation import WorkerCode, run_isolated
-from bench.runners.worker import SLOWDOWN_ENV
 from bench.spec.model import Budget, CaseSpec
 
 from .conftest import REPO

@@ -5,10 +5,13 @@ from the registry, never from a list here."""
 
 from __future__ import annotations
 
+import importlib
 import math
+import sys
 
 import pytest
 
+from bench import workloads
 from bench.runners.plan import plan_suite
 from bench.spec import load_suite
 from bench.variants.precision import get_precision
@@ -26,6 +29,11 @@ def _toml(value: object) -> str:
 @pytest.mark.parametrize("name, phase", CASES, ids=[f"{n}-{p}" for n, p in CASES])
 def test_every_workload_runs_its_smallest_case_and_reports_its_metrics(name, phase,
                                                                        write_suite):
+    run_smallest_case(name, phase, write_suite)
+
+
+def run_smallest_case(name, phase, write_suite):  # noqa: ANN001, ANN201
+    """The contract: load, plan, prepare, step, finish; every declared metric reported."""
     workload = get_workload(name)
     params = {k: v for k, v in workload.smoke_params.items()
               if k in workload.params() and (workload.params()[k].phases is None or
@@ -50,3 +58,75 @@ def test_every_workload_runs_its_smallest_case_and_reports_its_metrics(name, pha
         assert task[0] in declared
         assert math.isfinite(outcome.metrics[task[0]])
     assert prepared.samples_per_step >= 1 and prepared.step_description
+    return case, outcome
+
+
+TOY = '''
+import torch
+
+from bench.workloads import register
+from bench.workloads.base import Outcome, Phase, Workload
+from bench.spec.axes import Setting
+
+
+class LeastSquaresPhase(Phase):
+    step_description = "torch.linalg.lstsq of a fixed random system"
+
+    def __init__(self, rows, ctx):
+        generator = torch.Generator().manual_seed(0)
+        self.a = torch.randn(rows, 8, generator=generator)
+        self.x = torch.randn(8, 1, generator=generator)
+        self.b = self.a @ self.x
+        self.ctx = ctx
+
+    def session(self):
+        return self.ctx.precision.context(self.ctx.device)
+
+    def step(self):
+        self.solution = torch.linalg.lstsq(self.a, self.b).solution
+        return self.solution
+
+    def finish(self):
+        return Outcome(metrics={"error": float((self.solution - self.x).abs().max())})
+
+
+@register
+class ToyLeastSquares(Workload):
+    name = "toy_least_squares"
+    description = "a toy workload for a test: one module, nothing else"
+    phases = ("infer",)
+    smoke_params = {"rows": 64}
+
+    @classmethod
+    def params(cls):
+        return {"rows": Setting("rows", int, 256, minimum=8)}
+
+    @classmethod
+    def metrics(cls, phase):
+        return ("error",)
+
+    @classmethod
+    def task_metric(cls, phase):
+        return ("error", False)
+
+    @classmethod
+    def prepare(cls, case, ctx):
+        return LeastSquaresPhase(case.params["rows"], ctx)
+'''
+
+
+@pytest.fixture
+def toy_workload(tmp_path, monkeypatch):
+    (tmp_path / "toy_workload_module.py").write_text(TOY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("toy_workload_module")
+    yield "toy_least_squares"
+    workloads._REGISTRY.pop("toy_least_squares")
+    sys.modules.pop(module.__name__, None)
+
+
+def test_a_toy_workload_in_one_module_meets_the_contract(toy_workload, write_suite):
+    assert toy_workload in workload_names()
+    case, outcome = run_smallest_case(toy_workload, "infer", write_suite)
+    assert outcome.metrics["error"] < 1e-3
+    assert case.parity_reference == {"precision": "fp32"}  # its variant axes' defaults

@@ -47,13 +47,12 @@ from bench.measurement.fingerprint import fingerprint
 from bench.measurement.stats import needs_another_round
 from bench.reports.compare import compare_runs, geometric_mean
 from bench.reports.gate import Policy, evaluate, load_policy
-from bench.results.schema import PROCESS_MEDIANS_KEY, RunRecord
+from bench.results.schema import PROCESS_MEDIANS_KEY, SLOWDOWN_ENV, RunRecord
 from bench.results.store import load_run
 from bench.runners.interleave import DEFAULT_TARGET_HALF_WIDTH, Side, run_interleaved
 from bench.runners.isolation import WorkerCode, run_in_processes
 from bench.runners.plan import plan_suite
 from bench.runners.sweep import new_run_info
-from bench.runners.worker import SLOWDOWN_ENV
 from bench.spec import load_suite
 
 SIDE_NAMES = ("unchanged-1", "unchanged-2", "slowed")

@@ -89,7 +89,7 @@ def git_state(path: str | Path) -> dict[str, Any]:
 def gpu_fingerprint() -> list[dict[str, Any]]:
     """GPU name, driver, memory, power limit and clocks through NVML; [] without one."""
     try:
-        import pynvml
+        import pynvml  # optional (nvidia-ml-py): GPU hosts only
 
         pynvml.nvmlInit()
     except Exception:
@@ -123,6 +123,7 @@ def gpu_fingerprint() -> list[dict[str, Any]]:
 
 
 def fingerprint(suite_path: str | Path | None = None) -> dict[str, Any]:
+    # torch and numpy when a fingerprint is taken: reports import this module without them.
     import numpy
     import torch
 

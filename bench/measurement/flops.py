@@ -19,10 +19,17 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from bench.results.schema import ComputeResult
+import torch
+import torch.utils.benchmark as tub
+from torch.utils import flop_counter
+from torch.utils.flop_counter import FlopCounterMode
+
+from bench.errors import BenchInputError
+from bench.files import write_text_atomically
+from bench.measurement.fingerprint import cpu_flags, cpu_model
+from bench.results.schema import ComputeResult
 
 # Dense peaks in TFLOP/s from the vendors' data sheets (tensor-core figures without
 # sparsity), keyed by torch.cuda.get_device_name() and compute dtype.
@@ -56,9 +63,6 @@ def _register_cpu_attention() -> None:
     """FlopCounterMode knows the CUDA attention kernels but not the CPU flash-attention op
     that scaled_dot_product_attention dispatches to on CPU (torch 2.13), so attention
     would count as free there. Register it with torch's own SDPA formulas."""
-    import torch
-    from torch.utils import flop_counter
-
     aten = torch.ops.aten
     pairs = (("_scaled_dot_product_flash_attention_for_cpu", flop_counter.sdpa_flop_count, 3),
              ("_scaled_dot_product_flash_attention_for_cpu_backward",
@@ -75,8 +79,6 @@ def _register_cpu_attention() -> None:
 
 
 def count_flops(fn: Callable[[], object]) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-
     _register_cpu_attention()
     with FlopCounterMode(display=False) as counter:
         fn()
@@ -97,10 +99,6 @@ def cpu_theoretical_peak(dtype: str, threads: int, flags: set[str] | None = None
     """threads x clock x FLOP per cycle per core from the ISA, for fp32 FMA units: AVX2+FMA
     is 2 units x 8 lanes x 2 = 32, AVX-512 64 (assuming two 512-bit FMA units). Without
     avx512_bf16/AMX, bf16 and fp16 run at best at that fp32 rate (convert, then fp32 FMA)."""
-    from pathlib import Path
-
-    from bench.measurement.fingerprint import cpu_flags
-
     flags = set(cpu_flags()) if flags is None else flags
     per_cycle = 64 if "avx512f" in flags else 32 if {"avx2", "fma"} <= flags else None
     if per_cycle is None or dtype not in ("fp32", "bf16", "fp16"):
@@ -125,20 +123,14 @@ def _cache_path() -> Path:
 
 
 def device_name(device: str) -> str:
-    import torch
-
     if device == "cuda":
         return torch.cuda.get_device_name()
-    from bench.measurement.fingerprint import cpu_model
-
     return cpu_model()
 
 
 def measured_peak(device: str, dtype: str) -> tuple[float, str]:
     """Achieved TFLOP/s of a square matmul in ``dtype`` on ``device``, cached per machine
     (device name, torch version, thread count) in ~/.cache/bench (BENCH_CACHE_DIR)."""
-    import torch
-
     threads = torch.get_num_threads()
     key_text = f"{device_name(device)}|{device}|{dtype}|torch {torch.__version__}|{threads}" \
                f"|{CALIBRATION_VERSION}"
@@ -155,8 +147,6 @@ def measured_peak(device: str, dtype: str) -> tuple[float, str]:
         return entry["tflops"], entry["method"] + " (cached)"
     tflops, method = _time_matmul(device, dtype)
     cache[key] = {"tflops": tflops, "method": method, "what": key_text}
-    from bench.errors import BenchInputError
-    from bench.files import write_text_atomically
 
     # A unique temporary name: two workers may time the peak at once. An unwritable
     # cache only costs the next case another timing.
@@ -169,9 +159,6 @@ def _time_matmul(device: str, dtype: str) -> tuple[float, str]:
     """Best TFLOP/s of ``F.linear(a, w)`` (a @ wᵀ, the layout nn.Linear runs: on CPUs
     without native bf16 it takes oneDNN's path, 20x faster than a plain bf16 ``a @ b``)
     over a few square sizes."""
-    import torch
-    import torch.utils.benchmark as tub
-
     if dtype == "fp8":
         return _time_scaled_mm(device)
     sizes = (4096, 8192) if device == "cuda" else (256, 512, 1024)
@@ -198,9 +185,6 @@ def _time_matmul(device: str, dtype: str) -> tuple[float, str]:
 def _time_scaled_mm(device: str) -> tuple[float, str]:
     """fp8 peak: torch._scaled_mm (e4m3 x e4m3 -> bf16, tensorwise scales), the kernel
     Float8Linear runs; the second operand column-major as cuBLASLt requires."""
-    import torch
-    import torch.utils.benchmark as tub
-
     if device != "cuda":
         raise RuntimeError("float8 matmul peak is measured on CUDA only")
     best = 0.0
@@ -219,8 +203,6 @@ def _time_scaled_mm(device: str) -> tuple[float, str]:
 
 def compute_record(count: FlopCount, median_step_s: float, device: str) -> ComputeResult:
     """The result file's ``compute`` record: FLOPs, achieved TFLOP/s and MFU with both peaks."""
-    from bench.results.schema import ComputeResult
-
     achieved = count.counted_per_step / median_step_s / 1e12
     name = device_name(device)
     measured, measured_method = measured_peak(device, count.compute_dtype)
@@ -228,8 +210,6 @@ def compute_record(count: FlopCount, median_step_s: float, device: str) -> Compu
     spec_source = SPEC_SOURCE if spec is not None else \
         f"no dense spec peak on file for {name!r} ({count.compute_dtype})"
     if spec is None and device == "cpu":
-        import torch
-
         derived = cpu_theoretical_peak(count.compute_dtype, torch.get_num_threads())
         if derived is not None:
             spec, spec_source = derived

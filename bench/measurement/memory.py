@@ -80,7 +80,7 @@ class MemoryTracker:
         if anon is not None:
             self._peak_anon = max(self._peak_anon or 0, anon)
         if self._nvml_handle is not None:
-            import pynvml
+            import pynvml  # optional (nvidia-ml-py): opened on CUDA only
 
             used = pynvml.nvmlDeviceGetMemoryInfo(self._nvml_handle).used
             self._nvml_peak = max(self._nvml_peak or 0, used)
@@ -92,6 +92,7 @@ class MemoryTracker:
 
     def _open_nvml(self) -> None:
         try:
+            # NVML is optional; torch on CUDA only: the parent imports this module.
             import pynvml
             import torch
 
@@ -103,7 +104,7 @@ class MemoryTracker:
 
     def __enter__(self) -> MemoryTracker:
         if self.device == "cuda":
-            import torch
+            import torch  # on CUDA only: the parent's watchdog imports this module
 
             torch.cuda.reset_peak_memory_stats()
             self._open_nvml()
@@ -118,7 +119,7 @@ class MemoryTracker:
         self._sample()
         cuda_alloc = cuda_reserved = None
         if self.device == "cuda":
-            import torch
+            import torch  # on CUDA only, as above
 
             cuda_alloc = torch.cuda.max_memory_allocated() / MIB
             cuda_reserved = torch.cuda.max_memory_reserved() / MIB

@@ -124,7 +124,7 @@ def min_trials_for_verdict(alpha: float = 0.05) -> int:
 def ratio_of_medians(baseline: list[float] | np.ndarray, current: list[float] | np.ndarray,
                      level: float = CI_LEVEL, resamples: int = BOOTSTRAP_RESAMPLES,
                      seed: int = 0) -> RatioEstimate:
-    from scipy.stats import mannwhitneyu
+    from scipy.stats import mannwhitneyu  # scipy when a verdict needs it: reports never do
 
     base = np.asarray(baseline, dtype=float)
     cur = np.asarray(current, dtype=float)
@@ -152,7 +152,7 @@ def paired_ratio(baseline: list[float] | np.ndarray, current: list[float] | np.n
     """``current`` against ``baseline`` when value i of each side was measured in the same
     round, back to back: machine drift between rounds cancels in each round's ratio, so
     the test is on the rounds' log ratios, not on trials pooled across rounds."""
-    from scipy.stats import t as student_t
+    from scipy.stats import t as student_t  # as above
 
     base = np.asarray(baseline, dtype=float)
     cur = np.asarray(current, dtype=float)

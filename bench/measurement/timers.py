@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+import torch
+
 Step = Callable[[], object]
 
 
@@ -42,8 +44,6 @@ class CudaEventTimer:
                    "iteration on the current stream; read after one synchronize per block")
 
     def __init__(self) -> None:
-        import torch
-
         self._torch = torch
 
     def time_iterations(self, step: Step, iterations: int) -> list[float]:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from tabulate import tabulate
+
 from bench.measurement.stats import RatioEstimate, paired_ratio, ratio_of_medians
 from bench.results.schema import (
     INJECTED_SLOWDOWN_KEY,
@@ -266,8 +268,6 @@ def geometric_mean(values: list[float]) -> float | None:
 
 
 def render_comparison(rows: list[CaseComparison], fmt: str = "github") -> str:
-    from tabulate import tabulate
-
     table = []
     for c in rows:
         notes = [str(p) for p in c.problems]

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from bench.errors import BenchInputError
+from bench.files import parse_toml, read_bounded_text
 from bench.measurement.stats import min_trials_for_verdict
 from bench.reports.compare import CaseComparison, Problem
 from bench.results.schema import STATUS_CONTENDED
@@ -61,8 +62,6 @@ _POLICY_TABLES = {
 def load_policy(path: str | Path) -> Policy:
     """A TOML policy: [speed] max_drop, alpha, gate; [memory] max_growth, gate;
     [accuracy] min_ratio, gate. Unknown keys and wrong types are refused in one line."""
-    from bench.files import parse_toml, read_bounded_text
-
     source = str(path)
     data = parse_toml(read_bounded_text(path, "policy file", limit=MIB), source)
     values = {}

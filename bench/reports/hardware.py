@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from tabulate import tabulate
+
 from bench.measurement.fingerprint import machine_name
 from bench.reports.compare import geometric_mean
 from bench.reports.table import csv_text
@@ -121,8 +123,6 @@ def build_table(runs: list[RunRecord], metric: str = "throughput",
 
 def render_table(runs: list[RunRecord], metric: str = "throughput",
                  reference: str | None = None, fmt: str = "github") -> str:
-    from tabulate import tabulate
-
     headers, rows = build_table(runs, metric, reference)
     if fmt == "csv":
         return csv_text(headers, rows)

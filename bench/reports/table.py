@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import html
 import io
 from typing import Any
 
@@ -128,7 +129,5 @@ def render_report(record: RunRecord, fmt: str = "github") -> str:
               + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     table = tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True)
     if fmt == "html":
-        import html
-
         return "".join(f"<p>{html.escape(line)}</p>" for line in header.splitlines()) + table
     return f"{header}\n\n{table}\n" if fmt != "latex" else table + "\n"

@@ -51,6 +51,8 @@ MEASURED_STATUSES = frozenset({STATUS_OK, STATUS_CONTENDED})
 PROCESS_MEDIANS_KEY = "process_medians_s"
 # details key: the fraction a test-only BENCH_TEST_SLOWDOWN made every step longer.
 INJECTED_SLOWDOWN_KEY = "injected_slowdown"
+# The test knob that injects it: BENCH_TEST_SLOWDOWN=0.1 makes every step 10% longer.
+SLOWDOWN_ENV = "BENCH_TEST_SLOWDOWN"
 
 
 @dataclass

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.errors import BenchInputError
-from bench.measurement.fingerprint import git_state
+from bench.measurement.fingerprint import fingerprint, git_state
+from bench.measurement.stats import needs_another_round
 from bench.results.schema import STATUS_CONTENDED, CaseResult, RunRecord
 from bench.results.store import exclusive_output, write_atomically
 from bench.runners.isolation import WorkerCode, run_isolated
@@ -136,8 +137,6 @@ def run_interleaved(suite_path: str | Path, sides: list[Side], rounds: int,
     rounds, up to ``max_rounds``, for each case whose paired CI is wider than
     ``target_half_width`` (bench.measurement.stats.needs_another_round). Writes OUT_DIR/SIDE.json
     for every side after every round, so a cut-short session keeps its finished rounds."""
-    from bench.measurement.fingerprint import fingerprint
-
     max_rounds = rounds if max_rounds is None else max_rounds
     if rounds < 2:
         raise BenchInputError("--rounds", f"{rounds} is too few to test paired rounds",
@@ -169,8 +168,6 @@ def run_interleaved(suite_path: str | Path, sides: list[Side], rounds: int,
 def _rounds(sides: list[Side], records: list[RunRecord], planned: list, rounds: int,
             max_rounds: int, target_half_width: float, out_dir: str | Path,
             progress: Callable[[str], None] | None) -> None:
-    from bench.measurement.stats import needs_another_round
-
     skipped = [skipped_result(p) for p in planned if p.skip_reason]
     runnable = [p for p in planned if not p.skip_reason]
     results = {p.case_id: [[] for _ in sides] for p in runnable}

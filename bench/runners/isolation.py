@@ -17,9 +17,11 @@ writing its result is ``crashed``, with the signal or exit code and the tail of 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -45,6 +47,7 @@ from bench.results.schema import (
     SchemaError,
     from_dict,
 )
+from bench.runners.merge import merge_process_results
 from bench.spec.model import CaseSpec
 
 # The watchdog shares the machine with the worker it guards: poll gently, and scan
@@ -112,8 +115,6 @@ _swept_stale_dirs = False
 def _die_with_parent(parent_pid: int):  # noqa: ANN202 - a preexec_fn
     """Runs in the child between fork and exec: ask the kernel to SIGKILL us when the
     parent (thread) dies, then make sure it has not died already."""
-    import ctypes
-
     libc = ctypes.CDLL(None, use_errno=True)
 
     def in_child() -> None:
@@ -136,8 +137,6 @@ def remove_stale_case_dirs(root: Path | None = None, min_age_s: float = 60.0) ->
     """Remove the temporary case directories of sweeps that no longer run (a sweep killed
     with SIGKILL cannot clean up after itself). A directory's ``owner`` file names the
     process that made it; one without (older versions) goes once an hour old."""
-    import shutil
-
     root = Path(root or tempfile.gettempdir())
     removed = []
     now = time.time()
@@ -183,8 +182,6 @@ def _failed(case: CaseSpec, status: str, reason: str, stderr: str, peak_rss: int
 
 def run_in_processes(case: CaseSpec) -> CaseResult:
     """Run a case in ``budget.processes`` independent workers, pooled into one record."""
-    from bench.runners.merge import merge_process_results
-
     results = []
     for _ in range(case.budget.processes):
         results.append(run_isolated(case))

@@ -8,7 +8,10 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from tqdm import tqdm
+
 from bench.errors import BenchInputError
+from bench.measurement.fingerprint import fingerprint
 from bench.results.schema import STATUS_SKIPPED, CaseResult, RunInfo, RunRecord
 from bench.results.store import ResultStore, exclusive_output
 from bench.runners.isolation import run_in_processes
@@ -42,8 +45,6 @@ def new_run_info(suite, select: dict[str, set[str]] | None, run_id: str | None =
 
 def open_store(suite, out: Path, resume: bool, overwrite: bool,
                select: dict[str, set[str]] | None) -> ResultStore:
-    from bench.measurement.fingerprint import fingerprint
-
     if out.exists() and resume:
         store = ResultStore.open(out)
         if store.record.run.suite_sha256 != suite.sha256:
@@ -74,9 +75,6 @@ def _run_cases(store: ResultStore, planned: list[PlannedCase], name: str, out: s
                progress: bool, runner: CaseRunner) -> None:
     done = store.completed_ids()
     todo = [p for p in planned if p.case_id not in done]
-
-    from tqdm import tqdm
-
     bar = tqdm(todo, desc=name, unit="case", disable=not progress, file=sys.stderr,
                dynamic_ncols=True, bar_format="{l_bar}{bar}| {n}/{total} "
                                               "[{elapsed}<{remaining}] {postfix}")

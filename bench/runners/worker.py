@@ -14,14 +14,23 @@ import math
 import os
 import resource
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from bench.measurement.allocator import describe_current
+from bench.measurement.flops import compute_record
+from bench.measurement.interference import InterferenceProbe
+from bench.measurement.memory import MemoryTracker
+from bench.measurement.sampler import measure
+from bench.measurement.timers import timer_for
 from bench.results.schema import (
     INJECTED_SLOWDOWN_KEY,
+    SLOWDOWN_ENV,
     STATUS_CONTENDED,
     STATUS_DIVERGED,
     STATUS_ERROR,
@@ -32,7 +41,11 @@ from bench.results.schema import (
     ThroughputResult,
     TimingResult,
 )
+from bench.results.store import json_safe
 from bench.spec.model import CaseSpec
+from bench.variants.precision import get_precision
+from bench.workloads import get_workload
+from bench.workloads.base import Outcome, RunContext
 
 TRACEBACK_TAIL_CHARS = 4000
 
@@ -70,19 +83,10 @@ def _accuracy(case: CaseSpec, metrics: dict[str, float],
 
 
 def _is_oom(exc: BaseException) -> bool:
-    if isinstance(exc, MemoryError):
-        return True
-    try:
-        import torch
-
-        return isinstance(exc, torch.OutOfMemoryError)
-    except (ImportError, AttributeError):
-        return False
+    return isinstance(exc, MemoryError | torch.OutOfMemoryError)
 
 
 def _configure_torch(case: CaseSpec) -> dict[str, Any]:
-    import torch
-
     threads = case.axes.get("threads", 0)
     if threads:
         torch.set_num_threads(threads)
@@ -90,9 +94,6 @@ def _configure_torch(case: CaseSpec) -> dict[str, Any]:
     if case.device == "cuda":
         torch.cuda.manual_seed_all(0)
     return {"torch_threads": torch.get_num_threads(), "torch": torch.__version__}
-
-
-SLOWDOWN_ENV = "BENCH_TEST_SLOWDOWN"
 
 
 def _with_injected_slowdown(step: Any, details: dict[str, Any]) -> Any:
@@ -152,14 +153,6 @@ def _record_timing(result: CaseResult, measurement: Any, phase: Any, probe: Any,
 
 
 def run_case(case: CaseSpec) -> CaseResult:
-    from bench.measurement.interference import InterferenceProbe
-    from bench.measurement.memory import MemoryTracker
-    from bench.measurement.sampler import measure
-    from bench.measurement.timers import timer_for
-    from bench.variants.precision import get_precision
-    from bench.workloads import get_workload
-    from bench.workloads.base import Outcome, RunContext
-
     started = time.perf_counter()
     result = CaseResult.for_case(case, STATUS_OK)
     result.worker = {"pid": os.getpid(), "python": sys.version.split()[0],
@@ -188,8 +181,6 @@ def run_case(case: CaseSpec) -> CaseResult:
         # After timing: counting runs one more step, the measured peak a large matmul.
         count = None if case.probe else phase.flop_count()
         if count is not None:
-            from bench.measurement.flops import compute_record
-
             result.compute = compute_record(count, result.timing.median_s, case.device)
         diverged = divergence(outcome.metrics, outcome.details)
         if diverged:
@@ -207,8 +198,6 @@ def run_case(case: CaseSpec) -> CaseResult:
 
 def _exit_with_parent() -> None:
     """If the sweep that started us dies (even by SIGKILL), stop rather than run orphaned."""
-    import threading
-
     parent = os.getppid()
 
     def watch() -> None:
@@ -225,8 +214,6 @@ def main(argv: list[str]) -> int:
     case_path, out_path = Path(argv[0]), Path(argv[1])
     case = CaseSpec.from_dict(json.loads(case_path.read_text()))
     result = run_case(case)
-    from bench.results.store import json_safe
-
     out_path.write_text(json.dumps(json_safe(dataclasses.asdict(result))))
     return 0
 

@@ -13,6 +13,7 @@ from bench.files import parse_toml, read_bounded_text
 from bench.measurement.allocator import POLICIES
 from bench.measurement.stats import min_trials_for_verdict
 from bench.spec.axes import Setting
+from bench.spec.expand import benchmark_case_ids
 from bench.spec.model import AccuracyTarget, BenchmarkSpec, Budget, SuiteSpec
 from bench.units import DEFAULT_PARITY_TARGET, MIB
 
@@ -91,6 +92,7 @@ def _load_accuracy(table: Any, metrics: tuple[str, ...], source: str,
 
 def _load_benchmark(table: Any, index: int, default_budget: Budget,
                     source: str) -> BenchmarkSpec:
+    # On use: bench.workloads imports bench.spec.axes, so a module-level import is a cycle.
     from bench.workloads import get_workload, workload_names
 
     where = f"benchmark[{index}]"
@@ -152,8 +154,6 @@ def _load_benchmark(table: Any, index: int, default_budget: Budget,
 
 def _refuse_colliding_ids(benchmarks: tuple[BenchmarkSpec, ...], source: str) -> None:
     """Two benchmarks whose cases would share ids could not be told apart in results."""
-    from bench.spec.expand import benchmark_case_ids
-
     owner: dict[str, int] = {}
     for index, bench in enumerate(benchmarks):
         for case_id in benchmark_case_ids(bench):

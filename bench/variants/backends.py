@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,7 +190,7 @@ class OnnxRuntime(Backend):
 
     def unavailable_reason(self, device: str) -> str | None:
         if device == "cuda":
-            import onnxruntime
+            import onnxruntime  # on use (~0.5 s): only cases on this backend need it
 
             providers = onnxruntime.get_available_providers()
             if "CUDAExecutionProvider" not in providers:
@@ -252,8 +253,6 @@ OPSET = 17
 def export_onnx(model: nn.Module, example: tuple[torch.Tensor, ...], path: Path,
                 input_names: tuple[str, ...], output_name: str,
                 dynamic_axes: dict[str, dict[int, str]]) -> str:
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter announces its deprecation
         torch.onnx.export(model, example, str(path), input_names=list(input_names),
@@ -274,7 +273,7 @@ class OrtRunner:
 
     @classmethod
     def open(cls, path: Path, input_names: tuple[str, ...], device: str) -> OrtRunner:
-        import onnxruntime as ort
+        import onnxruntime as ort  # on use, as above
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
@@ -319,7 +318,7 @@ class OrtRunner:
 
 
 def _ort_version() -> str:
-    import onnxruntime
+    import onnxruntime  # on use, as above
 
     return onnxruntime.__version__
 

@@ -10,6 +10,7 @@ def device_unavailable_reason(device: str) -> str | None:
     if device == "cpu":
         return None
     if device == "cuda":
+        # torch on use: the planner (and so the pytest plugin, in every pytest run) imports us.
         import torch
 
         if not torch.cuda.is_available():

@@ -1,12 +1,17 @@
 """Precision modes: how a step's compute is run, and where each mode exists.
 
 A precision is a registry entry with a context manager wrapped around every
-step (autocast or the TF32 switch) and a reason when a device lacks it.
+step (autocast or the TF32 switch), a weight cast for the ``*_cast`` modes, and a
+reason when a device lacks it.
+
+torch (and torchao) are imported where they are used: the suite planner reads this
+registry, and the pytest plugin loads the planner in every pytest session.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -29,12 +34,10 @@ class Precision:
         dynamic tensorwise scales. Returns what was done, or None."""
         if not self.float8_training:
             return None
-        import logging
-
-        from torch import nn
+        from torch import nn  # torch on use (module docstring)
 
         logging.getLogger("torchao").setLevel(logging.ERROR)
-        from torchao.float8 import convert_to_float8_training
+        from torchao.float8 import convert_to_float8_training  # optional: fp8 only
 
         def eligible(module: nn.Module, fqn: str) -> bool:
             return isinstance(module, nn.Linear) and "lm_head" not in fqn and \
@@ -51,7 +54,7 @@ class Precision:
         model as is and inputs unchanged."""
         if self.cast_dtype is None:
             return model, lambda inputs: inputs
-        import torch
+        import torch  # on use (module docstring)
 
         dtype = getattr(torch, self.cast_dtype)
 
@@ -75,7 +78,7 @@ class Precision:
 
     @contextlib.contextmanager
     def context(self, device: str) -> Iterator[None]:
-        import torch
+        import torch  # on use (module docstring)
 
         if device != "cuda":
             if self.autocast_dtype is None:
@@ -113,7 +116,7 @@ class Precision:
 
 
 def _cuda_bf16_check() -> str | None:
-    import torch
+    import torch  # on use (module docstring)
 
     if not torch.cuda.is_bf16_supported():
         return f"bf16 not supported by {torch.cuda.get_device_name()}"
@@ -121,21 +124,21 @@ def _cuda_bf16_check() -> str | None:
 
 
 def _cuda_fp8_check() -> str | None:
-    import torch
+    import torch  # on use (module docstring)
 
     capability = torch.cuda.get_device_capability()
     if capability < (8, 9):
         return f"float8 matmuls need compute capability 8.9+ (Ada/Hopper), " \
                f"{torch.cuda.get_device_name()} has {capability[0]}.{capability[1]}"
     try:
-        import torchao.float8  # noqa: F401
+        import torchao.float8  # noqa: F401 - optional: is fp8 training importable here?
     except ImportError as exc:
         return f"torchao float8 training is not importable: {exc}"
     return None
 
 
 def _cuda_tf32_check() -> str | None:
-    import torch
+    import torch  # on use (module docstring)
 
     major, _ = torch.cuda.get_device_capability()
     if major < 8:

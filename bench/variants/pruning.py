@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 from torch.nn.utils import prune
+from torch.sparse import to_sparse_semi_structured
 
 from bench.spec.axes import Setting
 
@@ -87,8 +88,6 @@ def semi_structured_mask(model: nn.Module) -> str:
 
 def to_semi_structured(model: nn.Module) -> int:
     """Replace masked Linear weights by SparseSemiStructuredTensor (CUDA, fp16/bf16)."""
-    from torch.sparse import to_sparse_semi_structured
-
     layers = _semi_structured_linears(model)
     for module in layers:
         module.weight = nn.Parameter(to_sparse_semi_structured(module.weight.detach()),

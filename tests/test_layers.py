@@ -1,0 +1,100 @@
+"""Issue 12, layers that only look down: no module imports from a layer above it, the
+commands that only read results never import torch, and every import kept inside a
+function says why in one line."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+# What each package may not import at module level: the layers above it.
+ABOVE = {
+    "spec": ("bench.runners", "bench.reports", "bench.variants", "bench.workloads",
+             "bench.results", "bench.cli", "bench.pytest_plugin"),
+    "results": ("bench.runners", "bench.reports", "bench.variants", "bench.workloads",
+                "bench.cli", "bench.pytest_plugin"),
+    "reports": ("bench.runners", "bench.variants", "bench.workloads", "bench.cli",
+                "bench.pytest_plugin"),
+    "variants": ("bench.runners", "bench.reports", "bench.workloads", "bench.cli",
+                 "bench.pytest_plugin"),
+    "workloads": ("bench.runners", "bench.reports", "bench.cli", "bench.pytest_plugin"),
+    "runners": ("bench.reports", "bench.cli", "bench.pytest_plugin"),
+}
+
+
+def _modules() -> list[Path]:
+    return sorted(BENCH.rglob("*.py"))
+
+
+def _imported(node: ast.AST) -> list[str]:
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names]
+    if isinstance(node, ast.ImportFrom) and node.module:
+        return [node.module]
+    return []
+
+
+@pytest.mark.parametrize("package", sorted(ABOVE))
+def test_no_module_imports_a_layer_above_its_own(package):
+    offences = []
+    for path in (BENCH / package).rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in tree.body:  # module level; TYPE_CHECKING blocks are annotations only
+            for name in _imported(node):
+                if name.startswith(ABOVE[package]):
+                    offences.append(f"{path.relative_to(BENCH.parent)}:{node.lineno} {name}")
+    assert offences == []
+
+
+def _function_imports(tree: ast.Module) -> list[tuple[ast.stmt, list[ast.stmt]]]:
+    """Each import statement inside a function, with the statement list it sits in."""
+    found = []
+    for fn in ast.walk(tree):
+        if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        for node in ast.walk(fn):
+            for body in (getattr(node, f, None) for f in ("body", "orelse", "finalbody")):
+                if isinstance(body, list):
+                    found += [(s, body) for s in body if isinstance(s, ast.Import | ast.ImportFrom)]
+    return found
+
+
+def _has_reason(statement: ast.stmt, body: list[ast.stmt], lines: list[str]) -> bool:
+    """A comment on one of its lines or on the line above; or it follows such an import."""
+    own = lines[statement.lineno - 1:statement.end_lineno]
+    if any("#" in line for line in own) or lines[statement.lineno - 2].strip().startswith("#"):
+        return True
+    index = body.index(statement)
+    previous = body[index - 1] if index else None
+    return isinstance(previous, ast.Import | ast.ImportFrom) and _has_reason(previous, body,
+                                                                           lines)
+
+
+def test_every_import_inside_a_function_says_why():
+    missing = []
+    for path in _modules():
+        if path.name == "cli.py":  # its module docstring says why, once for all commands
+            continue
+        text = path.read_text()
+        lines = text.splitlines()
+        for statement, body in _function_imports(ast.parse(text)):
+            if not _has_reason(statement, body, lines):
+                missing.append(f"{path.relative_to(BENCH.parent)}:{statement.lineno}")
+    assert missing == []
+
+
+def test_reading_results_never_imports_torch():
+    code = ("import sys, bench.cli, bench.pytest_plugin, bench.reports.gate, "
+            "bench.reports.html, bench.reports.hardware, bench.reports.table, "
+            "bench.results.store, bench.runners.plan, bench.runners.interleave; "
+            "print(' '.join(m for m in ('torch', 'scipy', 'matplotlib', 'onnxruntime') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True,
+                         cwd=BENCH.parent, env={"PYTHONPATH": str(BENCH.parent)}, check=True)
+    assert out.stdout.strip() == ""
