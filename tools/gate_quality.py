@@ -111,55 +111,69 @@ def _rate(count: int, total: int) -> str:
     return f"{count}/{total} = {count / max(total, 1):.1%}" if total else "-"
 
 
+def _interleaved_records(args: argparse.Namespace) -> tuple[dict[str, RunRecord], str]:
+    """The three sides' records (U1, U2, slowed S): read back, or measured now."""
+    if args.from_dir:
+        return ({name: load_run(f"{args.from_dir}/{name}.json") for name in SIDE_NAMES},
+                args.from_dir)
+    here = WorkerCode.this_checkout()
+    sides = [Side(SIDE_NAMES[0], here), Side(SIDE_NAMES[1], here),
+             Side(SIDE_NAMES[2], WorkerCode(here.source, {SLOWDOWN_ENV: str(args.slowdown)}))]
+    keep = args.keep or tempfile.mkdtemp(prefix="gate-quality-")
+    runs = run_interleaved(args.suite, sides, args.rounds, keep,
+                           progress=lambda text: print(text, file=sys.stderr, flush=True))
+    return dict(zip(SIDE_NAMES, runs, strict=True)), keep
+
+
+def _case_sessions(records: dict[str, RunRecord], cid: str, policy: Policy,
+                   args: argparse.Namespace, rng: np.random.Generator) -> tuple[list, dict]:
+    """One case's gated sessions, consecutive (d) and resampled (r): its table row and the
+    counts (false alarms, detections, sessions) per kind."""
+    chain = [list(records[name].case(cid).details[PROCESS_MEDIANS_KEY]) for name in SIDE_NAMES]
+    total = min(len(side) for side in chain)
+    disjoint, start = [], 0
+    while (session := adaptive_session(chain, list(range(start, total)), args)):
+        disjoint.append(session)
+        start = session[-1] + 1
+    resampled = [adaptive_session(chain, rng.permutation(total).tolist(), args)
+                 for _ in range(args.resamples)]
+    resampled = [s for s in resampled if s]
+    counts = {}
+    for label, sessions in (("d", disjoint), ("r", resampled)):
+        fa = det = 0
+        for rounds in sessions:
+            u1, u2, slow = (case_subset(records[name], cid, rounds) for name in SIDE_NAMES)
+            fa += bool(speed_alarms(u1, u2, policy))
+            det += bool(speed_alarms(u2, slow, policy))
+        counts[label] = (fa, det, len(sessions))
+    x, y, z = (np.asarray(side[:total]) for side in chain)
+    mean_rounds = np.mean([len(s) for s in resampled]) if resampled else float("nan")
+    row = [cid, f"{np.std(np.log(y / x), ddof=1):.3f}", f"{np.exp(np.mean(np.log(z / y))):.3f}",
+           f"{mean_rounds:.1f}", *(_rate(counts[k][i], counts[k][2])
+                                   for k in ("d", "r") for i in (0, 1))]
+    return row, {"total_rounds": total, **counts}
+
+
 def main_interleaved(args: argparse.Namespace, policy: Policy) -> str:
     started = time.perf_counter()
-    if args.from_dir:
-        records = {name: load_run(f"{args.from_dir}/{name}.json") for name in SIDE_NAMES}
-    else:
-        here = WorkerCode.this_checkout()
-        sides = [Side(SIDE_NAMES[0], here), Side(SIDE_NAMES[1], here),
-                 Side(SIDE_NAMES[2], WorkerCode(here.source, {SLOWDOWN_ENV: str(args.slowdown)}))]
-        keep = args.keep or tempfile.mkdtemp(prefix="gate-quality-")
-        runs = run_interleaved(args.suite, sides, args.rounds, keep,
-                               progress=lambda text: print(text, file=sys.stderr, flush=True))
-        records = dict(zip(SIDE_NAMES, runs, strict=True))
+    records, source = _interleaved_records(args)
     case_ids = [c.case_id for c in records[SIDE_NAMES[0]].cases if c.status == "ok"]
     rng = np.random.default_rng(0)
     rows = []
     totals = {key: [0, 0] for key in ("fa-d", "det-d", "fa-r", "det-r")}
     total_rounds = None
     for cid in case_ids:
-        chain = [list(records[name].case(cid).details[PROCESS_MEDIANS_KEY]) for name in SIDE_NAMES]
-        total = min(len(side) for side in chain)
-        total_rounds = total if total_rounds is None else min(total_rounds, total)
-        disjoint, start = [], 0
-        while (session := adaptive_session(chain, list(range(start, total)), args)):
-            disjoint.append(session)
-            start = session[-1] + 1
-        resampled = [adaptive_session(chain, rng.permutation(total).tolist(), args)
-                     for _ in range(args.resamples)]
-        resampled = [s for s in resampled if s]
-        counts = {}
-        for label, sessions in (("d", disjoint), ("r", resampled)):
-            fa = det = 0
-            for rounds in sessions:
-                u1, u2, slow = (case_subset(records[name], cid, rounds) for name in SIDE_NAMES)
-                fa += bool(speed_alarms(u1, u2, policy))
-                det += bool(speed_alarms(u2, slow, policy))
-            counts[label] = (fa, det, len(sessions))
+        row, counts = _case_sessions(records, cid, policy, args, rng)
+        rows.append(row)
+        total_rounds = min(total_rounds or counts["total_rounds"], counts["total_rounds"])
+        for label in ("d", "r"):
+            fa, det, sessions = counts[label]
             totals[f"fa-{label}"][0] += fa
             totals[f"det-{label}"][0] += det
-            totals[f"fa-{label}"][1] += len(sessions)
-            totals[f"det-{label}"][1] += len(sessions)
-        x, y, z = (np.asarray(side[:total]) for side in chain)
-        mean_rounds = np.mean([len(s) for s in resampled]) if resampled else float("nan")
-        rows.append([cid, f"{np.std(np.log(y / x), ddof=1):.3f}",
-                     f"{np.exp(np.mean(np.log(z / y))):.3f}", f"{mean_rounds:.1f}",
-                     _rate(counts["d"][0], counts["d"][2]), _rate(counts["d"][1], counts["d"][2]),
-                     _rate(counts["r"][0], counts["r"][2]), _rate(counts["r"][1], counts["r"][2])])
+            totals[f"fa-{label}"][1] += sessions
+            totals[f"det-{label}"][1] += sessions
     rows.append(["all cases", "", "", "", *(_rate(*totals[k]) for k in
                                             ("fa-d", "det-d", "fa-r", "det-r"))])
-    source = args.from_dir or keep
     return (f"suite {args.suite}; design: interleaved, {total_rounds} rounds of U1 U2 S / "
             f"S U2 U1 (one worker process each), S slowed by +{args.slowdown:.0%}; sessions as "
             f"bench ab --rounds {args.session_rounds} --max-rounds {args.max_rounds} "
