@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from bench.errors import BenchInputError
 from bench.spec.expand import parse_select
@@ -292,16 +293,16 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bench.reports.table import FORMATS
-    from bench.runners.interleave import (
-        DEFAULT_MAX_ROUNDS,
-        DEFAULT_ROUNDS,
-        DEFAULT_TARGET_HALF_WIDTH,
-    )
-
     parser = argparse.ArgumentParser(prog="bench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_run_commands(sub)
+    _add_report_commands(sub)
+    _add_ab_command(sub)
+    return parser
 
+
+def _add_run_commands(sub: Any) -> None:
+    """list, run, max-batch: the commands that plan or run a suite's cases."""
     p = sub.add_parser("list", help="list suites and workloads, or one suite's cases")
     p.add_argument("suite", nargs="?", help="a suite file (TOML)")
     p.add_argument("--select", action="append", metavar="AXIS=V1,V2",
@@ -319,13 +320,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="do not print the report at the end")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("report", help="print a run file as a table")
-    p.add_argument("run", help="a result file written by bench run")
-    p.add_argument("--format", choices=FORMATS, default="github")
-    p.add_argument("--html", metavar="OUT.html",
-                   help="write one self-contained HTML file (table + plots) instead")
-    p.set_defaults(func=cmd_report)
-
     p = sub.add_parser("max-batch", help="find the largest batch that fits in memory for "
                                          "each case (doubling, then bisection; each probe "
                                          "its own worker)")
@@ -338,6 +332,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest batch to probe")
     p.add_argument("--out", help="write the searches (every probe) as JSON")
     p.set_defaults(func=cmd_max_batch)
+
+
+def _add_report_commands(sub: Any) -> None:
+    """report, compare, gate, table, env: the commands that read result files (no torch)."""
+    from bench.reports.hardware import FORMATS as TABLE_FORMATS
+    from bench.reports.hardware import METRICS
+    from bench.reports.table import FORMATS
+
+    p = sub.add_parser("report", help="print a run file as a table")
+    p.add_argument("run", help="a result file written by bench run")
+    p.add_argument("--format", choices=FORMATS, default="github")
+    p.add_argument("--html", metavar="OUT.html",
+                   help="write one self-contained HTML file (table + plots) instead")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("compare", help="compare two run files case by case (speed with a "
                                        "95%% CI and a Mann-Whitney test, memory, accuracy)")
@@ -359,6 +367,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-injected-slowdown", action="store_true",
                    help="gate runs that had a test-injected slowdown (BENCH_TEST_SLOWDOWN)")
     p.set_defaults(func=cmd_gate)
+
+    p = sub.add_parser("table", help="hardware comparison: cases x machines, speed-up "
+                                     "against a reference machine, geometric mean")
+    p.add_argument("runs", nargs="+", help="run files, one or more per machine")
+    p.add_argument("--metric", choices=sorted(METRICS), default="throughput")
+    p.add_argument("--reference", help="the machine the others are compared with (a part "
+                                       "of its column name; default: the first run)")
+    p.add_argument("--format", choices=TABLE_FORMATS, default="github")
+    p.add_argument("--out", help="write the table to a file")
+    p.set_defaults(func=cmd_table)
+
+    p = sub.add_parser("env", help="print this machine's environment fingerprint")
+    p.add_argument("--isa", action="store_true",
+                   help="print only the CPU ISA level torch dispatches to (avx2, avx512...)")
+    p.set_defaults(func=cmd_env)
+
+
+def _add_ab_command(sub: Any) -> None:
+    from bench.runners.interleave import (
+        DEFAULT_MAX_ROUNDS,
+        DEFAULT_ROUNDS,
+        DEFAULT_TARGET_HALF_WIDTH,
+    )
 
     p = sub.add_parser("ab", help="interleaved A/B: run a suite for a baseline checkout and "
                                   "this one, alternating case by case, then gate on the "
@@ -388,25 +419,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extra environment for the current side's workers (repeatable)")
     p.add_argument("--no-progress", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_ab)
-
-    from bench.reports.hardware import FORMATS as TABLE_FORMATS
-    from bench.reports.hardware import METRICS
-
-    p = sub.add_parser("table", help="hardware comparison: cases x machines, speed-up "
-                                     "against a reference machine, geometric mean")
-    p.add_argument("runs", nargs="+", help="run files, one or more per machine")
-    p.add_argument("--metric", choices=sorted(METRICS), default="throughput")
-    p.add_argument("--reference", help="the machine the others are compared with (a part "
-                                       "of its column name; default: the first run)")
-    p.add_argument("--format", choices=TABLE_FORMATS, default="github")
-    p.add_argument("--out", help="write the table to a file")
-    p.set_defaults(func=cmd_table)
-
-    p = sub.add_parser("env", help="print this machine's environment fingerprint")
-    p.add_argument("--isa", action="store_true",
-                   help="print only the CPU ISA level torch dispatches to (avx2, avx512...)")
-    p.set_defaults(func=cmd_env)
-    return parser
 
 
 class Terminated(KeyboardInterrupt):

@@ -52,6 +52,19 @@ def accumulate_gradients(model: nn.Module, loss_fn: LossFn,
     return total
 
 
+def sum_over_batches(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+                     precision: Precision, device: str,
+                     score: Callable[[torch.Tensor, torch.Tensor], float]) -> float:
+    """``score(outputs, targets)`` summed over ``x`` in batches: eval mode, no autograd,
+    under the case's precision (a validation pass)."""
+    model.eval()
+    total = 0.0
+    with torch.inference_mode(), precision.context(device):
+        for start in range(0, len(x), batch_size):
+            total += score(model(x[start:start + batch_size]), y[start:start + batch_size])
+    return total
+
+
 def linear_warmup_decay(total_steps: int, warmup_fraction: float = 0.1) -> Callable[[int], float]:
     """LR multiplier: linear warm-up over the first steps, then linear decay to zero."""
     warmup = max(1, int(total_steps * warmup_fraction))

@@ -18,7 +18,7 @@ from bench.spec.axes import Setting
 from bench.variants import distillation, pipeline, pruning
 from bench.variants.precision import get_precision
 from bench.workloads import register
-from bench.workloads._training import BatchStream, Trainer, train_epochs
+from bench.workloads._training import BatchStream, Trainer, sum_over_batches, train_epochs
 from bench.workloads.base import (
     ROTATING_INPUTS,
     Outcome,
@@ -77,12 +77,8 @@ def build_trainer(x: torch.Tensor, y: torch.Tensor, batch_size: int, accum_steps
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
              ctx: RunContext) -> float:
-    model.eval()
-    correct = 0
-    with torch.inference_mode(), ctx.precision.context(ctx.device):
-        for start in range(0, len(x), batch_size):
-            logits = model(x[start:start + batch_size])
-            correct += int((logits.argmax(1) == y[start:start + batch_size]).sum())
+    correct = sum_over_batches(model, x, y, batch_size, ctx.precision, ctx.device,
+                               lambda logits, labels: int((logits.argmax(1) == labels).sum()))
     return correct / len(x)
 
 

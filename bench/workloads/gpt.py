@@ -34,7 +34,7 @@ from bench.spec.axes import Setting
 from bench.units import MIB
 from bench.variants.backends import BACKENDS, training_backend_axis
 from bench.workloads import register
-from bench.workloads._training import BatchStream, Trainer
+from bench.workloads._training import BatchStream, Trainer, sum_over_batches
 from bench.workloads.base import (
     ROTATING_INPUTS,
     Outcome,
@@ -90,13 +90,9 @@ def windows(data: np.ndarray, count: int, length: int, seed: int) -> tuple[torch
 
 def bits_per_byte(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
                   ctx: RunContext) -> float:
-    model.eval()
-    total = 0.0
-    with torch.inference_mode(), ctx.precision.context(ctx.device):
-        for start in range(0, len(x), batch_size):
-            logits = model(x[start:start + batch_size])
-            loss = next_token_loss(logits, y[start:start + batch_size])
-            total += float(loss) * len(x[start:start + batch_size])
+    total = sum_over_batches(model, x, y, batch_size, ctx.precision, ctx.device,
+                             lambda logits, targets: float(next_token_loss(logits, targets))
+                             * len(targets))
     return total / len(x) / math.log(2)
 
 
