@@ -5,6 +5,7 @@ function says why in one line."""
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -98,3 +99,14 @@ def test_reading_results_never_imports_torch():
     out = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True,
                          cwd=BENCH.parent, env={"PYTHONPATH": str(BENCH.parent)}, check=True)
     assert out.stdout.strip() == ""
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/ARCHITECTURE.md"])
+def test_the_docs_name_only_files_that_exist(doc):
+
+
+    root = BENCH.parent
+    text = (root / doc).read_text()
+    named = set(re.findall(r"(?<![~\w/.])((?:bench|tools|tests|suites|docs)/[\w/.-]*\w)", text))
+    assert named, doc
+    assert sorted(p for p in named if not (root / p).exists()) == []
