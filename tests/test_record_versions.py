@@ -121,3 +121,46 @@ def test_an_older_worker_reads_its_own_case_file_and_its_record_comes_back_the_s
               "axes": old["axes"], "params": {}, "status": "ok"}
     assert migrate_case(record, 3, SCHEMA_VERSION)["case_id"] == spec.case_id
     assert case_for_worker(spec.to_dict(), SCHEMA_VERSION, SCHEMA_VERSION) == spec.to_dict()
+
+
+# The last commit whose worker writes schema 3, with gpt's compile switch as its own axis.
+SCHEMA_3_COMMIT = "60e5353"
+
+
+@pytest.mark.slow
+def test_a_schema_3_worker_runs_a_gpt_case_of_this_version(tmp_path):
+    """The real older worker (a worktree of SCHEMA_3_COMMIT) gets its case file in its own
+    vocabulary (compile=False for backend=eager) and its record comes back as this
+    version's: same id, the backend axis, the parity reference."""
+    import subprocess
+
+    from bench.runners.isolation import WorkerCode, run_isolated
+    from bench.runners.plan import plan_suite
+    from bench.spec import load_suite
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True,
+                              check=False)
+
+    if git("cat-file", "-e", f"{SCHEMA_3_COMMIT}^{{commit}}").returncode != 0:
+        pytest.skip(f"this clone lacks {SCHEMA_3_COMMIT} (shallow?)")
+    old = tmp_path / "old"
+    assert git("worktree", "add", "--detach", str(old), SCHEMA_3_COMMIT).returncode == 0
+    try:
+        code = WorkerCode(old)
+        assert code.record_version() == 3
+        (tmp_path / "s.toml").write_text(
+            '[suite]\nname = "s"\n[budget]\nmin_trials = 4\nmax_trials = 4\n'
+            'trial_time_s = 0.01\nwarmup_max_s = 0.05\nmax_time_s = 1\ntimeout_s = 300\n'
+            '[[benchmark]]\nworkload = "gpt"\nphase = "infer"\n'
+            'params = { train_steps = 2, corpus_mib = 0.2, train_batch_size = 4 }\n'
+            'matrix = { device = ["cpu"], backend = ["eager"], batch_size = [2] }\n')
+        spec = plan_suite(load_suite(tmp_path / "s.toml"))[0].spec
+        result = run_isolated(spec, code)
+    finally:
+        git("worktree", "remove", "--force", str(old))
+    assert result.status == "ok", (result.reason, result.stderr_tail)
+    assert result.worker["bench_source"] == str(old)
+    assert result.case_id == spec.case_id == "gpt/infer[device=cpu,batch_size=2,backend=eager]"
+    assert result.axes["backend"] == "eager" and "compile" not in result.axes
+    assert result.parity_reference == {"precision": "fp32", "backend": "eager"}
