@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from bench.reports.table import render_report
+    from bench.results.schema import FAILED_STATUSES
     from bench.runners.sweep import run_suite
 
     out = Path(args.out) if args.out else Path("results") / f"{Path(args.suite).stem}.json"
@@ -59,6 +61,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(render_report(store.record, "github"))
     print(f"results written to {out}", file=sys.stderr)
+    failed = Counter(c.status for c in store.record.cases if c.status in FAILED_STATUSES)
+    if failed:
+        print(f"bench run: {sum(failed.values())} of {len(store.record.cases)} cases failed ("
+              + ", ".join(f"{n} {s}" for s, n in sorted(failed.items())) + "): exit 1",
+              file=sys.stderr)
+        return 1
     return 0
 
 

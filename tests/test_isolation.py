@@ -132,8 +132,11 @@ def test_sweep_killed_with_sigkill_then_resumed(write_suite, tmp_path):
     resumed = _bench("run", str(suite), "--out", str(out), "--resume", "--no-progress",
                      "--quiet")
     _, err = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, err
+    # One fault case crashes, one raises: the run is whole, and says it failed (exit 1).
+    assert resumed.returncode == 1, err
     assert f"{len(kept)} cases done" in err
+    assert err.strip().splitlines()[-1] == \
+        "bench run: 2 of 6 cases failed (1 crashed, 1 error): exit 1"
 
     after = load_run(out)
     assert len(after.cases) == 6

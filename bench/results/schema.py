@@ -45,6 +45,8 @@ STATUSES = (STATUS_OK, STATUS_SKIPPED, STATUS_ERROR, STATUS_CRASHED, STATUS_TIME
             STATUS_DIVERGED, STATUS_CONTENDED)
 # Statuses whose timing, memory and accuracy figures are complete and comparable.
 MEASURED_STATUSES = frozenset({STATUS_OK, STATUS_CONTENDED})
+# A case that should have run and did not: `bench run` exits 1 when any case ends so.
+FAILED_STATUSES = frozenset({STATUS_ERROR, STATUS_CRASHED, STATUS_TIMEOUT, STATUS_OOM})
 
 # details key: each worker process's median step time, in run order (several processes per
 # case, or the rounds of an interleaved A/B run, whose two files pair them round by round).

@@ -82,6 +82,16 @@ def _accuracy(case: CaseSpec, metrics: dict[str, float],
                           higher_is_better=higher, parity_target=case.parity_target)
 
 
+def one_line(exc: BaseException, limit: int = 500) -> str:
+    """``Type: first line of the message`` (the whole traceback goes to stderr_tail): tools
+    such as the ONNX exporter raise messages of many lines."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    if len(lines) > 1:
+        text += f" (+{len(lines) - 1} more lines in stderr_tail)"
+    return text[:limit]
+
+
 def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError | torch.OutOfMemoryError)
 
@@ -174,8 +184,8 @@ def run_case(case: CaseSpec) -> CaseResult:
             faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before
             outcome = Outcome(metrics={}) if case.probe else phase.finish()
         _record_timing(result, measurement, phase, probe, faults)
-        result.accuracy = _accuracy(case, outcome.metrics,
-                                    get_workload(case.workload).task_metric(case.phase))
+        result.accuracy = _accuracy(case, outcome.metrics, outcome.task_metric
+                                    or get_workload(case.workload).task_metric(case.phase))
         result.details.update(outcome.details)
         result.model = outcome.model
         # After timing: counting runs one more step, the measured peak a large matmul.
@@ -187,7 +197,7 @@ def run_case(case: CaseSpec) -> CaseResult:
             result.status, result.reason = STATUS_DIVERGED, diverged
     except BaseException as exc:  # noqa: BLE001 - every failure becomes a status
         result.status = STATUS_OOM if _is_oom(exc) else STATUS_ERROR
-        result.reason = f"{type(exc).__name__}: {exc}".strip()[:500]
+        result.reason = one_line(exc)
         result.stderr_tail = traceback.format_exc()[-TRACEBACK_TAIL_CHARS:]
     if tracker is not None and tracker.report is not None:
         result.memory = tracker.report

@@ -35,6 +35,22 @@ def benchmark_case_ids(bench: BenchmarkSpec) -> list[str]:
     return [case.case_id for case in benchmark_cases(bench)]
 
 
+def _check_select(suite: SuiteSpec, select: dict[str, set[str]]) -> None:
+    """A typo in --select would silently keep every case (or none): refuse it in one line."""
+    values: dict[str, set[str]] = {}
+    for bench in suite.benchmarks:
+        for axis, choices in bench.matrix.items():
+            values.setdefault(axis, set()).update(str(v) for v in choices)
+    for axis, wanted in select.items():
+        if axis not in values:
+            raise BenchInputError("--select", f"no benchmark of {suite.path} has an axis "
+                                  f"{axis!r}", key=axis, valid=sorted(values))
+        unknown = sorted(wanted - values[axis])
+        if unknown:
+            raise BenchInputError("--select", f"{axis} never takes {', '.join(unknown)} in "
+                                  f"{suite.path}", key=axis, valid=sorted(values[axis]))
+
+
 def expand_suite(suite: SuiteSpec, select: dict[str, set[str]] | None = None) -> list[CaseSpec]:
     """Every combination of every benchmark's matrix, in file order.
 
@@ -42,6 +58,7 @@ def expand_suite(suite: SuiteSpec, select: dict[str, set[str]] | None = None) ->
     Whether this machine can run a case is the runners' question
     (bench.runners.plan.plan_suite), not the spec's.
     """
+    _check_select(suite, select or {})
     cases: list[CaseSpec] = []
     for bench in suite.benchmarks:
         for case in benchmark_cases(bench):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import math
+from importlib.machinery import PathFinder
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,11 @@ from bench.units import DEFAULT_PARITY_TARGET, MIB
 _SUITE_KEYS = {"suite", "budget", "benchmark"}
 _SUITE_TABLE_KEYS = {"name", "description", "max_cases"}
 _BENCHMARK_KEYS = {"label", "parity_target", "workload", "phase", "matrix", "params", "accuracy",
-                   "budget"}
+                   "budget", "model", "python_path"}
+# ``model = "module:function"``: the user's own model, run by this workload.
+USER_MODEL_WORKLOAD = "model"
+_FACTORY_FORMAT = "module:function, e.g. \"mymodels:build\" (module importable from " \
+                  "python_path or sys.path)"
 # A suite with more cases than this is refused before its list is built (two axes of
 # 1,000 values are a million cases); ``[suite] max_cases`` raises the limit.
 DEFAULT_MAX_CASES = 10_000
@@ -97,6 +103,8 @@ def _load_benchmark(table: Any, index: int, default_budget: Budget,
 
     where = f"benchmark[{index}]"
     table = _check_keys(table, _BENCHMARK_KEYS, source, where)
+    if "model" in table or "python_path" in table:
+        table = _user_model_table(table, source, where)
     for required in ("workload", "phase"):
         if required not in table:
             raise BenchInputError(source, "missing required key", key=f"{where}.{required}")
@@ -150,6 +158,52 @@ def _load_benchmark(table: Any, index: int, default_budget: Budget,
                          parity_target=parity, named_axes=named, params=params,
                          accuracy=accuracy, budget=budget,
                          parity_reference=workload.parity_reference(phase))
+
+
+def _user_model_table(table: dict[str, Any], source: str, where: str) -> dict[str, Any]:
+    """``model = "module:function"`` -> the ``model`` workload with the factory in its params.
+    The factory's module is looked up (never imported: user code runs in workers only)."""
+    if "workload" in table:
+        raise BenchInputError(source, "name either a workload or a model, not both",
+                              key=f"{where}.model", valid=_FACTORY_FORMAT)
+    factory = table.get("model")
+    module, colon, function = factory.partition(":") if isinstance(factory, str) else ("", "", "")
+    if not colon or not all(p.isidentifier() for p in [*module.split("."),
+                                                        *function.split(".")]):
+        raise BenchInputError(source, f"bad model {factory!r}", key=f"{where}.model",
+                              valid=_FACTORY_FORMAT)
+    python_path = table.get("python_path", ".")
+    if not isinstance(python_path, str):
+        raise BenchInputError(source, f"expected string, got {type(python_path).__name__}",
+                              key=f"{where}.python_path", valid="a folder, relative to the "
+                                                                 "suite file")
+    folder = (Path(source).resolve().parent / python_path).resolve()
+    if not folder.is_dir():
+        raise BenchInputError(source, f"no folder {folder}", key=f"{where}.python_path",
+                              valid="a folder, relative to the suite file")
+    if not _module_exists(module, str(folder)):
+        raise BenchInputError(source, f"module {module!r} not found in {folder} or on "
+                              "sys.path", key=f"{where}.model", valid=_FACTORY_FORMAT)
+    params = table.get("params", {})
+    if not isinstance(params, dict):
+        raise BenchInputError(source, f"expected a table, got {type(params).__name__}",
+                              key=f"{where}.params")
+    rest = {k: v for k, v in table.items() if k not in ("model", "python_path")}
+    return {"phase": "infer", "label": module.rpartition(".")[2], **rest,
+            "workload": USER_MODEL_WORKLOAD,
+            "params": {**params, "factory": factory, "python_path": str(folder)}}
+
+
+def _module_exists(name: str, folder: str) -> bool:
+    """Whether ``name`` can be imported with ``folder`` first on the path, found without
+    running it (a package's ``__init__`` is not executed either)."""
+    top, *rest = name.split(".")
+    spec = PathFinder.find_spec(top, [folder]) or importlib.util.find_spec(top)
+    for part in rest:
+        if spec is None or not spec.submodule_search_locations:
+            return False
+        spec = PathFinder.find_spec(part, list(spec.submodule_search_locations))
+    return spec is not None
 
 
 def _refuse_colliding_ids(benchmarks: tuple[BenchmarkSpec, ...], source: str) -> None:

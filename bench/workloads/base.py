@@ -60,6 +60,9 @@ class Outcome:
     metrics: dict[str, float]
     details: dict[str, Any] = field(default_factory=dict)
     model: ModelResult | None = None  # for phases built through bench.variants.pipeline
+    # The metric parity compares, when only the phase knows it (a user's evaluate);
+    # otherwise the workload's task_metric(phase).
+    task_metric: tuple[str, bool] | None = None
 
 
 class Phase(ABC):

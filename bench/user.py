@@ -1,0 +1,86 @@
+"""What a user's model factory returns: the public description of *your* model.
+
+A suite names a factory instead of a built-in workload::
+
+    [[benchmark]]
+    model = "mymodels:build"          # module:function, found on python_path
+    python_path = "."                 # optional, relative to the suite file (default: its folder)
+    matrix = { precision = ["fp32", "bf16"], backend = ["eager", "onnxruntime"],
+               quantization = ["none", "int8_dynamic"], batch_size = [1, 32] }
+
+and ``mymodels.py`` holds::
+
+    import torch
+    from bench import UserModel
+
+    def build() -> UserModel:
+        model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(),
+                                    torch.nn.Linear(256, 10))
+        return UserModel(model, make_inputs=lambda batch, seed: (
+            torch.randn(batch, 64, generator=torch.Generator().manual_seed(seed)),))
+
+The factory runs only inside the isolated worker, once per case. Every variant axis
+(precision, backend, quantization, pruning) applies to ``model``; a combination that cannot
+work on it is that case's ``error`` with the tool's message, and the sweep goes on.
+
+Accuracy: with ``evaluate`` the case reports your metrics and parity on ``task_metric``;
+without it, each variant reports output fidelity against the fp32 eager model on held-out
+inputs (cosine per output row, max abs difference, top-1 agreement when the output is a
+score per class) and parity is computed on the mean cosine.
+
+This module imports no torch: the parent reads it when it loads a suite.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    Inputs = tuple[torch.Tensor, ...]
+
+
+@dataclass
+class UserModel:
+    """Your model and how to feed it.
+
+    - ``model``: the trained fp32 module (put in eval mode and on the case's device by bench).
+    - ``make_inputs(batch_size, seed)``: one batch of inputs as a tuple of tensors, different
+      for each seed (timed steps rotate through several; accuracy uses other seeds). When
+      the suite's matrix sets ``seq_len``, it is passed too: ``make_inputs(batch, seed,
+      seq_len=...)``.
+    - ``input_names``, ``output_name``, ``dynamic_axes``: for the ONNX export (default: the
+      batch dimension 0 of every input and of the output is dynamic).
+    - ``calibration``: batches for static int8 (default: 8 batches of 32 from
+      ``make_inputs`` with seeds never timed or evaluated).
+    - ``evaluate(predict) -> {metric: value}``: your task metrics; ``predict(inputs)`` runs
+      the variant being measured (the very step that is timed) and returns its output as
+      float32 on the CPU. Name the one parity compares in ``task_metric`` with whether
+      higher is better.
+    - ``output``: picks the tensor to compare from what ``model`` returns (default: a tensor
+      as is; a tuple's first item; a mapping's ``logits``, else its first tensor).
+    - ``sample_unit``: what ``batch_size`` counts (throughput is per this unit).
+    """
+
+    model: nn.Module
+    make_inputs: Callable[..., Inputs]
+    input_names: tuple[str, ...] | None = None
+    output_name: str = "output"
+    dynamic_axes: dict[str, dict[int, str]] | None = None
+    calibration: list[Inputs] | None = None
+    evaluate: Callable[[Callable[[Inputs], torch.Tensor]], dict[str, float]] | None = None
+    task_metric: tuple[str, bool] | None = None
+    output: Callable[[Any], torch.Tensor] | None = None
+    sample_unit: str = "samples"
+
+    def __post_init__(self) -> None:
+        if not callable(self.make_inputs):
+            raise TypeError("UserModel.make_inputs must be callable: (batch_size, seed) -> "
+                            "tuple of tensors")
+        if self.evaluate is not None and self.task_metric is None:
+            raise TypeError("UserModel.evaluate needs task_metric=(name, higher_is_better): "
+                            "the metric accuracy parity compares")

@@ -1,0 +1,211 @@
+"""model: the user's own PyTorch model, from a factory named in the suite.
+
+``model = "mymodels:build"`` in a ``[[benchmark]]`` table (the loader turns it into this
+workload with ``params.factory``) names a function returning a ``bench.UserModel``. Inside the
+worker the factory's module is imported (``params.python_path`` first on ``sys.path``), the
+model goes through the same variant pipeline as the built-in workloads (prune, int8, cast,
+eager / compile / ONNX Runtime), and each timed step is one forward pass over a batch from
+the user's ``make_inputs``, rotating through ``ROTATING_INPUTS`` distinct batches.
+
+Accuracy after timing: output fidelity of the variant against the fp32 eager model on
+``FIDELITY_BATCHES`` held-out batches (seeds never timed), and the user's ``evaluate`` if given.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from bench.spec.axes import Setting
+from bench.user import UserModel
+from bench.variants import pipeline
+from bench.workloads import register
+from bench.workloads.base import (
+    ROTATING_INPUTS,
+    Outcome,
+    Phase,
+    RunContext,
+    VariantInferPhase,
+    Workload,
+)
+
+# Held-out batches for fidelity (and the ONNX export check), and the default calibration
+# set for static int8: seeds far from the timed ones (0 .. ROTATING_INPUTS - 1).
+FIDELITY_BATCHES, FIDELITY_BATCH, FIDELITY_SEED = 4, 16, 10_000
+CALIBRATION_BATCHES, CALIBRATION_BATCH, CALIBRATION_SEED = 8, 32, 20_000
+
+
+def resolve_factory(path: str, python_path: str | None) -> Callable[[], Any]:
+    """``module:function`` -> the function, its module imported with ``python_path`` first."""
+    module_name, _, attribute = path.partition(":")
+    if python_path and python_path not in sys.path:
+        sys.path.insert(0, python_path)
+    target: Any = importlib.import_module(module_name)
+    for part in attribute.split("."):
+        target = getattr(target, part)
+    return target
+
+
+def build_user_model(factory: str, python_path: str | None) -> UserModel:
+    made = resolve_factory(factory, python_path)()
+    if not isinstance(made, UserModel):
+        raise TypeError(f"{factory}() returned {type(made).__name__}, not bench.UserModel")
+    return made
+
+
+def pick_output(output: Any) -> torch.Tensor:
+    """The tensor to compare: a tensor as is; a tuple's first item; a mapping's ``logits``
+    (Hugging Face outputs), else its first tensor."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, dict) or hasattr(output, "keys"):
+        if "logits" in output:
+            return output["logits"]
+        output = list(output.values())
+    if isinstance(output, list | tuple) and output:
+        return pick_output(output[0])
+    raise TypeError(f"the model returned {type(output).__name__}: give UserModel(output=...) "
+                    "to pick the tensor to compare")
+
+
+class SingleOutput(nn.Module):
+    """The user's model with one tensor out (what export, quantizers and fidelity need)."""
+
+    def __init__(self, model: nn.Module, picker: Callable[[Any], torch.Tensor]) -> None:
+        super().__init__()
+        self.model = model
+        self.picker = picker
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.picker(self.model(*inputs))
+
+
+def fidelity(outputs: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
+    """The variant's outputs against the fp32 eager ones, row by row."""
+    got, want = outputs.float().flatten(1), reference.float().flatten(1)
+    cos = nn.functional.cosine_similarity(got, want, dim=1)
+    metrics = {"fidelity_mean_cos": float(cos.mean()), "fidelity_min_cos": float(cos.min()),
+               "fidelity_max_abs_diff": float((got - want).abs().max())}
+    if reference.dim() == 2 and reference.shape[1] > 1:  # a score per class: top-1 agreement
+        metrics["fidelity_top1_agreement"] = float(
+            (outputs.argmax(1) == reference.argmax(1)).float().mean())
+    return metrics
+
+
+class UserModelInfer(VariantInferPhase):
+    def __init__(self, case, ctx: RunContext) -> None:
+        self.case, self.ctx = case, ctx
+        self.user = build_user_model(case.params["factory"], case.params["python_path"] or None)
+        picker = self.user.output or pick_output
+        self.reference_model = SingleOutput(self.user.model, picker).to(ctx.device).eval()
+        self.held_out = [self.inputs(FIDELITY_BATCH, FIDELITY_SEED + i)
+                         for i in range(FIDELITY_BATCHES)]
+        self.variant = pipeline.build_variant(self._adapter(), case.axes, ctx.device)
+        batch = case.axes["batch_size"]
+        self.rotate([self.inputs(batch, seed) for seed in range(ROTATING_INPUTS)])
+        self.samples_per_step = batch
+        self.sample_unit = self.user.sample_unit
+        self.step_description = (
+            f"one forward pass of {case.params['factory']} over batch_size inputs from its "
+            "make_inputs; inference_mode and precision entered once around all steps; "
+            f"batches rotate through {ROTATING_INPUTS} distinct inputs")
+
+    def inputs(self, batch: int, seed: int) -> tuple[torch.Tensor, ...]:
+        kwargs = {"seq_len": self.case.axes["seq_len"]} if self.case.axes.get("seq_len") else {}
+        made = self.user.make_inputs(batch, seed, **kwargs)
+        made = (made,) if isinstance(made, torch.Tensor) else tuple(made)
+        return tuple(t.to(self.ctx.device) for t in made)
+
+    def _adapter(self) -> pipeline.ModelAdapter:
+        user = self.user
+        names = user.input_names or tuple(
+            list(inspect.signature(user.model.forward).parameters)[:len(self.held_out[0])])
+        dynamic = user.dynamic_axes or {**{n: {0: "batch"} for n in names},
+                                        user.output_name: {0: "batch"}}
+        calibration = user.calibration or [self.inputs(CALIBRATION_BATCH, CALIBRATION_SEED + i)
+                                           for i in range(CALIBRATION_BATCHES)]
+        return pipeline.ModelAdapter(
+            model=self.reference_model, input_names=tuple(names), output_name=user.output_name,
+            dynamic_axes=dynamic, check_inputs=self.held_out,
+            calibration=[tuple(t.to(self.ctx.device) for t in b) for b in calibration])
+
+    def _predict(self, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """The user's evaluate runs the timed step of the variant on its own inputs."""
+        inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
+        return self.variant.infer(tuple(t.to(self.ctx.device) for t in inputs))
+
+    def finish(self) -> Outcome:
+        with torch.inference_mode():
+            reference = torch.cat([self.reference_model(*b).float().cpu()
+                                   for b in self.held_out])
+        outputs = torch.cat([self.variant.infer(b) for b in self.held_out])
+        metrics = fidelity(outputs, reference)
+        task_metric = ("fidelity_mean_cos", True)
+        if self.user.evaluate is not None:
+            metrics.update({k: float(v) for k, v in self.user.evaluate(self._predict).items()})
+            task_metric = self.user.task_metric
+        return Outcome(metrics=metrics, task_metric=task_metric,
+                       details={"factory": self.case.params["factory"],
+                                "fidelity_inputs": [FIDELITY_BATCHES, FIDELITY_BATCH]},
+                       model=self.variant.finalize())
+
+
+@register
+class UserModelWorkload(Workload):
+    name = "model"
+    description = "your own PyTorch model: model = \"module:function\" returning bench.UserModel"
+    phases = ("infer",)
+    smoke_params = {"factory": "bench.workloads.user_model:tiny_mlp"}
+    support = pipeline.VariantSupport(structured_pruning=None, torch_static_int8=None)
+
+    @classmethod
+    def axes(cls) -> dict[str, Setting]:
+        return {**super().axes(),
+                "seq_len": Setting("seq_len", int, 0, minimum=0,
+                                   help="passed to make_inputs as seq_len= when above 0"),
+                **pipeline.variant_axes()}
+
+    @classmethod
+    def params(cls) -> dict[str, Setting]:
+        return {"factory": Setting("factory", str, "", help="module:function returning "
+                                                            "bench.UserModel"),
+                "python_path": Setting("python_path", str, "",
+                                       help="folder put first on sys.path in the worker")}
+
+    @classmethod
+    def metrics(cls, phase: str) -> tuple[str, ...]:
+        return ("fidelity_mean_cos", "fidelity_min_cos", "fidelity_max_abs_diff")
+
+    @classmethod
+    def task_metric(cls, phase: str) -> tuple[str, bool] | None:
+        return ("fidelity_mean_cos", True)
+
+    @classmethod
+    def unsupported_reason(cls, case) -> str | None:
+        return pipeline.unsupported_reason(case.axes, case.device, cls.support)
+
+    @classmethod
+    def prepare(cls, case, ctx: RunContext) -> Phase:
+        return UserModelInfer(case, ctx)
+
+
+@functools.cache
+def _tiny_mlp_weights() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
+
+
+def tiny_mlp() -> UserModel:
+    """The smallest user model: what ``bench init`` starts from and the contract test runs."""
+    def make_inputs(batch: int, seed: int) -> tuple[torch.Tensor, ...]:
+        return (torch.randn(batch, 64, generator=torch.Generator().manual_seed(seed)),)
+
+    return UserModel(_tiny_mlp_weights(), make_inputs, input_names=("features",),
+                     output_name="logits")
