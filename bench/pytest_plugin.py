@@ -36,16 +36,33 @@ SHORT_AXES = {"batch_size": "bs", "seq_len": "seq", "accum_steps": "acc"}
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("bench", "bench suites (the benchmark engine)")
+    group.addoption("--bench-suites", action="store_true", default=False,
+                    help="collect suites/*.toml files as benchmark items (or set the ini "
+                         "option bench_suites = true)")
     group.addoption("--bench-select", action="append", default=[], metavar="AXIS=V1,V2",
                     help="keep only suite cases with these axis values (repeatable)")
+    parser.addini("bench_suites", type="bool", default=False,
+                  help="collect suites/*.toml files as benchmark items")
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
-    if file_path.suffix == ".toml" and file_path.parent.name == "suites":
+    config = parent.config
+    opted_in = config.getoption("--bench-suites") or config.getini("bench_suites")
+    if opted_in and file_path.suffix == ".toml" and file_path.parent.name == "suites":
         return SuiteFile.from_parent(parent, path=file_path)
     return None
 
 
+# pytest-benchmark may be absent (our fixture then still runs and reports): its hooks are
+# optional, and the fixture asks for its `benchmark` fixture only when it is installed.
+try:
+    import pytest_benchmark  # noqa: F401
+    HAS_PYTEST_BENCHMARK = True
+except ImportError:
+    HAS_PYTEST_BENCHMARK = False
+
+
+@pytest.hookimpl(optionalhook=True)
 def pytest_benchmark_update_machine_info(config: pytest.Config,
                                          machine_info: dict[str, Any]) -> None:
     fp = fingerprint()
@@ -150,3 +167,52 @@ def extra_info(result: Any) -> dict[str, Any]:
     if result.warnings:
         info["warnings"] = result.warnings
     return json_safe(info)
+
+
+class BenchModel:
+    """The ``bench_model`` fixture: run your model's case in an isolated worker, as a suite
+    item does, and get its record to assert on::
+
+        def test_my_model_is_fast_enough(bench_model):
+            result = bench_model("mymodels:build", precision="bf16", batch_size=32)
+            assert result.throughput.value > 1000            # samples/s
+            assert result.timing.latency_s["p99"] < 0.020
+            assert result.accuracy.metrics["fidelity_mean_cos"] > 0.99
+
+    ``python_path`` defaults to the test file's folder. With pytest-benchmark installed the
+    trials feed its ``benchmark`` fixture (its table, --benchmark-json, compare), as the
+    suite items do; ``--benchmark-only`` keeps these tests."""
+
+    def __init__(self, request: pytest.FixtureRequest, benchmark: Any | None) -> None:
+        self._request = request
+        self._benchmark = benchmark
+
+    def __call__(self, factory: str, *, python_path: str | Path | None = None,
+                 budget: dict[str, Any] | None = None, **axes: Any) -> Any:
+        from bench.api import one_model_case  # on use: a plugin loaded by every pytest run
+
+        planned = one_model_case(factory, python_path=python_path or self._request.path.parent,
+                                 budget=budget, **axes)
+        if planned.skip_reason:
+            pytest.skip(planned.skip_reason)
+        result = run_in_processes(planned.spec)
+        if not result.measured:
+            if self._benchmark is not None:
+                self._benchmark._mode = "not timed: the case failed"
+            pytest.fail(f"{result.case_id}: {result.status}: {result.reason}", pytrace=False)
+        if self._benchmark is not None:
+            self._benchmark.extra_info.update(extra_info(result))
+            feed(self._benchmark, result.timing.trial_means_s)
+        return result
+
+
+if HAS_PYTEST_BENCHMARK:
+    @pytest.fixture
+    def bench_model(request: pytest.FixtureRequest, benchmark: Any) -> BenchModel:
+        """Run your model through the engine; the figures also feed pytest-benchmark."""
+        return BenchModel(request, benchmark)
+else:
+    @pytest.fixture
+    def bench_model(request: pytest.FixtureRequest) -> BenchModel:
+        """Run your model through the engine (pytest-benchmark is not installed)."""
+        return BenchModel(request, None)

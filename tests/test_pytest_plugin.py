@@ -38,7 +38,8 @@ matrix = { device = ["cuda"], batch_size = [8] }
 
 def pytest_run(tmp_path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "pytest", "suites", "-p", "no:cacheprovider",
-                           "-q", "-rfs", *args], cwd=tmp_path, capture_output=True, text=True,
+                           "-q", "-rfs", "--bench-suites", *args], cwd=tmp_path,
+                          capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=300)
 
 
@@ -78,3 +79,76 @@ def test_compare_fail_catches_an_injected_slowdown(suite_dir):
                       "--benchmark-compare-fail=median:10%", env={"BENCH_TEST_SLOWDOWN": "0.3"})
     assert slow.returncode != 0
     assert "Performance has regressed" in slow.stdout + slow.stderr
+
+
+def plain_pytest(folder, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
+                           "-rfs", *args], cwd=folder, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=300)
+
+
+USER_MODEL = """
+import torch
+from bench import UserModel
+
+
+def build():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    return UserModel(model, lambda batch, seed: (
+        torch.randn(batch, 8, generator=torch.Generator().manual_seed(seed)),))
+"""
+
+USER_TEST = """
+BUDGET = {"min_trials": 4, "max_trials": 4, "trial_time_s": 0.01, "warmup_max_s": 0.05,
+          "max_time_s": 0.5}
+
+
+def test_plain():
+    assert 1 + 1 == 2
+
+
+def test_my_model(bench_model):
+    result = bench_model("usermodel:build", batch_size=4, budget=BUDGET)
+    assert result.status == "ok"
+    assert result.throughput.value > 0 and result.throughput.unit == "samples/s"
+    assert result.timing.latency_s["p99"] > 0
+    assert result.memory.peak()[0] > 0
+    assert result.accuracy.metrics["fidelity_mean_cos"] > 0.999
+"""
+
+
+@pytest.fixture
+def user_project(tmp_path):
+    (tmp_path / "usermodel.py").write_text(USER_MODEL)
+    (tmp_path / "test_usermodel.py").write_text(USER_TEST)
+    (tmp_path / "suites").mkdir()
+    (tmp_path / "suites" / "theirs.toml").write_text(SUITE)  # not ours to collect
+    return tmp_path
+
+
+def test_the_bench_model_fixture_feeds_pytest_benchmark(user_project):
+    out = plain_pytest(user_project, "--benchmark-only", "--benchmark-json=out.json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "1 passed, 1 skipped" in out.stdout  # test_plain is not a benchmark
+    (bench,) = json.loads((user_project / "out.json").read_text())["benchmarks"]
+    assert bench["name"] == "test_my_model"
+    assert bench["extra_info"]["case_id"] == "model/infer:usermodel[batch_size=4]"
+    assert bench["stats"]["median"] == pytest.approx(bench["extra_info"]["median_s"], rel=1e-9)
+
+
+def test_without_pytest_benchmark_nothing_breaks_and_no_suites_are_collected(user_project):
+    """pytest-benchmark not importable (a shadow package) and not loaded: no INTERNALERROR
+    from its hooks, suites/*.toml left alone, the fixture still runs the user's model."""
+    shadow = user_project / "shadow" / "pytest_benchmark"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('pytest-benchmark is absent')")
+    out = plain_pytest(user_project, "-p", "no:benchmark",
+                       env={"PYTHONPATH": str(user_project / "shadow")})
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "2 passed" in out.stdout and "INTERNALERROR" not in out.stdout + out.stderr
+
+
+def test_suites_are_collected_only_when_asked(suite_dir):
+    out = plain_pytest(suite_dir, "suites")
+    assert out.returncode == 5, out.stdout  # no tests collected

@@ -196,3 +196,21 @@ def test_a_many_line_error_is_one_line_in_the_record():
     assert one_line(RuntimeError("export failed:\n  op foo unsupported\n")) == \
         "RuntimeError: export failed: (+1 more lines in stderr_tail)"
     assert one_line(ValueError()) == "ValueError"
+
+
+@pytest.mark.slow
+def test_run_model_from_python_runs_the_same_engine(user_dir, tmp_path):
+    import bench
+
+    run = bench.run_model("usermodels:good", python_path=user_dir / "pkg",
+                          out=tmp_path / "api.json", precision=["fp32", "bf16"], batch_size=4,
+                          budget={"min_trials": 4, "max_trials": 4, "trial_time_s": 0.01,
+                                  "warmup_max_s": 0.05, "max_time_s": 0.5})
+    assert [c.status for c in run.record.cases] == ["ok", "ok"]
+    assert run.case("model/infer:usermodels[precision=bf16,batch_size=4]").accuracy.metrics[
+        "fidelity_mean_cos"] > 0.99
+    assert "model/infer:usermodels[precision=fp32,batch_size=4]" in run.table()
+    assert run.write_html(tmp_path / "r.html").read_text().startswith("<!doctype html>")
+    assert main(["report", str(run.path)]) == 0  # the file bench run would have written
+    with pytest.raises(BenchInputError, match="precision"):
+        bench.run_model("usermodels:good", python_path=user_dir / "pkg", precision="fp64")

@@ -17,6 +17,7 @@ from bench.results.store import ResultStore, exclusive_output
 from bench.runners.isolation import run_in_processes
 from bench.runners.plan import PlannedCase, plan_suite
 from bench.spec import load_suite
+from bench.spec.model import SuiteSpec
 
 CaseRunner = Callable[[PlannedCase], CaseResult]
 
@@ -58,10 +59,12 @@ def open_store(suite, out: Path, resume: bool, overwrite: bool,
     return ResultStore.create(out, RunRecord(run=info, fingerprint=fingerprint(suite.path)))
 
 
-def run_suite(suite_path: str | Path, out: str | Path, *, resume: bool = False,
+def run_suite(suite: str | Path | SuiteSpec, out: str | Path, *, resume: bool = False,
               overwrite: bool = False, select: dict[str, set[str]] | None = None,
               progress: bool = True, runner: CaseRunner = _run_one) -> ResultStore:
-    suite = load_suite(suite_path)
+    """Run every case of a suite (a file, or one built in memory) into ``out``."""
+    if not isinstance(suite, SuiteSpec):
+        suite = load_suite(suite)
     planned = plan_suite(suite, select)
     # One writer per result file: a second run (--resume beside --overwrite) would
     # otherwise overwrite the first one's cases with its own view of the file.

@@ -97,14 +97,14 @@ def _load_accuracy(table: Any, metrics: tuple[str, ...], source: str,
 
 
 def _load_benchmark(table: Any, index: int, default_budget: Budget,
-                    source: str) -> BenchmarkSpec:
+                    source: str, folder: Path) -> BenchmarkSpec:
     # On use: bench.workloads imports bench.spec.axes, so a module-level import is a cycle.
     from bench.workloads import get_workload, workload_names
 
     where = f"benchmark[{index}]"
     table = _check_keys(table, _BENCHMARK_KEYS, source, where)
     if "model" in table or "python_path" in table:
-        table = _user_model_table(table, source, where)
+        table = _user_model_table(table, source, where, folder)
     for required in ("workload", "phase"):
         if required not in table:
             raise BenchInputError(source, "missing required key", key=f"{where}.{required}")
@@ -160,7 +160,8 @@ def _load_benchmark(table: Any, index: int, default_budget: Budget,
                          parity_reference=workload.parity_reference(phase))
 
 
-def _user_model_table(table: dict[str, Any], source: str, where: str) -> dict[str, Any]:
+def _user_model_table(table: dict[str, Any], source: str, where: str,
+                      suite_folder: Path) -> dict[str, Any]:
     """``model = "module:function"`` -> the ``model`` workload with the factory in its params.
     The factory's module is looked up (never imported: user code runs in workers only)."""
     if "workload" in table:
@@ -177,7 +178,7 @@ def _user_model_table(table: dict[str, Any], source: str, where: str) -> dict[st
         raise BenchInputError(source, f"expected string, got {type(python_path).__name__}",
                               key=f"{where}.python_path", valid="a folder, relative to the "
                                                                  "suite file")
-    folder = (Path(source).resolve().parent / python_path).resolve()
+    folder = (suite_folder / python_path).resolve()
     if not folder.is_dir():
         raise BenchInputError(source, f"no folder {folder}", key=f"{where}.python_path",
                               valid="a folder, relative to the suite file")
@@ -222,11 +223,16 @@ def _refuse_colliding_ids(benchmarks: tuple[BenchmarkSpec, ...], source: str) ->
 def load_suite(path: str | Path) -> SuiteSpec:
     """Parse and validate a suite file. Raises BenchInputError on any problem."""
     path = Path(path)
-    source = str(path)
     text = read_bounded_text(path, "suite file", limit=16 * MIB)
-    raw_bytes = text.encode("utf-8")
-    data = parse_toml(text, source)
+    return suite_from_data(parse_toml(text, str(path)), str(path), path.stem,
+                           hashlib.sha256(text.encode("utf-8")).hexdigest(),
+                           path.resolve().parent)
 
+
+def suite_from_data(data: Any, source: str, default_name: str, sha256: str,
+                    folder: Path) -> SuiteSpec:
+    """A suite from its parsed tables (a suite file's, or built by ``bench.run_model``);
+    ``folder`` is where relative ``python_path`` values start."""
     _check_keys(data, _SUITE_KEYS, source, "")
     suite_table = _check_keys(data.get("suite", {}), _SUITE_TABLE_KEYS, source, "suite")
     budget = _load_budget(data.get("budget", {}), Budget(), source, "budget")
@@ -236,7 +242,7 @@ def load_suite(path: str | Path) -> SuiteSpec:
                               key="benchmark")
     max_cases = Setting("max_cases", int, minimum=1).validate(
         suite_table.get("max_cases", DEFAULT_MAX_CASES), source, "suite.max_cases")
-    benchmarks = tuple(_load_benchmark(table, i, budget, source)
+    benchmarks = tuple(_load_benchmark(table, i, budget, source, folder)
                        for i, table in enumerate(benchmarks_raw))
     cases = sum(math.prod(len(v) for v in b.matrix.values()) for b in benchmarks)
     if cases > max_cases:
@@ -244,11 +250,11 @@ def load_suite(path: str | Path) -> SuiteSpec:
                               f"limit of {max_cases:,}; trim an axis or raise the limit",
                               key="suite.max_cases", valid=f"integer >= {cases}")
     _refuse_colliding_ids(benchmarks, source)
-    name = suite_table.get("name", path.stem)
+    name = suite_table.get("name", default_name)
     description = suite_table.get("description", "")
     for key, value in (("suite.name", name), ("suite.description", description)):
         if not isinstance(value, str):
             raise BenchInputError(source, f"expected string, got {type(value).__name__}",
                                   key=key, valid="string")
     return SuiteSpec(name=name, path=source, description=description, benchmarks=benchmarks,
-                     sha256=hashlib.sha256(raw_bytes).hexdigest())
+                     sha256=sha256)
