@@ -70,6 +70,55 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+STARTER_SUITE = """\
+# A starter suite for {factory}: bench run {out}
+# Every case runs in its own worker; the figures are median step time with a 95% CI,
+# throughput, latency percentiles, memory, and fidelity to the fp32 eager model (or your
+# UserModel.evaluate metric) with parity. Trim or widen the matrix as you need.
+[suite]
+name = "{name}"
+
+[budget]
+min_trials = 5       # independent trials per case (at least 4: the gate needs them)
+max_time_s = 5.0     # stop adding trials after this long
+timeout_s = 600      # a case past this is killed and recorded as a timeout
+
+[[benchmark]]
+model = "{factory}"
+python_path = "{python_path}"   # the folder holding the module, from this file
+
+[benchmark.matrix]
+precision = ["fp32", "bf16"]
+backend = ["eager", "onnxruntime"]          # also: compile
+quantization = ["none", "int8_dynamic"]     # also: int8_static
+batch_size = [1, 32]
+"""
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from bench.files import write_text_atomically
+
+    module = args.factory.partition(":")[0]
+    out = Path(args.out) if args.out else DEFAULT_SUITES_DIR / f"{module.rpartition('.')[2]}.toml"
+    if out.exists():
+        raise BenchInputError(str(out), "exists; choose another --out or remove it")
+    folder = Path(args.python_path or ".").resolve()
+    python_path = os.path.relpath(folder, out.resolve().parent)
+    text = STARTER_SUITE.format(factory=args.factory, out=out, name=out.stem,
+                                python_path=python_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomically(out, text, "--out")
+    from bench.spec import load_suite
+
+    try:
+        load_suite(out)  # the factory must be findable: say so now, in one line, if not
+    except BenchInputError:
+        out.unlink()
+        raise
+    print(f"wrote {out}; run it with: bench run {out}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from bench.reports.table import render_report
     from bench.results.store import load_run
@@ -300,8 +349,31 @@ def cmd_env(args: argparse.Namespace) -> int:
     return 0
 
 
+DESCRIPTION = """\
+Benchmark PyTorch and ONNX Runtime models: speed (median with a 95% CI, latency
+percentiles), memory and accuracy next to the fp32 reference, across precisions,
+backends, int8 quantization, pruning and batch sizes; each case in its own worker
+process. Exit codes: 0 all well, 1 a case failed or the gate found a regression,
+2 bad input."""
+
+EXAMPLES = """\
+examples:
+  bench init mymodels:build            write suites/mymodels.toml for your model
+  bench run suites/mymodels.toml       run it; results/mymodels.json and a table
+  bench report results/mymodels.json --html report.html
+  bench run suites/smoke.toml --out new.json
+  bench gate --baseline results/baselines/smoke-cpu-avx512-xeon-2core.json --current new.json
+  bench ab suites/smoke.toml --baseline-ref main    interleaved A/B against main
+  bench table results/runs/*.json      hardware comparison
+  bench list                           suites and workloads"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bench", description=__doc__)
+    from bench import __version__
+
+    parser = argparse.ArgumentParser(prog="bench", description=DESCRIPTION, epilog=EXAMPLES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"bench {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run_commands(sub)
     _add_report_commands(sub)
@@ -310,7 +382,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_run_commands(sub: Any) -> None:
-    """list, run, max-batch: the commands that plan or run a suite's cases."""
+    """init, list, run, max-batch: the commands that write, plan or run a suite."""
+    p = sub.add_parser("init", help="write a starter suite for your model factory")
+    p.add_argument("factory", help="module:function returning bench.UserModel, e.g. "
+                                   "mymodels:build")
+    p.add_argument("--out", help="the suite file to write (default suites/MODULE.toml)")
+    p.add_argument("--python-path", default=None,
+                   help="the folder holding the module (default: this folder)")
+    p.set_defaults(func=cmd_init)
+
     p = sub.add_parser("list", help="list suites and workloads, or one suite's cases")
     p.add_argument("suite", nargs="?", help="a suite file (TOML)")
     p.add_argument("--select", action="append", metavar="AXIS=V1,V2",

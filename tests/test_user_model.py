@@ -214,3 +214,27 @@ def test_run_model_from_python_runs_the_same_engine(user_dir, tmp_path):
     assert main(["report", str(run.path)]) == 0  # the file bench run would have written
     with pytest.raises(BenchInputError, match="precision"):
         bench.run_model("usermodels:good", python_path=user_dir / "pkg", precision="fp64")
+
+
+def test_init_writes_a_starter_suite_that_loads(user_dir, capsys, monkeypatch):
+    monkeypatch.chdir(user_dir)
+    assert main(["init", "usermodels:good", "--python-path", "pkg"]) == 0
+    suite = load_suite(user_dir / "suites" / "usermodels.toml")
+    assert suite.benchmarks[0].params["factory"] == "usermodels:good"
+    assert len(plan_suite(suite)) == 16
+    assert main(["init", "usermodels:good", "--python-path", "pkg"]) == 2  # never overwrites
+    assert main(["init", "nowhere:build", "--out", "x.toml"]) == 2
+    assert not (user_dir / "x.toml").exists()
+    assert "module 'nowhere' not found" in capsys.readouterr().err
+
+
+def test_version_and_plain_help(capsys):
+    import bench
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0 and capsys.readouterr().out == f"bench {bench.__version__}\n"
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert "examples:" in text and "bench init mymodels:build" in text and "``" not in text
