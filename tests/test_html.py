@@ -44,3 +44,18 @@ def test_report_embeds_every_plot_as_a_png(run, expected):
     for title in expected:
         assert title in page
     assert "<table>" in page and "http" not in page.split("<body", 1)[1]  # nothing fetched
+
+
+def test_the_report_says_which_allocator_the_figures_describe():
+    from bench.reports.table import render_report
+    from bench.results.schema import CaseResult, RunInfo, RunRecord
+
+    info = RunInfo(run_id="r", suite_name="s", suite_path="p", suite_sha256="0",
+                   started_at="t", command=[])
+    cases = [CaseResult("sleep/infer[]", "sleep", "infer", {}, {}, "skipped",
+                        budget={"allocator": "steady"})]
+    record = RunRecord(run=info, fingerprint={}, cases=cases)
+    assert 'allocator = "steady": glibc malloc pinned' in render_report(record)
+    assert "allocator = &quot;steady&quot;: glibc malloc pinned" in render_html(record)
+    cases[0].budget = {}
+    assert "allocator: not recorded" in render_report(record)

@@ -9,6 +9,7 @@ from typing import Any
 
 from tabulate import tabulate
 
+from bench.measurement.allocator import policy_line
 from bench.measurement.fingerprint import machine_name
 from bench.reports.compare import injected_slowdown
 from bench.reports.parity import Parity, parity_by_case
@@ -126,7 +127,9 @@ def render_report(record: RunRecord, fmt: str = "github") -> str:
               f"{record.run.run_id} at {record.run.started_at} on {machine_name(fp)}, "
               f"torch {fp.get('packages', {}).get('torch')}, "
               f"{fp.get('threads', {}).get('torch_intraop')} threads\n"
-              + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+              + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + "\n"
+              + policy_line({c.budget["allocator"] for c in record.cases
+                             if isinstance(c.budget.get("allocator"), str)}))
     table = tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True)
     if fmt == "html":
         return "".join(f"<p>{html.escape(line)}</p>" for line in header.splitlines()) + table
