@@ -64,6 +64,14 @@ class UserModel:
     - ``output``: picks the tensor to compare from what ``model`` returns (default: a tensor
       as is; a tuple's first item; a mapping's ``logits``, else its first tensor).
     - ``sample_unit``: what ``batch_size`` counts (throughput is per this unit).
+    - ``held_out``: the batches fidelity (and the ONNX export check) runs on (default:
+      ``FIDELITY_BATCHES`` batches from ``make_inputs`` with seeds never timed).
+    - ``structured_pruning(model, amount) -> str``: how to remove ``amount`` of the model's
+      whole units (heads, channels) in place, saying what it did; enables the
+      ``structured-NN`` pruning values.
+    - ``int8_static_ops``: the ONNX op types static int8 quantizes (default: all it can;
+      transformers keep softmax, layernorm and residual adds in float).
+    - ``details``: anything worth keeping in each case's record (model files, data sizes).
     """
 
     model: nn.Module
@@ -76,6 +84,10 @@ class UserModel:
     task_metric: tuple[str, bool] | None = None
     output: Callable[[Any], torch.Tensor] | None = None
     sample_unit: str = "samples"
+    held_out: list[Inputs] | None = None
+    structured_pruning: Callable[[nn.Module, float], str] | None = None
+    int8_static_ops: tuple[str, ...] | None = None
+    details: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not callable(self.make_inputs):

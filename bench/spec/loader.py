@@ -167,6 +167,8 @@ def _user_model_table(table: dict[str, Any], source: str, where: str,
     if "workload" in table:
         raise BenchInputError(source, "name either a workload or a model, not both",
                               key=f"{where}.model", valid=_FACTORY_FORMAT)
+    if isinstance(table.get("model"), dict):
+        return _checkpoint_table(table, source, where, suite_folder)
     factory = table.get("model")
     module, colon, function = factory.partition(":") if isinstance(factory, str) else ("", "", "")
     if not colon or not all(p.isidentifier() for p in [*module.split("."),
@@ -193,6 +195,44 @@ def _user_model_table(table: dict[str, Any], source: str, where: str,
     return {"phase": "infer", "label": module.rpartition(".")[2], **rest,
             "workload": USER_MODEL_WORKLOAD,
             "params": {**params, "factory": factory, "python_path": str(folder)}}
+
+
+_CHECKPOINT_FORMAT = "{ hf = \"FOLDER\" (relative to the suite file) or \"package:NAME/SUB\", " \
+                     "task = \"feature-extraction\" | \"sequence-classification\" | " \
+                     "\"causal-lm\" }"
+
+
+def _checkpoint_table(table: dict[str, Any], source: str, where: str,
+                      suite_folder: Path) -> dict[str, Any]:
+    """``model = { hf = ..., task = ... }``: a local Hugging Face checkpoint, found now."""
+    spec = _check_keys(table["model"], {"hf", "task"}, source, f"{where}.model")
+    hf, task = spec.get("hf"), spec.get("task", "feature-extraction")
+    if not isinstance(hf, str) or not hf:
+        raise BenchInputError(source, "missing checkpoint", key=f"{where}.model.hf",
+                              valid=_CHECKPOINT_FORMAT)
+    if hf.startswith("package:"):
+        name = hf[len("package:"):].partition("/")[0]
+        package = importlib.util.find_spec(name) if name.isidentifier() else None
+        if package is None or not package.submodule_search_locations:
+            raise BenchInputError(source, f"no installed package {name!r}",
+                                  key=f"{where}.model.hf", valid=_CHECKPOINT_FORMAT)
+        folder = Path(list(package.submodule_search_locations)[0]) / hf.partition("/")[2]
+        label = name
+    else:
+        folder = (suite_folder / hf).resolve()
+        hf = str(folder)
+        label = "".join(c if c.isalnum() else "_" for c in folder.name) or "hf"
+        label = label if label[0].isalpha() else f"hf_{label}"
+    if not (folder / "config.json").is_file():
+        raise BenchInputError(source, f"no Hugging Face checkpoint (config.json) in {folder}",
+                              key=f"{where}.model.hf", valid=_CHECKPOINT_FORMAT)
+    params = table.get("params", {})
+    if not isinstance(params, dict):
+        raise BenchInputError(source, f"expected a table, got {type(params).__name__}",
+                              key=f"{where}.params")
+    rest = {k: v for k, v in table.items() if k not in ("model", "python_path")}
+    return {"phase": "infer", "label": label, **rest, "workload": USER_MODEL_WORKLOAD,
+            "params": {**params, "hf": hf, "task": task}}
 
 
 def _module_exists(name: str, folder: str) -> bool:

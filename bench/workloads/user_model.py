@@ -35,6 +35,7 @@ from bench.workloads.base import (
     VariantInferPhase,
     Workload,
 )
+from bench.workloads.hf import TASKS, checkpoint_model
 
 # Held-out batches for fidelity (and the ONNX export check), and the default calibration
 # set for static int8: seeds far from the timed ones (0 .. ROTATING_INPUTS - 1).
@@ -99,27 +100,38 @@ def fidelity(outputs: torch.Tensor, reference: torch.Tensor) -> dict[str, float]
     return metrics
 
 
+def user_model_for(case) -> tuple[UserModel, str]:  # noqa: ANN001 - a CaseSpec
+    """The case's UserModel (from its factory, or its local Hugging Face checkpoint) and
+    what it is, in words."""
+    p = case.params
+    if p.get("hf"):
+        return checkpoint_model(p["hf"], p["task"]), f"the {p['task']} checkpoint {p['hf']}"
+    return build_user_model(p["factory"], p["python_path"] or None), p["factory"]
+
+
 class UserModelInfer(VariantInferPhase):
-    def __init__(self, case, ctx: RunContext) -> None:
+    def __init__(self, case, ctx: RunContext, user: UserModel, what: str) -> None:
         self.case, self.ctx = case, ctx
-        self.user = build_user_model(case.params["factory"], case.params["python_path"] or None)
+        self.user, self.what = user, what
         picker = self.user.output or pick_output
         self.reference_model = SingleOutput(self.user.model, picker).to(ctx.device).eval()
-        self.held_out = [self.inputs(FIDELITY_BATCH, FIDELITY_SEED + i)
-                         for i in range(FIDELITY_BATCHES)]
+        self.held_out = [self._on_device(b) for b in self.user.held_out or [
+            self.inputs(FIDELITY_BATCH, FIDELITY_SEED + i) for i in range(FIDELITY_BATCHES)]]
         self.variant = pipeline.build_variant(self._adapter(), case.axes, ctx.device)
         batch = case.axes["batch_size"]
         self.rotate([self.inputs(batch, seed) for seed in range(ROTATING_INPUTS)])
         self.samples_per_step = batch
         self.sample_unit = self.user.sample_unit
         self.step_description = (
-            f"one forward pass of {case.params['factory']} over batch_size inputs from its "
-            "make_inputs; inference_mode and precision entered once around all steps; "
-            f"batches rotate through {ROTATING_INPUTS} distinct inputs")
+            f"one forward pass of {what} over batch_size inputs from its make_inputs; "
+            "inference_mode and precision entered once around all steps; batches rotate "
+            f"through {ROTATING_INPUTS} distinct inputs")
 
     def inputs(self, batch: int, seed: int) -> tuple[torch.Tensor, ...]:
         kwargs = {"seq_len": self.case.axes["seq_len"]} if self.case.axes.get("seq_len") else {}
-        made = self.user.make_inputs(batch, seed, **kwargs)
+        return self._on_device(self.user.make_inputs(batch, seed, **kwargs))
+
+    def _on_device(self, made: Any) -> tuple[torch.Tensor, ...]:
         made = (made,) if isinstance(made, torch.Tensor) else tuple(made)
         return tuple(t.to(self.ctx.device) for t in made)
 
@@ -134,7 +146,8 @@ class UserModelInfer(VariantInferPhase):
         return pipeline.ModelAdapter(
             model=self.reference_model, input_names=tuple(names), output_name=user.output_name,
             dynamic_axes=dynamic, check_inputs=self.held_out,
-            calibration=[tuple(t.to(self.ctx.device) for t in b) for b in calibration])
+            calibration=[self._on_device(b) for b in calibration],
+            structured_pruner=user.structured_pruning, onnx_static_op_types=user.int8_static_ops)
 
     def _predict(self, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """The user's evaluate runs the timed step of the variant on its own inputs."""
@@ -142,18 +155,21 @@ class UserModelInfer(VariantInferPhase):
         return self.variant.infer(tuple(t.to(self.ctx.device) for t in inputs))
 
     def finish(self) -> Outcome:
-        with torch.inference_mode():
-            reference = torch.cat([self.reference_model(*b).float().cpu()
-                                   for b in self.held_out])
-        outputs = torch.cat([self.variant.infer(b) for b in self.held_out])
-        metrics = fidelity(outputs, reference)
+        metrics: dict[str, float] = {}
         task_metric = ("fidelity_mean_cos", True)
         if self.user.evaluate is not None:
-            metrics.update({k: float(v) for k, v in self.user.evaluate(self._predict).items()})
+            metrics = {k: float(v) for k, v in self.user.evaluate(self._predict).items()}
             task_metric = self.user.task_metric
+        if "fidelity_mean_cos" not in metrics:  # an evaluate may measure fidelity its own way
+            with torch.inference_mode():
+                reference = torch.cat([self.reference_model(*b).float().cpu()
+                                       for b in self.held_out])
+            outputs = torch.cat([self.variant.infer(b) for b in self.held_out])
+            metrics = {**fidelity(outputs, reference), **metrics}
         return Outcome(metrics=metrics, task_metric=task_metric,
-                       details={"factory": self.case.params["factory"],
-                                "fidelity_inputs": [FIDELITY_BATCHES, FIDELITY_BATCH]},
+                       details={"model": self.what,
+                                "fidelity_batches": [list(b[0].shape) for b in self.held_out],
+                                **(self.user.details or {})},
                        model=self.variant.finalize())
 
 
@@ -163,7 +179,10 @@ class UserModelWorkload(Workload):
     description = "your own PyTorch model: model = \"module:function\" returning bench.UserModel"
     phases = ("infer",)
     smoke_params = {"factory": "bench.workloads.user_model:tiny_mlp"}
-    support = pipeline.VariantSupport(structured_pruning=None, torch_static_int8=None)
+    # Whether the model has a structured pruning rule is the factory's to say
+    # (UserModel.structured_pruning): a case asking for one without it is an error.
+    support = pipeline.VariantSupport(structured_pruning="UserModel.structured_pruning",
+                                      torch_static_int8=None)
 
     @classmethod
     def axes(cls) -> dict[str, Setting]:
@@ -177,7 +196,11 @@ class UserModelWorkload(Workload):
         return {"factory": Setting("factory", str, "", help="module:function returning "
                                                             "bench.UserModel"),
                 "python_path": Setting("python_path", str, "",
-                                       help="folder put first on sys.path in the worker")}
+                                       help="folder put first on sys.path in the worker"),
+                "hf": Setting("hf", str, "", help="a local Hugging Face checkpoint folder "
+                                                  "(instead of a factory)"),
+                "task": Setting("task", str, TASKS[0], choices=TASKS,
+                                help="what the checkpoint is run as")}
 
     @classmethod
     def metrics(cls, phase: str) -> tuple[str, ...]:
@@ -193,7 +216,7 @@ class UserModelWorkload(Workload):
 
     @classmethod
     def prepare(cls, case, ctx: RunContext) -> Phase:
-        return UserModelInfer(case, ctx)
+        return UserModelInfer(case, ctx, *user_model_for(case))
 
 
 @functools.cache
