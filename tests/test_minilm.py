@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from bench.workloads import minilm
+from bench.workloads import get_workload, minilm
 
 
 def test_shipped_text_sets():
@@ -76,3 +76,28 @@ def test_real_pretrained_model_loads_offline_and_finds_paraphrases(monkeypatch):
         emb = model(enc["input_ids"], enc["attention_mask"])
     n = len(pairs)
     assert minilm.retrieval_metrics(emb[:n], emb[n:])["retrieval_top1"] >= 0.9
+
+
+@pytest.mark.slow
+def test_minilm_on_onnxruntime_through_the_user_model_phase():
+    """The re-implemented workload on the backend whose prepared inputs are not tensors
+    (ONNX Runtime feeds): token counts come from the timed batches themselves."""
+    from bench.spec.model import Budget, CaseSpec
+    from bench.variants.precision import get_precision
+    from bench.workloads.base import RunContext
+
+    workload = get_workload("minilm")
+    axes = {"device": "cpu", "precision": "fp32", "batch_size": 2, "threads": 0,
+            "seq_len": 16, "backend": "onnxruntime", "quantization": "int8_dynamic",
+            "pruning": "none"}
+    case = CaseSpec("minilm", "infer", axes, {}, Budget())
+    phase = workload.prepare(case, RunContext("cpu", get_precision("fp32")))
+    with phase.session():
+        phase.step()
+    outcome = phase.finish()
+    assert set(workload.metrics("infer")) <= set(outcome.metrics)
+    assert outcome.metrics["fidelity_mean_cos"] > 0.9 and outcome.task_metric == (
+        "retrieval_mrr", True)
+    assert 2 <= outcome.details["non_pad_tokens_per_step"] <= 32
+    assert outcome.details["padded_tokens_per_step"] == 32
+    assert outcome.model.export_check["passed"]

@@ -195,7 +195,7 @@ class MiniLMInfer(UserModelInfer):
             "one forward pass + mean pooling over batch_size sentences padded to seq_len "
             "tokens; inference_mode and precision entered once around all steps; batches "
             f"rotate through {ROTATING_INPUTS} distinct inputs")
-        real = sum(int(b[1].sum()) for b in self.inputs) / len(self.inputs)
+        real = sum(int(b[1].sum()) for b in self.timed_batches) / len(self.timed_batches)
         self.user.details = {**(self.user.details or {}), "non_pad_tokens_per_step": real,
                              "padded_tokens_per_step": self.samples_per_step
                              * case.axes["seq_len"]}

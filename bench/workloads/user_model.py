@@ -119,7 +119,8 @@ class UserModelInfer(VariantInferPhase):
             self.inputs(FIDELITY_BATCH, FIDELITY_SEED + i) for i in range(FIDELITY_BATCHES)]]
         self.variant = pipeline.build_variant(self._adapter(), case.axes, ctx.device)
         batch = case.axes["batch_size"]
-        self.rotate([self.inputs(batch, seed) for seed in range(ROTATING_INPUTS)])
+        self.timed_batches = [self.inputs(batch, seed) for seed in range(ROTATING_INPUTS)]
+        self.rotate(self.timed_batches)
         self.samples_per_step = batch
         self.sample_unit = self.user.sample_unit
         self.step_description = (
