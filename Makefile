@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: bench test lint clean smoke-gate ab-gate
+.PHONY: bench test lint clean smoke-gate ab-gate example
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,14 @@ ab-gate: $(STAMP)
 		$(BIN)/bench ab suites/smoke.toml --baseline-ref HEAD~1 --rounds 6 \
 			--out-dir results/ab-latest --policy results/baselines/ab-policy.toml --no-progress; \
 	else echo "ab-gate: this clone has no parent commit (shallow clone?): interleaved A/B not run"; fi
+
+# The example user project (examples/my_model), as a user runs it from its own folder.
+example: $(STAMP)
+	@out=$$(mktemp -d); cd examples/my_model && \
+	$(CURDIR)/$(BIN)/bench run suite.toml --out $$out/run.json --no-progress --quiet && \
+	$(CURDIR)/$(BIN)/bench report $$out/run.json --html $$out/report.html && \
+	$(CURDIR)/$(BIN)/python -m pytest -q -p no:cacheprovider --benchmark-json=$$out/bench.json && \
+	echo "example: ok ($$out)"
 
 lint: $(STAMP)
 	$(BIN)/ruff check bench tests tools
