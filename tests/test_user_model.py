@@ -95,7 +95,7 @@ def test_a_model_benchmark_becomes_the_model_workload_without_running_user_code(
     suite = load_suite(suite_file(user_dir, matrix='backend = ["eager", "onnxruntime"]'))
     bench = suite.benchmarks[0]
     assert bench.workload == "model" and bench.label == "usermodels" and bench.phase == "infer"
-    assert bench.params == {"factory": "usermodels:good",
+    assert bench.params == {"factory": "usermodels:good", "hf": "", "task": "feature-extraction",
                             "python_path": str((user_dir / "pkg").resolve())}
     assert bench.parity_reference["backend"] == "eager"
     ids = [p.spec.case_id for p in plan_suite(suite)]
