@@ -130,3 +130,36 @@ def test_a_toy_workload_in_one_module_meets_the_contract(toy_workload, write_sui
     case, outcome = run_smallest_case(toy_workload, "infer", write_suite)
     assert outcome.metrics["error"] < 1e-3
     assert case.parity_reference == {"precision": "fp32"}  # its variant axes' defaults
+
+
+PLUGIN_DIST = """Metadata-Version: 2.1
+Name: toy-bench-plugin
+Version: 0.1
+"""
+
+
+@pytest.fixture
+def installed_plugin(tmp_path, monkeypatch):
+    """A distribution whose entry point (group bench.workloads) names the toy workload's
+    module, as `pip install` of a plugin package would leave it."""
+    (tmp_path / "toy_plugin_module.py").write_text(TOY.replace("toy_least_squares",
+                                                               "toy_plugin"))
+    info = tmp_path / "toy_bench_plugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(PLUGIN_DIST)
+    (info / "entry_points.txt").write_text("[bench.workloads]\ntoy = toy_plugin_module\n"
+                                           "broken = no_such_module_anywhere\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(workloads, "_loaded", False)
+    yield "toy_plugin"
+    workloads._REGISTRY.pop("toy_plugin", None)
+    sys.modules.pop("toy_plugin_module", None)
+
+
+def test_an_installed_plugin_registers_its_workload_and_a_broken_one_is_one_line(
+        installed_plugin, write_suite, capsys):
+    assert installed_plugin in workload_names()
+    assert "workload plugin broken (no_such_module_anywhere) left out: " \
+           "ModuleNotFoundError" in capsys.readouterr().err
+    case, outcome = run_smallest_case(installed_plugin, "infer", write_suite)
+    assert outcome.metrics["error"] < 1e-3 and case.workload == installed_plugin
