@@ -56,8 +56,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.runners.sweep import run_suite
 
     out = Path(args.out) if args.out else Path("results") / f"{Path(args.suite).stem}.json"
+    if args.paired_rounds is not None and (args.paired_rounds < 0 or args.paired_rounds == 1):
+        raise BenchInputError("--paired-rounds", f"{args.paired_rounds} rounds give no CI",
+                              valid="0 (off) or an integer >= 2")
     store = run_suite(args.suite, out, resume=args.resume, overwrite=args.overwrite,
-                      select=parse_select(args.select), progress=not args.no_progress)
+                      select=parse_select(args.select), progress=not args.no_progress,
+                      paired_rounds=args.paired_rounds)
     if not args.quiet:
         print(render_report(store.record, "github"))
     print(f"results written to {out}", file=sys.stderr)
@@ -406,6 +410,10 @@ def _add_run_commands(sub: Any) -> None:
                    help="keep only cases with these axis values (repeatable)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--quiet", action="store_true", help="do not print the report at the end")
+    p.add_argument("--paired-rounds", type=int, default=None, metavar="N",
+                   help="then measure each variant against its reference (fp32 eager...) in "
+                        "N interleaved rounds with a paired CI (default: the suite's "
+                        "[suite] paired_rounds, else 0: off)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("max-batch", help="find the largest batch that fits in memory for "

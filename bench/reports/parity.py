@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from bench.reports.compare import metric_ratio
 from bench.results.schema import CaseResult
+from bench.spec.model import is_reference, shape_key
 
 
 @dataclass(frozen=True)
@@ -33,16 +34,7 @@ class Parity:
         return self.ratio >= self.target  # False for NaN: NaN never passes a bound
 
 
-def _shape_key(case: CaseResult) -> tuple:
-    shape = tuple(sorted((k, str(v)) for k, v in case.axes.items()
-                         if k not in case.parity_reference))
-    return case.benchmark_key, shape
-
-
-def is_reference(case: CaseResult) -> bool:
-    """Whether every variant axis of the case holds its reference value."""
-    return all(case.axes.get(axis, value) == value
-               for axis, value in case.parity_reference.items())
+__all__ = ["Parity", "is_reference", "parity_by_case", "variant_choices"]
 
 
 def variant_choices(case: CaseResult) -> dict[str, object]:
@@ -53,14 +45,14 @@ def variant_choices(case: CaseResult) -> dict[str, object]:
 
 def parity_by_case(cases: list[CaseResult]) -> dict[str, Parity]:
     """Parity of every ok case whose reference case in the same run is ok too."""
-    references = {_shape_key(c): c for c in cases
+    references = {shape_key(c): c for c in cases
                   if c.measured and c.accuracy and is_reference(c)}
     out: dict[str, Parity] = {}
     for case in cases:
         acc = case.accuracy
         if not case.measured or acc is None or acc.task_metric is None:
             continue
-        ref = references.get(_shape_key(case))
+        ref = references.get(shape_key(case))
         if ref is None or ref.accuracy is None:
             continue
         value = acc.metrics.get(acc.task_metric)

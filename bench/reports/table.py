@@ -18,8 +18,8 @@ from bench.units import MIB
 
 FORMATS = ("github", "plain", "latex", "csv", "html")
 HEADERS = ["case", "status", "step ms (median)", "95% CI ms", "CV %", "throughput",
-           "p99 ms", "cold ms", "peak RSS MiB", "GPU peak MiB", "model MiB", "sparsity",
-           "fidelity cos (mean/min)", "TFLOP/s", "MFU measured / spec",
+           "x reference (paired 95% CI)", "p99 ms", "cold ms", "peak RSS MiB", "GPU peak MiB",
+           "model MiB", "sparsity", "fidelity cos (mean/min)", "TFLOP/s", "MFU measured / spec",
            "params/grads/optim/activations MiB", "accuracy", "target", "vs fp32", "parity"]
 
 
@@ -51,6 +51,15 @@ def _parity(parity: Parity | None) -> tuple[str, str]:
         return "", ""
     verdict = "pass" if parity.passed else f"FAIL (< {parity.target:.0%})"
     return f"{parity.ratio:.4f}", verdict
+
+
+def _paired(case: CaseResult) -> str:
+    """The case's speed-up over its reference from interleaved rounds, e.g.
+    ``1.32x (1.28-1.36, 6 rounds)``: above 1, faster than the reference."""
+    p = case.vs_reference
+    if p is None:
+        return ""
+    return f"{p.speedup:.3g}x ({p.ci_low:.3g}–{p.ci_high:.3g}, {p.rounds} rounds)"
 
 
 def _model(case: CaseResult) -> tuple[str, str, str]:
@@ -97,6 +106,7 @@ def case_row(case: CaseResult, parity: Parity | None = None) -> list[Any]:
         f"{_ms(t.ci_low_s)}–{_ms(t.ci_high_s)}" if t else "",
         f"{t.cv * 100:.1f}" if t else "",
         f"{thr.value:.4g} {thr.unit}" if thr else "",
+        _paired(case),
         _ms(t.latency_s.get("p99")) if t else "",
         _ms(t.cold_start_s) if t else "",
         f"{mem.peak_rss_mib:.0f}" if mem else "",

@@ -83,7 +83,13 @@ def _with_v3_reference(case: dict[str, Any]) -> dict[str, Any]:
                                          if a in axes}}
 
 
-MIGRATIONS: dict[int, Migration] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
+def _v4_to_v5(data: dict[str, Any]) -> dict[str, Any]:
+    # Version 5 added the optional CaseResult.vs_reference: every version-4 record is a
+    # valid version-5 record.
+    return {**data, "schema_version": 5}
+
+
+MIGRATIONS: dict[int, Migration] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5}
 
 
 def migrate(data: dict[str, Any], version: int, target: int) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The result file schema (JSON), version 4.
+"""The result file schema (JSON), version 5.
 
 A run file holds ``schema``/``schema_version``, the run's metadata, the machine's
 fingerprint and one record per finished case. Every figure keeps its raw samples and
@@ -14,6 +14,9 @@ Versions (older files are read through ``bench.results.migrations``):
 4. ``CaseResult.parity_reference``: the case's variant axes with their declared defaults,
    the case accuracy parity compares with. gpt's ``compile`` boolean axis is now the
    ``backend`` axis every workload shares (``eager`` | ``compile``), in axes and case ids.
+5. ``CaseResult.vs_reference``: the case's speed-up over its parity reference measured in
+   interleaved worker processes over rounds (paired CI), when the run asked for it
+   (``[suite] paired_rounds``); absent in older files.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from bench.spec.model import benchmark_key
 from bench.units import DEFAULT_PARITY_TARGET
 
 SCHEMA_NAME = "bench.run"
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 STATUS_OK = "ok"
 STATUS_SKIPPED = "skipped"
@@ -152,6 +155,25 @@ class AccuracyResult:
     higher_is_better: bool | None = None
     parity_target: float = DEFAULT_PARITY_TARGET
 
+    @classmethod
+    def for_case(cls, case: Any, metrics: dict[str, float],
+                 task_metric: tuple[str, bool] | None) -> AccuracyResult:
+        """The metrics against a CaseSpec's accuracy targets and parity target."""
+        failures, results = [], []
+        for target in case.accuracy:
+            value = metrics.get(target.metric)
+            ok = target.check(value)
+            results.append(ok)
+            if ok is False:
+                failures.append(f"{target.metric}={value:.4g} outside "
+                                f"[{target.min if target.min is not None else '-inf'}, "
+                                f"{target.max if target.max is not None else 'inf'}]")
+        passed = None if not results else all(r is True for r in results)
+        name, higher = task_metric if task_metric else (None, None)
+        return cls(metrics=metrics, targets=[dataclasses.asdict(t) for t in case.accuracy],
+                   passed=passed, failures=failures, task_metric=name,
+                   higher_is_better=higher, parity_target=case.parity_target)
+
 
 @dataclass
 class ModelResult:
@@ -211,6 +233,23 @@ class InterferenceResult:
 
 
 @dataclass
+class PairedSpeedup:
+    """How much faster a case runs than its parity reference, from rounds in which both
+    ran in fresh worker processes back to back (order alternating), so drift between
+    rounds cancels in each round's ratio."""
+
+    reference_case: str
+    rounds: int
+    speedup: float  # reference median / case median: above 1, the case is faster
+    ci_low: float
+    ci_high: float
+    p_value: float
+    reference_medians_s: list[float]
+    case_medians_s: list[float]
+    method: str
+
+
+@dataclass
 class CaseResult:
     case_id: str
     workload: str
@@ -236,6 +275,7 @@ class CaseResult:
     label: str | None = None  # the benchmark's label (schema 3)
     # The variant axes and their declared defaults: parity's reference case (schema 4).
     parity_reference: dict[str, Any] = field(default_factory=dict)
+    vs_reference: PairedSpeedup | None = None  # schema 5
 
     @property
     def benchmark_key(self) -> str:

@@ -15,9 +15,10 @@ from bench.measurement.fingerprint import fingerprint
 from bench.results.schema import STATUS_SKIPPED, CaseResult, RunInfo, RunRecord
 from bench.results.store import ResultStore, exclusive_output
 from bench.runners.isolation import run_in_processes
+from bench.runners.paired import paired_speedup, reference_of, shared_measurement
 from bench.runners.plan import PlannedCase, plan_suite
 from bench.spec import load_suite
-from bench.spec.model import SuiteSpec
+from bench.spec.model import SuiteSpec, measurement_key
 
 CaseRunner = Callable[[PlannedCase], CaseResult]
 
@@ -61,8 +62,11 @@ def open_store(suite, out: Path, resume: bool, overwrite: bool,
 
 def run_suite(suite: str | Path | SuiteSpec, out: str | Path, *, resume: bool = False,
               overwrite: bool = False, select: dict[str, set[str]] | None = None,
-              progress: bool = True, runner: CaseRunner = _run_one) -> ResultStore:
-    """Run every case of a suite (a file, or one built in memory) into ``out``."""
+              progress: bool = True, runner: CaseRunner = _run_one,
+              paired_rounds: int | None = None) -> ResultStore:
+    """Run every case of a suite (a file, or one built in memory) into ``out``; then, with
+    paired rounds (the suite's ``paired_rounds`` unless given), each variant against its
+    reference in interleaved rounds."""
     if not isinstance(suite, SuiteSpec):
         suite = load_suite(suite)
     planned = plan_suite(suite, select)
@@ -71,13 +75,39 @@ def run_suite(suite: str | Path | SuiteSpec, out: str | Path, *, resume: bool = 
     with exclusive_output(out):
         store = open_store(suite, Path(out), resume, overwrite, select)
         _run_cases(store, planned, suite.name, out, progress, runner)
+        rounds = suite.paired_rounds if paired_rounds is None else paired_rounds
+        if rounds:
+            _pair_with_references(store, planned, rounds, progress)
     return store
+
+
+def _pair_with_references(store: ResultStore, planned: list[PlannedCase], rounds: int,
+                          progress: bool) -> None:
+    """Each measured variant's speed-up over its reference, in interleaved rounds
+    (bench.runners.paired); a case that already has one (--resume) keeps it."""
+    by_id = {p.case_id: p.spec for p in planned}
+    todo = []
+    for result in store.record.cases:
+        spec = by_id.get(result.case_id)
+        reference = reference_of(spec, planned) if spec is not None else None
+        if result.measured and reference is not None and result.vs_reference is None:
+            todo.append((result, spec, reference))
+    for result, spec, reference in tqdm(todo, desc="paired rounds", unit="case",
+                                         disable=not progress, file=sys.stderr):
+        paired = paired_speedup(spec, reference, rounds)
+        if isinstance(paired, str):
+            result.warnings.append(f"no paired speed-up against {reference.case_id}: {paired}")
+        else:
+            result.vs_reference = paired
+        store.flush()
 
 
 def _run_cases(store: ResultStore, planned: list[PlannedCase], name: str, out: str | Path,
                progress: bool, runner: CaseRunner) -> None:
     done = store.completed_ids()
     todo = [p for p in planned if p.case_id not in done]
+    # One measurement per configuration: later identical cases share the first's record.
+    measured = {measurement_key(c): c for c in store.record.cases if c.status != STATUS_SKIPPED}
     bar = tqdm(todo, desc=name, unit="case", disable=not progress, file=sys.stderr,
                dynamic_ncols=True, bar_format="{l_bar}{bar}| {n}/{total} "
                                               "[{elapsed}<{remaining}] {postfix}")
@@ -85,7 +115,10 @@ def _run_cases(store: ResultStore, planned: list[PlannedCase], name: str, out: s
         bar.write(f"resuming {out}: {len(done)} cases done, {len(todo)} to run", file=sys.stderr)
     for case in bar:
         bar.set_postfix_str(case.case_id, refresh=True)
-        result = runner(case)
+        original = measured.get(measurement_key(case.spec)) if not case.skip_reason else None
+        result = shared_measurement(original, case.spec) if original else runner(case)
+        if not case.skip_reason and original is None:
+            measured[measurement_key(case.spec)] = result
         store.append(result)
         if result.status not in ("ok", "skipped"):
             bar.write(f"{result.status}: {result.case_id}: {result.reason}", file=sys.stderr)

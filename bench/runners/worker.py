@@ -63,25 +63,6 @@ def _timing(measurement, step_description: str) -> TimingResult:
     )
 
 
-def _accuracy(case: CaseSpec, metrics: dict[str, float],
-              task_metric: tuple[str, bool] | None) -> AccuracyResult:
-    failures = []
-    results = []
-    for target in case.accuracy:
-        value = metrics.get(target.metric)
-        ok = target.check(value)
-        results.append(ok)
-        if ok is False:
-            failures.append(f"{target.metric}={value:.4g} outside "
-                            f"[{target.min if target.min is not None else '-inf'}, "
-                            f"{target.max if target.max is not None else 'inf'}]")
-    passed = None if not results else all(r is True for r in results)
-    name, higher = task_metric if task_metric else (None, None)
-    return AccuracyResult(metrics=metrics, targets=[dataclasses.asdict(t) for t in case.accuracy],
-                          passed=passed, failures=failures, task_metric=name,
-                          higher_is_better=higher, parity_target=case.parity_target)
-
-
 def one_line(exc: BaseException, limit: int = 500) -> str:
     """``Type: first line of the message`` (the whole traceback goes to stderr_tail): tools
     such as the ONNX exporter raise messages of many lines."""
@@ -184,8 +165,9 @@ def run_case(case: CaseSpec) -> CaseResult:
             faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before
             outcome = Outcome(metrics={}) if case.probe else phase.finish()
         _record_timing(result, measurement, phase, probe, faults)
-        result.accuracy = _accuracy(case, outcome.metrics, outcome.task_metric
-                                    or get_workload(case.workload).task_metric(case.phase))
+        result.accuracy = AccuracyResult.for_case(
+            case, outcome.metrics,
+            outcome.task_metric or get_workload(case.workload).task_metric(case.phase))
         result.details.update(outcome.details)
         result.model = outcome.model
         # After timing: counting runs one more step, the measured peak a large matmul.

@@ -20,7 +20,7 @@ from bench.spec.model import AccuracyTarget, BenchmarkSpec, Budget, SuiteSpec
 from bench.units import DEFAULT_PARITY_TARGET, MIB
 
 _SUITE_KEYS = {"suite", "budget", "benchmark"}
-_SUITE_TABLE_KEYS = {"name", "description", "max_cases"}
+_SUITE_TABLE_KEYS = {"name", "description", "max_cases", "paired_rounds"}
 _BENCHMARK_KEYS = {"label", "parity_target", "workload", "phase", "matrix", "params", "accuracy",
                    "budget", "model", "python_path"}
 # ``model = "module:function"``: the user's own model, run by this workload.
@@ -290,6 +290,11 @@ def suite_from_data(data: Any, source: str, default_name: str, sha256: str,
                               f"limit of {max_cases:,}; trim an axis or raise the limit",
                               key="suite.max_cases", valid=f"integer >= {cases}")
     _refuse_colliding_ids(benchmarks, source)
+    paired_rounds = Setting("paired_rounds", int, minimum=0).validate(
+        suite_table.get("paired_rounds", 0), source, "suite.paired_rounds")
+    if paired_rounds == 1:
+        raise BenchInputError(source, "one round has no spread: no CI", key="suite.paired_rounds",
+                              valid="0 (off) or an integer >= 2")
     name = suite_table.get("name", default_name)
     description = suite_table.get("description", "")
     for key, value in (("suite.name", name), ("suite.description", description)):
@@ -297,4 +302,4 @@ def suite_from_data(data: Any, source: str, default_name: str, sha256: str,
             raise BenchInputError(source, f"expected string, got {type(value).__name__}",
                                   key=key, valid="string")
     return SuiteSpec(name=name, path=source, description=description, benchmarks=benchmarks,
-                     sha256=sha256)
+                     sha256=sha256, paired_rounds=paired_rounds)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -13,6 +14,29 @@ def benchmark_key(workload: str, phase: str, label: str | None) -> str:
     """The benchmark a case belongs to, ``workload/phase[:label]``: the one builder of the
     head of every case id, and the key reports group by (never parsed back from an id)."""
     return f"{workload}/{phase}" + (f":{label}" if label else "")
+
+
+def shape_key(case: Any) -> tuple:
+    """What a case shares with its parity reference: its benchmark and every axis that is
+    not a variant axis (a CaseSpec or a CaseResult: both carry these)."""
+    shape = tuple(sorted((k, str(v)) for k, v in case.axes.items()
+                         if k not in case.parity_reference))
+    return case.benchmark_key, shape
+
+
+def is_reference(case: Any) -> bool:
+    """Whether every variant axis of the case holds its reference value."""
+    return all(case.axes.get(axis, value) == value
+               for axis, value in case.parity_reference.items())
+
+
+def measurement_key(case: Any) -> str:
+    """What a case measures: workload, phase, axes, params and budget. Two cases of one
+    suite with the same key (the same configuration under two benchmark labels) are one
+    measurement."""
+    budget = case.budget if isinstance(case.budget, dict) else case.budget.to_dict()
+    return json.dumps([case.workload, case.phase, case.axes, case.params, budget],
+                      sort_keys=True, default=str)
 
 
 @dataclass(frozen=True)
@@ -88,6 +112,8 @@ class SuiteSpec:
     description: str
     benchmarks: tuple[BenchmarkSpec, ...]
     sha256: str
+    # Rounds in which each variant and its parity reference run back to back (0: none).
+    paired_rounds: int = 0
 
 
 @dataclass(frozen=True)
