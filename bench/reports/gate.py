@@ -20,15 +20,18 @@ rounds, a case timed under contention, or a baseline with no measured case at al
 
 from __future__ import annotations
 
+import fnmatch
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 from bench.errors import BenchInputError
 from bench.files import parse_toml, read_bounded_text
 from bench.measurement.stats import min_trials_for_verdict
 from bench.reports.compare import CaseComparison, Problem
+from bench.reports.slo import slo_failures
 from bench.results.schema import STATUS_CONTENDED
 from bench.units import DEFAULT_PARITY_TARGET, MIB
 
@@ -42,6 +45,16 @@ class Policy:
     gate_speed: bool = True
     gate_memory: bool = True
     gate_accuracy: bool = True
+    # [[case]] entries: (glob on case ids, the settings it changes), applied in file order.
+    overrides: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
+
+    def for_case(self, case_id: str) -> Policy:
+        """This policy with every [[case]] entry whose ``match`` glob fits ``case_id``."""
+        values: dict[str, Any] = {}
+        for pattern, settings in self.overrides:
+            if fnmatch.fnmatchcase(case_id, pattern):
+                values.update(settings)
+        return replace(self, **values, overrides=()) if values else self
 
 
 # Each number's valid range: (low, high, low inclusive, high inclusive).
@@ -61,26 +74,46 @@ _POLICY_TABLES = {
 
 def load_policy(path: str | Path) -> Policy:
     """A TOML policy: [speed] max_drop, alpha, gate; [memory] max_growth, gate;
-    [accuracy] min_ratio, gate. Unknown keys and wrong types are refused in one line."""
+    [accuracy] min_ratio, gate; and [[case]] entries, each a ``match`` glob on case ids
+    (a benchmark: ``"minilm/infer:int8[*"``) with the same tables for the cases it fits,
+    e.g. ``speed.max_drop = 0.10``. Unknown keys and wrong types are refused in one line."""
     source = str(path)
     data = parse_toml(read_bounded_text(path, "policy file", limit=MIB), source)
+    entries = data.pop("case", [])
+    if not isinstance(entries, list):
+        raise BenchInputError(source, "expected [[case]] tables", key="case")
+    overrides = []
+    for index, entry in enumerate(entries):
+        where = f"case[{index}]"
+        if not isinstance(entry, dict) or not isinstance(entry.get("match"), str):
+            raise BenchInputError(source, "each [[case]] needs a match glob",
+                                  key=f"{where}.match", valid='a glob on case ids, e.g. '
+                                                             '"minilm/infer:int8[*"')
+        settings = _policy_values({k: v for k, v in entry.items() if k != "match"}, source,
+                                  f"{where}.")
+        overrides.append((entry["match"], tuple(settings.items())))
+    return replace(Policy(), **_policy_values(data, source, ""), overrides=tuple(overrides))
+
+
+def _policy_values(data: dict[str, Any], source: str, prefix: str) -> dict[str, Any]:
     values = {}
     types = {f.name: f.type for f in fields(Policy)}
     for table, content in data.items():
         if table not in _POLICY_TABLES:
-            raise BenchInputError(source, "unknown table", key=table, valid=sorted(_POLICY_TABLES))
+            raise BenchInputError(source, "unknown table", key=prefix + table,
+                                  valid=sorted([*_POLICY_TABLES, *([] if prefix else ["case"])]))
         if not isinstance(content, dict):
-            raise BenchInputError(source, "expected a table", key=table)
+            raise BenchInputError(source, "expected a table", key=prefix + table)
         for key, value in content.items():
             name = _POLICY_TABLES[table].get(key)
             if name is None:
-                raise BenchInputError(source, "unknown key", key=f"{table}.{key}",
+                raise BenchInputError(source, "unknown key", key=f"{prefix}{table}.{key}",
                                       valid=sorted(_POLICY_TABLES[table]))
             want_bool = types[name] == "bool"
             if want_bool != isinstance(value, bool) or (
                     not want_bool and not isinstance(value, int | float)):
                 raise BenchInputError(source, f"expected {'boolean' if want_bool else 'number'}"
-                                      f", got {value!r}", key=f"{table}.{key}")
+                                      f", got {value!r}", key=f"{prefix}{table}.{key}")
             if not want_bool:
                 low, high, low_in, high_in = _POLICY_RANGES[name]
                 inside = (value >= low if low_in else value > low) and \
@@ -89,9 +122,10 @@ def load_policy(path: str | Path) -> Policy:
                     valid = (f"{'[' if low_in else '('}{low:g}, {high:g}"
                              f"{']' if high_in else ')'}")
                     raise BenchInputError(source, f"value {value!r} is out of range",
-                                          key=f"{table}.{key}", valid=f"a number in {valid}")
+                                          key=f"{prefix}{table}.{key}",
+                                          valid=f"a number in {valid}")
             values[name] = value
-    return replace(Policy(), **values)
+    return values
 
 
 @dataclass(frozen=True)
@@ -220,16 +254,20 @@ def evaluate(comparisons: list[CaseComparison], policy: Policy) -> GateReport:
         report.inconclusive.append(Finding(
             "(all)", "baseline", f"the baseline has no measured case "
             f"({len(baseline_cases)} cases, none ok): nothing to judge against"))
+    slos = slo_failures([c.current for c in comparisons if c.current is not None])
     for c in comparisons:
+        case_policy = policy.for_case(c.case_id)
+        if slos.get(c.case_id):  # the suite's own service levels: no baseline needed
+            report.regressions.append(Finding(c.case_id, "slo", "; ".join(slos[c.case_id])))
         for name, check in CHECKS.items():
-            worse, better = check(c, policy)
+            worse, better = check(c, case_policy)
             if worse:
                 report.regressions.append(Finding(c.case_id, name, worse))
             if better:
                 report.improvements.append(Finding(c.case_id, name, better))
         if (text := not_compared(c)) is not None:
             report.not_compared.append(Finding(c.case_id, "baseline", text))
-        for problem in judgeability(c, policy):
+        for problem in judgeability(c, case_policy):
             report.inconclusive.append(Finding(c.case_id, problem.check, problem.text))
     return report
 
@@ -248,7 +286,9 @@ def markdown(report: GateReport, baseline: str, current: str, policy: Policy) ->
              f"{'' if policy.gate_memory else ' (off)'}; accuracy below "
              + (f"{policy.accuracy_min_ratio:g}" if policy.accuracy_min_ratio is not None
                 else "each case's parity target")
-             + f" of baseline{'' if policy.gate_accuracy else ' (off)'}; ok -> not ok.", ""]
+             + f" of baseline{'' if policy.gate_accuracy else ' (off)'}; ok -> not ok"
+             + (f"; {len(policy.overrides)} [[case]] entries change it for the cases they "
+                "match" if policy.overrides else "") + "; each case's suite SLO, if any.", ""]
     for title, findings in (("Regressions", report.regressions),
                             ("Cannot judge (each counts as a failure)", report.inconclusive),
                             ("Not compared: the baseline could not run (no verdict)",

@@ -13,6 +13,7 @@ from bench.measurement.allocator import policy_line
 from bench.measurement.fingerprint import machine_name
 from bench.reports.compare import injected_slowdown
 from bench.reports.parity import Parity, parity_by_case
+from bench.reports.slo import slo_failures
 from bench.results.schema import CaseResult, RunRecord
 from bench.units import MIB
 
@@ -20,7 +21,8 @@ FORMATS = ("github", "plain", "latex", "csv", "html")
 HEADERS = ["case", "status", "step ms (median)", "95% CI ms", "CV %", "throughput",
            "x reference (paired 95% CI)", "p99 ms", "cold ms", "peak RSS MiB", "GPU peak MiB",
            "model MiB", "sparsity", "fidelity cos (mean/min)", "TFLOP/s", "MFU measured / spec",
-           "params/grads/optim/activations MiB", "accuracy", "target", "vs fp32", "parity"]
+           "params/grads/optim/activations MiB", "accuracy", "target", "vs fp32", "parity",
+           "SLO"]
 
 
 def csv_text(headers: list[str], rows: list[list[Any]]) -> str:
@@ -88,7 +90,14 @@ def _compute(case: CaseResult) -> tuple[str, str, str]:
     return f"{c.achieved_tflops:.3g}", f"{c.mfu_measured:.1%} / {spec}", memory
 
 
-def case_row(case: CaseResult, parity: Parity | None = None) -> list[Any]:
+def _slo(failures: list[str] | None) -> str:
+    if failures is None:
+        return ""
+    return "pass" if not failures else "FAIL: " + "; ".join(failures)
+
+
+def case_row(case: CaseResult, parity: Parity | None = None,
+             slo: list[str] | None = None) -> list[Any]:
     t, thr, mem = case.timing, case.throughput, case.memory
     metrics, verdict = _accuracy(case)
     reason = (case.reason or "").strip().splitlines()[0] if case.reason else ""
@@ -116,12 +125,14 @@ def case_row(case: CaseResult, parity: Parity | None = None) -> list[Any]:
         metrics,
         verdict,
         *_parity(parity),
+        _slo(slo),
     ]
 
 
 def render_report(record: RunRecord, fmt: str = "github") -> str:
     parities = parity_by_case(record.cases)
-    rows = [case_row(c, parities.get(c.case_id)) for c in record.cases]
+    slos = slo_failures(record.cases)
+    rows = [case_row(c, parities.get(c.case_id), slos.get(c.case_id)) for c in record.cases]
     # Columns no case fills (GPU memory on a CPU run, MFU in an inference-variant suite)
     # are left out; the first two always stay.
     keep = [i for i in range(len(HEADERS)) if i < 2 or any(row[i] != "" for row in rows)]

@@ -16,7 +16,8 @@ Versions (older files are read through ``bench.results.migrations``):
    ``backend`` axis every workload shares (``eager`` | ``compile``), in axes and case ids.
 5. ``CaseResult.vs_reference``: the case's speed-up over its parity reference measured in
    interleaved worker processes over rounds (paired CI), when the run asked for it
-   (``[suite] paired_rounds``); absent in older files.
+   (``[suite] paired_rounds``); ``CaseResult.slo``: the service levels its benchmark set
+   (``bench.spec.model.SLO_KEYS``). Both absent (none) in older files.
 """
 
 from __future__ import annotations
@@ -276,6 +277,7 @@ class CaseResult:
     # The variant axes and their declared defaults: parity's reference case (schema 4).
     parity_reference: dict[str, Any] = field(default_factory=dict)
     vs_reference: PairedSpeedup | None = None  # schema 5
+    slo: dict[str, float] = field(default_factory=dict)  # schema 5: its benchmark's SLO
 
     @property
     def benchmark_key(self) -> str:
@@ -294,7 +296,8 @@ class CaseResult:
         return cls(case_id=spec.case_id, workload=spec.workload, phase=spec.phase,
                    axes=spec.axes, params=spec.params, status=status, reason=reason,
                    budget=spec.budget.to_dict(), label=spec.label,
-                   parity_reference=dict(spec.parity_reference), **fields)
+                   parity_reference=dict(spec.parity_reference),
+                   slo=dict(getattr(spec, "slo", {})), **fields)
 
 
 @dataclass

@@ -305,6 +305,7 @@ def _watch(case: CaseSpec, proc: subprocess.Popen, limit: float | None, started:
     # Workers of older versions did not record these; the parent's case is the truth.
     result.label = case.label
     result.parity_reference = dict(case.parity_reference)
+    result.slo = dict(case.slo)
     if peak_rss:
         result.details["watchdog_peak_rss_mib"] = peak_rss / MIB
     if result.status != "ok" and not result.stderr_tail:

@@ -36,6 +36,7 @@ def shared_measurement(original: CaseResult, spec: CaseSpec) -> CaseResult:
     shared = copy.deepcopy(original)
     shared.case_id, shared.label = spec.case_id, spec.label
     shared.parity_reference = dict(spec.parity_reference)
+    shared.slo = dict(spec.slo)
     if original.accuracy is not None:
         task = (original.accuracy.task_metric, original.accuracy.higher_is_better) \
             if original.accuracy.task_metric else None

@@ -16,13 +16,13 @@ from bench.measurement.allocator import POLICIES
 from bench.measurement.stats import min_trials_for_verdict
 from bench.spec.axes import Setting
 from bench.spec.expand import benchmark_case_ids
-from bench.spec.model import AccuracyTarget, BenchmarkSpec, Budget, SuiteSpec
+from bench.spec.model import SLO_KEYS, AccuracyTarget, BenchmarkSpec, Budget, SuiteSpec
 from bench.units import DEFAULT_PARITY_TARGET, MIB
 
 _SUITE_KEYS = {"suite", "budget", "benchmark"}
 _SUITE_TABLE_KEYS = {"name", "description", "max_cases", "paired_rounds"}
 _BENCHMARK_KEYS = {"label", "parity_target", "workload", "phase", "matrix", "params", "accuracy",
-                   "budget", "model", "python_path"}
+                   "budget", "model", "python_path", "slo"}
 # ``model = "module:function"``: the user's own model, run by this workload.
 USER_MODEL_WORKLOAD = "model"
 _FACTORY_FORMAT = "module:function, e.g. \"mymodels:build\" (module importable from " \
@@ -154,10 +154,23 @@ def _load_benchmark(table: Any, index: int, default_budget: Budget,
     if parity > 1:
         raise BenchInputError(source, f"value {parity!r} is above 1",
                               key=f"{where}.parity_target", valid="number in [0, 1]")
-    return BenchmarkSpec(workload=name, phase=phase, matrix=matrix, label=label,
+    slo = _load_slo(table.get("slo", {}), source, f"{where}.slo")
+    return BenchmarkSpec(workload=name, phase=phase, matrix=matrix, label=label, slo=slo,
                          parity_target=parity, named_axes=named, params=params,
                          accuracy=accuracy, budget=budget,
                          parity_reference=workload.parity_reference(phase))
+
+
+def _load_slo(table: Any, source: str, where: str) -> dict[str, float]:
+    """``slo = { p99_ms = 20, min_throughput = 500, min_speedup = 1.3 }``: positive,
+    finite numbers (a parity at most 1)."""
+    table = _check_keys(table, set(SLO_KEYS), source, where)
+    slo = {}
+    for key, value in table.items():
+        slo[key] = Setting(key, float, minimum=0, above_minimum=True,
+                           maximum=1.0 if key == "min_parity" else None).validate(
+            value, source, f"{where}.{key}")
+    return slo
 
 
 def _user_model_table(table: dict[str, Any], source: str, where: str,

@@ -103,6 +103,21 @@ class BenchmarkSpec:
     parity_target: float = DEFAULT_PARITY_TARGET
     # The variant axes and their declared defaults: the case accuracy parity compares with.
     parity_reference: dict[str, Any] = field(default_factory=dict)
+    slo: dict[str, float] = field(default_factory=dict)  # SLO_KEYS: what every case must meet
+
+
+# Service levels a benchmark's cases must meet, checked by the report and by bench gate:
+# name -> what it bounds.
+SLO_KEYS = {
+    "median_ms": "median step time, at most (ms)",
+    "p50_ms": "50th percentile latency, at most (ms)",
+    "p90_ms": "90th percentile latency, at most (ms)",
+    "p99_ms": "99th percentile latency, at most (ms)",
+    "min_throughput": "throughput, at least (the case's unit per second)",
+    "max_peak_mib": "peak memory, at most (MiB: CUDA allocated, else anonymous RSS, else RSS)",
+    "min_speedup": "speed-up over the parity reference, at least (paired when measured)",
+    "min_parity": "task metric as a ratio to the parity reference's, at least",
+}
 
 
 @dataclass(frozen=True)
@@ -132,6 +147,7 @@ class CaseSpec:
     # A probe (max-batch search) times the step and stops: no task metrics, no FLOP count.
     probe: bool = False
     parity_reference: dict[str, Any] = field(default_factory=dict)
+    slo: dict[str, float] = field(default_factory=dict)
 
     def named_axes(self) -> list[tuple[str, Any]]:
         """The axes the suite named (all of them when it named none), in order."""
@@ -165,6 +181,7 @@ class CaseSpec:
             "parity_target": self.parity_target,
             "probe": self.probe,
             "parity_reference": dict(self.parity_reference),
+            "slo": dict(self.slo),
         }
 
     @classmethod
@@ -181,4 +198,5 @@ class CaseSpec:
             parity_target=data.get("parity_target", DEFAULT_PARITY_TARGET),
             probe=data.get("probe", False),
             parity_reference=dict(data.get("parity_reference", {})),
+            slo=dict(data.get("slo", {})),
         )
