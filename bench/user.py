@@ -72,6 +72,12 @@ class UserModel:
     - ``int8_static_ops``: the ONNX op types static int8 quantizes (default: all it can;
       transformers keep softmax, layernorm and residual adds in float).
     - ``details``: anything worth keeping in each case's record (model files, data sizes).
+
+    For ``phase = "train"`` (optional): ``train_batch(batch_size, seed) -> (inputs, targets)``
+    and ``loss(outputs, targets) -> scalar tensor``; ``optimizer(parameters)`` builds the
+    optimizer (default ``torch.optim.AdamW(lr=1e-3)``). Each timed step is one optimizer
+    step over ``accum_steps`` micro-batches, under the case's precision (autocast; loss
+    scaling for fp16).
     """
 
     model: nn.Module
@@ -88,6 +94,9 @@ class UserModel:
     structured_pruning: Callable[[nn.Module, float], str] | None = None
     int8_static_ops: tuple[str, ...] | None = None
     details: dict[str, Any] | None = None
+    train_batch: Callable[[int, int], tuple[Any, torch.Tensor]] | None = None
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    optimizer: Callable[[Any], Any] | None = None
 
     def __post_init__(self) -> None:
         if not callable(self.make_inputs):

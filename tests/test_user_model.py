@@ -286,3 +286,32 @@ def test_a_sequence_classification_checkpoint_runs_in_a_worker(user_dir):
     assert "fidelity_top1_agreement" in result.accuracy.metrics
     assert result.details["task"] == "sequence-classification"
     assert result.model.export_check["passed"]
+
+
+def test_training_needs_a_recipe_and_runs_optimizer_steps(user_dir):
+    from bench.spec.model import Budget, CaseSpec
+    from bench.variants.precision import get_precision
+    from bench.workloads import get_workload
+    from bench.workloads.base import RunContext
+
+    workload = get_workload("model")
+    axes = {"device": "cpu", "precision": "fp32", "batch_size": 8, "threads": 0,
+            "accum_steps": 2, "seq_len": 0}
+    ctx = RunContext("cpu", get_precision("fp32"))
+
+    def spec(factory, python_path=""):
+        return CaseSpec("model", "train", axes, {"factory": factory, "python_path": python_path,
+                                                 "hf": "", "task": "feature-extraction"},
+                        Budget())
+
+    with pytest.raises(ValueError, match="no training recipe: give UserModel train_batch="):
+        workload.prepare(spec("usermodels:good", str(user_dir / "pkg")), ctx)
+    phase = workload.prepare(spec("bench.workloads.user_model:tiny_mlp"), ctx)
+    first = [p.detach().clone() for p in phase.model.parameters()]
+    for _ in range(20):
+        phase.step()
+    outcome = phase.finish()
+    assert phase.samples_per_step == 16 and outcome.details["optimizer_steps"] == 20
+    assert outcome.metrics["final_train_loss"] < float(phase.losses[0])  # it learns
+    assert any(not torch.equal(a, b) for a, b in zip(first, phase.model.parameters(),
+                                                     strict=True))

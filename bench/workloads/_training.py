@@ -43,10 +43,10 @@ def accumulate_gradients(model: nn.Module, loss_fn: LossFn,
     gradients equal those of one batch holding all k micro-batches (for mean losses
     over equal-size micro-batches). Returns the mean loss as a tensor (no sync)."""
     k = len(micro_batches)
-    total = torch.zeros((), device=micro_batches[0][0].device)
+    total = torch.zeros((), device=device)
     for x, y in micro_batches:
-        with precision.context(device):
-            loss = loss_fn(model(x), y) / k
+        with precision.context(device):  # x: one input tensor, or a tuple of them
+            loss = loss_fn(model(*x) if isinstance(x, tuple) else model(x), y) / k
         (scaler.scale(loss) if scaler is not None else loss).backward()
         total += loss.detach().float()
     return total

@@ -13,9 +13,11 @@ Accuracy after timing: output fidelity of the variant against the fp32 eager mod
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib
 import inspect
+import itertools
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +29,7 @@ from bench.spec.axes import Setting
 from bench.user import UserModel
 from bench.variants import pipeline
 from bench.workloads import register
+from bench.workloads._training import accumulate_gradients
 from bench.workloads.base import (
     ROTATING_INPUTS,
     Outcome,
@@ -174,11 +177,82 @@ class UserModelInfer(VariantInferPhase):
                        model=self.variant.finalize())
 
 
+# Distinct micro-batches a timed training step rotates through (made before timing).
+TRAIN_BATCHES = 16
+DEFAULT_LR = 1e-3
+
+
+class UserModelTrain(Phase):
+    """One optimizer step of the user's model per timed step: ``accum_steps`` micro-batches
+    from its ``train_batch``, forward and backward under the case's precision, then the
+    optimizer's step."""
+
+    def __init__(self, case, ctx: RunContext, user: UserModel, what: str) -> None:
+        if user.train_batch is None or user.loss is None:
+            raise ValueError(f"{what} has no training recipe: give UserModel train_batch= "
+                             "and loss= to benchmark phase = \"train\"")
+        self.case, self.ctx, self.user = case, ctx, user
+        torch.manual_seed(ctx.seed)
+        self.model = user.model.to(ctx.device).train()
+        picker = user.output or pick_output
+        self.module = SingleOutput(self.model, picker)
+        ctx.precision.prepare_model(self.model)
+        make = user.optimizer or (lambda params: torch.optim.AdamW(params, lr=DEFAULT_LR))
+        self.optimizer = make(self.model.parameters())
+        batch = case.axes["batch_size"]
+        self.batches = [self._on_device(*user.train_batch(batch, seed))
+                        for seed in range(TRAIN_BATCHES)]
+        self._next = itertools.cycle(self.batches)
+        self.scaler = torch.amp.GradScaler(ctx.device, enabled=ctx.precision.name == "fp16")
+        self.accum = case.axes.get("accum_steps", 1)
+        self.samples_per_step = batch * self.accum
+        self.sample_unit = user.sample_unit
+        self.losses: list[torch.Tensor] = []
+        self.step_description = (
+            f"one optimizer step of {what}: {self.accum} micro-batch(es) of batch_size from "
+            "its train_batch, forward + loss + backward under the case's precision, then "
+            f"{type(self.optimizer).__name__}.step(); micro-batches rotate through "
+            f"{TRAIN_BATCHES} distinct ones")
+
+    def _on_device(self, inputs: Any, targets: torch.Tensor) -> tuple[Any, torch.Tensor]:
+        inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
+        return tuple(t.to(self.ctx.device) for t in inputs), targets.to(self.ctx.device)
+
+    def step(self) -> object:
+        micro = [next(self._next) for _ in range(self.accum)]
+        loss = accumulate_gradients(self.module, self.user.loss, micro, self.ctx.precision,
+                                    self.ctx.device, self.scaler)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.losses.append(loss)
+        return loss
+
+    def finish(self) -> Outcome:
+        last = torch.stack(self.losses[-TRAIN_BATCHES:]).float()
+        metrics = {"final_train_loss": float(last.mean())}
+        task_metric = ("final_train_loss", False)
+        if self.user.evaluate is not None:
+            self.model.eval()
+
+            def predict(inputs: Any) -> torch.Tensor:
+                inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
+                with torch.inference_mode(), self.ctx.precision.context(self.ctx.device):
+                    return self.module(*(t.to(self.ctx.device) for t in inputs)).float().cpu()
+
+            metrics.update({k: float(v) for k, v in self.user.evaluate(predict).items()})
+            task_metric = self.user.task_metric
+        return Outcome(metrics=metrics, task_metric=task_metric,
+                       details={"model": self.case.params.get("factory") or
+                                self.case.params.get("hf"), "optimizer_steps": len(self.losses),
+                                **(self.user.details or {})})
+
+
 @register
 class UserModelWorkload(Workload):
     name = "model"
     description = "your own PyTorch model: model = \"module:function\" returning bench.UserModel"
-    phases = ("infer",)
+    phases = ("infer", "train")
     smoke_params = {"factory": "bench.workloads.user_model:tiny_mlp"}
     # Whether the model has a structured pruning rule is the factory's to say
     # (UserModel.structured_pruning): a case asking for one without it is an error.
@@ -205,11 +279,13 @@ class UserModelWorkload(Workload):
 
     @classmethod
     def metrics(cls, phase: str) -> tuple[str, ...]:
+        if phase == "train":
+            return ("final_train_loss",)
         return ("fidelity_mean_cos", "fidelity_min_cos", "fidelity_max_abs_diff")
 
     @classmethod
     def task_metric(cls, phase: str) -> tuple[str, bool] | None:
-        return ("fidelity_mean_cos", True)
+        return ("final_train_loss", False) if phase == "train" else ("fidelity_mean_cos", True)
 
     @classmethod
     def unsupported_reason(cls, case) -> str | None:
@@ -217,7 +293,8 @@ class UserModelWorkload(Workload):
 
     @classmethod
     def prepare(cls, case, ctx: RunContext) -> Phase:
-        return UserModelInfer(case, ctx, *user_model_for(case))
+        phase = UserModelTrain if case.phase == "train" else UserModelInfer
+        return phase(case, ctx, *user_model_for(case))
 
 
 @functools.cache
@@ -231,5 +308,11 @@ def tiny_mlp() -> UserModel:
     def make_inputs(batch: int, seed: int) -> tuple[torch.Tensor, ...]:
         return (torch.randn(batch, 64, generator=torch.Generator().manual_seed(seed)),)
 
-    return UserModel(_tiny_mlp_weights(), make_inputs, input_names=("features",),
-                     output_name="logits")
+    def train_batch(batch: int, seed: int) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        generator = torch.Generator().manual_seed(seed)
+        features = torch.randn(batch, 64, generator=generator)
+        return (features,), features[:, :10].argmax(1)  # a learnable rule
+
+    return UserModel(copy.deepcopy(_tiny_mlp_weights()), make_inputs, input_names=("features",),
+                     output_name="logits", train_batch=train_batch,
+                     loss=nn.functional.cross_entropy)

@@ -31,5 +31,10 @@ def build() -> UserModel:
         predicted = predict((images[test],)).argmax(1)
         return {"accuracy": float((predicted == labels[test]).float().mean())}
 
+    def train_batch(batch_size: int, seed: int) -> tuple[tuple[torch.Tensor], torch.Tensor]:
+        rows = torch.randint(0, 1400, (batch_size,), generator=torch.Generator().manual_seed(seed))
+        return (images[rows],), labels[rows]
+
     return UserModel(model.eval(), make_inputs, input_names=("images",), output_name="logits",
-                     evaluate=evaluate, task_metric=("accuracy", True), sample_unit="images")
+                     evaluate=evaluate, task_metric=("accuracy", True), sample_unit="images",
+                     train_batch=train_batch, loss=nn.functional.cross_entropy)
