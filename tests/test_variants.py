@@ -217,3 +217,18 @@ def test_variant_case_through_the_worker_records_model_and_parity(tmp_path):
     assert any("quantize_static" in step for step in model.variant)
     parity = parity_by_case(results)[results[1].case_id]
     assert parity.reference_case == results[0].case_id
+
+
+@pytest.mark.parametrize("method", ["int8_static", "int8_dynamic"])
+def test_torchao_pt2e_exports_a_forward_of_varargs(method):
+    """The user-model path wraps every model in a forward(*inputs) module (SingleOutput):
+    torch.export takes its dynamic shapes as one tuple (a mismatch error before the fix)."""
+    from bench.workloads.user_model import SingleOutput, pick_output
+
+    model = SingleOutput(tiny_cnn(), pick_output).eval()
+    quantized, _ = quantization.torchao_pt2e(
+        model, quantization.QUANTIZATIONS[method].static, adapter(model).calibration,
+        ("images",), {"images": {0: "batch"}})
+    x = images(9, 4)
+    with torch.no_grad():
+        assert nn.functional.cosine_similarity(model(x), quantized(x)).min() > 0.99

@@ -19,6 +19,7 @@ run and quantizes for each kind of backend: ``torch_ao`` (eager), ``pt2e`` (comp
 from __future__ import annotations
 
 import contextlib
+import inspect
 import itertools
 import logging
 import warnings
@@ -141,8 +142,14 @@ def torchao_pt2e(model: nn.Module, static: bool,
     x86, prepare_pt2e, convert_pt2e = _import_pt2e()
     # Dim.DYNAMIC lets export infer each axis's range (minilm's sequence stops at 512
     # positions); positional, since forward's argument names are the model's own.
-    dynamic_shapes = tuple({axis: torch.export.Dim.DYNAMIC for axis in dynamic_axes.get(name, {})}
-                           for name in input_names)
+    dynamic_shapes: tuple = tuple(
+        {axis: torch.export.Dim.DYNAMIC for axis in dynamic_axes.get(name, {})}
+        for name in input_names)
+    # A forward(*inputs) (a wrapper of the user's model) is one parameter to export: its
+    # dynamic shapes are then one tuple holding every input's.
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL
+           for p in inspect.signature(model.forward).parameters.values()):
+        dynamic_shapes = (dynamic_shapes,)
     labels = sorted({label for name in input_names
                      for label in dynamic_axes.get(name, {}).values()})
     example = tuple(calibration[0])
