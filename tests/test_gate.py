@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import numpy as np
 import pytest
@@ -147,7 +148,8 @@ def test_gate_refuses_foreign_corrupt_and_bad_policy(tmp_path, capsys):
     policy = tmp_path / "policy.toml"
     policy.write_text("[speed]\nmax_dorp = 0.1\n")
     assert main(["gate", "--baseline", base, "--current", base, "--policy", str(policy)]) == 2
-    assert "speed.max_dorp: unknown key (valid: alpha, gate, max_drop)" in capsys.readouterr().err
+    assert "speed.max_dorp: unknown key (valid: alpha, gate, inconclusive, max_drop)" in \
+        capsys.readouterr().err
 
 
 def test_policy_file_sets_thresholds(tmp_path):
@@ -170,3 +172,48 @@ def test_memory_prefers_anonymous_rss_over_library_pages():
     (comparison,) = compare_runs(run(base), run(cur))
     assert comparison.memory_kind == "peak anonymous RSS" and comparison.memory_ratio == 1.0
     assert evaluate([comparison], Policy()).regressions == []
+
+
+def test_three_speed_verdicts_and_what_a_pass_is_worth(tmp_path, capsys):
+    """Issue 14: "no regression" only when the CI excludes a drop beyond max_drop; a case
+    whose CI spans the threshold is inconclusive (fails, or warns by policy), never a
+    silent pass; each case says the slowdown its session could have detected."""
+    from bench.reports.compare import compare_runs
+    from bench.reports.gate import Policy, detectable_slowdown, evaluate
+
+    tight = ("w/infer[a=tight]", trials(0.1, n=30, noise=0.005, seed=1),
+             trials(0.1, n=30, noise=0.005, seed=2))
+    noisy = ("w/infer[a=noisy]", trials(0.1, n=5, noise=0.12, seed=3),
+             trials(0.1, n=5, noise=0.12, seed=4))
+    base = run(*(case(cid, b) for cid, b, _ in (tight, noisy)))
+    cur = run(*(case(cid, c) for cid, _, c in (tight, noisy)))
+    report = evaluate(compare_runs(base, cur), Policy())
+    assert report.verdicts[tight[0]][0] == "no regression"
+    assert report.verdicts[noisy[0]][0] == "inconclusive"
+    assert [f.case_id for f in report.inconclusive] == [noisy[0]] and report.exit_code == 1
+    assert detectable_slowdown(compare_runs(base, cur)[0], 0.05) < 0.02
+    assert detectable_slowdown(compare_runs(base, cur)[1], 0.05) > 0.05
+    b, c = write(tmp_path / "b.json", base), write(tmp_path / "c.json", cur)
+    assert main(["gate", "--baseline", b, "--current", c]) == 1
+    out = capsys.readouterr().out
+    assert "| `w/infer[a=tight]` | no regression |" in out and "detectable slowdown" in out
+    assert "neither a regression nor excludes a drop beyond 5%" in out
+    policy = tmp_path / "warn.toml"
+    policy.write_text('[speed]\ninconclusive = "warn"\n')
+    assert main(["gate", "--baseline", b, "--current", c, "--policy", str(policy)]) == 0
+    out = capsys.readouterr().out
+    assert "## bench gate: PASS (with warnings)" in out and "Warnings: speed inconclusive" in out
+    policy.write_text('[speed]\ninconclusive = "ignore"\n')
+    assert main(["gate", "--baseline", b, "--current", c, "--policy", str(policy)]) == 2
+
+
+def test_detectable_slowdown_formula():
+    from bench.measurement.stats import RatioEstimate
+    from bench.reports.compare import CaseComparison, Speed
+    from bench.reports.gate import detectable_slowdown
+
+    est = RatioEstimate(1.0, 0.98, 1.0 / 0.98, 0.5, 10, 10)
+    comparison = CaseComparison("x", None, None, speed=Speed(est))
+    half = math.log(1 / 0.98)
+    expected = 1 - math.exp(-half * (1.959964 + 0.8416) / 1.959964)
+    assert detectable_slowdown(comparison, 0.05) == pytest.approx(expected, rel=1e-4)

@@ -25,6 +25,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any
 
 from bench.errors import BenchInputError
@@ -45,6 +46,9 @@ class Policy:
     gate_speed: bool = True
     gate_memory: bool = True
     gate_accuracy: bool = True
+    # A case whose speed CI neither shows a regression nor excludes one beyond max_drop:
+    # "fail" (counts as a failure) or "warn" (listed, the gate passes).
+    speed_inconclusive: str = "fail"
     # [[case]] entries: (glob on case ids, the settings it changes), applied in file order.
     overrides: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
 
@@ -66,7 +70,8 @@ _POLICY_RANGES = {
 }
 
 _POLICY_TABLES = {
-    "speed": {"max_drop": "speed_max_drop", "alpha": "speed_alpha", "gate": "gate_speed"},
+    "speed": {"max_drop": "speed_max_drop", "alpha": "speed_alpha", "gate": "gate_speed",
+              "inconclusive": "speed_inconclusive"},
     "memory": {"max_growth": "memory_max_growth", "gate": "gate_memory"},
     "accuracy": {"min_ratio": "accuracy_min_ratio", "gate": "gate_accuracy"},
 }
@@ -109,6 +114,13 @@ def _policy_values(data: dict[str, Any], source: str, prefix: str) -> dict[str, 
             if name is None:
                 raise BenchInputError(source, "unknown key", key=f"{prefix}{table}.{key}",
                                       valid=sorted(_POLICY_TABLES[table]))
+            if types[name] == "str":
+                if value not in INCONCLUSIVE_ACTIONS:
+                    raise BenchInputError(source, f"unknown value {value!r}",
+                                          key=f"{prefix}{table}.{key}",
+                                          valid=", ".join(INCONCLUSIVE_ACTIONS))
+                values[name] = value
+                continue
             want_bool = types[name] == "bool"
             if want_bool != isinstance(value, bool) or (
                     not want_bool and not isinstance(value, int | float)):
@@ -128,6 +140,41 @@ def _policy_values(data: dict[str, Any], source: str, prefix: str) -> dict[str, 
     return values
 
 
+INCONCLUSIVE_ACTIONS = ("fail", "warn")
+# The slowdown a session could have detected, at 80% power and the policy's alpha, from its
+# CI half-width h on the log scale: (z_{1-alpha/2} + z_0.8) / z_{1-alpha/2} * h (normal
+# approximation of both the t and the bootstrap intervals).
+DETECTION_POWER_Z = 0.8416
+
+
+def detectable_slowdown(c: CaseComparison, alpha: float) -> float | None:
+    """The smallest slowdown (a fraction) this comparison would have flagged 80% of the
+    time: what a pass is worth."""
+    if c.speed is None:
+        return None
+    low, high = c.speed.time.ci_low, c.speed.time.ci_high
+    if not (low > 0 and math.isfinite(high)):
+        return None
+    half = (math.log(high) - math.log(low)) / 2
+    z = NormalDist().inv_cdf(1 - alpha / 2)
+    return 1 - math.exp(-half * (z + DETECTION_POWER_Z) / z)
+
+
+def speed_verdict(c: CaseComparison, policy: Policy) -> str | None:
+    """regression | no regression | improvement | inconclusive, for a case with a speed
+    comparison: "no regression" only when the CI excludes a drop beyond max_drop (an
+    equivalence bound), never merely because nothing was significant."""
+    if not policy.gate_speed or c.speed is None:
+        return None
+    worse, better = check_speed(c, policy)
+    if worse:
+        return "regression"
+    if better:
+        return "improvement"
+    low = c.speed.ci[0]
+    return "no regression" if low >= 1 - policy.speed_max_drop else "inconclusive"
+
+
 @dataclass(frozen=True)
 class Finding:
     case_id: str
@@ -143,6 +190,11 @@ class GateReport:
     inconclusive: list[Finding] = field(default_factory=list)
     # Cases measured now whose baseline could not run: said, neither failure nor gain.
     not_compared: list[Finding] = field(default_factory=list)
+    # Inconclusive speed under a "warn" policy: listed, not failed.
+    warnings: list[Finding] = field(default_factory=list)
+    # Per case with a speed comparison: (verdict, ratio, CI, detectable slowdown).
+    verdicts: dict[str, tuple[str, float, tuple[float, float], float | None]] = \
+        field(default_factory=dict)
     cases: int = 0
 
     @property
@@ -153,7 +205,9 @@ class GateReport:
     def verdict(self) -> str:
         if self.regressions:
             return "FAIL"
-        return "INCONCLUSIVE (fails)" if self.inconclusive else "PASS"
+        if self.inconclusive:
+            return "INCONCLUSIVE (fails)"
+        return "PASS (with warnings)" if self.warnings else "PASS"
 
 
 Check = Callable[[CaseComparison, Policy], tuple[str | None, str | None]]
@@ -267,9 +321,29 @@ def evaluate(comparisons: list[CaseComparison], policy: Policy) -> GateReport:
                 report.improvements.append(Finding(c.case_id, name, better))
         if (text := not_compared(c)) is not None:
             report.not_compared.append(Finding(c.case_id, "baseline", text))
-        for problem in judgeability(c, case_policy):
+        problems = judgeability(c, case_policy)
+        for problem in problems:
             report.inconclusive.append(Finding(c.case_id, problem.check, problem.text))
+        _speed_verdict(report, c, case_policy, judged=not any(p.check == "speed"
+                                                              for p in problems))
     return report
+
+
+def _speed_verdict(report: GateReport, c: CaseComparison, policy: Policy, judged: bool) -> None:
+    verdict = speed_verdict(c, policy) if judged and c.current is not None and \
+        c.current.measured and c.baseline is not None and c.baseline.measured else None
+    if verdict is None:
+        return
+    detectable = detectable_slowdown(c, policy.speed_alpha)
+    report.verdicts[c.case_id] = (verdict, c.speed.ratio, c.speed.ci, detectable)
+    if verdict == "inconclusive":
+        low, high = c.speed.ci
+        text = (f"speed x{c.speed.ratio:.3f} (95% CI {low:.3f}–{high:.3f}): neither a "
+                f"regression nor excludes a drop beyond {policy.speed_max_drop:.0%}"
+                + (f"; this session detects about {detectable:.1%}" if detectable else ""))
+        target = report.inconclusive if policy.speed_inconclusive == "fail" else \
+            report.warnings
+        target.append(Finding(c.case_id, "speed", text))
 
 
 def markdown(report: GateReport, baseline: str, current: str, policy: Policy) -> str:
@@ -289,10 +363,19 @@ def markdown(report: GateReport, baseline: str, current: str, policy: Policy) ->
              + f" of baseline{'' if policy.gate_accuracy else ' (off)'}; ok -> not ok"
              + (f"; {len(policy.overrides)} [[case]] entries change it for the cases they "
                 "match" if policy.overrides else "") + "; each case's suite SLO, if any.", ""]
+    if report.verdicts:
+        lines += ["### Speed verdicts", "",
+                  "| case | verdict | speed x (95% CI) | detectable slowdown (80% power) |",
+                  "|---|---|---|---|"]
+        lines += [f"| `{case_id}` | {verdict} | {ratio:.3f} ({low:.3f}–{high:.3f}) | "
+                  f"{'' if d is None else f'{d:.1%}'} |"
+                  for case_id, (verdict, ratio, (low, high), d) in report.verdicts.items()]
+        lines.append("")
     for title, findings in (("Regressions", report.regressions),
                             ("Cannot judge (each counts as a failure)", report.inconclusive),
                             ("Not compared: the baseline could not run (no verdict)",
                              report.not_compared),
+                            ("Warnings: speed inconclusive (policy: warn)", report.warnings),
                             ("Improvements (consider refreshing the baseline)",
                              report.improvements)):
         if findings:
