@@ -204,3 +204,42 @@ def test_bench_ab_against_a_git_ref_exits_1_on_an_injected_slowdown(write_suite,
     worktrees = subprocess.run(["git", "-C", str(REPO), "worktree", "list"],
                                capture_output=True, text=True).stdout
     assert "bench-ab-" not in worktrees  # the baseline checkout is removed afterwards
+
+
+@pytest.mark.slow
+def test_rounds_after_the_first_only_time_and_round_one_figures_stand(write_suite, tmp_path,
+                                                                      monkeypatch):
+    """Issue 14: an A/B session computes task metrics, the export check and FLOPs once per
+    side (round 1); later rounds are timing-only workers; the merged record carries round
+    1's figures, equal to those of a fresh full run of the case."""
+    from bench.runners import interleave
+
+    specs = []
+    real = interleave.run_isolated
+
+    def recording(spec, code=None):
+        specs.append(spec.probe)
+        return real(spec, code)
+
+    monkeypatch.setattr(interleave, "run_isolated", recording)
+    suite = write_suite('[budget]\nmin_trials = 4\nmax_trials = 4\ntrial_time_s = 0.01\n'
+                        'warmup_max_s = 0.05\nmax_time_s = 0.3\ntimeout_s = 120\n'
+                        '[[benchmark]]\nmodel = "bench.workloads.user_model:tiny_mlp"\n'
+                        'matrix = { backend = ["onnxruntime"], batch_size = [4] }\n')
+    here = WorkerCode.this_checkout()
+    records = run_interleaved(suite, [Side("baseline", here), Side("current", here)], 3,
+                              tmp_path, max_rounds=3)
+    assert specs == [False, False, True, True, True, True]  # 2 sides x 3 rounds
+    for record in records:
+        (merged,) = record.cases
+        assert merged.details["ab_rounds"] == 3 and len(merged.details[PROCESS_MEDIANS_KEY]) == 3
+        assert merged.model.export_check["passed"] and merged.accuracy.metrics
+    fresh = real(load_case(suite))
+    assert fresh.accuracy.metrics == records[0].cases[0].accuracy.metrics
+
+
+def load_case(suite):  # noqa: ANN001, ANN201
+    from bench.runners.plan import plan_suite
+    from bench.spec import load_suite
+
+    return plan_suite(load_suite(suite))[0].spec
