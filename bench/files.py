@@ -4,6 +4,7 @@ line (BenchInputError), never a traceback; a failed write leaves the old file as
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import stat
 import tempfile
@@ -87,3 +88,16 @@ def parse_toml(text: str, source: str) -> dict[str, Any]:
         raise BenchInputError(source, f"malformed TOML: {exc}") from None
     except RecursionError:
         raise BenchInputError(source, "malformed TOML: nested too deeply") from None
+
+
+PACKAGE_PREFIX = "package:"
+
+
+def package_folder(spec: str) -> Path | None:
+    """``package:NAME/SUB`` -> that folder of the installed package NAME, found without
+    importing it (None: no such package)."""
+    name, _, sub = spec[len(PACKAGE_PREFIX):].partition("/")
+    found = importlib.util.find_spec(name) if name.isidentifier() else None
+    if found is None or not found.submodule_search_locations:
+        return None
+    return Path(list(found.submodule_search_locations)[0]) / sub

@@ -103,15 +103,10 @@ def _case_test(case: Any, skip_reason: str | None):  # noqa: ANN202 - a test fun
         if skip_reason:
             pytest.skip(skip_reason)
         result = run_in_processes(case)
-        benchmark.extra_info.update(extra_info(result))
         if result.status == "skipped":
+            benchmark.extra_info.update(extra_info(result))
             pytest.skip(result.reason or "skipped")
-        if not result.measured:
-            # No timing to report (the failure says why); marks the fixture as used, so
-            # pytest-benchmark does not warn that it was forgotten.
-            benchmark._mode = "not timed: the case failed"
-            pytest.fail(f"{result.status}: {result.reason}", pytrace=False)
-        feed(benchmark, result.timing.trial_means_s)
+        hand_over(result, benchmark, "")
         if result.status != "ok":  # contended: the figures stand, with a warning beside
             warnings.warn(f"{case.case_id}: {result.status}: {result.reason}", stacklevel=1)
         if result.accuracy is not None and result.accuracy.passed is False:
@@ -139,6 +134,21 @@ class ReplayClock:
 
     def __repr__(self) -> str:
         return "bench.ReplayClock(trial means from the engine's worker)"
+
+
+def hand_over(result: Any, benchmark: Any | None, failure_prefix: str) -> None:
+    """A case's record to pytest: a failure when it was not measured, else its trials and
+    figures to pytest-benchmark's fixture (when there is one)."""
+    if benchmark is not None:
+        benchmark.extra_info.update(extra_info(result))
+    if not result.measured:
+        if benchmark is not None:
+            # No timing to report (the failure says why); marks the fixture as used, so
+            # pytest-benchmark does not warn that it was forgotten.
+            benchmark._mode = "not timed: the case failed"
+        pytest.fail(f"{failure_prefix}{result.status}: {result.reason}", pytrace=False)
+    if benchmark is not None:
+        feed(benchmark, result.timing.trial_means_s)
 
 
 def feed(benchmark: Any, samples: list[float]) -> None:
@@ -196,13 +206,7 @@ class BenchModel:
         if planned.skip_reason:
             pytest.skip(planned.skip_reason)
         result = run_in_processes(planned.spec)
-        if not result.measured:
-            if self._benchmark is not None:
-                self._benchmark._mode = "not timed: the case failed"
-            pytest.fail(f"{result.case_id}: {result.status}: {result.reason}", pytrace=False)
-        if self._benchmark is not None:
-            self._benchmark.extra_info.update(extra_info(result))
-            feed(self._benchmark, result.timing.trial_means_s)
+        hand_over(result, self._benchmark, f"{result.case_id}: ")
         return result
 
 

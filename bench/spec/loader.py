@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import BenchInputError
-from bench.files import parse_toml, read_bounded_text
+from bench.files import PACKAGE_PREFIX, package_folder, parse_toml, read_bounded_text
 from bench.measurement.allocator import POLICIES
 from bench.measurement.stats import min_trials_for_verdict
 from bench.spec.axes import Setting
@@ -200,14 +200,21 @@ def _user_model_table(table: dict[str, Any], source: str, where: str,
     if not _module_exists(module, str(folder)):
         raise BenchInputError(source, f"module {module!r} not found in {folder} or on "
                               "sys.path", key=f"{where}.model", valid=_FACTORY_FORMAT)
+    return _model_workload_table(table, source, where, module.rpartition(".")[2],
+                                 {"factory": factory, "python_path": str(folder)})
+
+
+def _model_workload_table(table: dict[str, Any], source: str, where: str, label: str,
+                          model_params: dict[str, str]) -> dict[str, Any]:
+    """The benchmark table of the ``model`` workload: phase infer and ``label`` unless the
+    table says otherwise, its params with the model's added."""
     params = table.get("params", {})
     if not isinstance(params, dict):
         raise BenchInputError(source, f"expected a table, got {type(params).__name__}",
                               key=f"{where}.params")
     rest = {k: v for k, v in table.items() if k not in ("model", "python_path")}
-    return {"phase": "infer", "label": module.rpartition(".")[2], **rest,
-            "workload": USER_MODEL_WORKLOAD,
-            "params": {**params, "factory": factory, "python_path": str(folder)}}
+    return {"phase": "infer", "label": label, **rest, "workload": USER_MODEL_WORKLOAD,
+            "params": {**params, **model_params}}
 
 
 _CHECKPOINT_FORMAT = "{ hf = \"FOLDER\" (relative to the suite file) or \"package:NAME/SUB\", " \
@@ -223,13 +230,12 @@ def _checkpoint_table(table: dict[str, Any], source: str, where: str,
     if not isinstance(hf, str) or not hf:
         raise BenchInputError(source, "missing checkpoint", key=f"{where}.model.hf",
                               valid=_CHECKPOINT_FORMAT)
-    if hf.startswith("package:"):
-        name = hf[len("package:"):].partition("/")[0]
-        package = importlib.util.find_spec(name) if name.isidentifier() else None
-        if package is None or not package.submodule_search_locations:
+    if hf.startswith(PACKAGE_PREFIX):
+        name = hf[len(PACKAGE_PREFIX):].partition("/")[0]
+        folder = package_folder(hf)
+        if folder is None:
             raise BenchInputError(source, f"no installed package {name!r}",
                                   key=f"{where}.model.hf", valid=_CHECKPOINT_FORMAT)
-        folder = Path(list(package.submodule_search_locations)[0]) / hf.partition("/")[2]
         label = name
     else:
         folder = (suite_folder / hf).resolve()
@@ -239,13 +245,7 @@ def _checkpoint_table(table: dict[str, Any], source: str, where: str,
     if not (folder / "config.json").is_file():
         raise BenchInputError(source, f"no Hugging Face checkpoint (config.json) in {folder}",
                               key=f"{where}.model.hf", valid=_CHECKPOINT_FORMAT)
-    params = table.get("params", {})
-    if not isinstance(params, dict):
-        raise BenchInputError(source, f"expected a table, got {type(params).__name__}",
-                              key=f"{where}.params")
-    rest = {k: v for k, v in table.items() if k not in ("model", "python_path")}
-    return {"phase": "infer", "label": label, **rest, "workload": USER_MODEL_WORKLOAD,
-            "params": {**params, "hf": hf, "task": task}}
+    return _model_workload_table(table, source, where, label, {"hf": hf, "task": task})
 
 
 def _module_exists(name: str, folder: str) -> bool:

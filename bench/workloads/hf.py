@@ -26,12 +26,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from bench.files import PACKAGE_PREFIX, package_folder
 from bench.user import UserModel
 
 DATA = Path(__file__).parent / "data"
 TASKS = ("feature-extraction", "sequence-classification", "causal-lm")
 DEFAULT_SEQ_LEN = 128
-PACKAGE_PREFIX = "package:"
 
 
 def read_lines(name: str) -> list[str]:
@@ -49,15 +49,7 @@ def sentence_pool() -> list[str]:
 def checkpoint_folder(spec: str) -> Path | None:
     """``package:NAME/SUB`` -> that folder of the installed package (found, not imported);
     any other value is returned as a path. None: no such package."""
-    if not spec.startswith(PACKAGE_PREFIX):
-        return Path(spec)
-    import importlib.util  # on use: only package: specs need it
-
-    name, _, sub = spec[len(PACKAGE_PREFIX):].partition("/")
-    found = importlib.util.find_spec(name) if name.isidentifier() else None
-    if found is None or not found.submodule_search_locations:
-        return None
-    return Path(list(found.submodule_search_locations)[0]) / sub
+    return package_folder(spec) if spec.startswith(PACKAGE_PREFIX) else Path(spec)
 
 
 class MeanPooled(nn.Module):

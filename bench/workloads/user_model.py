@@ -64,6 +64,13 @@ def build_user_model(factory: str, python_path: str | None) -> UserModel:
     return made
 
 
+def as_inputs(made: Any, device: str) -> tuple[torch.Tensor, ...]:
+    """What a user's make_inputs, train_batch or evaluate hands over (one tensor or a
+    sequence of them) as the input tuple the model is called with, on ``device``."""
+    made = (made,) if isinstance(made, torch.Tensor) else tuple(made)
+    return tuple(t.to(device) for t in made)
+
+
 def pick_output(output: Any) -> torch.Tensor:
     """The tensor to compare: a tensor as is; a tuple's first item; a mapping's ``logits``
     (Hugging Face outputs), else its first tensor."""
@@ -136,8 +143,7 @@ class UserModelInfer(VariantInferPhase):
         return self._on_device(self.user.make_inputs(batch, seed, **kwargs))
 
     def _on_device(self, made: Any) -> tuple[torch.Tensor, ...]:
-        made = (made,) if isinstance(made, torch.Tensor) else tuple(made)
-        return tuple(t.to(self.ctx.device) for t in made)
+        return as_inputs(made, self.ctx.device)
 
     def _adapter(self) -> pipeline.ModelAdapter:
         user = self.user
@@ -155,8 +161,7 @@ class UserModelInfer(VariantInferPhase):
 
     def _predict(self, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """The user's evaluate runs the timed step of the variant on its own inputs."""
-        inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
-        return self.variant.infer(tuple(t.to(self.ctx.device) for t in inputs))
+        return self.variant.infer(as_inputs(inputs, self.ctx.device))
 
     def finish(self) -> Outcome:
         metrics: dict[str, float] = {}
@@ -215,8 +220,7 @@ class UserModelTrain(Phase):
             f"{TRAIN_BATCHES} distinct ones")
 
     def _on_device(self, inputs: Any, targets: torch.Tensor) -> tuple[Any, torch.Tensor]:
-        inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
-        return tuple(t.to(self.ctx.device) for t in inputs), targets.to(self.ctx.device)
+        return as_inputs(inputs, self.ctx.device), targets.to(self.ctx.device)
 
     def step(self) -> object:
         micro = [next(self._next) for _ in range(self.accum)]
@@ -236,9 +240,8 @@ class UserModelTrain(Phase):
             self.model.eval()
 
             def predict(inputs: Any) -> torch.Tensor:
-                inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
                 with torch.inference_mode(), self.ctx.precision.context(self.ctx.device):
-                    return self.module(*(t.to(self.ctx.device) for t in inputs)).float().cpu()
+                    return self.module(*as_inputs(inputs, self.ctx.device)).float().cpu()
 
             metrics.update({k: float(v) for k, v in self.user.evaluate(predict).items()})
             task_metric = self.user.task_metric
