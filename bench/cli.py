@@ -282,6 +282,25 @@ def _checkout(path: str, option: str) -> Path:
     return source
 
 
+def _stopping(args: argparse.Namespace, policy: Any) -> Any:
+    """bench ab's stopping rule: the policy's sequential test (paired rounds are judged by
+    it), else the CI-width rule; the options' defaults depend on which."""
+    from bench.runners.interleave import (
+        DEFAULT_MAX_ROUNDS,
+        DEFAULT_ROUNDS,
+        SEQUENTIAL_MAX_ROUNDS,
+        Stopping,
+    )
+
+    test = policy.sequential_test()
+    rounds = args.rounds if args.rounds is not None else \
+        (test.min_rounds if test else DEFAULT_ROUNDS)
+    max_rounds = args.max_rounds if args.max_rounds is not None else \
+        (SEQUENTIAL_MAX_ROUNDS if test else DEFAULT_MAX_ROUNDS)
+    return Stopping(rounds, max(max_rounds, rounds) if args.max_rounds is None else max_rounds,
+                    args.target_half_width, test, args.time_budget)
+
+
 def cmd_ab(args: argparse.Namespace) -> int:
     import contextlib
 
@@ -290,6 +309,7 @@ def cmd_ab(args: argparse.Namespace) -> int:
     from bench.runners.isolation import WorkerCode
 
     policy = _policy(args.policy)  # a bad policy is refused before minutes of measuring
+    stopping = _stopping(args, policy)
     if (args.baseline_ref is None) == (args.baseline_source is None):
         raise BenchInputError("bench ab", "give exactly one of --baseline-ref (a git commit "
                               "of this repository) and --baseline-source (a checkout)")
@@ -305,10 +325,9 @@ def cmd_ab(args: argparse.Namespace) -> int:
             tree = _checkout(args.baseline_source, "--baseline-source")
         baseline = WorkerCode(tree, baseline_env)
         progress = None if args.no_progress else (lambda text: print(text, file=sys.stderr))
-        base_run, cur_run = run_ab(args.suite, baseline, current, args.rounds, out_dir,
+        base_run, cur_run = run_ab(args.suite, baseline, current, stopping, out_dir,
                                    select=parse_select(args.select), progress=progress,
-                                   max_rounds=args.max_rounds,
-                                   target_half_width=args.target_half_width)
+                                   fork=args.workers == "fork")
     from bench.results.schema import SLOWDOWN_ENV
 
     print(render_comparison(compare_runs(base_run, cur_run)))
@@ -485,6 +504,7 @@ def _add_ab_command(sub: Any) -> None:
         DEFAULT_MAX_ROUNDS,
         DEFAULT_ROUNDS,
         DEFAULT_TARGET_HALF_WIDTH,
+        SEQUENTIAL_MAX_ROUNDS,
     )
 
     p = sub.add_parser("ab", help="interleaved A/B: run a suite for a baseline checkout and "
@@ -496,14 +516,20 @@ def _add_ab_command(sub: Any) -> None:
     p.add_argument("--baseline-source", help="or: a checkout holding the baseline's bench "
                                              "package")
     p.add_argument("--current-source", help="the checkout under test (default: this one)")
-    p.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS,
-                   help="rounds per case at least; each runs one worker process per side")
-    p.add_argument("--max-rounds", type=int, default=DEFAULT_MAX_ROUNDS,
-                   help="rounds per case at most: a case whose paired CI is still wider "
-                        "than --target-half-width gets more rounds, up to this")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="rounds per case at least; each runs one worker process per side "
+                        f"(default: 3 under the policy's sequential test, else {DEFAULT_ROUNDS})")
+    p.add_argument("--max-rounds", type=int, default=None,
+                   help="rounds per case at most: an undecided case gets more rounds, up to "
+                        f"this (default {SEQUENTIAL_MAX_ROUNDS} under the sequential test, "
+                        f"else {DEFAULT_MAX_ROUNDS})")
+    p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                   help="start no round after this long; cases still undecided are "
+                        "inconclusive (the gate fails or warns by policy)")
     p.add_argument("--target-half-width", type=float, default=DEFAULT_TARGET_HALF_WIDTH,
-                   help="the paired CI's half width (log scale; 0.04 = about +-4%%) at "
-                        "which a case stops adding rounds")
+                   help="without the sequential test ([speed] sequential = false): the "
+                        "paired CI's half width (log scale; 0.04 = about +-4%%) at which a "
+                        "case stops adding rounds")
     p.add_argument("--out-dir", default="results/ab",
                    help="where baseline.json and current.json are written")
     p.add_argument("--policy", help="gate policy TOML (as for bench gate)")
@@ -513,6 +539,10 @@ def _add_ab_command(sub: Any) -> None:
                    help="extra environment for the baseline's workers (repeatable)")
     p.add_argument("--current-env", action="append", metavar="KEY=VALUE",
                    help="extra environment for the current side's workers (repeatable)")
+    p.add_argument("--workers", choices=("fork", "spawn"), default="fork",
+                   help="fork: each side's CPU workers are forked, one per round, from a "
+                        "server that imported torch once (default); spawn: a fresh "
+                        "interpreter per worker")
     p.add_argument("--no-progress", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_ab)
 

@@ -16,7 +16,7 @@ from bench.measurement.stats import needs_another_round, paired_ratio
 from bench.reports.compare import compare_runs
 from bench.reports.gate import Policy, evaluate
 from bench.results.schema import PROCESS_MEDIANS_KEY, SLOWDOWN_ENV
-from bench.runners.interleave import Side, round_order, run_interleaved
+from bench.runners.interleave import Side, Stopping, round_order, run_interleaved
 from bench.runners.isolation import WorkerCode, run_isolated
 from bench.spec.model import Budget, CaseSpec
 
@@ -84,12 +84,14 @@ def test_compare_pairs_rounds_only_within_one_session():
 def test_gate_on_paired_rounds_flags_a_slowdown_and_passes_an_unchanged_rerun():
     reports = {}
     for ratio in (1.10, 1.0):
-        base, cur = drifting_rounds(ratio, rounds=6, pair_sd=0.02, seed=3)
+        base, cur = drifting_rounds(ratio, rounds=12, pair_sd=0.02, seed=3)
         reports[ratio] = evaluate(compare_runs(paired_run("baseline", "s", base),
                                                paired_run("current", "s", cur)), Policy())
     assert reports[1.0].exit_code == 0
+    assert reports[1.0].verdicts["a"][0] == "no regression"
     assert reports[1.10].exit_code == 1
-    assert "6 paired rounds" in reports[1.10].regressions[0].text
+    assert "12 paired rounds" in reports[1.10].regressions[0].text
+    assert "sequential test" in reports[1.10].regressions[0].text
 
 
 def test_more_rounds_only_while_the_paired_ci_is_wide():
@@ -153,8 +155,9 @@ def test_interleaved_run_measures_a_known_slowdown(write_suite, tmp_path):
     sides = [Side("baseline", here),
              Side("current", dataclasses.replace(here, env={SLOWDOWN_ENV: "0.3"}))]
     # A CI target no case can reach: every case runs on from 2 rounds to max_rounds.
-    base, cur = run_interleaved(write_suite(SLEEP_SUITE), sides, rounds=2, out_dir=tmp_path,
-                                max_rounds=3, target_half_width=1e-9)
+    base, cur = run_interleaved(write_suite(SLEEP_SUITE), sides,
+                                Stopping(rounds=2, max_rounds=3, target_half_width=1e-9),
+                                out_dir=tmp_path)
     assert base.run.pairing["session"] == cur.run.pairing["session"]
     assert (base.run.pairing["side"], cur.run.pairing["side"]) == ("baseline", "current")
     assert cur.run.pairing["env"] == {SLOWDOWN_ENV: "0.3"}
@@ -217,9 +220,9 @@ def test_rounds_after_the_first_only_time_and_round_one_figures_stand(write_suit
     specs = []
     real = interleave.run_isolated
 
-    def recording(spec, code=None):
+    def recording(spec, code=None, servers=None):
         specs.append(spec.probe)
-        return real(spec, code)
+        return real(spec, code, servers)
 
     monkeypatch.setattr(interleave, "run_isolated", recording)
     suite = write_suite('[budget]\nmin_trials = 4\nmax_trials = 4\ntrial_time_s = 0.01\n'
@@ -227,8 +230,8 @@ def test_rounds_after_the_first_only_time_and_round_one_figures_stand(write_suit
                         '[[benchmark]]\nmodel = "bench.workloads.user_model:tiny_mlp"\n'
                         'matrix = { backend = ["onnxruntime"], batch_size = [4] }\n')
     here = WorkerCode.this_checkout()
-    records = run_interleaved(suite, [Side("baseline", here), Side("current", here)], 3,
-                              tmp_path, max_rounds=3)
+    records = run_interleaved(suite, [Side("baseline", here), Side("current", here)],
+                              Stopping(rounds=3, max_rounds=3), tmp_path)
     assert specs == [False, False, True, True, True, True]  # 2 sides x 3 rounds
     for record in records:
         (merged,) = record.cases

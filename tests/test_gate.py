@@ -148,8 +148,8 @@ def test_gate_refuses_foreign_corrupt_and_bad_policy(tmp_path, capsys):
     policy = tmp_path / "policy.toml"
     policy.write_text("[speed]\nmax_dorp = 0.1\n")
     assert main(["gate", "--baseline", base, "--current", base, "--policy", str(policy)]) == 2
-    assert "speed.max_dorp: unknown key (valid: alpha, gate, inconclusive, max_drop)" in \
-        capsys.readouterr().err
+    assert ("speed.max_dorp: unknown key (valid: alpha, false_alarm, gate, inconclusive, "
+            "max_drop, miss, sequential)") in capsys.readouterr().err
 
 
 def test_policy_file_sets_thresholds(tmp_path):

@@ -464,7 +464,7 @@ def test_an_ab_round_timed_under_contention_is_run_again(monkeypatch):
     statuses = iter(["contended", "ok", "ok", "ok"])
     calls = []
 
-    def fake_run(spec, code):  # noqa: ANN001, ANN202
+    def fake_run(spec, code, servers=None):  # noqa: ANN001, ANN202
         calls.append(code.env["SIDE"])
         result = case("w/infer[a=1]", trials(0.1, n=5, seed=len(calls)))
         result.status = next(statuses)

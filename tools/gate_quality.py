@@ -44,12 +44,19 @@ import numpy as np
 from tabulate import tabulate
 
 from bench.measurement.fingerprint import fingerprint
-from bench.measurement.stats import needs_another_round
 from bench.reports.compare import compare_runs, geometric_mean
 from bench.reports.gate import Policy, evaluate, load_policy
 from bench.results.schema import PROCESS_MEDIANS_KEY, SLOWDOWN_ENV, RunRecord
 from bench.results.store import load_run
-from bench.runners.interleave import DEFAULT_TARGET_HALF_WIDTH, Side, run_interleaved
+from bench.runners.interleave import (
+    DEFAULT_MAX_ROUNDS,
+    DEFAULT_ROUNDS,
+    DEFAULT_TARGET_HALF_WIDTH,
+    SEQUENTIAL_MAX_ROUNDS,
+    Side,
+    Stopping,
+    run_interleaved,
+)
 from bench.runners.isolation import WorkerCode, run_in_processes
 from bench.runners.plan import plan_suite
 from bench.runners.sweep import new_run_info
@@ -85,6 +92,12 @@ def speed_alarms(baseline: RunRecord, current: RunRecord, policy: Policy) -> set
     return {f.case_id for f in report.regressions if f.check == "speed"}
 
 
+def speed_verdicts(baseline: RunRecord, current: RunRecord, policy: Policy) -> dict[str, str]:
+    """Each case's speed verdict (regression, no regression, inconclusive, improvement)."""
+    report = evaluate(compare_runs(baseline, current), policy)
+    return {cid: v[0] for cid, v in report.verdicts.items()}
+
+
 def case_subset(record: RunRecord, case_id: str, rounds: list[int]) -> RunRecord:
     """One case of the record, as a session of only these rounds would have written it."""
     case = record.case(case_id)
@@ -93,16 +106,14 @@ def case_subset(record: RunRecord, case_id: str, rounds: list[int]) -> RunRecord
     return dataclasses.replace(record, cases=[dataclasses.replace(case, details=details)])
 
 
-def adaptive_session(chain: list[list[float]], order: list[int], args: argparse.Namespace,
+def adaptive_session(chain: list[list[float]], order: list[int], stopping: Stopping,
                      ) -> list[int] | None:
-    """The rounds, taken from ``order``, that bench ab's stopping rule would run (at least
-    --session-rounds, more while a paired CI is wider than --target-half-width, at most
-    --max-rounds); None when ``order`` runs out first."""
+    """The rounds, taken from ``order``, that bench ab's stopping rule would run for these
+    sides; None when ``order`` runs out first."""
     taken: list[int] = []
     for r in order:
         taken.append(r)
-        if not needs_another_round([[side[i] for i in taken] for side in chain],
-                             args.session_rounds, args.max_rounds, args.target_half_width):
+        if not stopping.needs_another_round([[side[i] for i in taken] for side in chain]):
             return taken
     return None
 
@@ -120,38 +131,67 @@ def _interleaved_records(args: argparse.Namespace) -> tuple[dict[str, RunRecord]
     sides = [Side(SIDE_NAMES[0], here), Side(SIDE_NAMES[1], here),
              Side(SIDE_NAMES[2], WorkerCode(here.source, {SLOWDOWN_ENV: str(args.slowdown)}))]
     keep = args.keep or tempfile.mkdtemp(prefix="gate-quality-")
-    runs = run_interleaved(args.suite, sides, args.rounds, keep,
+    chain = Stopping(args.rounds, args.rounds, time_budget_s=args.time_budget)
+    runs = run_interleaved(args.suite, sides, chain, keep,
                            progress=lambda text: print(text, file=sys.stderr, flush=True))
     return dict(zip(SIDE_NAMES, runs, strict=True)), keep
 
 
-def _case_sessions(records: dict[str, RunRecord], cid: str, policy: Policy,
-                   args: argparse.Namespace, rng: np.random.Generator) -> tuple[list, dict]:
-    """One case's gated sessions, consecutive (d) and resampled (r): its table row and the
-    counts (false alarms, detections, sessions) per kind."""
-    chain = [list(records[name].case(cid).details[PROCESS_MEDIANS_KEY]) for name in SIDE_NAMES]
-    total = min(len(side) for side in chain)
+def _sessions(chain: list[list[float]], total: int, stopping: Stopping,
+              rng: np.random.Generator, resamples: int) -> dict[str, list[list[int]]]:
+    """Sessions of one pair of sides: consecutive (d, independent) and drawn in random
+    order from all the rounds (r)."""
     disjoint, start = [], 0
-    while (session := adaptive_session(chain, list(range(start, total)), args)):
+    while (session := adaptive_session(chain, list(range(start, total)), stopping)):
         disjoint.append(session)
         start = session[-1] + 1
-    resampled = [adaptive_session(chain, rng.permutation(total).tolist(), args)
-                 for _ in range(args.resamples)]
-    resampled = [s for s in resampled if s]
-    counts = {}
-    for label, sessions in (("d", disjoint), ("r", resampled)):
-        fa = det = 0
-        for rounds in sessions:
-            u1, u2, slow = (case_subset(records[name], cid, rounds) for name in SIDE_NAMES)
-            fa += bool(speed_alarms(u1, u2, policy))
-            det += bool(speed_alarms(u2, slow, policy))
-        counts[label] = (fa, det, len(sessions))
+    resampled = [adaptive_session(chain, rng.permutation(total).tolist(), stopping)
+                 for _ in range(resamples)]
+    return {"d": disjoint, "r": [s for s in resampled if s]}
+
+
+def _case_sessions(records: dict[str, RunRecord], cid: str, policy: Policy,
+                   args: argparse.Namespace, rng: np.random.Generator) -> tuple[list, dict]:
+    """One case's gated sessions: U1 against U2 (unchanged: a regression is a false alarm)
+    and U2 against S (slowed: a regression is a detection), each carved from the chain as
+    a two-sided bench ab session would stop; its table row and the verdict counts."""
+    chain = [list(records[name].case(cid).details[PROCESS_MEDIANS_KEY]) for name in SIDE_NAMES]
+    total = min(len(side) for side in chain)
+    stopping = _stopping(args, policy)
+    counts: dict[str, Counter] = {}
+    mean_rounds = {}
+    for kind, (a, b) in (("unchanged", (0, 1)), ("slowed", (1, 2))):
+        sessions = _sessions([chain[a], chain[b]], total, stopping, rng, args.resamples)
+        for label, chosen in sessions.items():
+            tally = counts.setdefault(f"{kind}-{label}", Counter())
+            for rounds in chosen:
+                base, cur = (case_subset(records[SIDE_NAMES[i]], cid, rounds) for i in (a, b))
+                tally[speed_verdicts(base, cur, policy).get(cid, "none")] += 1
+                tally["sessions"] += 1
+        mean_rounds[kind] = np.mean([len(s) for s in sessions["r"]]) if sessions["r"] \
+            else float("nan")
     x, y, z = (np.asarray(side[:total]) for side in chain)
-    mean_rounds = np.mean([len(s) for s in resampled]) if resampled else float("nan")
     row = [cid, f"{np.std(np.log(y / x), ddof=1):.3f}", f"{np.exp(np.mean(np.log(z / y))):.3f}",
-           f"{mean_rounds:.1f}", *(_rate(counts[k][i], counts[k][2])
-                                   for k in ("d", "r") for i in (0, 1))]
+           f"{mean_rounds['unchanged']:.1f} / {mean_rounds['slowed']:.1f}",
+           *(_cell(counts[f"{kind}-{label}"], kind) for label in ("d", "r")
+             for kind in ("unchanged", "slowed"))]
     return row, {"total_rounds": total, **counts}
+
+
+def _cell(tally: Counter, kind: str) -> str:
+    """unchanged: false alarms (+ inconclusive); slowed: detections (+ inconclusive)."""
+    n = tally["sessions"]
+    if not n:
+        return "-"
+    hit = tally["regression"]
+    return f"{hit}/{n} = {hit / n:.1%} (+{tally['inconclusive']} inc.)"
+
+
+def _stopping(args: argparse.Namespace, policy: Policy) -> Stopping:
+    test = policy.sequential_test()
+    rounds = args.session_rounds or (test.min_rounds if test else DEFAULT_ROUNDS)
+    max_rounds = args.max_rounds or (SEQUENTIAL_MAX_ROUNDS if test else DEFAULT_MAX_ROUNDS)
+    return Stopping(rounds, max(rounds, max_rounds), args.target_half_width, test)
 
 
 def main_interleaved(args: argparse.Namespace, policy: Policy) -> str:
@@ -160,30 +200,32 @@ def main_interleaved(args: argparse.Namespace, policy: Policy) -> str:
     case_ids = [c.case_id for c in records[SIDE_NAMES[0]].cases if c.status == "ok"]
     rng = np.random.default_rng(0)
     rows = []
-    totals = {key: [0, 0] for key in ("fa-d", "det-d", "fa-r", "det-r")}
+    totals: dict[str, Counter] = {}
     total_rounds = None
     for cid in case_ids:
         row, counts = _case_sessions(records, cid, policy, args, rng)
         rows.append(row)
         total_rounds = min(total_rounds or counts["total_rounds"], counts["total_rounds"])
-        for label in ("d", "r"):
-            fa, det, sessions = counts[label]
-            totals[f"fa-{label}"][0] += fa
-            totals[f"det-{label}"][0] += det
-            totals[f"fa-{label}"][1] += sessions
-            totals[f"det-{label}"][1] += sessions
-    rows.append(["all cases", "", "", "", *(_rate(*totals[k]) for k in
-                                            ("fa-d", "det-d", "fa-r", "det-r"))])
+        for key, tally in counts.items():
+            if key != "total_rounds":
+                totals.setdefault(key, Counter()).update(tally)
+    rows.append(["all cases", "", "", "", *(_cell(totals.get(f"{kind}-{label}", Counter()),
+                                                  kind)
+                                            for label in ("d", "r")
+                                            for kind in ("unchanged", "slowed"))])
+    stopping = _stopping(args, policy)
     return (f"suite {args.suite}; design: interleaved, {total_rounds} rounds of U1 U2 S / "
-            f"S U2 U1 (one worker process each), S slowed by +{args.slowdown:.0%}; sessions as "
-            f"bench ab --rounds {args.session_rounds} --max-rounds {args.max_rounds} "
-            f"--target-half-width {args.target_half_width:g} runs them: consecutive (disjoint) "
-            f"and {args.resamples} drawn in random order; policy: speed drop > "
-            f"{policy.speed_max_drop:.0%} and significant (paired t-test p < "
-            f"{policy.speed_alpha:g}, CI excludes 1); raw records in {source}; "
+            f"S U2 U1 (one worker process each), S slowed by +{args.slowdown:.0%}; sessions "
+            f"as bench ab runs them (two sides, stopping: {stopping.describe()['stopping']}; "
+            f"rounds {stopping.rounds}-{stopping.max_rounds}): consecutive (disjoint, "
+            f"independent) and {args.resamples} drawn in random order; gate policy: "
+            f"{args.policy or 'bench gate defaults'}; raw records in {source}; "
             f"{time.perf_counter() - started:.0f} s\n"
             "sd log(U2/U1): round-to-round spread of one paired ratio; S/U2: measured "
-            "slowdown (geometric mean over all rounds); rounds: mean rounds per session\n"
+            "slowdown (geometric mean over all rounds); rounds: mean rounds per session, "
+            "unchanged / slowed; each cell: sessions with a regression verdict (+ those "
+            "inconclusive: a failure under [speed] inconclusive = \"fail\", a warning "
+            "under \"warn\")\n"
             + tabulate(rows, headers=["case", "sd log(U2/U1)", "S/U2", "rounds",
                                       "false alarms (disjoint)", "detections (disjoint)",
                                       "false alarms (random)", "detections (random)"],
@@ -199,11 +241,13 @@ def main() -> int:
     parser.add_argument("--policy", help="a gate policy file (default: bench gate's defaults)")
     parser.add_argument("--out", help="also write the report here")
     parser.add_argument("--rounds", type=int, default=30, help="interleaved: rounds in all")
-    parser.add_argument("--session-rounds", type=int, default=6,
+    parser.add_argument("--session-rounds", type=int, default=None,
                         help="interleaved: rounds per gated session at least (bench ab "
-                             "--rounds)")
-    parser.add_argument("--max-rounds", type=int, default=16,
+                             "--rounds; default as bench ab under the policy)")
+    parser.add_argument("--max-rounds", type=int, default=None,
                         help="interleaved: at most (bench ab --max-rounds)")
+    parser.add_argument("--time-budget", type=float, default=None,
+                        help="interleaved: stop the chain after this many seconds")
     parser.add_argument("--target-half-width", type=float, default=DEFAULT_TARGET_HALF_WIDTH,
                         help="interleaved: bench ab --target-half-width")
     parser.add_argument("--resamples", type=int, default=1000,

@@ -69,6 +69,8 @@ class Speed:
     """Speed-up of current over baseline, from the step-time ratio (inverted)."""
 
     time: RatioEstimate
+    # Paired A/B rounds: each round's log(current / baseline) step time, in round order.
+    log_ratios: tuple[float, ...] | None = None
 
     @property
     def ratio(self) -> float:
@@ -193,7 +195,8 @@ def _speed(base: CaseResult, cur: CaseResult, paired: bool,
             problems.append(Problem("speed",
                                     "a round's median is not a finite positive number"))
             return None
-        return _finite_speed(Speed(paired_ratio(base_rounds, cur_rounds)), problems)
+        logs = tuple(math.log(c / b) for b, c in zip(base_rounds, cur_rounds, strict=True))
+        return _finite_speed(Speed(paired_ratio(base_rounds, cur_rounds), logs), problems)
     base_times, cur_times = _trial_times(base), _trial_times(cur)
     if not base_times or not cur_times:
         problems.append(Problem("speed", f"no trials ({len(base_times)} baseline, "

@@ -30,6 +30,7 @@ from typing import Any
 
 from bench.errors import BenchInputError
 from bench.files import parse_toml, read_bounded_text
+from bench.measurement.sequential import NO_REGRESSION, REGRESSION, SequentialTest
 from bench.measurement.stats import min_trials_for_verdict
 from bench.reports.compare import CaseComparison, Problem
 from bench.reports.slo import slo_failures
@@ -49,8 +50,21 @@ class Policy:
     # A case whose speed CI neither shows a regression nor excludes one beyond max_drop:
     # "fail" (counts as a failure) or "warn" (listed, the gate passes).
     speed_inconclusive: str = "fail"
+    # Paired A/B rounds are judged by the sequential test (bench.measurement.sequential)
+    # with these error rates per case; false: by significance and magnitude as separate
+    # runs are.
+    speed_sequential: bool = True
+    speed_false_alarm: float = 0.002
+    speed_miss: float = 0.02
     # [[case]] entries: (glob on case ids, the settings it changes), applied in file order.
     overrides: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
+
+    def sequential_test(self) -> SequentialTest | None:
+        """The sequential test paired rounds are judged (and bench ab stopped) by; None
+        under ``sequential = false`` or a max_drop of 0 (no drop to test against)."""
+        if not self.speed_sequential or self.speed_max_drop <= 0:
+            return None
+        return SequentialTest(self.speed_max_drop, self.speed_false_alarm, self.speed_miss)
 
     def for_case(self, case_id: str) -> Policy:
         """This policy with every [[case]] entry whose ``match`` glob fits ``case_id``."""
@@ -67,11 +81,14 @@ _POLICY_RANGES = {
     "speed_alpha": (0.0, 0.5, False, True),
     "memory_max_growth": (0.0, math.inf, True, False),
     "accuracy_min_ratio": (0.0, 1.0, False, True),
+    "speed_false_alarm": (0.0, 0.5, False, False),
+    "speed_miss": (0.0, 0.5, False, False),
 }
 
 _POLICY_TABLES = {
     "speed": {"max_drop": "speed_max_drop", "alpha": "speed_alpha", "gate": "gate_speed",
-              "inconclusive": "speed_inconclusive"},
+              "inconclusive": "speed_inconclusive", "sequential": "speed_sequential",
+              "false_alarm": "speed_false_alarm", "miss": "speed_miss"},
     "memory": {"max_growth": "memory_max_growth", "gate": "gate_memory"},
     "accuracy": {"min_ratio": "accuracy_min_ratio", "gate": "gate_accuracy"},
 }
@@ -171,8 +188,19 @@ def speed_verdict(c: CaseComparison, policy: Policy) -> str | None:
         return "regression"
     if better:
         return "improvement"
+    test = _sequential(c, policy)
+    if test is not None:
+        return "no regression" if test.decide(c.speed.log_ratios) == NO_REGRESSION \
+            else "inconclusive"
     low = c.speed.ci[0]
     return "no regression" if low >= 1 - policy.speed_max_drop else "inconclusive"
+
+
+def _sequential(c: CaseComparison, policy: Policy) -> SequentialTest | None:
+    """The sequential test judging this comparison: paired rounds only."""
+    if c.speed is None or c.speed.log_ratios is None:
+        return None
+    return policy.sequential_test()
 
 
 @dataclass(frozen=True)
@@ -243,9 +271,14 @@ def check_speed(c: CaseComparison, policy: Policy) -> tuple[str | None, str | No
     pairs = c.speed.time.pairs
     text = (f"speed x{ratio:.3f} (95% CI {low:.3f}–{high:.3f}, "
             f"p={c.speed.time.p_value:.2g}{f', {pairs} paired rounds' if pairs else ''})")
+    test = _sequential(c, policy)
+    if test is not None and test.decide(c.speed.log_ratios) == REGRESSION:
+        llr = float(test.log_likelihood_ratio(c.speed.log_ratios))
+        return (f"{text}; the rounds favour a {policy.speed_max_drop:.0%} drop over none "
+                f"(sequential test: LLR {llr:.1f} >= {test.upper:.1f})"), None
     if not c.speed.time.significant(policy.speed_alpha):
         return None, None
-    if ratio < 1 - policy.speed_max_drop:
+    if ratio < 1 - policy.speed_max_drop and test is None:
         return text, None
     if ratio > 1 / (1 - policy.speed_max_drop):
         return None, text

@@ -20,16 +20,21 @@ import dataclasses
 import shutil
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from bench.errors import BenchInputError
 from bench.measurement.fingerprint import fingerprint, git_state
+from bench.measurement.sequential import SequentialTest
 from bench.measurement.stats import needs_another_round
 from bench.results.schema import STATUS_CONTENDED, CaseResult, RunRecord
 from bench.results.store import exclusive_output, write_atomically
+from bench.runners.fork_server import ForkServers
 from bench.runners.isolation import WorkerCode, run_isolated
 from bench.runners.merge import merge_process_results
 from bench.runners.plan import plan_suite
@@ -41,10 +46,21 @@ from bench.spec import load_suite
 class Side:
     name: str
     code: WorkerCode
+    # CPU workers forked from a per-side fork server (bench.runners.fork_server) rather
+    # than spawned: the same worker code, without paying its imports every round.
+    fork: bool = True
 
     def describe(self) -> dict[str, object]:
         return {"side": self.name, "source": str(Path(self.code.source).resolve()),
-                "commit": git_commit(self.code.source), "env": dict(self.code.env)}
+                "commit": git_commit(self.code.source), "env": dict(self.code.env),
+                "workers": WORKER_START[self.fork]}
+
+
+WORKER_START = {
+    True: "CPU workers forked, one per round, from a fork server of this side's code that "
+          "imported torch and the worker once (bench.runners.fork_server); others spawned",
+    False: "every worker spawned (a fresh interpreter per round)",
+}
 
 
 def git_commit(path: Path) -> str | None:
@@ -122,75 +138,119 @@ def _merged(results: list[CaseResult]) -> CaseResult:
     return merged
 
 
-# bench ab's defaults (the CLI reads them here): 6 rounds at least, up to 16 while a
-# case's paired CI is wider than +-4% (log scale).
+# bench ab's defaults (the CLI reads them here). Under the sequential test (the gate
+# policy's default): a first look after 3 rounds, at most 40. Without it: 6 rounds at
+# least, up to 16 while a case's paired CI is wider than +-4% (log scale).
 DEFAULT_ROUNDS = 6
 DEFAULT_MAX_ROUNDS = 16
 DEFAULT_TARGET_HALF_WIDTH = 0.04
+SEQUENTIAL_MAX_ROUNDS = 40
 
 
-def run_interleaved(suite_path: str | Path, sides: list[Side], rounds: int,
+@dataclass(frozen=True)
+class Stopping:
+    """When a case has had enough rounds. With ``test`` (the gate's sequential test), once
+    every adjacent pair of sides is decided (regression or no regression) or at
+    ``max_rounds``; without, once the paired CI is within ``target_half_width`` or at
+    ``max_rounds``. ``time_budget_s``: no round starts after the session has run this long
+    (undecided cases are inconclusive at the gate)."""
+
+    rounds: int = DEFAULT_ROUNDS
+    max_rounds: int = DEFAULT_MAX_ROUNDS
+    target_half_width: float = DEFAULT_TARGET_HALF_WIDTH
+    test: SequentialTest | None = None
+    time_budget_s: float | None = None
+
+    def __post_init__(self) -> None:
+        least = self.test.min_rounds if self.test else 2
+        if self.rounds < 2:
+            raise BenchInputError("--rounds", f"{self.rounds} is too few to test paired rounds",
+                                  valid="an integer >= 2 (5 or more to detect 10%)")
+        if self.max_rounds < max(self.rounds, least):
+            raise BenchInputError("--max-rounds", f"{self.max_rounds} is below "
+                                  f"{max(self.rounds, least)} rounds",
+                                  valid=f"an integer >= {max(self.rounds, least)}")
+        if self.time_budget_s is not None and not self.time_budget_s > 0:
+            raise BenchInputError("--time-budget", f"{self.time_budget_s!r} is not a positive "
+                                  "number of seconds")
+
+    def needs_another_round(self, rounds_per_side: list[list[float]]) -> bool:
+        if self.test is None:
+            return needs_another_round(rounds_per_side, self.rounds, self.max_rounds,
+                                       self.target_half_width)
+        done = min(len(r) for r in rounds_per_side)
+        if done < max(self.rounds, self.test.min_rounds):
+            return True
+        if done >= self.max_rounds:
+            return False
+        return any(self.test.decide(np.log(np.asarray(b[:done]) / np.asarray(a[:done])))
+                   is None for a, b in zip(rounds_per_side, rounds_per_side[1:], strict=False))
+
+    def describe(self) -> dict[str, object]:
+        rule = self.test.describe() if self.test else \
+            f"until the paired CI is within +-{self.target_half_width:g} (log scale)"
+        return {"rounds": self.rounds, "max_rounds": self.max_rounds,
+                "target_half_width": None if self.test else self.target_half_width,
+                "stopping": rule, "time_budget_s": self.time_budget_s}
+
+
+def run_interleaved(suite_path: str | Path, sides: list[Side], stopping: Stopping,
                     out_dir: str | Path, select: dict[str, set[str]] | None = None,
-                    progress: Callable[[str], None] | None = None,
-                    max_rounds: int | None = None,
-                    target_half_width: float = DEFAULT_TARGET_HALF_WIDTH) -> list[RunRecord]:
-    """Measure every runnable case ``rounds`` times per side, interleaved, then keep adding
-    rounds, up to ``max_rounds``, for each case whose paired CI is wider than
-    ``target_half_width`` (bench.measurement.stats.needs_another_round). Writes OUT_DIR/SIDE.json
-    for every side after every round, so a cut-short session keeps its finished rounds."""
-    max_rounds = rounds if max_rounds is None else max_rounds
-    if rounds < 2:
-        raise BenchInputError("--rounds", f"{rounds} is too few to test paired rounds",
-                              valid="an integer >= 2 (5 or more to detect 10%)")
-    if max_rounds < rounds:
-        raise BenchInputError("--max-rounds", f"{max_rounds} is below --rounds {rounds}",
-                              valid=f"an integer >= {rounds}")
+                    progress: Callable[[str], None] | None = None) -> list[RunRecord]:
+    """Measure every runnable case in rounds, interleaved, until ``stopping`` says it has
+    enough. Writes OUT_DIR/SIDE.json for every side after every round, so a cut-short
+    session keeps its finished rounds."""
     if len({side.name for side in sides}) != len(sides):
         raise ValueError("side names must differ")
     suite = load_suite(suite_path)
     planned = plan_suite(suite, select)
     session = uuid.uuid4().hex[:12]
     machine = fingerprint(suite.path)
-    pairing = {"session": session, "rounds": rounds, "max_rounds": max_rounds,
-               "target_half_width": target_half_width,
+    pairing = {"session": session, **stopping.describe(),
                "order": "one process per side per round, forward and reversed in turn over "
                         "rounds and cases"}
     records = [RunRecord(run=new_run_info(suite, select, f"{session}-{side.name}",
                                           pairing={**pairing, **side.describe()}),
                          fingerprint=machine) for side in sides]
-    with contextlib.ExitStack() as locks:
+    with contextlib.ExitStack() as stack:
         for side in sides:
-            locks.enter_context(exclusive_output(Path(out_dir) / f"{side.name}.json"))
-        _rounds(sides, records, planned, rounds, max_rounds, target_half_width, out_dir,
-                progress)
+            stack.enter_context(exclusive_output(Path(out_dir) / f"{side.name}.json"))
+        servers = stack.enter_context(ForkServers())
+        _rounds(sides, records, planned, stopping, out_dir, progress, servers)
     return records
 
 
-def _rounds(sides: list[Side], records: list[RunRecord], planned: list, rounds: int,
-            max_rounds: int, target_half_width: float, out_dir: str | Path,
-            progress: Callable[[str], None] | None) -> None:
+def _rounds(sides: list[Side], records: list[RunRecord], planned: list, stopping: Stopping,
+            out_dir: str | Path, progress: Callable[[str], None] | None,
+            servers: ForkServers) -> None:
     skipped = [skipped_result(p) for p in planned if p.skip_reason]
     runnable = [p for p in planned if not p.skip_reason]
     results = {p.case_id: [[] for _ in sides] for p in runnable}
     pending = {p.case_id for p in runnable}
-    for r in range(max_rounds):
+    deadline = None if stopping.time_budget_s is None else \
+        time.monotonic() + stopping.time_budget_s
+    for r in range(stopping.max_rounds):
         for i, case in enumerate(runnable):
             if case.case_id not in pending:
                 continue
-            pair = _run_round(case, sides, round_order(r, i, len(sides)), r, rounds, progress)
+            if deadline is not None and time.monotonic() > deadline:
+                pending.clear()
+                break
+            pair = _run_round(case, sides, round_order(r, i, len(sides)), r, stopping.rounds,
+                              progress, servers)
             for s, result in enumerate(pair):
                 results[case.case_id][s].append(result)
+        # A case stops at its first failure (either side) or when its rounds suffice.
+        pending = {cid for cid in pending
+                   if all(res.status == "ok" for per_side in results[cid] for res in per_side)
+                   and stopping.needs_another_round(
+                       [[res.timing.median_s for res in per_side]
+                        for per_side in results[cid]])}
         for s, record in enumerate(records):
             record.cases = [_merged(results[p.case_id][s]) for p in runnable
                             if results[p.case_id][s]] + skipped
             write_atomically(Path(out_dir) / f"{sides[s].name}.json", record.to_dict(),
                              "--out-dir")
-        # A case stops at its first failure (either side) or when its rounds suffice.
-        pending = {cid for cid in pending
-                   if all(res.status == "ok" for per_side in results[cid] for res in per_side)
-                   and needs_another_round([[res.timing.median_s for res in per_side]
-                                      for per_side in results[cid]],
-                                     rounds, max_rounds, target_half_width)}
         if not pending:
             break
 
@@ -202,7 +262,8 @@ CONTENDED_ROUND_RETRIES = 2
 
 
 def _run_round(case, sides: list[Side], order: list[int], r: int, rounds: int,  # noqa: ANN001
-               progress: Callable[[str], None] | None) -> list[CaseResult]:
+               progress: Callable[[str], None] | None,
+               servers: ForkServers | None = None) -> list[CaseResult]:
     """One round of one case: each side's worker in ``order``; a contended round again."""
     for attempt in range(CONTENDED_ROUND_RETRIES + 1):
         pair: list[CaseResult | None] = [None] * len(sides)
@@ -216,7 +277,8 @@ def _run_round(case, sides: list[Side], order: list[int], r: int, rounds: int,  
             # count of round 1 stand for the session (merge keeps round 1's), and the
             # timed region is the same either way (it ends before any of them).
             spec = case.spec if r == 0 else dataclasses.replace(case.spec, probe=True)
-            pair[s] = run_isolated(spec, sides[s].code)
+            pair[s] = run_isolated(spec, sides[s].code,
+                                   servers if sides[s].fork else None)
         if all(res.status != STATUS_CONTENDED for res in pair):
             break
     for res in pair:
@@ -225,14 +287,12 @@ def _run_round(case, sides: list[Side], order: list[int], r: int, rounds: int,  
     return pair
 
 
-def run_ab(suite_path: str | Path, baseline: WorkerCode, current: WorkerCode, rounds: int,
-           out_dir: str | Path, select: dict[str, set[str]] | None = None,
-           progress: Callable[[str], None] | None = None, max_rounds: int | None = None,
-           target_half_width: float = DEFAULT_TARGET_HALF_WIDTH,
+def run_ab(suite_path: str | Path, baseline: WorkerCode, current: WorkerCode,
+           stopping: Stopping, out_dir: str | Path, select: dict[str, set[str]] | None = None,
+           progress: Callable[[str], None] | None = None, fork: bool = True,
            ) -> tuple[RunRecord, RunRecord]:
     """The A/B of ``bench ab``: OUT_DIR/baseline.json and OUT_DIR/current.json."""
-    base, cur = run_interleaved(suite_path, [Side("baseline", baseline),
-                                             Side("current", current)],
-                                rounds, out_dir, select, progress, max_rounds,
-                                target_half_width)
+    base, cur = run_interleaved(suite_path, [Side("baseline", baseline, fork),
+                                             Side("current", current, fork)],
+                                stopping, out_dir, select, progress)
     return base, cur

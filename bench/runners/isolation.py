@@ -17,7 +17,6 @@ writing its result is ``crashed``, with the signal or exit code and the tail of 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import functools
 import json
 import os
@@ -47,6 +46,7 @@ from bench.results.schema import (
     SchemaError,
     from_dict,
 )
+from bench.runners.fork_server import ForkServers, die_with_parent
 from bench.runners.merge import merge_process_results
 from bench.spec.model import CaseSpec
 
@@ -106,23 +106,9 @@ def _tail(path: Path, lines: int = STDERR_TAIL_LINES) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
-_PR_SET_PDEATHSIG = 1
 _CASE_DIR_PREFIX = "bench-case-"
 _OWNER_FILE = "owner"
 _swept_stale_dirs = False
-
-
-def _die_with_parent(parent_pid: int):  # noqa: ANN202 - a preexec_fn
-    """Runs in the child between fork and exec: ask the kernel to SIGKILL us when the
-    parent (thread) dies, then make sure it has not died already."""
-    libc = ctypes.CDLL(None, use_errno=True)
-
-    def in_child() -> None:
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent_pid:
-            os._exit(1)
-
-    return in_child
 
 
 def _owner_alive(owner: str) -> bool:
@@ -190,7 +176,11 @@ def run_in_processes(case: CaseSpec) -> CaseResult:
     return merge_process_results(results)
 
 
-def run_isolated(case: CaseSpec, code: WorkerCode | None = None) -> CaseResult:
+def run_isolated(case: CaseSpec, code: WorkerCode | None = None,
+                 servers: ForkServers | None = None) -> CaseResult:
+    """Run ``case`` in a fresh worker process of ``code`` and return its result. With
+    ``servers``, a CPU case's worker is forked from the fork server of its code and
+    start-up environment (bench.runners.fork_server) instead of spawned."""
     global _swept_stale_dirs
     if not _swept_stale_dirs:
         _swept_stale_dirs = True
@@ -206,28 +196,65 @@ def run_isolated(case: CaseSpec, code: WorkerCode | None = None) -> CaseResult:
         case_file, out_file, err_file = (tmpdir / n for n in ("case.json", "out.json", "err"))
         version = code.record_version()
         case_file.write_text(json.dumps(case_for_worker(case.to_dict(), SCHEMA_VERSION, version)))
-        env = {**worker_env(budget.allocator), "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1",
-               # A compile's cold start is a cold compile, not whatever an earlier case
-               # left in inductor's on-disk cache.
-               "TORCHINDUCTOR_CACHE_DIR": str(tmpdir / "inductor"),
-               "TRITON_CACHE_DIR": str(tmpdir / "triton")}
-        env.update(code.env)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(code.source), env.get("PYTHONPATH", "")) if p)
-        with open(err_file, "wb") as err:
-            proc = subprocess.Popen(
-                [sys.executable, "-P", "-m", "bench.runners.worker", str(case_file),
-                 str(out_file)],
-                stdin=subprocess.DEVNULL, stdout=err, stderr=err, env=env,
-                start_new_session=True, preexec_fn=_die_with_parent(os.getpid()),
-            )
+        # A compile's cold start is a cold compile, not whatever an earlier case left in
+        # inductor's on-disk cache.
+        per_run = {"TORCHINDUCTOR_CACHE_DIR": str(tmpdir / "inductor"),
+                   "TRITON_CACHE_DIR": str(tmpdir / "triton")}
+        env = _start_up_env(case, code)
+        server = servers.get(code.source, env, _preload(case)) \
+            if servers is not None and case.device == "cpu" else None
+        if server is not None:
+            proc = server.start([str(case_file), str(out_file)], err_file, per_run,
+                                _preload(case))
+        else:
+            with open(err_file, "wb") as err:
+                proc = subprocess.Popen(
+                    [sys.executable, "-P", "-m", "bench.runners.worker", str(case_file),
+                     str(out_file)],
+                    stdin=subprocess.DEVNULL, stdout=err, stderr=err, env={**env, **per_run},
+                    start_new_session=True, preexec_fn=die_with_parent(os.getpid()),
+                )
         try:
             result = _watch(case, proc, limit, started, err_file, out_file, version)
         except BaseException:
             _kill_group(proc)  # Ctrl-C, or anything else: never leave the worker running
             raise
+    result.worker = {**(result.worker or {}), "started": _how_started(server, servers, case)}
     result.duration_s = time.perf_counter() - started
     return result
+
+
+def _start_up_env(case: CaseSpec, code: WorkerCode) -> dict[str, str]:
+    """The worker's environment as its interpreter starts (a fork server's too)."""
+    env = {**worker_env(case.budget.allocator), "PYTHONUNBUFFERED": "1",
+           "PYTHONFAULTHANDLER": "1"}
+    env.update(code.env)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(code.source), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def _preload(case: CaseSpec) -> tuple[str, ...]:
+    """What a fork server imports before forking this case's worker: its workload's module
+    and the modules that workload imports lazily (Workload.warm_imports)."""
+    from bench.workloads import get_workload  # torch kept out of the parent's start-up
+    try:
+        workload = get_workload(case.workload)
+    except KeyError:
+        return ()
+    return (workload.__module__, *workload.warm_imports)
+
+
+def _how_started(server, servers: ForkServers | None, case: CaseSpec) -> str:  # noqa: ANN001
+    if server is not None:
+        return f"forked by a fork server (pid {server.pid}) that had imported " \
+               f"{', '.join(server.preloaded)}"
+    if servers is None:
+        return "spawned (a fresh interpreter)"
+    if case.device != "cpu":
+        return f"spawned (a fresh interpreter; {case.device} workers are never forked)"
+    return "spawned (a fresh interpreter; the fork server did not start: " \
+           f"{next(iter(servers.refused.values()), 'unknown')[:200]})"
 
 
 def _wait_or_kill(proc: subprocess.Popen, timeout_s: float) -> bool:

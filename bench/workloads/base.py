@@ -120,6 +120,10 @@ class Workload(ABC):
     # Parameters of this workload's smallest meaningful case (a few seconds on a CPU): the
     # workload contract test (tests/test_workload_contract.py) runs every workload with them.
     smoke_params: ClassVar[dict[str, object]] = {}
+    # Modules this workload's phases import lazily that a fork server may import once
+    # before forking its workers (bench.runners.fork_server): pure imports that start no
+    # thread and read no environment variable the worker sets first.
+    warm_imports: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def axes(cls) -> dict[str, Setting]:

@@ -192,6 +192,7 @@ class DigitsInfer(VariantInferPhase):
 class DigitsCnn(Workload):
     name = "digits_cnn"
     smoke_params = {"epochs": 1, "width": 8, "student_width": 4}
+    warm_imports = ("sklearn.datasets",)
     description = "two-conv CNN on scikit-learn's 8x8 digits (1437 train / 360 val)"
     phases = ("train", "infer")
     support = pipeline.VariantSupport(structured_pruning="conv output channels",

@@ -1,0 +1,72 @@
+"""Workers forked from a fork server (bench.runners.fork_server) are workers like spawned
+ones: the same figures, the same fault statuses, each in its own process; a server that
+cannot start leaves the case to a spawned worker, said in the record."""
+
+from __future__ import annotations
+
+import os
+
+import psutil
+import pytest
+
+from bench.runners.fork_server import ForkServers
+from bench.runners.isolation import WorkerCode, run_isolated
+from bench.spec.model import Budget, CaseSpec
+
+from .test_isolation import QUICK, fault_case
+
+pytestmark = pytest.mark.slow
+
+SLEEP = CaseSpec("sleep", "infer", {"device": "cpu"}, {"sleep_ms": 20.0},
+                 Budget(**{**QUICK.to_dict(), "max_time_s": 1.0, "trial_time_s": 0.1}))
+
+
+def test_a_forked_worker_times_a_known_sleep_in_a_fresh_process_each_round():
+    with ForkServers() as servers:
+        first = run_isolated(SLEEP, servers=servers)
+        second = run_isolated(SLEEP, servers=servers)
+        server_pid = next(iter(servers._servers.values())).pid
+    for result in (first, second):
+        assert result.status == "ok", result.stderr_tail
+        assert result.timing.median_s == pytest.approx(0.020, rel=0.02)
+        assert result.worker["started"].startswith(f"forked by a fork server (pid {server_pid})")
+        assert "torch" in result.worker["started"]
+    assert len({first.worker["pid"], second.worker["pid"], server_pid, os.getpid()}) == 4
+    assert not psutil.pid_exists(server_pid) or \
+        psutil.Process(server_pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_faults_in_a_forked_worker_are_statuses_and_the_server_goes_on():
+    with ForkServers() as servers:
+        hang = run_isolated(fault_case("hang", timeout_s=4), servers=servers)
+        abort = run_isolated(fault_case("abort"), servers=servers)
+        raised = run_isolated(fault_case("raise"), servers=servers)
+        after = run_isolated(SLEEP, servers=servers)
+    assert hang.status == "timeout" and "no result after 4 s" in hang.reason
+    assert abort.status == "crashed" and abort.reason == "worker killed by SIGABRT"
+    assert raised.status == "error" and raised.reason == "RuntimeError: injected failure"
+    assert "diagnostics.py" in raised.stderr_tail
+    assert after.status == "ok" and after.worker["started"].startswith("forked")
+
+
+def test_a_server_that_cannot_start_leaves_the_case_to_a_spawned_worker(tmp_path):
+    """A checkout whose worker module fails on import: refused once, with its reason."""
+    broken = tmp_path / "src"
+    (broken / "bench" / "runners").mkdir(parents=True)
+    for init in ("bench/__init__.py", "bench/runners/__init__.py"):
+        (broken / init).write_text("")
+    (broken / "bench" / "runners" / "worker.py").write_text("raise ImportError('broken')\n")
+    with ForkServers() as servers:
+        assert servers.get(broken, {**os.environ, "PYTHONPATH": str(broken)}) is None
+        assert "broken" in next(iter(servers.refused.values()))
+        result = run_isolated(SLEEP, servers=servers)  # this checkout's server still starts
+    assert result.worker["started"].startswith("forked")
+
+
+def test_only_cpu_workers_are_forked():
+    cuda = CaseSpec("sleep", "infer", {"device": "cuda"}, {"sleep_ms": 1.0}, QUICK)
+    with ForkServers() as servers:
+        result = run_isolated(cuda, WorkerCode.this_checkout(), servers)
+        assert not servers._servers
+    assert result.worker["started"].startswith("spawned") and "never forked" in \
+        result.worker["started"]

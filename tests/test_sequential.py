@@ -1,0 +1,98 @@
+"""The sequential rule's error rates on synthetic A/B sessions (bench.measurement.sequential).
+
+Each session is rounds of paired log step-time ratios: a true shift (0: unchanged; log 1.05:
+a 5% slowdown), a spread (normal, Student-t with 3 degrees of freedom, or the trimodal
+spread of bimodal worker processes), and drift between the two workers of a round, whose
+sign alternates with the running order (ABBA). The rates asserted are the ones the module
+states; each is estimated from 3000 sessions (binomial standard error ~0.2% at 1%).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from bench.measurement.sequential import (
+    INCONCLUSIVE,
+    NO_REGRESSION,
+    REGRESSION,
+    SequentialTest,
+)
+
+SESSIONS = 3000
+ROUNDS = 40
+SLOWDOWN = math.log(1.05)
+
+
+def spread(kind: str, rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
+    """Unit-variance noise, symmetric as an unchanged A/B's ratios are (sides exchangeable)."""
+    if kind == "normal":
+        return rng.normal(0, 1, shape)
+    if kind == "t3":
+        return rng.standard_t(3, shape) / math.sqrt(3)
+    # Each worker process in a slow mode with probability 0.3: the ratio's modes -1, 0, +1.
+    modes = (rng.random(shape) < 0.3).astype(float) - (rng.random(shape) < 0.3)
+    return (modes + rng.normal(0, 0.3, shape)) / math.sqrt(2 * 0.21 + 0.09)
+
+
+def sessions(shift: float, sigma: float, kind: str, drift: float = 0.0,
+             seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    order = np.where(np.arange(ROUNDS) % 2 == 0, 1.0, -1.0)  # ABBA: drift flips sign
+    return shift + sigma * spread(kind, rng, (SESSIONS, ROUNDS)) + drift * order
+
+
+def rate(verdicts: np.ndarray, value: str) -> float:
+    return float(np.mean(verdicts == value))
+
+
+@pytest.mark.parametrize("kind", ["normal", "t3", "trimodal"])
+@pytest.mark.parametrize("sigma", [0.01, 0.03, 0.05, 0.08])
+def test_false_alarms_at_most_one_percent(kind: str, sigma: float) -> None:
+    verdicts, _ = SequentialTest().first_decisions(sessions(0.0, sigma, kind, drift=0.01))
+    assert rate(verdicts, REGRESSION) <= 0.01
+
+
+@pytest.mark.parametrize("kind", ["normal", "t3", "trimodal"])
+@pytest.mark.parametrize("sigma", [0.01, 0.02, 0.04])
+def test_a_five_percent_slowdown_is_detected_in_95_percent(kind: str, sigma: float) -> None:
+    verdicts, _ = SequentialTest().first_decisions(
+        sessions(SLOWDOWN, sigma, kind, drift=0.01, seed=1))
+    assert rate(verdicts, REGRESSION) >= 0.95
+
+
+def test_steady_cases_stop_early_and_noisy_ones_take_longer() -> None:
+    _, quiet = SequentialTest().first_decisions(sessions(0.0, 0.01, "normal"))
+    _, noisy = SequentialTest().first_decisions(sessions(0.0, 0.05, "normal"))
+    assert np.mean(quiet) <= 4 < np.mean(noisy)
+
+
+def test_an_underpowered_session_is_inconclusive_not_a_pass() -> None:
+    """15% spread and 10 rounds: the slowdown cannot be told apart; the session must say
+    so rather than pass."""
+    slowed = sessions(SLOWDOWN, 0.15, "normal", seed=2)[:, :10]
+    verdicts, _ = SequentialTest().first_decisions(slowed)
+    assert rate(verdicts, INCONCLUSIVE) >= 0.8
+    assert rate(verdicts, NO_REGRESSION) <= 0.05
+
+
+def test_the_final_look_agrees_with_the_first_crossing() -> None:
+    """decide() on a session cut at its first crossing gives that crossing's verdict."""
+    test = SequentialTest()
+    data = sessions(SLOWDOWN, 0.03, "normal", seed=3)[:200]
+    verdicts, used = test.first_decisions(data)
+    for row, verdict, n in zip(data, verdicts, used, strict=True):
+        if verdict != INCONCLUSIVE:
+            assert test.decide(row[:n]) == verdict
+            assert test.decide(row[:n - 1]) is None
+
+
+def test_bad_settings_are_refused() -> None:
+    with pytest.raises(ValueError):
+        SequentialTest(max_drop=0)
+    with pytest.raises(ValueError):
+        SequentialTest(false_alarm=0.6)
+    with pytest.raises(ValueError):
+        SequentialTest(min_rounds=2)
