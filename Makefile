@@ -32,12 +32,17 @@ smoke-gate: $(STAMP)
 		--allow-different-machines
 
 # Speed gate of this commit against its parent: the smoke suite in interleaved rounds
-# (bench ab), each round one worker per side back to back, paired t-test on the rounds.
+# (bench ab), each round one worker per side back to back, each case stopped by the
+# sequential test of the policy; no round starts after 270 s (undecided: inconclusive).
+# AB_BASE: the baseline commit; a CI that knows a submission's range passes its base
+# (make ab-gate AB_BASE=origin/main), so the whole range is gated, not only its last commit.
+AB_BASE ?= HEAD~1
 ab-gate: $(STAMP)
-	@if git rev-parse -q --verify HEAD~1 >/dev/null; then \
-		$(BIN)/bench ab suites/smoke.toml --baseline-ref HEAD~1 --rounds 6 \
+	@if git rev-parse -q --verify "$(AB_BASE)^{commit}" >/dev/null; then \
+		echo "ab-gate: $(AB_BASE) ($$(git rev-parse --short "$(AB_BASE)")) against HEAD"; \
+		$(BIN)/bench ab suites/smoke.toml --baseline-ref "$(AB_BASE)" --time-budget 270 \
 			--out-dir results/ab-latest --policy results/baselines/ab-policy.toml --no-progress; \
-	else echo "ab-gate: this clone has no parent commit (shallow clone?): interleaved A/B not run"; fi
+	else echo "ab-gate: this clone has no commit $(AB_BASE) (shallow clone?): interleaved A/B not run"; fi
 
 # The example user project (examples/my_model), as a user runs it from its own folder.
 example: $(STAMP)

@@ -304,12 +304,15 @@ def _stopping(args: argparse.Namespace, policy: Any) -> Any:
 def cmd_ab(args: argparse.Namespace) -> int:
     import contextlib
 
+    from bench.measurement.instructions import unavailable_reason
     from bench.reports.compare import compare_runs, render_comparison
     from bench.runners.interleave import git_worktree, run_ab
     from bench.runners.isolation import WorkerCode
 
     policy = _policy(args.policy)  # a bad policy is refused before minutes of measuring
     stopping = _stopping(args, policy)
+    if args.instructions and (reason := unavailable_reason()) is not None:
+        raise BenchInputError("--instructions", reason)
     if (args.baseline_ref is None) == (args.baseline_source is None):
         raise BenchInputError("bench ab", "give exactly one of --baseline-ref (a git commit "
                               "of this repository) and --baseline-source (a checkout)")
@@ -327,7 +330,8 @@ def cmd_ab(args: argparse.Namespace) -> int:
         progress = None if args.no_progress else (lambda text: print(text, file=sys.stderr))
         base_run, cur_run = run_ab(args.suite, baseline, current, stopping, out_dir,
                                    select=parse_select(args.select), progress=progress,
-                                   fork=args.workers == "fork")
+                                   fork=args.workers == "fork",
+                                   count_instructions=args.instructions)
     from bench.results.schema import SLOWDOWN_ENV
 
     print(render_comparison(compare_runs(base_run, cur_run)))
@@ -543,6 +547,10 @@ def _add_ab_command(sub: Any) -> None:
                    help="fork: each side's CPU workers are forked, one per round, from a "
                         "server that imported torch once (default); spawn: a fresh "
                         "interpreter per worker")
+    p.add_argument("--instructions", action="store_true",
+                   help="also count each CPU case's instructions per step under valgrind's "
+                        "callgrind, once per side (about a minute each): a deterministic "
+                        "signal reported beside wall time ([instructions] in the policy)")
     p.add_argument("--no-progress", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_ab)
 

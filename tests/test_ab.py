@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from bench.cli import main
+from bench.measurement.sequential import SequentialTest
 from bench.measurement.stats import needs_another_round, paired_ratio
 from bench.reports.compare import compare_runs
 from bench.reports.gate import Policy, evaluate
@@ -105,6 +106,36 @@ def test_more_rounds_only_while_the_paired_ci_is_wide():
     assert needs_another_round([steady[0], steady[1], noisy[1]], 3, 8, 0.04)
     # The rule reads the spread, not the ratio: a large steady slowdown stops as early.
     assert not needs_another_round([steady[0], [2 * v for v in steady[0]]], 3, 8, 0.04)
+
+
+def test_sequential_stopping_runs_only_the_undecided():
+    stopping = Stopping(rounds=3, max_rounds=40, test=SequentialTest())
+    base = [0.100, 0.101, 0.099, 0.100]
+    unchanged = [0.1002, 0.1009, 0.0993, 0.1001]
+    slower = [0.1101, 0.1112, 0.1089, 0.1100]
+    noisy = [0.100, 0.130, 0.080, 0.110]
+    assert stopping.needs_another_round([base[:2], unchanged[:2]])  # before the first look
+    assert not stopping.needs_another_round([base, unchanged])  # decided: no regression
+    assert not stopping.needs_another_round([base, slower])  # decided: regression
+    assert stopping.needs_another_round([base, noisy])
+    assert not Stopping(3, 4, test=SequentialTest()).needs_another_round([base, noisy])
+    # Three sides: each against the next; an undecided pair keeps the case running.
+    assert stopping.needs_another_round([base, unchanged, noisy])
+    assert Stopping(3, 40, test=SequentialTest()).describe()["stopping"].startswith("Wald SPRT")
+
+
+def test_an_underpowered_ab_session_is_inconclusive_and_fails_unless_policy_warns():
+    """Four noisy rounds around a real 5% slowdown: neither verdict is reachable, and the
+    gate says so (exit 1), or lists it under warnings when the policy asks."""
+    base, cur = drifting_rounds(1.05, rounds=4, pair_sd=0.06, seed=4)
+    comparisons = compare_runs(paired_run("baseline", "s", base),
+                               paired_run("current", "s", cur))
+    report = evaluate(comparisons, Policy())
+    assert report.verdicts["a"][0] == "inconclusive"
+    assert report.exit_code == 1 and not report.regressions
+    assert "neither a regression nor excludes" in report.inconclusive[0].text
+    warned = evaluate(comparisons, Policy(speed_inconclusive="warn"))
+    assert warned.exit_code == 0 and warned.warnings
 
 
 def test_round_order_alternates_and_keeps_the_middle_side_adjacent():

@@ -18,6 +18,7 @@ suite process against the reference process run just before it); exits 1 beyond
 
     python tools/crosscheck_timer.py [--workload digits_cnn|minilm] [--batch-sizes 1 32 256]
         [--seq-len 128] [--device cpu] [--processes 5] [--allocator steady|system]
+        [--workers spawn|fork]
 
 Both sides run in the same host allocator state (--allocator, the suite's budget default
 `steady`): with `system`, glibc's dynamic mmap threshold makes each process's speed
@@ -36,6 +37,7 @@ import torch
 from tabulate import tabulate
 
 from bench.measurement.allocator import POLICIES, worker_env
+from bench.runners.fork_server import ForkServers
 from bench.runners.isolation import run_isolated
 from bench.runners.merge import merge_process_results
 from bench.spec.model import Budget, CaseSpec
@@ -125,6 +127,9 @@ def main() -> int:
                         help="seconds of blocked_autorange per reference process")
     parser.add_argument("--allocator", default="steady", choices=POLICIES,
                         help="host allocator state of both sides (bench.measurement.allocator)")
+    parser.add_argument("--workers", choices=("spawn", "fork"), default="spawn",
+                        help="the suite's workers spawned (bench run) or forked from a fork "
+                             "server (bench ab's rounds on CPU)")
     parser.add_argument("--reference-worker", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.reference_worker:
@@ -133,6 +138,12 @@ def main() -> int:
         return 0
     batch_sizes = args.batch_sizes or ([1, 8, 32] if args.workload == "minilm" else [1, 32, 256])
 
+    with ForkServers() as servers:
+        return _crosscheck(args, batch_sizes, servers if args.workers == "fork" else None)
+
+
+def _crosscheck(args: argparse.Namespace, batch_sizes: list[int],
+                servers: ForkServers | None) -> int:
     rows, worst = [], 0.0
     for batch in batch_sizes:
         case = _case(args.workload, batch, args.device, args.seq_len, args.allocator)
@@ -142,7 +153,7 @@ def main() -> int:
         for _ in range(args.processes):
             refs.append(reference(args.workload, batch, args.device, args.seq_len,
                                   args.min_run_time, args.allocator))
-            runs.append(run_isolated(case))
+            runs.append(run_isolated(case, servers=servers))
         result = merge_process_results(runs)
         if result.status != "ok":
             print(f"{case.case_id}: {result.status}: {result.reason}", file=sys.stderr)
@@ -162,6 +173,7 @@ def main() -> int:
     print(tabulate(rows, headers=["case", "suite ms", "suite per process",
                                   "torch.utils.benchmark ms", "reference per process",
                                   "paired ratio (median)", "range", "suite timer"]))
+    print(f"suite workers: {result.worker.get('started', args.workers)}")
     print(f"threads: {torch.get_num_threads()}; allocator: {args.allocator} "
           f"({result.details.get('allocator')}); {args.processes} process pairs; "
           f"worst disagreement {worst:.1%} (tolerance {args.tolerance:.0%})")

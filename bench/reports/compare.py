@@ -22,6 +22,7 @@ from tabulate import tabulate
 from bench.measurement.stats import RatioEstimate, paired_ratio, ratio_of_medians
 from bench.results.schema import (
     INJECTED_SLOWDOWN_KEY,
+    INSTRUCTIONS_KEY,
     PROCESS_MEDIANS_KEY,
     STATUS_CONTENDED,
     CaseResult,
@@ -96,6 +97,8 @@ class CaseComparison:
     # Why a figure the baseline has cannot be compared (missing, non-finite, unpaired,
     # contended): the gate counts each as a failure, never as a pass.
     problems: tuple[Problem, ...] = field(default_factory=tuple)
+    # Instructions per step, current / baseline, where both sides were counted (callgrind).
+    instructions_ratio: float | None = None
 
     @property
     def status_change(self) -> str:
@@ -230,7 +233,18 @@ def compare_case(base: CaseResult | None, cur: CaseResult | None,
     memory, kind = _memory_ratio(base, cur, problems)
     metric, accuracy, target = _accuracy(base, cur, problems)
     return CaseComparison(case_id, base, cur, speed, memory, kind, metric, accuracy, target,
-                          tuple(problems))
+                          tuple(problems), _instructions_ratio(base, cur))
+
+
+def instructions_per_step(case: CaseResult | None) -> float | None:
+    value = None if case is None else case.details.get(INSTRUCTIONS_KEY)
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) and \
+        value > 0 else None
+
+
+def _instructions_ratio(base: CaseResult, cur: CaseResult) -> float | None:
+    then, now = instructions_per_step(base), instructions_per_step(cur)
+    return None if then is None or now is None else now / then
 
 
 def compare_runs(baseline: RunRecord, current: RunRecord) -> list[CaseComparison]:
@@ -284,6 +298,8 @@ def render_comparison(rows: list[CaseComparison], fmt: str = "github") -> str:
             p = f"{c.speed.time.p_value:.3g}"
             if c.speed.time.pairs:
                 p += f" (t, {c.speed.time.pairs} rounds)"
+        if c.instructions_ratio is not None:
+            notes.append(f"instructions per step x{c.instructions_ratio:.4f} (callgrind)")
         table.append([c.case_id, c.status_change, speed, ci, p,
                       "" if c.memory_ratio is None else f"{c.memory_ratio:.3f}",
                       "" if c.accuracy_ratio is None else

@@ -32,7 +32,7 @@ from bench.errors import BenchInputError
 from bench.files import parse_toml, read_bounded_text
 from bench.measurement.sequential import NO_REGRESSION, REGRESSION, SequentialTest
 from bench.measurement.stats import min_trials_for_verdict
-from bench.reports.compare import CaseComparison, Problem
+from bench.reports.compare import CaseComparison, Problem, instructions_per_step
 from bench.reports.slo import slo_failures
 from bench.results.schema import STATUS_CONTENDED
 from bench.units import DEFAULT_PARITY_TARGET, MIB
@@ -56,6 +56,10 @@ class Policy:
     speed_sequential: bool = True
     speed_false_alarm: float = 0.002
     speed_miss: float = 0.02
+    # Instructions per step (callgrind counts, bench ab --instructions): reported always,
+    # a failure beyond max_growth only with gate = true.
+    instructions_max_growth: float = 0.01
+    gate_instructions: bool = False
     # [[case]] entries: (glob on case ids, the settings it changes), applied in file order.
     overrides: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
 
@@ -82,6 +86,7 @@ _POLICY_RANGES = {
     "memory_max_growth": (0.0, math.inf, True, False),
     "accuracy_min_ratio": (0.0, 1.0, False, True),
     "speed_false_alarm": (0.0, 0.5, False, False),
+    "instructions_max_growth": (0.0, math.inf, True, False),
     "speed_miss": (0.0, 0.5, False, False),
 }
 
@@ -91,6 +96,7 @@ _POLICY_TABLES = {
               "false_alarm": "speed_false_alarm", "miss": "speed_miss"},
     "memory": {"max_growth": "memory_max_growth", "gate": "gate_memory"},
     "accuracy": {"min_ratio": "accuracy_min_ratio", "gate": "gate_accuracy"},
+    "instructions": {"max_growth": "instructions_max_growth", "gate": "gate_instructions"},
 }
 
 
@@ -223,6 +229,8 @@ class GateReport:
     # Per case with a speed comparison: (verdict, ratio, CI, detectable slowdown).
     verdicts: dict[str, tuple[str, float, tuple[float, float], float | None]] = \
         field(default_factory=dict)
+    # Per case counted on both sides: instructions per step, current / baseline.
+    instructions: dict[str, float] = field(default_factory=dict)
     cases: int = 0
 
     @property
@@ -309,8 +317,24 @@ def check_accuracy(c: CaseComparison, policy: Policy) -> tuple[str | None, str |
     return None, None
 
 
+def check_instructions(c: CaseComparison, policy: Policy) -> tuple[str | None, str | None]:
+    """Instructions per step against the baseline's, where the baseline was counted."""
+    if not policy.gate_instructions or c.current is None or \
+            instructions_per_step(c.baseline) is None:
+        return None, None
+    if c.instructions_ratio is None:
+        return "the baseline's instructions were counted, the current run's not", None
+    text = f"instructions per step x{c.instructions_ratio:.4f} (callgrind)"
+    if c.instructions_ratio > 1 + policy.instructions_max_growth:
+        return text, None
+    if c.instructions_ratio < 1 / (1 + policy.instructions_max_growth):
+        return None, text
+    return None, None
+
+
 CHECKS: dict[str, Check] = {"status": check_status, "speed": check_speed,
-                            "memory": check_memory, "accuracy": check_accuracy}
+                            "memory": check_memory, "accuracy": check_accuracy,
+                            "instructions": check_instructions}
 
 
 def judgeability(c: CaseComparison, policy: Policy) -> list[Problem]:
@@ -352,6 +376,8 @@ def evaluate(comparisons: list[CaseComparison], policy: Policy) -> GateReport:
                 report.regressions.append(Finding(c.case_id, name, worse))
             if better:
                 report.improvements.append(Finding(c.case_id, name, better))
+        if c.instructions_ratio is not None:
+            report.instructions[c.case_id] = c.instructions_ratio
         if (text := not_compared(c)) is not None:
             report.not_compared.append(Finding(c.case_id, "baseline", text))
         problems = judgeability(c, case_policy)
@@ -388,7 +414,11 @@ def markdown(report: GateReport, baseline: str, current: str, policy: Policy) ->
                 if report.not_compared else "") + ".",
              "",
              f"Policy: speed drop > {policy.speed_max_drop:.0%} and significant "
-             f"(p < {policy.speed_alpha:g}, CI excludes 1){'' if policy.gate_speed else ' (off)'}"
+             f"(p < {policy.speed_alpha:g}, CI excludes 1)"
+             + (f"; paired A/B rounds: sequential test of no change against a "
+                f"{policy.speed_max_drop:.0%} drop (false alarm {policy.speed_false_alarm:g}, "
+                f"miss {policy.speed_miss:g} per case)" if policy.sequential_test() else "")
+             + f"{'' if policy.gate_speed else ' (off)'}"
              f"; memory growth > {policy.memory_max_growth:.0%}"
              f"{'' if policy.gate_memory else ' (off)'}; accuracy below "
              + (f"{policy.accuracy_min_ratio:g}" if policy.accuracy_min_ratio is not None
@@ -403,6 +433,13 @@ def markdown(report: GateReport, baseline: str, current: str, policy: Policy) ->
         lines += [f"| `{case_id}` | {verdict} | {ratio:.3f} ({low:.3f}–{high:.3f}) | "
                   f"{'' if d is None else f'{d:.1%}'} |"
                   for case_id, (verdict, ratio, (low, high), d) in report.verdicts.items()]
+        lines.append("")
+    if report.instructions:
+        lines += ["### Instructions per step (callgrind; beside wall time, not instead)", "",
+                  f"| case | current / baseline | gated (> {policy.instructions_max_growth:.1%}) |",
+                  "|---|---|---|"]
+        lines += [f"| `{case_id}` | {ratio:.4f} | {'yes' if policy.gate_instructions else 'no'} |"
+                  for case_id, ratio in report.instructions.items()]
         lines.append("")
     for title, findings in (("Regressions", report.regressions),
                             ("Cannot judge (each counts as a failure)", report.inconclusive),

@@ -55,6 +55,10 @@ FAILED_STATUSES = frozenset({STATUS_ERROR, STATUS_CRASHED, STATUS_TIMEOUT, STATU
 # details key: each worker process's median step time, in run order (several processes per
 # case, or the rounds of an interleaved A/B run, whose two files pair them round by round).
 PROCESS_MEDIANS_KEY = "process_medians_s"
+# details keys of an instruction count (bench.measurement.instructions): the steps the
+# worker ran with callgrind collecting, and instructions per step (set by the parent).
+INSTRUCTION_STEPS_KEY = "instructions_steps"
+INSTRUCTIONS_KEY = "instructions_per_step"
 # details key: the fraction a test-only BENCH_TEST_SLOWDOWN made every step longer.
 INJECTED_SLOWDOWN_KEY = "injected_slowdown"
 # The test knob that injects it: BENCH_TEST_SLOWDOWN=0.1 makes every step 10% longer.

@@ -6,7 +6,11 @@ of the first), which no number of trials inside one run can tell from a code cha
 each case is measured in rounds: in every round one worker process per side runs back to
 back, the order alternating from round to round and case to case (ABBA...), so drift
 within a pair is seconds, not minutes, and linear drift cancels over the rounds. The
-gate tests the rounds' paired ratios (bench.measurement.stats.paired_ratio).
+gate tests the rounds' paired ratios (bench.measurement.stats.paired_ratio), and a case
+stops as soon as they decide (``Stopping``: the gate policy's sequential test,
+bench.measurement.sequential). CPU workers are forked per round from a fork server of
+their side's code (bench.runners.fork_server), so a round costs its measurement, not
+the imports.
 
 Each side is a :class:`WorkerCode`: the checkout whose ``bench`` package the worker
 imports and extra environment variables. The cases come from the suite as this checkout
@@ -32,7 +36,7 @@ from bench.errors import BenchInputError
 from bench.measurement.fingerprint import fingerprint, git_state
 from bench.measurement.sequential import SequentialTest
 from bench.measurement.stats import needs_another_round
-from bench.results.schema import STATUS_CONTENDED, CaseResult, RunRecord
+from bench.results.schema import INSTRUCTIONS_KEY, STATUS_CONTENDED, CaseResult, RunRecord
 from bench.results.store import exclusive_output, write_atomically
 from bench.runners.fork_server import ForkServers
 from bench.runners.isolation import WorkerCode, run_isolated
@@ -196,10 +200,13 @@ class Stopping:
 
 def run_interleaved(suite_path: str | Path, sides: list[Side], stopping: Stopping,
                     out_dir: str | Path, select: dict[str, set[str]] | None = None,
-                    progress: Callable[[str], None] | None = None) -> list[RunRecord]:
+                    progress: Callable[[str], None] | None = None,
+                    count_instructions: bool = False) -> list[RunRecord]:
     """Measure every runnable case in rounds, interleaved, until ``stopping`` says it has
     enough. Writes OUT_DIR/SIDE.json for every side after every round, so a cut-short
-    session keeps its finished rounds."""
+    session keeps its finished rounds. With ``count_instructions``, each side's CPU cases
+    then get one instruction count (bench.measurement.instructions; deterministic, so
+    one per side suffices)."""
     if len({side.name for side in sides}) != len(sides):
         raise ValueError("side names must differ")
     suite = load_suite(suite_path)
@@ -217,7 +224,33 @@ def run_interleaved(suite_path: str | Path, sides: list[Side], stopping: Stoppin
             stack.enter_context(exclusive_output(Path(out_dir) / f"{side.name}.json"))
         servers = stack.enter_context(ForkServers())
         _rounds(sides, records, planned, stopping, out_dir, progress, servers)
+        if count_instructions:
+            _count_instructions(sides, records, planned, out_dir, progress)
     return records
+
+
+def _count_instructions(sides: list[Side], records: list[RunRecord], planned: list,
+                        out_dir: str | Path, progress: Callable[[str], None] | None) -> None:
+    """One callgrind count per side of every measured CPU case, into its merged record."""
+    for case in planned:
+        if case.skip_reason or case.spec.device != "cpu":
+            continue
+        for side, record in zip(sides, records, strict=True):
+            merged = record.case(case.case_id)
+            if merged is None or merged.status != "ok":
+                continue
+            if progress:
+                progress(f"instructions {side.name}: {case.case_id}")
+            counted = run_isolated(dataclasses.replace(case.spec, probe=True,
+                                                       count_instructions=True), side.code)
+            if counted.status == "ok":
+                merged.details[INSTRUCTIONS_KEY] = counted.details[INSTRUCTIONS_KEY]
+                merged.details["instructions_method"] = counted.details["instructions_method"]
+            else:
+                merged.warnings.append(f"instruction count failed: {counted.status}: "
+                                       f"{counted.reason}")
+            write_atomically(Path(out_dir) / f"{side.name}.json", record.to_dict(),
+                             "--out-dir")
 
 
 def _rounds(sides: list[Side], records: list[RunRecord], planned: list, stopping: Stopping,
@@ -290,9 +323,9 @@ def _run_round(case, sides: list[Side], order: list[int], r: int, rounds: int,  
 def run_ab(suite_path: str | Path, baseline: WorkerCode, current: WorkerCode,
            stopping: Stopping, out_dir: str | Path, select: dict[str, set[str]] | None = None,
            progress: Callable[[str], None] | None = None, fork: bool = True,
-           ) -> tuple[RunRecord, RunRecord]:
+           count_instructions: bool = False) -> tuple[RunRecord, RunRecord]:
     """The A/B of ``bench ab``: OUT_DIR/baseline.json and OUT_DIR/current.json."""
     base, cur = run_interleaved(suite_path, [Side("baseline", baseline, fork),
                                              Side("current", current, fork)],
-                                stopping, out_dir, select, progress)
+                                stopping, out_dir, select, progress, count_instructions)
     return base, cur

@@ -17,6 +17,7 @@ writing its result is ``crashed``, with the signal or exit code and the tail of 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -34,10 +35,13 @@ from pathlib import Path
 import psutil
 
 from bench.errors import BenchInputError
+from bench.measurement import instructions
 from bench.measurement.allocator import worker_env
 from bench.measurement.memory import MIB, tree_rss_bytes
 from bench.results.migrations import MIGRATIONS, case_for_worker, migrate_case
 from bench.results.schema import (
+    INSTRUCTION_STEPS_KEY,
+    INSTRUCTIONS_KEY,
     SCHEMA_VERSION,
     STATUS_CRASHED,
     STATUS_OOM,
@@ -202,26 +206,52 @@ def run_isolated(case: CaseSpec, code: WorkerCode | None = None,
                    "TRITON_CACHE_DIR": str(tmpdir / "triton")}
         env = _start_up_env(case, code)
         server = servers.get(code.source, env, _preload(case)) \
-            if servers is not None and case.device == "cpu" else None
+            if servers is not None and case.device == "cpu" and not case.count_instructions \
+            else None
+        callgrind_out = tmpdir / "callgrind.out"
         if server is not None:
             proc = server.start([str(case_file), str(out_file)], err_file, per_run,
                                 _preload(case))
         else:
+            prefix = instructions.command_prefix(callgrind_out) \
+                if case.count_instructions else []
             with open(err_file, "wb") as err:
                 proc = subprocess.Popen(
-                    [sys.executable, "-P", "-m", "bench.runners.worker", str(case_file),
-                     str(out_file)],
+                    [*prefix, sys.executable, "-P", "-m", "bench.runners.worker",
+                     str(case_file), str(out_file)],
                     stdin=subprocess.DEVNULL, stdout=err, stderr=err, env={**env, **per_run},
                     start_new_session=True, preexec_fn=die_with_parent(os.getpid()),
                 )
+        watched = case if not case.count_instructions else dataclasses.replace(
+            case, budget=dataclasses.replace(budget, timeout_s=max(
+                budget.timeout_s, instructions.VALGRIND_TIMEOUT_S)))
         try:
-            result = _watch(case, proc, limit, started, err_file, out_file, version)
+            result = _watch(watched, proc, limit, started, err_file, out_file, version)
         except BaseException:
             _kill_group(proc)  # Ctrl-C, or anything else: never leave the worker running
             raise
+        if case.count_instructions:
+            _add_instruction_count(result, callgrind_out)
     result.worker = {**(result.worker or {}), "started": _how_started(server, servers, case)}
     result.duration_s = time.perf_counter() - started
     return result
+
+
+def _add_instruction_count(result: CaseResult, callgrind_out: Path) -> None:
+    """Instructions per step from callgrind's output into the record; a count that cannot
+    be read is an error with its reason, never a silent zero."""
+    if result.status != "ok":
+        return
+    total = instructions.read_total(callgrind_out)
+    steps = result.details.get(INSTRUCTION_STEPS_KEY)
+    if not total or not isinstance(steps, int) or steps <= 0:
+        result.status = "error"
+        result.reason = ("no instruction count: " + (
+            "this worker's bench does not count instructions" if not steps else
+            "callgrind wrote no total"))
+        return
+    result.details[INSTRUCTIONS_KEY] = total / steps
+    result.details["instructions_method"] = instructions.METHOD
 
 
 def _start_up_env(case: CaseSpec, code: WorkerCode) -> dict[str, str]:

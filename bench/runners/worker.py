@@ -24,12 +24,14 @@ import torch
 
 from bench.measurement.allocator import describe_current
 from bench.measurement.flops import compute_record
+from bench.measurement.instructions import count_steps
 from bench.measurement.interference import InterferenceProbe
 from bench.measurement.memory import MemoryTracker
 from bench.measurement.sampler import measure
 from bench.measurement.timers import timer_for
 from bench.results.schema import (
     INJECTED_SLOWDOWN_KEY,
+    INSTRUCTION_STEPS_KEY,
     SLOWDOWN_ENV,
     STATUS_CONTENDED,
     STATUS_DIVERGED,
@@ -143,6 +145,30 @@ def _record_timing(result: CaseResult, measurement: Any, phase: Any, probe: Any,
         result.status, result.reason = STATUS_CONTENDED, probe.reason()
 
 
+def _measure_and_finish(case: CaseSpec, phase: Any, result: CaseResult) -> None:
+    """Time the phase, then its task metrics, FLOP count and divergence into ``result``."""
+    faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    step = _with_injected_slowdown(phase.step, result.details)
+    probe = InterferenceProbe(result.worker["torch_threads"])
+    with phase.session(), probe:
+        measurement = measure(step, timer_for(case.device), case.budget)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before
+    outcome = Outcome(metrics={}) if case.probe else phase.finish()
+    _record_timing(result, measurement, phase, probe, faults)
+    result.accuracy = AccuracyResult.for_case(
+        case, outcome.metrics,
+        outcome.task_metric or get_workload(case.workload).task_metric(case.phase))
+    result.details.update(outcome.details)
+    result.model = outcome.model
+    # After timing: counting runs one more step, the measured peak a large matmul.
+    count = None if case.probe else phase.flop_count()
+    if count is not None:
+        result.compute = compute_record(count, result.timing.median_s, case.device)
+    diverged = divergence(outcome.metrics, outcome.details)
+    if diverged:
+        result.status, result.reason = STATUS_DIVERGED, diverged
+
+
 def run_case(case: CaseSpec) -> CaseResult:
     started = time.perf_counter()
     result = CaseResult.for_case(case, STATUS_OK)
@@ -157,26 +183,11 @@ def run_case(case: CaseSpec) -> CaseResult:
         ctx = RunContext(device=case.device, precision=precision)
         with MemoryTracker(case.device) as tracker:
             phase = get_workload(case.workload).prepare(case, ctx)
-            faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-            step = _with_injected_slowdown(phase.step, result.details)
-            probe = InterferenceProbe(result.worker["torch_threads"])
-            with phase.session(), probe:
-                measurement = measure(step, timer_for(case.device), case.budget)
-            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before
-            outcome = Outcome(metrics={}) if case.probe else phase.finish()
-        _record_timing(result, measurement, phase, probe, faults)
-        result.accuracy = AccuracyResult.for_case(
-            case, outcome.metrics,
-            outcome.task_metric or get_workload(case.workload).task_metric(case.phase))
-        result.details.update(outcome.details)
-        result.model = outcome.model
-        # After timing: counting runs one more step, the measured peak a large matmul.
-        count = None if case.probe else phase.flop_count()
-        if count is not None:
-            result.compute = compute_record(count, result.timing.median_s, case.device)
-        diverged = divergence(outcome.metrics, outcome.details)
-        if diverged:
-            result.status, result.reason = STATUS_DIVERGED, diverged
+            if case.count_instructions:  # under callgrind: count, time nothing
+                with phase.session():
+                    result.details[INSTRUCTION_STEPS_KEY] = count_steps(phase.step)
+            else:
+                _measure_and_finish(case, phase, result)
     except BaseException as exc:  # noqa: BLE001 - every failure becomes a status
         result.status = STATUS_OOM if _is_oom(exc) else STATUS_ERROR
         result.reason = one_line(exc)

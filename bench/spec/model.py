@@ -148,6 +148,9 @@ class CaseSpec:
     probe: bool = False
     parity_reference: dict[str, Any] = field(default_factory=dict)
     slo: dict[str, float] = field(default_factory=dict)
+    # Run under callgrind and count the step's instructions instead of timing it
+    # (bench.measurement.instructions); the parent adds the count to the record.
+    count_instructions: bool = False
 
     def named_axes(self) -> list[tuple[str, Any]]:
         """The axes the suite named (all of them when it named none), in order."""
@@ -182,6 +185,7 @@ class CaseSpec:
             "probe": self.probe,
             "parity_reference": dict(self.parity_reference),
             "slo": dict(self.slo),
+            "count_instructions": self.count_instructions,
         }
 
     @classmethod
@@ -199,4 +203,5 @@ class CaseSpec:
             probe=data.get("probe", False),
             parity_reference=dict(data.get("parity_reference", {})),
             slo=dict(data.get("slo", {})),
+            count_instructions=data.get("count_instructions", False),
         )

@@ -1,0 +1,82 @@
+"""Instruction counts: a deterministic second signal for CPU steps, beside wall time.
+
+A CPU step's wall time on a shared machine moves by percents with neighbours, frequency and
+placement; the number of instructions it executes does not (CodSpeed gates CI on simulated
+counts for this reason). The worker runs under valgrind's callgrind with collection off,
+switches it on for ``steps`` steps after a warm-up and off again (``torch._C._valgrind_toggle``,
+the client request torch.utils.benchmark's ``collect_callgrind`` uses), and the parent reads
+the total instructions (Ir) from callgrind's output: instructions per step, counted the same
+way in every run.
+
+What it misses, and why it is reported beside wall time and never instead of it: memory
+and cache behaviour (a step that executes the same instructions with more cache misses is
+slower), threads (callgrind serialises them: it counts the work of all of them, not the
+parallel time), kernel-dispatch effects outside the process, and anything whose cost is
+time rather than instructions (sleeps, spins count as many instructions as they loop).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+# Steps counted per run (after WARMUP_STEPS uncounted ones): enough that the step's own
+# work dominates the per-run fixed cost of toggling collection.
+COUNTED_STEPS = 10
+WARMUP_STEPS = 3
+# callgrind runs the whole worker (imports, data, model) about 50x slower than native.
+VALGRIND_TIMEOUT_S = 900.0
+METHOD = (f"valgrind --tool=callgrind, collection switched on for {COUNTED_STEPS} steps "
+          f"after {WARMUP_STEPS} warm-up steps (torch._C._valgrind_toggle); total Ir / steps; "
+          "threads counted serially; memory and cache effects not seen")
+
+
+def valgrind() -> str | None:
+    """The valgrind executable, or None when it is not installed."""
+    return shutil.which("valgrind")
+
+
+def unavailable_reason() -> str | None:
+    """Why instruction counts cannot be taken here, or None."""
+    if valgrind() is None:
+        return "valgrind is not installed (Debian/Ubuntu: apt install valgrind)"
+    return None
+
+
+def command_prefix(out_file: Path) -> list[str]:
+    """The words put before ``python -P -m bench.runners.worker ...``."""
+    return [valgrind() or "valgrind", "--tool=callgrind", "--collect-atstart=no",
+            f"--callgrind-out-file={out_file}", "--dump-line=no", "--dump-instr=no",
+            "--cache-sim=no", "--branch-sim=no", "--quiet"]
+
+
+_TOTAL = re.compile(r"^(?:summary|totals):\s*(\d+)", re.MULTILINE)
+
+
+def read_total(out_file: Path) -> int | None:
+    """Instructions (Ir) callgrind counted while collection was on; None without output."""
+    try:
+        text = out_file.read_text(errors="replace")
+    except OSError:
+        return None
+    match = _TOTAL.search(text)
+    return int(match.group(1)) if match else None
+
+
+def count_steps(step: Callable[[], object], steps: int = COUNTED_STEPS,
+                warmup: int = WARMUP_STEPS) -> int:
+    """In the worker: run ``warmup`` steps, then ``steps`` steps with callgrind's collection
+    on. Returns the steps counted."""
+    import torch  # the worker has it loaded; kept out of the parent's reports
+
+    for _ in range(warmup):
+        step()
+    torch._C._valgrind_toggle()
+    try:
+        for _ in range(steps):
+            step()
+    finally:
+        torch._C._valgrind_toggle()
+    return steps
