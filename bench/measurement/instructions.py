@@ -8,11 +8,15 @@ the client request torch.utils.benchmark's ``collect_callgrind`` uses), and the 
 the total instructions (Ir) from callgrind's output: instructions per step, counted the same
 way in every run.
 
-What it misses, and why it is reported beside wall time and never instead of it: memory
-and cache behaviour (a step that executes the same instructions with more cache misses is
-slower), threads (callgrind serialises them: it counts the work of all of them, not the
-parallel time), kernel-dispatch effects outside the process, and anything whose cost is
-time rather than instructions (sleeps, spins count as many instructions as they loop).
+The worker counts at one torch thread, as torch.utils.benchmark does: OpenMP's idle
+threads spin-wait, and callgrind would count their spinning (two threads gave counts 2%
+apart for identical code). What it misses, and why it is reported beside wall time and
+never instead of it: memory and cache behaviour (a step that executes the same
+instructions with more cache misses is slower), threading and parallel speed-up,
+kernel-dispatch effects outside the process, and anything whose cost is time rather than
+instructions (sleeps; the BENCH_TEST_SLOWDOWN spin is not applied to counted steps).
+Valgrind runs the whole worker (imports, data, model) about 50x slower: a count costs
+1-3 minutes per case and side on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -28,9 +32,9 @@ COUNTED_STEPS = 10
 WARMUP_STEPS = 3
 # callgrind runs the whole worker (imports, data, model) about 50x slower than native.
 VALGRIND_TIMEOUT_S = 900.0
-METHOD = (f"valgrind --tool=callgrind, collection switched on for {COUNTED_STEPS} steps "
-          f"after {WARMUP_STEPS} warm-up steps (torch._C._valgrind_toggle); total Ir / steps; "
-          "threads counted serially; memory and cache effects not seen")
+METHOD = (f"valgrind --tool=callgrind, one torch thread, collection switched on for "
+          f"{COUNTED_STEPS} steps after {WARMUP_STEPS} warm-up steps "
+          "(torch._C._valgrind_toggle); total Ir / steps; memory and cache effects not seen")
 
 
 def valgrind() -> str | None:

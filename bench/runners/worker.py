@@ -81,6 +81,10 @@ def _is_oom(exc: BaseException) -> bool:
 
 def _configure_torch(case: CaseSpec) -> dict[str, Any]:
     threads = case.axes.get("threads", 0)
+    if case.count_instructions:
+        # As torch.utils.benchmark counts: one thread. OpenMP's idle threads spin-wait, and
+        # callgrind would count their spinning, which varies from run to run.
+        threads = 1
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
