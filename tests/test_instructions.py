@@ -101,5 +101,6 @@ def test_a_steps_instruction_count_follows_its_work(write_suite):
         assert result.status == "ok", (result.reason, result.stderr_tail)
         assert result.timing is None and result.details[INSTRUCTIONS_KEY] > 0
         assert result.worker["started"].startswith("spawned")
-    # Measured: 746,771 and 1,111,377 per step (the step is mostly dispatch overhead).
-    assert results[1].details[INSTRUCTIONS_KEY] > 1.2 * results[0].details[INSTRUCTIONS_KEY]
+    # Measured at one thread: 741,198 and 812,110 per step (mostly dispatch overhead; the
+    # same two at two threads, 746,771 and 1,111,377, counted OpenMP's spinning).
+    assert results[1].details[INSTRUCTIONS_KEY] > 1.05 * results[0].details[INSTRUCTIONS_KEY]
