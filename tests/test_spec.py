@@ -112,8 +112,9 @@ def test_expansion_keeps_unrunnable_cases_with_reason(write_suite):
 def test_defaults_and_selection(write_suite):
     suite = load_suite(write_suite(GOOD))
     bench = suite.benchmarks[0]
-    assert bench.params == {"epochs": 8, "lr": 2e-3, "width": 32}
+    assert bench.params == {"epochs": 8, "width": 32}
     assert bench.matrix["accum_steps"] == (1,)
+    assert bench.matrix["lr"] == (2e-3,)  # a recipe axis of the train phase
     picked = plan_suite(suite, {"precision": {"bf16"}, "device": {"cpu"}})
     assert [p.spec.axes["batch_size"] for p in picked] == [8, 16]
 

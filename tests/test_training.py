@@ -59,6 +59,8 @@ def test_lr_schedule_warms_up_then_decays():
 def _case(workload, phase, axes, **params):
     w = get_workload(workload)
     full = {k: s.default for k, s in w.params().items()} | params
+    # As the loader fills them: every axis of the phase at its default unless given.
+    axes = {k: s.default for k, s in w.phase_axes(phase).items()} | axes
     return w, CaseSpec(workload, phase, axes, full, Budget())
 
 

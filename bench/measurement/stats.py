@@ -200,3 +200,15 @@ def needs_another_round(rounds_per_side: list[list[float]], min_rounds: int, max
         return False
     return any(paired_half_width(a[:done], b[:done]) > target_half_width
                for a, b in zip(rounds_per_side, rounds_per_side[1:], strict=False))
+
+
+def olympic(values: list[float]) -> float | None:
+    """MLPerf Training's olympic score: drop the fastest and the slowest run, mean of the
+    rest (a run that did not converge is +inf and so the slowest). None when two or more
+    did not converge (what remains holds an inf) or fewer than three runs exist."""
+    if len(values) < 3:
+        return None
+    kept = sorted(values)[1:-1]
+    if any(not math.isfinite(v) for v in kept):
+        return None
+    return sum(kept) / len(kept)

@@ -89,7 +89,14 @@ def _v4_to_v5(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "schema_version": 5}
 
 
-MIGRATIONS: dict[int, Migration] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5}
+def _v5_to_v6(data: dict[str, Any]) -> dict[str, Any]:
+    # Version 6 added the optional CaseResult.time_to_accuracy and .classes and the status
+    # not_converged; the lr that older records hold in params stays there.
+    return {**data, "schema_version": 6}
+
+
+MIGRATIONS: dict[int, Migration] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5,
+                                    5: _v5_to_v6}
 
 
 def migrate(data: dict[str, Any], version: int, target: int) -> dict[str, Any]:
@@ -115,8 +122,24 @@ def _case_v4_to_v3(case: dict[str, Any]) -> dict[str, Any]:
     return {**case, "axes": axes}
 
 
+# Workloads whose lr became an axis in version 6 (a recipe axis), and the recipe axes
+# added with it: a version-5 worker reads lr from params and knows none of the others.
+_V6_LR_WORKLOADS = ("digits_cnn", "linreg")
+
+
+def _case_v6_to_v5(case: dict[str, Any]) -> dict[str, Any]:
+    axes = dict(case.get("axes", {}))
+    params = dict(case.get("params", {}))
+    if case.get("workload") in _V6_LR_WORKLOADS and "lr" in axes:
+        params["lr"] = axes.pop("lr")
+        id_axes = case.get("id_axes")
+        if id_axes is not None:
+            case = {**case, "id_axes": [a for a in id_axes if a != "lr"]}
+    return {**case, "axes": axes, "params": params}
+
+
 # A case file (CaseSpec.to_dict) of version N+1 turned into version N's, for older workers.
-DOWNGRADES: dict[int, Migration] = {4: _case_v4_to_v3}
+DOWNGRADES: dict[int, Migration] = {4: _case_v4_to_v3, 6: _case_v6_to_v5}
 
 
 def case_for_worker(case: dict[str, Any], version: int, worker_version: int) -> dict[str, Any]:

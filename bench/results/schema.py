@@ -18,6 +18,12 @@ Versions (older files are read through ``bench.results.migrations``):
    interleaved worker processes over rounds (paired CI), when the run asked for it
    (``[suite] paired_rounds``); ``CaseResult.slo``: the service levels its benchmark set
    (``bench.spec.model.SLO_KEYS``). Both absent (none) in older files.
+6. ``CaseResult.time_to_accuracy`` (time-to-accuracy mode: one training run per seed from
+   initialization to a target, evaluated on the clock, with the olympic score) and status
+   ``not_converged``; ``CaseResult.classes`` (per-class precision, recall and the confusion
+   matrix of a classification case). Both absent (none) in older files. digits_cnn's and
+   linreg's ``lr`` moved from params to axes (a recipe axis): older records keep it in
+   params.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from bench.spec.model import benchmark_key
 from bench.units import DEFAULT_PARITY_TARGET
 
 SCHEMA_NAME = "bench.run"
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 STATUS_OK = "ok"
 STATUS_SKIPPED = "skipped"
@@ -45,8 +51,10 @@ STATUS_DIVERGED = "diverged"  # a loss or task metric became NaN or infinite
 # Timed, but other processes took CPU meanwhile (bench.measurement.interference): the
 # figures are kept and shown, and the gate calls the case inconclusive instead of judging it.
 STATUS_CONTENDED = "contended"
+# Time-to-accuracy: two or more of the case's seeds did not reach the target within the cap.
+STATUS_NOT_CONVERGED = "not_converged"
 STATUSES = (STATUS_OK, STATUS_SKIPPED, STATUS_ERROR, STATUS_CRASHED, STATUS_TIMEOUT, STATUS_OOM,
-            STATUS_DIVERGED, STATUS_CONTENDED)
+            STATUS_DIVERGED, STATUS_CONTENDED, STATUS_NOT_CONVERGED)
 # Statuses whose timing, memory and accuracy figures are complete and comparable.
 MEASURED_STATUSES = frozenset({STATUS_OK, STATUS_CONTENDED})
 # A case that should have run and did not: `bench run` exits 1 when any case ends so.
@@ -255,6 +263,89 @@ class PairedSpeedup:
 
 
 @dataclass
+class EvalPoint:
+    """One evaluation of a training run, taken on the run's clock."""
+
+    steps: int
+    samples: int
+    epochs: float
+    time_s: float  # wall seconds since the run's first step, evaluations included
+    train_loss: float  # mean training loss of the steps since the previous evaluation
+    metrics: dict[str, float]
+
+
+@dataclass
+class SeedRun:
+    """One training run of a time-to-accuracy case: one seed, in its own worker."""
+
+    seed: int
+    converged: bool
+    stop_reason: str  # target | max_epochs | max_time | early_stopping | non_finite
+    steps: int
+    samples: int
+    epochs: float
+    wall_s: float  # first step to the last evaluation, evaluations included
+    train_s: float  # the timed steps alone
+    eval_s: float  # the evaluations alone
+    median_step_s: float
+    steps_to_target: int | None
+    samples_to_target: int | None
+    epochs_to_target: float | None
+    time_to_target_s: float | None  # wall, evaluations on the clock (MLPerf's rule)
+    best_metric: float | None  # of the watched metric (the target's, else the task metric)
+    best_steps: int | None
+    final_metric: float | None
+    # Early stopping: the cap's epochs minus those run, and that many epochs at this run's
+    # own pace (wall seconds per epoch, evaluations included).
+    epochs_saved: float | None
+    time_saved_s: float | None
+    curve: list[EvalPoint]
+    pid: int | None = None
+
+
+@dataclass
+class TimeToAccuracyResult:
+    """Time-to-accuracy over seeds (MLPerf Training's rules, scaled down)."""
+
+    settings: dict[str, Any]  # bench.spec.model.TrainingRunSpec.to_dict()
+    target: str  # e.g. "val_accuracy >= 0.97", or "no target (trained to the cap)"
+    metric: str  # the watched metric: the target's, else the task metric
+    higher_is_better: bool
+    early_stopping_patience: int  # evaluations without improvement (0: off)
+    runs: list[SeedRun]
+    converged: int
+    score_s: float | None  # olympic mean of the wall time to target
+    score_samples: float | None
+    score_steps: float | None
+    score_epochs: float | None
+    method: str
+
+    def times_to_target(self) -> list[float]:
+        """Each seed's wall time to target, +inf for a run that did not converge (rank
+        tests and the olympic score count it as the slowest)."""
+        return [r.time_to_target_s if r.converged and r.time_to_target_s is not None
+                else math.inf for r in self.runs]
+
+
+@dataclass
+class ClassReport:
+    """Per-class figures of a classification case (error analysis): the confusion matrix
+    (rows: true class, columns: predicted) and each class's precision, recall, F1 and
+    support, from scikit-learn's metrics."""
+
+    labels: list[str]
+    confusion: list[list[int]]
+    precision: list[float]
+    recall: list[float]
+    f1: list[float]
+    support: list[int]
+    method: str
+
+    def recall_of(self, label: str) -> float | None:
+        return self.recall[self.labels.index(label)] if label in self.labels else None
+
+
+@dataclass
 class CaseResult:
     case_id: str
     workload: str
@@ -282,6 +373,8 @@ class CaseResult:
     parity_reference: dict[str, Any] = field(default_factory=dict)
     vs_reference: PairedSpeedup | None = None  # schema 5
     slo: dict[str, float] = field(default_factory=dict)  # schema 5: its benchmark's SLO
+    time_to_accuracy: TimeToAccuracyResult | None = None  # schema 6
+    classes: ClassReport | None = None  # schema 6
 
     @property
     def benchmark_key(self) -> str:

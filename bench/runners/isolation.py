@@ -40,6 +40,7 @@ from bench.measurement.allocator import worker_env
 from bench.measurement.memory import MIB, tree_rss_bytes
 from bench.results.migrations import MIGRATIONS, case_for_worker, migrate_case
 from bench.results.schema import (
+    FAILED_STATUSES,
     INSTRUCTION_STEPS_KEY,
     INSTRUCTIONS_KEY,
     SCHEMA_VERSION,
@@ -51,7 +52,7 @@ from bench.results.schema import (
     from_dict,
 )
 from bench.runners.fork_server import ForkServers, die_with_parent
-from bench.runners.merge import merge_process_results
+from bench.runners.merge import merge_process_results, merge_seed_runs
 from bench.spec.model import CaseSpec
 
 # The watchdog shares the machine with the worker it guards: poll gently, and scan
@@ -171,13 +172,27 @@ def _failed(case: CaseSpec, status: str, reason: str, stderr: str, peak_rss: int
 
 
 def run_in_processes(case: CaseSpec) -> CaseResult:
-    """Run a case in ``budget.processes`` independent workers, pooled into one record."""
+    """Run a case in ``budget.processes`` independent workers, pooled into one record; a
+    time-to-accuracy case in one worker per seed (forked from one fork server on a CPU)."""
+    if case.training is not None:
+        return run_seeds(case)
     results = []
     for _ in range(case.budget.processes):
         results.append(run_isolated(case))
         if results[-1].status != "ok":
             break
     return merge_process_results(results)
+
+
+def run_seeds(case: CaseSpec, code: WorkerCode | None = None) -> CaseResult:
+    """One worker per seed of a time-to-accuracy case; the seeds' runs merged."""
+    results = []
+    with ForkServers() as servers:
+        for seed in case.training.seed_list():
+            results.append(run_isolated(dataclasses.replace(case, seed=seed), code, servers))
+            if results[-1].status in FAILED_STATUSES:
+                break
+    return merge_seed_runs(results)
 
 
 def run_isolated(case: CaseSpec, code: WorkerCode | None = None,

@@ -3,9 +3,27 @@
 from __future__ import annotations
 
 import dataclasses
+import statistics
 
-from bench.measurement.stats import percentiles, summarize
-from bench.results.schema import PROCESS_MEDIANS_KEY, CaseResult, ThroughputResult, TimingResult
+from bench.measurement.stats import olympic, percentiles, summarize
+from bench.results.schema import (
+    PROCESS_MEDIANS_KEY,
+    STATUS_CONTENDED,
+    STATUS_DIVERGED,
+    STATUS_NOT_CONVERGED,
+    STATUS_OK,
+    CaseResult,
+    ThroughputResult,
+    TimingResult,
+)
+
+# Seed runs that ended with one of these are training runs (converged or not); any other
+# status (error, crash, timeout, oom) fails the case.
+_RUN_STATUSES = (STATUS_OK, STATUS_CONTENDED, STATUS_DIVERGED)
+OLYMPIC_METHOD = ("olympic (MLPerf Training): each seed's wall time from its first step to "
+                  "the evaluation that first met the target, evaluations on the clock; the "
+                  "fastest and the slowest run dropped, mean of the rest; a run that did not "
+                  "converge counts as the slowest, two make the case not_converged")
 
 
 def _pooled_timing(timings: list[TimingResult]) -> TimingResult:
@@ -65,3 +83,41 @@ def merge_process_results(results: list[CaseResult]) -> CaseResult:
         first, timing=timing, throughput=throughput, memory=memory, warnings=warnings,
         details=details, duration_s=sum(r.duration_s or 0 for r in results),
         finished_at=results[-1].finished_at)
+
+
+def _olympic_of(runs: list, attr: str) -> float | None:
+    values = [getattr(r, attr) if r.converged else float("inf") for r in runs]
+    return olympic([float(v) for v in values])
+
+
+def merge_seed_runs(results: list[CaseResult]) -> CaseResult:
+    """One time-to-accuracy record from one worker per seed: the seeds' runs side by side,
+    the olympic scores, the per-step timing pooled as processes are; metrics are the
+    median over seeds of each final metric. Two runs short of the target: not_converged."""
+    failed = next((r for r in results if r.status not in _RUN_STATUSES), None)
+    if failed is not None:
+        failed.details["seeds_completed"] = sum(r.status in _RUN_STATUSES for r in results)
+        return failed
+    runs = [r.time_to_accuracy.runs[0] for r in results]
+    first = results[0]
+    pooled = merge_process_results([dataclasses.replace(r, status=STATUS_OK) for r in results])
+    tta = dataclasses.replace(
+        first.time_to_accuracy, runs=runs, converged=sum(r.converged for r in runs),
+        score_s=_olympic_of(runs, "time_to_target_s"),
+        score_samples=_olympic_of(runs, "samples_to_target"),
+        score_steps=_olympic_of(runs, "steps_to_target"),
+        score_epochs=_olympic_of(runs, "epochs_to_target"), method=OLYMPIC_METHOD)
+    metrics = {k: statistics.median(r.accuracy.metrics[k] for r in results)
+               for k in first.accuracy.metrics}
+    accuracy = dataclasses.replace(first.accuracy, metrics=metrics)
+    status, reason = STATUS_OK, None
+    if any(r.status == STATUS_CONTENDED for r in results):
+        status, reason = STATUS_CONTENDED, next(r.reason for r in results
+                                                if r.status == STATUS_CONTENDED)
+    missed = [r for r in runs if not r.converged]
+    if tta.settings.get("target_metric") and len(missed) >= 2:
+        status = STATUS_NOT_CONVERGED
+        reason = (f"{len(missed)} of {len(runs)} seeds did not reach {tta.target} "
+                  f"(stopped by {', '.join(sorted({r.stop_reason for r in missed}))})")
+    return dataclasses.replace(pooled, status=status, reason=reason, time_to_accuracy=tta,
+                               accuracy=accuracy)

@@ -28,7 +28,9 @@ from bench.measurement.instructions import count_steps
 from bench.measurement.interference import InterferenceProbe
 from bench.measurement.memory import MemoryTracker
 from bench.measurement.sampler import measure
+from bench.measurement.stats import percentiles, summarize
 from bench.measurement.timers import timer_for
+from bench.measurement.training_run import run_to_target, trials_of
 from bench.results.schema import (
     INJECTED_SLOWDOWN_KEY,
     INSTRUCTION_STEPS_KEY,
@@ -41,6 +43,7 @@ from bench.results.schema import (
     AccuracyResult,
     CaseResult,
     ThroughputResult,
+    TimeToAccuracyResult,
     TimingResult,
 )
 from bench.results.store import json_safe
@@ -164,6 +167,7 @@ def _measure_and_finish(case: CaseSpec, phase: Any, result: CaseResult) -> None:
         outcome.task_metric or get_workload(case.workload).task_metric(case.phase))
     result.details.update(outcome.details)
     result.model = outcome.model
+    result.classes = outcome.classes
     # After timing: counting runs one more step, the measured peak a large matmul.
     count = None if case.probe else phase.flop_count()
     if count is not None:
@@ -171,6 +175,74 @@ def _measure_and_finish(case: CaseSpec, phase: Any, result: CaseResult) -> None:
     diverged = divergence(outcome.metrics, outcome.details)
     if diverged:
         result.status, result.reason = STATUS_DIVERGED, diverged
+
+
+def watched_metric(case: CaseSpec) -> tuple[str, bool]:
+    """The metric a training run watches (best value, early stopping): the target's, else
+    the workload's task metric, else its first evaluated metric."""
+    spec = case.training
+    if spec is not None and spec.target_metric:
+        return spec.target_metric, spec.higher_is_better
+    evaluated = get_workload(case.workload).eval_metrics(case.phase)
+    task = get_workload(case.workload).task_metric(case.phase)
+    if task and task[0] in evaluated:
+        return task
+    name = next(iter(evaluated))
+    return name, evaluated[name]
+
+
+def _run_timing(trace: Any, timer: Any, phase: Any) -> TimingResult:
+    """The engine's per-step figures from the steps of the real training run."""
+    cold, trials = trials_of(trace)
+    means = [sum(t) / len(t) for t in trials]
+    return TimingResult(
+        timer=timer.name, timer_description=timer.description,
+        step_description=phase.step_description, cold_start_s=cold, warmup_iterations=0,
+        warmup_steady=True, warmup_s=0.0,
+        iters_per_trial=trace.steps_per_eval, trial_samples_s=trials, trial_means_s=means,
+        latency_s=percentiles([d for t in trials for d in t]), stop_reason="training_run",
+        statistic="median over the intervals between evaluations of the interval's mean "
+                  "seconds per optimizer step: every step of the time-to-accuracy run "
+                  "itself (the first step is the cold start; no separate warm-up)",
+        **TimingResult.summary_fields(summarize(means)))
+
+
+def _train_to_target(case: CaseSpec, phase: Any, result: CaseResult) -> None:
+    """Time-to-accuracy mode: one run of this seed to the target; its steps are the timed
+    steps, its final evaluation the task metrics."""
+    workload = get_workload(case.workload)
+    metric, higher = watched_metric(case)
+    patience = int(case.axes.get("early_stopping", 0))
+    step = _with_injected_slowdown(phase.step, result.details)
+    probe = InterferenceProbe(result.worker["torch_threads"])
+    timer = timer_for(case.device)
+    with phase.session(), probe:
+        trace = run_to_target(phase, timer, case.training, case.seed, metric, patience,
+                              step=step)
+    trace.run.pid = os.getpid()
+    outcome = phase.run_outcome(trace.run.curve[-1].metrics)
+    timing = _run_timing(trace, timer, phase)
+    result.timing = timing
+    result.throughput = ThroughputResult.from_timing(timing, phase.samples_per_step,
+                                                     f"{phase.sample_unit}/s")
+    result.interference = probe.result
+    if probe.result is not None and probe.result.contended:
+        result.status, result.reason = STATUS_CONTENDED, probe.reason()
+    result.accuracy = AccuracyResult.for_case(case, outcome.metrics,
+                                              workload.task_metric(case.phase))
+    result.details.update(outcome.details)
+    result.classes = outcome.classes
+    result.time_to_accuracy = TimeToAccuracyResult(
+        settings=case.training.to_dict(), target=case.training.describe_target(),
+        metric=metric, higher_is_better=higher, early_stopping_patience=patience,
+        runs=[trace.run], converged=int(trace.run.converged), score_s=None,
+        score_samples=None, score_steps=None, score_epochs=None,
+        method="one seed (the sweep merges the seeds' runs)")
+    diverged = divergence(outcome.metrics, {})
+    if trace.run.stop_reason == "non_finite" or diverged:
+        result.status = STATUS_DIVERGED
+        result.reason = diverged or "non-finite training loss at step " \
+                                    f"<= {trace.run.steps}"
 
 
 def run_case(case: CaseSpec) -> CaseResult:
@@ -184,12 +256,14 @@ def run_case(case: CaseSpec) -> CaseResult:
         precision = get_precision(case.axes.get("precision", "fp32"))
         result.details["precision_method"] = precision.method()
         result.details["allocator"] = describe_current()
-        ctx = RunContext(device=case.device, precision=precision)
+        ctx = RunContext(device=case.device, precision=precision, seed=case.seed)
         with MemoryTracker(case.device) as tracker:
             phase = get_workload(case.workload).prepare(case, ctx)
             if case.count_instructions:  # under callgrind: count, time nothing
                 with phase.session():
                     result.details[INSTRUCTION_STEPS_KEY] = count_steps(phase.step)
+            elif case.training is not None:
+                _train_to_target(case, phase, result)
             else:
                 _measure_and_finish(case, phase, result)
     except BaseException as exc:  # noqa: BLE001 - every failure becomes a status

@@ -26,7 +26,8 @@ def benchmark_cases(bench: BenchmarkSpec) -> list[CaseSpec]:
                  axes=dict(zip(names, values, strict=True)), params=bench.params,
                  budget=bench.budget, accuracy=bench.accuracy, id_axes=bench.named_axes,
                  label=bench.label, parity_target=bench.parity_target,
-                 parity_reference=bench.parity_reference, slo=bench.slo)
+                 parity_reference=bench.parity_reference, slo=bench.slo,
+                 training=bench.training)
         for values in itertools.product(*(bench.matrix[n] for n in names))
     ]
 

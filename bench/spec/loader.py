@@ -16,13 +16,20 @@ from bench.measurement.allocator import POLICIES
 from bench.measurement.stats import min_trials_for_verdict
 from bench.spec.axes import Setting
 from bench.spec.expand import benchmark_case_ids
-from bench.spec.model import SLO_KEYS, AccuracyTarget, BenchmarkSpec, Budget, SuiteSpec
+from bench.spec.model import (
+    SLO_KEYS,
+    AccuracyTarget,
+    BenchmarkSpec,
+    Budget,
+    SuiteSpec,
+    TrainingRunSpec,
+)
 from bench.units import DEFAULT_PARITY_TARGET, MIB
 
 _SUITE_KEYS = {"suite", "budget", "benchmark"}
 _SUITE_TABLE_KEYS = {"name", "description", "max_cases", "paired_rounds"}
 _BENCHMARK_KEYS = {"label", "parity_target", "workload", "phase", "matrix", "params", "accuracy",
-                   "budget", "model", "python_path", "slo"}
+                   "budget", "model", "python_path", "slo", "target", "training"}
 # ``model = "module:function"``: the user's own model, run by this workload.
 USER_MODEL_WORKLOAD = "model"
 _FACTORY_FORMAT = "module:function, e.g. \"mymodels:build\" (module importable from " \
@@ -120,20 +127,31 @@ def _load_benchmark(table: Any, index: int, default_budget: Budget,
 
     axes = workload.phase_axes(phase)
     matrix_table = _check_keys(table.get("matrix", {}), set(axes), source, f"{where}.matrix")
+    param_settings = {k: s for k, s in workload.params().items()
+                      if s.phases is None or phase in s.phases}
+    params_table = _check_keys(table.get("params", {}), set(param_settings) | set(axes), source,
+                               f"{where}.params")
+    # An axis given one value in params (``params = { lr = 0.1 }``) holds that value in
+    # every case without naming it in the case ids.
+    fixed = {k: v for k, v in params_table.items() if k in axes and k not in param_settings}
+    for axis_name in fixed:
+        if axis_name in matrix_table:
+            raise BenchInputError(source, "set in both params and matrix",
+                                  key=f"{where}.params.{axis_name}", valid="one of the two")
     matrix: dict[str, tuple[Any, ...]] = {}
     for axis_name, setting in axes.items():
-        raw = matrix_table.get(axis_name, setting.default)
+        raw = matrix_table.get(axis_name, fixed.get(axis_name, setting.default))
+        if axis_name in fixed and isinstance(raw, list):
+            raise BenchInputError(source, "params hold one value; a list of values belongs "
+                                  "in matrix", key=f"{where}.params.{axis_name}",
+                                  valid=setting.valid_values())
         values = raw if isinstance(raw, list) else [raw]
         if not values:
             raise BenchInputError(source, "empty list", key=f"{where}.matrix.{axis_name}",
                                   valid=setting.valid_values())
-        key = f"{where}.matrix.{axis_name}"
+        key = f"{where}.{'params' if axis_name in fixed else 'matrix'}.{axis_name}"
         matrix[axis_name] = tuple(setting.validate(v, source, key) for v in values)
 
-    param_settings = {k: s for k, s in workload.params().items()
-                      if s.phases is None or phase in s.phases}
-    params_table = _check_keys(table.get("params", {}), set(param_settings), source,
-                               f"{where}.params")
     params = {
         key: setting.validate(params_table[key], source, f"{where}.params.{key}")
         if key in params_table else setting.default
@@ -155,10 +173,62 @@ def _load_benchmark(table: Any, index: int, default_budget: Budget,
         raise BenchInputError(source, f"value {parity!r} is above 1",
                               key=f"{where}.parity_target", valid="number in [0, 1]")
     slo = _load_slo(table.get("slo", {}), source, f"{where}.slo")
+    training = None
+    if "target" in table or "training" in table:
+        training = _load_training(table, workload, phase, source, where)
     return BenchmarkSpec(workload=name, phase=phase, matrix=matrix, label=label, slo=slo,
+                         training=training,
                          parity_target=parity, named_axes=named, params=params,
                          accuracy=accuracy, budget=budget,
                          parity_reference=workload.parity_reference(phase))
+
+
+_TRAINING_SETTINGS = {
+    "seeds": Setting("seeds", int, minimum=3,
+                     help="runs per case, each in its own worker (olympic score: >= 3)"),
+    "first_seed": Setting("first_seed", int, minimum=0),
+    "eval_every": Setting("eval_every", int, minimum=0,
+                          help="training samples between evaluations (0: once per epoch)"),
+    "max_epochs": Setting("max_epochs", float, minimum=0, above_minimum=True),
+    "max_time_s": Setting("max_time_s", float, minimum=0, above_minimum=True,
+                          maximum=MAX_TIMEOUT_S),
+}
+
+
+def _load_training(table: dict[str, Any], workload: Any, phase: str, source: str,
+                   where: str) -> TrainingRunSpec:
+    """``target = { val_accuracy = 0.97 }`` and ``training = { seeds = 5, eval_every = 256,
+    max_epochs = 30, max_time_s = 60 }``: the time-to-accuracy mode of a training phase."""
+    evaluated = workload.eval_metrics(phase)
+    if not evaluated:
+        raise BenchInputError(source, f"{workload.name}/{phase} cannot run to a target (it "
+                              "does not evaluate while training)", key=f"{where}.target",
+                              valid="a benchmark of " + ", ".join(_evaluated_workloads()))
+    values: dict[str, Any] = {}
+    if "training" in table:
+        settings = _check_keys(table["training"], set(_TRAINING_SETTINGS), source,
+                               f"{where}.training")
+        values = {k: _TRAINING_SETTINGS[k].validate(v, source, f"{where}.training.{k}")
+                  for k, v in settings.items()}
+    if "target" in table:
+        target = _check_keys(table["target"], set(evaluated), source, f"{where}.target")
+        if len(target) != 1:
+            raise BenchInputError(source, f"expected one metric, got {len(target)}",
+                                  key=f"{where}.target", valid=", ".join(evaluated))
+        ((metric, value),) = target.items()
+        values["target"] = Setting(metric, float).validate(value, source,
+                                                           f"{where}.target.{metric}")
+        values["target_metric"] = metric
+        values["higher_is_better"] = evaluated[metric]
+    return TrainingRunSpec(**values)
+
+
+def _evaluated_workloads() -> list[str]:
+    # On use: the same cycle as in _load_benchmark.
+    from bench.workloads import get_workload, workload_names
+
+    return [f"{n}/{p}" for n in workload_names() for p in get_workload(n).phases
+            if get_workload(n).eval_metrics(p)]
 
 
 def _load_slo(table: Any, source: str, where: str) -> dict[str, float]:

@@ -35,8 +35,18 @@ def measurement_key(case: Any) -> str:
     suite with the same key (the same configuration under two benchmark labels) are one
     measurement."""
     budget = case.budget if isinstance(case.budget, dict) else case.budget.to_dict()
-    return json.dumps([case.workload, case.phase, case.axes, case.params, budget],
-                      sort_keys=True, default=str)
+    return json.dumps([case.workload, case.phase, case.axes, case.params, budget,
+                       training_settings(case)], sort_keys=True, default=str)
+
+
+def training_settings(case: Any) -> dict[str, Any] | None:
+    """The time-to-accuracy settings of a CaseSpec (``training``) or of a CaseResult (its
+    ``time_to_accuracy`` record), None for a case timed the usual way."""
+    spec = getattr(case, "training", None)
+    if spec is not None:
+        return spec.to_dict()
+    record = getattr(case, "time_to_accuracy", None)
+    return None if record is None else dict(record.settings)
 
 
 @dataclass(frozen=True)
@@ -89,6 +99,45 @@ class AccuracyTarget:
 
 
 @dataclass(frozen=True)
+class TrainingRunSpec:
+    """An evaluated training run (time-to-accuracy mode, MLPerf Training's rules scaled
+    down): train from initialization, evaluate every ``eval_every`` samples on the clock
+    (0: once per epoch), stop at the target or at ``max_epochs`` / ``max_time_s``. Each
+    case runs ``seeds`` runs, each in its own worker, with seeds ``first_seed``,
+    ``first_seed + 1``, ...; the score is olympic (fastest and slowest dropped, mean of the
+    rest). Without a target the run trains to the cap (early stopping still applies)."""
+
+    seeds: int = 5
+    first_seed: int = 1
+    eval_every: int = 0
+    max_epochs: float = 50.0
+    max_time_s: float = 120.0
+    target_metric: str | None = None
+    target: float | None = None
+    higher_is_better: bool = True
+
+    def reached(self, metrics: dict[str, float]) -> bool:
+        """Whether an evaluation's metrics meet the target (never without one, never NaN)."""
+        if self.target_metric is None or self.target is None:
+            return False
+        value = metrics.get(self.target_metric)
+        if value is None or not math.isfinite(value):
+            return False
+        return value >= self.target if self.higher_is_better else value <= self.target
+
+    def seed_list(self) -> list[int]:
+        return [self.first_seed + i for i in range(self.seeds)]
+
+    def describe_target(self) -> str:
+        if self.target_metric is None:
+            return "no target (trained to the cap)"
+        return f"{self.target_metric} {'>=' if self.higher_is_better else '<='} {self.target:g}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class BenchmarkSpec:
     """One ``[[benchmark]]`` table: a workload, a phase, fixed params and matrix axes."""
 
@@ -104,6 +153,7 @@ class BenchmarkSpec:
     # The variant axes and their declared defaults: the case accuracy parity compares with.
     parity_reference: dict[str, Any] = field(default_factory=dict)
     slo: dict[str, float] = field(default_factory=dict)  # SLO_KEYS: what every case must meet
+    training: TrainingRunSpec | None = None  # time-to-accuracy mode (target = {...})
 
 
 # Service levels a benchmark's cases must meet, checked by the report and by bench gate:
@@ -151,6 +201,10 @@ class CaseSpec:
     # Run under callgrind and count the step's instructions instead of timing it
     # (bench.measurement.instructions); the parent adds the count to the record.
     count_instructions: bool = False
+    # Time-to-accuracy mode: the sweep runs one worker per seed of ``training``, each with
+    # its own ``seed`` (RunContext.seed: initialization and data order).
+    training: TrainingRunSpec | None = None
+    seed: int = 0
 
     def named_axes(self) -> list[tuple[str, Any]]:
         """The axes the suite named (all of them when it named none), in order."""
@@ -186,6 +240,8 @@ class CaseSpec:
             "parity_reference": dict(self.parity_reference),
             "slo": dict(self.slo),
             "count_instructions": self.count_instructions,
+            "training": None if self.training is None else self.training.to_dict(),
+            "seed": self.seed,
         }
 
     @classmethod
@@ -204,4 +260,7 @@ class CaseSpec:
             parity_reference=dict(data.get("parity_reference", {})),
             slo=dict(data.get("slo", {})),
             count_instructions=data.get("count_instructions", False),
+            training=None if data.get("training") is None
+            else TrainingRunSpec(**data["training"]),
+            seed=data.get("seed", 0),
         )

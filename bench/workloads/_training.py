@@ -15,18 +15,21 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 class BatchStream:
     """Endless shuffled mini-batches of tensors already on the device; epoch by epoch,
-    dropping the last partial batch (sizes larger than the data use the whole set)."""
+    dropping the last partial batch (sizes larger than the data use the whole set).
+    ``order`` draws an epoch's indices instead of a uniform shuffle (weighted sampling)."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int) -> None:
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int,
+                 order: Callable[[torch.Generator], torch.Tensor] | None = None) -> None:
         self.x, self.y = x, y
         self.batch_size = min(batch_size, len(x))
         self.generator = torch.Generator().manual_seed(seed)
         self.batches_per_epoch = len(x) // self.batch_size
+        self.order = order or (lambda g: torch.randperm(len(self.x), generator=g))
         self._iter = self._batches()
 
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         while True:
-            order = torch.randperm(len(self.x), generator=self.generator).to(self.x.device)
+            order = self.order(self.generator).to(self.x.device)
             for i in range(self.batches_per_epoch):
                 idx = order[i * self.batch_size:(i + 1) * self.batch_size]
                 yield self.x[idx], self.y[idx]
@@ -65,6 +68,16 @@ def sum_over_batches(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_s
     return total
 
 
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int, precision: Precision,
+            device: str) -> torch.Tensor:
+    """The model's outputs over ``x`` in batches: eval mode, no autograd, under the case's
+    precision (a validation pass)."""
+    model.eval()
+    with torch.inference_mode(), precision.context(device):
+        return torch.cat([model(x[start:start + batch_size])
+                          for start in range(0, len(x), batch_size)])
+
+
 def linear_warmup_decay(total_steps: int, warmup_fraction: float = 0.1) -> Callable[[int], float]:
     """LR multiplier: linear warm-up over the first steps, then linear decay to zero."""
     warmup = max(1, int(total_steps * warmup_fraction))
@@ -91,14 +104,20 @@ def train_epochs(trainer: Trainer, epochs: int) -> list[float]:
 
 
 class Trainer:
-    """One optimizer step = ``accum_steps`` micro-batches, then step, schedule, zero."""
+    """One optimizer step = ``accum_steps`` micro-batches, then clip, step, schedule, zero.
+    ``scheduler``: anything with ``step()`` called once per optimizer step (a torch
+    LRScheduler, or a recipe's ``Schedule``). With ``keep_losses`` each step's loss tensor
+    is kept (no sync) until ``mean_loss`` reads them: an evaluated run's curve."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: LossFn,
                  stream: BatchStream, accum_steps: int, precision: Precision, device: str,
-                 scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> None:
+                 scheduler: object | None = None, grad_clip: float = 0.0,
+                 keep_losses: bool = False) -> None:
         self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
         self.stream, self.accum_steps = stream, accum_steps
         self.precision, self.device, self.scheduler = precision, device, scheduler
+        self.grad_clip = grad_clip
+        self.kept_losses: list[torch.Tensor] | None = [] if keep_losses else None
         # fp16 gradients underflow without loss scaling; the scaler is a no-op otherwise.
         self.scaler = torch.amp.GradScaler(device, enabled=precision.name == "fp16")
         self.steps = 0
@@ -114,10 +133,23 @@ class Trainer:
         batches = [self.stream.next() for _ in range(self.accum_steps)]
         loss = accumulate_gradients(self.model, self.loss_fn, batches, self.precision,
                                     self.device, self.scaler)
+        if self.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not scaled ones
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         if self.scheduler is not None:
             self.scheduler.step()
         self.steps += 1
+        if self.kept_losses is not None:
+            self.kept_losses.append(loss)
         return loss
+
+    def mean_loss(self) -> float:
+        """Mean loss of the steps since the last call (one sync; NaN when none)."""
+        if not self.kept_losses:
+            return float("nan")
+        mean = float(torch.stack(self.kept_losses).mean())
+        self.kept_losses.clear()
+        return mean

@@ -19,7 +19,7 @@ from bench.variants.precision import PRECISIONS
 
 if TYPE_CHECKING:
     from bench.measurement.flops import FlopCount
-    from bench.results.schema import ModelResult
+    from bench.results.schema import ClassReport, ModelResult
     from bench.spec.model import CaseSpec
     from bench.variants.precision import Precision
     from bench.variants.variant import Variant
@@ -60,6 +60,7 @@ class Outcome:
     metrics: dict[str, float]
     details: dict[str, Any] = field(default_factory=dict)
     model: ModelResult | None = None  # for phases built through bench.variants.pipeline
+    classes: ClassReport | None = None  # a classification phase's per-class figures
     # The metric parity compares, when only the phase knows it (a user's evaluate);
     # otherwise the workload's task_metric(phase).
     task_metric: tuple[str, bool] | None = None
@@ -86,6 +87,31 @@ class Phase(ABC):
     def flop_count(self) -> FlopCount | None:
         """FLOPs of one step (counted and analytic), for MFU; None: not reported."""
         return None
+
+
+class EvaluatedTraining(Phase):
+    """A training phase that can run to a target (time-to-accuracy mode,
+    bench.measurement.training_run): its steps train one model from initialization, and
+    ``evaluate`` scores that model on the validation set between steps, on the clock."""
+
+    steps_per_epoch: int = 1
+
+    @abstractmethod
+    def evaluate(self) -> dict[str, float]:
+        """Validation metrics of the model being trained now (the workload's
+        ``eval_metrics``); a phase with a plateau schedule steps it here."""
+
+    @abstractmethod
+    def mean_train_loss(self) -> float:
+        """Mean training loss of the steps since the previous call (NaN: none)."""
+
+    def run_outcome(self, final: dict[str, float]) -> Outcome:
+        """What the run reports once it stopped: the final evaluation's metrics and the
+        details of the trained model (per-class figures, trainable parameters...)."""
+        return Outcome(metrics=dict(final))
+
+    def finish(self) -> Outcome:
+        return self.run_outcome(self.evaluate())
 
 
 # Distinct batches a timed inference step rotates through: different data each step (no
@@ -153,6 +179,13 @@ class Workload(ABC):
     def task_metric(cls, phase: str) -> tuple[str, bool] | None:
         """The metric accuracy parity compares, and whether higher is better."""
         return None
+
+    @classmethod
+    def eval_metrics(cls, phase: str) -> dict[str, bool]:
+        """Metrics this phase evaluates while it trains (name -> higher is better): the
+        metrics a time-to-accuracy target may name. Empty: no such mode; a phase that has
+        them is an ``EvaluatedTraining``."""
+        return {}
 
     @classmethod
     def unsupported_reason(cls, case: CaseSpec) -> str | None:

@@ -14,13 +14,31 @@ import numpy as np
 import torch
 from torch import nn
 
+from bench.results.schema import ClassReport
 from bench.spec.axes import Setting
 from bench.variants import distillation, pipeline, pruning
 from bench.variants.precision import get_precision
 from bench.workloads import register
-from bench.workloads._training import BatchStream, Trainer, sum_over_batches, train_epochs
+from bench.workloads._classification import class_report, summary_metrics
+from bench.workloads._recipes import (
+    Schedule,
+    batch_loss,
+    build_optimizer,
+    class_weights,
+    epoch_order,
+    per_sample_loss,
+    recipe_axes,
+)
+from bench.workloads._training import (
+    BatchStream,
+    Trainer,
+    predict,
+    sum_over_batches,
+    train_epochs,
+)
 from bench.workloads.base import (
     ROTATING_INPUTS,
+    EvaluatedTraining,
     Outcome,
     Phase,
     RunContext,
@@ -47,26 +65,50 @@ def load_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 
 class DigitsCNN(nn.Module):
-    def __init__(self, width: int = 32) -> None:
+    def __init__(self, width: int = 32, dropout: float = 0.0) -> None:
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(1, width, 3, padding=1), nn.ReLU(),
             nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(),
             nn.MaxPool2d(2),
         )
-        self.head = nn.Sequential(
-            nn.Flatten(), nn.Linear(2 * width * 16, 128), nn.ReLU(), nn.Linear(128, 10))
+        hidden: list[nn.Module] = [nn.Flatten(), nn.Linear(2 * width * 16, 128), nn.ReLU()]
+        if dropout > 0:  # only then: the model without dropout is the one it always was
+            hidden.append(nn.Dropout(dropout))
+        self.head = nn.Sequential(*hidden, nn.Linear(128, 10))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+
+CLASSES = 10
+# The minority classes of an imbalanced training split (axis imbalance), and the classes
+# whose mean recall is reported as minority_recall in every training case.
+MINORITY_CLASSES = (3, 5, 8)
 
 
 def tensors(device: str) -> tuple[torch.Tensor, ...]:
     return tuple(torch.from_numpy(a).to(device) for a in load_split())
 
 
+def imbalanced(x: torch.Tensor, y: torch.Tensor, ratio: float) -> tuple[torch.Tensor, ...]:
+    """The training split with each minority class cut to ``ratio`` of its images (at least
+    one), chosen once with the split's seed: the same split for every seed of a case."""
+    if ratio >= 1:
+        return x, y
+    generator = torch.Generator().manual_seed(SPLIT_SEED)
+    keep = torch.ones(len(y), dtype=torch.bool)
+    for c in MINORITY_CLASSES:
+        members = (y.cpu() == c).nonzero().flatten()
+        order = members[torch.randperm(len(members), generator=generator)]
+        keep[order[max(1, math.ceil(len(members) * ratio)):]] = False
+    keep = keep.to(x.device)
+    return x[keep], y[keep]
+
+
 def build_trainer(x: torch.Tensor, y: torch.Tensor, batch_size: int, accum_steps: int,
                   lr: float, width: int, ctx: RunContext, seed: int) -> Trainer:
+    """The fixed recipe of the served model (inference phase): Adam, constant LR, CE."""
     torch.manual_seed(seed)
     model = DigitsCNN(width).to(ctx.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
@@ -82,36 +124,88 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return correct / len(x)
 
 
-class DigitsTrain(Phase):
+LABELS = tuple(str(c) for c in range(CLASSES))
+
+
+class DigitsTrain(EvaluatedTraining):
     step_description = "one optimizer step: accum_steps micro-batches of batch_size " \
-                       "(forward, cross-entropy, backward), then Adam"
+                       "(forward, loss, backward), optional gradient clipping, the " \
+                       "optimizer, the LR schedule"
 
     def __init__(self, case, ctx: RunContext) -> None:
         self.case, self.ctx = case, ctx
-        self.x_train, self.y_train, self.x_val, self.y_val = tensors(ctx.device)
-        self.trainer = self._trainer(seed=ctx.seed + 1)
+        x_train, y_train, self.x_val, self.y_val = tensors(ctx.device)
+        self.x_train, self.y_train = imbalanced(x_train, y_train, case.axes["imbalance"])
+        self.weights = class_weights(self.y_train.cpu(), CLASSES)
+        self.trainer = self._trainer(seed=ctx.seed + 1, keep_losses=case.training is not None)
         self.samples_per_step = self.trainer.samples_per_step
+        self.steps_per_epoch = max(1, self.trainer.stream.batches_per_epoch
+                                   // case.axes["accum_steps"])
+        self.last_train_loss = math.nan
 
-    def _trainer(self, seed: int) -> Trainer:
+    def _trainer(self, seed: int, keep_losses: bool = False) -> Trainer:
         a, p = self.case.axes, self.case.params
-        return build_trainer(self.x_train, self.y_train, a["batch_size"], a["accum_steps"],
-                             p["lr"], p["width"], self.ctx, seed)
+        torch.manual_seed(seed)
+        model = DigitsCNN(p["width"], a["dropout"]).to(self.ctx.device)
+        optimizer = build_optimizer(a["optimizer"], model.parameters(), a["lr"],
+                                    a["weight_decay"])
+        stream = BatchStream(self.x_train, self.y_train, a["batch_size"], seed,
+                             epoch_order(a["sampling"], self.y_train, CLASSES))
+        per_epoch = max(1, stream.batches_per_epoch // a["accum_steps"])
+        schedule = Schedule(a["lr_schedule"], optimizer, p["epochs"] * per_epoch, per_epoch,
+                            a["lr"])
+        loss = batch_loss(per_sample_loss(a["loss"], self.weights), a["sampling"])
+        return Trainer(model, optimizer, loss, stream, a["accum_steps"], self.ctx.precision,
+                       self.ctx.device, schedule, a["grad_clip"], keep_losses)
 
     def step(self) -> object:
         return self.trainer.step()
+
+    def _validate(self, model: nn.Module) -> tuple[dict[str, float], ClassReport]:
+        logits = predict(model, self.x_val, EVAL_BATCH, self.ctx.precision,
+                         self.ctx.device).float()
+        predicted = logits.argmax(1)
+        report = class_report(self.y_val.cpu().numpy(), predicted.cpu().numpy(), LABELS)
+        metrics = {"val_accuracy": float((predicted == self.y_val).float().mean()),
+                   "val_loss": float(nn.functional.cross_entropy(logits, self.y_val)),
+                   **summary_metrics(report, MINORITY_CLASSES)}
+        return metrics, report
+
+    def evaluate(self) -> dict[str, float]:
+        metrics, _ = self._validate(self.trainer.model)
+        self.trainer.scheduler.after_eval(metrics["val_accuracy"])
+        return metrics
+
+    def mean_train_loss(self) -> float:
+        self.last_train_loss = self.trainer.mean_loss()
+        return self.last_train_loss
+
+    def _details(self, trainer: Trainer) -> dict[str, object]:
+        counts = torch.bincount(self.y_train.cpu(), minlength=CLASSES).tolist()
+        return {"first_nonfinite_step": trainer.first_nonfinite_step,
+                "optimizer_steps": trainer.steps, "n_train": len(self.x_train),
+                "n_val": len(self.x_val), "train_class_counts": counts,
+                "minority_classes": list(MINORITY_CLASSES),
+                "lr_schedule": trainer.scheduler.describe(),
+                "trainable_parameters": sum(p.numel() for p in trainer.model.parameters()
+                                            if p.requires_grad)}
+
+    def run_outcome(self, final: dict[str, float]) -> Outcome:
+        _, report = self._validate(self.trainer.model)
+        return Outcome(metrics={**final, "final_train_loss": self.last_train_loss},
+                       details=self._details(self.trainer), classes=report)
 
     def finish(self) -> Outcome:
         # A fresh seeded model trained for exactly the configured epochs: the timed steps
         # never change the reported accuracy.
         trainer = self._trainer(seed=self.ctx.seed + 2)
         curve = train_epochs(trainer, self.case.params["epochs"])
-        val_acc = accuracy(trainer.model, self.x_val, self.y_val, 256, self.ctx)
+        metrics, report = self._validate(trainer.model)
         return Outcome(
-            metrics={"val_accuracy": val_acc, "final_train_loss": curve[-1]},
-            details={"first_nonfinite_step": trainer.first_nonfinite_step,
-                     "epochs": self.case.params["epochs"], "optimizer_steps": trainer.steps,
-                     "train_loss_per_epoch": curve, "n_train": len(self.x_train),
-                     "n_val": len(self.x_val)},
+            metrics={**metrics, "final_train_loss": curve[-1]},
+            details={**self._details(trainer), "epochs": self.case.params["epochs"],
+                     "train_loss_per_epoch": curve},
+            classes=report,
         )
 
 
@@ -171,11 +265,10 @@ class DigitsInfer(VariantInferPhase):
         return student.eval()
 
     def finish(self) -> Outcome:
-        correct = 0
-        for (images,), start in zip(self.eval_batches, range(0, len(self.x_val), EVAL_BATCH),
-                                    strict=True):
-            logits = self.variant.infer((images,))
-            correct += int((logits.argmax(1) == self.y_val[start:start + EVAL_BATCH].cpu()).sum())
+        predicted = torch.cat([self.variant.infer(batch).argmax(1)
+                               for batch in self.eval_batches])
+        truth = self.y_val.cpu()
+        correct = int((predicted == truth).sum())
         details = {"train_epochs_fp32": self.case.params["epochs"],
                    "train_loss_per_epoch": self.train_curve, "n_val": len(self.x_val),
                    "teacher_val_accuracy": self.teacher_accuracy}
@@ -185,7 +278,8 @@ class DigitsInfer(VariantInferPhase):
                 "teacher_width": self.case.params["width"],
                 "student_loss_per_epoch": self.student_curve}
         return Outcome(metrics={"val_accuracy": correct / len(self.x_val)}, details=details,
-                       model=self.variant.finalize())
+                       model=self.variant.finalize(),
+                       classes=class_report(truth.numpy(), predicted.numpy(), LABELS))
 
 
 @register
@@ -201,8 +295,10 @@ class DigitsCnn(Workload):
     @classmethod
     def params(cls) -> dict[str, Setting]:
         return {
-            "epochs": Setting("epochs", int, 8, minimum=1),
-            "lr": Setting("lr", float, 2e-3, minimum=0),
+            "epochs": Setting("epochs", int, 8, minimum=1,
+                              help="planned training epochs (train: the LR schedule's horizon)"),
+            "lr": Setting("lr", float, 2e-3, minimum=0, phases=("infer",),
+                          help="Adam's LR for the served model (train: the lr axis)"),
             "width": Setting("width", int, 32, minimum=1, help="channels of the first conv"),
             "student_width": Setting("student_width", int, 8, minimum=1, phases=("infer",),
                                      help="channels of the distilled student's first conv"),
@@ -210,7 +306,12 @@ class DigitsCnn(Workload):
 
     @classmethod
     def axes(cls) -> dict[str, Setting]:
-        return {**super().axes(), **pipeline.variant_axes(), "distillation": distillation.AXIS}
+        return {**super().axes(), **pipeline.variant_axes(), "distillation": distillation.AXIS,
+                **recipe_axes("adam", 2e-3, classification=True),
+                "imbalance": Setting("imbalance", float, 1.0, minimum=0, above_minimum=True,
+                                     maximum=1.0, phases=("train",),
+                                     help="each minority class's share of its training "
+                                          f"images {MINORITY_CLASSES}: 1 balanced, 0.1 1:10")}
 
     @classmethod
     def unsupported_reason(cls, case) -> str | None:
@@ -220,7 +321,16 @@ class DigitsCnn(Workload):
 
     @classmethod
     def metrics(cls, phase: str) -> tuple[str, ...]:
-        return ("val_accuracy", "final_train_loss") if phase == "train" else ("val_accuracy",)
+        if phase == "train":
+            return ("val_accuracy", "final_train_loss", *cls.eval_metrics(phase))
+        return ("val_accuracy",)
+
+    @classmethod
+    def eval_metrics(cls, phase: str) -> dict[str, bool]:
+        if phase != "train":
+            return {}
+        return {"val_accuracy": True, "balanced_accuracy": True, "macro_f1": True,
+                "minority_recall": True, "val_loss": False}
 
     @classmethod
     def task_metric(cls, phase: str) -> tuple[str, bool] | None:
