@@ -395,6 +395,75 @@ examples:
   bench list                           suites and workloads"""
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from bench.reports.tune import render_summaries, summarize_study
+    from bench.runners.tune import TuneOptions, tune
+
+    if args.trials < 1:
+        raise BenchInputError("--trials", f"{args.trials} trials", valid="an integer >= 1")
+    if args.seeds is not None and args.seeds < 1:
+        raise BenchInputError("--seeds", f"{args.seeds} seeds", valid="an integer >= 1")
+    storage = Path(args.storage or f"results/tune-{Path(args.suite).stem}.journal")
+    storage.parent.mkdir(parents=True, exist_ok=True)
+    study = args.study or f"{Path(args.suite).stem}-{args.sampler}-seed{args.seed}"
+    out = Path(args.out or storage.with_name(f"{storage.stem}-{study}-{os.getpid()}.json"))
+    options = TuneOptions(storage=storage, study=study, sampler=args.sampler,
+                          trials=args.trials, pruner=args.pruner, objective=args.objective,
+                          seed=args.seed, grid_points=args.grid_points, seeds=args.seeds,
+                          benchmark=args.benchmark)
+    progress = None if args.no_progress else (lambda line: print(line, file=sys.stderr))
+    result = tune(args.suite, out, options, progress)
+    print(render_summaries([summarize_study(result)]))
+    print(f"study {study} in {storage}; this process's trials in {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_tune_report(args: argparse.Namespace) -> int:
+    from bench.reports.tune import (
+        compare_samplers,
+        load_studies,
+        render_summaries,
+        summarize_study,
+    )
+
+    summaries = [summarize_study(s) for s in load_studies(args.storage, args.study)]
+    print(render_summaries(summaries))
+    for line in compare_samplers(summaries):
+        print(line)
+    return 0
+
+
+def _add_tune_commands(sub: Any) -> None:
+    from bench.runners.tune import OBJECTIVES, PRUNERS, SAMPLERS  # no torch, no optuna
+
+    p = sub.add_parser("tune", help="hyperparameter search through Optuna over a benchmark's "
+                                    "search table; each trial an isolated case")
+    p.add_argument("suite")
+    p.add_argument("--sampler", choices=SAMPLERS, default="tpe")
+    p.add_argument("--trials", type=int, default=20, help="trials this process adds")
+    p.add_argument("--pruner", choices=PRUNERS, default="none")
+    p.add_argument("--objective", choices=OBJECTIVES, default="time_to_target")
+    p.add_argument("--seed", type=int, default=0, help="the sampler's seed (study seed)")
+    p.add_argument("--seeds", type=int, help="training seeds per trial (default: the "
+                                             "benchmark's training.seeds)")
+    p.add_argument("--grid-points", type=int, default=4,
+                   help="values per numeric range under --sampler grid")
+    p.add_argument("--study", help="study name (default: SUITE-SAMPLER-seedN)")
+    p.add_argument("--storage", help="Optuna journal file shared by every process of the "
+                                     "study (default: results/tune-SUITE.journal)")
+    p.add_argument("--benchmark", help="the label of the benchmark to tune (default: the "
+                                       "first with a search table)")
+    p.add_argument("--out", help="result file for this process's trials")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("tune-report", help="summarize studies of a journal: best values, "
+                                           "best-so-far, pruning savings, samplers compared")
+    p.add_argument("storage", help="the Optuna journal file")
+    p.add_argument("--study", action="append", help="a study (repeat; default: all)")
+    p.set_defaults(func=cmd_tune_report)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from bench import __version__
 
@@ -405,6 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_commands(sub)
     _add_report_commands(sub)
     _add_ab_command(sub)
+    _add_tune_commands(sub)
     return parser
 
 

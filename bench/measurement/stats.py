@@ -112,6 +112,41 @@ def mann_whitney_smallest_p(n1: int, n2: int) -> float:
     return min(1.0, 2.0 / math.comb(n1 + n2, n1))
 
 
+@dataclass(frozen=True)
+class SeedComparison:
+    """Time to target over the seeds of two runs of one case: the ratio of the olympic
+    scores (current / baseline: above 1, slower to reach the target) and a two-sided
+    Mann-Whitney U on the per-seed times, a seed that did not converge ranked slowest."""
+
+    ratio: float | None
+    p_value: float
+    smallest_p: float
+    seeds_baseline: int
+    seeds_current: int
+    method: str = ("olympic score current / baseline; two-sided Mann-Whitney U on each "
+                   "seed's wall time to target (a seed short of the target ranks slowest)")
+
+    def decidable(self, alpha: float) -> bool:
+        return self.smallest_p < alpha
+
+
+def compare_seeds(baseline: list[float], current: list[float], baseline_score: float | None,
+                  current_score: float | None) -> SeedComparison:
+    from scipy.stats import mannwhitneyu  # as ratio_of_medians
+
+    finite = [v for v in baseline + current if math.isfinite(v)]
+    slowest = 2 * max(finite, default=1.0) + 1  # ranks a miss behind every finite time
+    base = [v if math.isfinite(v) else slowest for v in baseline]
+    cur = [v if math.isfinite(v) else slowest for v in current]
+    p_value = 1.0
+    if base and cur and len(set(base + cur)) > 1:
+        p_value = float(mannwhitneyu(cur, base, alternative="two-sided").pvalue)
+    ratio = None if not baseline_score or current_score is None else \
+        current_score / baseline_score
+    return SeedComparison(ratio, p_value, mann_whitney_smallest_p(len(base), len(cur)),
+                          len(base), len(cur))
+
+
 def min_trials_for_verdict(alpha: float = 0.05) -> int:
     """Trials each side needs for Mann-Whitney to be able to reach p < alpha (4 at 0.05:
     2/C(8,4) = 0.029, while 3 trials give at best 0.1 and 2 trials 0.333)."""

@@ -32,6 +32,7 @@ STOP_MAX_EPOCHS = "max_epochs"
 STOP_MAX_TIME = "max_time"
 STOP_EARLY = "early_stopping"
 STOP_NON_FINITE = "non_finite"
+STOP_PRUNED = "pruned"  # a hyperparameter search's pruner stopped the run (bench tune)
 
 
 @dataclass
@@ -70,9 +71,11 @@ def steps_per_eval(spec: TrainingRunSpec, samples_per_step: int, steps_per_epoch
 
 def run_to_target(phase: EvaluatedTraining, timer: Timer, spec: TrainingRunSpec, seed: int,
                   metric: str, patience: int = 0, step: Callable[[], object] | None = None,
+                  on_eval: Callable[[EvalPoint], bool] | None = None,
                   clock: Callable[[], float] = time.perf_counter) -> TrainingTrace:
     """Train ``phase`` from its initial state until a stop rule fires; see the module.
-    ``step`` replaces ``phase.step`` as the timed step (the injected-slowdown test knob)."""
+    ``step`` replaces ``phase.step`` as the timed step (the injected-slowdown test knob);
+    ``on_eval`` sees each evaluation and returns False to stop the run (pruned)."""
     step = step or phase.step
     per_step = phase.samples_per_step
     per_epoch = max(1, phase.steps_per_epoch)
@@ -98,6 +101,8 @@ def run_to_target(phase: EvaluatedTraining, timer: Timer, spec: TrainingRunSpec,
         best.update(value, steps)
         if not math.isfinite(loss) or (value is not None and not math.isfinite(value)):
             stop = STOP_NON_FINITE
+        elif on_eval is not None and not on_eval(curve[-1]):
+            stop = STOP_PRUNED
         elif spec.reached(metrics):
             stop = STOP_TARGET
         elif patience and best.since >= patience:

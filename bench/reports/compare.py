@@ -19,7 +19,13 @@ from dataclasses import dataclass, field
 
 from tabulate import tabulate
 
-from bench.measurement.stats import RatioEstimate, paired_ratio, ratio_of_medians
+from bench.measurement.stats import (
+    RatioEstimate,
+    SeedComparison,
+    compare_seeds,
+    paired_ratio,
+    ratio_of_medians,
+)
 from bench.results.schema import (
     INJECTED_SLOWDOWN_KEY,
     INSTRUCTIONS_KEY,
@@ -99,6 +105,8 @@ class CaseComparison:
     problems: tuple[Problem, ...] = field(default_factory=tuple)
     # Instructions per step, current / baseline, where both sides were counted (callgrind).
     instructions_ratio: float | None = None
+    # Time to target over seeds (time-to-accuracy cases with a target on both sides).
+    time_to_accuracy: SeedComparison | None = None
 
     @property
     def status_change(self) -> str:
@@ -233,7 +241,21 @@ def compare_case(base: CaseResult | None, cur: CaseResult | None,
     memory, kind = _memory_ratio(base, cur, problems)
     metric, accuracy, target = _accuracy(base, cur, problems)
     return CaseComparison(case_id, base, cur, speed, memory, kind, metric, accuracy, target,
-                          tuple(problems), _instructions_ratio(base, cur))
+                          tuple(problems), _instructions_ratio(base, cur),
+                          _time_to_accuracy(base, cur, problems))
+
+
+def _time_to_accuracy(base: CaseResult, cur: CaseResult,
+                      problems: list[Problem]) -> SeedComparison | None:
+    a, b = base.time_to_accuracy, cur.time_to_accuracy
+    if a is None or not a.settings.get("target_metric"):
+        return None
+    if b is None or b.target != a.target:
+        problems.append(Problem("time_to_accuracy", f"the baseline ran to {a.target}, the "
+                                "current run " + ("did not run to a target" if b is None
+                                                  else f"to {b.target}")))
+        return None
+    return compare_seeds(a.times_to_target(), b.times_to_target(), a.score_s, b.score_s)
 
 
 def instructions_per_step(case: CaseResult | None) -> float | None:
@@ -300,6 +322,12 @@ def render_comparison(rows: list[CaseComparison], fmt: str = "github") -> str:
                 p += f" (t, {c.speed.time.pairs} rounds)"
         if c.instructions_ratio is not None:
             notes.append(f"instructions per step x{c.instructions_ratio:.4f} (callgrind)")
+        if (tta := c.time_to_accuracy) is not None:
+            notes.append("time to target " + (f"x{tta.ratio:.3f}" if tta.ratio else "n/a")
+                          + f" (Mann-Whitney p={tta.p_value:.2g} over {tta.seeds_baseline}"
+                          f"+{tta.seeds_current} seeds"
+                          + ("" if tta.decidable(0.05) else "; too few seeds to decide at "
+                             "p < 0.05") + ")")
         table.append([c.case_id, c.status_change, speed, ci, p,
                       "" if c.memory_ratio is None else f"{c.memory_ratio:.3f}",
                       "" if c.accuracy_ratio is None else

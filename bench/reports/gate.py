@@ -8,7 +8,10 @@ A case regresses when (each check a small strategy over a ``CaseComparison``):
   interleaved A/B session (``bench ab``), where machine drift cancels;
 - memory: peak grew by more than ``memory.max_growth``;
 - accuracy: task metric below ``accuracy.min_ratio`` of the baseline (default: the
-  suite's parity target for the case, 0.99).
+  suite's parity target for the case, 0.99);
+- classes / class parity: one class's recall fell by more than ``accuracy.max_class_drop``
+  (absolute) against the baseline's same case, or a variant's against its reference in
+  the current run (error analysis), even where the overall metric holds.
 Changes as large the other way are listed as improvements, so baselines get refreshed.
 
 "Exit 0" means "no regression", never "could not tell": a case the gate cannot judge is a
@@ -33,6 +36,7 @@ from bench.files import parse_toml, read_bounded_text
 from bench.measurement.sequential import NO_REGRESSION, REGRESSION, SequentialTest
 from bench.measurement.stats import min_trials_for_verdict
 from bench.reports.compare import CaseComparison, Problem, instructions_per_step
+from bench.reports.parity import class_parity_failures, worst_class
 from bench.reports.slo import slo_failures
 from bench.results.schema import STATUS_CONTENDED
 from bench.units import DEFAULT_PARITY_TARGET, MIB
@@ -44,6 +48,9 @@ class Policy:
     speed_alpha: float = 0.05
     memory_max_growth: float = 0.10
     accuracy_min_ratio: float | None = None  # None: the case's parity target
+    # Per-class recall (classification cases): a drop beyond this, absolute, against the
+    # baseline's same case or against the variant's reference in the same run, regresses.
+    accuracy_max_class_drop: float = 0.10
     gate_speed: bool = True
     gate_memory: bool = True
     gate_accuracy: bool = True
@@ -56,6 +63,10 @@ class Policy:
     speed_sequential: bool = True
     speed_false_alarm: float = 0.002
     speed_miss: float = 0.02
+    # Time to target over seeds (time-to-accuracy cases): slower by more than max_growth
+    # and significant (Mann-Whitney over seeds at speed_alpha) regresses.
+    tta_max_growth: float = 0.10
+    gate_tta: bool = True
     # Instructions per step (callgrind counts, bench ab --instructions): reported always,
     # a failure beyond max_growth only with gate = true.
     instructions_max_growth: float = 0.01
@@ -85,9 +96,11 @@ _POLICY_RANGES = {
     "speed_alpha": (0.0, 0.5, False, True),
     "memory_max_growth": (0.0, math.inf, True, False),
     "accuracy_min_ratio": (0.0, 1.0, False, True),
+    "accuracy_max_class_drop": (0.0, 1.0, True, True),
     "speed_false_alarm": (0.0, 0.5, False, False),
     "instructions_max_growth": (0.0, math.inf, True, False),
     "speed_miss": (0.0, 0.5, False, False),
+    "tta_max_growth": (0.0, math.inf, True, False),
 }
 
 _POLICY_TABLES = {
@@ -95,8 +108,10 @@ _POLICY_TABLES = {
               "inconclusive": "speed_inconclusive", "sequential": "speed_sequential",
               "false_alarm": "speed_false_alarm", "miss": "speed_miss"},
     "memory": {"max_growth": "memory_max_growth", "gate": "gate_memory"},
-    "accuracy": {"min_ratio": "accuracy_min_ratio", "gate": "gate_accuracy"},
+    "accuracy": {"min_ratio": "accuracy_min_ratio", "gate": "gate_accuracy",
+                 "max_class_drop": "accuracy_max_class_drop"},
     "instructions": {"max_growth": "instructions_max_growth", "gate": "gate_instructions"},
+    "time_to_accuracy": {"max_growth": "tta_max_growth", "gate": "gate_tta"},
 }
 
 
@@ -317,6 +332,35 @@ def check_accuracy(c: CaseComparison, policy: Policy) -> tuple[str | None, str |
     return None, None
 
 
+def check_classes(c: CaseComparison, policy: Policy) -> tuple[str | None, str | None]:
+    """Per-class recall against the baseline's same case: one class lost beyond
+    ``max_class_drop`` regresses even where the overall metric holds."""
+    if not policy.gate_accuracy or c.current is None or not c.current.measured or \
+            c.baseline is None or not c.baseline.measured:
+        return None, None
+    worst = worst_class(c.current, c.baseline)
+    if worst is None or worst.drop <= policy.accuracy_max_class_drop:
+        return None, None
+    return (f"{worst.describe()} against the baseline (drop {worst.drop:.3f} > "
+            f"{policy.accuracy_max_class_drop:g})"), None
+
+
+def check_time_to_accuracy(c: CaseComparison,
+                           policy: Policy) -> tuple[str | None, str | None]:
+    """Olympic time to target against the baseline's, judged over the seeds."""
+    tta = c.time_to_accuracy
+    if not policy.gate_tta or tta is None or tta.ratio is None or \
+            not tta.decidable(policy.speed_alpha) or tta.p_value >= policy.speed_alpha:
+        return None, None
+    text = (f"time to target x{tta.ratio:.3f} (Mann-Whitney p={tta.p_value:.2g} over "
+            f"{tta.seeds_baseline}+{tta.seeds_current} seeds)")
+    if tta.ratio > 1 + policy.tta_max_growth:
+        return text, None
+    if tta.ratio < 1 / (1 + policy.tta_max_growth):
+        return None, text
+    return None, None
+
+
 def check_instructions(c: CaseComparison, policy: Policy) -> tuple[str | None, str | None]:
     """Instructions per step against the baseline's, where the baseline was counted."""
     if not policy.gate_instructions or c.current is None or \
@@ -334,6 +378,7 @@ def check_instructions(c: CaseComparison, policy: Policy) -> tuple[str | None, s
 
 CHECKS: dict[str, Check] = {"status": check_status, "speed": check_speed,
                             "memory": check_memory, "accuracy": check_accuracy,
+                            "classes": check_classes, "time_to_accuracy": check_time_to_accuracy,
                             "instructions": check_instructions}
 
 
@@ -341,8 +386,15 @@ def judgeability(c: CaseComparison, policy: Policy) -> list[Problem]:
     """Why the gate cannot judge this case (empty: it can): the comparison's problems of
     the checks the policy gates, and a test too small to reach alpha."""
     gated = {"speed": policy.gate_speed, "memory": policy.gate_memory,
-             "accuracy": policy.gate_accuracy}
+             "accuracy": policy.gate_accuracy, "time_to_accuracy": policy.gate_tta}
     reasons = [p for p in c.problems if gated.get(p.check, True)]
+    tta = c.time_to_accuracy
+    if policy.gate_tta and tta is not None and not tta.decidable(policy.speed_alpha):
+        need = min_trials_for_verdict(policy.speed_alpha)
+        reasons.append(Problem(
+            "time_to_accuracy", f"{tta.seeds_baseline} baseline and {tta.seeds_current} "
+            f"current seeds: Mann-Whitney cannot reach p < {policy.speed_alpha:g} (smallest p "
+            f"{tta.smallest_p:.3g}); too few seeds to decide: run at least {need} per side"))
     if policy.gate_speed and c.speed is not None and \
             c.speed.time.smallest_p >= policy.speed_alpha:
         est = c.speed.time
@@ -365,11 +417,17 @@ def evaluate(comparisons: list[CaseComparison], policy: Policy) -> GateReport:
         report.inconclusive.append(Finding(
             "(all)", "baseline", f"the baseline has no measured case "
             f"({len(baseline_cases)} cases, none ok): nothing to judge against"))
-    slos = slo_failures([c.current for c in comparisons if c.current is not None])
+    current = [c.current for c in comparisons if c.current is not None]
+    slos = slo_failures(current)
+    lost_class = class_parity_failures(current, policy.accuracy_max_class_drop) \
+        if policy.gate_accuracy else {}
     for c in comparisons:
         case_policy = policy.for_case(c.case_id)
         if slos.get(c.case_id):  # the suite's own service levels: no baseline needed
             report.regressions.append(Finding(c.case_id, "slo", "; ".join(slos[c.case_id])))
+        if lost_class.get(c.case_id):  # a variant against its own reference, this run
+            report.regressions.append(Finding(c.case_id, "class parity",
+                                              lost_class[c.case_id]))
         for name, check in CHECKS.items():
             worse, better = check(c, case_policy)
             if worse:
@@ -423,7 +481,10 @@ def markdown(report: GateReport, baseline: str, current: str, policy: Policy) ->
              f"{'' if policy.gate_memory else ' (off)'}; accuracy below "
              + (f"{policy.accuracy_min_ratio:g}" if policy.accuracy_min_ratio is not None
                 else "each case's parity target")
-             + f" of baseline{'' if policy.gate_accuracy else ' (off)'}; ok -> not ok"
+             + f" of baseline{'' if policy.gate_accuracy else ' (off)'}, or one class's recall "
+             f"down > {policy.accuracy_max_class_drop:g}; time to target slower > "
+             f"{policy.tta_max_growth:.0%} and significant over seeds"
+             f"{'' if policy.gate_tta else ' (off)'}; ok -> not ok"
              + (f"; {len(policy.overrides)} [[case]] entries change it for the cases they "
                 "match" if policy.overrides else "") + "; each case's suite SLO, if any.", ""]
     if report.verdicts:

@@ -16,7 +16,7 @@ from tabulate import tabulate
 
 from bench.measurement.fingerprint import machine_name
 from bench.reports.compare import geometric_mean
-from bench.reports.table import csv_text
+from bench.reports.text import csv_text
 from bench.results.schema import STATUS_CONTENDED, CaseResult, RunRecord
 
 PLACEMENT_AXES = ("device", "threads")

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import csv
 import html
-import io
 from typing import Any
 
 from tabulate import tabulate
@@ -14,6 +12,8 @@ from bench.measurement.fingerprint import machine_name
 from bench.reports.compare import injected_slowdown
 from bench.reports.parity import Parity, parity_by_case
 from bench.reports.slo import slo_failures
+from bench.reports.text import csv_text
+from bench.reports.training import render_training, winners
 from bench.results.schema import CaseResult, RunRecord
 from bench.units import MIB
 
@@ -23,14 +23,6 @@ HEADERS = ["case", "status", "step ms (median)", "95% CI ms", "CV %", "throughpu
            "model MiB", "sparsity", "fidelity cos (mean/min)", "TFLOP/s", "MFU measured / spec",
            "params/grads/optim/activations MiB", "accuracy", "target", "vs fp32", "parity",
            "SLO"]
-
-
-def csv_text(headers: list[str], rows: list[list[Any]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(headers)
-    writer.writerows(rows)
-    return buffer.getvalue()
 
 
 def _ms(seconds: float | None) -> str:
@@ -52,6 +44,9 @@ def _parity(parity: Parity | None) -> tuple[str, str]:
     if parity is None:
         return "", ""
     verdict = "pass" if parity.passed else f"FAIL (< {parity.target:.0%})"
+    worst = parity.worst_class
+    if worst is not None and worst.drop > 0:
+        verdict += f"; worst {worst.describe()}"
     return f"{parity.ratio:.4f}", verdict
 
 
@@ -154,4 +149,9 @@ def render_report(record: RunRecord, fmt: str = "github") -> str:
     table = tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True)
     if fmt == "html":
         return "".join(f"<p>{html.escape(line)}</p>" for line in header.splitlines()) + table
-    return f"{header}\n\n{table}\n" if fmt != "latex" else table + "\n"
+    if fmt == "latex":
+        return table + "\n"
+    training = render_training(record, fmt)
+    if training:
+        table += "\n\n" + training + "".join(f"\n{line}" for line in winners(record)) + "\n"
+    return f"{header}\n\n{table}\n"

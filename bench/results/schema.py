@@ -21,7 +21,8 @@ Versions (older files are read through ``bench.results.migrations``):
 6. ``CaseResult.time_to_accuracy`` (time-to-accuracy mode: one training run per seed from
    initialization to a target, evaluated on the clock, with the olympic score) and status
    ``not_converged``; ``CaseResult.classes`` (per-class precision, recall and the confusion
-   matrix of a classification case). Both absent (none) in older files. digits_cnn's and
+   matrix of a classification case). Both absent (none) in older files. Status ``pruned``
+   (a bench tune trial its pruner stopped). digits_cnn's and
    linreg's ``lr`` moved from params to axes (a recipe axis): older records keep it in
    params.
 """
@@ -53,8 +54,10 @@ STATUS_DIVERGED = "diverged"  # a loss or task metric became NaN or infinite
 STATUS_CONTENDED = "contended"
 # Time-to-accuracy: two or more of the case's seeds did not reach the target within the cap.
 STATUS_NOT_CONVERGED = "not_converged"
+# A hyperparameter search's pruner stopped the trial's run early (bench tune).
+STATUS_PRUNED = "pruned"
 STATUSES = (STATUS_OK, STATUS_SKIPPED, STATUS_ERROR, STATUS_CRASHED, STATUS_TIMEOUT, STATUS_OOM,
-            STATUS_DIVERGED, STATUS_CONTENDED, STATUS_NOT_CONVERGED)
+            STATUS_DIVERGED, STATUS_CONTENDED, STATUS_NOT_CONVERGED, STATUS_PRUNED)
 # Statuses whose timing, memory and accuracy figures are complete and comparable.
 MEASURED_STATUSES = frozenset({STATUS_OK, STATUS_CONTENDED})
 # A case that should have run and did not: `bench run` exits 1 when any case ends so.
@@ -280,7 +283,7 @@ class SeedRun:
 
     seed: int
     converged: bool
-    stop_reason: str  # target | max_epochs | max_time | early_stopping | non_finite
+    stop_reason: str  # target | max_epochs | max_time | early_stopping | non_finite | pruned
     steps: int
     samples: int
     epochs: float

@@ -171,11 +171,12 @@ def _failed(case: CaseSpec, status: str, reason: str, stderr: str, peak_rss: int
     )
 
 
-def run_in_processes(case: CaseSpec) -> CaseResult:
+def run_in_processes(case: CaseSpec, servers: ForkServers | None = None) -> CaseResult:
     """Run a case in ``budget.processes`` independent workers, pooled into one record; a
-    time-to-accuracy case in one worker per seed (forked from one fork server on a CPU)."""
+    time-to-accuracy case in one worker per seed (on a CPU forked from a fork server:
+    ``servers``, shared by a sweep's cases, or one of its own)."""
     if case.training is not None:
-        return run_seeds(case)
+        return run_seeds(case, servers=servers)
     results = []
     for _ in range(case.budget.processes):
         results.append(run_isolated(case))
@@ -184,10 +185,11 @@ def run_in_processes(case: CaseSpec) -> CaseResult:
     return merge_process_results(results)
 
 
-def run_seeds(case: CaseSpec, code: WorkerCode | None = None) -> CaseResult:
+def run_seeds(case: CaseSpec, code: WorkerCode | None = None,
+              servers: ForkServers | None = None) -> CaseResult:
     """One worker per seed of a time-to-accuracy case; the seeds' runs merged."""
     results = []
-    with ForkServers() as servers:
+    with contextlib.nullcontext(servers) if servers is not None else ForkServers() as servers:
         for seed in case.training.seed_list():
             results.append(run_isolated(dataclasses.replace(case, seed=seed), code, servers))
             if results[-1].status in FAILED_STATUSES:

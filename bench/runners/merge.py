@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import statistics
 
+from bench.measurement.classes import pooled as pooled_classes
 from bench.measurement.stats import olympic, percentiles, summarize
 from bench.results.schema import (
     PROCESS_MEDIANS_KEY,
@@ -119,5 +120,7 @@ def merge_seed_runs(results: list[CaseResult]) -> CaseResult:
         status = STATUS_NOT_CONVERGED
         reason = (f"{len(missed)} of {len(runs)} seeds did not reach {tta.target} "
                   f"(stopped by {', '.join(sorted({r.stop_reason for r in missed}))})")
+    reports = [r.classes for r in results if r.classes is not None]
+    classes = pooled_classes(reports) if len(reports) == len(results) else first.classes
     return dataclasses.replace(pooled, status=status, reason=reason, time_to_accuracy=tta,
-                               accuracy=accuracy)
+                               accuracy=accuracy, classes=classes)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import sys
 import uuid
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from bench.errors import BenchInputError
 from bench.measurement.fingerprint import fingerprint
 from bench.results.schema import STATUS_SKIPPED, CaseResult, RunInfo, RunRecord
 from bench.results.store import ResultStore, exclusive_output
+from bench.runners.fork_server import ForkServers
 from bench.runners.isolation import run_in_processes
 from bench.runners.paired import paired_speedup, reference_of, shared_measurement
 from bench.runners.plan import PlannedCase, plan_suite
@@ -28,10 +30,10 @@ def skipped_result(planned: PlannedCase) -> CaseResult:
                                finished_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
 
 
-def _run_one(planned: PlannedCase) -> CaseResult:
+def _run_one(planned: PlannedCase, servers: ForkServers | None = None) -> CaseResult:
     if planned.skip_reason:
         return skipped_result(planned)
-    return run_in_processes(planned.spec)
+    return run_in_processes(planned.spec, servers)
 
 
 def new_run_info(suite, select: dict[str, set[str]] | None, run_id: str | None = None,
@@ -72,8 +74,10 @@ def run_suite(suite: str | Path | SuiteSpec, out: str | Path, *, resume: bool = 
     planned = plan_suite(suite, select)
     # One writer per result file: a second run (--resume beside --overwrite) would
     # otherwise overwrite the first one's cases with its own view of the file.
-    with exclusive_output(out):
+    with exclusive_output(out), ForkServers() as servers:
         store = open_store(suite, Path(out), resume, overwrite, select)
+        if runner is _run_one:  # seeds of time-to-accuracy cases fork from shared servers
+            runner = functools.partial(_run_one, servers=servers)
         _run_cases(store, planned, suite.name, out, progress, runner)
         rounds = suite.paired_rounds if paired_rounds is None else paired_rounds
         if rounds:

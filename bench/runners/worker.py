@@ -177,20 +177,6 @@ def _measure_and_finish(case: CaseSpec, phase: Any, result: CaseResult) -> None:
         result.status, result.reason = STATUS_DIVERGED, diverged
 
 
-def watched_metric(case: CaseSpec) -> tuple[str, bool]:
-    """The metric a training run watches (best value, early stopping): the target's, else
-    the workload's task metric, else its first evaluated metric."""
-    spec = case.training
-    if spec is not None and spec.target_metric:
-        return spec.target_metric, spec.higher_is_better
-    evaluated = get_workload(case.workload).eval_metrics(case.phase)
-    task = get_workload(case.workload).task_metric(case.phase)
-    if task and task[0] in evaluated:
-        return task
-    name = next(iter(evaluated))
-    return name, evaluated[name]
-
-
 def _run_timing(trace: Any, timer: Any, phase: Any) -> TimingResult:
     """The engine's per-step figures from the steps of the real training run."""
     cold, trials = trials_of(trace)
@@ -207,18 +193,33 @@ def _run_timing(trace: Any, timer: Any, phase: Any) -> TimingResult:
         **TimingResult.summary_fields(summarize(means)))
 
 
+def _progress_reporter(path: str | None) -> Any:
+    """bench tune's view of a run: each evaluation appended to ``path`` as a JSON line;
+    False (stop: pruned) once the file ``path.stop`` exists. None without a path."""
+    if path is None:
+        return None
+    stop = Path(path + ".stop")
+
+    def report(point: Any) -> bool:
+        with open(path, "a") as out:
+            out.write(json.dumps(json_safe(dataclasses.asdict(point))) + "\n")
+        return not stop.exists()
+
+    return report
+
+
 def _train_to_target(case: CaseSpec, phase: Any, result: CaseResult) -> None:
     """Time-to-accuracy mode: one run of this seed to the target; its steps are the timed
     steps, its final evaluation the task metrics."""
     workload = get_workload(case.workload)
-    metric, higher = watched_metric(case)
+    metric, higher = workload.watched_metric(case)
     patience = int(case.axes.get("early_stopping", 0))
     step = _with_injected_slowdown(phase.step, result.details)
     probe = InterferenceProbe(result.worker["torch_threads"])
     timer = timer_for(case.device)
     with phase.session(), probe:
         trace = run_to_target(phase, timer, case.training, case.seed, metric, patience,
-                              step=step)
+                              step=step, on_eval=_progress_reporter(case.progress_file))
     trace.run.pid = os.getpid()
     outcome = phase.run_outcome(trace.run.curve[-1].metrics)
     timing = _run_timing(trace, timer, phase)

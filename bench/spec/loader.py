@@ -21,6 +21,7 @@ from bench.spec.model import (
     AccuracyTarget,
     BenchmarkSpec,
     Budget,
+    SearchDimension,
     SuiteSpec,
     TrainingRunSpec,
 )
@@ -29,7 +30,8 @@ from bench.units import DEFAULT_PARITY_TARGET, MIB
 _SUITE_KEYS = {"suite", "budget", "benchmark"}
 _SUITE_TABLE_KEYS = {"name", "description", "max_cases", "paired_rounds"}
 _BENCHMARK_KEYS = {"label", "parity_target", "workload", "phase", "matrix", "params", "accuracy",
-                   "budget", "model", "python_path", "slo", "target", "training"}
+                   "budget", "model", "python_path", "slo", "target", "training",
+                   "search"}
 # ``model = "module:function"``: the user's own model, run by this workload.
 USER_MODEL_WORKLOAD = "model"
 _FACTORY_FORMAT = "module:function, e.g. \"mymodels:build\" (module importable from " \
@@ -176,11 +178,50 @@ def _load_benchmark(table: Any, index: int, default_budget: Budget,
     training = None
     if "target" in table or "training" in table:
         training = _load_training(table, workload, phase, source, where)
+    search = _load_search(table.get("search", {}), axes, matrix_table, source,
+                          f"{where}.search")
     return BenchmarkSpec(workload=name, phase=phase, matrix=matrix, label=label, slo=slo,
-                         training=training,
+                         training=training, search=search,
                          parity_target=parity, named_axes=named, params=params,
                          accuracy=accuracy, budget=budget,
                          parity_reference=workload.parity_reference(phase))
+
+
+_SEARCH_FORMAT = 'a list of values, or { low = ..., high = ..., log = true|false } for a ' \
+                 'numeric axis'
+
+
+def _load_search(table: Any, axes: dict[str, Setting], matrix: dict[str, Any], source: str,
+                 where: str) -> tuple[SearchDimension, ...]:
+    """``search = { lr = { low = 1e-4, high = 0.1, log = true }, optimizer = ["sgd",
+    "adam"] }``: the space ``bench tune`` samples; each value checked as the axis checks
+    it."""
+    table = _check_keys(table, set(axes), source, where)
+    dims = []
+    for axis, spec in table.items():
+        setting, key = axes[axis], f"{where}.{axis}"
+        if axis in matrix:
+            raise BenchInputError(source, "searched and in the matrix", key=key,
+                                  valid="one of the two")
+        if isinstance(spec, list):
+            if not spec:
+                raise BenchInputError(source, "empty list", key=key, valid=_SEARCH_FORMAT)
+            dims.append(SearchDimension(axis, choices=tuple(
+                setting.validate(v, source, key) for v in spec)))
+            continue
+        spec = _check_keys(spec, {"low", "high", "log"}, source, key)
+        if setting.kind not in (int, float) or "low" not in spec or "high" not in spec:
+            raise BenchInputError(source, "a range needs low and high on a numeric axis",
+                                  key=key, valid=_SEARCH_FORMAT)
+        low = setting.validate(spec["low"], source, f"{key}.low")
+        high = setting.validate(spec["high"], source, f"{key}.high")
+        log = spec.get("log", False)
+        if not isinstance(log, bool) or not low < high or (log and low <= 0):
+            raise BenchInputError(source, f"bad range [{low!r}, {high!r}] (log={log!r})",
+                                  key=key, valid="low < high; low > 0 with log = true")
+        dims.append(SearchDimension(axis, low=low, high=high, log=log,
+                                    integer=setting.kind is int))
+    return tuple(dims)
 
 
 _TRAINING_SETTINGS = {

@@ -138,6 +138,36 @@ class TrainingRunSpec:
 
 
 @dataclass(frozen=True)
+class SearchDimension:
+    """One axis of a hyperparameter search (``bench tune``): a list of choices, or a
+    numeric range ``[low, high]`` (log-uniform with ``log``) for int and float axes."""
+
+    axis: str
+    choices: tuple[Any, ...] | None = None
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    integer: bool = False
+
+    def grid(self, points: int) -> tuple[Any, ...]:
+        """Values for a grid search: the choices, or ``points`` values spanning the range
+        (geometrically with ``log``), rounded for integer axes."""
+        if self.choices is not None:
+            return self.choices
+        if points == 1:
+            return (self.low,)
+        if self.log:
+            ratio = (self.high / self.low) ** (1 / (points - 1))
+            values = [self.low * ratio ** i for i in range(points)]
+        else:
+            values = [self.low + (self.high - self.low) * i / (points - 1)
+                      for i in range(points)]
+        if self.integer:
+            return tuple(sorted({round(v) for v in values}))
+        return tuple(float(f"{v:.6g}") for v in values)
+
+
+@dataclass(frozen=True)
 class BenchmarkSpec:
     """One ``[[benchmark]]`` table: a workload, a phase, fixed params and matrix axes."""
 
@@ -154,6 +184,7 @@ class BenchmarkSpec:
     parity_reference: dict[str, Any] = field(default_factory=dict)
     slo: dict[str, float] = field(default_factory=dict)  # SLO_KEYS: what every case must meet
     training: TrainingRunSpec | None = None  # time-to-accuracy mode (target = {...})
+    search: tuple[SearchDimension, ...] = ()  # bench tune's search space (search = {...})
 
 
 # Service levels a benchmark's cases must meet, checked by the report and by bench gate:
@@ -205,6 +236,9 @@ class CaseSpec:
     # its own ``seed`` (RunContext.seed: initialization and data order).
     training: TrainingRunSpec | None = None
     seed: int = 0
+    # bench tune: the worker appends each evaluation to this file (JSON lines) and stops
+    # the run as pruned once PATH.stop exists.
+    progress_file: str | None = None
 
     def named_axes(self) -> list[tuple[str, Any]]:
         """The axes the suite named (all of them when it named none), in order."""
@@ -242,6 +276,7 @@ class CaseSpec:
             "count_instructions": self.count_instructions,
             "training": None if self.training is None else self.training.to_dict(),
             "seed": self.seed,
+            "progress_file": self.progress_file,
         }
 
     @classmethod
@@ -263,4 +298,5 @@ class CaseSpec:
             training=None if data.get("training") is None
             else TrainingRunSpec(**data["training"]),
             seed=data.get("seed", 0),
+            progress_file=data.get("progress_file"),
         )

@@ -82,8 +82,8 @@ def build_optimizer(name: str, parameters, lr: float,  # noqa: ANN001 - params o
 
 class Schedule:
     """A learning-rate schedule stepped once per optimizer step (``plateau``: once per
-    evaluation, on the watched metric). Schedulers with a fixed length (onecycle) stop at
-    its end instead of raising."""
+    evaluation, on the watched metric), over ``horizon_steps``; after it the LR stays where
+    the schedule ended (``cyclic`` goes on cycling)."""
 
     def __init__(self, name: str, optimizer: torch.optim.Optimizer, horizon_steps: int,
                  steps_per_epoch: int, lr: float, higher_is_better: bool = True) -> None:
@@ -97,8 +97,10 @@ class Schedule:
         self.steps += 1
         if self.scheduler is None or self.name == "plateau":
             return
-        if self.name == "onecycle" and self.steps >= self.horizon:
-            return  # OneCycleLR raises past total_steps; the LR stays at its final value
+        if self.steps > self.horizon and self.name != "cyclic":
+            # Past the planned length the LR stays at its final value: cosine annealing
+            # would climb back up, OneCycleLR raises past total_steps.
+            return
         self.scheduler.step()
 
     def after_eval(self, metric: float) -> None:

@@ -188,6 +188,21 @@ class Workload(ABC):
         return {}
 
     @classmethod
+    def watched_metric(cls, case: CaseSpec) -> tuple[str, bool]:
+        """The metric an evaluated training run watches (its best value, early stopping,
+        bench tune's intermediate values): the target's, else the task metric if it is
+        evaluated, else the first evaluated metric."""
+        spec = case.training
+        if spec is not None and spec.target_metric:
+            return spec.target_metric, spec.higher_is_better
+        evaluated = cls.eval_metrics(case.phase)
+        task = cls.task_metric(case.phase)
+        if task and task[0] in evaluated:
+            return task
+        name = next(iter(evaluated))
+        return name, evaluated[name]
+
+    @classmethod
     def unsupported_reason(cls, case: CaseSpec) -> str | None:
         """Why this workload cannot run this case here (None: it can)."""
         return None

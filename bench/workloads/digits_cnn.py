@@ -14,12 +14,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from bench.measurement.classes import class_report, summary_metrics
 from bench.results.schema import ClassReport
 from bench.spec.axes import Setting
 from bench.variants import distillation, pipeline, pruning
 from bench.variants.precision import get_precision
 from bench.workloads import register
-from bench.workloads._classification import class_report, summary_metrics
 from bench.workloads._recipes import (
     Schedule,
     batch_loss,

@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from bench.results.schema import ClassReport
 
@@ -17,6 +16,11 @@ METHOD = ("sklearn.metrics.confusion_matrix and precision_recall_fscore_support 
 def class_report(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray,
                  labels: Sequence[str]) -> ClassReport:
     """Per-class figures of predictions ``y_pred`` (class indices) against ``y_true``."""
+    from sklearn.metrics import (  # scipy kept out of the sweep's start-up
+        confusion_matrix,
+        precision_recall_fscore_support,
+    )
+
     index = list(range(len(labels)))
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     precision, recall, f1, support = precision_recall_fscore_support(
