@@ -199,7 +199,7 @@ def _suite(write_suite, body: str):
 
 
 @pytest.mark.parametrize(("body", "message"), [
-    ('workload = "gpt"\nphase = "train"\ntarget = { val_bpb = 1.0 }',
+    ('workload = "digits_cnn"\nphase = "infer"\ntarget = { val_accuracy = 0.9 }',
      "cannot run to a target"),
     ('workload = "digits_cnn"\nphase = "train"\ntarget = { val_mse = 1.0 }', "val_mse"),
     ('workload = "digits_cnn"\nphase = "train"\n'

@@ -4,44 +4,22 @@ Plots (matplotlib, Agg, PNG as data: URIs), each drawn only when the run has the
 - throughput against batch size, a line per precision, per benchmark;
 - accuracy parity against throughput per variant, with the Pareto front;
 - peak memory and saved activations against accumulation steps;
-- training loss curves.
+- training loss curves;
+- training runs (bench/reports/training_plots.py): eval curves per recipe, time to accuracy
+  across seeds, confusion-matrix heatmaps, a hyperparameter search's best-so-far curve.
 """
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 from collections import defaultdict
-from typing import Any
 
+from bench.reports import training_plots
+from bench.reports.html_figures import figure, png
 from bench.reports.parity import parity_by_case, variant_choices
 from bench.reports.table import render_report
 from bench.results.schema import CaseResult, RunRecord
 from bench.units import DEFAULT_PARITY_TARGET
-
-
-def _png(fig: Any) -> str:
-    import matplotlib.pyplot as plt  # matplotlib (~0.5 s) only when a figure is drawn
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
-def _figure(title: str, xlabel: str, ylabel: str) -> tuple[Any, Any]:
-    import matplotlib  # only when a figure is drawn, as above
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # after the headless backend is chosen
-
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    ax.set_title(title, fontsize=10)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.grid(True, alpha=0.3)
-    return fig, ax
 
 
 def _benchmark(case: CaseResult) -> str:
@@ -62,13 +40,13 @@ def throughput_vs_batch(cases: list[CaseResult]) -> list[tuple[str, str]]:
         if max(len(points) for points in lines.values()) < 2:
             continue
         unit = next(c.throughput.unit for c in cases if c.throughput and _benchmark(c) == bench)
-        fig, ax = _figure(f"{bench} [{rest}]", "batch size", unit)
+        fig, ax = figure(f"{bench} [{rest}]", "batch size", unit)
         for precision, points in sorted(lines.items()):
             xs, ys = zip(*sorted(points), strict=True)
             ax.plot(xs, ys, marker="o", label=precision)
         ax.set_xscale("log", base=2)
         ax.legend(title="precision")
-        out.append((f"Throughput against batch size: {bench} [{rest}]", _png(fig)))
+        out.append((f"Throughput against batch size: {bench} [{rest}]", png(fig)))
     return out
 
 
@@ -100,7 +78,7 @@ def accuracy_vs_throughput(cases: list[CaseResult]) -> list[tuple[str, str]]:
     for workload, points in groups.items():
         if len(points) < 3:
             continue
-        fig, ax = _figure(f"{workload}: accuracy parity against throughput",
+        fig, ax = figure(f"{workload}: accuracy parity against throughput",
                           "throughput (log)", "task metric / fp32 reference")
         ax.scatter([p[0] for p in points], [p[1] for p in points], s=18, color="tab:blue")
         front = pareto_front([(p[0], p[1]) for p in points])
@@ -113,7 +91,7 @@ def accuracy_vs_throughput(cases: list[CaseResult]) -> list[tuple[str, str]]:
                    label=f"{DEFAULT_PARITY_TARGET:.0%} of fp32 (default parity target)")
         ax.set_xscale("log")
         ax.legend(fontsize=7)
-        out.append((f"Accuracy against throughput: {workload}", _png(fig)))
+        out.append((f"Accuracy against throughput: {workload}", png(fig)))
     return out
 
 
@@ -131,13 +109,13 @@ def memory_vs_accumulation(cases: list[CaseResult]) -> list[tuple[str, str]]:
         if len({p[0] for p in points}) < 2:
             continue
         points.sort()
-        fig, ax = _figure(name, "accumulation steps", "MiB")
+        fig, ax = figure(name, "accumulation steps", "MiB")
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label="peak memory")
         if all(p[2] is not None for p in points):
             ax.plot([p[0] for p in points], [p[2] for p in points], marker="s",
                     label="activations saved for backward")
         ax.legend(fontsize=7)
-        out.append((f"Memory against accumulation steps: {name}", _png(fig)))
+        out.append((f"Memory against accumulation steps: {name}", png(fig)))
     return out
 
 
@@ -162,16 +140,17 @@ def loss_curves(cases: list[CaseResult]) -> list[tuple[str, str]]:
             by_unit[curve[3]].append(curve)
     out = []
     for unit, group in by_unit.items():
-        fig, ax = _figure(f"Training loss ({len(group)} cases)", unit, "loss")
+        fig, ax = figure(f"Training loss ({len(group)} cases)", unit, "loss")
         for case_id, xs, ys, _ in group[:12]:
             ax.plot(xs, ys, label=case_id[:60])
         ax.set_yscale("log")
         ax.legend(fontsize=5)
-        out.append((f"Training loss per {unit}", _png(fig)))
+        out.append((f"Training loss per {unit}", png(fig)))
     return out
 
 
-PLOTS = (throughput_vs_batch, accuracy_vs_throughput, memory_vs_accumulation, loss_curves)
+PLOTS = (throughput_vs_batch, accuracy_vs_throughput, memory_vs_accumulation, loss_curves,
+         *training_plots.PLOTS)
 
 
 def _plots(cases: list[CaseResult]) -> tuple[list[tuple[str, str]], list[str]]:
@@ -202,8 +181,8 @@ def render_html(record: RunRecord) -> str:
         f"<h2>Plots ({len(figures)})</h2>",
         *(f"<p>plot not drawn: {html.escape(text)}</p>" for text in dropped),
     ]
-    for title, png in figures:
-        parts.append(f"<figure><img alt='{html.escape(title)}' src='data:image/png;base64,{png}'>"
+    for title, image in figures:
+        parts.append(f"<figure><img alt='{html.escape(title)}' src='data:image/png;base64,{image}'>"
                      f"<figcaption>{html.escape(title)}</figcaption></figure>")
     parts += ["<h2>Cases</h2>", table, "</body></html>"]
     return "\n".join(parts)

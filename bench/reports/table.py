@@ -147,11 +147,12 @@ def render_report(record: RunRecord, fmt: str = "github") -> str:
               + policy_line({c.budget["allocator"] for c in record.cases
                              if isinstance(c.budget.get("allocator"), str)}))
     table = tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True)
+    training = render_training(record, fmt) if fmt != "latex" else ""
     if fmt == "html":
-        return "".join(f"<p>{html.escape(line)}</p>" for line in header.splitlines()) + table
+        return ("".join(f"<p>{html.escape(line)}</p>" for line in header.splitlines()) + table
+                + training + "".join(f"<p>{html.escape(line)}</p>" for line in winners(record)))
     if fmt == "latex":
         return table + "\n"
-    training = render_training(record, fmt)
     if training:
         table += "\n\n" + training + "".join(f"\n{line}" for line in winners(record)) + "\n"
     return f"{header}\n\n{table}\n"

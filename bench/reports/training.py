@@ -3,12 +3,14 @@ benchmark ranked by their olympic time to target."""
 
 from __future__ import annotations
 
+import html
 import statistics
 from collections import Counter
 from typing import Any
 
 from tabulate import tabulate
 
+from bench.measurement.stats import compare_seeds
 from bench.reports.text import csv_text
 from bench.results.schema import CaseResult, RunRecord
 
@@ -95,9 +97,11 @@ def render_training(record: RunRecord, fmt: str = "github") -> str:
     rows = [[row[i] for i in keep] for row in rows]
     if fmt == "csv":
         return csv_text(headers, rows)
-    method = cases[0].time_to_accuracy.method
-    return (f"time to accuracy ({method})\n\n"
-            + tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True) + "\n")
+    title = f"time to accuracy ({cases[0].time_to_accuracy.method})"
+    table = tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True)
+    if fmt == "html":
+        return f"<h3>{html.escape(title)}</h3>{table}"
+    return f"{title}\n\n{table}\n"
 
 
 def winners(record: RunRecord) -> list[str]:
@@ -115,9 +119,11 @@ def winners(record: RunRecord) -> list[str]:
                f"{first.time_to_accuracy.score_s:.3g} s ({_spread(first)})"
         if len(ranked) > 1:
             second = ranked[1]
-            lead = second.time_to_accuracy.score_s / first.time_to_accuracy.score_s
-            line += f"; runner-up {second.case_id} {second.time_to_accuracy.score_s:.3g} s " \
-                    f"({_spread(second)}), x{lead:.3g}"
+            a, b = first.time_to_accuracy, second.time_to_accuracy
+            test = compare_seeds(a.times_to_target(), b.times_to_target(), a.score_s, b.score_s)
+            line += (f"; runner-up {second.case_id} {b.score_s:.3g} s ({_spread(second)}), "
+                     f"x{test.ratio:.3g} (Mann-Whitney p={test.p_value:.2g} over the seeds"
+                     + ("" if test.decidable(0.05) else "; too few seeds to decide") + ")")
         lines.append(line)
     return lines
 

@@ -15,6 +15,7 @@ from typing import Any
 from tabulate import tabulate
 
 from bench.errors import BenchInputError
+from bench.measurement.stats import mann_whitney_smallest_p
 from bench.results.journal import open_journal
 
 
@@ -126,9 +127,12 @@ def compare_samplers(summaries: list[StudySummary]) -> list[str]:
                 continue
             p = float(mannwhitneyu(va, vb, alternative="two-sided").pvalue) \
                 if len(set(va + vb)) > 1 else 1.0
+            floor = mann_whitney_smallest_p(len(va), len(vb))
             lines.append(f"{a} vs {b} ({label}): best values {_list(va)} vs {_list(vb)}; "
                          f"medians {statistics.median(va):.4g} vs {statistics.median(vb):.4g}; "
-                         f"Mann-Whitney U p = {p:.3g} over {len(va)} + {len(vb)} study seeds")
+                         f"Mann-Whitney U p = {p:.3g} over {len(va)} + {len(vb)} study seeds"
+                         + (f" (the smallest p {len(va)} + {len(vb)} can give is {floor:.2g}: "
+                            "more study seeds to decide at 0.05)" if floor >= 0.05 else ""))
     return lines
 
 

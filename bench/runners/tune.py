@@ -255,6 +255,7 @@ def tune(suite_path: str | Path, out: str | Path, options: TuneOptions,
         merged.details[TUNE_KEY] = {"study": options.study, "trial": trial.number,
                                     "sampler": options.sampler, "pruner": options.pruner,
                                     "objective": options.objective, "value": value,
+                                    "direction": study_direction,
                                     "state": "pruned" if merged.status == STATUS_PRUNED
                                     else "complete", "seconds": seconds}
         store.append(dataclasses.replace(merged, case_id=f"{case.case_id}#{options.study}"

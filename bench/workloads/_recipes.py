@@ -36,19 +36,23 @@ FOCAL_GAMMA = 2.0  # focal loss (Lin et al. 2017): (1 - p_t)^gamma x cross-entro
 HARD_FRACTION = 0.5  # hard_examples: the hardest half of each batch is back-propagated
 
 
-def recipe_axes(optimizer: str, lr: float, dropout: bool = True,
-                classification: bool = False) -> dict[str, Setting]:
-    """The recipe axes of a training phase (``phases=("train",)``)."""
+def recipe_axes(optimizer: str, lr: float | None, dropout: bool = True,
+                classification: bool = False, weight_decay: float = 0.0) -> dict[str, Setting]:
+    """The recipe axes of a training phase (``phases=("train",)``); ``lr=None``: the
+    workload keeps its learning rate a parameter."""
     train = ("train",)
     axes = {
         "optimizer": Setting("optimizer", str, optimizer, choices=OPTIMIZERS, phases=train,
                              help=f"sgd, momentum (SGD, {MOMENTUM}), adam, adamw"),
-        "lr": Setting("lr", float, lr, minimum=0, above_minimum=True, phases=train,
-                      help="peak learning rate"),
+    }
+    if lr is not None:
+        axes["lr"] = Setting("lr", float, lr, minimum=0, above_minimum=True, phases=train,
+                             help="peak learning rate")
+    axes |= {
         "lr_schedule": Setting("lr_schedule", str, "constant", choices=SCHEDULES,
                                phases=train, help="torch.optim.lr_scheduler over the "
                                                   "planned epochs"),
-        "weight_decay": Setting("weight_decay", float, 0.0, minimum=0, phases=train,
+        "weight_decay": Setting("weight_decay", float, weight_decay, minimum=0, phases=train,
                                 help="L2 (sgd, momentum, adam) or decoupled (adamw)"),
         "grad_clip": Setting("grad_clip", float, 0.0, minimum=0, phases=train,
                              help="max gradient norm (0: no clipping)"),

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
+from bench.units import MIB
 from bench.variants.precision import Precision
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -153,3 +154,46 @@ class Trainer:
         mean = float(torch.stack(self.kept_losses).mean())
         self.kept_losses.clear()
         return mean
+
+
+def memory_split(model: nn.Module, optimizer: torch.optim.Optimizer,
+                 saved_activation_bytes: int) -> dict[str, object]:
+    """Parameters, gradients (of the trainable parameters only: what freezing saves),
+    optimizer state and saved activations, in MiB."""
+    params = {id(p): p for p in model.parameters()}.values()
+    param_bytes = sum(p.numel() * p.element_size() for p in params)
+    grad_bytes = sum(p.numel() * p.element_size() for p in params if p.requires_grad)
+    state_bytes = sum(t.numel() * t.element_size() for state in optimizer.state.values()
+                      for t in state.values() if isinstance(t, torch.Tensor))
+    return {"parameters_mib": param_bytes / MIB, "gradients_mib": grad_bytes / MIB,
+            "optimizer_state_mib": state_bytes / MIB,
+            "activations_saved_mib": saved_activation_bytes / MIB,
+            "method": "parameters and gradients: numel x element size of the fp32 master "
+                      "weights (a tied weight once; gradients of trainable parameters "
+                      "only); optimizer state: the optimizer's state tensors after the "
+                      "steps taken; activations: bytes of the tensors autograd saves for "
+                      "backward in one micro-batch forward (saved_tensors_hooks, distinct "
+                      "storages), on the eager model"}
+
+
+def activation_bytes(model: nn.Module, forward_loss: Callable[[], torch.Tensor],
+                     precision: Precision, device: str) -> int:
+    """Bytes autograd keeps for backward over one forward (``forward_loss`` runs it and
+    returns the loss): what checkpointing trades, and what freezing layers saves."""
+    seen: dict[tuple[int, int], int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        seen[(storage.data_ptr(), t.device.index or 0)] = storage.nbytes()
+        return t
+
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+            precision.context(device):
+        loss = forward_loss()
+    # Parameters are saved for backward too, but they exist anyway: not activations.
+    param_ptrs = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    if loss.requires_grad:
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    return sum(n for (ptr, _), n in seen.items() if ptr not in param_ptrs)

@@ -34,9 +34,17 @@ from bench.spec.axes import Setting
 from bench.units import MIB
 from bench.variants.backends import BACKENDS, training_backend_axis
 from bench.workloads import register
-from bench.workloads._training import BatchStream, Trainer, sum_over_batches
+from bench.workloads._recipes import Schedule, build_optimizer, recipe_axes
+from bench.workloads._training import (
+    BatchStream,
+    Trainer,
+    activation_bytes,
+    memory_split,
+    sum_over_batches,
+)
 from bench.workloads.base import (
     ROTATING_INPUTS,
+    EvaluatedTraining,
     Outcome,
     Phase,
     RunContext,
@@ -96,42 +104,11 @@ def bits_per_byte(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size
     return total / len(x) / math.log(2)
 
 
-def memory_split(model: nn.Module, optimizer: torch.optim.Optimizer,
-                 saved_activation_bytes: int) -> dict[str, object]:
-    params = {id(p): p for p in model.parameters()}.values()
-    param_bytes = sum(p.numel() * p.element_size() for p in params)
-    grad_bytes = sum(p.numel() * p.element_size() for p in params if p.requires_grad)
-    state_bytes = sum(t.numel() * t.element_size() for state in optimizer.state.values()
-                      for t in state.values() if isinstance(t, torch.Tensor))
-    return {"parameters_mib": param_bytes / MIB, "gradients_mib": grad_bytes / MIB,
-            "optimizer_state_mib": state_bytes / MIB,
-            "activations_saved_mib": saved_activation_bytes / MIB,
-            "method": "parameters and gradients: numel x element size of the fp32 master "
-                      "weights (tied embedding once); optimizer state: the AdamW state "
-                      "tensors after a step; activations: bytes of the tensors autograd "
-                      "saves for backward in one micro-batch forward (saved_tensors_hooks, "
-                      "distinct storages), on the eager model"}
-
-
 def saved_activation_bytes(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                            ctx: RunContext) -> int:
     """Bytes autograd keeps for backward over one forward: what checkpointing trades."""
-    seen: dict[tuple[int, int], int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        seen[(storage.data_ptr(), t.device.index or 0)] = storage.nbytes()
-        return t
-
-    model.train()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
-            ctx.precision.context(ctx.device):
-        loss = next_token_loss(model(x), y)
-    # Parameters are saved for backward too, but they exist anyway: not activations.
-    param_ptrs = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    loss.backward()
-    model.zero_grad(set_to_none=True)
-    return sum(n for (ptr, _), n in seen.items() if ptr not in param_ptrs)
+    return activation_bytes(model, lambda: next_token_loss(model(x), y), ctx.precision,
+                            ctx.device)
 
 
 class GPTPhase(Phase):
@@ -153,15 +130,20 @@ class GPTPhase(Phase):
         self.runnable = BACKENDS[a["backend"]].training_module(self.model)
 
     def _optimizer(self) -> torch.optim.Optimizer:
-        p = self.case.params
+        """nanoGPT's AdamW (betas 0.9/0.95, weight decay on matrices only), or the recipe's
+        optimizer over the same two groups. The prefill model trains with the default."""
+        a, p = self.case.axes, self.case.params
         decay = [q for q in self.model.parameters() if q.dim() >= 2]
         no_decay = [q for q in self.model.parameters() if q.dim() < 2]
-        return torch.optim.AdamW([{"params": decay, "weight_decay": ADAMW_WEIGHT_DECAY},
-                                  {"params": no_decay, "weight_decay": 0.0}],
-                                 lr=p["lr"], betas=ADAMW_BETAS,
-                                 fused=bool(self.case.axes.get("fused_optimizer", False)))
+        groups = [{"params": decay, "weight_decay": a.get("weight_decay", ADAMW_WEIGHT_DECAY)},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        name = a.get("optimizer", "adamw")
+        if name != "adamw":
+            return build_optimizer(name, groups, p["lr"], 0.0)
+        return torch.optim.AdamW(groups, lr=p["lr"], betas=ADAMW_BETAS,
+                                 fused=bool(a.get("fused_optimizer", False)))
 
-    def _trainer(self, seed: int) -> Trainer:
+    def _trainer(self, seed: int, keep_losses: bool = False) -> Trainer:
         a = self.case.axes
         torch.manual_seed(seed)
         self.model.reset_parameters()
@@ -169,8 +151,14 @@ class GPTPhase(Phase):
         batch = a["batch_size"] if self.case.phase == "train" else \
             self.case.params["train_batch_size"]
         stream = BatchStream(self.x_train, self.y_train, batch, seed)
-        return Trainer(self.runnable, self._optimizer(), next_token_loss, stream,
-                       a.get("accum_steps", 1), self.ctx.precision, self.ctx.device)
+        optimizer = self._optimizer()
+        per_epoch = max(1, stream.batches_per_epoch // a.get("accum_steps", 1))
+        schedule = Schedule(a.get("lr_schedule", "constant"), optimizer,
+                            self.case.params["train_steps"], per_epoch, self.case.params["lr"],
+                            higher_is_better=False)
+        return Trainer(self.runnable, optimizer, next_token_loss, stream,
+                       a.get("accum_steps", 1), self.ctx.precision, self.ctx.device, schedule,
+                       a.get("grad_clip", 0.0), keep_losses)
 
     def _trained(self) -> tuple[Trainer, list[float]]:
         """The fixed-seed model trained for exactly train_steps (timing never changes it)."""
@@ -199,11 +187,14 @@ class GPTPhase(Phase):
                        details=details)
 
 
-class GPTTrain(GPTPhase):
+class GPTTrain(GPTPhase, EvaluatedTraining):
     def __init__(self, case, ctx: RunContext) -> None:
         super().__init__(case, ctx)
-        self.trainer = self._trainer(seed=ctx.seed + 1)
+        self.trainer = self._trainer(seed=ctx.seed + 1, keep_losses=case.training is not None)
         self.samples_per_step = self.trainer.samples_per_step * self.cfg.block_size
+        self.steps_per_epoch = max(1, self.trainer.stream.batches_per_epoch
+                                   // case.axes["accum_steps"])
+        self.last_train_loss = math.nan
         self.step_description = (
             "one optimizer step: accum_steps micro-batches of batch_size x "
             f"{self.cfg.block_size} tokens (forward, cross-entropy, backward), then AdamW; "
@@ -232,10 +223,32 @@ class GPTTrain(GPTPhase):
         return FlopCount(counted, per_token * self.samples_per_step, formula,
                          compute_dtype(a["precision"]))
 
-    def finish(self) -> Outcome:
+    def evaluate(self) -> dict[str, float]:
+        bpb = bits_per_byte(self.runnable, self.x_val, self.y_val, self.case.axes["batch_size"],
+                            self.ctx)
+        self.trainer.scheduler.after_eval(bpb)
+        return {"val_bpb": bpb}
+
+    def mean_train_loss(self) -> float:
+        self.last_train_loss = self.trainer.mean_loss()
+        return self.last_train_loss
+
+    def _saved_activations(self) -> int:
         micro = self.x_train[:self.case.axes["batch_size"]], \
             self.y_train[:self.case.axes["batch_size"]]
-        saved = saved_activation_bytes(self.model, *micro, self.ctx)
+        return saved_activation_bytes(self.model, *micro, self.ctx)
+
+    def run_outcome(self, final: dict[str, float]) -> Outcome:
+        details = {"corpus": self.corpus, "train_steps": self.trainer.steps,
+                   "config": {"name": self.case.axes["model"], **dataclasses.asdict(self.cfg)},
+                   "val_windows": len(self.x_val),
+                   "memory_split": memory_split(self.model, self.trainer.optimizer,
+                                                self._saved_activations())}
+        return Outcome(metrics={**final, "final_train_loss": self.last_train_loss},
+                       details=details)
+
+    def finish(self) -> Outcome:
+        saved = self._saved_activations()
         trainer, curve = self._trained()
         outcome = self._outcome(trainer, curve)
         outcome.details["memory_split"] = memory_split(self.model, trainer.optimizer, saved)
@@ -304,6 +317,7 @@ class Gpt(Workload):
                                      help="activation checkpointing per block"),
             "fused_optimizer": Setting("fused_optimizer", bool, False, phases=("train",),
                                        help="AdamW(fused=True) instead of foreach"),
+            **recipe_axes("adamw", None, dropout=False, weight_decay=ADAMW_WEIGHT_DECAY),
         })
         return axes
 
@@ -327,6 +341,10 @@ class Gpt(Workload):
     @classmethod
     def task_metric(cls, phase: str) -> tuple[str, bool] | None:
         return ("val_bpb", False)
+
+    @classmethod
+    def eval_metrics(cls, phase: str) -> dict[str, bool]:
+        return {"val_bpb": False} if phase == "train" else {}
 
     @classmethod
     def unsupported_reason(cls, case) -> str | None:
