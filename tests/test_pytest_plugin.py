@@ -152,3 +152,34 @@ def test_without_pytest_benchmark_nothing_breaks_and_no_suites_are_collected(use
 def test_suites_are_collected_only_when_asked(suite_dir):
     out = plain_pytest(suite_dir, "suites")
     assert out.returncode == 5, out.stdout  # no tests collected
+
+
+TIME_TO_ACCURACY = """
+[budget]
+timeout_s = 60
+[[benchmark]]
+label = "reachable"
+workload = "linreg"
+phase = "train"
+target = { val_mse = 0.02 }
+training = { seeds = 3, eval_every = 64, max_epochs = 20, max_time_s = 20 }
+[[benchmark]]
+label = "impossible"
+workload = "linreg"
+phase = "train"
+target = { val_mse = 0.0 }
+training = { seeds = 3, eval_every = 64, max_epochs = 2, max_time_s = 20 }
+"""
+
+
+def test_a_time_to_accuracy_item_reports_its_score_and_fails_a_missed_target(tmp_path):
+    (tmp_path / "suites").mkdir()
+    (tmp_path / "suites" / "tta.toml").write_text(TIME_TO_ACCURACY)
+    out = pytest_run(tmp_path, "--benchmark-only", "--benchmark-json=out.json")
+    assert out.returncode == 1, out.stdout
+    assert "time-to-accuracy target missed: 3 of 3 seeds did not reach val_mse <= 0" in \
+        out.stdout
+    benches = {b["name"]: b for b in json.loads((tmp_path / "out.json").read_text())["benchmarks"]}
+    reached = benches["linreg-train:reachable"]["extra_info"]["time_to_accuracy"]
+    assert reached["converged"] == 3 and reached["score_s"] > 0
+    assert reached["target"] == "val_mse <= 0.02"
