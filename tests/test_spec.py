@@ -65,7 +65,8 @@ def test_errors_name_the_valid_values(write_suite, capsys):
     err = capsys.readouterr().err
     from bench.workloads import workload_names
 
-    assert f"valid: {', '.join(workload_names())}" in err and "minilm, minilm_finetune, model" in err
+    assert f"valid: {', '.join(workload_names())}" in err
+    assert "minilm, minilm_finetune, model" in err
 
 
 def test_cli_process_prints_no_traceback(write_suite):
