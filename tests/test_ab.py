@@ -5,6 +5,7 @@ only within one session, the running order, and real interleaved runs of two sid
 from __future__ import annotations
 
 import dataclasses
+import re
 import shutil
 import subprocess
 
@@ -234,7 +235,11 @@ def test_bench_ab_against_a_git_ref_exits_1_on_an_injected_slowdown(write_suite,
                  "--current-env", f"{SLOWDOWN_ENV}=0.3"])
     out = capsys.readouterr().out
     assert code == 1, out
-    assert "## bench gate: FAIL" in out and "3 paired rounds" in out
+    assert "## bench gate: FAIL" in out
+    # At least the 3 rounds asked for; the sequential test may want one more on a noisy
+    # machine before it decides (seen: 4 rounds on a 2-core EPYC VM).
+    rounds = [int(n) for n in re.findall(r"(\d+) paired rounds", out)]
+    assert rounds and min(rounds) >= 3, out
     worktrees = subprocess.run(["git", "-C", str(REPO), "worktree", "list"],
                                capture_output=True, text=True).stdout
     assert "bench-ab-" not in worktrees  # the baseline checkout is removed afterwards
