@@ -19,14 +19,16 @@ test: $(STAMP)
 	$(BIN)/ruff check bench tests tools
 	$(BIN)/python -m pytest -q
 
-# The stored baseline is the one measured on a CPU of this machine's ISA level (file names
-# say which: smoke-cpu-ISA-MACHINE.json); a machine of another level falls back to avx2's.
+# The stored baseline is the one measured on a CPU of this machine's kind, ISA level and
+# family (file names say which: smoke-cpu-ISA-FAMILY-2core.json), else one of its ISA level;
+# a machine of another level falls back to avx2's.
 smoke-gate: $(STAMP)
 	$(BIN)/bench run suites/smoke.toml --out results/smoke-latest.json --overwrite --quiet --no-progress
-	@isa=$$($(BIN)/bench env --isa); \
-	base=$$(ls results/baselines/smoke-cpu-$$isa-*.json 2>/dev/null | head -n 1); \
+	@kind=$$($(BIN)/bench env --kind); isa=$${kind%%-*}; \
+	base=results/baselines/smoke-cpu-$$kind-2core.json; \
+	[ -f "$$base" ] || base=$$(ls results/baselines/smoke-cpu-$$isa-*.json 2>/dev/null | head -n 1); \
 	base=$${base:-results/baselines/smoke-cpu-avx2-epyc-2core.json}; \
-	echo "smoke-gate: this CPU dispatches $$isa; baseline $$base"; \
+	echo "smoke-gate: this CPU is $$kind; baseline $$base"; \
 	$(BIN)/bench gate --baseline $$base \
 		--current results/smoke-latest.json --policy results/baselines/ci-policy.toml \
 		--allow-different-machines

@@ -363,14 +363,18 @@ def cmd_table(args: argparse.Namespace) -> int:
 
 
 def cmd_env(args: argparse.Namespace) -> int:
-    if args.isa:
+    from bench.measurement.fingerprint import cpu_family, fingerprint
+
+    if args.isa or args.kind:
         import torch
 
         # The ISA level torch dispatches CPU kernels to: machines with one model string
-        # ("AMD EPYC") differ 10x in bf16 between AVX2 and AVX512; baselines are per level.
-        print(torch.backends.cpu.get_cpu_capability().lower().replace(" ", "-"))
+        # ("AMD EPYC") differ 10x in bf16 between AVX2 and AVX512; baselines are per level,
+        # and per CPU family within a level (--kind: avx512-epyc, avx512-xeon...).
+        isa = torch.backends.cpu.get_cpu_capability().lower().replace(" ", "-")
+        print(f"{isa}-{cpu_family(fingerprint()['cpu'].get('model', ''))}" if args.kind
+              else isa)
         return 0
-    from bench.measurement.fingerprint import fingerprint
 
     print(json.dumps(fingerprint(), indent=2))
     return 0
@@ -570,6 +574,9 @@ def _add_report_commands(sub: Any) -> None:
     p = sub.add_parser("env", help="print this machine's environment fingerprint")
     p.add_argument("--isa", action="store_true",
                    help="print only the CPU ISA level torch dispatches to (avx2, avx512...)")
+    p.add_argument("--kind", action="store_true",
+                   help="print ISA level and CPU family (avx512-epyc, avx2-epyc, "
+                        "avx512-xeon...): which stored baseline is like this machine")
     p.set_defaults(func=cmd_env)
 
 

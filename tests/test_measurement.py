@@ -108,3 +108,11 @@ def test_allocator_policies_set_and_clear_glibc_tunables():
     assert "MALLOC_TRIM_THRESHOLD_" not in worker_env("system", base)
     with pytest.raises(ValueError, match="valid: steady, system"):
         worker_env("jemalloc", base)
+
+
+def test_a_cpu_model_string_names_the_family_its_baselines_are_kept_for():
+    from bench.measurement.fingerprint import cpu_family
+
+    assert cpu_family("AMD EPYC") == cpu_family("AMD EPYC 7B13") == "epyc"
+    assert cpu_family("Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz") == "xeon"
+    assert cpu_family("Neoverse-N1") == "neoverse" and cpu_family("") == "cpu"

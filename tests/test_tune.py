@@ -133,3 +133,20 @@ def test_a_pruned_trial_stops_its_worker_at_an_evaluation_and_skips_its_other_se
     lines = (tmp_path / f"trial{trial.number}.jsonl").read_text().splitlines()
     assert [json.loads(line)["steps"] for line in lines] == [p.steps for p in run.curve]
     assert dataclasses.asdict(run)["curve"][0]["samples"] == 64
+
+
+@pytest.mark.slow
+def test_a_grid_search_visits_every_point_of_the_grid_once(write_suite, tmp_path):
+    from bench.reports.tune import summarize_study
+    from bench.runners.tune import TuneOptions, tune
+
+    options = TuneOptions(storage=tmp_path / "grid.journal", study="grid", sampler="grid",
+                          trials=4, grid_points=2, seeds=1, objective="samples_to_target")
+    study = tune(write_suite(LINREG), tmp_path / "grid.json", options)
+    visited = sorted((t.params["method"], round(t.params["lr"], 6)) for t in study.trials)
+    assert visited == [("minibatch", 0.01), ("minibatch", 0.5), ("sgd", 0.01), ("sgd", 0.5)]
+    summary = summarize_study(study)
+    assert summary.complete == 4 and len(summary.best_so_far) == 4
+    assert summary.best_value == min(t.value for t in study.trials)
+    cases = load_run(tmp_path / "grid.json").cases
+    assert sorted(c.details["tune"]["trial"] for c in cases) == [0, 1, 2, 3]

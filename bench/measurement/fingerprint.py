@@ -173,6 +173,18 @@ def fingerprint(suite_path: str | Path | None = None) -> dict[str, Any]:
     }
 
 
+# Words of a CPU model string that name its family (which baselines are kept per).
+CPU_FAMILIES = ("epyc", "xeon", "ryzen", "threadripper", "core", "neoverse", "graviton", "apple")
+
+
+def cpu_family(model: str) -> str:
+    """``"AMD EPYC 7B13"`` -> ``"epyc"``, ``"Intel(R) Xeon(R) Platinum"`` -> ``"xeon"``: the
+    family word of a CPU model string, else its first word (lower case), else ``"cpu"``."""
+    text = model.lower().replace("(r)", " ").replace("(tm)", " ").replace("-", " ")
+    words = [w for w in ("".join(c for c in w if c.isalnum()) for w in text.split()) if w]
+    return next((w for w in words if w in CPU_FAMILIES), words[0] if words else "cpu")
+
+
 def machine_name(fp: dict[str, Any]) -> str:
     """A short human name for the machine a fingerprint describes."""
     gpus = fp.get("gpus") or []
