@@ -139,10 +139,16 @@ def _record_timing(result: CaseResult, measurement: Any, phase: Any, probe: Any,
     # Fresh pages the allocator had to fault in: a step that allocates from recycled
     # heap memory is faster than one that maps new pages (see measurement.allocator).
     result.details["minor_page_faults_per_step"] = faults / steps
-    result.timing = _timing(measurement, phase.step_description)
-    result.throughput = ThroughputResult.from_timing(
-        result.timing, phase.samples_per_step, f"{phase.sample_unit}/s")
     result.warnings.extend(measurement.warnings)
+    _timed_figures(result, _timing(measurement, phase.step_description), phase, probe)
+
+
+def _timed_figures(result: CaseResult, timing: TimingResult, phase: Any, probe: Any) -> None:
+    """Timing, throughput, the injected-slowdown warning and the interference verdict of a
+    timed phase (sampled, or a time-to-accuracy run) into ``result``."""
+    result.timing = timing
+    result.throughput = ThroughputResult.from_timing(timing, phase.samples_per_step,
+                                                     f"{phase.sample_unit}/s")
     if INJECTED_SLOWDOWN_KEY in result.details:
         result.warnings.append(f"injected slowdown: every step spun "
                                f"{result.details[INJECTED_SLOWDOWN_KEY]:.0%} longer "
@@ -222,13 +228,7 @@ def _train_to_target(case: CaseSpec, phase: Any, result: CaseResult) -> None:
                               step=step, on_eval=_progress_reporter(case.progress_file))
     trace.run.pid = os.getpid()
     outcome = phase.run_outcome(trace.run.curve[-1].metrics)
-    timing = _run_timing(trace, timer, phase)
-    result.timing = timing
-    result.throughput = ThroughputResult.from_timing(timing, phase.samples_per_step,
-                                                     f"{phase.sample_unit}/s")
-    result.interference = probe.result
-    if probe.result is not None and probe.result.contended:
-        result.status, result.reason = STATUS_CONTENDED, probe.reason()
+    _timed_figures(result, _run_timing(trace, timer, phase), phase, probe)
     result.accuracy = AccuracyResult.for_case(case, outcome.metrics,
                                               workload.task_metric(case.phase))
     result.details.update(outcome.details)
