@@ -146,9 +146,8 @@ class _Watcher:
     """Reads the first seed's evaluations as the worker writes them, reports them to the
     trial and asks the worker to stop when the pruner says so."""
 
-    def __init__(self, trial: Any, path: Path, sign: float) -> None:
-        self.trial, self.path, self.sign = trial, path, sign
-        self.metric: str = ""
+    def __init__(self, trial: Any, path: Path, sign: float, metric: str) -> None:
+        self.trial, self.path, self.sign, self.metric = trial, path, sign, metric
         self.seen = 0
         self.pruned_at: int | None = None
 
@@ -201,8 +200,7 @@ def _run_trial(trial: Any, case: CaseSpec, options: TuneOptions, servers: ForkSe
         seeded = dataclasses.replace(case, seed=seed)
         if index == 0 and options.pruner != "none":
             path = scratch / f"trial{trial.number}.jsonl"
-            watcher = _Watcher(trial, path, sign)
-            watcher.metric = metric
+            watcher = _Watcher(trial, path, sign, metric)
             seeded = dataclasses.replace(seeded, progress_file=str(path))
         results.append(_run_seed(seeded, servers, watcher if index == 0 else None))
         if results[-1].status not in ("ok", "contended", "diverged") or (
