@@ -59,9 +59,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.paired_rounds is not None and (args.paired_rounds < 0 or args.paired_rounds == 1):
         raise BenchInputError("--paired-rounds", f"{args.paired_rounds} rounds give no CI",
                               valid="0 (off) or an integer >= 2")
+    from bench.spec.shards import parse_shard
+
     store = run_suite(args.suite, out, resume=args.resume, overwrite=args.overwrite,
                       select=parse_select(args.select), progress=not args.no_progress,
-                      paired_rounds=args.paired_rounds)
+                      paired_rounds=args.paired_rounds, shard=parse_shard(args.shard))
     if not args.quiet:
         print(render_report(store.record, "github"))
     print(f"results written to {out}", file=sys.stderr)
@@ -97,6 +99,45 @@ backend = ["eager", "onnxruntime"]          # also: compile
 quantization = ["none", "int8_dynamic"]     # also: int8_static
 batch_size = [1, 32]
 """
+
+
+def _suite_case_ids(record) -> list[str] | None:  # noqa: ANN001 - a RunRecord
+    """The case ids of the suite a shard file was run from, where that file is here
+    unchanged (the same hash): they name the cases of a missing shard."""
+    from bench.spec import expand_suite, load_suite
+
+    path = Path(record.run.suite_path)
+    if not path.is_file():
+        return None
+    try:
+        suite = load_suite(path)
+    except BenchInputError:
+        return None
+    if suite.sha256 != record.run.suite_sha256:
+        return None
+    select = {k: set(v) for k, v in record.run.selection.items()}
+    return [case.case_id for case in expand_suite(suite, select or None)]
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from bench.reports.shards import merge_shards
+    from bench.results.store import load_run, write_atomically
+
+    records = [load_run(path) for path in args.shards]
+    merged = merge_shards(args.shards, records,
+                          allow_different_machines=args.allow_different_machines,
+                          expected_ids=_suite_case_ids(records[0]) if records else None)
+    for line in merged.problems():
+        print(f"bench merge: {line}", file=sys.stderr)
+    if merged.complete or args.partial:
+        write_atomically(Path(args.out), merged.record.to_dict(), "--out")
+        print(f"merged {len(records)} shard files, {len(merged.record.cases)} cases, into "
+              f"{args.out}", file=sys.stderr)
+    if not merged.complete:
+        print("bench merge: incomplete" + ("" if args.partial else f"; {args.out} not "
+              "written (--partial writes it anyway)") + ": exit 1", file=sys.stderr)
+        return 1
+    return 0
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -511,7 +552,22 @@ def _add_run_commands(sub: Any) -> None:
                    help="then measure each variant against its reference (fp32 eager...) in "
                         "N interleaved rounds with a paired CI (default: the suite's "
                         "[suite] paired_rounds, else 0: off)")
+    p.add_argument("--shard", metavar="K/N",
+                   help="run only shard K of N (cases assigned by case id; merge the shard "
+                        "files with bench merge); 'auto', '/N' or 'K/' take the missing parts "
+                        "from SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT or a Kubernetes "
+                        "Indexed Job's JOB_COMPLETION_INDEX")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("merge", help="merge the shard files of a sweep (bench run --shard) "
+                                     "into one run file; missing shards and cases: exit 1")
+    p.add_argument("shards", nargs="+", help="shard result files")
+    p.add_argument("--out", required=True, help="the merged result file")
+    p.add_argument("--partial", action="store_true",
+                   help="write the merged file even when shards or cases are missing")
+    p.add_argument("--allow-different-machines", action="store_true",
+                   help="merge shards measured on machines whose fingerprints differ")
+    p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser("max-batch", help="find the largest batch that fits in memory for "
                                          "each case (doubling, then bisection; each probe "

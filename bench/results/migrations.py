@@ -95,8 +95,14 @@ def _v5_to_v6(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "schema_version": 6}
 
 
+def _v6_to_v7(data: dict[str, Any]) -> dict[str, Any]:
+    # Version 7 added RunInfo.shard and RunInfo.shards (sharded sweeps and their merge):
+    # every version-6 record is a valid version-7 record of an unsharded run.
+    return {**data, "schema_version": 7}
+
+
 MIGRATIONS: dict[int, Migration] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5,
-                                    5: _v5_to_v6}
+                                    5: _v5_to_v6, 6: _v6_to_v7}
 
 
 def migrate(data: dict[str, Any], version: int, target: int) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The result file schema (JSON), version 5.
+"""The result file schema (JSON), version 7.
 
 A run file holds ``schema``/``schema_version``, the run's metadata, the machine's
 fingerprint and one record per finished case. Every figure keeps its raw samples and
@@ -25,6 +25,10 @@ Versions (older files are read through ``bench.results.migrations``):
    (a bench tune trial its pruner stopped). digits_cnn's and
    linreg's ``lr`` moved from params to axes (a recipe axis): older records keep it in
    params.
+7. ``RunInfo.shard`` (a shard of a fanned-out sweep, ``bench run --shard K/N``: its index,
+   count and the case ids it was given) and ``RunInfo.shards`` (a run merged from shard
+   files by ``bench merge``: each shard's run id, file and machine fingerprint). Both
+   absent (none, empty) in older files.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from bench.spec.model import benchmark_key
 from bench.units import DEFAULT_PARITY_TARGET
 
 SCHEMA_NAME = "bench.run"
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 STATUS_OK = "ok"
 STATUS_SKIPPED = "skipped"
@@ -401,6 +405,29 @@ class CaseResult:
 
 
 @dataclass
+class ShardInfo:
+    """This run is shard ``index`` of ``count`` of its suite (bench.spec.shards)."""
+
+    index: int
+    count: int
+    # Every case id the suite gave this shard, measured or not yet: bench merge names the
+    # ones a cut-off shard is missing.
+    case_ids: list[str] = field(default_factory=list)
+
+
+@dataclass
+class MergedShard:
+    """One shard file a merged run was built from, with the machine that measured it."""
+
+    index: int
+    count: int
+    run_id: str
+    source: str
+    started_at: str
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class RunInfo:
     run_id: str
     suite_name: str
@@ -412,6 +439,8 @@ class RunInfo:
     # Set by an interleaved A/B run (bench ab): {"session", "side", "rounds", "order",
     # "source", "commit", "env"}; both sides' files share the session id.
     pairing: dict[str, Any] = field(default_factory=dict)
+    shard: ShardInfo | None = None
+    shards: list[MergedShard] = field(default_factory=list)
 
 
 @dataclass

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from bench.errors import BenchInputError
 from bench.measurement.fingerprint import fingerprint
-from bench.results.schema import STATUS_SKIPPED, CaseResult, RunInfo, RunRecord
+from bench.results.schema import STATUS_SKIPPED, CaseResult, RunInfo, RunRecord, ShardInfo
 from bench.results.store import ResultStore, exclusive_output
 from bench.runners.fork_server import ForkServers
 from bench.runners.isolation import run_in_processes
@@ -21,6 +21,7 @@ from bench.runners.paired import paired_speedup, reference_of, shared_measuremen
 from bench.runners.plan import PlannedCase, plan_suite
 from bench.spec import load_suite
 from bench.spec.model import SuiteSpec, measurement_key
+from bench.spec.shards import Shard
 
 CaseRunner = Callable[[PlannedCase], CaseResult]
 
@@ -47,41 +48,55 @@ def new_run_info(suite, select: dict[str, set[str]] | None, run_id: str | None =
         selection={k: sorted(v) for k, v in (select or {}).items()}, **fields)
 
 
+def _shard_text(info: ShardInfo | None) -> str:
+    return f"shard {info.index}/{info.count}" if info else "the unsharded suite"
+
+
 def open_store(suite, out: Path, resume: bool, overwrite: bool,
-               select: dict[str, set[str]] | None) -> ResultStore:
+               select: dict[str, set[str]] | None,
+               shard: ShardInfo | None = None) -> ResultStore:
     if out.exists() and resume:
         store = ResultStore.open(out)
         if store.record.run.suite_sha256 != suite.sha256:
             raise BenchInputError(str(out), "was written by a different version of "
                                   f"{suite.path}; refusing to mix results", key="run.suite_sha256")
+        held = store.record.run.shard
+        if (held and (held.index, held.count)) != (shard and (shard.index, shard.count)):
+            raise BenchInputError(str(out), f"holds {_shard_text(held)}, not "
+                                  f"{_shard_text(shard)}; refusing to mix results",
+                                  key="run.shard")
         return store
     if out.exists() and not overwrite:
         raise BenchInputError(str(out), "result file exists; pass --resume to finish it or "
                               "--overwrite to start again")
-    info = new_run_info(suite, select)
+    info = new_run_info(suite, select, shard=shard)
     return ResultStore.create(out, RunRecord(run=info, fingerprint=fingerprint(suite.path)))
 
 
 def run_suite(suite: str | Path | SuiteSpec, out: str | Path, *, resume: bool = False,
               overwrite: bool = False, select: dict[str, set[str]] | None = None,
               progress: bool = True, runner: CaseRunner = _run_one,
-              paired_rounds: int | None = None) -> ResultStore:
+              paired_rounds: int | None = None, shard: Shard | None = None) -> ResultStore:
     """Run every case of a suite (a file, or one built in memory) into ``out``; then, with
     paired rounds (the suite's ``paired_rounds`` unless given), each variant against its
-    reference in interleaved rounds."""
+    reference in interleaved rounds. With ``shard``, only the cases of that shard
+    (bench.spec.shards), recorded as such for ``bench merge``."""
     if not isinstance(suite, SuiteSpec):
         suite = load_suite(suite)
-    planned = plan_suite(suite, select)
+    every = plan_suite(suite, select)
+    planned = [p for p in every if shard is None or shard.holds(p.case_id)]
+    shard_info = (ShardInfo(shard.index, shard.count, [p.case_id for p in planned])
+                  if shard else None)
     # One writer per result file: a second run (--resume beside --overwrite) would
     # otherwise overwrite the first one's cases with its own view of the file.
     with exclusive_output(out), ForkServers() as servers:
-        store = open_store(suite, Path(out), resume, overwrite, select)
+        store = open_store(suite, Path(out), resume, overwrite, select, shard_info)
         if runner is _run_one:  # seeds of time-to-accuracy cases fork from shared servers
             runner = functools.partial(_run_one, servers=servers)
         _run_cases(store, planned, suite.name, out, progress, runner)
         rounds = suite.paired_rounds if paired_rounds is None else paired_rounds
-        if rounds:
-            _pair_with_references(store, planned, rounds, progress)
+        if rounds:  # a reference may sit in another shard: it is looked up in the whole plan
+            _pair_with_references(store, every, rounds, progress)
     return store
 
 
