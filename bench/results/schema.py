@@ -28,7 +28,10 @@ Versions (older files are read through ``bench.results.migrations``):
 7. ``RunInfo.shard`` (a shard of a fanned-out sweep, ``bench run --shard K/N``: its index,
    count and the case ids it was given) and ``RunInfo.shards`` (a run merged from shard
    files by ``bench merge``: each shard's run id, file and machine fingerprint). Both
-   absent (none, empty) in older files.
+   absent (none, empty) in older files. ``CaseResult.parallel``: a case trained across
+   ranks (``parallel`` = ddp | fsdp2, ``world_size``): per-rank step times and memory,
+   straggler spread, exposed communication; none in older files. gpt's and
+   digits_cnn's ``parallel`` and ``world_size`` axes (defaults none and 1).
 """
 
 from __future__ import annotations
@@ -353,6 +356,45 @@ class ClassReport:
 
 
 @dataclass
+class RankReport:
+    """One rank of a case trained across processes (bench.runners.ranks)."""
+
+    rank: int
+    host: str
+    pid: int
+    step_median_s: float  # this rank's own median step over the timed trials
+    # This rank's parameters, gradients and optimizer state (its shards under fsdp2).
+    memory_split: dict[str, Any] = field(default_factory=dict)
+    peak_rss_mib: float | None = None
+    cuda_peak_allocated_mib: float | None = None
+
+
+@dataclass
+class ParallelResult:
+    """How a case trained across ranks: the mode, the ranks and the figures only several
+    ranks have (the case's timing is the slowest rank's, step by step)."""
+
+    mode: str
+    world_size: int
+    nnodes: int
+    process_group: str  # gloo | nccl
+    threads_per_rank: int
+    launcher: str
+    global_batch: int  # samples per optimizer step over all ranks
+    samples_per_s_per_device: float
+    samples_per_s_total: float
+    # Median over the timed steps of (slowest - fastest rank) / slowest, and its maximum.
+    straggler_median_spread: float
+    straggler_max_spread: float
+    # The same step with its gradient communication switched off (DDP no_sync, FSDP2
+    # set_requires_gradient_sync(False)); exposed communication is the difference.
+    no_sync_step_s: float | None = None
+    exposed_communication_s: float | None = None
+    ranks: list[RankReport] = field(default_factory=list)
+    method: str = ""
+
+
+@dataclass
 class CaseResult:
     case_id: str
     workload: str
@@ -382,6 +424,7 @@ class CaseResult:
     slo: dict[str, float] = field(default_factory=dict)  # schema 5: its benchmark's SLO
     time_to_accuracy: TimeToAccuracyResult | None = None  # schema 6
     classes: ClassReport | None = None  # schema 6
+    parallel: ParallelResult | None = None  # schema 7: trained across ranks
 
     @property
     def benchmark_key(self) -> str:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from bench.spec.expand import expand_suite
 from bench.spec.model import CaseSpec, SuiteSpec
+from bench.variants import parallel
 from bench.variants.devices import device_unavailable_reason
 from bench.variants.precision import get_precision
 from bench.workloads import get_workload
@@ -35,7 +36,26 @@ def skip_reason(case: CaseSpec) -> str | None:
     reason = precision.unsupported_reason(case.device, case.phase)
     if reason:
         return reason
+    reason = _parallel_reason(case)
+    if reason:
+        return reason
     return workload.unsupported_reason(case)
+
+
+def _parallel_reason(case: CaseSpec) -> str | None:
+    if "parallel" not in case.axes:
+        return None
+    mode, world = case.axes["parallel"], case.axes.get("world_size", 1)
+    reason = parallel.unsupported_reason(mode, world, case.axes.get("backend", "eager"),
+                                         case.axes.get("precision", "fp32"))
+    if reason or mode == "none" or case.device != "cuda":
+        return reason
+    import torch  # kept out of start-up (the CUDA device count)
+
+    if torch.cuda.device_count() < world:
+        return f"world_size {world} needs {world} GPUs, this machine has " \
+               f"{torch.cuda.device_count()}"
+    return None
 
 
 def plan_suite(suite: SuiteSpec, select: dict[str, set[str]] | None = None) -> list[PlannedCase]:

@@ -47,6 +47,7 @@ from bench.results.schema import (
     TimingResult,
 )
 from bench.results.store import json_safe
+from bench.runners.ranks import is_distributed, run_ranks
 from bench.spec.model import CaseSpec
 from bench.variants.precision import get_precision
 from bench.workloads import get_workload
@@ -258,6 +259,9 @@ def run_case(case: CaseSpec) -> CaseResult:
         result.details["precision_method"] = precision.method()
         result.details["allocator"] = describe_current()
         ctx = RunContext(device=case.device, precision=precision, seed=case.seed)
+        if is_distributed(case):  # its ranks are processes of their own, each tracked
+            run_ranks(case, result)
+            return _finished(result, started)
         with MemoryTracker(case.device) as tracker:
             phase = get_workload(case.workload).prepare(case, ctx)
             if case.count_instructions:  # under callgrind: count, time nothing
@@ -273,6 +277,10 @@ def run_case(case: CaseSpec) -> CaseResult:
         result.stderr_tail = traceback.format_exc()[-TRACEBACK_TAIL_CHARS:]
     if tracker is not None and tracker.report is not None:
         result.memory = tracker.report
+    return _finished(result, started)
+
+
+def _finished(result: CaseResult, started: float) -> CaseResult:
     result.duration_s = time.perf_counter() - started
     result.finished_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     return result

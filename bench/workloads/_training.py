@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from bench.units import MIB
+from bench.variants.parallel import local_tensor
 from bench.variants.precision import Precision
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -17,22 +18,28 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 class BatchStream:
     """Endless shuffled mini-batches of tensors already on the device; epoch by epoch,
     dropping the last partial batch (sizes larger than the data use the whole set).
-    ``order`` draws an epoch's indices instead of a uniform shuffle (weighted sampling)."""
+    ``order`` draws an epoch's indices instead of a uniform shuffle (weighted sampling).
+    ``shard`` (rank, ranks): every rank draws the same global batch of ranks x batch_size
+    and takes its own slice, so N ranks see the data of one process at N x batch_size."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int,
-                 order: Callable[[torch.Generator], torch.Tensor] | None = None) -> None:
+                 order: Callable[[torch.Generator], torch.Tensor] | None = None,
+                 shard: tuple[int, int] = (0, 1)) -> None:
         self.x, self.y = x, y
-        self.batch_size = min(batch_size, len(x))
+        self.rank, self.ranks = shard
+        self.batch_size = min(batch_size, len(x) // self.ranks)
         self.generator = torch.Generator().manual_seed(seed)
-        self.batches_per_epoch = len(x) // self.batch_size
+        self.batches_per_epoch = len(x) // (self.batch_size * self.ranks)
         self.order = order or (lambda g: torch.randperm(len(self.x), generator=g))
         self._iter = self._batches()
 
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        size = self.batch_size * self.ranks
+        mine = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
         while True:
             order = self.order(self.generator).to(self.x.device)
             for i in range(self.batches_per_epoch):
-                idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+                idx = order[i * size:(i + 1) * size][mine]
                 yield self.x[idx], self.y[idx]
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -159,21 +166,23 @@ class Trainer:
 def memory_split(model: nn.Module, optimizer: torch.optim.Optimizer,
                  saved_activation_bytes: int) -> dict[str, object]:
     """Parameters, gradients (of the trainable parameters only: what freezing saves),
-    optimizer state and saved activations, in MiB."""
-    params = {id(p): p for p in model.parameters()}.values()
+    optimizer state and saved activations, in MiB: this rank's share where they are
+    sharded (fsdp2's DTensors)."""
+    params = [local_tensor(p) for p in {id(p): p for p in model.parameters()}.values()]
     param_bytes = sum(p.numel() * p.element_size() for p in params)
     grad_bytes = sum(p.numel() * p.element_size() for p in params if p.requires_grad)
-    state_bytes = sum(t.numel() * t.element_size() for state in optimizer.state.values()
+    state_bytes = sum(local_tensor(t).numel() * t.element_size()
+                      for state in optimizer.state.values()
                       for t in state.values() if isinstance(t, torch.Tensor))
     return {"parameters_mib": param_bytes / MIB, "gradients_mib": grad_bytes / MIB,
             "optimizer_state_mib": state_bytes / MIB,
             "activations_saved_mib": saved_activation_bytes / MIB,
             "method": "parameters and gradients: numel x element size of the fp32 master "
                       "weights (a tied weight once; gradients of trainable parameters "
-                      "only); optimizer state: the optimizer's state tensors after the "
-                      "steps taken; activations: bytes of the tensors autograd saves for "
-                      "backward in one micro-batch forward (saved_tensors_hooks, distinct "
-                      "storages), on the eager model"}
+                      "only; a sharded parameter's local shard); optimizer state: the "
+                      "optimizer's state tensors after the steps taken; activations: bytes "
+                      "of the tensors autograd saves for backward in one micro-batch "
+                      "forward (saved_tensors_hooks, distinct storages), on the eager model"}
 
 
 def activation_bytes(model: nn.Module, forward_loss: Callable[[], torch.Tensor],
@@ -192,7 +201,7 @@ def activation_bytes(model: nn.Module, forward_loss: Callable[[], torch.Tensor],
             precision.context(device):
         loss = forward_loss()
     # Parameters are saved for backward too, but they exist anyway: not activations.
-    param_ptrs = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    param_ptrs = {local_tensor(p).untyped_storage().data_ptr() for p in model.parameters()}
     if loss.requires_grad:
         loss.backward()
     model.zero_grad(set_to_none=True)

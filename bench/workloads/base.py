@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from bench.spec.axes import Setting
+from bench.variants.parallel import PARALLEL_HELP, PARALLEL_MODES, RankInfo
 from bench.variants.precision import PRECISIONS
 
 if TYPE_CHECKING:
@@ -44,6 +45,17 @@ def common_axes(phases: tuple[str, ...]) -> dict[str, Setting]:
     return axes
 
 
+def parallel_axes() -> dict[str, Setting]:
+    """Training across processes (bench.variants.parallel): the mode and the ranks."""
+    return {
+        "parallel": Setting("parallel", str, "none", choices=PARALLEL_MODES, phases=("train",),
+                            help="; ".join(f"{k}: {v}" for k, v in PARALLEL_HELP.items())),
+        "world_size": Setting("world_size", int, 1, minimum=1, phases=("train",),
+                              help="ranks (processes; one GPU each on CUDA); batch_size is "
+                                   "per rank"),
+    }
+
+
 @dataclass
 class RunContext:
     """What the worker hands a workload: where and how to run."""
@@ -51,6 +63,7 @@ class RunContext:
     device: str
     precision: Precision
     seed: int = 0
+    ranks: RankInfo = field(default_factory=RankInfo)
 
 
 @dataclass

@@ -2,7 +2,9 @@
 
 ``sleep`` takes a known time per step, so the timing path can be checked against
 truth. ``fault`` misbehaves on purpose (aborts, hangs, exhausts memory, raises) so
-the isolation layer can be checked to turn each fault into a case status. ``ballast``
+the isolation layer can be checked to turn each fault into a case status; its train
+phase trains a tiny linear model across ranks (``parallel``) and misbehaves on one rank
+(``fault_rank``) only. ``ballast``
 holds a known amount of memory per sample, so the max-batch search has a known answer.
 """
 
@@ -14,7 +16,7 @@ import time
 from bench.spec.axes import Setting
 from bench.units import MIB
 from bench.workloads import register
-from bench.workloads.base import Outcome, Phase, RunContext, Workload
+from bench.workloads.base import Outcome, Phase, RunContext, Workload, parallel_axes
 
 _CPU_ONLY = {"device": Setting("device", str, "cpu", choices=("cpu",))}
 
@@ -89,23 +91,55 @@ class FaultPhase(Phase):
         return Outcome(metrics={})
 
 
+class FaultTrainPhase(FaultPhase):
+    step_description = "one SGD step of a 16x1 linear model on batch_size random rows; " \
+                       "misbehaves after `after_steps` steps on rank `fault_rank`"
+
+    def __init__(self, case, ctx: RunContext) -> None:
+        import torch  # kept out of start-up (the infer phase needs none)
+
+        from bench.variants.parallel import parallelize
+        from bench.workloads._training import BatchStream, Trainer
+
+        super().__init__(case.axes["fault"], case.params["after_steps"],
+                         case.params["chunk_mib"])
+        self.faulty = ctx.ranks.rank == case.params["fault_rank"]
+        torch.manual_seed(ctx.seed)
+        model = parallelize(torch.nn.Linear(16, 1), ctx.ranks, ctx.device)
+        x, y = torch.randn(4096, 16), torch.randn(4096, 1)
+        self.trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.01),
+                               torch.nn.functional.mse_loss,
+                               BatchStream(x, y, case.axes["batch_size"], ctx.seed,
+                                           shard=ctx.ranks.data_shard),
+                               1, ctx.precision, ctx.device)
+        self.samples_per_step = self.trainer.samples_per_step
+
+    def step(self) -> object:
+        if self.faulty:
+            super().step()
+        return self.trainer.step()
+
+
 @register
 class Fault(Workload):
     name = "fault"
     description = "injects a crash, hang, memory blow-up or exception: checks isolation"
-    phases = ("infer",)
+    phases = ("infer", "train")
 
     @classmethod
     def axes(cls) -> dict[str, Setting]:
         axes = dict(_CPU_ONLY)
         axes["fault"] = Setting("fault", str, "none",
                                 choices=("none", "abort", "hang", "memory", "raise"))
-        return axes
+        axes["batch_size"] = Setting("batch_size", int, 8, minimum=1, phases=("train",))
+        return {**axes, **parallel_axes()}
 
     @classmethod
     def params(cls) -> dict[str, Setting]:
         return {"after_steps": Setting("after_steps", int, 2, minimum=0),
-                "chunk_mib": Setting("chunk_mib", int, 64, minimum=1)}
+                "chunk_mib": Setting("chunk_mib", int, 64, minimum=1),
+                "fault_rank": Setting("fault_rank", int, 0, minimum=0, phases=("train",),
+                                      help="the rank that misbehaves (train phase)")}
 
     @classmethod
     def metrics(cls, phase: str) -> tuple[str, ...]:
@@ -113,6 +147,8 @@ class Fault(Workload):
 
     @classmethod
     def prepare(cls, case, ctx: RunContext) -> Phase:
+        if case.phase == "train":
+            return FaultTrainPhase(case, ctx)
         return FaultPhase(case.axes["fault"], case.params["after_steps"],
                           case.params["chunk_mib"])
 

@@ -18,6 +18,7 @@ from bench.measurement.classes import class_report, summary_metrics
 from bench.results.schema import ClassReport
 from bench.spec.axes import Setting
 from bench.variants import distillation, pipeline, pruning
+from bench.variants.parallel import parallelize
 from bench.variants.precision import get_precision
 from bench.workloads import register
 from bench.workloads._recipes import (
@@ -44,6 +45,7 @@ from bench.workloads.base import (
     RunContext,
     VariantInferPhase,
     Workload,
+    parallel_axes,
 )
 
 SPLIT_SEED = 1234
@@ -147,10 +149,12 @@ class DigitsTrain(EvaluatedTraining):
         a, p = self.case.axes, self.case.params
         torch.manual_seed(seed)
         model = DigitsCNN(p["width"], a["dropout"]).to(self.ctx.device)
+        model = parallelize(model, self.ctx.ranks, self.ctx.device)
         optimizer = build_optimizer(a["optimizer"], model.parameters(), a["lr"],
                                     a["weight_decay"])
         stream = BatchStream(self.x_train, self.y_train, a["batch_size"], seed,
-                             epoch_order(a["sampling"], self.y_train, CLASSES))
+                             epoch_order(a["sampling"], self.y_train, CLASSES),
+                             shard=self.ctx.ranks.data_shard)
         per_epoch = max(1, stream.batches_per_epoch // a["accum_steps"])
         schedule = Schedule(a["lr_schedule"], optimizer, p["epochs"] * per_epoch, per_epoch,
                             a["lr"])
@@ -311,7 +315,8 @@ class DigitsCnn(Workload):
                 "imbalance": Setting("imbalance", float, 1.0, minimum=0, above_minimum=True,
                                      maximum=1.0, phases=("train",),
                                      help="each minority class's share of its training "
-                                          f"images {MINORITY_CLASSES}: 1 balanced, 0.1 1:10")}
+                                          f"images {MINORITY_CLASSES}: 1 balanced, 0.1 1:10"),
+                **parallel_axes()}
 
     @classmethod
     def unsupported_reason(cls, case) -> str | None:

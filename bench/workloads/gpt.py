@@ -33,6 +33,7 @@ from bench.measurement.flops import FlopCount, compute_dtype, count_flops
 from bench.spec.axes import Setting
 from bench.units import MIB
 from bench.variants.backends import BACKENDS, training_backend_axis
+from bench.variants.parallel import parallelize
 from bench.workloads import register
 from bench.workloads._recipes import Schedule, build_optimizer, recipe_axes
 from bench.workloads._training import (
@@ -49,6 +50,7 @@ from bench.workloads.base import (
     Phase,
     RunContext,
     Workload,
+    parallel_axes,
 )
 from bench.workloads.gpt_model import CONFIGS, GPT, analytic_flops_per_token, next_token_loss
 
@@ -143,14 +145,31 @@ class GPTPhase(Phase):
         return torch.optim.AdamW(groups, lr=p["lr"], betas=ADAMW_BETAS,
                                  fused=bool(a.get("fused_optimizer", False)))
 
+    def _reset_model(self, seed: int) -> None:
+        """The model re-initialized from ``seed``, as every trainer starts. Across ranks a
+        fresh one is built, initialized as one process would be, then wrapped or sharded
+        (fsdp2 shards the parameters it is given: every rank's shard of the same init)."""
+        ranks = self.ctx.ranks
+        if not ranks.distributed:
+            torch.manual_seed(seed)
+            self.model.reset_parameters()
+            return
+        model = GPT(self.cfg, checkpointing=self.case.axes.get("checkpointing", False))
+        model = model.to(self.ctx.device)
+        torch.manual_seed(seed)
+        model.reset_parameters()
+        self.precision_steps = self.ctx.precision.prepare_model(model)
+        self.model = model
+        self.runnable = parallelize(model, ranks, self.ctx.device)
+
     def _trainer(self, seed: int, keep_losses: bool = False) -> Trainer:
         a = self.case.axes
-        torch.manual_seed(seed)
-        self.model.reset_parameters()
+        self._reset_model(seed)
         # Prefill's batch_size is an inference batch: its model trains at a fixed one.
         batch = a["batch_size"] if self.case.phase == "train" else \
             self.case.params["train_batch_size"]
-        stream = BatchStream(self.x_train, self.y_train, batch, seed)
+        stream = BatchStream(self.x_train, self.y_train, batch, seed,
+                             shard=self.ctx.ranks.data_shard)
         optimizer = self._optimizer()
         per_epoch = max(1, stream.batches_per_epoch // a.get("accum_steps", 1))
         schedule = Schedule(a.get("lr_schedule", "constant"), optimizer,
@@ -318,6 +337,7 @@ class Gpt(Workload):
             "fused_optimizer": Setting("fused_optimizer", bool, False, phases=("train",),
                                        help="AdamW(fused=True) instead of foreach"),
             **recipe_axes("adamw", None, dropout=False, weight_decay=ADAMW_WEIGHT_DECAY),
+            **parallel_axes(),
         })
         return axes
 

@@ -100,6 +100,11 @@ class GPT(nn.Module):
             else:
                 nn.init.ones_(p)  # LayerNorm gains
 
+    def fsdp_units(self) -> list[nn.Module]:
+        """What fully_shard wraps apart (bench.variants.parallel): each block, so one
+        block's parameters are gathered at a time; embeddings and head stay in the root."""
+        return list(self.blocks)
+
     def non_embedding_parameters(self) -> int:
         """N of the 6N FLOPs rule: every parameter except the position embeddings (the
         token embedding counts once, as the tied output head's matmul)."""
