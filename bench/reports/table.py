@@ -11,6 +11,7 @@ from bench.measurement.allocator import policy_line
 from bench.measurement.fingerprint import machine_name
 from bench.reports.compare import injected_slowdown
 from bench.reports.parity import Parity, parity_by_case
+from bench.reports.scaling import render_scaling
 from bench.reports.slo import slo_failures
 from bench.reports.text import csv_text
 from bench.reports.training import render_training, winners
@@ -148,11 +149,15 @@ def render_report(record: RunRecord, fmt: str = "github") -> str:
                              if isinstance(c.budget.get("allocator"), str)}))
     table = tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True)
     training = render_training(record, fmt) if fmt != "latex" else ""
+    scaled = render_scaling(record, fmt) if fmt != "latex" else ""
     if fmt == "html":
         return ("".join(f"<p>{html.escape(line)}</p>" for line in header.splitlines()) + table
-                + training + "".join(f"<p>{html.escape(line)}</p>" for line in winners(record)))
+                + training + "".join(f"<p>{html.escape(line)}</p>" for line in winners(record))
+                + scaled)
     if fmt == "latex":
         return table + "\n"
     if training:
         table += "\n\n" + training + "".join(f"\n{line}" for line in winners(record)) + "\n"
+    if scaled:
+        table += "\n\nScaling across ranks\n\n" + scaled + "\n"
     return f"{header}\n\n{table}\n"

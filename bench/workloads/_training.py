@@ -168,6 +168,9 @@ def memory_split(model: nn.Module, optimizer: torch.optim.Optimizer,
     """Parameters, gradients (of the trainable parameters only: what freezing saves),
     optimizer state and saved activations, in MiB: this rank's share where they are
     sharded (fsdp2's DTensors)."""
+    reshard = getattr(model, "reshard", None)
+    if callable(reshard):  # fsdp2 keeps the root's parameters gathered after a forward
+        reshard()
     params = [local_tensor(p) for p in {id(p): p for p in model.parameters()}.values()]
     param_bytes = sum(p.numel() * p.element_size() for p in params)
     grad_bytes = sum(p.numel() * p.element_size() for p in params if p.requires_grad)
