@@ -1,8 +1,9 @@
 """Issue 16, training across processes: DDP at world 2 and batch b is one process at
-batch 2b, FSDP2 trains to the single-process losses with half the parameters per rank, a
-rank that raises or hangs is the case's status with nothing left running, and two
-simulated nodes rendezvous through torchrun and finish. Every rank here is a real process
-started by torch's elastic launcher or torchrun, with a gloo process group."""
+batch 2b, FSDP2 trains to the single-process losses with half the parameters per rank,
+Hogwild ranks update one shared model, a rank that raises or hangs is the case's status
+with nothing left running, and two simulated nodes rendezvous through torchrun and finish.
+Every rank here is a real process started by torch's elastic launcher or torchrun, with a
+gloo process group."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import torch
 from bench.results.store import load_run
 from bench.runners.isolation import run_isolated
 from bench.spec.model import Budget, CaseSpec
-from bench.variants.parallel import RankInfo
+from bench.variants.parallel import SHARED_DIR_ENV, RankInfo
 from bench.variants.precision import get_precision
 from bench.workloads import get_workload
 from bench.workloads._training import accumulate_gradients, memory_split
@@ -84,14 +85,26 @@ def equivalence_rank() -> dict:
     try:
         grads = _first_gradients(RankInfo("ddp", rank, world), BATCH)
         losses, local_mib = _losses(RankInfo("fsdp2", rank, world), BATCH // 2)
+        # Hogwild: rank 1 alone takes an optimizer step; rank 0's parameters move with it.
+        trainer = _phase("digits_cnn", RankInfo("hogwild", rank, world), BATCH,
+                         {"width": 8}).trainer
+        weight = next(trainer.model.parameters())
+        before = weight.detach().clone()
+        dist.barrier()
+        if rank == 1:
+            trainer.step()
+        dist.barrier()
+        moved = not torch.equal(before, weight.detach())
     finally:
         dist.destroy_process_group()
-    return {"grads": grads, "losses": losses, "local_mib": local_mib}
+    return {"grads": grads, "losses": losses, "local_mib": local_mib, "moved": moved}
 
 
 @pytest.fixture(scope="module")
-def world_of_two() -> dict[int, dict]:
+def world_of_two(tmp_path_factory) -> dict[int, dict]:
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    os.environ[SHARED_DIR_ENV] = str(tmp_path_factory.mktemp("shared"))
 
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=2, run_id="equivalence",
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0,
@@ -112,6 +125,10 @@ def test_fsdp2_trains_to_the_single_process_losses_with_half_the_state_per_rank(
     assert single[-1] < single[0]  # it trained
     for rank in (0, 1):  # parameters and Adam state sharded: about half each
         assert world_of_two[rank]["local_mib"] == pytest.approx(single_mib / 2, rel=0.05)
+
+
+def test_hogwild_ranks_train_one_shared_model(world_of_two):
+    assert world_of_two[0]["moved"] and world_of_two[1]["moved"]
 
 
 def _spawned_ranks() -> set[int]:

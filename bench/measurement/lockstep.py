@@ -56,3 +56,31 @@ def straggler_figures(per_rank_steps: list[list[float]]) -> dict[str, float]:
     spreads = [(max(s) - min(s)) / max(s) for s in steps if max(s) > 0]
     return {"median_spread": statistics.median(spreads) if spreads else 0.0,
             "max_spread": max(spreads) if spreads else 0.0}
+
+
+class LockstepPhase:
+    """An evaluated training phase as its ranks run it to a target together: samples per
+    step over all ranks, the training loss averaged over ranks, and rank 0's evaluation
+    for every rank (replicas agree anyway; Hogwild workers evaluate a model that moves
+    under them), so every rank takes the same stop decision."""
+
+    def __init__(self, phase: Any, world_size: int, group: Any = None) -> None:
+        self.phase, self.world_size, self.group = phase, world_size, group
+        self.samples_per_step = phase.samples_per_step * world_size
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.phase, name)
+
+    def evaluate(self) -> dict[str, float]:
+        import torch.distributed as dist  # kept out of start-up
+
+        shared = [self.phase.evaluate()]
+        dist.broadcast_object_list(shared, src=0, group=self.group)
+        return shared[0]
+
+    def mean_train_loss(self) -> float:
+        import torch.distributed as dist  # kept out of start-up
+
+        t = torch.tensor([self.phase.mean_train_loss()], dtype=torch.float64)
+        dist.all_reduce(t, group=self.group)
+        return float(t[0]) / self.world_size

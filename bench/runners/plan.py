@@ -48,6 +48,7 @@ def _parallel_reason(case: CaseSpec) -> str | None:
     mode, world = case.axes["parallel"], case.axes.get("world_size", 1)
     reason = parallel.unsupported_reason(mode, world, case.axes.get("backend", "eager"),
                                          case.axes.get("precision", "fp32"))
+    reason = reason or parallel.device_reason(mode, case.device)
     if reason or mode == "none" or case.device != "cuda":
         return reason
     import torch  # kept out of start-up (the CUDA device count)

@@ -27,9 +27,11 @@ import argparse
 import dataclasses
 import datetime as dt
 import os
+import shutil
 import socket
 import statistics
 import sys
+import tempfile
 import time
 import traceback
 import uuid
@@ -40,10 +42,16 @@ import torch
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from bench.measurement.fingerprint import fingerprint
-from bench.measurement.lockstep import LockstepTimer, collective_clock, straggler_figures
+from bench.measurement.lockstep import (
+    LockstepPhase,
+    LockstepTimer,
+    collective_clock,
+    straggler_figures,
+)
 from bench.measurement.memory import MemoryTracker
 from bench.measurement.sampler import measure
 from bench.measurement.timers import timer_for
+from bench.measurement.training_run import run_to_target
 from bench.results.schema import (
     STATUS_DIVERGED,
     STATUS_ERROR,
@@ -60,7 +68,12 @@ from bench.runners.plan import plan_suite
 from bench.runners.sweep import new_run_info
 from bench.spec import load_suite
 from bench.spec.model import CaseSpec
-from bench.variants.parallel import RankInfo, no_gradient_sync, process_group_backend
+from bench.variants.parallel import (
+    SHARED_DIR_ENV,
+    RankInfo,
+    no_gradient_sync,
+    process_group_backend,
+)
 from bench.variants.precision import get_precision
 from bench.workloads import get_workload
 from bench.workloads._training import memory_split
@@ -98,6 +111,7 @@ class RankRun:
     flops: Any = None
     memory: Any = None
     phase: dict[str, Any] = dataclasses.field(default_factory=dict)
+    trace: Any = None  # time-to-accuracy: the seed's TrainingTrace
 
 
 def _trainer_model(phase: Any, workload: str) -> Any:
@@ -108,19 +122,15 @@ def _trainer_model(phase: Any, workload: str) -> Any:
     return trainer
 
 
-def _run_rank(case: CaseSpec, ranks: RankInfo, control: Any) -> RankRun:
-    precision = get_precision(case.axes.get("precision", "fp32"))
-    ctx = RunContext(device=case.device, precision=precision, seed=case.seed, ranks=ranks)
-    workload = get_workload(case.workload)
-    with MemoryTracker(case.device) as tracker:
-        phase = workload.prepare(case, ctx)
-        trainer = _trainer_model(phase, case.workload)
-        timer = LockstepTimer(timer_for(case.device), control)
-        with phase.session():
-            measurement = measure(phase.step, timer, case.budget, clock=collective_clock(control))
-        trials = timer.local[-len(measurement.trials):]
-        split = memory_split(trainer.model, trainer.optimizer, 0)
-        no_sync_timer = LockstepTimer(timer_for(case.device), control)
+def _sampled(case: CaseSpec, phase: Any, trainer: Any, ranks: RankInfo,
+             control: Any) -> dict[str, Any]:
+    """The sampler in lock step, then (ddp, fsdp2) the same step without gradient sync."""
+    timer = LockstepTimer(timer_for(case.device), control)
+    with phase.session():
+        measurement = measure(phase.step, timer, case.budget, clock=collective_clock(control))
+    split = memory_split(trainer.model, trainer.optimizer, 0)
+    no_sync = None
+    if ranks.mode in ("ddp", "fsdp2"):
         quick = dataclasses.replace(case.budget, max_trials=case.budget.min_trials,
                                     max_time_s=case.budget.max_time_s / 2)
 
@@ -129,22 +139,56 @@ def _run_rank(case: CaseSpec, ranks: RankInfo, control: Any) -> RankRun:
                 return phase.step()
 
         with phase.session():
-            no_sync = measure(unsynced, no_sync_timer, quick, clock=collective_clock(control))
-        flops = phase.flop_count()
-        outcome = phase.finish()
-    own = [d for t in trials for d in t]
+            no_sync = measure(unsynced, LockstepTimer(timer_for(case.device), control), quick,
+                              clock=collective_clock(control))
+    return {"trials": timer.local[-len(measurement.trials):], "split": split,
+            "measurement": measurement, "no_sync": no_sync, "flops": phase.flop_count(),
+            "outcome": phase.finish(), "timer": timer}
+
+
+def _to_target(case: CaseSpec, phase: Any, trainer: Any, ranks: RankInfo,
+               control: Any) -> dict[str, Any]:
+    """Time-to-accuracy: this seed's run to its target, every rank stopping together."""
+    metric, _ = get_workload(case.workload).watched_metric(case)
+    timer = LockstepTimer(timer_for(case.device), control)
+    together = LockstepPhase(phase, ranks.world_size, control)
+    with phase.session():
+        trace = run_to_target(together, timer, case.training, case.seed, metric,
+                              int(case.axes.get("early_stopping", 0)),
+                              clock=collective_clock(control))
+    trace.run.pid = os.getpid()
+    outcome = phase.run_outcome(trace.run.curve[-1].metrics)
+    return {"trials": timer.local, "split": memory_split(trainer.model, trainer.optimizer, 0),
+            "trace": trace, "outcome": outcome, "timer": timer}
+
+
+def _run_rank(case: CaseSpec, ranks: RankInfo, control: Any) -> RankRun:
+    precision = get_precision(case.axes.get("precision", "fp32"))
+    ctx = RunContext(device=case.device, precision=precision, seed=case.seed, ranks=ranks)
+    with MemoryTracker(case.device) as tracker:
+        phase = get_workload(case.workload).prepare(case, ctx)
+        trainer = _trainer_model(phase, case.workload)
+        run = (_to_target if case.training is not None else _sampled)(
+            case, phase, trainer, ranks, control)
+    own = [d for t in run["trials"] for d in t]
+    split = run["split"]
     split.pop("activations_saved_mib", None)
+    split.pop("method", None)
     report = RankReport(rank=ranks.rank, host=socket.gethostname(), pid=os.getpid(),
                         step_median_s=statistics.median(own), memory_split=split,
                         peak_rss_mib=tracker.report.peak_rss_mib if tracker.report else None,
                         cuda_peak_allocated_mib=(tracker.report.cuda_peak_allocated_mib
                                                  if tracker.report else None))
     if ranks.rank != 0:  # rank 0 speaks for the case: the others send their own figures
-        return RankRun(report, trials)
-    return RankRun(report, trials, measurement, no_sync, outcome, flops, tracker.report,
+        return RankRun(report, run["trials"])
+    timer = run["timer"]
+    return RankRun(report, run["trials"], run.get("measurement"), run.get("no_sync"),
+                   run["outcome"], run.get("flops"), tracker.report,
                    {"samples_per_step": phase.samples_per_step,
                     "sample_unit": phase.sample_unit,
-                    "step_description": phase.step_description})
+                    "step_description": phase.step_description,
+                    "timer": timer.name, "timer_description": timer.description},
+                   run.get("trace"))
 
 
 @record  # a rank's exception reaches the launcher with its traceback (an error file)
@@ -173,22 +217,44 @@ def rank_main(case_data: dict[str, Any]) -> list[RankRun] | None:
     return gathered if ranks.rank == 0 else None
 
 
+METHOD = ("step time: per step the slowest rank's (all-reduce MAX of each block's per-step "
+          "durations); straggler spread: per step (slowest - fastest) / slowest over the "
+          "ranks' own durations, median and max over the timed steps; exposed "
+          "communication: median step minus the median of the same step with gradient sync "
+          "off (ddp: no_sync(), the all-reduce skipped; fsdp2: "
+          "set_requires_gradient_sync(False), the reduce-scatter skipped and with it the "
+          "optimizer update of the sharded parameters, its all-gathers kept; hogwild has "
+          "none); memory split per rank: that rank's tensors (its shards under fsdp2; "
+          "hogwild's parameters are one shared mapping, counted by every rank)")
+
+
+def _case_timing(case: CaseSpec, lead: RankRun, world: int) -> Any:
+    from bench.runners.worker import _run_timing, _timing  # the worker imports this module
+
+    phase = lead.phase
+    across = (f"; across {world} ranks (parallel={case.axes['parallel']}), each step the "
+              "slowest rank's")
+    if lead.trace is None:
+        return _timing(lead.measurement, phase["step_description"] + across)
+    timer = argparse.Namespace(name=phase["timer"], description=phase["timer_description"])
+    described = argparse.Namespace(step_description=phase["step_description"] + across)
+    return _run_timing(lead.trace, timer, described)
+
+
 def assemble(case: CaseSpec, runs: list[RankRun], result: CaseResult, nnodes: int,
              threads: int) -> None:
     """The case's record from every rank's run (rank 0's speaks for the shared figures)."""
     from bench.measurement.flops import compute_record  # kept out of start-up
-    from bench.runners.worker import _timing, divergence  # the worker imports this module
+    from bench.runners.worker import divergence, record_training_run  # imports this module
 
     runs = sorted(runs, key=lambda r: r.report.rank)
-    lead = runs[0]
-    world = len(runs)
-    m, phase = lead.measurement, lead.phase
-    timing = _timing(m, phase["step_description"] + f"; across {world} ranks "
-                     f"(parallel={case.axes['parallel']}), each step the slowest rank's")
-    result.timing = timing
-    result.warnings.extend(m.warnings)
-    total = phase["samples_per_step"] * world
-    result.throughput = ThroughputResult.from_timing(timing, total, f"{phase['sample_unit']}/s")
+    lead, world = runs[0], len(runs)
+    timing = result.timing = _case_timing(case, lead, world)
+    if lead.measurement is not None:
+        result.warnings.extend(lead.measurement.warnings)
+    total = lead.phase["samples_per_step"] * world
+    unit = f"{lead.phase['sample_unit']}/s"
+    result.throughput = ThroughputResult.from_timing(timing, total, unit)
     result.throughput.method += f"; samples over all {world} ranks (global batch)"
     spread = straggler_figures([[d for t in r.local_trials for d in t] for r in runs])
     no_sync_s = lead.no_sync.summary.median if lead.no_sync is not None else None
@@ -201,17 +267,16 @@ def assemble(case: CaseSpec, runs: list[RankRun], result: CaseResult, nnodes: in
         straggler_median_spread=spread["median_spread"],
         straggler_max_spread=spread["max_spread"], no_sync_step_s=no_sync_s,
         exposed_communication_s=(timing.median_s - no_sync_s) if no_sync_s else None,
-        ranks=[r.report for r in runs],
-        method=("step time: per step the slowest rank's (all-reduce MAX of each block's "
-                "per-step durations); straggler spread: per step (slowest - fastest) / "
-                "slowest over the ranks' own durations, median and max over the timed "
-                "steps; exposed communication: median step minus the median of the same "
-                "step with gradient sync off (ddp: no_sync(), the all-reduce skipped; "
-                "fsdp2: set_requires_gradient_sync(False), the reduce-scatter skipped and "
-                "with it the optimizer update of the sharded parameters, its all-gathers "
-                "kept); memory split per rank: that rank's tensors (its shards under "
-                "fsdp2)"))
+        ranks=[r.report for r in runs], method=METHOD)
+    if lead.memory is not None:
+        result.memory = lead.memory
+    result.details["parallel_memory_note"] = (
+        "memory: rank 0's own process; every rank's peak RSS and memory split are under "
+        "parallel.ranks")
     outcome = lead.outcome
+    if lead.trace is not None:
+        record_training_run(case, lead.trace, outcome, result)
+        return
     result.accuracy = AccuracyResult.for_case(
         case, outcome.metrics,
         outcome.task_metric or get_workload(case.workload).task_metric(case.phase))
@@ -220,13 +285,6 @@ def assemble(case: CaseSpec, runs: list[RankRun], result: CaseResult, nnodes: in
     if lead.flops is not None:
         # Per device: one rank's FLOPs over the step time, against one device's peak.
         result.compute = compute_record(lead.flops, timing.median_s, case.device)
-    if lead.memory is not None:
-        result.memory = lead.memory
-    for report in result.parallel.ranks:
-        report.memory_split.pop("method", None)
-    result.details["parallel_memory_note"] = (
-        "memory: rank 0's own process; every rank's peak RSS and memory split are under "
-        "parallel.ranks")
     diverged = divergence(outcome.metrics, outcome.details)
     if diverged:
         result.status, result.reason = STATUS_DIVERGED, diverged
@@ -265,11 +323,16 @@ def run_ranks(case: CaseSpec, result: CaseResult) -> None:
                           rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.1,
                           start_method="spawn")
     result.worker["launcher"] = LAUNCHER
+    shared = tempfile.mkdtemp(prefix="bench-ranks-", dir="/dev/shm" if os.path.isdir(
+        "/dev/shm") else None)
+    os.environ[SHARED_DIR_ENV] = shared  # the ranks inherit it (hogwild's mapping)
     try:
         returned = elastic_launch(config, rank_main)(case.to_dict())
     except Exception as exc:  # noqa: BLE001 - a rank's failure is the case's status
         _failure(exc, result)
         return
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
     assemble(case, returned[0], result, nnodes=1, threads=_threads_per_rank(case, world))
 
 

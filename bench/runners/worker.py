@@ -230,6 +230,15 @@ def _train_to_target(case: CaseSpec, phase: Any, result: CaseResult) -> None:
     trace.run.pid = os.getpid()
     outcome = phase.run_outcome(trace.run.curve[-1].metrics)
     _timed_figures(result, _run_timing(trace, timer, phase), phase, probe)
+    record_training_run(case, trace, outcome, result)
+
+
+def record_training_run(case: CaseSpec, trace: Any, outcome: Outcome,
+                        result: CaseResult) -> None:
+    """A seed's run to its target (a TrainingTrace) and its final outcome into ``result``."""
+    workload = get_workload(case.workload)
+    metric, higher = workload.watched_metric(case)
+    patience = int(case.axes.get("early_stopping", 0))
     result.accuracy = AccuracyResult.for_case(case, outcome.metrics,
                                               workload.task_metric(case.phase))
     result.details.update(outcome.details)

@@ -7,6 +7,10 @@ mode, with PyTorch's own data-parallel engines.
   (``fsdp_units()``: gpt's transformer blocks) and on the root: parameters, gradients and
   optimizer state sharded 1/N, parameters all-gathered per unit for forward and backward,
   gradients reduce-scattered.
+- ``hogwild``: asynchronous training (Recht et al., 2011) on one machine: the parameters
+  live in one shared-memory mapping (``torch.from_file(shared=True)`` in the folder the
+  launcher names in ``BENCH_SHARED_DIR``) that every rank's optimizer updates without locks
+  or gradient communication; one optimizer, with its own state, per rank.
 
 Every rank draws the same global batch of ``world_size x batch_size`` from the same seeded
 stream and trains on its own slice (``RankInfo.data_shard``): world N at per-rank batch b
@@ -17,6 +21,8 @@ launcher (bench.runners.ranks), one process group per case: gloo on a CPU, NCCL 
 from __future__ import annotations
 
 import contextlib
+import itertools
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -25,12 +31,16 @@ if TYPE_CHECKING:  # torch stays out of the parent's start-up (the plan reads th
     import torch
     from torch import nn
 
-PARALLEL_MODES = ("none", "ddp", "fsdp2")
+PARALLEL_MODES = ("none", "ddp", "fsdp2", "hogwild")
 PARALLEL_HELP = {
     "none": "one process",
     "ddp": "DistributedDataParallel: full replicas, gradients all-reduced",
     "fsdp2": "fully_shard: parameters, gradients and optimizer state sharded 1/N",
+    "hogwild": "asynchronous: one shared-memory model, each rank's optimizer updates it "
+               "without locks (CPU, one machine)",
 }
+SHARED_DIR_ENV = "BENCH_SHARED_DIR"
+_shared_models = itertools.count()
 
 
 @dataclass(frozen=True)
@@ -67,6 +77,12 @@ def unsupported_reason(mode: str, world_size: int, backend: str, precision: str)
     return None
 
 
+def device_reason(mode: str, device: str) -> str | None:
+    if mode == "hogwild" and device != "cpu":
+        return "parallel=hogwild shares host memory between processes: CPU only (ddp on CUDA)"
+    return None
+
+
 def parallelize(model: nn.Module, ranks: RankInfo, device: str) -> nn.Module:
     """The module a rank trains: ``model`` itself (none, and fsdp2, which shards it in
     place), or its DDP wrapper. Build the optimizer after this: fsdp2 replaces the
@@ -85,6 +101,9 @@ def parallelize(model: nn.Module, ranks: RankInfo, device: str) -> nn.Module:
         for unit in units() if units else ():
             fully_shard(unit)
         fully_shard(model)
+        return model
+    if ranks.mode == "hogwild":
+        _share_parameters(model, ranks)
         return model
     raise ValueError(f"unknown parallel mode {ranks.mode!r} (valid: {PARALLEL_MODES})")
 
@@ -105,6 +124,41 @@ def no_gradient_sync(runnable: nn.Module, ranks: RankInfo) -> Iterator[None]:
             runnable.set_requires_gradient_sync(True)
     else:
         yield
+
+
+def _share_parameters(model: nn.Module, ranks: RankInfo) -> None:
+    """Point every parameter of ``model`` into one file-backed shared mapping, rank 0's
+    values copied in first: after this every rank trains the same tensors."""
+    import torch  # kept out of start-up
+    import torch.distributed as dist
+
+    folder = os.environ.get(SHARED_DIR_ENV)
+    if not folder:
+        raise RuntimeError(f"parallel=hogwild needs {SHARED_DIR_ENV} (a folder every rank "
+                           "of this machine maps; the launcher sets it)")
+    params = list({id(p): p for p in model.parameters()}.values())
+    dtypes = {p.dtype for p in params}
+    if len(dtypes) != 1:
+        raise ValueError(f"parallel=hogwild shares parameters of one dtype, not {dtypes}")
+    (dtype,) = dtypes
+    total = sum(p.numel() for p in params)
+    path = os.path.join(folder, f"parameters-{next(_shared_models)}.bin")
+    if ranks.rank == 0:
+        with open(path, "wb") as f:
+            f.truncate(total * torch.empty((), dtype=dtype).element_size())
+        shared = torch.from_file(path, shared=True, size=total, dtype=dtype)
+        offset = 0
+        for p in params:
+            shared[offset:offset + p.numel()].copy_(p.detach().flatten())
+            offset += p.numel()
+    dist.barrier()
+    if ranks.rank != 0:
+        shared = torch.from_file(path, shared=True, size=total, dtype=dtype)
+    offset = 0
+    for p in params:
+        p.data = shared[offset:offset + p.numel()].view_as(p)
+        offset += p.numel()
+    dist.barrier()  # nobody trains before every rank is mapped
 
 
 def local_tensor(t: torch.Tensor) -> torch.Tensor:
