@@ -63,7 +63,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     store = run_suite(args.suite, out, resume=args.resume, overwrite=args.overwrite,
                       select=parse_select(args.select), progress=not args.no_progress,
-                      paired_rounds=args.paired_rounds, shard=parse_shard(args.shard))
+                      paired_rounds=args.paired_rounds, shard=parse_shard(args.shard),
+                      executor=args.executor, ray_address=args.ray_address)
     if not args.quiet:
         print(render_report(store.record, "github"))
     print(f"results written to {out}", file=sys.stderr)
@@ -557,6 +558,13 @@ def _add_run_commands(sub: Any) -> None:
                         "files with bench merge); 'auto', '/N' or 'K/' take the missing parts "
                         "from SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT or a Kubernetes "
                         "Indexed Job's JOB_COMPLETION_INDEX")
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local: one case after another here; ray: each case a Ray task "
+                        "holding a whole node (bench_node resource) or its GPUs, records "
+                        "streamed into --out as they finish (pip install 'bench[ray]')")
+    p.add_argument("--ray-address", metavar="ADDR",
+                   help="the Ray cluster to submit to (default: RAY_ADDRESS, else a local "
+                        "Ray on this machine)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("merge", help="merge the shard files of a sweep (bench run --shard) "

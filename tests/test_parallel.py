@@ -183,6 +183,8 @@ def _free_port() -> int:
 
 
 def test_two_simulated_nodes_rendezvous_through_torchrun_and_finish(write_suite, tmp_path):
+    """examples/slurm/ddp-node.sh as srun starts it on each node, here twice on one host
+    with SLURM's per-node variables: torchrun's c10d rendezvous joins the two."""
     suite = write_suite("""\
         [suite]
         name = "nodes"
@@ -200,17 +202,14 @@ def test_two_simulated_nodes_rendezvous_through_torchrun_and_finish(write_suite,
         """)
     case_id = "fault/train[parallel=ddp,world_size=2]"
     out = tmp_path / "run.json"
-    port = _free_port()
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2",
-                "--nproc-per-node", "1", "--rdzv-backend", "c10d",
-                "--rdzv-endpoint", f"localhost:{port}", "--rdzv-id", "two-nodes",
-                "--max-restarts", "0"]
-    command = ["-m", "bench.runners.ranks", "--suite", str(suite), "--case", case_id,
-               "--out", str(out)]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    nodes = [subprocess.Popen([*torchrun, "--node-rank", str(k), *command], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              start_new_session=True) for k in (0, 1)]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
+           "SUITE": str(suite), "CASE": case_id, "OUT": str(out), "PYTHON": sys.executable,
+           "SLURM_NNODES": "2", "RDZV_HOST": "localhost", "RDZV_PORT": str(_free_port()),
+           "RDZV_ID": "two-nodes"}
+    nodes = [subprocess.Popen(["bash", str(REPO / "examples/slurm/ddp-node.sh")],
+                              env={**env, "SLURM_NODEID": str(k)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
+             for k in (0, 1)]
     try:
         outputs = [node.communicate(timeout=180)[0] for node in nodes]
     finally:

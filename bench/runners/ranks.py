@@ -209,6 +209,10 @@ def rank_main(case_data: dict[str, Any]) -> list[RankRun] | None:
         control = dist.new_group(backend="gloo") if case.device == "cuda" else None
         ranks = RankInfo(case.axes["parallel"], dist.get_rank(), dist.get_world_size(),
                          local_rank)
+        if ranks.world_size != case.axes.get("world_size", 1):
+            raise ValueError(f"case {case.case_id} has world_size "
+                             f"{case.axes.get('world_size', 1)} but was launched with "
+                             f"{ranks.world_size} ranks (nodes x processes per node)")
         run = _run_rank(case, ranks, control)
         gathered: list[Any] = [None] * ranks.world_size
         dist.all_gather_object(gathered, run, group=control)

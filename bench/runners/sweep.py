@@ -76,11 +76,13 @@ def open_store(suite, out: Path, resume: bool, overwrite: bool,
 def run_suite(suite: str | Path | SuiteSpec, out: str | Path, *, resume: bool = False,
               overwrite: bool = False, select: dict[str, set[str]] | None = None,
               progress: bool = True, runner: CaseRunner = _run_one,
-              paired_rounds: int | None = None, shard: Shard | None = None) -> ResultStore:
+              paired_rounds: int | None = None, shard: Shard | None = None,
+              executor: str = "local", ray_address: str | None = None) -> ResultStore:
     """Run every case of a suite (a file, or one built in memory) into ``out``; then, with
     paired rounds (the suite's ``paired_rounds`` unless given), each variant against its
     reference in interleaved rounds. With ``shard``, only the cases of that shard
-    (bench.spec.shards), recorded as such for ``bench merge``."""
+    (bench.spec.shards), recorded as such for ``bench merge``. ``executor = "ray"``: each
+    case a Ray task (bench.runners.ray_executor), on the cluster at ``ray_address``."""
     if not isinstance(suite, SuiteSpec):
         suite = load_suite(suite)
     every = plan_suite(suite, select)
@@ -93,7 +95,12 @@ def run_suite(suite: str | Path | SuiteSpec, out: str | Path, *, resume: bool = 
         store = open_store(suite, Path(out), resume, overwrite, select, shard_info)
         if runner is _run_one:  # seeds of time-to-accuracy cases fork from shared servers
             runner = functools.partial(_run_one, servers=servers)
-        _run_cases(store, planned, suite.name, out, progress, runner)
+        if executor == "ray":
+            from bench.runners.ray_executor import run_cases_on_ray  # it imports this module
+
+            run_cases_on_ray(store, planned, suite.name, progress, ray_address)
+        else:
+            _run_cases(store, planned, suite.name, out, progress, runner)
         rounds = suite.paired_rounds if paired_rounds is None else paired_rounds
         if rounds:  # a reference may sit in another shard: it is looked up in the whole plan
             _pair_with_references(store, every, rounds, progress)
