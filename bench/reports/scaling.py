@@ -85,9 +85,11 @@ def _row(s: Scaling) -> list[str]:
     if p.exposed_communication_s is not None:
         share = p.exposed_communication_s / c.timing.median_s
         exposed = f"{p.exposed_communication_s * 1e3:.3g} ({share:.0%})"
+    # The case's throughput (pooled over a time-to-accuracy case's seeds), split per device.
+    total = c.throughput.value if c.throughput is not None else p.samples_per_s_total
     return [c.case_id, p.mode, f"{p.world_size} on {p.nnodes} node(s)",
             str(c.axes.get("batch_size", "")), str(p.global_batch),
-            f"{p.samples_per_s_per_device:.4g}", f"{p.samples_per_s_total:.4g}",
+            f"{total / p.world_size:.4g}", f"{total:.4g}",
             _pct(s.weak), _pct(s.strong), f"{c.timing.median_s * 1e3:.3g}",
             "" if p.no_sync_step_s is None else f"{p.no_sync_step_s * 1e3:.3g}", exposed,
             f"{p.straggler_median_spread:.0%} / {p.straggler_max_spread:.0%}", memory,
