@@ -154,9 +154,9 @@ def test_a_hung_rank_times_the_case_out_and_no_rank_is_left_running():
     before = _spawned_ranks()
     started = time.monotonic()
     result = run_isolated(_case("fault", {"fault": "hang", "parallel": "ddp", "world_size": 2},
-                                {"fault_rank": 1}, timeout_s=12))
+                                {"fault_rank": 1}, timeout_s=9))
     assert result.status == "timeout"
-    assert time.monotonic() - started < 30
+    assert time.monotonic() - started < 25
     time.sleep(0.5)
     assert _spawned_ranks() - before == set()
 
@@ -172,8 +172,10 @@ def test_a_healthy_case_across_ranks_records_every_ranks_figures():
     assert result.throughput.samples_per_step == 16
     assert par.no_sync_step_s > 0 and par.exposed_communication_s is not None
     assert 0 <= par.straggler_median_spread <= par.straggler_max_spread <= 1
-    # The case's step is the slowest rank's: no rank's own median is above it by much.
-    assert max(r.step_median_s for r in par.ranks) <= result.timing.median_s * 1.05
+    # The case's step is the slowest rank's, step by step: never below any rank's own.
+    slowest = [max(steps) for steps in zip(*(r.step_samples_s for r in par.ranks),
+                                            strict=True)]
+    assert [d for t in result.timing.trial_samples_s for d in t] == pytest.approx(slowest)
 
 
 def _free_port() -> int:

@@ -363,6 +363,9 @@ class RankReport:
     host: str
     pid: int
     step_median_s: float  # this rank's own median step over the timed trials
+    # This rank's own duration of every timed step, in order (the case's step is the
+    # slowest rank's, step by step).
+    step_samples_s: list[float] = field(default_factory=list)
     # This rank's parameters, gradients and optimizer state (its shards under fsdp2).
     memory_split: dict[str, Any] = field(default_factory=dict)
     peak_rss_mib: float | None = None

@@ -175,7 +175,8 @@ def _run_rank(case: CaseSpec, ranks: RankInfo, control: Any) -> RankRun:
     split.pop("activations_saved_mib", None)
     split.pop("method", None)
     report = RankReport(rank=ranks.rank, host=socket.gethostname(), pid=os.getpid(),
-                        step_median_s=statistics.median(own), memory_split=split,
+                        step_median_s=statistics.median(own), step_samples_s=own,
+                        memory_split=split,
                         peak_rss_mib=tracker.report.peak_rss_mib if tracker.report else None,
                         cuda_peak_allocated_mib=(tracker.report.cuda_peak_allocated_mib
                                                  if tracker.report else None))
