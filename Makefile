@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: bench test lint clean smoke-gate ab-gate example
+.PHONY: bench test test-heavy lint clean smoke-gate ab-gate example
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,7 +17,11 @@ bench: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check bench tests tools
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not heavy"
+
+# The long end-to-end checks (about 5 minutes on 2 cores): CI runs them after make test.
+test-heavy: $(STAMP)
+	$(BIN)/python -m pytest -q -m heavy
 
 # The stored baseline is the one measured on a CPU of this machine's kind, ISA level and
 # family (file names say which: smoke-cpu-ISA-FAMILY-2core.json), else one of its ISA level;

@@ -101,6 +101,7 @@ def _run(command: list[str], env: dict[str, str], cwd: Path) -> str:
     return done.stderr
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_the_slurm_array_and_its_merge_run_with_slurms_variables(tmp_path):
     (tmp_path / "tiny.toml").write_text(TINY_SUITE)
@@ -116,6 +117,7 @@ def test_the_slurm_array_and_its_merge_run_with_slurms_variables(tmp_path):
     assert [s["index"] for s in merged["run"]["shards"]] == [0, 1]
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_the_kubernetes_indexed_job_commands_run_with_its_completion_index(tmp_path):
     (tmp_path / "suites").mkdir()

@@ -90,6 +90,7 @@ matrix = { device = ["cpu"], method = ["minibatch"], batch_size = [16, 256] }
 """
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("valgrind") is None, reason="needs valgrind")
 def test_a_steps_instruction_count_follows_its_work(write_suite):

@@ -50,6 +50,7 @@ def _cases(path) -> list[dict]:
     return json.loads(path.read_text())["cases"]
 
 
+@pytest.mark.heavy
 def test_a_sweep_on_ray_writes_the_cases_the_default_executor_writes(write_suite, tmp_path):
     import ray
 

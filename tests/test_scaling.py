@@ -7,6 +7,7 @@ import dataclasses
 
 import pytest
 
+from bench.reports.html import render_html
 from bench.reports.scaling import render_scaling, scaling
 from bench.reports.table import render_report
 from bench.results.schema import ParallelResult, RankReport, ThroughputResult
@@ -29,10 +30,11 @@ def _case(mode: str, world: int, batch: int, step_s: float):
             samples_per_s_per_device=total / step_s / world, samples_per_s_total=total / step_s,
             straggler_median_spread=0.02, straggler_max_spread=0.1, no_sync_step_s=step_s * 0.8,
             exposed_communication_s=step_s * 0.2,
-            ranks=[RankReport(r, "h", 100 + r, step_s, {"parameters_mib": 1.0 / world,
-                                                        "gradients_mib": 1.0 / world,
-                                                        "optimizer_state_mib": 2.0 / world},
-                              300.0) for r in range(world)])
+            ranks=[RankReport(r, "h", 100 + r, step_s,
+                              memory_split={"parameters_mib": 1.0 / world,
+                                            "gradients_mib": 1.0 / world,
+                                            "optimizer_state_mib": 2.0 / world},
+                              peak_rss_mib=300.0) for r in range(world)])
     return c
 
 
@@ -57,3 +59,4 @@ def test_weak_and_strong_efficiency_against_the_world_one_cases():
     assert "Scaling across ranks" in text
     assert "0.5/0.5/1" in text  # rank 0's sharded split
     assert "| 88%" in render_scaling(record)  # ddp's weak efficiency, 1280 / 1454.5
+    assert "Scaling across ranks" in render_html(record)  # the plot, beside the table

@@ -103,6 +103,7 @@ def _worker_started(proc: subprocess.Popen) -> bool:
     return False
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_a_sweep_killed_at_random_moments_leaves_no_worker(write_suite, tmp_path):
     # The hang case alone: a worker that outlives its sweep would run until killed.

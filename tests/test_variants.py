@@ -69,6 +69,7 @@ def test_torchao_pt2e_graph_holds_int8_weights_and_no_fp32_copies(method):
     assert nn.functional.cosine_similarity(expected, got).min() > 0.99
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_torch_int8_with_compile_runs_inductor_int8_kernels():
     model = tiny_cnn()

@@ -149,8 +149,29 @@ def loss_curves(cases: list[CaseResult]) -> list[tuple[str, str]]:
     return out
 
 
+def throughput_vs_ranks(cases: list[CaseResult]) -> list[tuple[str, str]]:
+    """Cases trained across ranks: total throughput against world_size per benchmark, mode
+    and per-rank batch, each beside its linear-scaling line (dashed, from its fewest ranks)."""
+    series: dict[tuple[str, str, str], list[tuple[int, float]]] = defaultdict(list)
+    for c in cases:
+        if c.parallel is not None and c.measured and c.throughput is not None:
+            key = (_benchmark(c), c.parallel.mode, str(c.axes.get("batch_size", "")))
+            series[key].append((c.parallel.world_size, c.throughput.value))
+    lines = {k: sorted(v) for k, v in series.items() if len(v) >= 2}
+    if not lines:
+        return []
+    fig, ax = figure("Total throughput against ranks (dashed: linear scaling)", "ranks",
+                     "samples/s over all ranks")
+    for (bench, mode, batch), points in sorted(lines.items()):
+        xs, ys = zip(*points, strict=True)
+        line, = ax.plot(xs, ys, marker="o", label=f"{bench} {mode} batch/rank {batch}")
+        ax.plot(xs, [ys[0] * x / xs[0] for x in xs], linestyle="--", color=line.get_color())
+    ax.legend(fontsize=5)
+    return [("Scaling across ranks", png(fig))]
+
+
 PLOTS = (throughput_vs_batch, accuracy_vs_throughput, memory_vs_accumulation, loss_curves,
-         *training_plots.PLOTS)
+         throughput_vs_ranks, *training_plots.PLOTS)
 
 
 def _plots(cases: list[CaseResult]) -> tuple[list[tuple[str, str]], list[str]]:
