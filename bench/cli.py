@@ -553,9 +553,10 @@ def _add_run_commands(sub: Any) -> None:
                    help="then measure each variant against its reference (fp32 eager...) in "
                         "N interleaved rounds with a paired CI (default: the suite's "
                         "[suite] paired_rounds, else 0: off)")
-    p.add_argument("--shard", metavar="K/N",
+    p.add_argument("--shard", metavar="K/N", nargs="?", const="auto",
                    help="run only shard K of N (cases assigned by case id; merge the shard "
-                        "files with bench merge); 'auto', '/N' or 'K/' take the missing parts "
+                        "files with bench merge); --shard alone, 'auto', '/N' or 'K/' take "
+                        "the missing parts "
                         "from SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT or a Kubernetes "
                         "Indexed Job's JOB_COMPLETION_INDEX")
     p.add_argument("--executor", choices=("local", "ray"), default="local",

@@ -58,6 +58,16 @@ def test_shard_from_the_command_line_or_the_schedulers_environment(text, env, ex
     assert parse_shard(text, env) == expected
 
 
+def test_shard_alone_on_the_command_line_reads_the_scheduler(monkeypatch):
+    from bench.cli import build_parser
+
+    args = build_parser().parse_args(["run", "s.toml", "--shard"])
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "2")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "3")
+    monkeypatch.delenv("SLURM_ARRAY_TASK_MIN", raising=False)
+    assert parse_shard(args.shard) == Shard(2, 3)
+
+
 @pytest.mark.parametrize(("text", "env", "message"), [
     ("2/2", {}, "is not a shard"),
     ("a/2", {}, "is not an integer"),
