@@ -11,6 +11,26 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
+# A budget of the fewest trials a verdict needs and almost no time: tests of the engine's
+# plumbing (sharding, merging, executors), not of its figures.
+QUICK_BUDGET = """\
+[budget]
+min_trials = 4
+max_trials = 4
+max_time_s = 0.2
+trial_time_s = 0.005
+warmup_max_s = 0.01
+timeout_s = 60
+"""
+
+
+def sleep_suite(name: str, cases: int) -> str:
+    """A suite of ``cases`` sleep benchmarks labelled s1.. (0.1, 0.2, ... ms per step)."""
+    return f'[suite]\nname = "{name}"\n' + QUICK_BUDGET + "".join(
+        f'[[benchmark]]\nlabel = "s{i}"\nworkload = "sleep"\nphase = "infer"\n'
+        f"params = {{ sleep_ms = 0.{i} }}\n" for i in range(1, cases + 1))
+
+
 @pytest.fixture
 def write_suite(tmp_path: Path):
     """Write a suite file from a TOML snippet and return its path."""

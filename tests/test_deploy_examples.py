@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO
+from .conftest import REPO, sleep_suite
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 yaml = pytest.importorskip("yaml")
@@ -33,18 +33,7 @@ SBATCH_OPTIONS = {
     "account", "dependency", "constraint", "export", "signal", "open-mode",
 }
 
-TINY_SUITE = """\
-[suite]
-name = "tiny"
-[budget]
-min_trials = 4
-max_trials = 4
-max_time_s = 0.2
-trial_time_s = 0.005
-warmup_max_s = 0.01
-timeout_s = 60
-""" + "".join(f'[[benchmark]]\nlabel = "s{i}"\nworkload = "sleep"\nphase = "infer"\n'
-              f"params = {{ sleep_ms = 0.{i} }}\n" for i in range(1, 4))
+TINY_SUITE = sleep_suite("tiny", 3)
 
 
 def _documents(path: Path) -> list[dict]:

@@ -11,19 +11,12 @@ import pytest
 
 from bench.cli import main
 
+from .conftest import QUICK_BUDGET
+
 pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
 
-SUITE = """\
-[suite]
-name = "ray"
-[budget]
-min_trials = 4
-max_trials = 4
-max_time_s = 0.2
-trial_time_s = 0.005
-warmup_max_s = 0.01
-timeout_s = 60
+SUITE = '[suite]\nname = "ray"\n' + QUICK_BUDGET + """\
 [[benchmark]]
 label = "a"
 workload = "sleep"

@@ -14,23 +14,11 @@ from bench.runners.plan import plan_suite
 from bench.spec import load_suite
 from bench.spec.shards import Shard, parse_shard, shard_of
 
-BUDGET = """\
-[suite]
-name = "sharded"
-[budget]
-min_trials = 4
-max_trials = 4
-max_time_s = 0.2
-trial_time_s = 0.005
-warmup_max_s = 0.01
-timeout_s = 60
-"""
+from .conftest import sleep_suite
 
 
 def _suite(write_suite, cases: int = 4, name: str = "suite.toml"):
-    body = "".join(f'[[benchmark]]\nlabel = "s{i}"\nworkload = "sleep"\nphase = "infer"\n'
-                   f"params = {{ sleep_ms = 0.{i} }}\n" for i in range(1, cases + 1))
-    return write_suite(BUDGET + body, name)
+    return write_suite(sleep_suite("sharded", cases), name)
 
 
 def test_every_case_is_in_exactly_one_shard_and_the_assignment_is_stable():

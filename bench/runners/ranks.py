@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 import traceback
+import types
 import uuid
 from pathlib import Path
 from typing import Any
@@ -114,7 +115,7 @@ class RankRun:
     trace: Any = None  # time-to-accuracy: the seed's TrainingTrace
 
 
-def _trainer_model(phase: Any, workload: str) -> Any:
+def _trainer_of(phase: Any, workload: str) -> Any:
     trainer = getattr(phase, "trainer", None)
     if trainer is None:
         raise TypeError(f"workload {workload}'s phase has no trainer: parallel modes train "
@@ -167,7 +168,7 @@ def _run_rank(case: CaseSpec, ranks: RankInfo, control: Any) -> RankRun:
     ctx = RunContext(device=case.device, precision=precision, seed=case.seed, ranks=ranks)
     with MemoryTracker(case.device) as tracker:
         phase = get_workload(case.workload).prepare(case, ctx)
-        trainer = _trainer_model(phase, case.workload)
+        trainer = _trainer_of(phase, case.workload)
         run = (_to_target if case.training is not None else _sampled)(
             case, phase, trainer, ranks, control)
     own = [d for t in run["trials"] for d in t]
@@ -241,8 +242,8 @@ def _case_timing(case: CaseSpec, lead: RankRun, world: int) -> Any:
               "slowest rank's")
     if lead.trace is None:
         return _timing(lead.measurement, phase["step_description"] + across)
-    timer = argparse.Namespace(name=phase["timer"], description=phase["timer_description"])
-    described = argparse.Namespace(step_description=phase["step_description"] + across)
+    timer = types.SimpleNamespace(name=phase["timer"], description=phase["timer_description"])
+    described = types.SimpleNamespace(step_description=phase["step_description"] + across)
     return _run_timing(lead.trace, timer, described)
 
 
@@ -362,8 +363,7 @@ def main(argv: list[str]) -> int:
     result = CaseResult.for_case(case, "ok")
     result.worker = {"pid": os.getpid(), "python": sys.version.split()[0],
                      "launcher": "torchrun (c10d rendezvous; its nodes and ranks as launched)"}
-    nnodes = len({r.report.host for r in runs}) if len(runs) > 1 else 1
-    nnodes = int(os.environ.get("GROUP_WORLD_SIZE", nnodes))
+    nnodes = int(os.environ.get("GROUP_WORLD_SIZE", "1"))  # torchrun: the nodes that joined
     assemble(case, runs, result, nnodes=nnodes,
              threads=_threads_per_rank(case, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     result.duration_s = time.perf_counter() - started

@@ -267,10 +267,10 @@ def run_case(case: CaseSpec) -> CaseResult:
         precision = get_precision(case.axes.get("precision", "fp32"))
         result.details["precision_method"] = precision.method()
         result.details["allocator"] = describe_current()
-        ctx = RunContext(device=case.device, precision=precision, seed=case.seed)
         if is_distributed(case):  # its ranks are processes of their own, each tracked
             run_ranks(case, result)
             return _finished(result, started)
+        ctx = RunContext(device=case.device, precision=precision, seed=case.seed)
         with MemoryTracker(case.device) as tracker:
             phase = get_workload(case.workload).prepare(case, ctx)
             if case.count_instructions:  # under callgrind: count, time nothing
