@@ -101,8 +101,15 @@ def _v6_to_v7(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "schema_version": 7}
 
 
+def _v7_to_v8(data: dict[str, Any]) -> dict[str, Any]:
+    # Version 8 added CaseResult.serving (LoadGen scenarios), .energy and .clocks, and the
+    # scenario axis: every version-7 record is a valid version-8 record of closed-loop
+    # cases whose energy and clocks were not recorded.
+    return {**data, "schema_version": 8}
+
+
 MIGRATIONS: dict[int, Migration] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5,
-                                    5: _v5_to_v6, 6: _v6_to_v7}
+                                    5: _v5_to_v6, 6: _v6_to_v7, 7: _v7_to_v8}
 
 
 def migrate(data: dict[str, Any], version: int, target: int) -> dict[str, Any]:

@@ -47,7 +47,7 @@ from bench.spec.model import benchmark_key
 from bench.units import DEFAULT_PARITY_TARGET
 
 SCHEMA_NAME = "bench.run"
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 STATUS_OK = "ok"
 STATUS_SKIPPED = "skipped"
@@ -398,6 +398,91 @@ class ParallelResult:
 
 
 @dataclass
+class EnergyResult:
+    """Energy over a timed region (bench.measurement.energy), or why it was not measurable."""
+
+    measured: bool
+    method: str
+    seconds: float
+    joules: float | None = None
+    samples: int | None = None  # samples processed in the region
+    joules_per_sample: float | None = None
+    samples_per_joule: float | None = None
+    mean_watts: float | None = None
+    domains: dict[str, float] = field(default_factory=dict)  # joules per counter
+    resolution: str = ""
+    reason: str | None = None  # measured False: why
+
+
+@dataclass
+class ClockResult:
+    """Clocks, temperature, power and throttle reasons sampled during the timed region
+    (bench.measurement.clocks); ``throttled`` by the rule in ``method``."""
+
+    samples: int
+    interval_s: float
+    throttled: bool
+    method: str
+    cpu_mhz: dict[str, float] = field(default_factory=dict)  # min / median / max
+    gpu_sm_mhz: dict[str, float] = field(default_factory=dict)
+    gpu_temperature_c: dict[str, float] = field(default_factory=dict)
+    gpu_power_w: dict[str, float] = field(default_factory=dict)
+    throttle_reasons: list[str] = field(default_factory=list)  # NVML's, as seen
+    unreadable: list[str] = field(default_factory=list)  # what could not be read, and why
+
+
+@dataclass
+class LoadGenRun:
+    """One MLPerf LoadGen test (bench.measurement.serving): its figures, read from LoadGen's
+    detail log, and whether the run met the latency bound."""
+
+    scenario: str
+    target_qps: float | None  # server: the Poisson arrival rate asked for
+    validity: str  # LoadGen's result_validity: VALID | INVALID
+    invalid_reason: str | None
+    perf_constraints_met: bool | None  # LoadGen: the bound percentile within the bound
+    min_duration_met: bool | None
+    min_queries_met: bool | None
+    early_stopping_met: bool | None
+    # Ours: perf constraints, min duration and min queries met (LoadGen's early stopping
+    # needs thousands of queries at p99, more than a CPU suite runs; it is kept beside).
+    meets_bound: bool
+    samples_per_s: float  # LoadGen's result_completed_samples_per_sec
+    scheduled_samples_per_s: float | None
+    queries: int
+    samples: int
+    latency_ms: dict[str, float]  # LoadGen's: min, mean, p50, p90, p95, p97, p99, p99.9, max
+    mean_batch: float  # the SUT's batches: mean samples per model call
+    duration_s: float
+    energy: EnergyResult | None = None
+
+
+@dataclass
+class ServingResult:
+    """A LoadGen scenario case: its runs (server capacity search: every probe, in order),
+    the run the headline figures come from, and LoadGen's summary log of that run."""
+
+    scenario: str
+    loadgen_version: str
+    settings: dict[str, Any]  # bench.spec.model.ServingSpec.to_dict() and effective values
+    sut: str
+    cold_start_s: float
+    warmup: str
+    runs: list[LoadGenRun]
+    headline: int  # index into runs
+    capacity_qps: float | None = None  # server search: the highest rate meeting the bound
+    capacity_method: str | None = None
+    # The headline run's per-sample latencies as the SUT saw them (LoadGen's issue callback
+    # to completion), raw, for the latency CDF; LoadGen's own percentiles are in the run.
+    latency_samples_s: list[float] = field(default_factory=list)
+    summary_log: str = ""
+
+    @property
+    def headline_run(self) -> LoadGenRun:
+        return self.runs[self.headline]
+
+
+@dataclass
 class CaseResult:
     case_id: str
     workload: str
@@ -428,6 +513,9 @@ class CaseResult:
     time_to_accuracy: TimeToAccuracyResult | None = None  # schema 6
     classes: ClassReport | None = None  # schema 6
     parallel: ParallelResult | None = None  # schema 7: trained across ranks
+    serving: ServingResult | None = None  # schema 8: a LoadGen scenario
+    energy: EnergyResult | None = None  # schema 8: over the timed region
+    clocks: ClockResult | None = None  # schema 8: during the timed region
 
     @property
     def benchmark_key(self) -> str:
@@ -613,6 +701,17 @@ def check_case(case: CaseResult, where: str) -> None:
         m = case.memory
         _finite([v for v in (m.peak_rss_mib, m.peak_anon_rss_mib, m.cuda_peak_allocated_mib)
                  if v is not None], f"{where}.memory")
+    if case.serving is not None:
+        sv = case.serving
+        if not 0 <= sv.headline < len(sv.runs):
+            raise SchemaError(f"{where}.serving.headline: {sv.headline} is not a run index "
+                              f"(runs: {len(sv.runs)})")
+        for i, run in enumerate(sv.runs):
+            _finite([run.samples_per_s, *run.latency_ms.values()],
+                    f"{where}.serving.runs[{i}]")
+        _finite(sv.latency_samples_s, f"{where}.serving.latency_samples_s")
+        if sv.capacity_qps is not None:
+            _finite([sv.capacity_qps], f"{where}.serving.capacity_qps")
     medians = case.details.get(PROCESS_MEDIANS_KEY)
     if medians is not None:
         if not isinstance(medians, list) or not all(

@@ -23,11 +23,14 @@ from typing import Any
 import torch
 
 from bench.measurement.allocator import describe_current
+from bench.measurement.clocks import ClockSampler
+from bench.measurement.energy import EnergyMeter
 from bench.measurement.flops import compute_record
 from bench.measurement.instructions import count_steps
 from bench.measurement.interference import InterferenceProbe
 from bench.measurement.memory import MemoryTracker
 from bench.measurement.sampler import measure
+from bench.measurement.serving import serve_scenario
 from bench.measurement.stats import percentiles, summarize
 from bench.measurement.timers import timer_for
 from bench.measurement.training_run import run_to_target, trials_of
@@ -48,7 +51,7 @@ from bench.results.schema import (
 )
 from bench.results.store import json_safe
 from bench.runners.ranks import is_distributed, run_ranks
-from bench.spec.model import CaseSpec
+from bench.spec.model import CLOSED_LOOP, CaseSpec, ServingSpec
 from bench.variants.precision import get_precision
 from bench.workloads import get_workload
 from bench.workloads.base import Outcome, RunContext
@@ -159,16 +162,48 @@ def _timed_figures(result: CaseResult, timing: TimingResult, phase: Any, probe: 
         result.status, result.reason = STATUS_CONTENDED, probe.reason()
 
 
+def _record_clocks(result: CaseResult, clocks: ClockSampler) -> None:
+    result.clocks = clocks.result()
+    warning = clocks.warning()
+    if warning:
+        result.warnings.append(warning)
+
+
 def _measure_and_finish(case: CaseSpec, phase: Any, result: CaseResult) -> None:
     """Time the phase, then its task metrics, FLOP count and divergence into ``result``."""
     faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     step = _with_injected_slowdown(phase.step, result.details)
     probe = InterferenceProbe(result.worker["torch_threads"])
-    with phase.session(), probe:
+    with phase.session(), probe, ClockSampler(case.device) as clocks, \
+            EnergyMeter(case.device) as energy:
         measurement = measure(step, timer_for(case.device), case.budget)
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before
-    outcome = Outcome(metrics={}) if case.probe else phase.finish()
+    steps = 1 + measurement.warmup_iterations + sum(len(t) for t in measurement.trials)
+    result.energy = energy.result(steps * phase.samples_per_step)
+    _record_clocks(result, clocks)
     _record_timing(result, measurement, phase, probe, faults)
+    _finish_outcome(case, phase, result)
+
+
+def _serve_and_finish(case: CaseSpec, phase: Any, result: CaseResult) -> None:
+    """A LoadGen scenario (bench.measurement.serving), then the task metrics."""
+    probe = InterferenceProbe(result.worker["torch_threads"])
+    with phase.session(), probe:
+        serving, clocks = serve_scenario(case.axes["scenario"], phase,
+                                         case.serving or ServingSpec(),
+                                         int(case.axes.get("batch_size", 1)), case.device)
+    result.serving = serving
+    result.energy = serving.headline_run.energy
+    _record_clocks(result, clocks)
+    result.interference = probe.result
+    if probe.result is not None and probe.result.contended:
+        result.status, result.reason = STATUS_CONTENDED, probe.reason()
+    _finish_outcome(case, phase, result, flops=False)
+
+
+def _finish_outcome(case: CaseSpec, phase: Any, result: CaseResult,
+                    flops: bool = True) -> None:
+    outcome = Outcome(metrics={}) if case.probe else phase.finish()
     result.accuracy = AccuracyResult.for_case(
         case, outcome.metrics,
         outcome.task_metric or get_workload(case.workload).task_metric(case.phase))
@@ -176,7 +211,7 @@ def _measure_and_finish(case: CaseSpec, phase: Any, result: CaseResult) -> None:
     result.model = outcome.model
     result.classes = outcome.classes
     # After timing: counting runs one more step, the measured peak a large matmul.
-    count = None if case.probe else phase.flop_count()
+    count = None if case.probe or not flops else phase.flop_count()
     if count is not None:
         result.compute = compute_record(count, result.timing.median_s, case.device)
     diverged = divergence(outcome.metrics, outcome.details)
@@ -278,6 +313,8 @@ def run_case(case: CaseSpec) -> CaseResult:
                     result.details[INSTRUCTION_STEPS_KEY] = count_steps(phase.step)
             elif case.training is not None:
                 _train_to_target(case, phase, result)
+            elif case.axes.get("scenario", CLOSED_LOOP) != CLOSED_LOOP:
+                _serve_and_finish(case, phase, result)
             else:
                 _measure_and_finish(case, phase, result)
     except BaseException as exc:  # noqa: BLE001 - every failure becomes a status

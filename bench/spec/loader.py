@@ -17,11 +17,13 @@ from bench.measurement.stats import min_trials_for_verdict
 from bench.spec.axes import Setting
 from bench.spec.expand import benchmark_case_ids
 from bench.spec.model import (
+    CLOSED_LOOP,
     SLO_KEYS,
     AccuracyTarget,
     BenchmarkSpec,
     Budget,
     SearchDimension,
+    ServingSpec,
     SuiteSpec,
     TrainingRunSpec,
 )
@@ -31,7 +33,7 @@ _SUITE_KEYS = {"suite", "budget", "benchmark"}
 _SUITE_TABLE_KEYS = {"name", "description", "max_cases", "paired_rounds"}
 _BENCHMARK_KEYS = {"label", "parity_target", "workload", "phase", "matrix", "params", "accuracy",
                    "budget", "model", "python_path", "slo", "target", "training",
-                   "search"}
+                   "search", "serving"}
 # ``model = "module:function"``: the user's own model, run by this workload.
 USER_MODEL_WORKLOAD = "model"
 _FACTORY_FORMAT = "module:function, e.g. \"mymodels:build\" (module importable from " \
@@ -180,8 +182,9 @@ def _load_benchmark(table: Any, index: int, default_budget: Budget,
         training = _load_training(table, workload, phase, source, where)
     search = _load_search(table.get("search", {}), axes, matrix_table, source,
                           f"{where}.search")
+    serving = _load_serving(table, matrix, source, where)
     return BenchmarkSpec(workload=name, phase=phase, matrix=matrix, label=label, slo=slo,
-                         training=training, search=search,
+                         training=training, search=search, serving=serving,
                          parity_target=parity, named_axes=named, params=params,
                          accuracy=accuracy, budget=budget,
                          parity_reference=workload.parity_reference(phase))
@@ -262,6 +265,47 @@ def _load_training(table: dict[str, Any], workload: Any, phase: str, source: str
         values["target_metric"] = metric
         values["higher_is_better"] = evaluated[metric]
     return TrainingRunSpec(**values)
+
+
+_SERVING_SETTINGS = {
+    "latency_bound_ms": Setting("latency_bound_ms", float, minimum=0, above_minimum=True,
+                                help="server: the latency bound (LoadGen's target latency)"),
+    "latency_percentile": Setting("latency_percentile", float, minimum=0.5, maximum=0.999,
+                                  help="the percentile the bound applies to"),
+    "server_qps": Setting("server_qps", float, minimum=0,
+                          help="server: Poisson arrival rate (0: search the capacity)"),
+    "max_wait_ms": Setting("max_wait_ms", float, minimum=0,
+                           help="server: the dynamic batcher's longest wait for a batch"),
+    "min_duration_s": Setting("min_duration_s", float, minimum=0, above_minimum=True,
+                              maximum=MAX_TIMEOUT_S, help="LoadGen's minimum run duration"),
+    "min_queries": Setting("min_queries", int, minimum=1, help="LoadGen's minimum queries"),
+    "capacity_tolerance": Setting("capacity_tolerance", float, minimum=0.001, maximum=1.0,
+                                  help="capacity search: stop when the bracket is this tight"),
+    "max_probes": Setting("max_probes", int, minimum=2, maximum=64),
+    "sample_count": Setting("sample_count", int, minimum=1,
+                            help="LoadGen's query sample library size"),
+}
+
+
+def _load_serving(table: dict[str, Any], matrix: dict[str, tuple[Any, ...]], source: str,
+                  where: str) -> ServingSpec | None:
+    """``serving = { latency_bound_ms = 20, server_qps = 0, max_wait_ms = 1,
+    min_duration_s = 1, min_queries = 64 }``: the LoadGen settings of a benchmark whose
+    ``scenario`` axis names a LoadGen scenario (defaults without the table)."""
+    scenarios = matrix.get("scenario")
+    if scenarios is None:
+        if "serving" in table:
+            raise BenchInputError(source, "this workload has no scenario axis",
+                                  key=f"{where}.serving",
+                                  valid="a workload and phase with a scenario axis")
+        return None
+    settings = _check_keys(table.get("serving", {}), set(_SERVING_SETTINGS), source,
+                           f"{where}.serving")
+    values = {k: _SERVING_SETTINGS[k].validate(v, source, f"{where}.serving.{k}")
+              for k, v in settings.items()}
+    if all(s == CLOSED_LOOP for s in scenarios) and "serving" not in table:
+        return None
+    return ServingSpec(**values)
 
 
 def _evaluated_workloads() -> list[str]:

@@ -35,8 +35,22 @@ def measurement_key(case: Any) -> str:
     suite with the same key (the same configuration under two benchmark labels) are one
     measurement."""
     budget = case.budget if isinstance(case.budget, dict) else case.budget.to_dict()
-    return json.dumps([case.workload, case.phase, case.axes, case.params, budget,
-                       training_settings(case)], sort_keys=True, default=str)
+    key = [case.workload, case.phase, case.axes, case.params, budget, training_settings(case)]
+    serving = serving_settings(case)
+    if serving is not None:  # absent before schema 8: keys of older files stay as they were
+        key.append(serving)
+    return json.dumps(key, sort_keys=True, default=str)
+
+
+def serving_settings(case: Any) -> dict[str, Any] | None:
+    """The LoadGen settings of a scenario case (a CaseSpec's ``serving``, a CaseResult's
+    ``serving.settings``), None for a closed-loop case."""
+    spec = getattr(case, "serving", None)
+    if spec is None or str(case.axes.get("scenario", CLOSED_LOOP)) == CLOSED_LOOP:
+        return None
+    if isinstance(spec, ServingSpec):
+        return spec.to_dict()
+    return {k: spec.settings[k] for k in ServingSpec.__dataclass_fields__ if k in spec.settings}
 
 
 def training_settings(case: Any) -> dict[str, Any] | None:
@@ -137,6 +151,38 @@ class TrainingRunSpec:
         return asdict(self)
 
 
+CLOSED_LOOP = "closed_loop"
+# The scenario axis (bench.workloads.base.serving_axes): today's closed loop, and MLPerf
+# Inference's LoadGen scenarios (bench.measurement.serving).
+SCENARIOS = (CLOSED_LOOP, "single_stream", "multi_stream", "server", "offline")
+
+
+@dataclass(frozen=True)
+class ServingSpec:
+    """How a scenario case is served (``serving = {...}`` in a benchmark): MLPerf LoadGen's
+    settings, its minimum duration and query count scaled down for CPU suites.
+
+    The SUT batches dynamically: a batch closes at ``batch_size`` samples (the case's
+    axis: the server's max batch, the offline batch, the multi-stream query) or
+    ``max_wait_ms`` after its first sample arrived (server only; 0: never wait). Server
+    runs at ``server_qps``, or (0) searches the capacity: the highest Poisson arrival rate
+    whose ``latency_percentile`` latency stays within ``latency_bound_ms``, by bisection
+    to ``capacity_tolerance``, each probe one LoadGen run."""
+
+    latency_bound_ms: float = 20.0
+    latency_percentile: float = 0.99
+    server_qps: float = 0.0
+    max_wait_ms: float = 1.0
+    min_duration_s: float = 1.0
+    min_queries: int = 64
+    capacity_tolerance: float = 0.05
+    max_probes: int = 12
+    sample_count: int = 256  # LoadGen's query sample library: distinct sample indices
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 @dataclass(frozen=True)
 class SearchDimension:
     """One axis of a hyperparameter search (``bench tune``): a list of choices, or a
@@ -185,6 +231,7 @@ class BenchmarkSpec:
     slo: dict[str, float] = field(default_factory=dict)  # SLO_KEYS: what every case must meet
     training: TrainingRunSpec | None = None  # time-to-accuracy mode (target = {...})
     search: tuple[SearchDimension, ...] = ()  # bench tune's search space (search = {...})
+    serving: ServingSpec | None = None  # scenario cases' LoadGen settings (serving = {...})
 
 
 # Service levels a benchmark's cases must meet, checked by the report and by bench gate:
@@ -239,6 +286,8 @@ class CaseSpec:
     # bench tune: the worker appends each evaluation to this file (JSON lines) and stops
     # the run as pruned once PATH.stop exists.
     progress_file: str | None = None
+    # Scenario cases (axis scenario other than closed_loop): LoadGen's settings.
+    serving: ServingSpec | None = None
 
     def named_axes(self) -> list[tuple[str, Any]]:
         """The axes the suite named (all of them when it named none), in order."""
@@ -277,6 +326,7 @@ class CaseSpec:
             "training": None if self.training is None else self.training.to_dict(),
             "seed": self.seed,
             "progress_file": self.progress_file,
+            "serving": None if self.serving is None else self.serving.to_dict(),
         }
 
     @classmethod
@@ -299,4 +349,5 @@ class CaseSpec:
             else TrainingRunSpec(**data["training"]),
             seed=data.get("seed", 0),
             progress_file=data.get("progress_file"),
+            serving=None if data.get("serving") is None else ServingSpec(**data["serving"]),
         )

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from bench.spec.axes import Setting
+from bench.spec.model import CLOSED_LOOP, SCENARIOS
 from bench.variants.parallel import PARALLEL_HELP, PARALLEL_MODES, RankInfo
 from bench.variants.precision import PRECISIONS
 
@@ -54,6 +55,18 @@ def parallel_axes() -> dict[str, Setting]:
                               help="ranks (processes; one GPU each on CUDA); batch_size is "
                                    "per rank"),
     }
+
+
+SCENARIO_HELP = ("closed_loop: back-to-back batches of batch_size (the engine's sampler); "
+                 "single_stream, multi_stream, server, offline: MLPerf LoadGen's scenarios, "
+                 "the phase served as its system under test (bench.measurement.serving)")
+
+
+def serving_axes() -> dict[str, Setting]:
+    """Inference as it is served (bench.measurement.serving): the LoadGen scenario. A phase
+    that takes it implements ``Phase.serve``."""
+    return {"scenario": Setting("scenario", str, CLOSED_LOOP, choices=SCENARIOS,
+                                phases=("infer",), help=SCENARIO_HELP)}
 
 
 @dataclass
@@ -101,6 +114,15 @@ class Phase(ABC):
         """FLOPs of one step (counted and analytic), for MFU; None: not reported."""
         return None
 
+    def serve(self, samples: int) -> object:
+        """Serve one batch of ``samples`` (1 to ``samples_per_step``) as one call of the
+        model: a LoadGen scenario's system under test (workloads with ``serving_axes``).
+        Must not synchronize the device itself."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be served")
+
+    def prepare_serving(self) -> None:  # noqa: B027 - optional: most phases need nothing
+        """Build what ``serve`` needs for every batch size (outside the timed region)."""
+
 
 class EvaluatedTraining(Phase):
     """A training phase that can run to a target (time-to-accuracy mode,
@@ -140,8 +162,20 @@ class VariantInferPhase(Phase):
 
     def rotate(self, batches: list[tuple[Any, ...]]) -> None:
         """Prepare the timed batches (outside the timed region) and cycle through them."""
+        self._batches = batches
         self.inputs = [self.variant.prepare(b) for b in batches]
         self._cycle = itertools.cycle(self.inputs)
+
+    def prepare_serving(self) -> None:
+        # The first rows of each rotating batch, at every size a served batch can have.
+        full = len(self._batches[0][0])
+        self._served = {n: [self.variant.prepare(tuple(t[:n].contiguous() for t in b))
+                            for b in self._batches] for n in range(1, full + 1)}
+        self._turn = itertools.count()
+
+    def serve(self, samples: int) -> object:
+        sizes = self._served[samples]
+        return self.variant.step(sizes[next(self._turn) % len(sizes)])
 
     def session(self) -> contextlib.AbstractContextManager[object]:
         return self.variant.session()

@@ -16,23 +16,38 @@ import time
 from bench.spec.axes import Setting
 from bench.units import MIB
 from bench.workloads import register
-from bench.workloads.base import Outcome, Phase, RunContext, Workload, parallel_axes
+from bench.workloads.base import (
+    Outcome,
+    Phase,
+    RunContext,
+    Workload,
+    parallel_axes,
+    serving_axes,
+)
 
 _CPU_ONLY = {"device": Setting("device", str, "cpu", choices=("cpu",))}
 
 
 class SleepPhase(Phase):
-    step_description = "time.sleep(sleep_ms / 1000)"
+    step_description = "time.sleep((sleep_ms + per_sample_ms x batch_size) / 1000)"
 
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
+    def __init__(self, seconds: float, per_sample_s: float = 0.0, batch: int = 1) -> None:
+        self.seconds, self.per_sample_s, self.samples_per_step = seconds, per_sample_s, batch
+
+    def service_s(self, samples: int) -> float:
+        """The known time of a batch of ``samples``."""
+        return self.seconds + self.per_sample_s * samples
 
     def step(self) -> object:
-        time.sleep(self.seconds)
+        time.sleep(self.service_s(self.samples_per_step))
+        return None
+
+    def serve(self, samples: int) -> object:
+        time.sleep(self.service_s(samples))
         return None
 
     def finish(self) -> Outcome:
-        return Outcome(metrics={"expected_step_s": self.seconds})
+        return Outcome(metrics={"expected_step_s": self.service_s(self.samples_per_step)})
 
 
 @register
@@ -44,11 +59,15 @@ class Sleep(Workload):
 
     @classmethod
     def axes(cls) -> dict[str, Setting]:
-        return dict(_CPU_ONLY)
+        return {**_CPU_ONLY, "batch_size": Setting("batch_size", int, 1, minimum=1),
+                **serving_axes()}
 
     @classmethod
     def params(cls) -> dict[str, Setting]:
-        return {"sleep_ms": Setting("sleep_ms", float, 10.0, minimum=0)}
+        return {"sleep_ms": Setting("sleep_ms", float, 10.0, minimum=0,
+                                    help="the time of every batch"),
+                "per_sample_ms": Setting("per_sample_ms", float, 0.0, minimum=0,
+                                         help="added per sample of the batch")}
 
     @classmethod
     def metrics(cls, phase: str) -> tuple[str, ...]:
@@ -56,7 +75,8 @@ class Sleep(Workload):
 
     @classmethod
     def prepare(cls, case, ctx: RunContext) -> Phase:
-        return SleepPhase(case.params["sleep_ms"] / 1000)
+        return SleepPhase(case.params["sleep_ms"] / 1000, case.params["per_sample_ms"] / 1000,
+                          case.axes["batch_size"])
 
 
 class FaultPhase(Phase):
@@ -154,14 +174,17 @@ class Fault(Workload):
 
 
 class BallastPhase(Phase):
-    step_description = "time.sleep(0.001) while holding batch_size x mib_per_sample of memory"
+    step_description = "time.sleep(0.001 + per_sample_ms x batch_size / 1000) while holding " \
+                       "batch_size x mib_per_sample of memory"
 
-    def __init__(self, batch_size: int, mib_per_sample: int) -> None:
+    def __init__(self, batch_size: int, mib_per_sample: int, per_sample_s: float = 0.0) -> None:
         # Written pages (bytearray zeroes them), so all of it is resident at once.
         self.ballast = [bytearray(mib_per_sample * MIB) for _ in range(batch_size)]
+        self.step_s = 0.001 + per_sample_s * batch_size
+        self.samples_per_step = batch_size
 
     def step(self) -> object:
-        time.sleep(0.001)
+        time.sleep(self.step_s)
         return None
 
     def finish(self) -> Outcome:
@@ -183,7 +206,9 @@ class Ballast(Workload):
 
     @classmethod
     def params(cls) -> dict[str, Setting]:
-        return {"mib_per_sample": Setting("mib_per_sample", int, 256, minimum=1)}
+        return {"mib_per_sample": Setting("mib_per_sample", int, 256, minimum=1),
+                "per_sample_ms": Setting("per_sample_ms", float, 0.0, minimum=0,
+                                         help="step time added per sample of the batch")}
 
     @classmethod
     def metrics(cls, phase: str) -> tuple[str, ...]:
@@ -191,4 +216,5 @@ class Ballast(Workload):
 
     @classmethod
     def prepare(cls, case, ctx: RunContext) -> Phase:
-        return BallastPhase(case.axes["batch_size"], case.params["mib_per_sample"])
+        return BallastPhase(case.axes["batch_size"], case.params["mib_per_sample"],
+                            case.params["per_sample_ms"] / 1000)

@@ -46,6 +46,7 @@ from bench.workloads.base import (
     VariantInferPhase,
     Workload,
     parallel_axes,
+    serving_axes,
 )
 
 SPLIT_SEED = 1234
@@ -316,7 +317,7 @@ class DigitsCnn(Workload):
                                      maximum=1.0, phases=("train",),
                                      help="each minority class's share of its training "
                                           f"images {MINORITY_CLASSES}: 1 balanced, 0.1 1:10"),
-                **parallel_axes()}
+                **parallel_axes(), **serving_axes()}
 
     @classmethod
     def unsupported_reason(cls, case) -> str | None:

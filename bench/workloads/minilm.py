@@ -29,7 +29,7 @@ from bench.spec.axes import Setting
 from bench.user import UserModel
 from bench.variants import pipeline
 from bench.workloads import register
-from bench.workloads.base import ROTATING_INPUTS, Phase, RunContext, Workload
+from bench.workloads.base import ROTATING_INPUTS, Phase, RunContext, Workload, serving_axes
 from bench.workloads.hf import (
     MeanPooled,
     checkpoint_folder,
@@ -218,7 +218,7 @@ class MiniLM(Workload):
         return {**super().axes(),
                 "seq_len": Setting("seq_len", int, 128, choices=SEQ_LENS,
                                    help="tokens per sentence after padding/truncation"),
-                **pipeline.variant_axes()}
+                **pipeline.variant_axes(), **serving_axes()}
 
     @classmethod
     def metrics(cls, phase: str) -> tuple[str, ...]:

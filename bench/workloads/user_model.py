@@ -37,6 +37,7 @@ from bench.workloads.base import (
     RunContext,
     VariantInferPhase,
     Workload,
+    serving_axes,
 )
 from bench.workloads.hf import TASKS, checkpoint_model
 
@@ -267,7 +268,7 @@ class UserModelWorkload(Workload):
         return {**super().axes(),
                 "seq_len": Setting("seq_len", int, 0, minimum=0,
                                    help="passed to make_inputs as seq_len= when above 0"),
-                **pipeline.variant_axes()}
+                **pipeline.variant_axes(), **serving_axes()}
 
     @classmethod
     def params(cls) -> dict[str, Setting]:
