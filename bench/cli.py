@@ -186,29 +186,35 @@ def cmd_max_batch(args: argparse.Namespace) -> int:
 
     from tabulate import tabulate
 
-    from bench.runners.max_batch import max_batch_for_case
+    from bench.runners.max_batch import max_batch_for_case, parse_latency_bound
     from bench.runners.plan import plan_suite
     from bench.spec import load_suite
 
+    latency = parse_latency_bound(args.latency) if args.latency else None
     suite = load_suite(args.suite)
     planned = [p for p in plan_suite(suite, parse_select(args.select)) if not p.skip_reason]
     if not planned:
         raise BenchInputError(args.suite, "no runnable case here", key="--select")
     rows, records = [], []
     for plan in planned:
-        found = max_batch_for_case(plan.spec, ceiling=args.ceiling)
+        found = max_batch_for_case(plan.spec, ceiling=args.ceiling, latency=latency)
         at_max = found.at_max
-        rows.append([found.case_id, found.max_batch, found.first_oom,
-                     f"{at_max.throughput:.4g} {at_max.throughput_unit}"
-                     if at_max and at_max.throughput else "",
-                     f"{at_max.peak_mib:.0f}" if at_max and at_max.peak_mib else "",
-                     " ".join(f"{p.batch_size}:{p.status}" for p in found.probes),
-                     found.stopped or ""])
+        row = [found.case_id, found.max_batch, found.first_oom]
+        if latency is not None:
+            row += [found.first_over_latency,
+                    f"{at_max.latency_ms:.3g}" if at_max and at_max.latency_ms else ""]
+        rows.append(row + [f"{at_max.throughput:.4g} {at_max.throughput_unit}"
+                           if at_max and at_max.throughput else "",
+                           f"{at_max.peak_mib:.0f}" if at_max and at_max.peak_mib else "",
+                           " ".join(f"{p.batch_size}:{p.status}" for p in found.probes),
+                           found.stopped or ""])
         records.append(dataclasses.asdict(found))
         print(f"{found.case_id}: max batch {found.max_batch}", file=sys.stderr)
-    print(tabulate(rows, headers=["case (batch_size searched)", "max batch", "first OOM",
-                                  "throughput at max", "peak MiB at max", "probes",
-                                  "stopped"]))
+    headers = ["case (batch_size searched)", "max batch", "first OOM"]
+    if latency is not None:
+        headers += [f"first over {latency}", f"{latency.percentile} ms at max"]
+    print(tabulate(rows, headers=headers + ["throughput at max", "peak MiB at max", "probes",
+                                            "stopped"]))
     if args.out:
         from bench.files import write_text_atomically
 
@@ -589,6 +595,10 @@ def _add_run_commands(sub: Any) -> None:
     p.add_argument("--ceiling", type=int, default=DEFAULT_CEILING,
                    help="largest batch to probe")
     p.add_argument("--out", help="write the searches (every probe) as JSON")
+    p.add_argument("--latency", metavar="PERCENTILE_ms=MS",
+                   help="also bound the step latency: the largest batch whose p50/p90/p99 "
+                        "step time (closed loop, one batch per step) stays within MS, "
+                        "e.g. p99_ms=20")
     p.set_defaults(func=cmd_max_batch)
 
 

@@ -3,22 +3,58 @@
 A probe is the case at one batch size, run through ``run_isolated`` with a short budget
 and ``probe`` set (the worker times the step and skips the task metrics):
 ``ok`` fits; ``oom`` (a CUDA/host allocation failure caught in the worker, or the
-watchdog's memory limit) does not. Any other status (error, crash, timeout) ends the
-search with its reason rather than being mistaken for a memory limit.
+watchdog's memory limit) does not. With a latency bound (``bench max-batch --latency
+p99_ms=20``) a probe whose step latency percentile (closed loop: one batch per step)
+exceeds the bound does not fit either (``over_latency``). Any other status (error,
+crash, timeout) ends the search with its reason rather than being mistaken for a limit.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from bench.errors import BenchInputError
 from bench.results.schema import STATUS_OK, STATUS_OOM, CaseResult
 from bench.runners.isolation import run_isolated
 from bench.spec.model import Budget, CaseSpec
 
 PROBE_BUDGET = {"min_trials": 3, "max_trials": 5, "max_time_s": 1.0, "trial_time_s": 0.05,
                 "warmup_max_s": 0.5, "processes": 1}
+# A latency percentile needs more steps than a fit: about 100 in a second or two.
+LATENCY_PROBE_BUDGET = {**PROBE_BUDGET, "min_trials": 5, "max_trials": 10,
+                        "max_time_s": 2.0, "trial_time_s": 0.2}
+# A probe that ran but whose latency percentile is above the bound (not a CaseResult status).
+OVER_LATENCY = "over_latency"
+LATENCY_KEYS = ("p50_ms", "p90_ms", "p99_ms")
+
+
+@dataclass(frozen=True)
+class LatencyBound:
+    """``p99_ms=20``: the step latency percentile a batch must stay within."""
+
+    percentile: str  # p50 | p90 | p99 (the worker's TimingResult.latency_s keys)
+    ms: float
+
+    def __str__(self) -> str:
+        return f"{self.percentile}_ms={self.ms:g}"
+
+
+def parse_latency_bound(text: str, option: str = "--latency") -> LatencyBound:
+    key, sep, value = text.partition("=")
+    if not sep or key not in LATENCY_KEYS:
+        raise BenchInputError(option, f"expected PERCENTILE_ms=MS, got {text!r}", key=option,
+                              valid=", ".join(f"{k}=<ms>" for k in LATENCY_KEYS))
+    try:
+        ms = float(value)
+    except ValueError:
+        ms = math.nan
+    if not math.isfinite(ms) or ms <= 0:
+        raise BenchInputError(option, f"{value!r} is not a positive number of ms", key=key,
+                              valid="a finite number > 0")
+    return LatencyBound(key.removesuffix("_ms"), ms)
 
 
 @dataclass
@@ -29,15 +65,18 @@ class Probe:
     throughput: float | None = None
     throughput_unit: str | None = None
     peak_mib: float | None = None
+    latency_ms: float | None = None  # the bound's percentile, where a bound was given
 
 
 @dataclass
 class MaxBatch:
     case_id: str
     max_batch: int | None  # None: even the first probe did not fit
-    first_oom: int | None  # smallest batch seen not to fit
+    first_oom: int | None  # smallest batch seen not to fit in memory
     probes: list[Probe] = field(default_factory=list)
     stopped: str | None = None  # why the search ended early (a non-memory failure)
+    latency_bound: str | None = None  # e.g. "p99_ms=20"
+    first_over_latency: int | None = None  # smallest batch seen over the latency bound
 
     @property
     def at_max(self) -> Probe | None:
@@ -61,7 +100,7 @@ def search(probe: Callable[[int], Probe], start: int = 1,
         if outcome.status == STATUS_OK:
             low = size
             size *= 2
-        elif outcome.status == STATUS_OOM:
+        elif outcome.status in (STATUS_OOM, OVER_LATENCY):
             high = size
             break
         else:
@@ -74,38 +113,55 @@ def search(probe: Callable[[int], Probe], start: int = 1,
             result.probes.append(outcome)
             if outcome.status == STATUS_OK:
                 low = mid
-            elif outcome.status == STATUS_OOM:
+            elif outcome.status in (STATUS_OOM, OVER_LATENCY):
                 high = mid
             else:
                 result.stopped = f"batch {mid}: {outcome.status}: {outcome.reason}"
                 break
     result.max_batch = low or None
-    result.first_oom = high
+    result.first_oom = min((p.batch_size for p in result.probes if p.status == STATUS_OOM),
+                           default=None)
+    result.first_over_latency = min((p.batch_size for p in result.probes
+                                     if p.status == OVER_LATENCY), default=None)
     return result
 
 
-def _probe_result(batch: int, record: CaseResult) -> Probe:
+def _probe_result(batch: int, record: CaseResult, bound: LatencyBound | None) -> Probe:
     throughput = record.throughput
     peak = None
     if record.memory is not None:
         peak = record.memory.peak()[0]
     elif "watchdog_peak_rss_mib" in record.details:
         peak = record.details["watchdog_peak_rss_mib"]
-    return Probe(batch, record.status, record.reason,
-                 throughput.value if throughput else None,
-                 throughput.unit if throughput else None, peak)
+    probe = Probe(batch, record.status, record.reason,
+                  throughput.value if throughput else None,
+                  throughput.unit if throughput else None, peak)
+    if bound is not None and record.status == STATUS_OK:
+        latency = (record.timing.latency_s if record.timing else {}).get(bound.percentile)
+        if latency is None or not math.isfinite(latency):
+            probe.status, probe.reason = "error", f"no {bound.percentile} step latency recorded"
+        else:
+            probe.latency_ms = latency * 1000
+            if probe.latency_ms > bound.ms:
+                probe.status = OVER_LATENCY
+                probe.reason = f"{bound.percentile} {probe.latency_ms:.3g} ms > {bound.ms:g} ms"
+    return probe
 
 
 def max_batch_for_case(case: CaseSpec, ceiling: int = DEFAULT_CEILING,
-                       run: Callable[[CaseSpec], CaseResult] = run_isolated) -> MaxBatch:
-    """Search the batch_size axis of ``case`` (its other axes fixed)."""
-    budget = Budget(**{**case.budget.to_dict(), **PROBE_BUDGET})
+                       run: Callable[[CaseSpec], CaseResult] = run_isolated,
+                       latency: LatencyBound | None = None) -> MaxBatch:
+    """Search the batch_size axis of ``case`` (its other axes fixed): the largest batch that
+    fits in memory and, with ``latency``, whose step latency percentile meets the bound."""
+    settings = PROBE_BUDGET if latency is None else LATENCY_PROBE_BUDGET
+    budget = Budget(**{**case.budget.to_dict(), **settings})
 
     def probe(batch: int) -> Probe:
         trial = dataclasses.replace(case, axes={**case.axes, "batch_size": batch},
                                     budget=budget, probe=True)
-        return _probe_result(batch, run(trial))
+        return _probe_result(batch, run(trial), latency)
 
     result = search(probe, start=int(case.axes.get("batch_size", 1)), ceiling=ceiling)
     result.case_id = case.case_id
+    result.latency_bound = None if latency is None else str(latency)
     return result
