@@ -102,15 +102,19 @@ def test_offline_and_multi_stream_serve_whole_batches():
 
 @pytest.mark.heavy
 def test_the_capacity_search_converges_to_the_analytic_capacity():
+    # The bound is on p90: a p99 of a few hundred queries (one seeded LoadGen schedule)
+    # sits well below the stationary M/D/1 p99 (seen: 15.9 ms simulated on a run's own
+    # arrivals against 19.5 ms stationary), so p99 capacities need runs of thousands of
+    # queries; p90 of 4 s runs converges.
     sleeps = []
     for _ in range(100):
         started = time.perf_counter()
         time.sleep(0.005)
         sleeps.append(time.perf_counter() - started)
     service = statistics.median(sleeps)  # what a 5 ms sleep takes on this machine
-    expected = md1_capacity(service, 0.020)
-    result = run_isolated(served("server", 5.0, latency_bound_ms=20.0, min_duration_s=4.0,
-                                 min_queries=200, capacity_tolerance=0.03))
+    expected = md1_capacity(service, 0.012, q=0.9)
+    result = run_isolated(served("server", 5.0, latency_bound_ms=12.0, latency_percentile=0.9,
+                                 min_duration_s=4.0, min_queries=200, capacity_tolerance=0.03))
     assert result.status == "ok", result.reason
     found = result.serving.capacity_qps
     assert found == pytest.approx(expected, rel=0.10), (found, expected)

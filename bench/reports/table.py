@@ -12,6 +12,7 @@ from bench.measurement.fingerprint import machine_name
 from bench.reports.compare import injected_slowdown
 from bench.reports.parity import Parity, parity_by_case
 from bench.reports.scaling import render_scaling
+from bench.reports.serving import render_serving
 from bench.reports.slo import slo_failures
 from bench.reports.text import csv_text
 from bench.reports.training import render_training, winners
@@ -23,7 +24,7 @@ HEADERS = ["case", "status", "step ms (median)", "95% CI ms", "CV %", "throughpu
            "x reference (paired 95% CI)", "p99 ms", "cold ms", "peak RSS MiB", "GPU peak MiB",
            "model MiB", "sparsity", "fidelity cos (mean/min)", "TFLOP/s", "MFU measured / spec",
            "params/grads/optim/activations MiB", "accuracy", "target", "vs fp32", "parity",
-           "SLO"]
+           "SLO", "samples/J"]
 
 
 def _ms(seconds: float | None) -> str:
@@ -122,7 +123,15 @@ def case_row(case: CaseResult, parity: Parity | None = None,
         verdict,
         *_parity(parity),
         _slo(slo),
+        _samples_per_joule(case),
     ]
+
+
+def _samples_per_joule(case: CaseResult) -> str:
+    energy = case.energy
+    if energy is None or not energy.measured or energy.samples_per_joule is None:
+        return ""
+    return f"{energy.samples_per_joule:.4g}"
 
 
 def render_report(record: RunRecord, fmt: str = "github") -> str:
@@ -150,14 +159,20 @@ def render_report(record: RunRecord, fmt: str = "github") -> str:
     table = tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True)
     training = render_training(record, fmt) if fmt != "latex" else ""
     scaled = render_scaling(record, fmt) if fmt != "latex" else ""
+    serving = render_serving(record, fmt) if fmt != "latex" else ""
     if fmt == "html":
         return ("".join(f"<p>{html.escape(line)}</p>" for line in header.splitlines()) + table
                 + training + "".join(f"<p>{html.escape(line)}</p>" for line in winners(record))
-                + scaled)
+                + scaled + serving)
     if fmt == "latex":
         return table + "\n"
     if training:
         table += "\n\n" + training + "".join(f"\n{line}" for line in winners(record)) + "\n"
     if scaled:
         table += "\n\nScaling across ranks\n\n" + scaled + "\n"
+    if serving:
+        table += "\n\nServed (MLPerf LoadGen scenarios)\n\n" + serving + "\n"
+        energy = {c.energy.reason for c in record.cases
+                  if c.energy is not None and not c.energy.measured}
+        table += "".join(f"energy not measurable here: {r}\n" for r in sorted(energy))
     return f"{header}\n\n{table}\n"
