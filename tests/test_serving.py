@@ -267,3 +267,76 @@ def test_clocks_unreadable_here_are_named(tmp_path):
     result = clocks.result()
     assert not result.throttled and result.cpu_mhz == {}
     assert any("scaling_cur_freq" in u for u in result.unreadable)
+
+
+@pytest.fixture(scope="module")
+def server_record():
+    """One real server case (a 2 ms service at 100 queries/s, far below capacity)."""
+    return run_isolated(served("server", 2.0, latency_bound_ms=20.0, server_qps=100.0,
+                               min_duration_s=0.5, min_queries=32))
+
+
+def _with_run(case, **changes):
+    import copy
+
+    out = copy.deepcopy(case)
+    run = out.serving.headline_run
+    for key, value in changes.items():
+        if key == "p99":
+            run.latency_ms["p99"] = value
+        else:
+            setattr(run, key, value)
+    return out
+
+
+def test_the_gate_fails_a_served_latency_regression_and_a_lost_bound(server_record, tmp_path,
+                                                                     capsys):
+    from test_gate import run as record_of
+    from test_gate import write
+
+    from bench.cli import main
+
+    base = server_record
+    assert base.status == "ok" and base.serving.headline_run.meets_bound
+    p99 = base.serving.headline_run.latency_ms["p99"]
+    files = {name: write(tmp_path / f"{name}.json", record_of(case)) for name, case in {
+        "base": base, "same": _with_run(base),
+        "slower": _with_run(base, p99=p99 * 1.3),
+        "lost": _with_run(base, meets_bound=False),
+        "unserved": dataclasses_replace(base, serving=None)}.items()}
+    gate = ["gate", "--baseline", files["base"], "--current"]
+    assert main([*gate, files["same"]]) == 0
+    assert main([*gate, files["slower"]]) == 1
+    assert "server: p99 latency x1.300" in capsys.readouterr().out
+    assert main([*gate, files["lost"]]) == 1
+    assert "the latency bound met before is missed now" in capsys.readouterr().out
+    # A served baseline against a record without the scenario: cannot judge, never a pass.
+    assert main([*gate, files["unserved"]]) != 0
+    assert "did not serve" in capsys.readouterr().out
+    policy = tmp_path / "policy.toml"
+    policy.write_text("[serving]\nmax_latency_growth = 0.5\n")
+    assert main([*gate, files["slower"], "--policy", str(policy)]) == 0
+
+
+def test_a_capacity_that_fell_or_vanished_regresses():
+    from bench.reports.compare import compare_case
+    from bench.reports.gate import Policy, check_serving
+
+    base = run_isolated(served("server", 2.0, latency_bound_ms=20.0, min_duration_s=0.3,
+                               min_queries=16, capacity_tolerance=0.2, max_probes=6))
+    assert base.status == "ok" and base.serving.capacity_qps, base.reason
+    import copy
+
+    fell, vanished = copy.deepcopy(base), copy.deepcopy(base)
+    fell.serving.capacity_qps *= 0.8
+    vanished.serving.capacity_qps = None
+    for current, ratio in ((fell, "x0.800"), (vanished, "x0.000")):
+        worse, _ = check_serving(compare_case(base, current), Policy())
+        assert worse and f"capacity {ratio}" in worse
+    assert check_serving(compare_case(base, copy.deepcopy(base)), Policy()) == (None, None)
+
+
+def dataclasses_replace(case, **changes):
+    import dataclasses
+
+    return dataclasses.replace(case, **changes)

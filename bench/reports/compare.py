@@ -90,6 +90,22 @@ class Speed:
 
 
 @dataclass(frozen=True)
+class ServingComparison:
+    """A LoadGen scenario case against the baseline's: the bound percentile's latency
+    (current / baseline: above 1 is slower) and the rate (the server capacity where the
+    baseline searched one, else LoadGen's samples/s; current / baseline: below 1 is
+    worse). One LoadGen run per side has no confidence interval: the policy's thresholds
+    are the guard against noise."""
+
+    scenario: str
+    percentile: str  # the latency compared: p99 (or the server bound's percentile)
+    latency_ratio: float
+    rate_kind: str  # capacity | samples/s
+    rate_ratio: float
+    bound_lost: bool  # the baseline's headline run met its bound, the current one's not
+
+
+@dataclass(frozen=True)
 class CaseComparison:
     case_id: str
     baseline: CaseResult | None
@@ -107,6 +123,7 @@ class CaseComparison:
     instructions_ratio: float | None = None
     # Time to target over seeds (time-to-accuracy cases with a target on both sides).
     time_to_accuracy: SeedComparison | None = None
+    serving: ServingComparison | None = None  # LoadGen scenario cases
 
     @property
     def status_change(self) -> str:
@@ -240,9 +257,44 @@ def compare_case(base: CaseResult | None, cur: CaseResult | None,
     speed = _speed(base, cur, paired, problems)
     memory, kind = _memory_ratio(base, cur, problems)
     metric, accuracy, target = _accuracy(base, cur, problems)
+    tta = _time_to_accuracy(base, cur, problems)
+    served = _serving(base, cur, problems)
     return CaseComparison(case_id, base, cur, speed, memory, kind, metric, accuracy, target,
-                          tuple(problems), _instructions_ratio(base, cur),
-                          _time_to_accuracy(base, cur, problems))
+                          tuple(problems), _instructions_ratio(base, cur), tta, served)
+
+
+def _bound_percentile(settings: dict) -> str:
+    value = settings.get("latency_percentile", 0.99)
+    return f"p{float(value) * 100:g}" if isinstance(value, int | float) else "p99"
+
+
+def _serving(base: CaseResult, cur: CaseResult,
+             problems: list[Problem]) -> ServingComparison | None:
+    a, b = base.serving, cur.serving
+    if a is None:
+        return None
+    if b is None or b.scenario != a.scenario:
+        problems.append(Problem("serving", f"the baseline served {a.scenario}, the current "
+                                "run " + ("did not serve" if b is None else b.scenario)))
+        return None
+    key = _bound_percentile(a.settings) if a.scenario == "server" else "p99"
+    then, now = a.headline_run, b.headline_run
+    if key not in then.latency_ms or key not in now.latency_ms:
+        problems.append(Problem("serving", f"no {key} latency on both sides"))
+        return None
+    kind = "capacity" if a.capacity_qps is not None else "samples/s"
+    if kind == "capacity":
+        # No probe met the bound now: no capacity at all, the worst regression there is.
+        rate_then, rate_now = a.capacity_qps, b.capacity_qps or 0.0
+    else:
+        rate_then, rate_now = then.samples_per_s, now.samples_per_s
+    figures = [then.latency_ms[key], now.latency_ms[key], rate_then]
+    if not _finite_positive(figures) or not math.isfinite(rate_now) or rate_now < 0:
+        problems.append(Problem("serving", "a latency or rate is not a finite positive "
+                                           "number"))
+        return None
+    return ServingComparison(a.scenario, key, now.latency_ms[key] / then.latency_ms[key], kind,
+                             rate_now / rate_then, then.meets_bound and not now.meets_bound)
 
 
 def _time_to_accuracy(base: CaseResult, cur: CaseResult,

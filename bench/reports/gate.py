@@ -9,6 +9,9 @@ A case regresses when (each check a small strategy over a ``CaseComparison``):
 - memory: peak grew by more than ``memory.max_growth``;
 - accuracy: task metric below ``accuracy.min_ratio`` of the baseline (default: the
   suite's parity target for the case, 0.99);
+- serving: a LoadGen scenario's latency percentile grew by more than
+  ``serving.max_latency_growth``, its capacity (or samples/s) fell by more than
+  ``serving.max_rate_drop``, or a server latency bound met before is missed now;
 - classes / class parity: one class's recall fell by more than ``accuracy.max_class_drop``
   (absolute) against the baseline's same case, or a variant's against its reference in
   the current run (error analysis), even where the overall metric holds.
@@ -71,6 +74,11 @@ class Policy:
     # a failure beyond max_growth only with gate = true.
     instructions_max_growth: float = 0.01
     gate_instructions: bool = False
+    # LoadGen scenario cases: the bound percentile's latency grew, or the capacity (server
+    # search; else samples/s) fell, beyond these; a server bound met before and not now.
+    serving_max_latency_growth: float = 0.10
+    serving_max_rate_drop: float = 0.10
+    gate_serving: bool = True
     # [[case]] entries: (glob on case ids, the settings it changes), applied in file order.
     overrides: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
 
@@ -101,6 +109,8 @@ _POLICY_RANGES = {
     "instructions_max_growth": (0.0, math.inf, True, False),
     "speed_miss": (0.0, 0.5, False, False),
     "tta_max_growth": (0.0, math.inf, True, False),
+    "serving_max_latency_growth": (0.0, math.inf, True, False),
+    "serving_max_rate_drop": (0.0, 1.0, True, False),
 }
 
 _POLICY_TABLES = {
@@ -112,6 +122,8 @@ _POLICY_TABLES = {
                  "max_class_drop": "accuracy_max_class_drop"},
     "instructions": {"max_growth": "instructions_max_growth", "gate": "gate_instructions"},
     "time_to_accuracy": {"max_growth": "tta_max_growth", "gate": "gate_tta"},
+    "serving": {"max_latency_growth": "serving_max_latency_growth",
+                "max_rate_drop": "serving_max_rate_drop", "gate": "gate_serving"},
 }
 
 
@@ -376,17 +388,36 @@ def check_instructions(c: CaseComparison, policy: Policy) -> tuple[str | None, s
     return None, None
 
 
+def check_serving(c: CaseComparison, policy: Policy) -> tuple[str | None, str | None]:
+    """A LoadGen scenario against the baseline's: latency percentile, capacity or samples/s,
+    and a server bound lost."""
+    sv = c.serving
+    if not policy.gate_serving or sv is None:
+        return None, None
+    text = (f"{sv.scenario}: {sv.percentile} latency x{sv.latency_ratio:.3f}, {sv.rate_kind} "
+            f"x{sv.rate_ratio:.3f} (one LoadGen run a side: no CI)")
+    if sv.bound_lost or sv.latency_ratio > 1 + policy.serving_max_latency_growth or \
+            sv.rate_ratio < 1 - policy.serving_max_rate_drop:
+        return text + ("; the latency bound met before is missed now" if sv.bound_lost
+                       else ""), None
+    if sv.latency_ratio < 1 / (1 + policy.serving_max_latency_growth) or \
+            sv.rate_ratio > 1 / (1 - policy.serving_max_rate_drop):
+        return None, text
+    return None, None
+
+
 CHECKS: dict[str, Check] = {"status": check_status, "speed": check_speed,
                             "memory": check_memory, "accuracy": check_accuracy,
                             "classes": check_classes, "time_to_accuracy": check_time_to_accuracy,
-                            "instructions": check_instructions}
+                            "instructions": check_instructions, "serving": check_serving}
 
 
 def judgeability(c: CaseComparison, policy: Policy) -> list[Problem]:
     """Why the gate cannot judge this case (empty: it can): the comparison's problems of
     the checks the policy gates, and a test too small to reach alpha."""
     gated = {"speed": policy.gate_speed, "memory": policy.gate_memory,
-             "accuracy": policy.gate_accuracy, "time_to_accuracy": policy.gate_tta}
+             "accuracy": policy.gate_accuracy, "time_to_accuracy": policy.gate_tta,
+             "serving": policy.gate_serving}
     reasons = [p for p in c.problems if gated.get(p.check, True)]
     tta = c.time_to_accuracy
     if policy.gate_tta and tta is not None and not tta.decidable(policy.speed_alpha):
