@@ -27,6 +27,7 @@ raise ``min_queries`` into the thousands for p99 (tests/test_serving.py shows bo
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import math
 import tempfile
@@ -71,6 +72,9 @@ class BatchingSUT:
     max_batch: int
     max_wait_s: float
     inline: bool = False
+    # The phase's session (inference mode, autocast): thread-local in torch, so entered on
+    # the thread that serves (the SUT thread once; LoadGen's issue thread per query).
+    session: Callable[[], Any] = contextlib.nullcontext
     latencies: list[float] = field(default_factory=list)
     batches: list[int] = field(default_factory=list)
 
@@ -85,7 +89,8 @@ class BatchingSUT:
     def issue(self, samples: list[Any]) -> None:
         now = time.perf_counter()
         if self.inline:
-            self._serve_batch([(s.id, now) for s in samples])
+            with self.session():
+                self._serve_batch([(s.id, now) for s in samples])
             return
         with self._ready:
             self._queue.extend((s.id, now) for s in samples)
@@ -109,8 +114,9 @@ class BatchingSUT:
             return [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
 
     def _loop(self) -> None:
-        while (batch := self._next_batch()) is not None:
-            self._serve_batch(batch)
+        with self.session():
+            while (batch := self._next_batch()) is not None:
+                self._serve_batch(batch)
 
     def _serve_batch(self, batch: list[tuple[Any, float]]) -> None:
         lg = _loadgen()
@@ -189,6 +195,7 @@ class ServedPhase:
     sync: Callable[[], None]
     device: str
     spec: ServingSpec
+    session: Callable[[], Any]  # the phase's session, entered on the serving thread
     batch: int  # batch_size: server's max batch, offline's batch, multi-stream's query
     expected_batch_s: float  # measured: one call at the full batch
     expected_sample_s: float  # measured: one call of one sample
@@ -226,7 +233,8 @@ def loadgen_run(served: ServedPhase, scenario: str,
         settings.offline_expected_qps = 1.5 * served.batch / served.expected_batch_s
     batch = 1 if scenario == "single_stream" else served.batch
     sut = BatchingSUT(served.serve, served.sync, batch, wait,
-                      inline=scenario in ("single_stream", "multi_stream"))
+                      inline=scenario in ("single_stream", "multi_stream"),
+                      session=served.session)
     handle = lg.ConstructSUT(sut.issue, sut.flush)
     qsl = lg.ConstructQSL(spec.sample_count, spec.sample_count, lambda _: None,
                           lambda _: None)
@@ -315,7 +323,7 @@ def serve_scenario(scenario: str, phase: Any, spec: ServingSpec, batch: int,
         for n in sizes:
             phase.serve(n)
             sync()
-    served = ServedPhase(phase.serve, sync, device, spec, batch,
+    served = ServedPhase(phase.serve, sync, device, spec, phase.session, batch,
                          expected_batch_s=_timed(lambda: phase.serve(batch), sync,
                                                  ESTIMATE_CALLS),
                          expected_sample_s=_timed(lambda: phase.serve(1), sync,

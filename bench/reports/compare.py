@@ -380,6 +380,10 @@ def render_comparison(rows: list[CaseComparison], fmt: str = "github") -> str:
                           f"+{tta.seeds_current} seeds"
                           + ("" if tta.decidable(0.05) else "; too few seeds to decide at "
                              "p < 0.05") + ")")
+        if (sv := c.serving) is not None:
+            notes.append(f"{sv.scenario}: {sv.percentile} latency x{sv.latency_ratio:.3f}, "
+                         f"{sv.rate_kind} x{sv.rate_ratio:.3f} (LoadGen, one run a side)"
+                         + ("; bound met before, missed now" if sv.bound_lost else ""))
         table.append([c.case_id, c.status_change, speed, ci, p,
                       "" if c.memory_ratio is None else f"{c.memory_ratio:.3f}",
                       "" if c.accuracy_ratio is None else
