@@ -43,8 +43,10 @@ from bench.measurement.energy import EnergyMeter
 from bench.results.schema import EnergyResult, LoadGenRun, ServingResult
 from bench.spec.model import ServingSpec
 
-# The SUT keeps at most this many raw per-sample latencies of a run (the CDF's points).
-MAX_LATENCY_SAMPLES = 20_000
+# The SUT keeps at most this many raw per-sample latencies of a run; the record keeps
+# every k-th of them in arrival order, at most RECORDED_LATENCY_SAMPLES (the CDF's points).
+MAX_LATENCY_SAMPLES = 200_000
+RECORDED_LATENCY_SAMPLES = 5_000
 # Warm-up before the first LoadGen run: every batch size a run can serve, this many times.
 WARMUP_ROUNDS = 3
 # Service-rate estimate: timed calls of the full batch (after warm-up).
@@ -353,10 +355,12 @@ def serve_scenario(scenario: str, phase: Any, spec: ServingSpec, batch: int,
         # percent light of the target on short runs), not the rate asked for.
         capacity = runs[headline].scheduled_samples_per_s or capacity
     run, latencies, summary = outcomes[headline]
+    stride = max(1, math.ceil(len(latencies) / RECORDED_LATENCY_SAMPLES))
     settings = {**spec.to_dict(), "max_batch": 1 if scenario == "single_stream" else batch,
                 "samples_per_query": batch if scenario == "multi_stream" else 1,
                 "max_wait_ms": spec.max_wait_ms if scenario == "server" else 0.0,
                 "expected_batch_s": served.expected_batch_s,
+                "latency_samples_stride": stride,
                 "expected_sample_s": served.expected_sample_s}
     result = ServingResult(
         scenario=scenario, loadgen_version=_version(), settings=settings,
@@ -376,7 +380,7 @@ def serve_scenario(scenario: str, phase: Any, spec: ServingSpec, batch: int,
         f"p{spec.latency_percentile * 100:g} latency <= "
         f"{spec.latency_bound_ms:g} ms (LoadGen's performance constraint), with minimum "
         f"duration and query count met: {method}",
-        latency_samples_s=latencies, summary_log=summary)
+        latency_samples_s=latencies[::stride], summary_log=summary)
     return result, clocks
 
 
