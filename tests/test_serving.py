@@ -89,6 +89,7 @@ def test_server_below_capacity_meets_the_bound_and_above_it_does_not():
     assert low.target_qps == 40.0 and low.scheduled_samples_per_s == pytest.approx(40, rel=0.2)
 
 
+@pytest.mark.heavy
 def test_offline_and_multi_stream_serve_whole_batches():
     offline = run_isolated(served("offline", 2.0, batch=8))
     multi = run_isolated(served("multi_stream", 2.0, batch=4))
@@ -193,6 +194,7 @@ def test_max_batch_under_a_latency_bound_finds_the_known_batch():
     assert found.latency_bound == "p99_ms=45"
 
 
+@pytest.mark.heavy
 def test_max_batch_under_both_bounds_stops_at_the_tighter(tmp_path):
     # ballast: 64 MiB a sample under a memory cap that fits about 3; the latency bound
     # (20 ms per sample, p99 <= 250 ms) would allow 12.

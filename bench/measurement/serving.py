@@ -293,7 +293,7 @@ def find_capacity(probe: Callable[[float], LoadGenRun], start_qps: float, tolera
 
 def _sync_for(device: str) -> Callable[[], None]:
     if device == "cuda":
-        import torch
+        import torch  # the worker has it loaded; kept out of the parent's reports
 
         return torch.cuda.synchronize
     return lambda: None
@@ -385,7 +385,7 @@ def serve_scenario(scenario: str, phase: Any, spec: ServingSpec, batch: int,
 
 
 def _version() -> str:
-    from importlib.metadata import version
+    from importlib.metadata import version  # only when a record is written
 
     try:
         return version("mlcommons-loadgen")

@@ -75,8 +75,11 @@ class Sleep(Workload):
 
     @classmethod
     def prepare(cls, case, ctx: RunContext) -> Phase:
-        return SleepPhase(case.params["sleep_ms"] / 1000, case.params["per_sample_ms"] / 1000,
-                          case.axes["batch_size"])
+        # Cases written before batch_size and per_sample_ms existed (an older case file)
+        # mean batches of one, nothing per sample.
+        return SleepPhase(case.params["sleep_ms"] / 1000,
+                          case.params.get("per_sample_ms", 0.0) / 1000,
+                          case.axes.get("batch_size", 1))
 
 
 class FaultPhase(Phase):
@@ -217,4 +220,4 @@ class Ballast(Workload):
     @classmethod
     def prepare(cls, case, ctx: RunContext) -> Phase:
         return BallastPhase(case.axes["batch_size"], case.params["mib_per_sample"],
-                            case.params["per_sample_ms"] / 1000)
+                            case.params.get("per_sample_ms", 0.0) / 1000)
