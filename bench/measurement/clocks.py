@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import statistics
-import threading
 from pathlib import Path
 from typing import Any
 
+from bench.measurement.periodic import PeriodicSampler
 from bench.results.schema import ClockResult
 
 CPUFREQ = Path("/sys/devices/system/cpu")
@@ -41,14 +41,14 @@ def _spread(values: list[float]) -> dict[str, float]:
     return {"min": min(values), "median": statistics.median(values), "max": max(values)}
 
 
-class ClockSampler:
-    """``with ClockSampler(device) as clocks: ...`` then ``clocks.result()``."""
+class ClockSampler(PeriodicSampler):
+    """``with ClockSampler(device) as clocks: ...`` then ``clocks.result()``. Where nothing
+    is readable (no cpufreq, no NVML) no thread wakes inside the region."""
 
     def __init__(self, device: str, cpufreq: Path = CPUFREQ,
                  interval_s: float = INTERVAL_S) -> None:
-        self.device, self.interval_s = device, interval_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="clock-sampler", daemon=True)
+        super().__init__(interval_s, "clock-sampler")
+        self.device = device
         self._cpu_files = sorted(cpufreq.glob("cpu[0-9]*/cpufreq/scaling_cur_freq"))
         self.unreadable: list[str] = []
         if not self._cpu_files:
@@ -96,27 +96,20 @@ class ClockSampler:
                 pass
         self.samples += 1
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self._sample()
-
     def __enter__(self) -> ClockSampler:
         if self.device == "cuda":
             self._open_nvml()
-        self._sample()
-        self._thread.start()
+        self.start(thread=bool(self._cpu_files) or self._nvml is not None)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._sample()
+        self.stop()
 
     def result(self) -> ClockResult:
         dropped = [name for name, values in (("gpu SM clock", self.sm_mhz),
                                              ("cpu clock", self.cpu_mhz))
                    if values and min(values) < DROP * max(values)]
-        return ClockResult(samples=self.samples, interval_s=self.interval_s,
+        return ClockResult(samples=self.samples, interval_s=self.interval,
                            throttled=bool(self.reasons or dropped), method=METHOD,
                            cpu_mhz=_spread(self.cpu_mhz), gpu_sm_mhz=_spread(self.sm_mhz),
                            gpu_temperature_c=_spread(self.temperature),

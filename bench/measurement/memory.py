@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import resource
-import threading
 import time
 
 import psutil
 
+from bench.measurement.periodic import PeriodicSampler
 from bench.results.schema import MemoryResult
 from bench.units import MIB
 
@@ -39,7 +39,7 @@ def tree_rss_bytes(process: psutil.Process, children: list[psutil.Process] | Non
     return total
 
 
-class MemoryTracker:
+class MemoryTracker(PeriodicSampler):
     """Context manager: samples RSS of this process and its children every ``interval`` s.
 
     On CUDA it also resets and reads torch's allocator peaks, and samples the device's
@@ -55,11 +55,9 @@ class MemoryTracker:
     CHILDREN_REFRESH_S = 1.0
 
     def __init__(self, device: str = "cpu", interval: float = 0.02) -> None:
+        super().__init__(interval, "memory-tracker")
         self.device = device
-        self.interval = interval
         self._process = psutil.Process()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="memory-tracker", daemon=True)
         self._peak_rss = 0
         self._peak_anon: int | None = None
         self._baseline_rss = 0
@@ -86,10 +84,6 @@ class MemoryTracker:
             self._nvml_peak = max(self._nvml_peak or 0, used)
         self._samples += 1
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._sample()
-
     def _open_nvml(self) -> None:
         try:
             # NVML is optional; torch on CUDA only: the parent imports this module.
@@ -109,14 +103,11 @@ class MemoryTracker:
             torch.cuda.reset_peak_memory_stats()
             self._open_nvml()
         self._baseline_rss = tree_rss_bytes(self._process)
-        self._sample()
-        self._thread.start()
+        self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._sample()
+        self.stop()
         cuda_alloc = cuda_reserved = None
         if self.device == "cuda":
             import torch  # on CUDA only, as above

@@ -315,14 +315,20 @@ def serve_scenario(scenario: str, phase: Any, spec: ServingSpec, batch: int,
     """Warm the phase up, estimate its service times, run the scenario's LoadGen test(s).
     Returns the record and the clock sampler of the runs (for the throttled warning)."""
     sync = _sync_for(device)
-    phase.prepare_serving()
+    # Server batches take any size; offline's last batch is what is left; single- and
+    # multi-stream serve one size (and 1 for the service-time estimate).
+    sizes = list(range(1, batch + 1)) if scenario in ("server", "offline") \
+        else sorted({1, batch})
+    phase.prepare_serving(sizes)
     started = time.perf_counter()
     phase.serve(1)
     sync()
     cold = time.perf_counter() - started
-    sizes = range(1, batch + 1) if scenario == "server" else sorted({1, batch})
+    # Warmed: every size a server batch can have; elsewhere the sizes that run (offline's
+    # one short last batch is not).
+    warmed = sizes if scenario == "server" else sorted({1, batch})
     for _ in range(WARMUP_ROUNDS):
-        for n in sizes:
+        for n in warmed:
             phase.serve(n)
             sync()
     served = ServedPhase(phase.serve, sync, device, spec, phase.session, batch,
@@ -368,7 +374,8 @@ def serve_scenario(scenario: str, phase: Any, spec: ServingSpec, batch: int,
             "max_wait_ms after its first arrived), each batch one Phase.serve(n) call and a "
             "device synchronize; LoadGen's issue callback only queues",
         cold_start_s=cold,
-        warmup=f"{WARMUP_ROUNDS} rounds of every batch size a run serves ({len(sizes)}), "
+        warmup=f"{WARMUP_ROUNDS} rounds of the batch sizes {warmed[0]}..{warmed[-1]} "
+               f"({len(warmed)}), "
                f"then {ESTIMATE_CALLS} timed calls at batch 1 and {batch} (the service-time "
                "estimates LoadGen's expected latency/QPS settings and the capacity search "
                "start from)",

@@ -263,11 +263,6 @@ def compare_case(base: CaseResult | None, cur: CaseResult | None,
                           tuple(problems), _instructions_ratio(base, cur), tta, served)
 
 
-def _bound_percentile(settings: dict) -> str:
-    value = settings.get("latency_percentile", 0.99)
-    return f"p{float(value) * 100:g}" if isinstance(value, int | float) else "p99"
-
-
 def _serving(base: CaseResult, cur: CaseResult,
              problems: list[Problem]) -> ServingComparison | None:
     a, b = base.serving, cur.serving
@@ -277,7 +272,7 @@ def _serving(base: CaseResult, cur: CaseResult,
         problems.append(Problem("serving", f"the baseline served {a.scenario}, the current "
                                 "run " + ("did not serve" if b is None else b.scenario)))
         return None
-    key = _bound_percentile(a.settings) if a.scenario == "server" else "p99"
+    key = a.bound_percentile if a.scenario == "server" else "p99"
     then, now = a.headline_run, b.headline_run
     if key not in then.latency_ms or key not in now.latency_ms:
         problems.append(Problem("serving", f"no {key} latency on both sides"))

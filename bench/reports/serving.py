@@ -37,8 +37,7 @@ def _row(case: CaseResult, parity: Any) -> list[str]:
     settings = sv.settings
     bound = ""
     if sv.scenario == "server":
-        bound = (f"p{float(settings.get('latency_percentile', 0.99)) * 100:g} <= "
-                 f"{float(settings.get('latency_bound_ms', 0)):g} ms")
+        bound = f"{sv.bound_percentile} <= {float(settings.get('latency_bound_ms', 0)):g} ms"
     verdict = run.validity + ("" if run.early_stopping_met is not False
                               else " (early stopping not met)")
     return [case.case_id, sv.scenario, f"{lat['p50']:.4g}", f"{lat['p90']:.4g}",
@@ -96,7 +95,7 @@ def qps_vs_latency(cases: list[CaseResult]) -> list[tuple[str, str]]:
     out = []
     for bench, members in sorted(groups.items()):
         settings = members[0].serving.settings
-        key = f"p{float(settings.get('latency_percentile', 0.99)) * 100:g}"
+        key = members[0].serving.bound_percentile
         fig, ax = figure(f"{bench}: {key} latency against queries/s", "scheduled queries/s",
                          f"{key} latency (ms)")
         for c in members:

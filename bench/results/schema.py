@@ -481,6 +481,12 @@ class ServingResult:
     def headline_run(self) -> LoadGenRun:
         return self.runs[self.headline]
 
+    @property
+    def bound_percentile(self) -> str:
+        """The latency key the bound applies to (``latency_ms``'s: p99, p90, p99.9...)."""
+        value = self.settings.get("latency_percentile", 0.99)
+        return f"p{float(value) * 100:g}" if isinstance(value, int | float) else "p99"
+
 
 @dataclass
 class CaseResult:

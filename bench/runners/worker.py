@@ -157,6 +157,11 @@ def _timed_figures(result: CaseResult, timing: TimingResult, phase: Any, probe: 
         result.warnings.append(f"injected slowdown: every step spun "
                                f"{result.details[INJECTED_SLOWDOWN_KEY]:.0%} longer "
                                f"({SLOWDOWN_ENV}, a test knob)")
+    _record_interference(result, probe)
+
+
+def _record_interference(result: CaseResult, probe: InterferenceProbe) -> None:
+    """The probe's figures; a case timed while other processes used the CPU is contended."""
     result.interference = probe.result
     if probe.result is not None and probe.result.contended:
         result.status, result.reason = STATUS_CONTENDED, probe.reason()
@@ -195,9 +200,7 @@ def _serve_and_finish(case: CaseSpec, phase: Any, result: CaseResult) -> None:
     result.serving = serving
     result.energy = serving.headline_run.energy
     _record_clocks(result, clocks)
-    result.interference = probe.result
-    if probe.result is not None and probe.result.contended:
-        result.status, result.reason = STATUS_CONTENDED, probe.reason()
+    _record_interference(result, probe)
     _finish_outcome(case, phase, result, flops=False)
 
 

@@ -120,8 +120,8 @@ class Phase(ABC):
         Must not synchronize the device itself."""
         raise NotImplementedError(f"{type(self).__name__} cannot be served")
 
-    def prepare_serving(self) -> None:  # noqa: B027 - optional: most phases need nothing
-        """Build what ``serve`` needs for every batch size (outside the timed region)."""
+    def prepare_serving(self, sizes: list[int]) -> None:  # noqa: B027 - most need nothing
+        """Build what ``serve`` needs for these batch sizes (outside the timed region)."""
 
 
 class EvaluatedTraining(Phase):
@@ -166,11 +166,10 @@ class VariantInferPhase(Phase):
         self.inputs = [self.variant.prepare(b) for b in batches]
         self._cycle = itertools.cycle(self.inputs)
 
-    def prepare_serving(self) -> None:
-        # The first rows of each rotating batch, at every size a served batch can have.
-        full = len(self._batches[0][0])
+    def prepare_serving(self, sizes: list[int]) -> None:
+        # The first rows of each rotating batch, at every size the scenario can serve.
         self._served = {n: [self.variant.prepare(tuple(t[:n].contiguous() for t in b))
-                            for b in self._batches] for n in range(1, full + 1)}
+                            for b in self._batches] for n in sizes}
         self._turn = itertools.count()
 
     def serve(self, samples: int) -> object:
