@@ -107,21 +107,21 @@ def test_the_capacity_search_converges_to_the_analytic_capacity():
     # sits well below the stationary M/D/1 p99 (seen: 15.9 ms simulated on a run's own
     # arrivals against 19.5 ms stationary), so p99 capacities need runs of thousands of
     # queries; p90 of 4 s runs converges.
-    sleeps = []
-    for _ in range(100):
-        started = time.perf_counter()
-        time.sleep(0.005)
-        sleeps.append(time.perf_counter() - started)
-    service = statistics.median(sleeps)  # what a 5 ms sleep takes on this machine
-    expected = md1_capacity(service, 0.012, q=0.9)
     result = run_isolated(served("server", 5.0, latency_bound_ms=12.0, latency_percentile=0.9,
                                  min_duration_s=4.0, min_queries=200, capacity_tolerance=0.03))
-    assert result.status == "ok", result.reason
-    found = result.serving.capacity_qps
-    assert found == pytest.approx(expected, rel=0.10), (found, expected)
+    assert result.status in ("ok", "contended"), result.reason
     runs = result.serving.runs
-    assert len(runs) >= 4 and any(not r.meets_bound for r in runs)
-    assert result.serving.headline_run.meets_bound
+    # The service time the server sustains: 1 / the completed rate of the first probe, which
+    # the search starts at twice the rate a 5 ms sleep allows (saturated: it falls behind).
+    # 5.1 ms of sleep plus the SUT's own per-query work (its loop, LoadGen's completion
+    # callback): 5.3-5.7 ms on this VM, depending on how busy its host is.
+    saturated = runs[0]
+    assert saturated.scheduled_samples_per_s > 1.05 * saturated.samples_per_s
+    service = 1 / saturated.samples_per_s
+    expected = md1_capacity(service, 0.012, q=0.9)
+    found = result.serving.capacity_qps
+    assert found == pytest.approx(expected, rel=0.10), (found, expected, service)
+    assert len(runs) >= 4 and result.serving.headline_run.meets_bound
 
 
 def fake_run(rate: float, meets: bool) -> LoadGenRun:
