@@ -65,7 +65,8 @@ def test_the_md1_reference_is_right():
 
 def test_single_stream_p50_is_the_known_service_time():
     result = run_isolated(served("single_stream", sleep_ms=10.0))
-    assert result.status == "ok", result.reason
+    # measured: ok, or contended (the host stole CPU meanwhile: figures kept, as here)
+    assert result.measured, result.reason
     run = result.serving.headline_run
     assert run.meets_bound and run.queries >= 64 and run.mean_batch == 1.0
     assert run.latency_ms["p50"] == pytest.approx(10.0, rel=0.05)
@@ -82,7 +83,7 @@ def test_server_below_capacity_meets_the_bound_and_above_it_does_not():
                                 min_duration_s=1.5))
     above = run_isolated(served("server", 5.0, latency_bound_ms=20.0, server_qps=160.0,
                                 min_duration_s=1.5))
-    assert below.status == above.status == "ok", (below.reason, above.reason)
+    assert below.measured and above.measured, (below.reason, above.reason)
     low, high = below.serving.headline_run, above.serving.headline_run
     assert low.meets_bound and low.perf_constraints_met and low.latency_ms["p99"] <= 20.0
     assert not high.meets_bound and high.latency_ms["p99"] > 20.0
@@ -93,7 +94,7 @@ def test_server_below_capacity_meets_the_bound_and_above_it_does_not():
 def test_offline_and_multi_stream_serve_whole_batches():
     offline = run_isolated(served("offline", 2.0, batch=8))
     multi = run_isolated(served("multi_stream", 2.0, batch=4))
-    assert offline.status == multi.status == "ok", (offline.reason, multi.reason)
+    assert offline.measured and multi.measured, (offline.reason, multi.reason)
     # offline: batches of 8 samples of 2 ms each call: at most 4,000 samples/s.
     run = offline.serving.headline_run
     assert run.mean_batch > 7 and 2000 < run.samples_per_s <= 4000
@@ -109,7 +110,7 @@ def test_the_capacity_search_converges_to_the_analytic_capacity():
     # queries; p90 of 4 s runs converges.
     result = run_isolated(served("server", 5.0, latency_bound_ms=12.0, latency_percentile=0.9,
                                  min_duration_s=4.0, min_queries=200, capacity_tolerance=0.03))
-    assert result.status in ("ok", "contended"), result.reason
+    assert result.measured, result.reason
     runs = result.serving.runs
     # The service time the server sustains: 1 / the completed rate of the first probe, which
     # the search starts at twice the rate a 5 ms sleep allows (saturated: it falls behind).
@@ -273,9 +274,14 @@ def test_clocks_unreadable_here_are_named(tmp_path):
 
 @pytest.fixture(scope="module")
 def server_record():
-    """One real server case (a 2 ms service at 100 queries/s, far below capacity)."""
-    return run_isolated(served("server", 2.0, latency_bound_ms=20.0, server_qps=100.0,
-                               min_duration_s=0.5, min_queries=32))
+    """One real server case (a 2 ms service at 100 queries/s, far below capacity). A case
+    the host stole CPU from is contended, which the gate calls inconclusive: these tests
+    are of the serving checks, so such a record is taken as ok."""
+    result = run_isolated(served("server", 2.0, latency_bound_ms=20.0, server_qps=100.0,
+                                 min_duration_s=0.5, min_queries=32))
+    if result.status == "contended":
+        result.status, result.reason = "ok", None
+    return result
 
 
 def _with_run(case, **changes):
@@ -299,7 +305,7 @@ def test_the_gate_fails_a_served_latency_regression_and_a_lost_bound(server_reco
     from bench.cli import main
 
     base = server_record
-    assert base.status == "ok" and base.serving.headline_run.meets_bound
+    assert base.measured and base.serving.headline_run.meets_bound
     p99 = base.serving.headline_run.latency_ms["p99"]
     files = {name: write(tmp_path / f"{name}.json", record_of(case)) for name, case in {
         "base": base, "same": _with_run(base),
@@ -326,7 +332,7 @@ def test_a_capacity_that_fell_or_vanished_regresses():
 
     base = run_isolated(served("server", 2.0, latency_bound_ms=20.0, min_duration_s=0.3,
                                min_queries=16, capacity_tolerance=0.2, max_probes=6))
-    assert base.status == "ok" and base.serving.capacity_qps, base.reason
+    assert base.measured and base.serving.capacity_qps, base.reason
     import copy
 
     fell, vanished = copy.deepcopy(base), copy.deepcopy(base)
