@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 bench: $(STAMP)
-	$(BIN)/bench run suites/quick.toml --out results/quick-latest.json --overwrite --quiet
+	$(BIN)/bench run suites/quick.toml --out results/quick-latest.json --overwrite --quiet --host-probe
 	$(BIN)/bench report results/quick-latest.json
 
 test: $(STAMP)
@@ -27,7 +27,8 @@ test-heavy: $(STAMP)
 # family (file names say which: smoke-cpu-ISA-FAMILY-2core.json), else one of its ISA level;
 # a machine of another level falls back to avx2's.
 smoke-gate: $(STAMP)
-	$(BIN)/bench run suites/smoke.toml --out results/smoke-latest.json --overwrite --quiet --no-progress
+	$(BIN)/bench run suites/smoke.toml --out results/smoke-latest.json --overwrite --quiet --no-progress \
+		--host-probe
 	@kind=$$($(BIN)/bench env --kind); isa=$${kind%%-*}; \
 	base=results/baselines/smoke-cpu-$$kind-2core.json; \
 	[ -f "$$base" ] || base=$$(ls results/baselines/smoke-cpu-$$isa-*.json 2>/dev/null | head -n 1); \

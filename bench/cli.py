@@ -64,7 +64,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     store = run_suite(args.suite, out, resume=args.resume, overwrite=args.overwrite,
                       select=parse_select(args.select), progress=not args.no_progress,
                       paired_rounds=args.paired_rounds, shard=parse_shard(args.shard),
-                      executor=args.executor, ray_address=args.ray_address)
+                      executor=args.executor, ray_address=args.ray_address,
+                      host_probe=args.host_probe)
     if not args.quiet:
         print(render_report(store.record, "github"))
     print(f"results written to {out}", file=sys.stderr)
@@ -278,10 +279,13 @@ def _refuse_fooled_pair(base_name: str, baseline, cur_name: str, current,  # noq
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from bench.measurement.host_probe import describe_ratio
     from bench.reports.compare import compare_runs, render_comparison
 
     baseline, current = _load_pair(args)
     print(render_comparison(compare_runs(baseline, current), args.format))
+    if host := describe_ratio(baseline.run.host_probes, current.run.host_probes):
+        print(host)
     return 0
 
 
@@ -296,7 +300,8 @@ def _gate(baseline, current, policy, baseline_name: str, current_name: str) -> i
     from bench.reports.gate import evaluate, markdown
 
     report = evaluate(compare_runs(baseline, current), policy)
-    summary = markdown(report, baseline_name, current_name, policy)
+    summary = markdown(report, baseline_name, current_name, policy,
+                       (baseline.run.host_probes, current.run.host_probes))
     print(summary, end="")
     step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if step_summary:
@@ -572,6 +577,10 @@ def _add_run_commands(sub: Any) -> None:
     p.add_argument("--ray-address", metavar="ADDR",
                    help="the Ray cluster to submit to (default: RAY_ADDRESS, else a local "
                         "Ray on this machine)")
+    p.add_argument("--host-probe", action="store_true",
+                   help="time fixed kernels (a one-thread matmul, a Python loop; about 1 s) "
+                        "before the first case and after the last, so compare and gate can "
+                        "tell a slower host from slower code")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("merge", help="merge the shard files of a sweep (bench run --shard) "

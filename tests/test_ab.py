@@ -176,7 +176,7 @@ def test_worker_imports_the_checkout_it_is_given(tmp_path):
                     ignore=shutil.ignore_patterns("__pycache__"))
     spec = CaseSpec("sleep", "infer", {"device": "cpu"}, {"sleep_ms": 2.0}, QUICK)
     result = run_isolated(spec, WorkerCode(copy, {SLOWDOWN_ENV: "0.5"}))
-    assert result.status == "ok", result.reason
+    assert result.measured, (result.status, result.reason)
     assert result.worker["bench_source"] == str(copy)
     assert result.details["injected_slowdown"] == 0.5
 
@@ -268,7 +268,11 @@ def test_rounds_after_the_first_only_time_and_round_one_figures_stand(write_suit
     here = WorkerCode.this_checkout()
     records = run_interleaved(suite, [Side("baseline", here), Side("current", here)],
                               Stopping(rounds=3, max_rounds=3), tmp_path)
-    assert specs == [False, False, True, True, True, True]  # 2 sides x 3 rounds
+    # 2 sides x 3 rounds: round 1 full, then timing-only; a round the host stole CPU from
+    # (contended) runs again, both sides, as it would have (interleave._run_round).
+    repeats = records[0].cases[0].details.get("contended_round_repeats", 0)
+    assert len(specs) == 2 * (3 + repeats), specs
+    assert specs == sorted(specs) and specs.count(False) >= 2 and specs.count(True) >= 4, specs
     for record in records:
         (merged,) = record.cases
         assert merged.details["ab_rounds"] == 3 and len(merged.details[PROCESS_MEDIANS_KEY]) == 3

@@ -27,8 +27,9 @@ def test_a_forked_worker_times_a_known_sleep_in_a_fresh_process_each_round():
         second = run_isolated(SLEEP, servers=servers)
         server_pid = next(iter(servers._servers.values())).pid
     for result in (first, second):
-        assert result.status == "ok", result.stderr_tail
-        assert result.timing.median_s == pytest.approx(0.020, rel=0.02)
+        assert result.measured, (result.status, result.reason, result.stderr_tail)
+        # time.sleep overshoots by 0.2-0.5 ms on these VMs (3% of 20 ms at most seen)
+        assert 0.020 <= result.timing.median_s <= 0.020 * 1.03
         assert result.worker["started"].startswith(f"forked by a fork server (pid {server_pid})")
         assert "torch" in result.worker["started"]
     assert len({first.worker["pid"], second.worker["pid"], server_pid, os.getpid()}) == 4
@@ -46,7 +47,7 @@ def test_faults_in_a_forked_worker_are_statuses_and_the_server_goes_on():
     assert abort.status == "crashed" and abort.reason == "worker killed by SIGABRT"
     assert raised.status == "error" and raised.reason == "RuntimeError: injected failure"
     assert "diagnostics.py" in raised.stderr_tail
-    assert after.status == "ok" and after.worker["started"].startswith("forked")
+    assert after.measured and after.worker["started"].startswith("forked")
 
 
 def test_a_server_that_cannot_start_leaves_the_case_to_a_spawned_worker(tmp_path):

@@ -171,3 +171,38 @@ def test_fp8_swaps_eligible_linears_but_not_the_tied_head():
     assert kinds["blocks.1.mlp.c_proj"] == "Float8Linear"
     assert kinds["lm_head"] == "Linear" and model.lm_head.weight is model.wte.weight
     assert "8 Linear -> Float8Linear" in done
+
+
+def test_fp8_that_swaps_no_linear_is_an_error_not_a_bf16_figure_named_fp8():
+    from torch import nn
+
+    from bench.variants import VariantNotApplied
+
+    odd = nn.Sequential(nn.Linear(24, 20), nn.ReLU(), nn.Linear(20, 8))  # 20: not 16k
+    with pytest.raises(VariantNotApplied, match="swapped no Linear"):
+        get_precision("fp8").prepare_model(odd)
+
+
+def test_the_step_recipe_says_what_the_timed_step_used():
+    phase = GPTTrain(gpt_case("train", batch_size=4, fused_optimizer=True), CPU)
+    recipe = phase.step_recipe(phase.trainer.optimizer, phase.step)
+    assert recipe["backend"] == "eager"
+    assert recipe["optimizer"] == "AdamW (fused)"
+    # SDPA's own kernel (CPU: flash), forward and backward, not the math fallback.
+    assert recipe["attention"] == ["aten._scaled_dot_product_flash_attention_for_cpu",
+                                   "aten._scaled_dot_product_flash_attention_for_cpu_backward"]
+    assert recipe["host_syncs"] == "not checked: no CUDA device"
+
+
+def test_compile_mode_is_passed_to_torch_compile_and_needs_the_compile_backend(monkeypatch):
+    from bench.variants.backends import BACKENDS
+
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: calls.append(kw) or model)
+    model = GPT(CONFIGS["tiny"])
+    BACKENDS["compile"].training_module(model, "max-autotune-no-cudagraphs")
+    BACKENDS["compile"].training_module(model)
+    assert calls == [{"mode": "max-autotune-no-cudagraphs"}, {}]
+    reason = get_workload("gpt").unsupported_reason(
+        gpt_case("train", backend="eager", compile_mode="max-autotune"))
+    assert reason == "compile_mode=max-autotune is torch.compile's: it needs backend=compile"

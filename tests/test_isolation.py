@@ -64,7 +64,7 @@ def test_healthy_case_is_ok_with_every_figure():
     sleep = CaseSpec("sleep", "infer", {"device": "cpu"}, {"sleep_ms": 20.0},
                      Budget(**{**QUICK.to_dict(), "max_time_s": 2.0, "trial_time_s": 0.1}))
     result = run_isolated(sleep)
-    assert result.status == "ok", result.stderr_tail
+    assert result.measured, (result.status, result.reason, result.stderr_tail)
     t = result.timing
     assert t.median_s == pytest.approx(0.020, rel=0.02)
     assert t.timer == "perf_counter_ns" and t.ci_low_s <= t.median_s <= t.ci_high_s
@@ -144,7 +144,8 @@ def test_sweep_killed_with_sigkill_then_resumed(write_suite, tmp_path):
     for case in after.cases:
         if case.case_id in kept:
             assert case.finished_at == kept[case.case_id], "a finished case was re-run"
-    statuses = {c.case_id: c.status for c in after.cases}
+    # a measured case the host stole CPU from is contended: it counts as done, as ok does
+    statuses = {c.case_id: "ok" if c.measured else c.status for c in after.cases}
     assert statuses == {
         "sleep/infer[]": "ok", "sleep/infer:s7[]": "ok", "sleep/infer:s9[]": "ok",
         "fault/infer[fault=none]": "ok", "fault/infer[fault=abort]": "crashed",
@@ -165,12 +166,13 @@ def test_processes_pool_trials_of_independent_workers():
     budget = Budget(**{**QUICK.to_dict(), "processes": 2, "trial_time_s": 0.02})
     case = CaseSpec("sleep", "infer", {"device": "cpu"}, {"sleep_ms": 5.0}, budget)
     result = run_in_processes(case)
-    assert result.status == "ok"
+    assert result.status in ("ok", "contended")  # contended: the host stole CPU, figures kept
     pids = result.details["process_pids"]
     assert len(pids) == 2 and len(set(pids)) == 2
     assert len(result.timing.trial_samples_s) >= 2 * QUICK.min_trials
     assert len(result.details["process_medians_s"]) == 2
-    assert result.timing.median_s == pytest.approx(0.005, rel=0.05)
+    # time.sleep overshoots 0.2-0.6 ms on these VMs when the host is busy
+    assert 0.005 <= result.timing.median_s <= 0.005 * 1.15
     assert "each of 2 worker processes" in result.timing.statistic
     assert sum(result.details["trials_per_process"]) == len(result.timing.trial_samples_s)
 
@@ -209,6 +211,13 @@ def test_pooling_weights_processes_equally():
     assert merged.details["trials_per_process"] == [40, 5, 5]
     assert dataclasses.asdict(merged)["throughput"]["value"] == 1.0
 
+    # A process timed while the host stole CPU is measured: pooled, and the case says so.
+    # (Before: the contended process's record alone stood for the case.)
+    stolen = dataclasses.replace(run(1.0, 5), status="contended", reason="steal 24%")
+    merged = merge_process_results([run(1.0, 5), stolen, run(1.0, 5)])
+    assert merged.status == "contended" and merged.reason == "steal 24%"
+    assert merged.details["trials_per_process"] == [5, 5, 5]
+
 
 @pytest.mark.parametrize("policy, expected", [
     ("steady", "MALLOC_MMAP_THRESHOLD_=32 MiB, MALLOC_TRIM_THRESHOLD_=4096 MiB"),
@@ -220,6 +229,6 @@ def test_worker_measures_in_the_allocator_state_it_records(policy, expected, mon
     sleep = CaseSpec("sleep", "infer", {"device": "cpu"}, {"sleep_ms": 1.0},
                      Budget(**{**QUICK.to_dict(), "allocator": policy}))
     result = run_isolated(sleep)
-    assert result.status == "ok", result.stderr_tail
+    assert result.status in ("ok", "contended"), result.stderr_tail  # contended: figures kept
     assert result.details["allocator"].endswith(expected)
     assert result.budget["allocator"] == policy

@@ -64,7 +64,7 @@ def test_cases_run_as_benchmarks_with_our_stats(suite_dir):
     # pytest-benchmark's statistics are computed from the worker's own trials.
     assert bench["stats"]["median"] == pytest.approx(bench["extra_info"]["median_s"], rel=1e-9)
     assert bench["stats"]["median"] == pytest.approx(0.010, rel=0.1)
-    assert bench["extra_info"]["status"] == "ok"
+    assert bench["extra_info"]["status"] in ("ok", "contended")
     assert bench["extra_info"]["throughput"]["unit"] == "samples/s"
     assert bench["extra_info"]["memory"]["peak_rss_mib"] > 10
 
@@ -111,7 +111,7 @@ def test_plain():
 
 def test_my_model(bench_model):
     result = bench_model("usermodel:build", batch_size=4, budget=BUDGET)
-    assert result.status == "ok"
+    assert result.measured, result.reason
     assert result.throughput.value > 0 and result.throughput.unit == "samples/s"
     assert result.timing.latency_s["p99"] > 0
     assert result.memory.peak()[0] > 0

@@ -12,6 +12,7 @@ import pytest
 from test_gate import case, run, trials, write
 
 from bench.cli import main
+from bench.errors import BenchInputError
 from bench.reports.compare import compare_runs, render_comparison
 from bench.reports.table import render_report
 from bench.results.schema import SCHEMA_VERSION, CaseResult, SchemaError, from_dict
@@ -67,7 +68,7 @@ def test_a_worker_of_a_newer_record_is_read_with_a_warning(tmp_path):
                     max_time_s=0.3, timeout_s=60)
     result = run_isolated(CaseSpec("sleep", "infer", {"device": "cpu"}, {"sleep_ms": 1.0},
                                    budget, label="x"), WorkerCode(newer))
-    assert result.status == "ok", result.reason
+    assert result.measured, (result.status, result.reason)
     assert any("left out: energy_j" in w for w in result.warnings)
     assert result.worker["bench_source"] == str(newer) and result.label == "x"
 
@@ -159,8 +160,29 @@ def test_a_schema_3_worker_runs_a_gpt_case_of_this_version(tmp_path):
         result = run_isolated(spec, code)
     finally:
         git("worktree", "remove", "--force", str(old))
-    assert result.status == "ok", (result.reason, result.stderr_tail)
+    assert result.measured, (result.status, result.reason, result.stderr_tail)
     assert result.worker["bench_source"] == str(old)
     assert result.case_id == spec.case_id == "gpt/infer[device=cpu,batch_size=2,backend=eager]"
     assert result.axes["backend"] == "eager" and "compile" not in result.axes
     assert result.parity_reference == {"precision": "fp32", "backend": "eager"}
+
+
+def test_a_version_8_timing_reads_as_per_iteration_trials(tmp_path):
+    path = Path(write(tmp_path / "v8.json", run(case("w/infer[a=1]", trials(0.01)))))
+    data = json.loads(path.read_text())
+    data["schema_version"] = 8
+    for c in data["cases"]:
+        del c["timing"]["trial_timing"], c["timing"]["latency_trial_samples_s"]
+    path.write_text(json.dumps(data))
+    timing = load_run(path).cases[0].timing
+    assert timing.trial_timing == "per_iteration" and timing.latency_trial_samples_s == []
+    assert timing.latency_samples() == [d for t in timing.trial_samples_s for d in t]
+
+
+def test_an_unknown_trial_timing_is_refused(tmp_path):
+    path = Path(write(tmp_path / "bad.json", run(case("w/infer[a=1]", trials(0.01)))))
+    data = json.loads(path.read_text())
+    data["cases"][0]["timing"]["trial_timing"] = "guessed"
+    path.write_text(json.dumps(data))
+    with pytest.raises(BenchInputError, match="trial_timing.*valid: per_iteration, block"):
+        load_run(path)

@@ -117,13 +117,22 @@ def test_the_capacity_search_converges_to_the_analytic_capacity():
     # every query also costs the SUT's own work (its loop, LoadGen's completion callback),
     # is saturated there: busy throughout, it completes 1 / (service) a second. 5.1 ms of
     # sleep took 5.3-5.7 ms a query on this VM, depending on how busy its host was.
+    # One probe is one moment of the host, though: a CI run's first probe read 6.1 ms
+    # where the probes after it ran ~5.5 ms (capacity 61 expected, 76 found). The service
+    # time over the search lies between the quickest query any probe saw (its latency is
+    # at least its service) and that saturated probe's; on a quiet host the two are within
+    # a few percent. M/D/1 capacity moves about twice as fast as the service time here, so
+    # the capacity is checked against that range (10% either side). A p50 or p99 read for
+    # the p90 (124+ or under 36 q/s at these services) still falls far outside.
     saturated = runs[0]
     assert not saturated.meets_bound
     assert saturated.samples_per_s <= 1.02 * saturated.scheduled_samples_per_s
-    service = 1 / saturated.samples_per_s
-    expected = md1_capacity(service, 0.012, q=0.9)
+    slowest = 1 / saturated.samples_per_s
+    quickest = min(r.latency_ms["min"] for r in runs) / 1000
+    assert 0.005 < quickest <= slowest * 1.02, (quickest, slowest)
+    low, high = (md1_capacity(service, 0.012, q=0.9) for service in (slowest, quickest))
     found = result.serving.capacity_qps
-    assert found == pytest.approx(expected, rel=0.10), (found, expected, service)
+    assert 0.9 * low <= found <= 1.1 * high, (found, low, high, slowest, quickest)
     assert len(runs) >= 4 and result.serving.headline_run.meets_bound
 
 
@@ -277,8 +286,8 @@ def test_clocks_unreadable_here_are_named(tmp_path):
 @pytest.fixture(scope="module")
 def server_record():
     """One real server case (a 2 ms service at 100 queries/s, far below capacity). A case
-    the host stole CPU from is contended, which the gate calls inconclusive: these tests
-    are of the serving checks, so such a record is taken as ok."""
+    the host stole CPU from is contended, which the gate judges one way only (a slowdown
+    of it is inconclusive): these tests are of the serving checks, so it is taken as ok."""
     result = run_isolated(served("server", 2.0, latency_bound_ms=20.0, server_qps=100.0,
                                  min_duration_s=0.5, min_queries=32))
     if result.status == "contended":

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from bench.variants import distillation, pipeline, pruning, quantization
+from bench.variants import VariantNotApplied, distillation, pipeline, pruning, quantization
 from bench.workloads.digits_cnn import DigitsCNN
 
 
@@ -67,6 +67,17 @@ def test_torchao_pt2e_graph_holds_int8_weights_and_no_fp32_copies(method):
         expected, got = model(x), quantized(x)
     assert got.shape == (9, 10)
     assert nn.functional.cosine_similarity(expected, got).min() > 0.99
+
+
+@pytest.mark.parametrize("backend", ["eager", "compile", "onnxruntime"])
+@pytest.mark.parametrize("method", ["int8_dynamic", "int8_static"])
+def test_a_quantization_that_quantizes_nothing_is_an_error_not_an_int8_figure(backend, method):
+    """A model with no layer the quantizer handles (here: no weights at all) comes back
+    unchanged: building it as int8 must fail, not time the fp32 model under an int8 name."""
+    model = nn.Sequential(nn.ReLU(), nn.Flatten()).eval()
+    with pytest.raises(VariantNotApplied, match=f"{method} left no int8 weights"):
+        pipeline.build_variant(adapter(model), {"quantization": method, "backend": backend},
+                               "cpu")
 
 
 @pytest.mark.heavy
@@ -212,7 +223,7 @@ def test_variant_case_through_the_worker_records_model_and_parity(tmp_path):
                       parity_reference=reference)
              for axes in ({}, {"backend": "onnxruntime", "quantization": "int8_static"})]
     results = [run_isolated(c) for c in cases]
-    assert [r.status for r in results] == ["ok", "ok"], [r.reason for r in results]
+    assert [r.measured for r in results] == [True, True], [r.reason for r in results]
     model = results[1].model
     assert model.int8_weights > 0 and model.export_check["passed"]
     assert any("quantize_static" in step for step in model.variant)

@@ -12,8 +12,9 @@ both as fractions of the whole machine's capacity over the timed wall time. The 
 tick at 100 Hz per CPU, so a short window carries a rounding error of a few jiffies: the
 verdict first discounts ``2 x cores + 2`` jiffies from the others' time. Above
 ``CONTENDED_SHARE`` the case is marked ``contended``: its figures are kept and shown, and
-the gate calls it inconclusive instead of judging it. The worker's own CPU time per
-thread (own CPU / (wall x threads)) is recorded beside them.
+the gate judges its times only in the direction contention cannot fake (a pass of a slowed
+current run, a regression against a slowed baseline; bench.reports.gate). The worker's
+own CPU time per thread (own CPU / (wall x threads)) is recorded beside them.
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@ sampler takes (warm-up settled, steps per trial, CI reached, time up) is taken o
 same numbers everywhere, so no rank stops while another waits in a collective.
 
 A ``LockstepTimer`` times a block of steps on each rank with the case's timer, then
-all-reduces the per-step durations with MAX (after the block, outside the timed steps): a
-step of the case lasts as long as its slowest rank. ``collective_clock`` is the latest
+all-reduces the per-step durations (or the block's total, for block-timed trials) with MAX
+(after the block, outside the timed steps): a step of the case lasts as long as its slowest
+rank. ``collective_clock`` is the latest
 rank's clock. ``bench.measurement.sampler.measure`` is then used unchanged.
 """
 
@@ -34,6 +35,7 @@ class LockstepTimer:
     def __init__(self, inner: Timer, group: Any = None) -> None:
         self.inner, self.group = inner, group
         self.name = inner.name
+        self.per_iteration_costs_host_time = inner.per_iteration_costs_host_time
         self.description = (f"{inner.description}; each step the slowest rank's duration "
                             "(all-reduce MAX after each block of steps, outside the timing)")
         self.local: list[list[float]] = []
@@ -42,6 +44,11 @@ class LockstepTimer:
         own = self.inner.time_iterations(step, iterations)
         self.local.append(own)
         return _all_reduce_max(own, self.group)
+
+    def time_block(self, step: Step, iterations: int) -> float:
+        own = self.inner.time_block(step, iterations)
+        self.local.append([own / iterations])
+        return _all_reduce_max([own], self.group)[0]
 
 
 def collective_clock(group: Any = None) -> Any:

@@ -9,6 +9,10 @@
    until the CI half-width reaches ``target_rel_ci`` (after ``min_trials``), or
    ``max_trials`` / ``max_time_s`` runs out. The host clock here only enforces the
    budget; every figure comes from the timer.
+4. Latency: where timing each iteration costs the step host time (CUDA events), the
+   trials above time each block as a whole (one sample per trial: its mean) and
+   ``min_trials`` more trials time every iteration for the latency percentiles alone;
+   elsewhere the trials' own per-iteration samples give the percentiles.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from dataclasses import dataclass, field
 
 from bench.measurement.stats import Summary, percentiles, summarize
 from bench.measurement.timers import Step, Timer
+from bench.results.schema import TRIAL_BLOCK, TRIAL_PER_ITERATION
 from bench.spec.model import Budget
 
 
@@ -38,6 +43,16 @@ class Measurement:
     latency_percentiles_s: dict[str, float]
     stop_reason: str
     warnings: list[str] = field(default_factory=list)
+    trial_timing: str = TRIAL_PER_ITERATION
+    # Per-iteration samples timed apart from the throughput trials (block-timed trials).
+    latency_trials: list[list[float]] = field(default_factory=list)
+
+    @property
+    def steps_run(self) -> int:
+        """Every step the sampler ran: cold start, warm-up, trials, latency trials."""
+        timed = self.iters_per_trial * len(self.trials) if self.trial_timing == TRIAL_BLOCK \
+            else sum(len(t) for t in self.trials)
+        return 1 + self.warmup_iterations + timed + sum(len(t) for t in self.latency_trials)
 
 
 def _warm_up(step: Step, timer: Timer, budget: Budget, first_estimate: float,
@@ -67,13 +82,17 @@ def measure(step: Step, timer: Timer, budget: Budget, clock=time.perf_counter) -
     warm_iters, steady, warm_s, estimate = _warm_up(step, timer, budget, cold, clock)
     iters_per_trial = max(1, math.ceil(budget.trial_time_s / max(estimate, 1e-9)))
 
+    block_timed = timer.per_iteration_costs_host_time
     started = clock()
     trials: list[list[float]] = []
     means: list[float] = []
     stop_reason = ""
     summary: Summary | None = None
     while not stop_reason:
-        trial = timer.time_iterations(step, iters_per_trial)
+        if block_timed:
+            trial = [timer.time_block(step, iters_per_trial) / iters_per_trial]
+        else:
+            trial = timer.time_iterations(step, iters_per_trial)
         trials.append(trial)
         means.append(sum(trial) / len(trial))
         if len(trials) < budget.min_trials:
@@ -86,6 +105,8 @@ def measure(step: Step, timer: Timer, budget: Budget, clock=time.perf_counter) -
         elif clock() - started >= budget.max_time_s:
             stop_reason = "max_time"
     assert summary is not None
+    latency_trials = [timer.time_iterations(step, iters_per_trial)
+                      for _ in range(budget.min_trials if block_timed else 0)]
 
     warnings = []
     if summary.cv > budget.cv_warning:
@@ -108,7 +129,9 @@ def measure(step: Step, timer: Timer, budget: Budget, clock=time.perf_counter) -
         trials=trials,
         trial_means_s=means,
         summary=summary,
-        latency_percentiles_s=percentiles([d for t in trials for d in t]),
+        latency_percentiles_s=percentiles([d for t in latency_trials or trials for d in t]),
         stop_reason=stop_reason,
         warnings=warnings,
+        trial_timing=TRIAL_BLOCK if block_timed else TRIAL_PER_ITERATION,
+        latency_trials=latency_trials,
     )

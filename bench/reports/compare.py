@@ -30,7 +30,6 @@ from bench.results.schema import (
     INJECTED_SLOWDOWN_KEY,
     INSTRUCTIONS_KEY,
     PROCESS_MEDIANS_KEY,
-    STATUS_CONTENDED,
     CaseResult,
     MemoryResult,
     RunRecord,
@@ -116,8 +115,9 @@ class CaseComparison:
     accuracy_metric: str | None = None
     accuracy_ratio: float | None = None
     accuracy_target: float | None = None
-    # Why a figure the baseline has cannot be compared (missing, non-finite, unpaired,
-    # contended): the gate counts each as a failure, never as a pass.
+    # Why a figure the baseline has cannot be compared (missing, non-finite, unpaired):
+    # the gate counts each as a failure, never as a pass. (A side timed under contention
+    # is the gate's to weigh: bench.reports.gate.contention.)
     problems: tuple[Problem, ...] = field(default_factory=tuple)
     # Instructions per step, current / baseline, where both sides were counted (callgrind).
     instructions_ratio: float | None = None
@@ -250,10 +250,6 @@ def compare_case(base: CaseResult | None, cur: CaseResult | None,
     if base is None or cur is None or not base.measured or not cur.measured:
         return CaseComparison(case_id, base, cur)
     problems: list[Problem] = []
-    for side, case in (("baseline", base), ("current", cur)):
-        if case.status == STATUS_CONTENDED:
-            problems.append(Problem("inconclusive", f"the {side} case was timed while other "
-                                    f"processes used the CPU ({case.reason})"))
     speed = _speed(base, cur, paired, problems)
     memory, kind = _memory_ratio(base, cur, problems)
     metric, accuracy, target = _accuracy(base, cur, problems)

@@ -21,7 +21,16 @@ Changes as large the other way are listed as improvements, so baselines get refr
 failure with its reason (listed under "Cannot judge"): too few trials for the test to
 reach alpha (Mann-Whitney needs ``min_trials_for_verdict(alpha)`` trials per side, 4 at
 0.05), a figure the baseline has and the current run lacks or holds as NaN, unpaired A/B
-rounds, a case timed under contention, or a baseline with no measured case at all.
+rounds, a verdict that contention could have faked (``contention``), or a baseline with no
+measured case at all.
+
+Contention (other processes or the hypervisor taking the CPU: status ``contended``) only
+ever slows the side it hits. So the timed checks (speed, time to accuracy, serving) of a
+contended case are judged in the one direction it cannot fake: a current run that passes
+while slowed passes, and a current run that falls behind a slowed baseline regresses. A
+slowdown of a contended current run, and a pass or gain against a contended baseline,
+cannot be told from the contention: they are inconclusive (failures). Marking a record
+contended therefore never turns a failure into a pass.
 """
 
 from __future__ import annotations
@@ -36,12 +45,13 @@ from typing import Any
 
 from bench.errors import BenchInputError
 from bench.files import parse_toml, read_bounded_text
+from bench.measurement.host_probe import describe_ratio, host_ratio
 from bench.measurement.sequential import NO_REGRESSION, REGRESSION, SequentialTest
 from bench.measurement.stats import min_trials_for_verdict
 from bench.reports.compare import CaseComparison, Problem, instructions_per_step
 from bench.reports.parity import class_parity_failures, worst_class
 from bench.reports.slo import slo_failures
-from bench.results.schema import STATUS_CONTENDED
+from bench.results.schema import STATUS_CONTENDED, HostProbe
 from bench.units import DEFAULT_PARITY_TARGET, MIB
 
 
@@ -300,8 +310,6 @@ def not_compared(c: CaseComparison) -> str | None:
 def check_speed(c: CaseComparison, policy: Policy) -> tuple[str | None, str | None]:
     if not policy.gate_speed or c.speed is None:
         return None, None
-    if STATUS_CONTENDED in (c.baseline.status, c.current.status):
-        return None, None  # not judged: inconclusive (CaseComparison.problems)
     ratio, (low, high) = c.speed.ratio, c.speed.ci
     pairs = c.speed.time.pairs
     text = (f"speed x{ratio:.3f} (95% CI {low:.3f}–{high:.3f}, "
@@ -412,6 +420,58 @@ CHECKS: dict[str, Check] = {"status": check_status, "speed": check_speed,
                             "instructions": check_instructions, "serving": check_serving}
 
 
+# The checks whose figures are times, which contention slows (the others: status, memory,
+# the task metric, instructions per step, do not depend on how fast the CPU ran).
+TIMED_CHECKS = frozenset({"speed", "time_to_accuracy", "serving"})
+CONTENDED_VERDICT = "inconclusive (contended)"
+
+
+@dataclass(frozen=True)
+class Contention:
+    """Which sides of a comparison were timed under contention, with the worker's reason."""
+    baseline: str | None = None
+    current: str | None = None
+
+    @classmethod
+    def of(cls, c: CaseComparison) -> Contention:
+        def reason(case):  # noqa: ANN001, ANN202
+            if case is None or case.status != STATUS_CONTENDED:
+                return None
+            return case.reason or "no reason recorded"
+        return cls(reason(c.baseline), reason(c.current))
+
+    def doubts_worse(self) -> str | None:
+        """Why a slowdown of this comparison may be the contention's (None: it stands)."""
+        return _slowed("current", self.current, "that alone slows it, so a slowdown cannot "
+                       "be judged; rerun on a quiet machine")
+
+    def doubts_pass(self) -> str | None:
+        """Why a pass or a gain of this comparison may be the contention's."""
+        return _slowed("baseline", self.baseline, "a slowed baseline can hide a slowdown, so "
+                       "only a regression could be judged; measure the baseline again")
+
+    def verdict(self, verdict: str) -> str:
+        """A speed verdict as contention leaves it."""
+        if verdict == "regression" and self.doubts_worse() or \
+                verdict in ("no regression", "improvement") and self.doubts_pass():
+            return CONTENDED_VERDICT
+        return verdict
+
+
+def _slowed(side: str, reason: str | None, consequence: str) -> str | None:
+    if reason is None:
+        return None
+    return f"the {side} case was timed while other processes used the CPU ({reason}): " \
+           f"{consequence}"
+
+
+def _timed_gated(c: CaseComparison, policy: Policy) -> bool:
+    """Whether the policy judges any timed figure this comparison has."""
+    return (policy.gate_speed and c.speed is not None) or \
+        (policy.gate_tta and c.time_to_accuracy is not None) or \
+        (policy.gate_serving and c.serving is not None)
+
+
 def judgeability(c: CaseComparison, policy: Policy) -> list[Problem]:
     """Why the gate cannot judge this case (empty: it can): the comparison's problems of
     the checks the policy gates, and a test too small to reach alpha."""
@@ -459,12 +519,24 @@ def evaluate(comparisons: list[CaseComparison], policy: Policy) -> GateReport:
         if lost_class.get(c.case_id):  # a variant against its own reference, this run
             report.regressions.append(Finding(c.case_id, "class parity",
                                               lost_class[c.case_id]))
+        contention = Contention.of(c)
+        timed_regression = False
         for name, check in CHECKS.items():
             worse, better = check(c, case_policy)
+            if name in TIMED_CHECKS:
+                if worse and (doubt := contention.doubts_worse()):
+                    report.inconclusive.append(Finding(c.case_id, name, f"{worse}; but {doubt}"))
+                    worse = None
+                if better and contention.doubts_pass():
+                    better = None  # a slowed baseline flatters: the pass doubt below says so
+                timed_regression = timed_regression or bool(worse)
             if worse:
                 report.regressions.append(Finding(c.case_id, name, worse))
             if better:
                 report.improvements.append(Finding(c.case_id, name, better))
+        if (doubt := contention.doubts_pass()) and not timed_regression and \
+                _timed_gated(c, case_policy):
+            report.inconclusive.append(Finding(c.case_id, "contended", doubt))
         if c.instructions_ratio is not None:
             report.instructions[c.case_id] = c.instructions_ratio
         if (text := not_compared(c)) is not None:
@@ -482,6 +554,7 @@ def _speed_verdict(report: GateReport, c: CaseComparison, policy: Policy, judged
         c.current.measured and c.baseline is not None and c.baseline.measured else None
     if verdict is None:
         return
+    verdict = Contention.of(c).verdict(verdict)  # its finding: evaluate's contention doubts
     detectable = detectable_slowdown(c, policy.speed_alpha)
     report.verdicts[c.case_id] = (verdict, c.speed.ratio, c.speed.ci, detectable)
     if verdict == "inconclusive":
@@ -494,7 +567,10 @@ def _speed_verdict(report: GateReport, c: CaseComparison, policy: Policy, judged
         target.append(Finding(c.case_id, "speed", text))
 
 
-def markdown(report: GateReport, baseline: str, current: str, policy: Policy) -> str:
+def markdown(report: GateReport, baseline: str, current: str, policy: Policy,
+             host_probes: tuple[list[HostProbe], list[HostProbe]] = ([], [])) -> str:
+    """The gate's summary; with both runs' host probes, the host's change beside the
+    speed ratios (reported, never gated)."""
     lines = [f"## bench gate: {report.verdict}", "",
              f"{report.cases} cases; baseline `{baseline}`, current `{current}`; "
              f"{len(report.regressions)} regressions, {len(report.inconclusive)} cannot "
@@ -518,12 +594,17 @@ def markdown(report: GateReport, baseline: str, current: str, policy: Policy) ->
              f"{'' if policy.gate_tta else ' (off)'}; ok -> not ok"
              + (f"; {len(policy.overrides)} [[case]] entries change it for the cases they "
                 "match" if policy.overrides else "") + "; each case's suite SLO, if any.", ""]
+    if host_text := describe_ratio(*host_probes):
+        lines += [host_text, ""]
+    host = (host_ratio(*host_probes) or {}).get("host")
     if report.verdicts:
         lines += ["### Speed verdicts", "",
-                  "| case | verdict | speed x (95% CI) | detectable slowdown (80% power) |",
-                  "|---|---|---|---|"]
+                  "| case | verdict | speed x (95% CI) | detectable slowdown (80% power) |"
+                  + (" speed ÷ host |" if host else ""),
+                  "|---|---|---|---|" + ("---|" if host else "")]
         lines += [f"| `{case_id}` | {verdict} | {ratio:.3f} ({low:.3f}–{high:.3f}) | "
                   f"{'' if d is None else f'{d:.1%}'} |"
+                  + (f" {ratio / host:.3f} |" if host else "")
                   for case_id, (verdict, ratio, (low, high), d) in report.verdicts.items()]
         lines.append("")
     if report.instructions:

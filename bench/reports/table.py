@@ -9,6 +9,7 @@ from tabulate import tabulate
 
 from bench.measurement.allocator import policy_line
 from bench.measurement.fingerprint import machine_name
+from bench.measurement.host_probe import describe as describe_probes
 from bench.reports.compare import injected_slowdown
 from bench.reports.parity import Parity, parity_by_case
 from bench.reports.scaling import render_scaling
@@ -155,7 +156,8 @@ def render_report(record: RunRecord, fmt: str = "github") -> str:
               f"{fp.get('threads', {}).get('torch_intraop')} threads\n"
               + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + "\n"
               + policy_line({c.budget["allocator"] for c in record.cases
-                             if isinstance(c.budget.get("allocator"), str)}))
+                             if isinstance(c.budget.get("allocator"), str)})
+              + (f"\n{probes}" if (probes := describe_probes(record.run.host_probes)) else ""))
     table = tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True)
     training = render_training(record, fmt) if fmt != "latex" else ""
     scaled = render_scaling(record, fmt) if fmt != "latex" else ""

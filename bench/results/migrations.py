@@ -108,8 +108,27 @@ def _v7_to_v8(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "schema_version": 8}
 
 
+def _v8_to_v9(data: dict[str, Any]) -> dict[str, Any]:
+    # Version 9 added TimingResult.trial_timing and .latency_trial_samples_s (CUDA
+    # throughput from one event pair per block, latency from separate trials): every
+    # earlier trial was timed per iteration, its latency read from those samples.
+    cases = data.get("cases")
+    for case in cases if isinstance(cases, list) else []:  # the loader refuses what is not
+        timing = case.get("timing") if isinstance(case, dict) else None
+        if isinstance(timing, dict):
+            timing.setdefault("trial_timing", "per_iteration")
+            timing.setdefault("latency_trial_samples_s", [])
+    return {**data, "schema_version": 9}
+
+
+def _v9_to_v10(data: dict[str, Any]) -> dict[str, Any]:
+    # Version 10 added RunInfo.host_probes: a version-9 run was taken without the probe.
+    return {**data, "schema_version": 10}
+
+
 MIGRATIONS: dict[int, Migration] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5,
-                                    5: _v5_to_v6, 6: _v6_to_v7, 7: _v7_to_v8}
+                                    5: _v5_to_v6, 6: _v6_to_v7, 7: _v7_to_v8, 8: _v8_to_v9,
+                                    9: _v9_to_v10}
 
 
 def migrate(data: dict[str, Any], version: int, target: int) -> dict[str, Any]:

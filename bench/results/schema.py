@@ -1,4 +1,4 @@
-"""The result file schema (JSON), version 7.
+"""The result file schema (JSON), version 10.
 
 A run file holds ``schema``/``schema_version``, the run's metadata, the machine's
 fingerprint and one record per finished case. Every figure keeps its raw samples and
@@ -32,11 +32,22 @@ Versions (older files are read through ``bench.results.migrations``):
    ranks (``parallel`` = ddp | fsdp2, ``world_size``): per-rank step times and memory,
    straggler spread, exposed communication; none in older files. gpt's and
    digits_cnn's ``parallel`` and ``world_size`` axes (defaults none and 1).
+8. ``CaseResult.serving`` (MLPerf LoadGen scenarios: each LoadGen run, the capacity search,
+   latency samples), ``.energy`` (NVML or RAPL joules per sample) and ``.clocks`` (clock,
+   temperature and throttle samples); the ``scenario`` axis. All absent in older files.
+9. ``TimingResult.trial_timing`` (``per_iteration``, or ``block``: CUDA throughput trials
+   timed by one event pair around the block, one sample per trial, its mean) and
+   ``.latency_trial_samples_s`` (the separate per-step trials latency percentiles come
+   from when trials are block-timed). Older files: ``per_iteration``, none.
+10. ``RunInfo.host_probes``: the host probe's kernels timed before the first case and after
+    the last (``bench run --host-probe``, bench.measurement.host_probe), so reports can tell
+    a slower host from slower code. Empty in older files.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 import typing
@@ -47,7 +58,12 @@ from bench.spec.model import benchmark_key
 from bench.units import DEFAULT_PARITY_TARGET
 
 SCHEMA_NAME = "bench.run"
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 10
+
+# TimingResult.trial_timing: a sample per step, or one per block of steps (its mean).
+TRIAL_PER_ITERATION = "per_iteration"
+TRIAL_BLOCK = "block"
+TRIAL_TIMINGS = (TRIAL_PER_ITERATION, TRIAL_BLOCK)
 
 STATUS_OK = "ok"
 STATUS_SKIPPED = "skipped"
@@ -106,6 +122,16 @@ class TimingResult:
     latency_s: dict[str, float]
     stop_reason: str
     statistic: str = "median over trials of the trial's mean seconds per step"
+    # How trial_samples_s were taken: "per_iteration" (a duration per step) or "block"
+    # (one sample per trial, the block's mean: one CUDA event pair around the block).
+    trial_timing: str = TRIAL_PER_ITERATION
+    # Block-timed trials: the per-step durations of the separate latency trials that
+    # latency_s is read from (empty where the trials' own samples are per step).
+    latency_trial_samples_s: list[list[float]] = field(default_factory=list)
+
+    def latency_samples(self) -> list[float]:
+        """Per-step durations latency percentiles are read from."""
+        return [d for t in self.latency_trial_samples_s or self.trial_samples_s for d in t]
 
     @staticmethod
     def summary_fields(summary: Any) -> dict[str, Any]:
@@ -545,6 +571,17 @@ class CaseResult:
 
 
 @dataclass
+class HostProbe:
+    """Fixed kernels timed on the host beside a run (bench.measurement.host_probe)."""
+
+    when: str  # start | end of the run
+    at: str  # UTC, ISO 8601
+    kernels: dict[str, float]  # matmul_gflops, python_mips
+    method: str
+    version: int
+
+
+@dataclass
 class ShardInfo:
     """This run is shard ``index`` of ``count`` of its suite (bench.spec.shards)."""
 
@@ -581,6 +618,7 @@ class RunInfo:
     pairing: dict[str, Any] = field(default_factory=dict)
     shard: ShardInfo | None = None
     shards: list[MergedShard] = field(default_factory=list)
+    host_probes: list[HostProbe] = field(default_factory=list)
 
 
 @dataclass
@@ -615,6 +653,23 @@ def _fail(where: str, expected: str, value: Any) -> SchemaError:
     return SchemaError(f"{where}: expected {expected}, got {shown[:60]}")
 
 
+def _float(value: Any, where: str) -> float:
+    if type(value) is float:
+        return value
+    if isinstance(value, str) and value.lower() in _NON_FINITE:
+        return _NON_FINITE[value.lower()]  # written as strings to stay standard JSON
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    raise _fail(where, "a number", value)
+
+
+@functools.cache
+def _fields_of(cls: type) -> tuple[dict[str, Any], dict[str, dataclasses.Field]]:
+    """A dataclass's resolved type hints and fields (resolving hints is slow; a result file
+    builds thousands of records)."""
+    return typing.get_type_hints(cls), {f.name: f for f in dataclasses.fields(cls)}
+
+
 def _build(tp: Any, value: Any, where: str, dropped: list[str] | None = None) -> Any:
     """``value`` checked against the type hint ``tp`` (and built, for dataclasses)."""
     origin = typing.get_origin(tp)
@@ -634,11 +689,7 @@ def _build(tp: Any, value: Any, where: str, dropped: list[str] | None = None) ->
                 continue
         raise _fail(where, " or ".join(str(a) for a in inner), value)
     if tp is float:
-        if isinstance(value, str) and value.lower() in _NON_FINITE:
-            return _NON_FINITE[value.lower()]  # written as strings to stay standard JSON
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        raise _fail(where, "a number", value)
+        return _float(value, where)
     if tp in (int, str, bool):
         if isinstance(value, tp) and (tp is bool or not isinstance(value, bool)):
             return value
@@ -649,6 +700,9 @@ def _build(tp: Any, value: Any, where: str, dropped: list[str] | None = None) ->
         if not isinstance(value, list):
             raise _fail(where, "a list", value)
         (item,) = typing.get_args(tp)
+        if item is float:  # the raw samples: most of a file, so read without recursion
+            return [v if type(v) is float else _float(v, f"{where}[{i}]")
+                    for i, v in enumerate(value)]
         return [_build(item, v, f"{where}[{i}]", dropped) for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
@@ -664,8 +718,7 @@ def from_dict(cls: type, data: Any, where: str = "", dropped: list[str] | None =
     named there (a worker of a newer bench writing fields this one does not know)."""
     if not isinstance(data, dict):
         raise SchemaError(f"{where or cls.__name__}: expected an object")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints, fields = _fields_of(cls)
     unknown = set(data) - set(fields)
     if unknown and dropped is None:
         raise SchemaError(f"{where or cls.__name__}: unknown keys {sorted(unknown)[:5]}")
@@ -700,7 +753,12 @@ def check_case(case: CaseResult, where: str) -> None:
         _finite(t.trial_means_s, f"{where}.timing.trial_means_s")
         for i, trial in enumerate(t.trial_samples_s):
             _finite(trial, f"{where}.timing.trial_samples_s[{i}]")
+        for i, trial in enumerate(t.latency_trial_samples_s):
+            _finite(trial, f"{where}.timing.latency_trial_samples_s[{i}]")
         _finite([t.median_s, t.mean_s, t.cold_start_s], f"{where}.timing.median/mean/cold")
+        if t.trial_timing not in TRIAL_TIMINGS:
+            raise SchemaError(f"{where}.timing.trial_timing: {t.trial_timing!r} (valid: "
+                              f"{', '.join(TRIAL_TIMINGS)})")
     if case.throughput is not None:
         _finite([case.throughput.value], f"{where}.throughput.value")
     if case.memory is not None:

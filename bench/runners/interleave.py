@@ -134,7 +134,7 @@ def _merged(results: list[CaseResult]) -> CaseResult:
     # merge_process_results keeps each process's median in run order
     # (PROCESS_MEDIANS_KEY): here, the rounds that compare/gate pair.
     merged = merge_process_results(results)
-    if merged.status == "ok":
+    if merged.status in ("ok", "contended"):
         merged.details["ab_rounds"] = len(results)
         repeats = sum(r.details.get("contended_round_repeats", 0) for r in results)
         if repeats:

@@ -21,6 +21,8 @@ from bench.results.schema import (
 # Seed runs that ended with one of these are training runs (converged or not); any other
 # status (error, crash, timeout, oom) fails the case.
 _RUN_STATUSES = (STATUS_OK, STATUS_CONTENDED, STATUS_DIVERGED)
+# A process whose figures are measured: ok, or contended (timed while the host took CPU).
+_MEASURED = (STATUS_OK, STATUS_CONTENDED)
 OLYMPIC_METHOD = ("olympic (MLPerf Training): each seed's wall time from its first step to "
                   "the evaluation that first met the target, evaluations on the clock; the "
                   "fastest and the slowest run dropped, mean of the rest; a run that did not "
@@ -48,7 +50,8 @@ def _pooled_timing(timings: list[TimingResult]) -> TimingResult:
         trial_samples_s=trials,
         trial_means_s=means,
         **TimingResult.summary_fields(s),
-        latency_s=percentiles([d for trial in trials for d in trial]),
+        latency_trial_samples_s=[trial for t in timings for trial in t.latency_trial_samples_s],
+        latency_s=percentiles([d for t in timings for d in t.latency_samples()]),
         stop_reason=",".join(sorted({t.stop_reason for t in timings})),
         statistic=(f"median of the trial's mean seconds per step over the first {n} trials "
                    f"of each of {len(timings)} worker processes (equal weight per process); "
@@ -58,11 +61,14 @@ def _pooled_timing(timings: list[TimingResult]) -> TimingResult:
 
 def merge_process_results(results: list[CaseResult]) -> CaseResult:
     """One record from N runs of the same case. Any failed run makes the case fail with
-    that run's status; figures pool the raw trials; memory takes the worst process."""
-    failed = next((r for r in results if r.status != "ok"), None)
+    that run's status; figures pool the raw trials of every measured process (a contended
+    one too: the pooled case is then contended, with that process's reason); memory takes
+    the worst process."""
+    failed = next((r for r in results if r.status not in _MEASURED), None)
     if failed is not None:
         if failed.budget.get("processes", 1) > 1:
-            failed.details["processes_completed"] = sum(r.status == "ok" for r in results)
+            failed.details["processes_completed"] = sum(r.status in _MEASURED
+                                                        for r in results)
         return failed
     if len(results) == 1:
         return results[0]
@@ -80,9 +86,13 @@ def merge_process_results(results: list[CaseResult]) -> CaseResult:
     details[PROCESS_MEDIANS_KEY] = [r.timing.median_s for r in results]
     details["trials_per_process"] = [len(r.timing.trial_samples_s) for r in results]
     details["process_pids"] = [r.worker.get("pid") for r in results]
+    contended = next((r for r in results if r.status == STATUS_CONTENDED), None)
+    status, reason = (contended.status, contended.reason) if contended else (first.status,
+                                                                              first.reason)
     return dataclasses.replace(
-        first, timing=timing, throughput=throughput, memory=memory, warnings=warnings,
-        details=details, duration_s=sum(r.duration_s or 0 for r in results),
+        first, status=status, reason=reason, timing=timing, throughput=throughput,
+        memory=memory, warnings=warnings, details=details,
+        duration_s=sum(r.duration_s or 0 for r in results),
         finished_at=results[-1].finished_at)
 
 

@@ -142,7 +142,9 @@ def _sampled(case: CaseSpec, phase: Any, trainer: Any, ranks: RankInfo,
         with phase.session():
             no_sync = measure(unsynced, LockstepTimer(timer_for(case.device), control), quick,
                               clock=collective_clock(control))
-    return {"trials": timer.local[-len(measurement.trials):], "split": split,
+    # The throughput trials' blocks: the latency trials (block-timed CUDA) come after them.
+    blocks = timer.local[:len(timer.local) - len(measurement.latency_trials)]
+    return {"trials": blocks[-len(measurement.trials):], "split": split,
             "measurement": measurement, "no_sync": no_sync, "flops": phase.flop_count(),
             "outcome": phase.finish(), "timer": timer}
 

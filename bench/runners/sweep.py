@@ -77,12 +77,15 @@ def run_suite(suite: str | Path | SuiteSpec, out: str | Path, *, resume: bool = 
               overwrite: bool = False, select: dict[str, set[str]] | None = None,
               progress: bool = True, runner: CaseRunner = _run_one,
               paired_rounds: int | None = None, shard: Shard | None = None,
-              executor: str = "local", ray_address: str | None = None) -> ResultStore:
+              executor: str = "local", ray_address: str | None = None,
+              host_probe: bool = False) -> ResultStore:
     """Run every case of a suite (a file, or one built in memory) into ``out``; then, with
     paired rounds (the suite's ``paired_rounds`` unless given), each variant against its
     reference in interleaved rounds. With ``shard``, only the cases of that shard
     (bench.spec.shards), recorded as such for ``bench merge``. ``executor = "ray"``: each
-    case a Ray task (bench.runners.ray_executor), on the cluster at ``ray_address``."""
+    case a Ray task (bench.runners.ray_executor), on the cluster at ``ray_address``. With
+    ``host_probe``, the host probe's kernels are timed before the first case and after the
+    last (bench.measurement.host_probe) into the run's ``host_probes``."""
     if not isinstance(suite, SuiteSpec):
         suite = load_suite(suite)
     every = plan_suite(suite, select)
@@ -93,6 +96,8 @@ def run_suite(suite: str | Path | SuiteSpec, out: str | Path, *, resume: bool = 
     # otherwise overwrite the first one's cases with its own view of the file.
     with exclusive_output(out), ForkServers() as servers:
         store = open_store(suite, Path(out), resume, overwrite, select, shard_info)
+        if host_probe:
+            _probe_into(store, "start")
         if runner is _run_one:  # seeds of time-to-accuracy cases fork from shared servers
             runner = functools.partial(_run_one, servers=servers)
         if executor == "ray":
@@ -104,7 +109,16 @@ def run_suite(suite: str | Path | SuiteSpec, out: str | Path, *, resume: bool = 
         rounds = suite.paired_rounds if paired_rounds is None else paired_rounds
         if rounds:  # a reference may sit in another shard: it is looked up in the whole plan
             _pair_with_references(store, every, rounds, progress)
+        if host_probe:
+            _probe_into(store, "end")
     return store
+
+
+def _probe_into(store: ResultStore, when: str) -> None:
+    from bench.measurement.host_probe import probe_host  # imports torch: only on --host-probe
+
+    store.record.run.host_probes.append(probe_host(when))
+    store.flush()
 
 
 def _pair_with_references(store: ResultStore, planned: list[PlannedCase], rounds: int,

@@ -67,7 +67,8 @@ def _timing(measurement, step_description: str) -> TimingResult:
         warmup_steady=measurement.warmup_steady, warmup_s=measurement.warmup_s,
         iters_per_trial=measurement.iters_per_trial, trial_samples_s=measurement.trials,
         trial_means_s=measurement.trial_means_s, latency_s=measurement.latency_percentiles_s,
-        stop_reason=measurement.stop_reason,
+        stop_reason=measurement.stop_reason, trial_timing=measurement.trial_timing,
+        latency_trial_samples_s=measurement.latency_trials,
         **TimingResult.summary_fields(measurement.summary),
     )
 
@@ -139,7 +140,7 @@ def divergence(metrics: dict[str, float], details: dict[str, Any]) -> str | None
 def _record_timing(result: CaseResult, measurement: Any, phase: Any, probe: Any,
                    faults: int) -> None:
     """The timed phase's figures, warnings and interference into ``result``."""
-    steps = 1 + measurement.warmup_iterations + sum(len(t) for t in measurement.trials)
+    steps = measurement.steps_run
     # Fresh pages the allocator had to fault in: a step that allocates from recycled
     # heap memory is faster than one that maps new pages (see measurement.allocator).
     result.details["minor_page_faults_per_step"] = faults / steps
@@ -183,7 +184,7 @@ def _measure_and_finish(case: CaseSpec, phase: Any, result: CaseResult) -> None:
             EnergyMeter(case.device) as energy:
         measurement = measure(step, timer_for(case.device), case.budget)
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before
-    steps = 1 + measurement.warmup_iterations + sum(len(t) for t in measurement.trials)
+    steps = measurement.steps_run
     result.energy = energy.result(steps * phase.samples_per_step)
     _record_clocks(result, clocks)
     _record_timing(result, measurement, phase, probe, faults)

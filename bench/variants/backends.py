@@ -62,12 +62,16 @@ class Backend(ABC):
               log: BuildLog) -> Variant:
         """The timed variant of ``model`` (pruned, fp32, a copy this backend may change)."""
 
-    def training_module(self, model: nn.Module) -> nn.Module:
+    def training_module(self, model: nn.Module, compile_mode: str = "default") -> nn.Module:
         """What a training step calls in place of ``model`` (only when ``trains``)."""
         raise NotImplementedError(f"backend {self.name} does not run training steps")
 
 
 BACKENDS: dict[str, Backend] = {}
+
+# torch.compile's modes (a training workload's compile_mode axis): CUDA graphs with
+# reduce-overhead / max-autotune; max-autotune also searches matmul and Triton configs.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def register_backend(cls: type[Backend]) -> type[Backend]:
@@ -98,7 +102,7 @@ class Eager(Backend):
     description = "torch eager"
     trains = True
 
-    def training_module(self, model: nn.Module) -> nn.Module:
+    def training_module(self, model: nn.Module, compile_mode: str = "default") -> nn.Module:
         return model
 
     def unsupported_reason(self, plan: VariantPlan) -> str | None:
@@ -153,8 +157,9 @@ class Compile(Eager):
             return "torchao PT2E int8 with the X86InductorQuantizer lowers to x86 CPU kernels only"
         return None
 
-    def training_module(self, model: nn.Module) -> nn.Module:
-        return torch.compile(model)
+    def training_module(self, model: nn.Module, compile_mode: str = "default") -> nn.Module:
+        return torch.compile(model) if compile_mode == "default" else \
+            torch.compile(model, mode=compile_mode)
 
     def unavailable_reason(self, device: str) -> str | None:
         if device == "cpu" and not shutil.which("g++"):

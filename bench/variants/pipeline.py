@@ -69,4 +69,8 @@ def build_variant(adapter: ModelAdapter, axes: dict[str, Any], device: str) -> V
             how = plan.prune.apply(model, adapter)
         log.steps.append(f"pruning {plan.prune.name}: {how}")
     log.sparsity = pruning.sparsity_report(model)
-    return plan.backend.build(adapter, model, plan, log)
+    variant = plan.backend.build(adapter, model, plan, log)
+    if plan.quant is not None:  # every backend's int8 count, checked in one place
+        quantization.require_int8_weights(variant.model.int8_weights, plan.quant.name,
+                                          plan.backend.name)
+    return variant

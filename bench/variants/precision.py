@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from bench.variants import VariantNotApplied
+
 
 @dataclass(frozen=True)
 class Precision:
@@ -45,6 +47,10 @@ class Precision:
 
         convert_to_float8_training(model, module_filter_fn=eligible)
         swapped = sum(type(m).__name__ == "Float8Linear" for m in model.modules())
+        if swapped == 0:
+            raise VariantNotApplied("fp8: convert_to_float8_training swapped no Linear (none "
+                                    "with both dimensions multiples of 16, lm_head excluded): "
+                                    "its figures would be bf16's")
         return f"torchao convert_to_float8_training: {swapped} Linear -> Float8Linear " \
                "(tensorwise dynamic scales, e4m3 forward / e5m2 gradients), bf16 autocast"
 

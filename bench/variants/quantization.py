@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from bench.spec.axes import Setting
+from bench.variants import VariantNotApplied
 
 if TYPE_CHECKING:
     from bench.variants.variant import ModelAdapter, VariantPlan
@@ -185,6 +186,17 @@ def _drop_unreferenced(graph_module: torch.fx.GraphModule) -> torch.fx.GraphModu
             owner = graph_module.get_submodule(owner_path) if owner_path else graph_module
             delattr(owner, attr)
     return graph_module
+
+
+def require_int8_weights(count: int, method: str, backend: str) -> int:
+    """``count`` (the int8 weight elements of a quantized model), or VariantNotApplied when
+    it is 0: the quantizer found no layer it quantizes (none in the model, or a quantizer
+    that matched no pattern, as torchao 0.18's X86InductorQuantizer on torch 2.11)."""
+    if count == 0:
+        raise VariantNotApplied(
+            f"quantization {method} left no int8 weights (backend {backend}; torch "
+            f"{torch.__version__}): no layer was quantized, so its figures would be fp32's")
+    return count
 
 
 def count_int8_weights(model: nn.Module) -> int:

@@ -23,6 +23,7 @@ import itertools
 import math
 import sys
 import sysconfig
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ from torch import nn
 from bench.measurement.flops import FlopCount, compute_dtype, count_flops
 from bench.spec.axes import Setting
 from bench.units import MIB
-from bench.variants.backends import BACKENDS, training_backend_axis
+from bench.variants.backends import BACKENDS, COMPILE_MODES, training_backend_axis
 from bench.variants.parallel import parallelize
 from bench.workloads import register
 from bench.workloads._recipes import Schedule, build_optimizer, recipe_axes
@@ -113,6 +114,48 @@ def saved_activation_bytes(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                             ctx.device)
 
 
+def attention_kernels(model: nn.Module, x: torch.Tensor, ctx: RunContext) -> list[str]:
+    """The aten kernels ``scaled_dot_product_attention`` dispatched to in one training-mode
+    forward and backward of the eager model (flash, efficient, cudnn or math)."""
+    from torch.utils._python_dispatch import TorchDispatchMode  # as FlopCounterMode is built
+
+    class SeenOps(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.names: set[str] = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.add(str(func.overloadpacket))
+            return func(*args, **(kwargs or {}))
+
+    model.train()
+    with SeenOps() as seen, ctx.precision.context(ctx.device):
+        model(x).sum().backward()
+    model.zero_grad(set_to_none=True)
+    return sorted(n for n in seen.names if n.startswith("aten._scaled_dot_product"))
+
+
+def host_syncs(step, device: str, steps: int) -> int | None:
+    """Synchronizing CUDA calls (``.item()``, device-to-host copies, ...) the host made in
+    ``steps`` steps, as torch.cuda.set_sync_debug_mode("warn") reports them; None off CUDA."""
+    if device != "cuda":
+        return None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            for _ in range(steps):
+                step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+# Steps the host-sync check runs after timing (on CUDA).
+SYNC_CHECK_STEPS = 4
+
+
 class GPTPhase(Phase):
     sample_unit = "tokens"
 
@@ -129,7 +172,8 @@ class GPTPhase(Phase):
         torch.manual_seed(ctx.seed)
         self.model = GPT(self.cfg, checkpointing=a.get("checkpointing", False)).to(ctx.device)
         self.precision_steps = ctx.precision.prepare_model(self.model)
-        self.runnable = BACKENDS[a["backend"]].training_module(self.model)
+        self.runnable = BACKENDS[a["backend"]].training_module(
+            self.model, a.get("compile_mode", "default"))
 
     def _optimizer(self) -> torch.optim.Optimizer:
         """nanoGPT's AdamW (betas 0.9/0.95, weight decay on matrices only), or the recipe's
@@ -144,6 +188,28 @@ class GPTPhase(Phase):
             return build_optimizer(name, groups, p["lr"], 0.0)
         return torch.optim.AdamW(groups, lr=p["lr"], betas=ADAMW_BETAS,
                                  fused=bool(a.get("fused_optimizer", False)))
+
+    def step_recipe(self, optimizer: torch.optim.Optimizer, step) -> dict[str, object]:
+        """What the timed step used: compiler, optimizer implementation, attention kernel,
+        precision, and the host syncs it makes (a sync stalls the launch queue)."""
+        a = self.case.axes
+        mode = a.get("compile_mode", "default")
+        defaults = optimizer.defaults
+        impl = "fused" if defaults.get("fused") else \
+            "foreach" if defaults.get("foreach") is not False else "for-loop"
+        syncs = host_syncs(step, self.ctx.device, SYNC_CHECK_STEPS)
+        return {
+            "backend": "eager" if a["backend"] == "eager" else f"torch.compile(mode={mode!r})",
+            "optimizer": f"{type(optimizer).__name__} ({impl})",
+            "attention": attention_kernels(self.model, self.x_train[:1], self.ctx),
+            "attention_method": "aten ops dispatched (TorchDispatchMode) in one training-mode "
+                                "forward and backward (batch 1) of the eager model under "
+                                "the case's precision",
+            "precision": self.ctx.precision.method(),
+            "host_syncs": (f"{syncs} in {SYNC_CHECK_STEPS} steps "
+                           "(torch.cuda.set_sync_debug_mode warn, after timing)")
+                          if syncs is not None else "not checked: no CUDA device",
+        }
 
     def _reset_model(self, seed: int) -> None:
         """The model re-initialized from ``seed``, as every trainer starts. Across ranks a
@@ -268,9 +334,11 @@ class GPTTrain(GPTPhase, EvaluatedTraining):
 
     def finish(self) -> Outcome:
         saved = self._saved_activations()
+        recipe = self.step_recipe(self.trainer.optimizer, self.step)
         trainer, curve = self._trained()
         outcome = self._outcome(trainer, curve)
         outcome.details["memory_split"] = memory_split(self.model, trainer.optimizer, saved)
+        outcome.details["step_recipe"] = recipe
         return outcome
 
 
@@ -336,6 +404,8 @@ class Gpt(Workload):
                                      help="activation checkpointing per block"),
             "fused_optimizer": Setting("fused_optimizer", bool, False, phases=("train",),
                                        help="AdamW(fused=True) instead of foreach"),
+            "compile_mode": Setting("compile_mode", str, "default", choices=COMPILE_MODES,
+                                    help="torch.compile's mode (backend=compile only)"),
             **recipe_axes("adamw", None, dropout=False, weight_decay=ADAMW_WEIGHT_DECAY),
             **parallel_axes(),
         })
@@ -368,6 +438,9 @@ class Gpt(Workload):
 
     @classmethod
     def unsupported_reason(cls, case) -> str | None:
+        mode = case.axes.get("compile_mode", "default")
+        if mode != "default" and case.axes.get("backend") != "compile":
+            return f"compile_mode={mode} is torch.compile's: it needs backend=compile"
         if case.axes.get("model") == "gpt2-124m" and case.device == "cpu":
             return "gpt2-124m is a GPU config (one step at batch 8 takes minutes on a CPU); " \
                    "use model=tiny or small on CPU"
