@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: bench test test-heavy lint clean smoke-gate ab-gate example
+.PHONY: bench test test-heavy test-repeat lint clean smoke-gate ab-gate example
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,20 +15,33 @@ bench: $(STAMP)
 	$(BIN)/bench run suites/quick.toml --out results/quick-latest.json --overwrite --quiet --host-probe
 	$(BIN)/bench report results/quick-latest.json
 
+# Two pytest-xdist workers, one a core: every test asserts what stays true beside another
+# test (a real worker's status is any measured one, real timings get sanity bounds); the
+# tests that must time alone are heavy. Each file's tests stay on one worker, so a module's
+# fixtures are built once.
 test: $(STAMP)
 	$(BIN)/ruff check bench tests tools
-	$(BIN)/python -m pytest -q -m "not heavy"
+	$(BIN)/python -m pytest -q -m "not heavy" -n 2 --dist loadfile --durations=15
 
 # The long end-to-end checks (about 5 minutes on 2 cores): CI runs them after make test.
 test-heavy: $(STAMP)
-	$(BIN)/python -m pytest -q -m heavy
+	$(BIN)/python -m pytest -q -m heavy --durations=15
+
+# Is make test deterministic here? RUNS fresh clones of HEAD, each beside BUSY spinning
+# processes (make test-repeat RUNS=5 BUSY=2 LOADED=3: the last 3 of 5 loaded), each test's
+# failures and each run's wall time (tools/test_repeat.py).
+RUNS ?= 3
+BUSY ?= 0
+LOADED ?= $(RUNS)
+test-repeat: $(STAMP)
+	$(BIN)/python tools/test_repeat.py --runs $(RUNS) --busy $(BUSY) --loaded-runs $(LOADED)
 
 # The stored baseline is the one measured on a CPU of this machine's kind, ISA level and
 # family (file names say which: smoke-cpu-ISA-FAMILY-2core.json), else one of its ISA level;
 # a machine of another level falls back to avx2's.
 smoke-gate: $(STAMP)
 	$(BIN)/bench run suites/smoke.toml --out results/smoke-latest.json --overwrite --quiet --no-progress \
-		--host-probe
+		--host-probe --retry-contended 1
 	@kind=$$($(BIN)/bench env --kind); isa=$${kind%%-*}; \
 	base=results/baselines/smoke-cpu-$$kind-2core.json; \
 	[ -f "$$base" ] || base=$$(ls results/baselines/smoke-cpu-$$isa-*.json 2>/dev/null | head -n 1); \
@@ -36,7 +49,12 @@ smoke-gate: $(STAMP)
 	echo "smoke-gate: this CPU is $$kind; baseline $$base"; \
 	$(BIN)/bench gate --baseline $$base \
 		--current results/smoke-latest.json --policy results/baselines/ci-policy.toml \
-		--allow-different-machines
+		--allow-different-machines; \
+	code=$$?; echo $$code > results/gate-exit-code; exit $$code
+
+# Both gates leave bench's exit code in results/gate-exit-code (make itself exits 2 on any
+# failure): 0 pass, 1 regression, 2 bad input, 3 no verdict (the host too noisy to decide
+# speed), which .ci/run turns into a rerun, then a warning.
 
 # Speed gate of this commit against its parent: the smoke suite in interleaved rounds
 # (bench ab), each round one worker per side back to back, each case stopped by the
@@ -49,6 +67,7 @@ ab-gate: $(STAMP)
 		echo "ab-gate: $(AB_BASE) ($$(git rev-parse --short "$(AB_BASE)")) against HEAD"; \
 		$(BIN)/bench ab suites/smoke.toml --baseline-ref "$(AB_BASE)" --time-budget 270 \
 			--out-dir results/ab-latest --policy results/baselines/ab-policy.toml --no-progress; \
+		code=$$?; echo $$code > results/gate-exit-code; exit $$code; \
 	else echo "ab-gate: this clone has no commit $(AB_BASE) (shallow clone?): interleaved A/B not run"; fi
 
 # The example user project (examples/my_model), as a user runs it from its own folder.

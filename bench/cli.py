@@ -59,13 +59,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.paired_rounds is not None and (args.paired_rounds < 0 or args.paired_rounds == 1):
         raise BenchInputError("--paired-rounds", f"{args.paired_rounds} rounds give no CI",
                               valid="0 (off) or an integer >= 2")
+    if args.retry_contended < 0:
+        raise BenchInputError("--retry-contended", f"{args.retry_contended} reruns",
+                              valid="an integer >= 0")
     from bench.spec.shards import parse_shard
 
     store = run_suite(args.suite, out, resume=args.resume, overwrite=args.overwrite,
                       select=parse_select(args.select), progress=not args.no_progress,
                       paired_rounds=args.paired_rounds, shard=parse_shard(args.shard),
                       executor=args.executor, ray_address=args.ray_address,
-                      host_probe=args.host_probe)
+                      host_probe=args.host_probe, retry_contended=args.retry_contended)
     if not args.quiet:
         print(render_report(store.record, "github"))
     print(f"results written to {out}", file=sys.stderr)
@@ -577,6 +580,9 @@ def _add_run_commands(sub: Any) -> None:
     p.add_argument("--ray-address", metavar="ADDR",
                    help="the Ray cluster to submit to (default: RAY_ADDRESS, else a local "
                         "Ray on this machine)")
+    p.add_argument("--retry-contended", type=int, default=0, metavar="N",
+                   help="run a case timed under contention again, up to N times (its last "
+                        "run stands; the earlier runs' reasons are kept); default 0")
     p.add_argument("--host-probe", action="store_true",
                    help="time fixed kernels (a one-thread matmul, a Python loop; about 1 s) "
                         "before the first case and after the last, so compare and gate can "
@@ -634,7 +640,8 @@ def _add_report_commands(sub: Any) -> None:
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("gate", help="fail (exit 1) on a regression against a baseline; "
-                                    "exit 2 on bad input; markdown summary")
+                                    "exit 2 on bad input; exit 3 when the host was too noisy "
+                                    "to decide speed; markdown summary")
     p.add_argument("--baseline", required=True, help="the baseline run file")
     p.add_argument("--current", required=True, help="the run file under test")
     p.add_argument("--policy", help="TOML thresholds ([speed] max_drop, alpha, gate; "
@@ -674,7 +681,8 @@ def _add_ab_command(sub: Any) -> None:
 
     p = sub.add_parser("ab", help="interleaved A/B: run a suite for a baseline checkout and "
                                   "this one, alternating case by case, then gate on the "
-                                  "paired rounds (exit 0 pass, 1 regression, 2 bad input)")
+                                  "paired rounds (exit 0 pass, 1 regression, 2 bad input, "
+                                  "3 no verdict: the host too noisy to decide speed)")
     p.add_argument("suite", help="a suite file (TOML)")
     p.add_argument("--baseline-ref", help="a git commit of this repository to check out "
                                           "as the baseline (e.g. main, HEAD~1)")

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -9,6 +10,16 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 # Test modules share builders (test_gate's records) by plain import.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (make test: two workers on two cores) each worker, and the bench
+    workers it starts, computes on one thread: two 2-thread OpenMP pools on two cores spin
+    against each other (an in-process training test ran 4x slower)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(1)
 
 
 # A budget of the fewest trials a verdict needs and almost no time: tests of the engine's

@@ -5,9 +5,11 @@ only within one session, the running order, and real interleaved runs of two sid
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -127,13 +129,15 @@ def test_sequential_stopping_runs_only_the_undecided():
 
 def test_an_underpowered_ab_session_is_inconclusive_and_fails_unless_policy_warns():
     """Four noisy rounds around a real 5% slowdown: neither verdict is reachable, and the
-    gate says so (exit 1), or lists it under warnings when the policy asks."""
+    gate says so: no verdict, the host too noisy to decide speed (exit 3, never 0), or
+    listed under warnings when the policy asks."""
     base, cur = drifting_rounds(1.05, rounds=4, pair_sd=0.06, seed=4)
     comparisons = compare_runs(paired_run("baseline", "s", base),
                                paired_run("current", "s", cur))
     report = evaluate(comparisons, Policy())
     assert report.verdicts["a"][0] == "inconclusive"
-    assert report.exit_code == 1 and not report.regressions
+    assert report.exit_code == 3 and not report.regressions
+    assert report.verdict.startswith("NO VERDICT")
     assert "neither a regression nor excludes" in report.inconclusive[0].text
     warned = evaluate(comparisons, Policy(speed_inconclusive="warn"))
     assert warned.exit_code == 0 and warned.warnings
@@ -151,6 +155,9 @@ def test_round_order_alternates_and_keeps_the_middle_side_adjacent():
 
 QUICK = Budget(min_trials=3, max_trials=5, max_time_s=0.5, trial_time_s=0.02,
                warmup_max_s=0.1, timeout_s=60)
+# contended_above = 1.0: these tests are of the A/B plumbing on a sleep, which load
+# hardly slows; contention never marks a round, so no round is left out for it (that is
+# tested on scripted workers in test_hostile).
 SLEEP_SUITE = """
 [suite]
 name = "ab"
@@ -161,6 +168,7 @@ max_time_s = 0.5
 trial_time_s = 0.02
 warmup_max_s = 0.1
 timeout_s = 60
+contended_above = 1.0
 [[benchmark]]
 workload = "sleep"
 phase = "infer"
@@ -240,9 +248,12 @@ def test_bench_ab_against_a_git_ref_exits_1_on_an_injected_slowdown(write_suite,
     # machine before it decides (seen: 4 rounds on a 2-core EPYC VM).
     rounds = [int(n) for n in re.findall(r"(\d+) paired rounds", out)]
     assert rounds and min(rounds) >= 3, out
+    # The baseline checkout is removed afterwards (this session's own: another test may
+    # hold a checkout of its own meanwhile).
+    source = json.loads((tmp_path / "baseline.json").read_text())["run"]["pairing"]["source"]
     worktrees = subprocess.run(["git", "-C", str(REPO), "worktree", "list"],
                                capture_output=True, text=True).stdout
-    assert "bench-ab-" not in worktrees  # the baseline checkout is removed afterwards
+    assert "bench-ab-" in source and source not in worktrees and not Path(source).exists()
 
 
 @pytest.mark.slow
@@ -263,16 +274,15 @@ def test_rounds_after_the_first_only_time_and_round_one_figures_stand(write_suit
     monkeypatch.setattr(interleave, "run_isolated", recording)
     suite = write_suite('[budget]\nmin_trials = 4\nmax_trials = 4\ntrial_time_s = 0.01\n'
                         'warmup_max_s = 0.05\nmax_time_s = 0.3\ntimeout_s = 120\n'
+                        'contended_above = 1.0\n'
                         '[[benchmark]]\nmodel = "bench.workloads.user_model:tiny_mlp"\n'
                         'matrix = { backend = ["onnxruntime"], batch_size = [4] }\n')
     here = WorkerCode.this_checkout()
     records = run_interleaved(suite, [Side("baseline", here), Side("current", here)],
                               Stopping(rounds=3, max_rounds=3), tmp_path)
-    # 2 sides x 3 rounds: round 1 full, then timing-only; a round the host stole CPU from
-    # (contended) runs again, both sides, as it would have (interleave._run_round).
-    repeats = records[0].cases[0].details.get("contended_round_repeats", 0)
-    assert len(specs) == 2 * (3 + repeats), specs
-    assert specs == sorted(specs) and specs.count(False) >= 2 and specs.count(True) >= 4, specs
+    # 2 sides x 3 rounds: round 1 full, then timing-only (contended_above = 1.0: no round
+    # is left out for contention, which test_hostile tests on scripted workers)
+    assert specs == [False, False, True, True, True, True]
     for record in records:
         (merged,) = record.cases
         assert merged.details["ab_rounds"] == 3 and len(merged.details[PROCESS_MEDIANS_KEY]) == 3

@@ -28,8 +28,9 @@ def test_a_forked_worker_times_a_known_sleep_in_a_fresh_process_each_round():
         server_pid = next(iter(servers._servers.values())).pid
     for result in (first, second):
         assert result.measured, (result.status, result.reason, result.stderr_tail)
-        # time.sleep overshoots by 0.2-0.5 ms on these VMs (3% of 20 ms at most seen)
-        assert 0.020 <= result.timing.median_s <= 0.020 * 1.03
+        # A sanity bound: a sleep never returns early, and on a loaded host it may wake late
+        # (the timer's precision: scripted clocks in test_measurement.py).
+        assert 0.020 <= result.timing.median_s <= 2 * 0.020 + 0.005
         assert result.worker["started"].startswith(f"forked by a fork server (pid {server_pid})")
         assert "torch" in result.worker["started"]
     assert len({first.worker["pid"], second.worker["pid"], server_pid, os.getpid()}) == 4

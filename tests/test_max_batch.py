@@ -6,8 +6,9 @@ import math
 
 import pytest
 
+from bench.results.schema import CaseResult
 from bench.runners.isolation import run_isolated
-from bench.runners.max_batch import Probe, max_batch_for_case, search
+from bench.runners.max_batch import Probe, max_batch_for_case, parse_latency_bound, search
 from bench.spec.model import Budget, CaseSpec
 
 
@@ -44,6 +45,60 @@ def test_a_crash_is_not_mistaken_for_a_memory_limit():
     found = search(probe)
     assert found.max_batch == 2 and found.first_oom is None
     assert found.stopped == "batch 4: crashed: worker killed by SIGSEGV"
+
+
+def _scripted(statuses: dict[int, list[str]], ms_per_sample: float = 10.0):
+    """A worker stand-in: batch b's step p99 is b x ms_per_sample; each run of batch b
+    takes the next of statuses[b] (ok when none is left)."""
+    from test_gate import case, trials
+
+    calls: list[int] = []
+
+    def run(spec: CaseSpec) -> CaseResult:
+        batch = spec.axes["batch_size"]
+        calls.append(batch)
+        record = case(spec.case_id, trials(0.01))
+        record.timing.latency_s = {"p99": batch * ms_per_sample / 1000}
+        left = statuses.get(batch, [])
+        record.status = left.pop(0) if left else "ok"
+        if record.status == "contended":
+            record.reason = "steal 31% (contended above 10%)"
+        return record
+
+    return run, calls
+
+
+SLEEP = CaseSpec("sleep", "infer", {"device": "cpu", "batch_size": 1}, {}, Budget())
+
+
+def test_a_contended_probe_still_tells_whether_a_batch_fits_in_memory():
+    """Memory does not depend on load: contended probes count as fits (before: the search
+    stopped at the first contended probe, max_batch None)."""
+    run, calls = _scripted({1: ["contended"], 2: ["contended"], 4: ["oom"], 3: ["contended"]})
+    found = max_batch_for_case(SLEEP, run=run)
+    assert found.max_batch == 3 and found.first_oom == 4 and found.stopped is None
+    assert calls == [1, 2, 4, 3]  # each probed once: nothing to retry
+
+
+def test_a_contended_probe_within_a_latency_bound_fits_and_one_over_it_runs_again():
+    """Load only lengthens latency: a contended probe within the bound fits; one over it
+    cannot tell and is run again, and its clean run decides."""
+    bound = parse_latency_bound("p99_ms=45")
+    run, calls = _scripted({2: ["contended"], 8: ["contended", "contended"],
+                            4: ["contended"], 6: ["contended"], 5: ["contended"]})
+    found = max_batch_for_case(SLEEP, run=run, latency=bound)
+    assert found.max_batch == 4 and found.first_over_latency == 5, found.probes
+    assert calls == [1, 2, 4, 8, 8, 8, 6, 6, 5, 5]
+
+
+def test_a_probe_contended_over_the_bound_every_time_ends_the_search_undecided():
+    bound = parse_latency_bound("p99_ms=45")
+    run, calls = _scripted({8: ["contended"] * 3})
+    found = max_batch_for_case(SLEEP, run=run, latency=bound)
+    assert calls == [1, 2, 4, 8, 8, 8] and found.max_batch == 4
+    assert found.first_over_latency is None
+    assert found.stopped.startswith("batch 8: contended: p99 80 ms > 45 ms, but timed under "
+                                    "contention (steal 31%")
 
 
 @pytest.mark.slow

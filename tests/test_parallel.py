@@ -131,34 +131,48 @@ def test_hogwild_ranks_train_one_shared_model(world_of_two):
     assert world_of_two[0]["moved"] and world_of_two[1]["moved"]
 
 
-def _spawned_ranks() -> set[int]:
+MARK = "BENCH_TEST_RANKS_MARK"
+
+
+@pytest.fixture
+def marked(monkeypatch) -> str:
+    """A mark in this test's environment, which its worker and the worker's ranks inherit:
+    the processes it finds are this test's own (others may run ranks meanwhile)."""
+    mark = f"{os.getpid()}-{time.monotonic_ns()}"
+    monkeypatch.setenv(MARK, mark)
+    return mark
+
+
+def _spawned_ranks(mark: str) -> set[int]:
     found = set()
     for proc in psutil.process_iter(["pid", "cmdline"]):
         cmdline = " ".join(proc.info["cmdline"] or [])
         if "multiprocessing.spawn" in cmdline or "bench.runners.ranks" in cmdline:
-            found.add(proc.info["pid"])
+            try:
+                if proc.status() != psutil.STATUS_ZOMBIE and proc.environ().get(MARK) == mark:
+                    found.add(proc.info["pid"])
+            except psutil.Error:
+                continue
     return found
 
 
-def test_a_rank_that_raises_fails_its_case_with_that_ranks_traceback():
-    before = _spawned_ranks()
+def test_a_rank_that_raises_fails_its_case_with_that_ranks_traceback(marked):
     result = run_isolated(_case("fault", {"fault": "raise", "parallel": "ddp", "world_size": 2},
                                 {"fault_rank": 1}))
     assert result.status == "error"
     assert result.reason == "rank 1 of 2: RuntimeError: injected failure"
     assert "diagnostics.py" in result.stderr_tail
-    assert _spawned_ranks() - before == set()
+    assert _spawned_ranks(marked) == set()
 
 
-def test_a_hung_rank_times_the_case_out_and_no_rank_is_left_running():
-    before = _spawned_ranks()
+def test_a_hung_rank_times_the_case_out_and_no_rank_is_left_running(marked):
     started = time.monotonic()
     result = run_isolated(_case("fault", {"fault": "hang", "parallel": "ddp", "world_size": 2},
                                 {"fault_rank": 1}, timeout_s=9))
     assert result.status == "timeout"
     assert time.monotonic() - started < 25
     time.sleep(0.5)
-    assert _spawned_ranks() - before == set()
+    assert _spawned_ranks(marked) == set()
 
 
 def test_a_healthy_case_across_ranks_records_every_ranks_figures():

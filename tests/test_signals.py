@@ -86,7 +86,8 @@ def test_ctrl_c_on_a_hang_case_exits_at_once_and_kills_the_worker(write_suite, t
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=30)
     took = time.monotonic() - started
-    assert took < 3.0, f"exited {took:.1f} s after {sig.name}"
+    # At once, against the case's 120 s timeout (a loaded host may take seconds to unwind).
+    assert took < 10.0, f"exited {took:.1f} s after {sig.name}"
     assert proc.returncode == code and word in err, err
     assert marked(mark) == [], "a worker outlived the interrupted sweep"
     record = load_run(out)  # the file is whole, with the finished case

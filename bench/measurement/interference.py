@@ -62,6 +62,26 @@ def _cpu_seconds(process: psutil.Process, with_children: bool) -> float:
     return 0.0
 
 
+def interference(start: tuple[int, int, int], end: tuple[int, int, int], own_cpu_s: float,
+                 wall_s: float, cores: int, threads: int, threshold: float,
+                 hz: int = 100) -> InterferenceResult | None:
+    """The verdict from two /proc/stat readings (busy, steal, total jiffies) around a timed
+    region and the CPU seconds this case used in it; None when no jiffy passed."""
+    busy, steal, total = (b - a for a, b in zip(start, end, strict=True))
+    if total <= 0:
+        return None
+    others = max(0.0, busy / hz - own_cpu_s)
+    slack = 2 * cores + 2  # jiffies of rounding in the machine's and our counters
+    beyond_rounding = max(0.0, others * hz - slack) / total
+    return InterferenceResult(
+        wall_s=wall_s, cores=cores, own_cpu_s=own_cpu_s, others_cpu_s=others,
+        others_share=min(1.0, others * hz / total), steal_share=steal / total,
+        own_cpu_per_thread=own_cpu_s / (wall_s * threads) if wall_s > 0 else None,
+        threads=threads,
+        contended=beyond_rounding > threshold or max(0, steal - slack) / total > threshold,
+        threshold=threshold, method=METHOD)
+
+
 class InterferenceProbe:
     """Context manager around the timed phase; ``result`` holds what it saw."""
 
@@ -93,24 +113,9 @@ class InterferenceProbe:
         end = _proc_stat()
         if self._stat is None or end is None:
             return
-        hz = os.sysconf("SC_CLK_TCK")
-        busy, steal, total = (b - a for a, b in zip(self._stat, end, strict=True))
-        if total <= 0:
-            return
-        others = max(0.0, busy / hz - own)
-        cores = psutil.cpu_count(logical=True) or 1
-        others_share = min(1.0, others * hz / total)
-        steal_share = steal / total
-        slack = 2 * cores + 2  # jiffies of rounding in the machine's and our counters
-        beyond_rounding = max(0.0, others * hz - slack) / total
-        self.result = InterferenceResult(
-            wall_s=wall, cores=cores, own_cpu_s=own, others_cpu_s=others,
-            others_share=others_share, steal_share=steal_share,
-            own_cpu_per_thread=own / (wall * self.threads) if wall > 0 else None,
-            threads=self.threads,
-            contended=beyond_rounding > self.threshold or
-            max(0, steal - slack) / total > self.threshold,
-            threshold=self.threshold, method=METHOD)
+        self.result = interference(self._stat, end, own, wall,
+                                   psutil.cpu_count(logical=True) or 1, self.threads,
+                                   self.threshold, os.sysconf("SC_CLK_TCK"))
 
     def reason(self) -> str:
         r = self.result

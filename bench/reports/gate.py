@@ -251,6 +251,13 @@ class Finding:
     case_id: str
     check: str
     text: str
+    # A timed verdict the host's noise kept the gate from reaching (contention, or rounds
+    # and trials too spread to decide): no verdict, rather than a failure of the code.
+    noise: bool = False
+
+
+# bench gate / bench ab exit codes.
+EXIT_PASS, EXIT_FAIL, EXIT_BAD_INPUT, EXIT_NOISY = 0, 1, 2, 3
 
 
 @dataclass
@@ -272,14 +279,19 @@ class GateReport:
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.regressions or self.inconclusive else 0
+        """0 pass; 1 a regression, or a case that could not be judged for a reason of its
+        own (a missing figure, unpaired rounds, too few trials); 3 nothing but speed left
+        undecided by the host's noise (contention, spread): no verdict, not a failure."""
+        if self.regressions or any(not f.noise for f in self.inconclusive):
+            return EXIT_FAIL
+        return EXIT_NOISY if self.inconclusive else EXIT_PASS
 
     @property
     def verdict(self) -> str:
-        if self.regressions:
-            return "FAIL"
-        if self.inconclusive:
-            return "INCONCLUSIVE (fails)"
+        if self.exit_code == EXIT_FAIL:
+            return "FAIL" if self.regressions else "INCONCLUSIVE (fails)"
+        if self.exit_code == EXIT_NOISY:
+            return "NO VERDICT (the host was too noisy to decide speed: exit 3)"
         return "PASS (with warnings)" if self.warnings else "PASS"
 
 
@@ -491,7 +503,7 @@ def judgeability(c: CaseComparison, policy: Policy) -> list[Problem]:
         est = c.speed.time
         if est.pairs is not None:
             reasons.append(Problem("speed", f"{est.pairs} paired rounds cannot reach "
-                                            f"p < {policy.speed_alpha:g}"))
+                                            f"p < {policy.speed_alpha:g}" + dropped_rounds(c)))
         else:
             need = min_trials_for_verdict(policy.speed_alpha)
             reasons.append(Problem(
@@ -525,7 +537,8 @@ def evaluate(comparisons: list[CaseComparison], policy: Policy) -> GateReport:
             worse, better = check(c, case_policy)
             if name in TIMED_CHECKS:
                 if worse and (doubt := contention.doubts_worse()):
-                    report.inconclusive.append(Finding(c.case_id, name, f"{worse}; but {doubt}"))
+                    report.inconclusive.append(Finding(c.case_id, name, f"{worse}; but {doubt}",
+                                                       noise=True))
                     worse = None
                 if better and contention.doubts_pass():
                     better = None  # a slowed baseline flatters: the pass doubt below says so
@@ -536,17 +549,32 @@ def evaluate(comparisons: list[CaseComparison], policy: Policy) -> GateReport:
                 report.improvements.append(Finding(c.case_id, name, better))
         if (doubt := contention.doubts_pass()) and not timed_regression and \
                 _timed_gated(c, case_policy):
-            report.inconclusive.append(Finding(c.case_id, "contended", doubt))
+            report.inconclusive.append(Finding(c.case_id, "contended", doubt, noise=True))
         if c.instructions_ratio is not None:
             report.instructions[c.case_id] = c.instructions_ratio
         if (text := not_compared(c)) is not None:
             report.not_compared.append(Finding(c.case_id, "baseline", text))
         problems = judgeability(c, case_policy)
+        # Rounds too few because contended ones were left out: the host's noise.
+        short_of_rounds = bool(dropped_rounds(c))
         for problem in problems:
-            report.inconclusive.append(Finding(c.case_id, problem.check, problem.text))
+            report.inconclusive.append(Finding(c.case_id, problem.check, problem.text,
+                                               noise=short_of_rounds and
+                                               problem.check == "speed"))
         _speed_verdict(report, c, case_policy, judged=not any(p.check == "speed"
                                                               for p in problems))
     return report
+
+
+def dropped_rounds(c: CaseComparison) -> str:
+    """What bench ab left out of the pairing (round pairs timed under contention)."""
+    for side in (c.current, c.baseline):
+        dropped = side.details.get("ab_dropped_rounds") if side is not None else None
+        if dropped:
+            reasons = side.details.get("ab_dropped_reasons") or ["no reason recorded"]
+            return (f"; {dropped} contended round pairs left out of "
+                    f"{dropped + side.details.get('ab_rounds', 0)} (e.g. {reasons[0]})")
+    return ""
 
 
 def _speed_verdict(report: GateReport, c: CaseComparison, policy: Policy, judged: bool) -> None:
@@ -561,10 +589,11 @@ def _speed_verdict(report: GateReport, c: CaseComparison, policy: Policy, judged
         low, high = c.speed.ci
         text = (f"speed x{c.speed.ratio:.3f} (95% CI {low:.3f}–{high:.3f}): neither a "
                 f"regression nor excludes a drop beyond {policy.speed_max_drop:.0%}"
-                + (f"; this session detects about {detectable:.1%}" if detectable else ""))
+                + (f"; this session detects about {detectable:.1%}" if detectable else "")
+                + dropped_rounds(c))
         target = report.inconclusive if policy.speed_inconclusive == "fail" else \
             report.warnings
-        target.append(Finding(c.case_id, "speed", text))
+        target.append(Finding(c.case_id, "speed", text, noise=True))
 
 
 def markdown(report: GateReport, baseline: str, current: str, policy: Policy,

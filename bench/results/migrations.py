@@ -126,9 +126,15 @@ def _v9_to_v10(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "schema_version": 10}
 
 
+def _v10_to_v11(data: dict[str, Any]) -> dict[str, Any]:
+    # Version 11 added Budget.contended_above (recorded in each case's budget): every
+    # earlier worker marked a case contended above 10%, which the default still is.
+    return {**data, "schema_version": 11}
+
+
 MIGRATIONS: dict[int, Migration] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5,
                                     5: _v5_to_v6, 6: _v6_to_v7, 7: _v7_to_v8, 8: _v8_to_v9,
-                                    9: _v9_to_v10}
+                                    9: _v9_to_v10, 10: _v10_to_v11}
 
 
 def migrate(data: dict[str, Any], version: int, target: int) -> dict[str, Any]:
@@ -170,8 +176,16 @@ def _case_v6_to_v5(case: dict[str, Any]) -> dict[str, Any]:
     return {**case, "axes": axes, "params": params}
 
 
+def _case_v11_to_v10(case: dict[str, Any]) -> dict[str, Any]:
+    # An older worker builds Budget(**budget) and knows no contended_above: it marks
+    # contention at its own 10%.
+    budget = {k: v for k, v in case.get("budget", {}).items() if k != "contended_above"}
+    return {**case, "budget": budget}
+
+
 # A case file (CaseSpec.to_dict) of version N+1 turned into version N's, for older workers.
-DOWNGRADES: dict[int, Migration] = {4: _case_v4_to_v3, 6: _case_v6_to_v5}
+DOWNGRADES: dict[int, Migration] = {4: _case_v4_to_v3, 6: _case_v6_to_v5,
+                                    11: _case_v11_to_v10}
 
 
 def case_for_worker(case: dict[str, Any], version: int, worker_version: int) -> dict[str, Any]:

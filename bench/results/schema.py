@@ -1,4 +1,4 @@
-"""The result file schema (JSON), version 10.
+"""The result file schema (JSON), version 11.
 
 A run file holds ``schema``/``schema_version``, the run's metadata, the machine's
 fingerprint and one record per finished case. Every figure keeps its raw samples and
@@ -42,6 +42,8 @@ Versions (older files are read through ``bench.results.migrations``):
 10. ``RunInfo.host_probes``: the host probe's kernels timed before the first case and after
     the last (``bench run --host-probe``, bench.measurement.host_probe), so reports can tell
     a slower host from slower code. Empty in older files.
+11. ``budget.contended_above`` in each case's recorded budget: the share of the machine's CPU
+    that others may take before the case is ``contended`` (older files: 0.10, implied).
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ from bench.spec.model import benchmark_key
 from bench.units import DEFAULT_PARITY_TARGET
 
 SCHEMA_NAME = "bench.run"
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 
 # TimingResult.trial_timing: a sample per step, or one per block of steps (its mean).
 TRIAL_PER_ITERATION = "per_iteration"

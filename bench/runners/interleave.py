@@ -36,7 +36,13 @@ from bench.errors import BenchInputError
 from bench.measurement.fingerprint import fingerprint, git_state
 from bench.measurement.sequential import SequentialTest
 from bench.measurement.stats import needs_another_round
-from bench.results.schema import INSTRUCTIONS_KEY, STATUS_CONTENDED, CaseResult, RunRecord
+from bench.results.schema import (
+    INSTRUCTIONS_KEY,
+    PROCESS_MEDIANS_KEY,
+    STATUS_CONTENDED,
+    CaseResult,
+    RunRecord,
+)
 from bench.results.store import exclusive_output, write_atomically
 from bench.runners.fork_server import ForkServers
 from bench.runners.isolation import WorkerCode, run_isolated
@@ -130,15 +136,20 @@ def round_order(round_index: int, case_index: int, sides: int = 2) -> list[int]:
     return forward if (round_index + case_index) % 2 == 0 else forward[::-1]
 
 
-def _merged(results: list[CaseResult]) -> CaseResult:
-    # merge_process_results keeps each process's median in run order
-    # (PROCESS_MEDIANS_KEY): here, the rounds that compare/gate pair.
-    merged = merge_process_results(results)
-    if merged.status in ("ok", "contended"):
-        merged.details["ab_rounds"] = len(results)
-        repeats = sum(r.details.get("contended_round_repeats", 0) for r in results)
-        if repeats:
-            merged.details["contended_round_repeats"] = repeats
+def _merged(results: list[CaseResult], dropped: list[CaseResult]) -> CaseResult:
+    """One side's record of a case: its clean rounds merged (merge_process_results keeps
+    each process's median in run order, PROCESS_MEDIANS_KEY: the rounds compare/gate pair),
+    saying how many contended rounds were left out and why. With no clean round at all,
+    the contended ones stand, marked contended: the gate then judges them one way only."""
+    merged = merge_process_results(results or dropped)
+    if merged.measured:
+        # One round is not merged (merge_process_results returns it): its median alone.
+        merged.details.setdefault(PROCESS_MEDIANS_KEY, [merged.timing.median_s])
+        merged.details["ab_rounds"] = len(results or dropped)
+        if results and dropped:
+            merged.details["ab_dropped_rounds"] = len(dropped)
+            merged.details["ab_dropped_reasons"] = [r.details["ab_left_out"]
+                                                    for r in dropped[:5]]
     return merged
 
 
@@ -258,66 +269,89 @@ def _rounds(sides: list[Side], records: list[RunRecord], planned: list, stopping
             servers: ForkServers) -> None:
     skipped = [skipped_result(p) for p in planned if p.skip_reason]
     runnable = [p for p in planned if not p.skip_reason]
-    results = {p.case_id: [[] for _ in sides] for p in runnable}
+    clean = {p.case_id: [[] for _ in sides] for p in runnable}
+    # Round pairs in which a side was timed under contention: left out of the pairing.
+    dropped = {p.case_id: [[] for _ in sides] for p in runnable}
     pending = {p.case_id for p in runnable}
     deadline = None if stopping.time_budget_s is None else \
         time.monotonic() + stopping.time_budget_s
-    for r in range(stopping.max_rounds):
+    for r in range(stopping.max_rounds + max_dropped_rounds(stopping)):
         for i, case in enumerate(runnable):
             if case.case_id not in pending:
                 continue
             if deadline is not None and time.monotonic() > deadline:
                 pending.clear()
                 break
-            pair = _run_round(case, sides, round_order(r, i, len(sides)), r, stopping.rounds,
-                              progress, servers)
+            done = len(clean[case.case_id][0])
+            pair = _run_round(case, sides, round_order(r, i, len(sides)), done,
+                              stopping.rounds, progress, servers)
+            kept = clean[case.case_id]
+            if why := _contended(pair, sides):
+                kept = dropped[case.case_id]
+                for result in pair:
+                    result.details["ab_left_out"] = why
             for s, result in enumerate(pair):
-                results[case.case_id][s].append(result)
-        # A case stops at its first failure (either side) or when its rounds suffice.
-        pending = {cid for cid in pending
-                   if all(res.status == "ok" for per_side in results[cid] for res in per_side)
-                   and stopping.needs_another_round(
-                       [[res.timing.median_s for res in per_side]
-                        for per_side in results[cid]])}
+                kept[s].append(result)
+        pending = {cid for cid in pending if _needs_another_round(clean[cid], dropped[cid],
+                                                                  stopping)}
         for s, record in enumerate(records):
-            record.cases = [_merged(results[p.case_id][s]) for p in runnable
-                            if results[p.case_id][s]] + skipped
+            record.cases = [_merged(clean[p.case_id][s], dropped[p.case_id][s])
+                            for p in runnable if clean[p.case_id][s] or dropped[p.case_id][s]
+                            ] + skipped
             write_atomically(Path(out_dir) / f"{sides[s].name}.json", record.to_dict(),
                              "--out-dir")
         if not pending:
             break
 
 
-# A round in which a side was timed beside another process (status contended) is run
-# again, both sides, up to this many times; after that it stays contended and the gate
-# calls the case inconclusive.
-CONTENDED_ROUND_RETRIES = 2
+def max_dropped_rounds(stopping: Stopping) -> int:
+    """Contended round pairs a case may leave out before it stops with what it has: as
+    many as the rounds it may keep (a host busy half the time still reaches max_rounds)."""
+    return stopping.max_rounds
 
 
-def _run_round(case, sides: list[Side], order: list[int], r: int, rounds: int,  # noqa: ANN001
+def _contended(pair: list[CaseResult], sides: list[Side]) -> str | None:
+    """Why a round pair is left out: a side timed under contention (the other side, run
+    moments apart, is then no fair partner for it); None to keep it."""
+    return "; ".join(f"{side.name}: {result.reason}" for side, result in zip(sides, pair,
+                                                                             strict=True)
+                     if result.status == STATUS_CONTENDED) or None
+
+
+def _needs_another_round(clean: list[list[CaseResult]], dropped: list[list[CaseResult]],
+                         stopping: Stopping) -> bool:
+    """A case stops at its first failure (either side), when its clean rounds suffice,
+    or when it has left out as many contended rounds as it may."""
+    if any(not res.measured for per_side in clean + dropped for res in per_side):
+        return False
+    if len(dropped[0]) >= max_dropped_rounds(stopping):
+        return False
+    if not clean[0]:
+        return True
+    return stopping.needs_another_round([[res.timing.median_s for res in per_side]
+                                         for per_side in clean])
+
+
+def _run_round(case, sides: list[Side], order: list[int], done: int, rounds: int,  # noqa: ANN001
                progress: Callable[[str], None] | None,
                servers: ForkServers | None = None) -> list[CaseResult]:
-    """One round of one case: each side's worker in ``order``; a contended round again."""
-    for attempt in range(CONTENDED_ROUND_RETRIES + 1):
-        pair: list[CaseResult | None] = [None] * len(sides)
-        for s in order:
-            if progress:
-                again = f" (again: contended {attempt}x)" if attempt else ""
-                # Past --rounds a case is getting extra rounds (its CI is still wide).
-                of = f"/{rounds}" if r < rounds else " (extra)"
-                progress(f"round {r + 1}{of} {sides[s].name}: {case.case_id}{again}")
-            # Rounds after the first only time: the task metrics, export checks and FLOP
-            # count of round 1 stand for the session (merge keeps round 1's), and the
-            # timed region is the same either way (it ends before any of them).
-            spec = case.spec if r == 0 else dataclasses.replace(case.spec, probe=True)
-            pair[s] = run_isolated(spec, sides[s].code,
-                                   servers if sides[s].fork else None)
-        if all(res.status != STATUS_CONTENDED for res in pair):
-            break
-    for res in pair:
-        if attempt:
-            res.details["contended_round_repeats"] = attempt
-    return pair
+    """One round of one case: each side's worker in ``order``. ``done``: the case's clean
+    rounds so far (the first one takes the task metrics)."""
+    pair: list[CaseResult] = []
+    for s in order:
+        if progress:
+            # Past --rounds a case is getting extra rounds (its CI is still wide).
+            of = f"/{rounds}" if done < rounds else " (extra)"
+            progress(f"round {done + 1}{of} {sides[s].name}: {case.case_id}")
+        # Rounds after the first clean one only time: the task metrics, export checks and
+        # FLOP count of that round stand for the session (merge keeps the first's), and the
+        # timed region is the same either way (it ends before any of them).
+        spec = case.spec if done == 0 else dataclasses.replace(case.spec, probe=True)
+        pair.append(run_isolated(spec, sides[s].code, servers if sides[s].fork else None))
+    by_side = [None] * len(sides)
+    for s, result in zip(order, pair, strict=True):
+        by_side[s] = result
+    return by_side
 
 
 def run_ab(suite_path: str | Path, baseline: WorkerCode, current: WorkerCode,

@@ -5,8 +5,13 @@ and ``probe`` set (the worker times the step and skips the task metrics):
 ``ok`` fits; ``oom`` (a CUDA/host allocation failure caught in the worker, or the
 watchdog's memory limit) does not. With a latency bound (``bench max-batch --latency
 p99_ms=20``) a probe whose step latency percentile (closed loop: one batch per step)
-exceeds the bound does not fit either (``over_latency``). Any other status (error,
-crash, timeout) ends the search with its reason rather than being mistaken for a limit.
+exceeds the bound does not fit either (``over_latency``). A probe timed while other
+processes took the CPU (``contended``) still says whether the batch fits in memory, which
+load does not change, and a latency within the bound, which load only lengthens: it counts
+as ``ok``. Only a contended probe over a latency bound cannot tell; it is run again (up to
+``CONTENDED_PROBE_RETRIES`` times), then ends the search with its reason. Any other status
+(error, crash, timeout) ends the search with its reason rather than being mistaken for a
+limit.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bench.errors import BenchInputError
-from bench.results.schema import STATUS_OK, STATUS_OOM, CaseResult
+from bench.results.schema import STATUS_CONTENDED, STATUS_OK, STATUS_OOM, CaseResult
 from bench.runners.isolation import run_isolated
 from bench.spec.model import Budget, CaseSpec
 
@@ -29,6 +34,8 @@ LATENCY_PROBE_BUDGET = {**PROBE_BUDGET, "min_trials": 5, "max_trials": 10,
 # A probe that ran but whose latency percentile is above the bound (not a CaseResult status).
 OVER_LATENCY = "over_latency"
 LATENCY_KEYS = ("p50_ms", "p90_ms", "p99_ms")
+# Runs of a contended probe over the latency bound before the search stops undecided.
+CONTENDED_PROBE_RETRIES = 2
 
 
 @dataclass(frozen=True)
@@ -133,18 +140,24 @@ def _probe_result(batch: int, record: CaseResult, bound: LatencyBound | None) ->
         peak = record.memory.peak()[0]
     elif "watchdog_peak_rss_mib" in record.details:
         peak = record.details["watchdog_peak_rss_mib"]
-    probe = Probe(batch, record.status, record.reason,
+    # Contention slows a probe; it changes neither its memory nor a latency that is in bound.
+    status = STATUS_OK if record.status == STATUS_CONTENDED else record.status
+    probe = Probe(batch, status, record.reason if status != STATUS_OK else None,
                   throughput.value if throughput else None,
                   throughput.unit if throughput else None, peak)
-    if bound is not None and record.status == STATUS_OK:
+    if bound is not None and status == STATUS_OK:
         latency = (record.timing.latency_s if record.timing else {}).get(bound.percentile)
         if latency is None or not math.isfinite(latency):
             probe.status, probe.reason = "error", f"no {bound.percentile} step latency recorded"
         else:
             probe.latency_ms = latency * 1000
             if probe.latency_ms > bound.ms:
-                probe.status = OVER_LATENCY
-                probe.reason = f"{bound.percentile} {probe.latency_ms:.3g} ms > {bound.ms:g} ms"
+                over = f"{bound.percentile} {probe.latency_ms:.3g} ms > {bound.ms:g} ms"
+                if record.status == STATUS_CONTENDED:
+                    probe.status = STATUS_CONTENDED
+                    probe.reason = f"{over}, but timed under contention ({record.reason})"
+                else:
+                    probe.status, probe.reason = OVER_LATENCY, over
     return probe
 
 
@@ -159,7 +172,11 @@ def max_batch_for_case(case: CaseSpec, ceiling: int = DEFAULT_CEILING,
     def probe(batch: int) -> Probe:
         trial = dataclasses.replace(case, axes={**case.axes, "batch_size": batch},
                                     budget=budget, probe=True)
-        return _probe_result(batch, run(trial), latency)
+        for _ in range(CONTENDED_PROBE_RETRIES + 1):
+            outcome = _probe_result(batch, run(trial), latency)
+            if outcome.status != STATUS_CONTENDED:
+                break
+        return outcome
 
     result = search(probe, start=int(case.axes.get("batch_size", 1)), ceiling=ceiling)
     result.case_id = case.case_id

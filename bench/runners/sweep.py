@@ -13,7 +13,14 @@ from tqdm import tqdm
 
 from bench.errors import BenchInputError
 from bench.measurement.fingerprint import fingerprint
-from bench.results.schema import STATUS_SKIPPED, CaseResult, RunInfo, RunRecord, ShardInfo
+from bench.results.schema import (
+    STATUS_CONTENDED,
+    STATUS_SKIPPED,
+    CaseResult,
+    RunInfo,
+    RunRecord,
+    ShardInfo,
+)
 from bench.results.store import ResultStore, exclusive_output
 from bench.runners.fork_server import ForkServers
 from bench.runners.isolation import run_in_processes
@@ -78,14 +85,15 @@ def run_suite(suite: str | Path | SuiteSpec, out: str | Path, *, resume: bool = 
               progress: bool = True, runner: CaseRunner = _run_one,
               paired_rounds: int | None = None, shard: Shard | None = None,
               executor: str = "local", ray_address: str | None = None,
-              host_probe: bool = False) -> ResultStore:
+              host_probe: bool = False, retry_contended: int = 0) -> ResultStore:
     """Run every case of a suite (a file, or one built in memory) into ``out``; then, with
     paired rounds (the suite's ``paired_rounds`` unless given), each variant against its
     reference in interleaved rounds. With ``shard``, only the cases of that shard
     (bench.spec.shards), recorded as such for ``bench merge``. ``executor = "ray"``: each
     case a Ray task (bench.runners.ray_executor), on the cluster at ``ray_address``. With
     ``host_probe``, the host probe's kernels are timed before the first case and after the
-    last (bench.measurement.host_probe) into the run's ``host_probes``."""
+    last (bench.measurement.host_probe) into the run's ``host_probes``. A case timed under
+    contention is run again up to ``retry_contended`` times (its last run stands)."""
     if not isinstance(suite, SuiteSpec):
         suite = load_suite(suite)
     every = plan_suite(suite, select)
@@ -100,6 +108,8 @@ def run_suite(suite: str | Path | SuiteSpec, out: str | Path, *, resume: bool = 
             _probe_into(store, "start")
         if runner is _run_one:  # seeds of time-to-accuracy cases fork from shared servers
             runner = functools.partial(_run_one, servers=servers)
+        if retry_contended:
+            runner = functools.partial(_retrying_contended, runner, retry_contended)
         if executor == "ray":
             from bench.runners.ray_executor import run_cases_on_ray  # it imports this module
 
@@ -112,6 +122,20 @@ def run_suite(suite: str | Path | SuiteSpec, out: str | Path, *, resume: bool = 
         if host_probe:
             _probe_into(store, "end")
     return store
+
+
+def _retrying_contended(runner: CaseRunner, retries: int, case: PlannedCase) -> CaseResult:
+    """The case run again while it comes back contended, up to ``retries`` times: a
+    neighbour's burst passes, and a clean run is judged in both directions. The record
+    keeps the earlier runs' reasons (details.contended_reruns)."""
+    result = runner(case)
+    reasons = []
+    while result.status == STATUS_CONTENDED and len(reasons) < retries:
+        reasons.append(result.reason)
+        result = runner(case)
+    if reasons:
+        result.details["contended_reruns"] = reasons
+    return result
 
 
 def _probe_into(store: ResultStore, when: str) -> None:

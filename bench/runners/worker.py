@@ -179,7 +179,7 @@ def _measure_and_finish(case: CaseSpec, phase: Any, result: CaseResult) -> None:
     """Time the phase, then its task metrics, FLOP count and divergence into ``result``."""
     faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     step = _with_injected_slowdown(phase.step, result.details)
-    probe = InterferenceProbe(result.worker["torch_threads"])
+    probe = InterferenceProbe(result.worker["torch_threads"], case.budget.contended_above)
     with phase.session(), probe, ClockSampler(case.device) as clocks, \
             EnergyMeter(case.device) as energy:
         measurement = measure(step, timer_for(case.device), case.budget)
@@ -193,7 +193,7 @@ def _measure_and_finish(case: CaseSpec, phase: Any, result: CaseResult) -> None:
 
 def _serve_and_finish(case: CaseSpec, phase: Any, result: CaseResult) -> None:
     """A LoadGen scenario (bench.measurement.serving), then the task metrics."""
-    probe = InterferenceProbe(result.worker["torch_threads"])
+    probe = InterferenceProbe(result.worker["torch_threads"], case.budget.contended_above)
     with phase.session(), probe:
         serving, clocks = serve_scenario(case.axes["scenario"], phase,
                                          case.serving or ServingSpec(),
@@ -261,7 +261,7 @@ def _train_to_target(case: CaseSpec, phase: Any, result: CaseResult) -> None:
     metric, higher = workload.watched_metric(case)
     patience = int(case.axes.get("early_stopping", 0))
     step = _with_injected_slowdown(phase.step, result.details)
-    probe = InterferenceProbe(result.worker["torch_threads"])
+    probe = InterferenceProbe(result.worker["torch_threads"], case.budget.contended_above)
     timer = timer_for(case.device)
     with phase.session(), probe:
         trace = run_to_target(phase, timer, case.training, case.seed, metric, patience,

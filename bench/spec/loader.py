@@ -47,7 +47,7 @@ MAX_TIMEOUT_S = 7 * 24 * 3600.0
 # Every budget number is finite; these must also be above zero (0 s of trials, a 0 s
 # timeout or a 0 MiB limit would fail every case), the rest may be zero.
 _POSITIVE_BUDGET = {"target_rel_ci", "max_time_s", "trial_time_s", "cv_warning", "timeout_s",
-                    "memory_limit_mib"}
+                    "memory_limit_mib", "contended_above"}
 _BUDGET_MINIMUM = {"min_trials": min_trials_for_verdict(), "max_trials": 1,
                    "warmup_min_iters": 1, "processes": 1}
 _BUDGET_SETTINGS = {
@@ -55,7 +55,8 @@ _BUDGET_SETTINGS = {
                     minimum=_BUDGET_MINIMUM.get(f.name, 0),
                     above_minimum=f.name in _POSITIVE_BUDGET,
                     maximum=MAX_TIMEOUT_S if f.name in ("timeout_s", "max_time_s",
-                                                        "warmup_max_s") else None)
+                                                        "warmup_max_s")
+                    else 1.0 if f.name == "contended_above" else None)
     for f in dataclasses.fields(Budget) if f.type != "str"
 }
 _BUDGET_SETTINGS["allocator"] = Setting("allocator", str, choices=POLICIES)

@@ -73,7 +73,10 @@ class Budget:
     that many independent worker processes and their trials are pooled, so the CI also
     covers what changes from one process to the next (allocation, thread placement).
     ``allocator`` pins the host allocator's state in the workers (see
-    bench.measurement.allocator): ``steady`` (default) or ``system``.
+    bench.measurement.allocator): ``steady`` (default) or ``system``. A case timed while
+    other processes or the hypervisor took more than ``contended_above`` of the machine's
+    CPU is ``contended`` (bench.measurement.interference); 1.0 never marks one (for a
+    runner whose steal is constant, or a test of plumbing on a sleep).
     """
 
     min_trials: int = 5
@@ -89,6 +92,7 @@ class Budget:
     memory_limit_mib: float | None = None
     processes: int = 1
     allocator: str = "steady"
+    contended_above: float = 0.10
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
