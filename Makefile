@@ -29,12 +29,14 @@ test-heavy: $(STAMP)
 
 # Is make test deterministic here? RUNS fresh clones of HEAD, each beside BUSY spinning
 # processes (make test-repeat RUNS=5 BUSY=2 LOADED=3: the last 3 of 5 loaded), each test's
-# failures and each run's wall time (tools/test_repeat.py).
+# failures and each run's wall time (tools/test_repeat.py); REUSE_VENV=1 links this .venv
+# into each clone instead of building one.
 RUNS ?= 3
 BUSY ?= 0
 LOADED ?= $(RUNS)
 test-repeat: $(STAMP)
-	$(BIN)/python tools/test_repeat.py --runs $(RUNS) --busy $(BUSY) --loaded-runs $(LOADED)
+	$(BIN)/python tools/test_repeat.py --runs $(RUNS) --busy $(BUSY) --loaded-runs $(LOADED) \
+		$(if $(REUSE_VENV),--reuse-venv)
 
 # The stored baseline is the one measured on a CPU of this machine's kind, ISA level and
 # family (file names say which: smoke-cpu-ISA-FAMILY-2core.json), else one of its ISA level;
