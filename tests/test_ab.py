@@ -296,3 +296,19 @@ def load_case(suite):  # noqa: ANN001, ANN201
     from bench.spec import load_suite
 
     return plan_suite(load_suite(suite))[0].spec
+
+
+def test_an_ab_case_with_one_contended_round_is_no_verdict_not_a_failure():
+    """A loaded host: the time budget let a case run one round, contended on both sides
+    (no clean round to keep). Too few rounds because of contention is the host's noise:
+    exit 3 (before: exit 1, "1 paired rounds cannot reach p < 0.05", as for a session
+    that was simply too short). Without contention the same shortage stays exit 1."""
+    base = paired_run("baseline", "s", np.array([0.1]))
+    cur = paired_run("current", "s", np.array([0.1]))
+    quiet = evaluate(compare_runs(base, cur), Policy())
+    assert quiet.exit_code == 1 and "1 paired rounds cannot reach" in quiet.inconclusive[0].text
+    for record in (base, cur):
+        record.cases[0].status, record.cases[0].reason = "contended", "others used 50%"
+    loaded = evaluate(compare_runs(base, cur), Policy())
+    assert loaded.exit_code == 3 and not loaded.regressions
+    assert any("1 paired rounds cannot reach" in f.text for f in loaded.inconclusive)

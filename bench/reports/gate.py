@@ -555,8 +555,9 @@ def evaluate(comparisons: list[CaseComparison], policy: Policy) -> GateReport:
         if (text := not_compared(c)) is not None:
             report.not_compared.append(Finding(c.case_id, "baseline", text))
         problems = judgeability(c, case_policy)
-        # Rounds too few because contended ones were left out: the host's noise.
-        short_of_rounds = bool(dropped_rounds(c))
+        # Rounds or trials too few because contended ones were left out, or taken under
+        # contention: the host's noise.
+        short_of_rounds = bool(dropped_rounds(c)) or contention != Contention()
         for problem in problems:
             report.inconclusive.append(Finding(c.case_id, problem.check, problem.text,
                                                noise=short_of_rounds and
