@@ -464,7 +464,8 @@ def test_the_fingerprint_records_the_isa_and_cpu_numbers():
         assert isinstance(fp["cpu"]["model_number"], int)
 
 
-def _scripted_ab(write_suite, tmp_path, monkeypatch, statuses, slowdown=1.0, rounds=3):
+def _scripted_ab(write_suite, tmp_path, monkeypatch, statuses, slowdown=1.0, rounds=3,
+                 cases=1, time_budget_s=None, step_s=0.0):
     """bench ab's rounds over scripted workers: each call takes the next status; the
     current side's steps take ``slowdown`` x the baseline's."""
     from bench.results.schema import ThroughputResult
@@ -476,6 +477,7 @@ def _scripted_ab(write_suite, tmp_path, monkeypatch, statuses, slowdown=1.0, rou
 
     def fake_run(spec, code, servers=None):  # noqa: ANN001, ANN202
         calls.append((code.env["SIDE"], spec.probe))
+        time.sleep(step_s)
         scale = slowdown if code.env["SIDE"] == "current" else 1.0
         result = case(spec.case_id, trials(0.01 * scale, n=5, seed=len(calls)))
         result.throughput = ThroughputResult.from_timing(result.timing, 1, "samples/s")
@@ -485,9 +487,10 @@ def _scripted_ab(write_suite, tmp_path, monkeypatch, statuses, slowdown=1.0, rou
         return result
 
     monkeypatch.setattr(interleave, "run_isolated", fake_run)
-    suite = write_suite('[[benchmark]]\nworkload = "sleep"\nphase = "infer"\n')
+    suite = write_suite("".join('[[benchmark]]\nworkload = "sleep"\nphase = "infer"\n'
+                                + (f'label = "s{i}"\n' if i else "") for i in range(cases)))
     sides = [interleave.Side(n, WorkerCode(REPO, {"SIDE": n})) for n in ("baseline", "current")]
-    stopping = interleave.Stopping(rounds=rounds, max_rounds=rounds)
+    stopping = interleave.Stopping(rounds=rounds, max_rounds=rounds, time_budget_s=time_budget_s)
     base, cur = interleave.run_interleaved(suite, sides, stopping, tmp_path)
     return base, cur, calls
 
@@ -530,6 +533,29 @@ def test_ab_on_a_host_contended_throughout_is_no_verdict_never_a_pass_or_a_failu
         code, out = gate(capsys, base, cur, tmp_path / str(slowdown))
         assert code == EXIT_NOISY, out
         assert "NO VERDICT" in out and "timed while other processes used the CPU" in out
+
+
+def test_a_case_the_time_budget_never_reached_is_no_verdict_never_a_pass(
+        write_suite, tmp_path, monkeypatch, capsys):
+    """The session's time ran out during the first case's round: the second case was never
+    measured. It is in both files as skipped, saying why, and the gate gives it no verdict
+    (before: absent from both files, the gate could pass the session on the first alone)."""
+    base, cur, calls = _scripted_ab(write_suite, tmp_path, monkeypatch, [], cases=2,
+                                    time_budget_s=0.05, step_s=0.1)
+    assert len(calls) == 2
+    for record in (base, cur):
+        unmeasured = record.cases[1]
+        assert unmeasured.status == "skipped" and unmeasured.details["ab_unmeasured"]
+        assert "time budget ran out before its first round" in unmeasured.reason
+    from bench.reports.compare import compare_runs
+    from bench.reports.gate import Policy, evaluate
+
+    report = evaluate(compare_runs(base, cur), Policy())
+    (finding,) = [f for f in report.inconclusive if f.case_id == cur.cases[1].case_id]
+    assert finding.noise and "time budget ran out before its first round" in finding.text
+    # (the first case, one round in, cannot reach p < 0.05 either: exit 1 for it)
+    code, out = gate(capsys, base, cur, tmp_path)
+    assert code != 0 and "PASS" not in out, out
 
 
 def test_too_few_clean_ab_rounds_say_how_many_pairs_were_left_out(write_suite, tmp_path,

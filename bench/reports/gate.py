@@ -51,7 +51,7 @@ from bench.measurement.stats import min_trials_for_verdict
 from bench.reports.compare import CaseComparison, Problem, instructions_per_step
 from bench.reports.parity import class_parity_failures, worst_class
 from bench.reports.slo import slo_failures
-from bench.results.schema import STATUS_CONTENDED, HostProbe
+from bench.results.schema import AB_UNMEASURED_KEY, STATUS_CONTENDED, HostProbe
 from bench.units import DEFAULT_PARITY_TARGET, MIB
 
 
@@ -526,6 +526,10 @@ def evaluate(comparisons: list[CaseComparison], policy: Policy) -> GateReport:
         if policy.gate_accuracy else {}
     for c in comparisons:
         case_policy = policy.for_case(c.case_id)
+        if c.current is not None and c.current.details.get(AB_UNMEASURED_KEY):
+            report.inconclusive.append(Finding(c.case_id, "speed", c.current.reason or
+                                               "not measured", noise=True))
+            continue
         if slos.get(c.case_id):  # the suite's own service levels: no baseline needed
             report.regressions.append(Finding(c.case_id, "slo", "; ".join(slos[c.case_id])))
         if lost_class.get(c.case_id):  # a variant against its own reference, this run

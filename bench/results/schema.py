@@ -91,6 +91,8 @@ FAILED_STATUSES = frozenset({STATUS_ERROR, STATUS_CRASHED, STATUS_TIMEOUT, STATU
 # details key: each worker process's median step time, in run order (several processes per
 # case, or the rounds of an interleaved A/B run, whose two files pair them round by round).
 PROCESS_MEDIANS_KEY = "process_medians_s"
+# details key of an A/B case the session's time budget ran out before (skipped, unmeasured).
+AB_UNMEASURED_KEY = "ab_unmeasured"
 # details keys of an instruction count (bench.measurement.instructions): the steps the
 # worker ran with callgrind collecting, and instructions per step (set by the parent).
 INSTRUCTION_STEPS_KEY = "instructions_steps"

@@ -37,9 +37,11 @@ from bench.measurement.fingerprint import fingerprint, git_state
 from bench.measurement.sequential import SequentialTest
 from bench.measurement.stats import needs_another_round
 from bench.results.schema import (
+    AB_UNMEASURED_KEY,
     INSTRUCTIONS_KEY,
     PROCESS_MEDIANS_KEY,
     STATUS_CONTENDED,
+    STATUS_SKIPPED,
     CaseResult,
     RunRecord,
 )
@@ -296,12 +298,21 @@ def _rounds(sides: list[Side], records: list[RunRecord], planned: list, stopping
                                                                   stopping)}
         for s, record in enumerate(records):
             record.cases = [_merged(clean[p.case_id][s], dropped[p.case_id][s])
-                            for p in runnable if clean[p.case_id][s] or dropped[p.case_id][s]
-                            ] + skipped
+                            if clean[p.case_id][s] or dropped[p.case_id][s]
+                            else _unmeasured(p) for p in runnable] + skipped
             write_atomically(Path(out_dir) / f"{sides[s].name}.json", record.to_dict(),
                              "--out-dir")
         if not pending:
             break
+
+
+def _unmeasured(case) -> CaseResult:  # noqa: ANN001
+    """A case no round of which ran (the time budget ran out first): skipped, and said so,
+    so that the gate cannot pass a session that never measured it."""
+    result = CaseResult.for_case(case.spec, STATUS_SKIPPED, "not measured: the session's "
+                                 "time budget ran out before its first round")
+    result.details[AB_UNMEASURED_KEY] = True
+    return result
 
 
 def max_dropped_rounds(stopping: Stopping) -> int:
