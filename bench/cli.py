@@ -387,7 +387,8 @@ def cmd_ab(args: argparse.Namespace) -> int:
         base_run, cur_run = run_ab(args.suite, baseline, current, stopping, out_dir,
                                    select=parse_select(args.select), progress=progress,
                                    fork=args.workers == "fork",
-                                   count_instructions=args.instructions)
+                                   count_instructions=args.instructions,
+                                   lockstep=args.rounds_run == "lockstep")
     from bench.results.schema import SLOWDOWN_ENV
 
     print(render_comparison(compare_runs(base_run, cur_run)))
@@ -716,6 +717,11 @@ def _add_ab_command(sub: Any) -> None:
                    help="fork: each side's CPU workers are forked, one per round, from a "
                         "server that imported torch once (default); spawn: a fresh "
                         "interpreter per worker")
+    p.add_argument("--rounds-run", choices=("lockstep", "sequential"), default="lockstep",
+                   help="lockstep: where a case allows, a round runs both sides' workers at "
+                        "once, taking turns block by block, so both are timed over the same "
+                        "stretch of host time (default); sequential: one side's worker "
+                        "after the other's")
     p.add_argument("--instructions", action="store_true",
                    help="also count each CPU case's instructions per step under valgrind's "
                         "callgrind, once per side (about a minute each): a deterministic "

@@ -267,9 +267,9 @@ def test_rounds_after_the_first_only_time_and_round_one_figures_stand(write_suit
     specs = []
     real = interleave.run_isolated
 
-    def recording(spec, code=None, servers=None):
+    def recording(spec, code=None, servers=None, *args, **kwargs):
         specs.append(spec.probe)
-        return real(spec, code, servers)
+        return real(spec, code, servers, *args, **kwargs)
 
     monkeypatch.setattr(interleave, "run_isolated", recording)
     suite = write_suite('[budget]\nmin_trials = 4\nmax_trials = 4\ntrial_time_s = 0.01\n'

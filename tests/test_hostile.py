@@ -475,7 +475,7 @@ def _scripted_ab(write_suite, tmp_path, monkeypatch, statuses, slowdown=1.0, rou
     script = iter(statuses)
     calls = []
 
-    def fake_run(spec, code, servers=None):  # noqa: ANN001, ANN202
+    def fake_run(spec, code, servers=None, *args, **kwargs):  # noqa: ANN001, ANN202
         calls.append((code.env["SIDE"], spec.probe))
         time.sleep(step_s)
         scale = slowdown if code.env["SIDE"] == "current" else 1.0
@@ -491,7 +491,9 @@ def _scripted_ab(write_suite, tmp_path, monkeypatch, statuses, slowdown=1.0, rou
                                 + (f'label = "s{i}"\n' if i else "") for i in range(cases)))
     sides = [interleave.Side(n, WorkerCode(REPO, {"SIDE": n})) for n in ("baseline", "current")]
     stopping = interleave.Stopping(rounds=rounds, max_rounds=rounds, time_budget_s=time_budget_s)
-    base, cur = interleave.run_interleaved(suite, sides, stopping, tmp_path)
+    # One side after the other, so the script's statuses fall to the sides in order (the
+    # lockstep round's threads would take them in either order).
+    base, cur = interleave.run_interleaved(suite, sides, stopping, tmp_path, lockstep=False)
     return base, cur, calls
 
 

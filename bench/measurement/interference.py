@@ -102,18 +102,42 @@ class InterferenceProbe:
         return own
 
     def __enter__(self) -> InterferenceProbe:
+        self._segments: list[tuple[tuple[int, ...], float, float]] = []
+        self._unreadable = False
+        self._begin()
+        return self
+
+    def _begin(self) -> None:
         self._stat = _proc_stat()
         self._own_start = self._own()
         self._wall = time.perf_counter()
-        return self
 
-    def __exit__(self, *exc: object) -> None:
+    def _end(self) -> None:
         wall = time.perf_counter() - self._wall
         own = self._own() - self._own_start
         end = _proc_stat()
         if self._stat is None or end is None:
+            self._unreadable = True
             return
-        self.result = interference(self._stat, end, own, wall,
+        self._segments.append((tuple(b - a for a, b in zip(self._stat, end, strict=True)),
+                               own, wall))
+
+    def on_turn(self, holding: bool) -> None:
+        """A baton listener (bench.measurement.baton): only the worker's own turns are
+        watched, not the partner's, which this worker waits through."""
+        if holding:
+            self._begin()
+        else:
+            self._end()
+
+    def __exit__(self, *exc: object) -> None:
+        self._end()
+        if self._unreadable or not self._segments:
+            return
+        deltas = [s[0] for s in self._segments]
+        summed = tuple(sum(d[i] for d in deltas) for i in range(3))
+        self.result = interference((0, 0, 0), summed, sum(s[1] for s in self._segments),
+                                   sum(s[2] for s in self._segments),
                                    psutil.cpu_count(logical=True) or 1, self.threads,
                                    self.threshold, os.sysconf("SC_CLK_TCK"))
 

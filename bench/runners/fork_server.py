@@ -268,8 +268,10 @@ class ForkServers:
         self.refused: dict[tuple, str] = {}
 
     def get(self, source: Path, env: Mapping[str, str],
-            preload: tuple[str, ...] = ()) -> ForkServer | None:
-        key = (str(Path(source).resolve()), tuple(sorted(env.items())))
+            preload: tuple[str, ...] = (), slot: str = "") -> ForkServer | None:
+        """The server for ``source`` and ``env``; a server forks one worker at a time, so
+        workers that run at once ask for different ``slot``s."""
+        key = (str(Path(source).resolve()), tuple(sorted(env.items())), slot)
         if key in self.refused:
             return None
         server = self._servers.get(key)

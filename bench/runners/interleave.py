@@ -27,12 +27,14 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from bench.errors import BenchInputError
+from bench.measurement.baton import BatonPair, baton_pair, supports_baton
 from bench.measurement.fingerprint import fingerprint, git_state
 from bench.measurement.sequential import SequentialTest
 from bench.measurement.stats import needs_another_round
@@ -50,8 +52,10 @@ from bench.runners.fork_server import ForkServers
 from bench.runners.isolation import WorkerCode, run_isolated
 from bench.runners.merge import merge_process_results
 from bench.runners.plan import plan_suite
+from bench.runners.ranks import is_distributed
 from bench.runners.sweep import new_run_info, skipped_result
 from bench.spec import load_suite
+from bench.spec.model import CLOSED_LOOP
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,15 @@ class Side:
                 "commit": git_commit(self.code.source), "env": dict(self.code.env),
                 "workers": WORKER_START[self.fork]}
 
+
+ROUND_ORDER = {
+    True: "one process per side per round; where both sides can (two forked CPU sides, a "
+          "sampled case, a baseline that has bench.measurement.baton) the two run at once "
+          "and pass a baton before each timed block, so their trials alternate; otherwise "
+          "one after the other, forward and reversed in turn over rounds and cases",
+    False: "one process per side per round, one after the other, forward and reversed in "
+           "turn over rounds and cases",
+}
 
 WORKER_START = {
     True: "CPU workers forked, one per round, from a fork server of this side's code that "
@@ -214,21 +227,20 @@ class Stopping:
 def run_interleaved(suite_path: str | Path, sides: list[Side], stopping: Stopping,
                     out_dir: str | Path, select: dict[str, set[str]] | None = None,
                     progress: Callable[[str], None] | None = None,
-                    count_instructions: bool = False) -> list[RunRecord]:
+                    count_instructions: bool = False, lockstep: bool = True) -> list[RunRecord]:
     """Measure every runnable case in rounds, interleaved, until ``stopping`` says it has
-    enough. Writes OUT_DIR/SIDE.json for every side after every round, so a cut-short
-    session keeps its finished rounds. With ``count_instructions``, each side's CPU cases
-    then get one instruction count (bench.measurement.instructions; deterministic, so
-    one per side suffices)."""
+    enough; with ``lockstep``, the two sides of a round at once wherever the case allows
+    (``lockstep_possible``). Writes OUT_DIR/SIDE.json for every side after every round, so
+    a cut-short session keeps its finished rounds. With ``count_instructions``, each side's
+    CPU cases then get one instruction count (bench.measurement.instructions;
+    deterministic, so one per side suffices)."""
     if len({side.name for side in sides}) != len(sides):
         raise ValueError("side names must differ")
     suite = load_suite(suite_path)
     planned = plan_suite(suite, select)
     session = uuid.uuid4().hex[:12]
     machine = fingerprint(suite.path)
-    pairing = {"session": session, **stopping.describe(),
-               "order": "one process per side per round, forward and reversed in turn over "
-                        "rounds and cases"}
+    pairing = {"session": session, **stopping.describe(), "order": ROUND_ORDER[lockstep]}
     records = [RunRecord(run=new_run_info(suite, select, f"{session}-{side.name}",
                                           pairing={**pairing, **side.describe()}),
                          fingerprint=machine) for side in sides]
@@ -236,7 +248,10 @@ def run_interleaved(suite_path: str | Path, sides: list[Side], stopping: Stoppin
         for side in sides:
             stack.enter_context(exclusive_output(Path(out_dir) / f"{side.name}.json"))
         servers = stack.enter_context(ForkServers())
-        _rounds(sides, records, planned, stopping, out_dir, progress, servers)
+        lockstep_run = Lockstep(stack.enter_context(baton_pair()), stack.enter_context(
+            ThreadPoolExecutor(len(sides), thread_name_prefix="ab-side"))) \
+            if lockstep and len(sides) == 2 else None
+        _rounds(sides, records, planned, stopping, out_dir, progress, servers, lockstep_run)
         if count_instructions:
             _count_instructions(sides, records, planned, out_dir, progress)
     return records
@@ -268,7 +283,7 @@ def _count_instructions(sides: list[Side], records: list[RunRecord], planned: li
 
 def _rounds(sides: list[Side], records: list[RunRecord], planned: list, stopping: Stopping,
             out_dir: str | Path, progress: Callable[[str], None] | None,
-            servers: ForkServers) -> None:
+            servers: ForkServers, lockstep: Lockstep | None = None) -> None:
     skipped = [skipped_result(p) for p in planned if p.skip_reason]
     runnable = [p for p in planned if not p.skip_reason]
     clean = {p.case_id: [[] for _ in sides] for p in runnable}
@@ -286,7 +301,8 @@ def _rounds(sides: list[Side], records: list[RunRecord], planned: list, stopping
                 break
             done = len(clean[case.case_id][0])
             pair = _run_round(case, sides, round_order(r, i, len(sides)), done,
-                              stopping.rounds, progress, servers)
+                              stopping.rounds, progress, servers,
+                              lockstep if lockstep_possible(case, sides) else None)
             kept = clean[case.case_id]
             if why := _contended(pair, sides):
                 kept = dropped[case.case_id]
@@ -343,34 +359,95 @@ def _needs_another_round(clean: list[list[CaseResult]], dropped: list[list[CaseR
                                          for per_side in clean])
 
 
+def lockstep_possible(case, sides: list[Side]) -> bool:  # noqa: ANN001
+    """Whether a case's rounds can run both sides at once (bench.measurement.baton): two
+    sides, both forked CPU workers (a spawned worker's imports would run during the other
+    side's turn), both checkouts new enough to take the baton, and a case timed by the
+    sampler (serving and time-to-target cases hold the baton throughout: no gain)."""
+    spec = case.spec
+    return (len(sides) == 2 and all(side.fork and supports_baton(side.code.source)
+                                    for side in sides)
+            and spec.device == "cpu" and spec.training is None and not is_distributed(spec)
+            and spec.axes.get("scenario", CLOSED_LOOP) == CLOSED_LOOP)
+
+
+def _round_spec(case, done: int):  # noqa: ANN001, ANN202
+    # Rounds after the first clean one only time: the task metrics, export checks and
+    # FLOP count of that round stand for the session (merge keeps the first's), and the
+    # timed region is the same either way (it ends before any of them).
+    return case.spec if done == 0 else dataclasses.replace(case.spec, probe=True)
+
+
+def _say_round(progress: Callable[[str], None] | None, done: int, rounds: int,
+               names: str, case_id: str) -> None:
+    if progress:
+        # Past --rounds a case is getting extra rounds (its CI is still wide).
+        of = f"/{rounds}" if done < rounds else " (extra)"
+        progress(f"round {done + 1}{of} {names}: {case_id}")
+
+
 def _run_round(case, sides: list[Side], order: list[int], done: int, rounds: int,  # noqa: ANN001
                progress: Callable[[str], None] | None,
-               servers: ForkServers | None = None) -> list[CaseResult]:
-    """One round of one case: each side's worker in ``order``. ``done``: the case's clean
+               servers: ForkServers | None = None,
+               lockstep: Lockstep | None = None) -> list[CaseResult]:
+    """One round of one case: with ``lockstep``, both sides' workers at once taking turns
+    (``order[0]`` first); else each side's worker in ``order``. ``done``: the case's clean
     rounds so far (the first one takes the task metrics)."""
+    if lockstep is not None:
+        return _run_lockstep_round(case, sides, order, done, rounds, progress, servers,
+                                   lockstep)
     pair: list[CaseResult] = []
     for s in order:
-        if progress:
-            # Past --rounds a case is getting extra rounds (its CI is still wide).
-            of = f"/{rounds}" if done < rounds else " (extra)"
-            progress(f"round {done + 1}{of} {sides[s].name}: {case.case_id}")
-        # Rounds after the first clean one only time: the task metrics, export checks and
-        # FLOP count of that round stand for the session (merge keeps the first's), and the
-        # timed region is the same either way (it ends before any of them).
-        spec = case.spec if done == 0 else dataclasses.replace(case.spec, probe=True)
-        pair.append(run_isolated(spec, sides[s].code, servers if sides[s].fork else None))
+        _say_round(progress, done, rounds, sides[s].name, case.case_id)
+        pair.append(run_isolated(_round_spec(case, done), sides[s].code,
+                                 servers if sides[s].fork else None))
     by_side = [None] * len(sides)
     for s, result in zip(order, pair, strict=True):
         by_side[s] = result
     return by_side
 
 
+@dataclass(frozen=True)
+class Lockstep:
+    """What lockstep rounds share over a session: the baton's pipes, and one thread per
+    side that lives as long as the session (a fork server dies with the thread that
+    started it: bench.runners.fork_server.die_with_parent)."""
+
+    batons: BatonPair
+    threads: ThreadPoolExecutor
+
+
+def _run_lockstep_round(case, sides: list[Side], order: list[int], done: int,  # noqa: ANN001
+                        rounds: int, progress: Callable[[str], None] | None,
+                        servers: ForkServers | None, lockstep: Lockstep) -> list[CaseResult]:
+    """Both sides' workers at once, passing the baton; each side's ending (however it
+    ends) is passed to the other, which then runs on alone."""
+    _say_round(progress, done, rounds, " + ".join(sides[s].name for s in order),
+               case.case_id)
+    batons = lockstep.batons
+    batons.begin(order[0])
+    spec = _round_spec(case, done)
+
+    def run(s: int) -> CaseResult:
+        try:
+            # Each side's watchdog allows for the partner's turns in its wall time.
+            return run_isolated(spec, sides[s].code, servers, batons.env(s),
+                                slot=sides[s].name, timeout_scale=len(sides))
+        finally:
+            batons.ended(s)
+
+    futures = {s: lockstep.threads.submit(run, s) for s in order}
+    return [futures[s].result() for s in range(len(sides))]
+
+
 def run_ab(suite_path: str | Path, baseline: WorkerCode, current: WorkerCode,
            stopping: Stopping, out_dir: str | Path, select: dict[str, set[str]] | None = None,
            progress: Callable[[str], None] | None = None, fork: bool = True,
-           count_instructions: bool = False) -> tuple[RunRecord, RunRecord]:
+           count_instructions: bool = False,
+           lockstep: bool = True) -> tuple[RunRecord, RunRecord]:
     """The A/B of ``bench ab``: OUT_DIR/baseline.json and OUT_DIR/current.json."""
     base, cur = run_interleaved(suite_path, [Side("baseline", baseline, fork),
                                              Side("current", current, fork)],
-                                stopping, out_dir, select, progress, count_instructions)
+                                stopping, out_dir, select, progress, count_instructions,
+                                lockstep)
     return base, cur

@@ -198,10 +198,14 @@ def run_seeds(case: CaseSpec, code: WorkerCode | None = None,
 
 
 def run_isolated(case: CaseSpec, code: WorkerCode | None = None,
-                 servers: ForkServers | None = None) -> CaseResult:
+                 servers: ForkServers | None = None, run_env: Mapping[str, str] | None = None,
+                 slot: str = "", timeout_scale: float = 1.0) -> CaseResult:
     """Run ``case`` in a fresh worker process of ``code`` and return its result. With
     ``servers``, a CPU case's worker is forked from the fork server of its code and
-    start-up environment (bench.runners.fork_server) instead of spawned."""
+    start-up environment (bench.runners.fork_server) instead of spawned; ``slot`` keeps
+    workers that run at once on servers of their own. ``run_env``: variables the worker
+    reads at run time. ``timeout_scale``: the watchdog's allowance for a worker that
+    shares its wall time (a lockstep A/B round, bench.measurement.baton)."""
     global _swept_stale_dirs
     if not _swept_stale_dirs:
         _swept_stale_dirs = True
@@ -220,9 +224,9 @@ def run_isolated(case: CaseSpec, code: WorkerCode | None = None,
         # A compile's cold start is a cold compile, not whatever an earlier case left in
         # inductor's on-disk cache.
         per_run = {"TORCHINDUCTOR_CACHE_DIR": str(tmpdir / "inductor"),
-                   "TRITON_CACHE_DIR": str(tmpdir / "triton")}
+                   "TRITON_CACHE_DIR": str(tmpdir / "triton"), **(run_env or {})}
         env = _start_up_env(case, code)
-        server = servers.get(code.source, env, _preload(case)) \
+        server = servers.get(code.source, env, _preload(case), slot) \
             if servers is not None and case.device == "cpu" and not case.count_instructions \
             else None
         callgrind_out = tmpdir / "callgrind.out"
@@ -239,9 +243,11 @@ def run_isolated(case: CaseSpec, code: WorkerCode | None = None,
                     stdin=subprocess.DEVNULL, stdout=err, stderr=err, env={**env, **per_run},
                     start_new_session=True, preexec_fn=die_with_parent(os.getpid()),
                 )
-        watched = case if not case.count_instructions else dataclasses.replace(
-            case, budget=dataclasses.replace(budget, timeout_s=max(
-                budget.timeout_s, instructions.VALGRIND_TIMEOUT_S)))
+        timeout_s = budget.timeout_s * timeout_scale
+        if case.count_instructions:
+            timeout_s = max(timeout_s, instructions.VALGRIND_TIMEOUT_S)
+        watched = case if timeout_s == budget.timeout_s else dataclasses.replace(
+            case, budget=dataclasses.replace(budget, timeout_s=timeout_s))
         try:
             result = _watch(watched, proc, limit, started, err_file, out_file, version)
         except BaseException:

@@ -22,7 +22,9 @@ from typing import Any
 
 import torch
 
+from bench.measurement import baton as baton_module
 from bench.measurement.allocator import describe_current
+from bench.measurement.baton import BatonTimer
 from bench.measurement.clocks import ClockSampler
 from bench.measurement.energy import EnergyMeter
 from bench.measurement.flops import compute_record
@@ -180,9 +182,17 @@ def _measure_and_finish(case: CaseSpec, phase: Any, result: CaseResult) -> None:
     faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     step = _with_injected_slowdown(phase.step, result.details)
     probe = InterferenceProbe(result.worker["torch_threads"], case.budget.contended_above)
+    timer, clock = timer_for(case.device), time.perf_counter
+    baton = baton_module.current()
+    if baton is not None:  # a lockstep A/B round: time only in this worker's turns
+        timer, clock = BatonTimer(timer, baton), baton.held_clock
+        baton.listeners.append(probe.on_turn)
     with phase.session(), probe, ClockSampler(case.device) as clocks, \
             EnergyMeter(case.device) as energy:
-        measurement = measure(step, timer_for(case.device), case.budget)
+        measurement = measure(step, timer, case.budget, clock)
+    if baton is not None:
+        baton.listeners.remove(probe.on_turn)
+        result.details["baton"] = baton.figures()
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before
     steps = measurement.steps_run
     result.energy = energy.result(steps * phase.samples_per_step)
@@ -351,6 +361,7 @@ def _exit_with_parent() -> None:
 
 def main(argv: list[str]) -> int:
     _exit_with_parent()
+    baton_module.take_from_env()  # in a lockstep A/B round: wait for this worker's turn
     case_path, out_path = Path(argv[0]), Path(argv[1])
     case = CaseSpec.from_dict(json.loads(case_path.read_text()))
     result = run_case(case)
