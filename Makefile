@@ -23,9 +23,12 @@ test: $(STAMP)
 	$(BIN)/ruff check bench tests tools
 	$(BIN)/python -m pytest -q -m "not heavy" -n 2 --dist loadfile --durations=15
 
-# The long end-to-end checks (about 5 minutes on 2 cores): CI runs them after make test.
+# The long end-to-end checks: CI runs them after make test. Those that only assert
+# correctness share the two cores (pytest-xdist); those marked alone (real timing, spinners,
+# random kills with a deadline) run after them, one at a time.
 test-heavy: $(STAMP)
-	$(BIN)/python -m pytest -q -m heavy --durations=15
+	$(BIN)/python -m pytest -q -m "heavy and not alone" -n 2 --dist loadfile --durations=15
+	$(BIN)/python -m pytest -q -m "heavy and alone" --durations=15
 
 # Is make test deterministic here? RUNS fresh clones of HEAD, each beside BUSY spinning
 # processes (make test-repeat RUNS=5 BUSY=2 LOADED=3: the last 3 of 5 loaded), each test's

@@ -39,6 +39,7 @@ def test_a_gpt_training_step_cannot_be_replayed_by_torch_utils_benchmark():
     assert out.returncode == 2 and "use --reference events" in out.stderr
 
 
+@pytest.mark.alone
 @pytest.mark.heavy
 def test_gpt_training_step_agrees_with_a_hand_written_loop_on_cpu():
     # Process-to-process spread of a tiny 2-thread step on a shared 2-core VM is 10-20%:

@@ -398,6 +398,7 @@ def test_an_injected_slowdown_is_shown_and_refused_by_the_gate(tmp_path, capsys)
 
 # 15. Contention --------------------------------------------------------------------------
 
+@pytest.mark.alone
 @pytest.mark.heavy
 @pytest.mark.slow
 def test_a_case_timed_beside_spinning_processes_is_contended(tmp_path, capsys):

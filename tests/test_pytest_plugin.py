@@ -77,6 +77,7 @@ def test_cases_run_as_benchmarks_with_our_stats(suite_dir):
     assert bench["extra_info"]["memory"]["peak_rss_mib"] > 10
 
 
+@pytest.mark.alone
 @pytest.mark.heavy
 def test_compare_fail_catches_an_injected_slowdown(suite_dir):
     select = ["--benchmark-only", "-k", "sleep"]

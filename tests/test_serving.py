@@ -78,6 +78,7 @@ def test_single_stream_p50_is_the_known_service_time():
     check_case(result, "case")
 
 
+@pytest.mark.alone
 @pytest.mark.heavy
 def test_server_below_capacity_meets_the_bound_and_above_it_does_not():
     # End to end (make test-heavy, alone): a p99 of ~60 queries below capacity depends on
@@ -94,6 +95,7 @@ def test_server_below_capacity_meets_the_bound_and_above_it_does_not():
     assert low.target_qps == 40.0 and low.scheduled_samples_per_s == pytest.approx(40, rel=0.2)
 
 
+@pytest.mark.alone
 @pytest.mark.heavy
 def test_offline_and_multi_stream_serve_whole_batches():
     offline = run_isolated(served("offline", 2.0, batch=8))
@@ -106,6 +108,7 @@ def test_offline_and_multi_stream_serve_whole_batches():
     assert multi.serving.settings["samples_per_query"] == 4
 
 
+@pytest.mark.alone
 @pytest.mark.heavy
 def test_the_capacity_search_converges_to_the_analytic_capacity():
     # The bound is on p90: a p99 of a few hundred queries (one seeded LoadGen schedule)
@@ -198,6 +201,7 @@ def test_a_record_whose_headline_is_not_a_run_is_refused():
         check_case(result, "case")
 
 
+@pytest.mark.alone
 @pytest.mark.heavy
 def test_max_batch_under_a_latency_bound_finds_the_known_batch():
     # End to end on real workers (make test-heavy); the search's logic, contention
@@ -213,6 +217,7 @@ def test_max_batch_under_a_latency_bound_finds_the_known_batch():
     assert found.latency_bound == "p99_ms=45"
 
 
+@pytest.mark.alone
 @pytest.mark.heavy
 def test_max_batch_under_both_bounds_stops_at_the_tighter(tmp_path):
     # ballast: 64 MiB a sample under a memory cap that fits about 3; the latency bound

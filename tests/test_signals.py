@@ -104,6 +104,7 @@ def _worker_started(proc: subprocess.Popen) -> bool:
     return False
 
 
+@pytest.mark.alone
 @pytest.mark.heavy
 @pytest.mark.slow
 def test_a_sweep_killed_at_random_moments_leaves_no_worker(write_suite, tmp_path):

@@ -400,7 +400,7 @@ def _run_round(case, sides: list[Side], order: list[int], done: int, rounds: int
     for s in order:
         _say_round(progress, done, rounds, sides[s].name, case.case_id)
         pair.append(run_isolated(_round_spec(case, done), sides[s].code,
-                                 servers if sides[s].fork else None))
+                                 servers if sides[s].fork else None, slot=sides[s].name))
     by_side = [None] * len(sides)
     for s, result in zip(order, pair, strict=True):
         by_side[s] = result
