@@ -103,15 +103,17 @@ def test_a_partner_killed_in_its_turn_does_not_hang_the_other(tmp_path):
 
 
 def test_waiting_for_the_baton_is_kept_out_of_the_workers_own_clock(tmp_path):
-    """A real wait: B waits through A's turns (0.2 s each); its waited time is at least
-    A's sleeps (a sanity bound, no upper bound: the host may be slow)."""
+    """A real wait: B waits through A's turns (0.2 s each). After B's own first turn it
+    must wait through A's second and third whole, so at least 0.4 s; A's first turn may
+    be over before B has started at all (a sanity bound, no upper bound: the host may be
+    slow)."""
     log = tmp_path / "log"
     with baton_pair() as pair:
         pair.begin(0)
         procs = {0: start(pair, 0, "A", log, 3, pause=0.2), 1: start(pair, 1, "B", log, 3)}
         out = finish(pair, procs)
     waited_b, turns_b = float(out[1].split()[0]), int(out[1].split()[1])
-    assert waited_b >= 0.6 and turns_b == 3
+    assert waited_b >= 0.4 and turns_b == 3
 
 
 class FakeBaton:
@@ -208,3 +210,55 @@ def test_a_lockstep_ab_round_times_both_sides_in_turns(write_suite, tmp_path):
         # the first turn, then one per timed block: cold step, warm-up, 4 trials
         assert baton["turns"] >= 6
         assert "at once" in record.run.pairing["order"]
+
+
+def test_a_running_thread_of_the_process_is_seen_and_its_end_too():
+    """A thread computing outside the GIL (numpy) is seen running at some moment, and
+    once it has ended no other thread is (eventually: a thread that waits for the GIL
+    reads as sleeping, so each is polled for, with a generous deadline)."""
+    import threading
+
+    import numpy as np
+
+    from bench.measurement.baton import _other_threads_running
+
+    stop = threading.Event()
+    a = np.random.default_rng(0).random((300, 300))
+
+    def spin() -> None:
+        while not stop.is_set():
+            a @ a
+
+    thread = threading.Thread(target=spin)
+    thread.start()
+    try:
+        assert _eventually(_other_threads_running)
+    finally:
+        stop.set()
+        thread.join()
+    assert _eventually(lambda: not _other_threads_running())
+
+
+def _eventually(check, within_s: float = 30.0) -> bool:  # noqa: ANN001
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.001)
+    return False
+
+
+def test_settle_waits_until_no_other_thread_runs_and_counts_it_as_waiting(monkeypatch):
+    from bench.measurement import baton as baton_module
+
+    states = iter([True, True, True, False])
+    monkeypatch.setattr(baton_module, "_other_threads_running", lambda: next(states))
+    baton = baton_module.Baton.__new__(baton_module.Baton)
+    baton.settled_s = baton.waited_s = 0.0
+    baton.settle(poll_s=0.01)
+    assert next(states, "spent") == "spent"  # polled until the first idle reading
+    assert baton.settled_s >= 0.03 and baton.waited_s == baton.settled_s
+    # A thread that never stops: settle gives up at its limit.
+    monkeypatch.setattr(baton_module, "_other_threads_running", lambda: True)
+    baton.settle(poll_s=0.001, limit_s=0.05)
+    assert baton.settled_s >= 0.08

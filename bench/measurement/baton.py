@@ -28,8 +28,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from bench.measurement.timers import Step, Timer
+if TYPE_CHECKING:  # bench.measurement.timers imports torch; bench ab's parent never needs it
+    from bench.measurement.timers import Step, Timer
 
 BATON_ENV = "BENCH_BATON"
 TURN, DONE = b"T", b"D"

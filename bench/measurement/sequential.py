@@ -99,7 +99,7 @@ class SequentialTest:
         does not by itself shrink the spread the test assumes."""
         if not self.winsorize_from or n < self.winsorize_from:
             return 1.0
-        from scipy.stats import norm
+        from scipy.stats import norm  # scipy when a verdict needs it
 
         k = self.winsorize_k
         return float(2 * norm.cdf(k) - 1 - 2 * k * norm.pdf(k) + 2 * k * k * norm.sf(k))
@@ -110,7 +110,7 @@ class SequentialTest:
         n = log_ratios.shape[-1]
         if not self.winsorize_from or n < self.winsorize_from:
             return log_ratios
-        from scipy.stats import median_abs_deviation
+        from scipy.stats import median_abs_deviation  # scipy when a verdict needs it
 
         middle = np.median(log_ratios, axis=-1, keepdims=True)
         reach = self.winsorize_k * median_abs_deviation(log_ratios, axis=-1, scale="normal",
