@@ -44,7 +44,10 @@ from pathlib import Path
 
 SCRIPT = Path(__file__).resolve()
 # Imported by every server before its first fork: the interpreter-wide cost of a worker.
-BASE_PRELOAD = ("torch", "bench.runners.worker")
+# torch._dynamo: every torch.optim optimizer imports it on construction (2.2 s here), which
+# each forked worker of a training case (and of an infer case that trains its model first)
+# paid again: 2.0 of a linreg probe worker's 2.7 s.
+BASE_PRELOAD = ("torch", "torch._dynamo", "bench.runners.worker")
 _PR_SET_PDEATHSIG = 1
 
 
