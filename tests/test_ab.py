@@ -208,8 +208,11 @@ def test_interleaved_run_measures_a_known_slowdown(write_suite, tmp_path):
     assert len(set(b.details["process_pids"]) | set(c.details["process_pids"])) == 6
     (comparison,) = compare_runs(base, cur)
     assert comparison.speed.time.pairs == 3
-    # 5 ms sleeps, slowed by spinning 30% of each step's own duration.
-    assert comparison.speed.time.ratio == pytest.approx(1.3, rel=0.08)
+    # 5 ms sleeps, slowed by spinning 30% of each step's own duration: clearly slower, a
+    # sanity bound and no tighter (real processes beside another test: a preempted spin
+    # read x1.42 once). How precisely the pairing recovers a ratio is tested on scripted
+    # rounds (test_paired_ratio_recovers_a_known_slowdown_through_drift).
+    assert 1.1 < comparison.speed.time.ratio < 2 * 1.3
 
 
 def _git_checkout() -> bool:

@@ -262,3 +262,37 @@ def test_settle_waits_until_no_other_thread_runs_and_counts_it_as_waiting(monkey
     monkeypatch.setattr(baton_module, "_other_threads_running", lambda: True)
     baton.settle(poll_s=0.001, limit_s=0.05)
     assert baton.settled_s >= 0.08
+
+
+def test_every_pass_over_the_cases_forks_from_fresh_servers(write_suite, tmp_path,
+                                                             monkeypatch):
+    """A fork server's children share its memory layout; the session closes the servers
+    before every pass after the first, so no side keeps one layout for all its rounds."""
+    from bench.runners import interleave
+    from bench.runners.fork_server import ForkServers
+
+    closed = []
+    real_close = ForkServers.close
+
+    def counting_close(self):  # noqa: ANN001, ANN202
+        closed.append(len(self._servers))
+        real_close(self)
+
+    monkeypatch.setattr(ForkServers, "close", counting_close)
+    monkeypatch.setattr(interleave, "run_isolated",
+                        lambda spec, code, servers=None, *a, **k: _fake_result(spec))
+    suite = write_suite('[[benchmark]]\nworkload = "sleep"\nphase = "infer"\n')
+    here = WorkerCode.this_checkout()
+    run_interleaved(suite, [Side("baseline", here), Side("current", here)],
+                    Stopping(rounds=3, max_rounds=3), tmp_path, lockstep=False)
+    assert len(closed) == 3  # before passes 2 and 3, and at the end of the session
+
+
+def _fake_result(spec):  # noqa: ANN001, ANN202
+    from test_gate import case, trials
+
+    from bench.results.schema import ThroughputResult
+
+    result = case(spec.case_id, trials(0.01, n=5))
+    result.throughput = ThroughputResult.from_timing(result.timing, 1, "samples/s")
+    return result
