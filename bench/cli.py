@@ -724,7 +724,7 @@ def _add_ab_command(sub: Any) -> None:
                         "after the other's")
     p.add_argument("--instructions", action="store_true",
                    help="also count each CPU case's instructions per step under valgrind's "
-                        "callgrind, once per side (about a minute each): a deterministic "
+                        "callgrind, once per side (about half a minute each): a deterministic "
                         "signal reported beside wall time ([instructions] in the policy)")
     p.add_argument("--no-progress", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_ab)

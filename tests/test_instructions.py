@@ -53,6 +53,23 @@ def test_the_parent_records_per_step_counts_or_says_why_not(tmp_path):
     assert old_worker.status == "error" and "does not count instructions" in old_worker.reason
 
 
+def test_a_worker_started_uninstrumented_switches_it_on_or_fails(tmp_path, monkeypatch):
+    monkeypatch.setattr(instructions, "_control", lambda: "/usr/bin/callgrind_control")
+    prefix = instructions.command_prefix(tmp_path / "out")
+    assert "--instr-atstart=no" in prefix
+    assert instructions.worker_env(prefix) == {instructions.DEFERRED_ENV: "1"}
+    monkeypatch.setattr(instructions, "_control", lambda: None)
+    prefix = instructions.command_prefix(tmp_path / "out")
+    assert "--instr-atstart=no" not in prefix and instructions.worker_env(prefix) == {}
+    # Not under valgrind, nothing deferred: nothing to do.
+    monkeypatch.delenv(instructions.DEFERRED_ENV, raising=False)
+    instructions.start_instrumentation()
+    # Deferred but no callgrind_control: counting uninstrumented steps would read zero.
+    monkeypatch.setenv(instructions.DEFERRED_ENV, "1")
+    with pytest.raises(RuntimeError, match="not installed"):
+        instructions.start_instrumentation()
+
+
 def counted_run(per_step: float | None):
     record = run(case("a", trials(0.1)))
     if per_step is not None:

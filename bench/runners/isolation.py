@@ -240,7 +240,8 @@ def run_isolated(case: CaseSpec, code: WorkerCode | None = None,
                 proc = subprocess.Popen(
                     [*prefix, sys.executable, "-P", "-m", "bench.runners.worker",
                      str(case_file), str(out_file)],
-                    stdin=subprocess.DEVNULL, stdout=err, stderr=err, env={**env, **per_run},
+                    stdin=subprocess.DEVNULL, stdout=err, stderr=err,
+                    env={**env, **per_run, **instructions.worker_env(prefix)},
                     start_new_session=True, preexec_fn=die_with_parent(os.getpid()),
                 )
         timeout_s = budget.timeout_s * timeout_scale
