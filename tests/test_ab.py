@@ -197,7 +197,7 @@ def test_interleaved_run_measures_a_known_slowdown(write_suite, tmp_path):
     # A CI target no case can reach: every case runs on from 2 rounds to max_rounds.
     base, cur = run_interleaved(write_suite(SLEEP_SUITE), sides,
                                 Stopping(rounds=2, max_rounds=3, target_half_width=1e-9),
-                                out_dir=tmp_path)
+                                out_dir=tmp_path, fresh_servers=False)
     assert base.run.pairing["session"] == cur.run.pairing["session"]
     assert (base.run.pairing["side"], cur.run.pairing["side"]) == ("baseline", "current")
     assert cur.run.pairing["env"] == {SLOWDOWN_ENV: "0.3"}
@@ -282,7 +282,7 @@ def test_rounds_after_the_first_only_time_and_round_one_figures_stand(write_suit
                         'matrix = { backend = ["onnxruntime"], batch_size = [4] }\n')
     here = WorkerCode.this_checkout()
     records = run_interleaved(suite, [Side("baseline", here), Side("current", here)],
-                              Stopping(rounds=3, max_rounds=3), tmp_path)
+                              Stopping(rounds=3, max_rounds=3), tmp_path, fresh_servers=False)
     # 2 sides x 3 rounds: round 1 full, then timing-only (contended_above = 1.0: no round
     # is left out for contention, which test_hostile tests on scripted workers)
     assert specs == [False, False, True, True, True, True]

@@ -286,6 +286,11 @@ def test_every_pass_over_the_cases_forks_from_fresh_servers(write_suite, tmp_pat
     run_interleaved(suite, [Side("baseline", here), Side("current", here)],
                     Stopping(rounds=3, max_rounds=3), tmp_path, lockstep=False)
     assert len(closed) == 3  # before passes 2 and 3, and at the end of the session
+    closed.clear()
+    run_interleaved(suite, [Side("baseline", here), Side("current", here)],
+                    Stopping(rounds=3, max_rounds=3), tmp_path / "kept", lockstep=False,
+                    fresh_servers=False)
+    assert len(closed) == 1  # at the end only
 
 
 def _fake_result(spec):  # noqa: ANN001, ANN202

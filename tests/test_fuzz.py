@@ -1,10 +1,10 @@
 """Issue 11 acceptance: a seeded mutator over suite files and result files.
 
-1,000 suite mutants go through the loader (and the expansion); 1,000 result mutants
-through ``bench report``, ``bench compare`` and ``bench gate`` (every fifth through
-``bench report --html`` too). Nothing may end in a
-traceback, and no mutant that is slower, non-finite where the gate reads, or malformed
-may pass the gate. Run with ``-s`` to see the counts.
+1,000 suite mutants go through the loader (and the expansion); result mutants through
+``bench report``, ``bench compare`` and ``bench gate`` (every fifth through ``bench report
+--html`` too): 150 in ``make test``, 1,000 more (another seed) in ``make test-heavy``.
+Nothing may end in a traceback, and no mutant that is slower, non-finite where the gate
+reads, or malformed may pass the gate. Run with ``-s`` to see the counts.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import random
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from test_gate import case, run, trials
 
 from bench.cli import main
@@ -28,9 +29,11 @@ from bench.spec import expand_suite, load_suite
 
 REPO = Path(__file__).resolve().parents[1]
 SUITE_MUTANTS = 1000
-# Each result mutant goes through four commands (~80 ms): 500 keep the test suite inside
-# its 10 minutes; BENCH_FUZZ_RESULT_MUTANTS=5000 searches deeper.
-RESULT_MUTANTS = int(os.environ.get("BENCH_FUZZ_RESULT_MUTANTS", "500"))
+# Each result mutant goes through four commands (~50 ms, ~100 ms beside another test):
+# a few in make test, the full count in make test-heavy; BENCH_FUZZ_RESULT_MUTANTS=5000
+# searches deeper there.
+QUICK_RESULT_MUTANTS = 150
+RESULT_MUTANTS = int(os.environ.get("BENCH_FUZZ_RESULT_MUTANTS", "1000"))
 
 SPECIAL_VALUES = ["nan", "inf", "-inf", "0", "-1", "1e308", "99999999999999999999", '"x"',
                   "true", "[]", "{}", "[[]]", '""', "0.0", "-0.0", "1e-320", '"nan"',
@@ -209,7 +212,16 @@ REAL_RUN = REPO / "results" / "baselines" / "smoke-cpu-avx512-xeon-2core.json"
 
 
 def test_result_mutants_never_traceback_and_never_pass_when_bad(tmp_path):
-    rng = random.Random(11)
+    _result_mutants(tmp_path, QUICK_RESULT_MUTANTS, seed=11)
+
+
+@pytest.mark.heavy
+def test_many_more_result_mutants_never_traceback_and_never_pass_when_bad(tmp_path):
+    _result_mutants(tmp_path, RESULT_MUTANTS, seed=12)
+
+
+def _result_mutants(tmp_path: Path, mutants: int, seed: int) -> None:
+    rng = random.Random(seed)
     synthetic = tmp_path / "base.json"
     synthetic.write_text(json.dumps(_baseline()))
     real = json.loads(REAL_RUN.read_text())
@@ -217,7 +229,7 @@ def test_result_mutants_never_traceback_and_never_pass_when_bad(tmp_path):
         assert _cli(["gate", "--baseline", str(base), "--current", str(base)]) == 0
     counts: Counter[str] = Counter()
     passes_when_bad, tracebacks = [], []
-    for i in range(RESULT_MUTANTS):
+    for i in range(mutants):
         use_real = i % 3 == 0
         base = REAL_RUN if use_real else synthetic
         kind, raw, _ = _mutant(rng, json.loads(json.dumps(real)) if use_real else _current())
@@ -237,7 +249,7 @@ def test_result_mutants_never_traceback_and_never_pass_when_bad(tmp_path):
         counts[f"{kind}: gate exit {codes.get('gate')}"] += 1
         if kind != "neutral" and codes.get("gate") == 0:
             passes_when_bad.append(f"{kind}: {raw[:400]!r}")
-    print(f"\nresult mutants: {RESULT_MUTANTS}: {dict(sorted(counts.items()))}; "
+    print(f"\nresult mutants: {mutants}: {dict(sorted(counts.items()))}; "
           f"tracebacks {len(tracebacks)}; bad files passed {len(passes_when_bad)}")
     assert not tracebacks, tracebacks[:3]
     assert not passes_when_bad, passes_when_bad[:2]

@@ -227,13 +227,15 @@ class Stopping:
 def run_interleaved(suite_path: str | Path, sides: list[Side], stopping: Stopping,
                     out_dir: str | Path, select: dict[str, set[str]] | None = None,
                     progress: Callable[[str], None] | None = None,
-                    count_instructions: bool = False, lockstep: bool = True) -> list[RunRecord]:
+                    count_instructions: bool = False, lockstep: bool = True,
+                    fresh_servers: bool = True) -> list[RunRecord]:
     """Measure every runnable case in rounds, interleaved, until ``stopping`` says it has
     enough; with ``lockstep``, the two sides of a round at once wherever the case allows
     (``lockstep_possible``). Writes OUT_DIR/SIDE.json for every side after every round, so
     a cut-short session keeps its finished rounds. With ``count_instructions``, each side's
     CPU cases then get one instruction count (bench.measurement.instructions;
-    deterministic, so one per side suffices)."""
+    deterministic, so one per side suffices). ``fresh_servers``: new fork servers for every
+    pass over the cases (about 3 s a pass here); without, one per side for the session."""
     if len({side.name for side in sides}) != len(sides):
         raise ValueError("side names must differ")
     suite = load_suite(suite_path)
@@ -251,7 +253,8 @@ def run_interleaved(suite_path: str | Path, sides: list[Side], stopping: Stoppin
         lockstep_run = Lockstep(stack.enter_context(baton_pair()), stack.enter_context(
             ThreadPoolExecutor(len(sides), thread_name_prefix="ab-side"))) \
             if lockstep and len(sides) == 2 else None
-        _rounds(sides, records, planned, stopping, out_dir, progress, servers, lockstep_run)
+        _rounds(sides, records, planned, stopping, out_dir, progress, servers, lockstep_run,
+                fresh_servers)
         if count_instructions:
             _count_instructions(sides, records, planned, out_dir, progress)
     return records
@@ -283,7 +286,8 @@ def _count_instructions(sides: list[Side], records: list[RunRecord], planned: li
 
 def _rounds(sides: list[Side], records: list[RunRecord], planned: list, stopping: Stopping,
             out_dir: str | Path, progress: Callable[[str], None] | None,
-            servers: ForkServers, lockstep: Lockstep | None = None) -> None:
+            servers: ForkServers, lockstep: Lockstep | None = None,
+            fresh_servers: bool = True) -> None:
     skipped = [skipped_result(p) for p in planned if p.skip_reason]
     runnable = [p for p in planned if not p.skip_reason]
     clean = {p.case_id: [[] for _ in sides] for p in runnable}
@@ -293,7 +297,7 @@ def _rounds(sides: list[Side], records: list[RunRecord], planned: list, stopping
     deadline = None if stopping.time_budget_s is None else \
         time.monotonic() + stopping.time_budget_s
     for r in range(stopping.max_rounds + max_dropped_rounds(stopping)):
-        if r:
+        if r and fresh_servers:
             # Fresh fork servers for every pass over the cases: a server's children share
             # its memory layout (ASLR is drawn once, at its start), so one server per side
             # for the whole session can hold one side a few percent off in every round (an
