@@ -85,6 +85,29 @@ def test_unknown_case_key_is_corrupt(tmp_path):
         load_run(path)
 
 
+@pytest.mark.parametrize("split, message", [
+    ({"parameters_mib": "x", "gradients_mib": 1.0}, "memory_split.parameters_mib"),
+    ({"optimizer_state_mib": float("nan")}, "memory_split.optimizer_state_mib"),
+    ([1, 2], "memory_split: expected"),
+])
+def test_a_memory_split_that_is_not_finite_mib_is_corrupt(tmp_path, capsys, split, message):
+    """Found by the fuzzer (seed 12): a split whose figure was a string ended bench report
+    in a traceback."""
+    path = tmp_path / "run.json"
+    data = _record().to_dict()
+    data["cases"][0]["details"]["memory_split"] = split
+    path.write_text(json.dumps(data))
+    with pytest.raises(BenchInputError, match=message):
+        load_run(path)
+    assert main(["report", str(path)]) == 2 and message in capsys.readouterr().err
+
+
+def test_a_memory_split_with_fewer_figures_is_reported():
+    record = _record()
+    record.cases[0].details["memory_split"] = {"parameters_mib": 1.5, "method": "m"}
+    assert "1.5" in render_report(record, "github")
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_report_formats(fmt):
     text = render_report(_record(), fmt)

@@ -17,7 +17,7 @@ from bench.reports.serving import render_serving
 from bench.reports.slo import slo_failures
 from bench.reports.text import csv_text
 from bench.reports.training import render_training, winners
-from bench.results.schema import CaseResult, RunRecord
+from bench.results.schema import MEMORY_SPLIT_MIB, CaseResult, RunRecord
 from bench.units import MIB
 
 FORMATS = ("github", "plain", "latex", "csv", "html")
@@ -80,8 +80,7 @@ def _compute(case: CaseResult) -> tuple[str, str, str]:
     c = case.compute
     split = case.details.get("memory_split")
     memory = "" if not split else "/".join(
-        f"{split[k]:.3g}" for k in ("parameters_mib", "gradients_mib", "optimizer_state_mib",
-                                     "activations_saved_mib"))
+        f"{split[k]:.3g}" for k in MEMORY_SPLIT_MIB if split.get(k) is not None)
     if c is None:
         return "", "", memory
     spec = "n/a" if c.mfu_spec is None else f"{c.mfu_spec:.1%}"

@@ -787,6 +787,27 @@ def check_case(case: CaseResult, where: str) -> None:
             raise SchemaError(f"{where}.details.{PROCESS_MEDIANS_KEY}: expected a list of "
                               "numbers")
         _finite(medians, f"{where}.details.{PROCESS_MEDIANS_KEY}", positive=True)
+    if "memory_split" in case.details:
+        _check_memory_split(case.details["memory_split"], f"{where}.details.memory_split")
+    for i, rank in enumerate(case.parallel.ranks if case.parallel is not None else ()):
+        _check_memory_split(rank.memory_split, f"{where}.parallel.ranks[{i}].memory_split")
+
+
+# The figures of a memory split (bench.workloads._training.memory_split), in MiB.
+MEMORY_SPLIT_MIB = ("parameters_mib", "gradients_mib", "optimizer_state_mib",
+                    "activations_saved_mib")
+
+
+def _check_memory_split(split: object, where: str) -> None:
+    if not isinstance(split, dict):
+        raise SchemaError(f"{where}: expected an object of MiB figures")
+    for key in MEMORY_SPLIT_MIB:
+        value = split.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise SchemaError(f"{where}.{key}: {str(value)[:40]!r} is not a number")
+        _finite([value], f"{where}.{key}")
 
 
 # The fingerprint is free-form (what each machine has), but readers navigate these parts.
