@@ -111,6 +111,7 @@ def _bench(*args: str, **kwargs) -> subprocess.Popen:
                             **kwargs)
 
 
+@pytest.mark.heavy  # two bench runs and seven workers end to end (about 20 s)
 def test_sweep_killed_with_sigkill_then_resumed(write_suite, tmp_path):
     suite = write_suite(SWEEP_SUITE)
     out = tmp_path / "run.json"

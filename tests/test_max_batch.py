@@ -102,6 +102,7 @@ def test_a_probe_contended_over_the_bound_every_time_ends_the_search_undecided()
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # five real workers (about 19 s); the search itself is tested on scripts
 def test_real_workers_under_a_memory_cap_find_the_known_limit():
     mib_per_sample = 512
     quick = Budget(min_trials=3, max_trials=3, max_time_s=0.5, trial_time_s=0.01,

@@ -217,8 +217,7 @@ def test_max_batch_under_a_latency_bound_finds_the_known_batch():
     assert found.latency_bound == "p99_ms=45"
 
 
-@pytest.mark.alone
-@pytest.mark.heavy
+@pytest.mark.heavy  # not alone: the memory cap decides; the latency bound is 4x away
 def test_max_batch_under_both_bounds_stops_at_the_tighter(tmp_path):
     # ballast: 64 MiB a sample under a memory cap that fits about 3; the latency bound
     # (20 ms per sample, p99 <= 250 ms) would allow 12.
