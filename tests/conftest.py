@@ -35,6 +35,12 @@ timeout_s = 60
 """
 
 
+# A few short trials of a real workload in a real worker: tests of A/B rounds that time
+# something, not of how precisely.
+ROUND_BUDGET = ('[budget]\nmin_trials = 4\nmax_trials = 4\ntrial_time_s = 0.01\n'
+                'warmup_max_s = 0.05\nmax_time_s = 0.3\ntimeout_s = 120\n')
+
+
 def sleep_suite(name: str, cases: int) -> str:
     """A suite of ``cases`` sleep benchmarks labelled s1.. (0.1, 0.2, ... ms per step)."""
     return f'[suite]\nname = "{name}"\n' + QUICK_BUDGET + "".join(

@@ -24,7 +24,7 @@ from bench.runners.interleave import Side, Stopping, round_order, run_interleave
 from bench.runners.isolation import WorkerCode, run_isolated
 from bench.spec.model import Budget, CaseSpec
 
-from .conftest import REPO
+from .conftest import REPO, ROUND_BUDGET
 from .test_gate import case, run, trials
 
 
@@ -275,9 +275,7 @@ def test_rounds_after_the_first_only_time_and_round_one_figures_stand(write_suit
         return real(spec, code, servers, *args, **kwargs)
 
     monkeypatch.setattr(interleave, "run_isolated", recording)
-    suite = write_suite('[budget]\nmin_trials = 4\nmax_trials = 4\ntrial_time_s = 0.01\n'
-                        'warmup_max_s = 0.05\nmax_time_s = 0.3\ntimeout_s = 120\n'
-                        'contended_above = 1.0\n'
+    suite = write_suite(ROUND_BUDGET + 'contended_above = 1.0\n'
                         '[[benchmark]]\nmodel = "bench.workloads.user_model:tiny_mlp"\n'
                         'matrix = { backend = ["onnxruntime"], batch_size = [4] }\n')
     here = WorkerCode.this_checkout()

@@ -24,6 +24,8 @@ from bench.measurement.interference import InterferenceProbe
 from bench.runners.interleave import Side, Stopping, lockstep_possible, run_interleaved
 from bench.runners.isolation import WorkerCode
 
+from .conftest import ROUND_BUDGET
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # A process that takes the baton, then in each of its turns appends "NAME i" to a log.
@@ -195,9 +197,7 @@ def test_a_lockstep_ab_round_times_both_sides_in_turns(write_suite, tmp_path):
     """Real workers of this checkout on both sides: each round runs them at once, both
     are measured (any measured status: the host may be busy), and each took several
     turns of the baton; the record says how rounds ran."""
-    suite = write_suite('[budget]\nmin_trials = 4\nmax_trials = 4\ntrial_time_s = 0.01\n'
-                        'warmup_max_s = 0.05\nmax_time_s = 0.3\ntimeout_s = 120\n'
-                        '[[benchmark]]\nworkload = "linreg"\nphase = "train"\n'
+    suite = write_suite(ROUND_BUDGET + '[[benchmark]]\nworkload = "linreg"\nphase = "train"\n'
                         'params = { epochs = 2 }\n'
                         'matrix = { device = ["cpu"], batch_size = [32] }\n')
     here = WorkerCode.this_checkout()

@@ -84,7 +84,12 @@ def test_ctrl_c_on_a_hang_case_exits_at_once_and_kills_the_worker(write_suite, t
     time.sleep(1.0)
     started = time.monotonic()
     proc.send_signal(sig)
-    _, err = proc.communicate(timeout=30)
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        state = _process_state(proc.pid)
+        proc.kill()
+        raise AssertionError(f"bench run still running 30 s after {sig.name}: {state}") from None
     took = time.monotonic() - started
     # At once, against the case's 120 s timeout (a loaded host may take seconds to unwind).
     assert took < 10.0, f"exited {took:.1f} s after {sig.name}"
@@ -92,6 +97,25 @@ def test_ctrl_c_on_a_hang_case_exits_at_once_and_kills_the_worker(write_suite, t
     assert marked(mark) == [], "a worker outlived the interrupted sweep"
     record = load_run(out)  # the file is whole, with the finished case
     assert [c.workload for c in record.cases] == ["sleep"]
+
+
+def _process_state(pid: int) -> str:
+    """What a process that did not exit is doing: its signal masks, threads and children."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text().splitlines()
+        lines = [line for line in status if line.split(":")[0] in (
+            "State", "SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt", "Threads")]
+        for task in sorted(Path(f"/proc/{pid}/task").iterdir()):
+            stat = (task / "stat").read_text()
+            wchan = (task / "wchan").read_text() if (task / "wchan").exists() else "?"
+            blocked = next((line for line in (task / "status").read_text().splitlines()
+                            if line.startswith("SigBlk")), "")
+            lines.append(f"task {task.name} {stat[stat.rindex(')') + 2]} {wchan} {blocked}")
+        lines += [f"child {c.pid} {c.status()} {' '.join(c.cmdline())[:120]}"
+                  for c in psutil.Process(pid).children(recursive=True)]
+        return "; ".join(lines)
+    except (OSError, psutil.Error) as exc:
+        return f"unreadable: {exc}"
 
 
 def _worker_started(proc: subprocess.Popen) -> bool:
