@@ -6,7 +6,8 @@
 Each ``suites/*.toml`` file is collected (only files in a directory named ``suites``);
 each of its cases is an item named ``workload-phase[:label][axis values]``, for example
 ``digits_cnn-infer[cpu-fp32-bs32]``. An item runs its case through the engine's isolated
-worker(s) (``bench.runners.isolation.run_in_processes``, as ``bench run`` does) and hands the
+worker(s) (``bench.runners.isolation.run_in_processes``, as ``bench run`` does: on a CPU
+forked from the session's fork servers, one per workload) and hands the
 per-trial step times to pytest-benchmark's fixture in pedantic mode, through a replay
 clock, so pytest-benchmark's statistics are computed from our trials; nothing is timed by
 pytest-benchmark itself. Our figures (throughput, latency percentiles, memory, accuracy,
@@ -26,12 +27,27 @@ import pytest
 
 from bench.measurement.fingerprint import fingerprint, machine_name
 from bench.results.store import json_safe
+from bench.runners.fork_server import ForkServers
 from bench.runners.isolation import run_in_processes
 from bench.runners.plan import plan_suite
 from bench.spec import load_suite
 from bench.spec.expand import parse_select
 
 SHORT_AXES = {"batch_size": "bs", "seq_len": "seq", "accum_steps": "acc"}
+_FORK_SERVERS = pytest.StashKey[ForkServers]()
+
+
+def fork_servers(config: pytest.Config) -> ForkServers:
+    """The session's fork servers, as a sweep's (``bench run``): started on first use,
+    closed when the session ends."""
+    if _FORK_SERVERS not in config.stash:
+        config.stash[_FORK_SERVERS] = ForkServers(per_preload=True)
+    return config.stash[_FORK_SERVERS]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _FORK_SERVERS in config.stash:
+        config.stash[_FORK_SERVERS].close()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -99,10 +115,10 @@ class SuiteFile(pytest.File):
 
 
 def _case_test(case: Any, skip_reason: str | None):  # noqa: ANN202 - a test function
-    def test_case(benchmark: Any) -> None:
+    def test_case(benchmark: Any, request: pytest.FixtureRequest) -> None:
         if skip_reason:
             pytest.skip(skip_reason)
-        result = run_in_processes(case)
+        result = run_in_processes(case, fork_servers(request.config))
         if result.status == "skipped":
             benchmark.extra_info.update(extra_info(result))
             pytest.skip(result.reason or "skipped")
@@ -211,7 +227,7 @@ class BenchModel:
                                  budget=budget, **axes)
         if planned.skip_reason:
             pytest.skip(planned.skip_reason)
-        result = run_in_processes(planned.spec)
+        result = run_in_processes(planned.spec, fork_servers(self._request.config))
         hand_over(result, self._benchmark, f"{result.case_id}: ")
         return result
 

@@ -72,3 +72,26 @@ def test_only_cpu_workers_are_forked():
         assert not servers._servers
     assert result.worker["started"].startswith("spawned") and "never forked" in \
         result.worker["started"]
+
+
+def test_a_sweep_forks_each_workload_from_a_server_of_that_workloads_imports(write_suite,
+                                                                             tmp_path):
+    # A forked worker inherits only modules its own case imports, so its memory reads as a
+    # spawned worker's (a gpt worker forked from a digits server would carry scikit-learn).
+    from bench.runners.sweep import run_suite
+
+    from .conftest import ROUND_BUDGET
+
+    suite = write_suite(ROUND_BUDGET + '[[benchmark]]\nworkload = "sleep"\nphase = "infer"\n'
+                        'params = { sleep_ms = 1.0 }\n'
+                        '[[benchmark]]\nworkload = "linreg"\nphase = "train"\n'
+                        'params = { epochs = 2 }\nmatrix = { batch_size = [32] }\n')
+    record = run_suite(suite, tmp_path / "run.json").record
+    started = {case.workload: case.worker["started"] for case in record.cases}
+    assert all(s.startswith("forked by a fork server") for s in started.values()), started
+    assert "bench.workloads.diagnostics" in started["sleep"]
+    assert "bench.workloads.linreg" not in started["sleep"]
+    assert "bench.workloads.linreg" in started["linreg"]
+    assert "bench.workloads.diagnostics" not in started["linreg"]
+    # Nothing an inference worker never imports: torch._dynamo is 70 MiB of heap.
+    assert "torch._dynamo" not in started["sleep"]

@@ -58,15 +58,25 @@ def start_sweep(suite: Path, out: Path, mark: str) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)
 
 
+def case_file_of(pid: int) -> Path | None:
+    """The case file of a worker process (spawned, or forked by a fork server): its stderr
+    is the ``err`` file in its case's directory, beside ``case.json``."""
+    try:
+        err = Path(os.readlink(f"/proc/{pid}/fd/2"))
+    except OSError:
+        return None
+    return err.parent / "case.json" if err.name == "err" and \
+        err.parent.name.startswith("bench-case-") else None
+
+
 def wait_for_worker_of(proc: subprocess.Popen, case_name: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for child in psutil.Process(proc.pid).children(recursive=True):
             try:
-                if "bench.runners.worker" in " ".join(child.cmdline()) and \
-                        case_name in Path(child.cmdline()[-2]).read_text():
+                if case_name in case_file_of(child.pid).read_text():
                     return
-            except (psutil.Error, OSError, IndexError):
+            except (psutil.Error, OSError, AttributeError):
                 continue
         time.sleep(0.1)
     raise AssertionError(f"no worker for {case_name} within {timeout} s")
@@ -119,13 +129,11 @@ def _process_state(pid: int) -> str:
 
 
 def _worker_started(proc: subprocess.Popen) -> bool:
-    for child in psutil.Process(proc.pid).children():
-        try:
-            if "bench.runners.worker" in child.cmdline():
-                return True
-        except psutil.Error:
-            continue
-    return False
+    try:
+        children = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.Error:
+        return False
+    return any(case_file_of(child.pid) for child in children)
 
 
 @pytest.mark.alone

@@ -43,11 +43,13 @@ from collections.abc import Mapping
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve()
-# Imported by every server before its first fork: the interpreter-wide cost of a worker.
+# Imported by every server before its first fork: what every worker imports.
+BASE_PRELOAD = ("torch", "bench.runners.worker")
 # torch._dynamo: every torch.optim optimizer imports it on construction (2.2 s here), which
 # each forked worker of a training case (and of an infer case that trains its model first)
-# paid again: 2.0 of a linreg probe worker's 2.7 s.
-BASE_PRELOAD = ("torch", "torch._dynamo", "bench.runners.worker")
+# paid again: 2.0 of a linreg probe worker's 2.7 s. Not in BASE_PRELOAD: its 70 MiB of heap
+# would count in the memory of an inference worker that never imports it.
+DYNAMO = "torch._dynamo"
 _PR_SET_PDEATHSIG = 1
 
 
@@ -264,17 +266,28 @@ def die_with_parent(parent_pid: int):  # noqa: ANN202 - a preexec_fn
 class ForkServers:
     """Fork servers by (checkout, start-up environment), started on first use and closed
     on exit. A server that cannot start is remembered with its reason (the caller spawns
-    workers instead)."""
+    workers instead).
 
-    def __init__(self) -> None:
+    ``preload``: modules every server imports too (bench ab: torch._dynamo, where both
+    sides' workers carry it alike). ``per_preload``: one server per set of modules a case
+    preloads (its workload's), so a worker inherits only modules its case imports anyway
+    and its memory reads as a spawned worker's (a sweep, whose figures a gate compares
+    with stored ones; a shared server would hand a gpt worker the 51 MiB of scikit-learn
+    that an earlier digits case imported)."""
+
+    def __init__(self, preload: tuple[str, ...] = (), per_preload: bool = False) -> None:
         self._servers: dict[tuple, ForkServer] = {}
         self.refused: dict[tuple, str] = {}
+        self.preload = tuple(preload)
+        self.per_preload = per_preload
 
     def get(self, source: Path, env: Mapping[str, str],
             preload: tuple[str, ...] = (), slot: str = "") -> ForkServer | None:
         """The server for ``source`` and ``env``; a server forks one worker at a time, so
         workers that run at once ask for different ``slot``s."""
-        key = (str(Path(source).resolve()), tuple(sorted(env.items())), slot)
+        preload = (*self.preload, *preload)
+        key = (str(Path(source).resolve()), tuple(sorted(env.items())), slot,
+               preload if self.per_preload else ())
         if key in self.refused:
             return None
         server = self._servers.get(key)

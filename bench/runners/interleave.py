@@ -48,7 +48,7 @@ from bench.results.schema import (
     RunRecord,
 )
 from bench.results.store import exclusive_output, write_atomically
-from bench.runners.fork_server import ForkServers
+from bench.runners.fork_server import DYNAMO, ForkServers
 from bench.runners.isolation import WorkerCode, run_isolated
 from bench.runners.merge import merge_process_results
 from bench.runners.plan import plan_suite
@@ -249,7 +249,7 @@ def run_interleaved(suite_path: str | Path, sides: list[Side], stopping: Stoppin
     with contextlib.ExitStack() as stack:
         for side in sides:
             stack.enter_context(exclusive_output(Path(out_dir) / f"{side.name}.json"))
-        servers = stack.enter_context(ForkServers())
+        servers = stack.enter_context(ForkServers(preload=(DYNAMO,)))
         lockstep_run = Lockstep(stack.enter_context(baton_pair()), stack.enter_context(
             ThreadPoolExecutor(len(sides), thread_name_prefix="ab-side"))) \
             if lockstep and len(sides) == 2 else None

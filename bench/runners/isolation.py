@@ -173,13 +173,14 @@ def _failed(case: CaseSpec, status: str, reason: str, stderr: str, peak_rss: int
 
 def run_in_processes(case: CaseSpec, servers: ForkServers | None = None) -> CaseResult:
     """Run a case in ``budget.processes`` independent workers, pooled into one record; a
-    time-to-accuracy case in one worker per seed (on a CPU forked from a fork server:
-    ``servers``, shared by a sweep's cases, or one of its own)."""
+    time-to-accuracy case in one worker per seed. With ``servers`` (a sweep's), a CPU
+    case's workers are forked from them; a time-to-accuracy case's seeds always are (from
+    a server of its own without)."""
     if case.training is not None:
         return run_seeds(case, servers=servers)
     results = []
     for _ in range(case.budget.processes):
-        results.append(run_isolated(case))
+        results.append(run_isolated(case, servers=servers))
         if results[-1].status not in ("ok", "contended"):  # contended: measured, go on
             break
     return merge_process_results(results)

@@ -21,6 +21,7 @@ import copy
 
 from bench.measurement.stats import paired_ratio
 from bench.results.schema import AccuracyResult, CaseResult, PairedSpeedup
+from bench.runners.fork_server import ForkServers
 from bench.runners.isolation import run_isolated
 from bench.runners.plan import PlannedCase
 from bench.spec.model import CaseSpec, is_reference, shape_key
@@ -57,15 +58,16 @@ def reference_of(case: CaseSpec, planned: list[PlannedCase]) -> CaseSpec | None:
                  and shape_key(p.spec) == key), None)
 
 
-def paired_speedup(case: CaseSpec, reference: CaseSpec, rounds: int) -> PairedSpeedup | str:
+def paired_speedup(case: CaseSpec, reference: CaseSpec, rounds: int,
+                   servers: ForkServers | None = None) -> PairedSpeedup | str:
     """Measure ``case`` against ``reference`` in ``rounds`` interleaved rounds; the result,
-    or why it could not be measured."""
+    or why it could not be measured. With ``servers``, CPU workers fork from them."""
     ref_medians: list[float] = []
     case_medians: list[float] = []
     for index in range(rounds):
         order = ((reference, ref_medians), (case, case_medians))
         for spec, medians in order if index % 2 == 0 else order[::-1]:
-            result = run_isolated(spec)
+            result = run_isolated(spec, servers=servers)
             if not result.measured or result.timing is None:
                 return f"round {index + 1}: {spec.case_id} ended {result.status}: {result.reason}"
             medians.append(result.timing.median_s)

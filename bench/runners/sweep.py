@@ -102,11 +102,11 @@ def run_suite(suite: str | Path | SuiteSpec, out: str | Path, *, resume: bool = 
                   if shard else None)
     # One writer per result file: a second run (--resume beside --overwrite) would
     # otherwise overwrite the first one's cases with its own view of the file.
-    with exclusive_output(out), ForkServers() as servers:
+    with exclusive_output(out), ForkServers(per_preload=True) as servers:
         store = open_store(suite, Path(out), resume, overwrite, select, shard_info)
         if host_probe:
             _probe_into(store, "start")
-        if runner is _run_one:  # seeds of time-to-accuracy cases fork from shared servers
+        if runner is _run_one:  # CPU workers fork from the sweep's servers
             runner = functools.partial(_run_one, servers=servers)
         if retry_contended:
             runner = functools.partial(_retrying_contended, runner, retry_contended)
@@ -118,7 +118,7 @@ def run_suite(suite: str | Path | SuiteSpec, out: str | Path, *, resume: bool = 
             _run_cases(store, planned, suite.name, out, progress, runner)
         rounds = suite.paired_rounds if paired_rounds is None else paired_rounds
         if rounds:  # a reference may sit in another shard: it is looked up in the whole plan
-            _pair_with_references(store, every, rounds, progress)
+            _pair_with_references(store, every, rounds, progress, servers)
         if host_probe:
             _probe_into(store, "end")
     return store
@@ -146,7 +146,7 @@ def _probe_into(store: ResultStore, when: str) -> None:
 
 
 def _pair_with_references(store: ResultStore, planned: list[PlannedCase], rounds: int,
-                          progress: bool) -> None:
+                          progress: bool, servers: ForkServers | None = None) -> None:
     """Each measured variant's speed-up over its reference, in interleaved rounds
     (bench.runners.paired); a case that already has one (--resume) keeps it."""
     by_id = {p.case_id: p.spec for p in planned}
@@ -158,7 +158,7 @@ def _pair_with_references(store: ResultStore, planned: list[PlannedCase], rounds
             todo.append((result, spec, reference))
     for result, spec, reference in tqdm(todo, desc="paired rounds", unit="case",
                                          disable=not progress, file=sys.stderr):
-        paired = paired_speedup(spec, reference, rounds)
+        paired = paired_speedup(spec, reference, rounds, servers)
         if isinstance(paired, str):
             result.warnings.append(f"no paired speed-up against {reference.case_id}: {paired}")
         else:

@@ -36,7 +36,7 @@ from bench.errors import BenchInputError
 from bench.measurement.stats import olympic
 from bench.results.journal import open_journal
 from bench.results.schema import STATUS_PRUNED, CaseResult
-from bench.runners.fork_server import ForkServers
+from bench.runners.fork_server import DYNAMO, ForkServers
 from bench.runners.isolation import run_isolated
 from bench.runners.merge import merge_seed_runs
 from bench.runners.sweep import open_store
@@ -266,7 +266,8 @@ def tune(suite_path: str | Path, out: str | Path, options: TuneOptions,
             raise RuntimeError(f"trial {trial.number}: {merged.status}: {merged.reason}")
         return value
 
-    with ForkServers() as servers, tempfile.TemporaryDirectory(prefix="bench-tune-") as tmp:
+    with ForkServers(preload=(DYNAMO,)) as servers, \
+            tempfile.TemporaryDirectory(prefix="bench-tune-") as tmp:
         scratch = Path(tmp)
         study.optimize(objective, n_trials=options.trials, catch=(RuntimeError,))
     return study
