@@ -51,11 +51,19 @@ def marked(mark: str) -> list[psutil.Process]:
     return found
 
 
+def as_a_foreground_job() -> None:
+    """Between fork and exec: SIGINT and SIGQUIT as a terminal's foreground job has them.
+    A process ignoring them passes that on (a shell ignores both for a background job:
+    make test started with `&` ran bench with SIGINT ignored, which no Ctrl-C reaches)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+
+
 def start_sweep(suite: Path, out: Path, mark: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "bench", "run", str(suite), "--out",
                              str(out), "--no-progress", "--quiet"], cwd=REPO,
                             env={**os.environ, MARK: mark}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=as_a_foreground_job)
 
 
 def case_file_of(pid: int) -> Path | None:
