@@ -22,8 +22,8 @@ regression:
 def _functions() -> str:
     """The functions .ci/run defines (jiffies, gate_stage): its text before the stages."""
     text = (REPO / ".ci" / "run").read_text()
-    functions = text[text.index("jiffies()"):text.index("\nmake test\n")]
-    assert "gate_stage()" in functions
+    functions = text[text.index("jiffies()"):text.index("\ntimed make test\n")]
+    assert "gate_stage()" in functions and "timed()" in functions
     return functions
 
 
@@ -53,3 +53,12 @@ def test_no_verdict_then_a_verdict_passes_on_the_rerun(tmp_path):
 def test_a_regression_fails_at_once(tmp_path):
     code, out, runs = _stage(tmp_path, "regression")
     assert code != 0 and runs == 1 and "stage-passed" not in out
+
+
+def test_a_timed_stage_says_its_wall_time_and_a_failing_one_stops_the_run(tmp_path):
+    script = f"set -euo pipefail\n{_functions()}\ntimed true\ntimed false\necho after\n"
+    proc = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60)
+    assert re.search(r"^ci: true took \d+ s$", proc.stdout, re.MULTILINE), proc.stdout
+    assert proc.returncode != 0 and "after" not in proc.stdout
+    assert "ci: false took" not in proc.stdout

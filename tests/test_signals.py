@@ -144,10 +144,11 @@ def _worker_started(proc: subprocess.Popen) -> bool:
     return any(case_file_of(child.pid) for child in children)
 
 
-@pytest.mark.alone
 @pytest.mark.heavy
 @pytest.mark.slow
 def test_a_sweep_killed_at_random_moments_leaves_no_worker(write_suite, tmp_path):
+    # Not alone: it times nothing. A worker that outlives its sweep runs its hang case until
+    # killed, so the grace for the dead to go can be long (a busy host reaps late).
     # The hang case alone: a worker that outlives its sweep would run until killed.
     suite = write_suite(HANG_SUITE.split("[[benchmark]]")[0] + "[[benchmark]]" +
                         HANG_SUITE.split("[[benchmark]]")[2])
@@ -165,7 +166,7 @@ def test_a_sweep_killed_at_random_moments_leaves_no_worker(write_suite, tmp_path
             time.sleep(rng.uniform(0.0, 0.15))
         proc.kill()
         proc.wait()
-        deadline = time.monotonic() + 2.0
+        deadline = time.monotonic() + 10.0
         while (left := marked(mark)) and time.monotonic() < deadline:
             time.sleep(0.05)
         survivors += left

@@ -83,8 +83,8 @@ def start_instrumentation() -> None:
     if not os.environ.get(DEFERRED_ENV):
         return
     control = _control()
-    done = subprocess.run([control or "callgrind_control", "--instr=on", str(os.getpid())],
-                          capture_output=True, text=True, timeout=120) if control else None
+    done = subprocess.run([control, "--instr=on", str(os.getpid())], capture_output=True,
+                          text=True, timeout=120) if control else None
     if done is None or done.returncode != 0 or "OK" not in done.stdout:
         raise RuntimeError("callgrind_control could not switch instrumentation on: " + (
             "not installed" if done is None else (done.stdout + done.stderr).strip()[-300:]))
