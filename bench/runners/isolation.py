@@ -51,7 +51,7 @@ from bench.results.schema import (
     SchemaError,
     from_dict,
 )
-from bench.runners.fork_server import ForkServers, die_with_parent
+from bench.runners.fork_server import DYNAMO, ForkServers, die_with_parent
 from bench.runners.merge import merge_process_results, merge_seed_runs
 from bench.spec.model import CaseSpec
 
@@ -290,14 +290,17 @@ def _start_up_env(case: CaseSpec, code: WorkerCode) -> dict[str, str]:
 
 
 def _preload(case: CaseSpec) -> tuple[str, ...]:
-    """What a fork server imports before forking this case's worker: its workload's module
-    and the modules that workload imports lazily (Workload.warm_imports)."""
+    """What a fork server imports before forking this case's worker: its workload's module,
+    the modules that workload imports lazily (Workload.warm_imports), and for a training
+    phase torch._dynamo; all of them modules the worker would import anyway."""
     from bench.workloads import get_workload  # torch kept out of the parent's start-up
     try:
         workload = get_workload(case.workload)
     except KeyError:
         return ()
-    return (workload.__module__, *workload.warm_imports)
+    # A training phase builds a torch.optim optimizer, which imports torch._dynamo.
+    trains = (DYNAMO,) if case.phase == "train" else ()
+    return (workload.__module__, *workload.warm_imports, *trains)
 
 
 def _how_started(server, servers: ForkServers | None, case: CaseSpec) -> str:  # noqa: ANN001
