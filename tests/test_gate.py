@@ -291,3 +291,19 @@ def test_a_contended_run_still_fails_on_what_contention_cannot_change(tmp_path, 
     b, c = write(tmp_path / "b.json", base), write(tmp_path / "c.json", cur)
     assert main(["gate", "--baseline", b, "--current", c]) == 1
     assert "## bench gate: FAIL" in capsys.readouterr().out
+
+
+def test_speed_the_hosts_noise_left_undecided_is_never_called_a_failure_in_the_summary():
+    from bench.reports.gate import EXIT_FAIL, EXIT_NOISY, Finding, GateReport, Policy, markdown
+
+    noisy = Finding("a", "speed", "timed while other processes used the CPU", noise=True)
+    report = GateReport(inconclusive=[noisy], cases=1)
+    text = markdown(report, "b", "c", Policy())
+    assert report.exit_code == EXIT_NOISY and "NO VERDICT" in text
+    assert "counts as a failure" not in text and "host's noise" in text
+    own = Finding("b", "speed", "too few trials")
+    report = GateReport(inconclusive=[noisy, own], cases=2)
+    text = markdown(report, "b", "c", Policy())
+    assert report.exit_code == EXIT_FAIL
+    failing = text[text.index("each counts as a failure"):text.index("host's noise (no")]
+    assert "`b`" in failing and "`a`" not in failing

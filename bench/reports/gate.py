@@ -648,8 +648,12 @@ def markdown(report: GateReport, baseline: str, current: str, policy: Policy,
         lines += [f"| `{case_id}` | {ratio:.4f} | {'yes' if policy.gate_instructions else 'no'} |"
                   for case_id, ratio in report.instructions.items()]
         lines.append("")
+    own = [f for f in report.inconclusive if not f.noise]
+    noisy = [f for f in report.inconclusive if f.noise]
     for title, findings in (("Regressions", report.regressions),
-                            ("Cannot judge (each counts as a failure)", report.inconclusive),
+                            ("Cannot judge (each counts as a failure)", own),
+                            ("Cannot judge for the host's noise (no verdict: exit 3 unless "
+                             "a failure above)", noisy),
                             ("Not compared: the baseline could not run (no verdict)",
                              report.not_compared),
                             ("Warnings: speed inconclusive (policy: warn)", report.warnings),
