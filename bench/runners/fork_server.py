@@ -285,7 +285,7 @@ class ForkServers:
             preload: tuple[str, ...] = (), slot: str = "") -> ForkServer | None:
         """The server for ``source`` and ``env``; a server forks one worker at a time, so
         workers that run at once ask for different ``slot``s."""
-        preload = (*self.preload, *preload)
+        preload = tuple(dict.fromkeys((*self.preload, *preload)))  # each module once
         key = (str(Path(source).resolve()), tuple(sorted(env.items())), slot,
                preload if self.per_preload else ())
         if key in self.refused:
