@@ -7,6 +7,7 @@ commands that run cases (and the workload registry) need."""
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -525,6 +526,9 @@ def _add_tune_commands(sub: Any) -> None:
     p.set_defaults(func=cmd_tune_report)
 
 
+# Built once per process: argparse takes 10 ms to build it, and main() may run thousands
+# of times in one process (the fuzz test's 4,000 calls).
+@functools.cache
 def build_parser() -> argparse.ArgumentParser:
     from bench import __version__
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 
 import pytest
 
@@ -17,7 +19,7 @@ from bench.results.schema import (
     ThroughputResult,
     TimingResult,
 )
-from bench.results.store import ResultStore, load_run
+from bench.results.store import ResultStore, json_safe, load_run
 
 
 def _record() -> RunRecord:
@@ -47,6 +49,24 @@ def test_round_trip(tmp_path):
     loaded = load_run(path)
     assert loaded == store.record
     assert json.loads(path.read_text())["schema_version"] == SCHEMA_VERSION
+
+
+def test_the_file_holds_the_record_as_asdict_gives_it_each_case_on_a_line(tmp_path):
+    record = _record()
+    record.cases[0].timing.trial_samples_s = [[0.01, 0.02, 1], [0.015, 0.5]]
+    record.cases[0].details = {"pair": (1.0, -math.inf), "nested": [{"x": [1.5, math.nan]}]}
+    path = tmp_path / "run.json"
+    ResultStore.create(path, record)
+    as_asdict = dataclasses.asdict(record)
+    assert record.to_dict() == {"schema": as_asdict.pop("schema"),
+                                "schema_version": as_asdict.pop("schema_version"), **as_asdict}
+    text = path.read_text()
+    assert json.loads(text) == json.loads(json.dumps(json_safe(record.to_dict())))
+    assert "NaN" not in text and "Infinity" not in text
+    case_lines = [line for line in text.splitlines() if line.startswith('{"case_id"')]
+    assert [json.loads(line.rstrip(","))["case_id"] for line in case_lines] == \
+        [case.case_id for case in record.cases]
+    assert load_run(path).cases[0].timing == record.cases[0].timing
 
 
 def test_append_replaces_same_case_and_leaves_no_temp_files(tmp_path):

@@ -634,13 +634,30 @@ class RunRecord:
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
+        data = plain(self)
         # Schema identification first, for humans opening the file.
         return {"schema": data.pop("schema"), "schema_version": data.pop("schema_version"),
                 **data}
 
     def case(self, case_id: str) -> CaseResult | None:
         return next((c for c in self.cases if c.case_id == case_id), None)
+
+
+def plain(value: Any) -> Any:
+    """``dataclasses.asdict`` for a record: the same dicts, lists and values. A run file is
+    rewritten after every case, and asdict copies each raw timing sample by a recursive
+    call (0.3 s per rewrite of a 22-case file here); a list of plain numbers is copied
+    whole."""
+    kind = type(value)
+    if kind is list or kind is tuple:
+        if all(type(item) is float or type(item) is int for item in value):
+            return kind(value)
+        return kind(plain(item) for item in value)
+    if kind is dict:
+        return {plain(k): plain(v) for k, v in value.items()}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    return value
 
 
 class SchemaError(ValueError):

@@ -44,12 +44,29 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
+        if all(type(v) is float or type(v) is int for v in value) and \
+                math.isfinite(sum(value)):  # raw samples: all finite, copied whole
+            return list(value)
         return [json_safe(v) for v in value]
     return value
 
 
+def record_text(data: dict[str, Any]) -> str:
+    """A run file's text: its head indented for a reader, then each case on one line of
+    its own. json's C encoder writes only unindented JSON: the indented pure-Python one
+    took 0.4 s per rewrite of a 22-case file (each raw sample on a line of its own, 5.7
+    MB), and the file is rewritten after every case."""
+    data = json_safe(data)
+    cases = data.get("cases")
+    if not isinstance(cases, list) or not data or list(data)[-1] != "cases":
+        return json.dumps(data, indent=1) + "\n"
+    head = json.dumps({k: v for k, v in data.items() if k != "cases"}, indent=1)
+    lines = ",\n".join(json.dumps(case) for case in cases)
+    return f'{head.removesuffix("}").rstrip()},\n "cases": [\n{lines}\n ]\n}}\n'
+
+
 def write_atomically(path: Path, data: dict[str, Any], option: str | None = None) -> None:
-    write_text_atomically(path, json.dumps(json_safe(data), indent=1) + "\n", option)
+    write_text_atomically(path, record_text(data), option)
 
 
 def load_run(path: str | Path) -> RunRecord:
