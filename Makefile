@@ -27,8 +27,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not heavy" -n 2 --dist loadfile --durations=15
 
 # The long end-to-end checks: CI runs them after make test. Those that only assert
-# correctness share the two cores (pytest-xdist); those marked alone (real timing, spinners,
-# random kills with a deadline) run after them, one at a time.
+# correctness share the two cores (pytest-xdist); those marked alone (real timing, spinners)
+# run after them, one at a time.
 test-heavy: $(STAMP)
 	$(BIN)/python -m pytest -q -m "heavy and not alone" -n 2 --dist loadfile --durations=15
 	$(BIN)/python -m pytest -q -m "heavy and alone" --durations=15

@@ -96,3 +96,84 @@ def test_a_sweep_forks_each_workload_from_a_server_of_that_workloads_imports(wri
     # torch._dynamo (70 MiB of heap) only where the case imports it anyway: its optimizer.
     assert "torch._dynamo" not in started["sleep"]
     assert "torch._dynamo" in started["linreg"]
+
+
+TINY_MODEL = '''
+{prelude}
+import torch
+
+from bench import UserModel
+
+
+def build():
+    torch.manual_seed(0)
+    return UserModel(torch.nn.Linear(4, {outputs}),
+                     lambda batch, seed: (torch.ones(batch, 4) * seed,))
+'''
+
+
+TINY_BUDGET = {"min_trials": 4, "max_trials": 4, "max_time_s": 0.3, "trial_time_s": 0.01,
+               "warmup_max_s": 0.05, "timeout_s": 120}
+
+
+def _user_model_folders(tmp_path):
+    """Two modules named tiny in two folders (2 and 3 outputs), and one that starts a
+    thread when imported."""
+    folders = {name: tmp_path / name for name in ("two", "three", "threaded")}
+    for folder in folders.values():
+        folder.mkdir()
+    (folders["two"] / "tiny.py").write_text(TINY_MODEL.format(prelude="", outputs=2))
+    (folders["three"] / "tiny.py").write_text(TINY_MODEL.format(prelude="", outputs=3))
+    (folders["threaded"] / "threaded.py").write_text(TINY_MODEL.format(
+        prelude="import threading, time\nthreading.Thread(target=time.sleep, args=(600,), "
+                "name='user-poller', daemon=True).start()", outputs=2))
+    return folders
+
+
+def _parameters(result) -> int:
+    assert result.measured, (result.status, result.reason, result.stderr_tail)
+    return result.model.parameters
+
+
+def test_a_user_models_module_is_imported_by_its_own_fork_server(write_suite, tmp_path):
+    from bench.runners.sweep import run_suite
+
+    from .conftest import ROUND_BUDGET
+
+    folders = _user_model_folders(tmp_path)
+    suite = write_suite(ROUND_BUDGET + "".join(
+        f'[[benchmark]]\nlabel = "{label}"\nmodel = "{module}:build"\n'
+        f'python_path = "{folders[label]}"\n'
+        for label, module in (("two", "tiny"), ("three", "tiny"), ("threaded", "threaded"))))
+    cases = {case.label: case for case in run_suite(suite, tmp_path / "run.json").record.cases}
+    # The same module name from two folders: two servers, each with the case's own module.
+    assert _parameters(cases["two"]) == 4 * 2 + 2
+    assert _parameters(cases["three"]) == 4 * 3 + 3
+    for label in ("two", "three"):
+        started = cases[label].worker["started"]
+        assert started.startswith("forked by a fork server"), started
+        assert f"tiny@{folders[label]}" in started
+    assert cases["two"].worker["started"] != cases["three"].worker["started"]
+    # A module that starts a thread on import: no fork after it, the worker is spawned.
+    started = cases["threaded"].worker["started"]
+    assert _parameters(cases["threaded"]) == 10
+    assert started.startswith("spawned") and "started Python threads (user-poller)" in started
+
+
+def test_a_shared_server_never_hands_a_worker_another_folders_module(tmp_path):
+    from bench.api import one_model_case
+
+    folders = _user_model_folders(tmp_path)
+    two, three = (one_model_case("tiny:build", python_path=folders[name],
+                                   budget=TINY_BUDGET).spec
+                  for name in ("two", "three"))
+    with ForkServers() as servers:  # one server for both: it imports tiny once, from two/
+        first = run_isolated(two, servers=servers)
+        second = run_isolated(three, servers=servers)
+        again = run_isolated(three, servers=servers)
+    assert _parameters(first) == 10 and first.worker["started"].startswith("forked")
+    assert _parameters(second) == 15 and _parameters(again) == 15
+    for result in (second, again):
+        assert result.worker["started"].startswith("spawned"), result.worker["started"]
+        assert f"it had imported user modules from {folders['two']}, not from " \
+            f"{folders['three']}" in result.worker["started"]

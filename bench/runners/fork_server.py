@@ -23,6 +23,13 @@ Protocol, one JSON object per line: the parent writes ``{"argv": [...], "stderr"
 effort: a module another checkout lacks is reported and left out), forks, answers
 ``{"pid": N}``, waits for the child and answers ``{"pid": N, "wait_status": S}``. At
 start it answers ``{"ready": [...modules imported...], "failed": {...}}``.
+
+A preload entry ``module@folder`` is a user's module (a model factory's): ``folder`` goes
+first on ``sys.path``, as the worker puts it (bench.workloads.user_model), then ``module``
+is imported. User code may do what a fork must not follow: start a thread, initialise
+CUDA. After importing it the server looks (``_fork_hazard``), and where it finds one it
+forks nothing more: it answers ``{"hazard": REASON}`` (at start, in its hello) and the
+parent spawns that case's worker instead.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Mapping
@@ -55,17 +63,48 @@ _PR_SET_PDEATHSIG = 1
 
 # ---- the server (runs as a script, in the side's environment) ----
 
-def _import_all(names: list[str], failed: dict[str, str]) -> list[str]:
+# The folders of user modules this server has imported (put first on sys.path): a worker
+# of a case from another folder would find this folder's modules before its own.
+_USER_FOLDERS: list[str] = []
+
+
+def _import_all(entries: list[str], failed: dict[str, str]) -> list[str]:
     done = []
-    for name in names:
-        if name in sys.modules or name in failed:
-            continue
+    for entry in entries:
+        name, _, folder = entry.partition("@")
+        if entry in failed or name in sys.modules or \
+                (folder and _USER_FOLDERS and folder not in _USER_FOLDERS):
+            continue  # imported already, or from another folder: _fork_hazard says so
+        if folder:
+            _USER_FOLDERS.append(folder)
+            if folder not in sys.path:
+                sys.path.insert(0, folder)
         try:
             importlib.import_module(name)
-            done.append(name)
+            done.append(entry)
         except Exception as exc:  # noqa: BLE001 - a module another checkout lacks
-            failed[name] = f"{type(exc).__name__}: {exc}"[:300]
+            failed[entry] = f"{type(exc).__name__}: {exc}"[:300]
     return done
+
+
+def _fork_hazard(entries: list[str]) -> str | None:
+    """Why a child forked now could break: a Python thread some import started (only the
+    forking thread survives a fork, holding whatever locks the others held), CUDA
+    initialised (a forked child cannot use it), or user modules imported from another
+    folder than the case's (its worker could be handed another folder's module of the
+    same name)."""
+    if threading.active_count() > 1:
+        names = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
+        return f"an import started Python threads ({', '.join(names)[:200]})"
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        return "an import initialised CUDA"
+    for entry in entries:
+        folder = entry.partition("@")[2]
+        if folder and _USER_FOLDERS and folder not in _USER_FOLDERS:
+            return f"it had imported user modules from {', '.join(_USER_FOLDERS)}, " \
+                   f"not from {folder}"
+    return None
 
 
 def _child(request: dict, server_pid: int) -> None:
@@ -104,13 +143,18 @@ def serve(preload: list[str]) -> None:
     out = sys.stdout
     failed: dict[str, str] = {}
     ready = _import_all([*BASE_PRELOAD, *preload], failed)
-    print(json.dumps({"ready": ready, "failed": failed, "pid": os.getpid()}), file=out,
-          flush=True)
-    if "bench.runners.worker" not in sys.modules:
+    hazard = _fork_hazard(preload)
+    print(json.dumps({"ready": ready, "failed": failed, "pid": os.getpid(),
+                      "hazard": hazard}), file=out, flush=True)
+    if "bench.runners.worker" not in sys.modules or hazard:
         return
     for line in sys.stdin:
         request = json.loads(line)
-        loaded = _import_all(list(request.get("preload", [])), failed)
+        wanted = list(request.get("preload", []))
+        loaded = _import_all(wanted, failed)
+        if hazard := _fork_hazard(wanted):
+            print(json.dumps({"hazard": hazard}), file=out, flush=True)
+            return
         out.flush()
         pid = os.fork()
         if pid == 0:
@@ -124,6 +168,10 @@ def serve(preload: list[str]) -> None:
 
 class ForkServerError(RuntimeError):
     """The server could not start or stopped answering."""
+
+
+class ForkHazard(ForkServerError):
+    """A request's imports left the server unsafe to fork (``_fork_hazard``): it has ended."""
 
 
 class ForkServer:
@@ -147,11 +195,12 @@ class ForkServer:
             hello = self._answer(start_timeout_s)
         except (EOFError, json.JSONDecodeError):
             hello = None
-        if hello is None or "ready" not in hello or \
+        if hello is None or "ready" not in hello or hello.get("hazard") or \
                 "bench.runners.worker" in hello.get("failed", {}):
             self.close()
-            raise ForkServerError(f"the fork server for {source} did not start: "
-                                  f"{(hello or {}).get('failed') or self._stderr_tail()}")
+            why = (hello or {}).get("hazard") or (hello or {}).get("failed") or \
+                self._stderr_tail()
+            raise ForkServerError(f"the fork server for {source} did not start: {why}")
         self.pid = int(hello["pid"])
         self.preloaded = list(hello["ready"])
         self.failed: dict[str, str] = dict(hello.get("failed", {}))
@@ -198,6 +247,8 @@ class ForkServer:
             answer = self._answer(None)
         except (EOFError, json.JSONDecodeError):
             answer = None
+        if answer is not None and answer.get("hazard"):
+            raise ForkHazard(f"the fork server did not fork: {answer['hazard']}")
         if answer is None or "pid" not in answer:
             raise ForkServerError(f"the fork server for {self.source} did not fork: "
                                   f"{self._stderr_tail()}")
@@ -281,13 +332,32 @@ class ForkServers:
         self.preload = tuple(preload)
         self.per_preload = per_preload
 
+    def _key(self, source: Path, env: Mapping[str, str], preload: tuple[str, ...],
+             slot: str) -> tuple:
+        return (str(Path(source).resolve()), tuple(sorted(env.items())), slot,
+                preload if self.per_preload else ())
+
+    def refusal(self, source: Path, env: Mapping[str, str], preload: tuple[str, ...] = (),
+                slot: str = "") -> str | None:
+        """Why ``get`` with these arguments gives no server (None: it gives one)."""
+        preload = tuple(dict.fromkeys((*self.preload, *preload)))
+        return self.refused.get(self._key(source, env, preload, slot))
+
+    def give_up(self, server: ForkServer, reason: str) -> None:
+        """Close ``server`` and start no other for its key: ``get`` answers None with
+        ``reason`` (a request's import left it unsafe to fork)."""
+        for key, held in list(self._servers.items()):
+            if held is server:
+                del self._servers[key]
+                self.refused[key] = reason
+        server.close()
+
     def get(self, source: Path, env: Mapping[str, str],
             preload: tuple[str, ...] = (), slot: str = "") -> ForkServer | None:
         """The server for ``source`` and ``env``; a server forks one worker at a time, so
         workers that run at once ask for different ``slot``s."""
         preload = tuple(dict.fromkeys((*self.preload, *preload)))  # each module once
-        key = (str(Path(source).resolve()), tuple(sorted(env.items())), slot,
-               preload if self.per_preload else ())
+        key = self._key(source, env, preload, slot)
         if key in self.refused:
             return None
         server = self._servers.get(key)

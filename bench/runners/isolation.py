@@ -1,8 +1,10 @@
 """Run one case in its own worker process, under a timeout and a memory limit.
 
-The worker is a fresh interpreter (spawned, never forked) in its own process group,
-started with ``python -P`` and PYTHONPATH set to the checkout whose code it must run, so
-a ``bench`` folder in the working directory is never imported instead. The kernel kills
+The worker is a fresh process in its own process group: an interpreter started with
+``python -P`` and PYTHONPATH set to the checkout whose code it must run, so a ``bench``
+folder in the working directory is never imported instead; or, for a CPU case run with
+fork servers, a child forked from such an interpreter that had imported only modules the
+case imports itself (bench.runners.fork_server). The kernel kills
 it when the thread that started it dies (``PR_SET_PDEATHSIG``, set in the child before
 exec, then a check that the parent is still the one that forked it: no window in which
 a killed sweep leaves a worker running). Ctrl-C (or any exception) in the parent kills
@@ -51,7 +53,7 @@ from bench.results.schema import (
     SchemaError,
     from_dict,
 )
-from bench.runners.fork_server import DYNAMO, ForkServers, die_with_parent
+from bench.runners.fork_server import DYNAMO, ForkHazard, ForkServers, die_with_parent
 from bench.runners.merge import merge_process_results, merge_seed_runs
 from bench.spec.model import CaseSpec
 
@@ -227,14 +229,20 @@ def run_isolated(case: CaseSpec, code: WorkerCode | None = None,
         per_run = {"TORCHINDUCTOR_CACHE_DIR": str(tmpdir / "inductor"),
                    "TRITON_CACHE_DIR": str(tmpdir / "triton"), **(run_env or {})}
         env = _start_up_env(case, code)
-        server = servers.get(code.source, env, _preload(case), slot) \
-            if servers is not None and case.device == "cpu" and not case.count_instructions \
-            else None
+        forkable = servers is not None and case.device == "cpu" and not case.count_instructions
+        preload = _preload(case) if forkable else ()
+        server = servers.get(code.source, env, preload, slot) if forkable else None
+        refusal = servers.refusal(code.source, env, preload, slot) if forkable else None
         callgrind_out = tmpdir / "callgrind.out"
+        proc = None
         if server is not None:
-            proc = server.start([str(case_file), str(out_file)], err_file, per_run,
-                                _preload(case))
-        else:
+            try:
+                proc = server.start([str(case_file), str(out_file)], err_file, per_run,
+                                    preload)
+            except ForkHazard as exc:  # the case's own imports made forking unsafe
+                servers.give_up(server, str(exc))
+                server, refusal = None, str(exc)
+        if proc is None:
             prefix = instructions.command_prefix(callgrind_out) \
                 if case.count_instructions else []
             with open(err_file, "wb") as err:
@@ -257,7 +265,8 @@ def run_isolated(case: CaseSpec, code: WorkerCode | None = None,
             raise
         if case.count_instructions:
             _add_instruction_count(result, callgrind_out)
-    result.worker = {**(result.worker or {}), "started": _how_started(server, servers, case)}
+    result.worker = {**(result.worker or {}),
+                     "started": _how_started(server, servers, case, refusal)}
     result.duration_s = time.perf_counter() - started
     return result
 
@@ -291,8 +300,9 @@ def _start_up_env(case: CaseSpec, code: WorkerCode) -> dict[str, str]:
 
 def _preload(case: CaseSpec) -> tuple[str, ...]:
     """What a fork server imports before forking this case's worker: its workload's module,
-    the modules that workload imports lazily (Workload.warm_imports), and for a training
-    phase torch._dynamo; all of them modules the worker would import anyway."""
+    the modules that case imports lazily (Workload.case_imports: a user model's factory
+    module among them), and for a training phase torch._dynamo; all of them modules the
+    worker would import anyway."""
     from bench.workloads import get_workload  # torch kept out of the parent's start-up
     try:
         workload = get_workload(case.workload)
@@ -300,10 +310,11 @@ def _preload(case: CaseSpec) -> tuple[str, ...]:
         return ()
     # A training phase builds a torch.optim optimizer, which imports torch._dynamo.
     trains = (DYNAMO,) if case.phase == "train" else ()
-    return (workload.__module__, *workload.warm_imports, *trains)
+    return (workload.__module__, *workload.case_imports(case), *trains)
 
 
-def _how_started(server, servers: ForkServers | None, case: CaseSpec) -> str:  # noqa: ANN001
+def _how_started(server, servers: ForkServers | None, case: CaseSpec,  # noqa: ANN001
+                 refusal: str | None) -> str:
     if server is not None:
         return f"forked by a fork server (pid {server.pid}) that had imported " \
                f"{', '.join(server.preloaded)}"
@@ -311,8 +322,9 @@ def _how_started(server, servers: ForkServers | None, case: CaseSpec) -> str:  #
         return "spawned (a fresh interpreter)"
     if case.device != "cpu":
         return f"spawned (a fresh interpreter; {case.device} workers are never forked)"
-    return "spawned (a fresh interpreter; the fork server did not start: " \
-           f"{next(iter(servers.refused.values()), 'unknown')[:200]})"
+    if case.count_instructions:
+        return "spawned (a fresh interpreter, under callgrind)"
+    return f"spawned (a fresh interpreter; {(refusal or 'no fork server')[:300]})"
 
 
 def _wait_or_kill(proc: subprocess.Popen, timeout_s: float) -> bool:

@@ -198,6 +198,13 @@ class Workload(ABC):
     warm_imports: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
+    def case_imports(cls, case) -> tuple[str, ...]:  # noqa: ANN001 - a CaseSpec
+        """What ``case``'s worker imports lazily, for a fork server to import first: the
+        workload's ``warm_imports``, or ``module@folder`` for a user's module that the
+        worker imports with ``folder`` first on sys.path (bench.runners.fork_server)."""
+        return cls.warm_imports
+
+    @classmethod
     def axes(cls) -> dict[str, Setting]:
         return common_axes(cls.phases)
 

@@ -296,6 +296,16 @@ class UserModelWorkload(Workload):
         return pipeline.unsupported_reason(case.axes, case.device, cls.support)
 
     @classmethod
+    def case_imports(cls, case) -> tuple[str, ...]:
+        """The factory's module (a user's, often importing torchvision, transformers or
+        scikit-learn: a second or more per worker), from the folder resolve_factory puts
+        first on sys.path."""
+        factory, folder = case.params.get("factory"), case.params.get("python_path")
+        if not factory or not folder:
+            return cls.warm_imports
+        return (*cls.warm_imports, f"{factory.partition(':')[0]}@{folder}")
+
+    @classmethod
     def prepare(cls, case, ctx: RunContext) -> Phase:
         phase = UserModelTrain if case.phase == "train" else UserModelInfer
         return phase(case, ctx, *user_model_for(case))
