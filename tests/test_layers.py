@@ -17,9 +17,11 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 # What each package may not import at module level: the layers above it.
 ABOVE = {
     "spec": ("bench.runners", "bench.reports", "bench.variants", "bench.workloads",
-             "bench.results", "bench.cli", "bench.pytest_plugin"),
+             "bench.results", "bench.measurement", "bench.cli", "bench.pytest_plugin"),
     "results": ("bench.runners", "bench.reports", "bench.variants", "bench.workloads",
-                "bench.cli", "bench.pytest_plugin"),
+                "bench.measurement", "bench.cli", "bench.pytest_plugin"),
+    "measurement": ("bench.runners", "bench.reports", "bench.variants", "bench.workloads",
+                    "bench.cli", "bench.pytest_plugin"),
     "reports": ("bench.runners", "bench.variants", "bench.workloads", "bench.cli",
                 "bench.pytest_plugin"),
     "variants": ("bench.runners", "bench.reports", "bench.workloads", "bench.cli",
@@ -39,6 +41,18 @@ def _imported(node: ast.AST) -> list[str]:
     if isinstance(node, ast.ImportFrom) and node.module:
         return [node.module]
     return []
+
+
+def test_every_package_has_its_layer():
+    packages = {p.parent.name for p in BENCH.glob("*/__init__.py")}
+    assert packages == set(ABOVE)
+
+
+def test_the_spec_layers_budget_minimum_is_the_statistics_own():
+    from bench.measurement.stats import min_trials_for_verdict
+    from bench.spec.model import MIN_TRIALS_FOR_VERDICT
+
+    assert MIN_TRIALS_FOR_VERDICT == min_trials_for_verdict(0.05)
 
 
 @pytest.mark.parametrize("package", sorted(ABOVE))

@@ -20,13 +20,14 @@ from __future__ import annotations
 import os
 import platform
 
+from bench.spec.model import ALLOCATOR_POLICIES
 from bench.units import MIB
 
 STEADY_ENV = {
     "MALLOC_MMAP_THRESHOLD_": str(32 * MIB),
     "MALLOC_TRIM_THRESHOLD_": str(4096 * MIB),
 }
-POLICIES = ("steady", "system")
+POLICIES = ALLOCATOR_POLICIES
 
 
 def worker_env(policy: str, base: dict[str, str] | None = None) -> dict[str, str]:

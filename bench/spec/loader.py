@@ -12,12 +12,12 @@ from typing import Any
 
 from bench.errors import BenchInputError
 from bench.files import PACKAGE_PREFIX, package_folder, parse_toml, read_bounded_text
-from bench.measurement.allocator import POLICIES
-from bench.measurement.stats import min_trials_for_verdict
 from bench.spec.axes import Setting
 from bench.spec.expand import benchmark_case_ids
 from bench.spec.model import (
+    ALLOCATOR_POLICIES,
     CLOSED_LOOP,
+    MIN_TRIALS_FOR_VERDICT,
     SLO_KEYS,
     AccuracyTarget,
     BenchmarkSpec,
@@ -48,7 +48,7 @@ MAX_TIMEOUT_S = 7 * 24 * 3600.0
 # timeout or a 0 MiB limit would fail every case), the rest may be zero.
 _POSITIVE_BUDGET = {"target_rel_ci", "max_time_s", "trial_time_s", "cv_warning", "timeout_s",
                     "memory_limit_mib", "contended_above"}
-_BUDGET_MINIMUM = {"min_trials": min_trials_for_verdict(), "max_trials": 1,
+_BUDGET_MINIMUM = {"min_trials": MIN_TRIALS_FOR_VERDICT, "max_trials": 1,
                    "warmup_min_iters": 1, "processes": 1}
 _BUDGET_SETTINGS = {
     f.name: Setting(f.name, float if f.type in ("float", "float | None") else int,
@@ -59,7 +59,7 @@ _BUDGET_SETTINGS = {
                     else 1.0 if f.name == "contended_above" else None)
     for f in dataclasses.fields(Budget) if f.type != "str"
 }
-_BUDGET_SETTINGS["allocator"] = Setting("allocator", str, choices=POLICIES)
+_BUDGET_SETTINGS["allocator"] = Setting("allocator", str, choices=ALLOCATOR_POLICIES)
 
 
 def _check_keys(table: Any, allowed: set[str], source: str, where: str) -> dict[str, Any]:

@@ -63,6 +63,14 @@ def training_settings(case: Any) -> dict[str, Any] | None:
     return None if record is None else dict(record.settings)
 
 
+# The host allocator's states a budget may pin (bench.measurement.allocator applies them).
+ALLOCATOR_POLICIES = ("steady", "system")
+# The fewest trials per side with which Mann-Whitney can reach p < 0.05: 2 / C(8, 4) =
+# 0.029, while 3 give at best 0.1 (bench.measurement.stats.min_trials_for_verdict, which
+# a test keeps equal to this).
+MIN_TRIALS_FOR_VERDICT = 4
+
+
 @dataclass(frozen=True)
 class Budget:
     """How much measuring a case may do, and when to stop early.
