@@ -239,47 +239,11 @@ def _load_pair(args: argparse.Namespace, gating: bool = False):  # noqa: ANN202
                               f"the baseline ({'; '.join(diffs)}); pass "
                               "--allow-different-machines to compare anyway")
     if gating:
-        _refuse_fooled_pair(args.baseline, baseline, args.current, current,
-                            getattr(args, "allow_injected_slowdown", False))
+        from bench.reports.gate import refuse_misleading_pair  # only where a pair is gated
+
+        refuse_misleading_pair(args.baseline, baseline, args.current, current,
+                               getattr(args, "allow_injected_slowdown", False))
     return baseline, current
-
-
-def _refuse_fooled_pair(base_name: str, baseline, cur_name: str, current,  # noqa: ANN001
-                        allow_injected: bool) -> None:
-    """Refuse (exit 2) to gate files whose verdict would not mean what it says: a run with
-    a test-injected slowdown, or an A/B session whose two sides ran the same code."""
-    from bench.reports.compare import paired_session, run_injected_slowdowns
-
-    if not allow_injected:
-        for name, record in ((base_name, baseline), (cur_name, current)):
-            injected = run_injected_slowdowns(record)
-            if injected:
-                case_id, fraction = next(iter(injected.items()))
-                raise BenchInputError(name, f"{len(injected)} cases ran with an injected "
-                                      f"slowdown (BENCH_TEST_SLOWDOWN; {case_id}: "
-                                      f"+{fraction:.0%}); pass --allow-injected-slowdown "
-                                      "to gate it anyway")
-    if paired_session(baseline, current) is None:
-        return
-    declared = [r.run.pairing.get("source") for r in (baseline, current)]
-    envs = [r.run.pairing.get("env") or {} for r in (baseline, current)]
-    ran = [{c.case_id: c.worker.get("bench_source") for c in r.cases if c.worker}
-           for r in (baseline, current)]
-    for side, name, record, source in zip(("baseline", "current"), (base_name, cur_name),
-                                          (baseline, current), declared, strict=True):
-        wrong = [c.case_id for c in record.cases
-                 if c.worker.get("bench_source") not in (None, source)]
-        if wrong:
-            raise BenchInputError(name, f"the {side} side was declared as {source} but its "
-                                  f"worker ran the bench package at "
-                                  f"{record.case(wrong[0]).worker.get('bench_source')} "
-                                  f"({wrong[0]}); refusing a session that did not measure "
-                                  "what it says")
-    same = [cid for cid, src in ran[1].items() if src is not None and ran[0].get(cid) == src]
-    if same and envs[0] == envs[1]:
-        raise BenchInputError(cur_name, f"both sides of the A/B session ran the same code "
-                              f"({ran[1][same[0]]}) with the same environment: the session "
-                              "compares the code with itself")
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -390,6 +354,7 @@ def cmd_ab(args: argparse.Namespace) -> int:
                                    fork=args.workers == "fork",
                                    count_instructions=args.instructions,
                                    lockstep=args.rounds_run == "lockstep")
+    from bench.reports.gate import refuse_misleading_pair
     from bench.results.schema import SLOWDOWN_ENV
 
     print(render_comparison(compare_runs(base_run, cur_run)))
@@ -397,8 +362,8 @@ def cmd_ab(args: argparse.Namespace) -> int:
     base_name, cur_name = str(out_dir / "baseline.json"), str(out_dir / "current.json")
     # A slowdown asked for on the command line is the point of the session; one inherited
     # from the shell's environment is not.
-    _refuse_fooled_pair(base_name, base_run, cur_name, cur_run,
-                        allow_injected=SLOWDOWN_ENV in {**current_env, **baseline_env})
+    refuse_misleading_pair(base_name, base_run, cur_name, cur_run,
+                           allow_injected=SLOWDOWN_ENV in {**current_env, **baseline_env})
     return _gate(base_run, cur_run, policy, base_name, cur_name)
 
 

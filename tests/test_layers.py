@@ -52,7 +52,7 @@ def test_the_spec_layers_budget_minimum_is_the_statistics_own():
     from bench.measurement.stats import min_trials_for_verdict
     from bench.spec.model import MIN_TRIALS_FOR_VERDICT
 
-    assert MIN_TRIALS_FOR_VERDICT == min_trials_for_verdict(0.05)
+    assert min_trials_for_verdict(0.05) == MIN_TRIALS_FOR_VERDICT
 
 
 @pytest.mark.parametrize("package", sorted(ABOVE))

@@ -48,10 +48,16 @@ from bench.files import parse_toml, read_bounded_text
 from bench.measurement.host_probe import describe_ratio, host_ratio
 from bench.measurement.sequential import NO_REGRESSION, REGRESSION, SequentialTest
 from bench.measurement.stats import min_trials_for_verdict
-from bench.reports.compare import CaseComparison, Problem, instructions_per_step
+from bench.reports.compare import (
+    CaseComparison,
+    Problem,
+    instructions_per_step,
+    paired_session,
+    run_injected_slowdowns,
+)
 from bench.reports.parity import class_parity_failures, worst_class
 from bench.reports.slo import slo_failures
-from bench.results.schema import AB_UNMEASURED_KEY, STATUS_CONTENDED, HostProbe
+from bench.results.schema import AB_UNMEASURED_KEY, STATUS_CONTENDED, HostProbe, RunRecord
 from bench.units import DEFAULT_PARITY_TARGET, MIB
 
 
@@ -664,3 +670,40 @@ def markdown(report: GateReport, baseline: str, current: str, policy: Policy,
             lines += [f"| `{f.case_id}` | {f.check} | {f.text} |" for f in findings]
             lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def refuse_misleading_pair(base_name: str, baseline: RunRecord, cur_name: str,
+                           current: RunRecord, allow_injected: bool) -> None:
+    """Refuse (exit 2) to gate files whose verdict would not mean what it says: a run with
+    a test-injected slowdown, or an A/B session whose two sides ran the same code or not
+    the code they declare. Every front door that gates a pair calls it first."""
+    if not allow_injected:
+        for name, record in ((base_name, baseline), (cur_name, current)):
+            injected = run_injected_slowdowns(record)
+            if injected:
+                case_id, fraction = next(iter(injected.items()))
+                raise BenchInputError(name, f"{len(injected)} cases ran with an injected "
+                                      f"slowdown (BENCH_TEST_SLOWDOWN; {case_id}: "
+                                      f"+{fraction:.0%}); pass --allow-injected-slowdown "
+                                      "to gate it anyway")
+    if paired_session(baseline, current) is None:
+        return
+    declared = [r.run.pairing.get("source") for r in (baseline, current)]
+    envs = [r.run.pairing.get("env") or {} for r in (baseline, current)]
+    ran = [{c.case_id: c.worker.get("bench_source") for c in r.cases if c.worker}
+           for r in (baseline, current)]
+    for side, name, record, source in zip(("baseline", "current"), (base_name, cur_name),
+                                          (baseline, current), declared, strict=True):
+        wrong = [c.case_id for c in record.cases
+                 if c.worker.get("bench_source") not in (None, source)]
+        if wrong:
+            raise BenchInputError(name, f"the {side} side was declared as {source} but its "
+                                  f"worker ran the bench package at "
+                                  f"{record.case(wrong[0]).worker.get('bench_source')} "
+                                  f"({wrong[0]}); refusing a session that did not measure "
+                                  "what it says")
+    same = [cid for cid, src in ran[1].items() if src is not None and ran[0].get(cid) == src]
+    if same and envs[0] == envs[1]:
+        raise BenchInputError(cur_name, f"both sides of the A/B session ran the same code "
+                              f"({ran[1][same[0]]}) with the same environment: the session "
+                              "compares the code with itself")
