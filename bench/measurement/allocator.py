@@ -27,7 +27,6 @@ STEADY_ENV = {
     "MALLOC_MMAP_THRESHOLD_": str(32 * MIB),
     "MALLOC_TRIM_THRESHOLD_": str(4096 * MIB),
 }
-POLICIES = ALLOCATOR_POLICIES
 
 
 def worker_env(policy: str, base: dict[str, str] | None = None) -> dict[str, str]:
@@ -38,7 +37,8 @@ def worker_env(policy: str, base: dict[str, str] | None = None) -> dict[str, str
     if policy == "steady":
         env.update(STEADY_ENV)
     elif policy != "system":
-        raise ValueError(f"unknown allocator policy {policy!r}; valid: {', '.join(POLICIES)}")
+        raise ValueError(f"unknown allocator policy {policy!r}; "
+                         f"valid: {', '.join(ALLOCATOR_POLICIES)}")
     return env
 
 

@@ -643,6 +643,11 @@ class RunRecord:
         return next((c for c in self.cases if c.case_id == case_id), None)
 
 
+def plain_numbers(values: list | tuple) -> bool:
+    """Whether a list holds only ints and floats (raw samples): copied whole, not item by item."""
+    return all(type(item) is float or type(item) is int for item in values)
+
+
 def plain(value: Any) -> Any:
     """``dataclasses.asdict`` for a record: the same dicts, lists and values. A run file is
     rewritten after every case, and asdict copies each raw timing sample by a recursive
@@ -650,7 +655,7 @@ def plain(value: Any) -> Any:
     whole."""
     kind = type(value)
     if kind is list or kind is tuple:
-        if all(type(item) is float or type(item) is int for item in value):
+        if plain_numbers(value):
             return kind(value)
         return kind(plain(item) for item in value)
     if kind is dict:

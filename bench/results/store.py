@@ -29,6 +29,7 @@ from bench.results.schema import (
     SchemaError,
     check_record,
     from_dict,
+    plain_numbers,
 )
 from bench.units import MIB
 
@@ -44,8 +45,7 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        if all(type(v) is float or type(v) is int for v in value) and \
-                math.isfinite(sum(value)):  # raw samples: all finite, copied whole
+        if plain_numbers(value) and math.isfinite(sum(value)):  # all finite: copied whole
             return list(value)
         return [json_safe(v) for v in value]
     return value

@@ -332,16 +332,16 @@ class ForkServers:
         self.preload = tuple(preload)
         self.per_preload = per_preload
 
-    def _key(self, source: Path, env: Mapping[str, str], preload: tuple[str, ...],
-             slot: str) -> tuple:
-        return (str(Path(source).resolve()), tuple(sorted(env.items())), slot,
-                preload if self.per_preload else ())
+    def _preload_and_key(self, source: Path, env: Mapping[str, str],
+                         preload: tuple[str, ...], slot: str) -> tuple[tuple[str, ...], tuple]:
+        preload = tuple(dict.fromkeys((*self.preload, *preload)))  # each module once
+        return preload, (str(Path(source).resolve()), tuple(sorted(env.items())), slot,
+                         preload if self.per_preload else ())
 
     def refusal(self, source: Path, env: Mapping[str, str], preload: tuple[str, ...] = (),
                 slot: str = "") -> str | None:
         """Why ``get`` with these arguments gives no server (None: it gives one)."""
-        preload = tuple(dict.fromkeys((*self.preload, *preload)))
-        return self.refused.get(self._key(source, env, preload, slot))
+        return self.refused.get(self._preload_and_key(source, env, preload, slot)[1])
 
     def give_up(self, server: ForkServer, reason: str) -> None:
         """Close ``server`` and start no other for its key: ``get`` answers None with
@@ -356,8 +356,7 @@ class ForkServers:
             preload: tuple[str, ...] = (), slot: str = "") -> ForkServer | None:
         """The server for ``source`` and ``env``; a server forks one worker at a time, so
         workers that run at once ask for different ``slot``s."""
-        preload = tuple(dict.fromkeys((*self.preload, *preload)))  # each module once
-        key = self._key(source, env, preload, slot)
+        preload, key = self._preload_and_key(source, env, preload, slot)
         if key in self.refused:
             return None
         server = self._servers.get(key)
