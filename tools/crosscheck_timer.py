@@ -41,11 +41,11 @@ import sys
 import torch
 from tabulate import tabulate
 
-from bench.measurement.allocator import POLICIES, worker_env
+from bench.measurement.allocator import worker_env
 from bench.runners.fork_server import ForkServers
 from bench.runners.isolation import run_isolated
 from bench.runners.merge import merge_process_results
-from bench.spec.model import Budget, CaseSpec
+from bench.spec.model import ALLOCATOR_POLICIES, Budget, CaseSpec
 from bench.variants.precision import get_precision
 from bench.workloads import get_workload
 from bench.workloads.base import RunContext
@@ -244,7 +244,7 @@ def main() -> int:
     parser.add_argument("--tolerance", type=float, default=0.05)
     parser.add_argument("--min-run-time", type=float, default=2.0,
                         help="seconds of blocked_autorange per reference process")
-    parser.add_argument("--allocator", default="steady", choices=POLICIES,
+    parser.add_argument("--allocator", default="steady", choices=ALLOCATOR_POLICIES,
                         help="host allocator state of both sides (bench.measurement.allocator)")
     parser.add_argument("--workers", choices=("spawn", "fork"), default="spawn",
                         help="the suite's workers spawned (bench run) or forked from a fork "
