@@ -117,3 +117,45 @@ def test_bench_run_retry_contended_runs_a_contended_case_again(write_suite, tmp_
     assert calls == ["sleep/infer:a[]"] * 2 + ["sleep/infer:b[]"] * 2
     assert a.status == "ok" and a.details["contended_reruns"] == ["steal 31%"]
     assert b.status == "contended" and b.details["contended_reruns"] == ["steal 31%"]
+
+
+PROBE_CHILD = """
+import sys, psutil
+from bench.measurement.interference import InterferenceProbe
+with InterferenceProbe(1, root=psutil.Process().parent()) as probe:
+    print("ready", flush=True)
+    sys.stdin.readline()
+print(probe.result.own_cpu_s if probe.result else "unreadable", flush=True)
+"""
+BURNER_CHILD = """
+import sys, time
+while time.process_time() < 0.5:
+    pass
+print("burnt", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_probe_rooted_at_its_launcher_counts_a_sibling_rank_as_its_own_cpu():
+    """A rank's probe (root: the launcher that started every rank) must not call its
+    sibling rank another process. The sibling burns 0.5 CPU-s (process time: the same
+    amount however loaded the host is) and stays alive past the probe's end, so only the
+    root's process tree can count it."""
+    import subprocess
+    import sys
+
+    pipes = dict(stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    probe = subprocess.Popen([sys.executable, "-c", PROBE_CHILD], **pipes)
+    burner = None
+    try:
+        assert probe.stdout.readline().strip() == "ready"
+        burner = subprocess.Popen([sys.executable, "-c", BURNER_CHILD], **pipes)
+        assert burner.stdout.readline().strip() == "burnt"
+        own_cpu_s = probe.communicate("end\n", timeout=60)[0].strip()
+    finally:
+        probe.kill()
+        if burner is not None:
+            burner.communicate("", timeout=60)
+    if own_cpu_s == "unreadable":
+        pytest.skip("no /proc/stat here")
+    assert float(own_cpu_s) >= 0.45  # psutil reads whole 10 ms clock ticks

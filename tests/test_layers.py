@@ -16,17 +16,21 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 # What each package may not import at module level: the layers above it.
 ABOVE = {
-    "spec": ("bench.runners", "bench.reports", "bench.variants", "bench.workloads",
-             "bench.results", "bench.measurement", "bench.cli", "bench.pytest_plugin"),
-    "results": ("bench.runners", "bench.reports", "bench.variants", "bench.workloads",
-                "bench.measurement", "bench.cli", "bench.pytest_plugin"),
-    "measurement": ("bench.runners", "bench.reports", "bench.variants", "bench.workloads",
-                    "bench.cli", "bench.pytest_plugin"),
-    "reports": ("bench.runners", "bench.variants", "bench.workloads", "bench.cli",
-                "bench.pytest_plugin"),
-    "variants": ("bench.runners", "bench.reports", "bench.workloads", "bench.cli",
-                 "bench.pytest_plugin"),
-    "workloads": ("bench.runners", "bench.reports", "bench.cli", "bench.pytest_plugin"),
+    "spec": ("bench.runners", "bench.modes", "bench.reports", "bench.variants",
+             "bench.workloads", "bench.results", "bench.measurement", "bench.cli",
+             "bench.pytest_plugin"),
+    "results": ("bench.runners", "bench.modes", "bench.reports", "bench.variants",
+                "bench.workloads", "bench.measurement", "bench.cli", "bench.pytest_plugin"),
+    "measurement": ("bench.runners", "bench.modes", "bench.reports", "bench.variants",
+                    "bench.workloads", "bench.cli", "bench.pytest_plugin"),
+    "reports": ("bench.runners", "bench.modes", "bench.variants", "bench.workloads",
+                "bench.cli", "bench.pytest_plugin"),
+    "variants": ("bench.runners", "bench.modes", "bench.reports", "bench.workloads",
+                 "bench.cli", "bench.pytest_plugin"),
+    "workloads": ("bench.runners", "bench.modes", "bench.reports", "bench.cli",
+                  "bench.pytest_plugin"),
+    # How a case runs inside its worker (bench.modes): below the runners that start workers.
+    "modes": ("bench.runners", "bench.reports", "bench.cli", "bench.pytest_plugin"),
     "runners": ("bench.reports", "bench.cli", "bench.pytest_plugin"),
 }
 

@@ -190,6 +190,14 @@ def test_a_healthy_case_across_ranks_records_every_ranks_figures():
     slowest = [max(steps) for steps in zip(*(r.step_samples_s for r in par.ranks),
                                             strict=True)]
     assert [d for t in result.timing.trial_samples_s for d in t] == pytest.approx(slowest)
+    # Each rank tracked its own timed region; its probe counts every local rank as its own.
+    assert result.worker["mode"] == "across_ranks"
+    for rank in par.ranks:
+        assert rank.interference.threads == 2 * par.threads_per_rank
+        assert rank.energy.measured or rank.energy.reason
+        assert rank.clocks.samples >= 0
+    assert result.interference in [r.interference for r in par.ranks]
+    assert result.energy.samples == sum(r.energy.samples for r in par.ranks) > 0
 
 
 def _free_port() -> int:

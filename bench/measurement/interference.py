@@ -83,13 +83,18 @@ def interference(start: tuple[int, int, int], end: tuple[int, int, int], own_cpu
 
 
 class InterferenceProbe:
-    """Context manager around the timed phase; ``result`` holds what it saw."""
+    """Context manager around the timed phase; ``result`` holds what it saw.
 
-    def __init__(self, threads: int, threshold: float = CONTENDED_SHARE) -> None:
+    The case's own CPU is ``root``'s and its children's (every process of the case: a
+    worker and what it started; a rank's launcher and all its ranks) and that of
+    ``root``'s parent (the sweep). ``root`` is this process unless given."""
+
+    def __init__(self, threads: int, threshold: float = CONTENDED_SHARE,
+                 root: psutil.Process | None = None) -> None:
         self.threads = max(1, threads)
         self.threshold = threshold
         self.result: InterferenceResult | None = None
-        self._me = psutil.Process()
+        self._me = root or psutil.Process()
         try:
             self._parent: psutil.Process | None = self._me.parent()
         except psutil.Error:
@@ -142,8 +147,12 @@ class InterferenceProbe:
                                    self.threshold, os.sysconf("SC_CLK_TCK"))
 
     def reason(self) -> str:
-        r = self.result
-        assert r is not None
-        return (f"other processes used {r.others_share:.0%} of the machine's CPU "
-                f"({r.others_cpu_s:.2f} CPU-s over {r.wall_s:.2f} s on {r.cores} cores), "
-                f"steal {r.steal_share:.0%} (contended above {r.threshold:.0%})")
+        assert self.result is not None
+        return contention_reason(self.result)
+
+
+def contention_reason(r: InterferenceResult) -> str:
+    """Why a case was marked contended, in one line."""
+    return (f"other processes used {r.others_share:.0%} of the machine's CPU "
+            f"({r.others_cpu_s:.2f} CPU-s over {r.wall_s:.2f} s on {r.cores} cores), "
+            f"steal {r.steal_share:.0%} (contended above {r.threshold:.0%})")

@@ -38,7 +38,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.measurement.clocks import ClockSampler
 from bench.measurement.energy import EnergyMeter
 from bench.results.schema import EnergyResult, LoadGenRun, ServingResult
 from bench.spec.model import ServingSpec
@@ -311,9 +310,8 @@ def _timed(call: Callable[[], object], sync: Callable[[], None], times: int) -> 
 
 
 def serve_scenario(scenario: str, phase: Any, spec: ServingSpec, batch: int,
-                   device: str) -> tuple[ServingResult, Any]:
-    """Warm the phase up, estimate its service times, run the scenario's LoadGen test(s).
-    Returns the record and the clock sampler of the runs (for the throttled warning)."""
+                   device: str) -> ServingResult:
+    """Warm the phase up, estimate its service times, run the scenario's LoadGen test(s)."""
     sync = _sync_for(device)
     # Server batches take any size; offline's last batch is what is left; single- and
     # multi-stream serve one size (and 1 for the service-time estimate).
@@ -343,16 +341,15 @@ def serve_scenario(scenario: str, phase: Any, spec: ServingSpec, batch: int,
         return outcomes[-1][0]
 
     capacity = method = None
-    with ClockSampler(device) as clocks:
-        if scenario != "server":
-            probe(None)
-        elif spec.server_qps > 0:
-            probe(spec.server_qps)
-        else:
-            # The service rate at the full batch: the most a server could take.
-            start = batch / served.expected_batch_s
-            capacity, method = find_capacity(probe, start, spec.capacity_tolerance,
-                                             spec.max_probes)
+    if scenario != "server":
+        probe(None)
+    elif spec.server_qps > 0:
+        probe(spec.server_qps)
+    else:
+        # The service rate at the full batch: the most a server could take.
+        start = batch / served.expected_batch_s
+        capacity, method = find_capacity(probe, start, spec.capacity_tolerance,
+                                         spec.max_probes)
     runs = [o[0] for o in outcomes]
     headline = len(runs) - 1
     if capacity is not None:
@@ -388,7 +385,7 @@ def serve_scenario(scenario: str, phase: Any, spec: ServingSpec, batch: int,
         f"{spec.latency_bound_ms:g} ms (LoadGen's performance constraint), with minimum "
         f"duration and query count met: {method}",
         latency_samples_s=latencies[::stride], summary_log=summary)
-    return result, clocks
+    return result
 
 
 def _version() -> str:

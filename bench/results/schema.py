@@ -1,4 +1,4 @@
-"""The result file schema (JSON), version 11.
+"""The result file schema (JSON), version 12.
 
 A run file holds ``schema``/``schema_version``, the run's metadata, the machine's
 fingerprint and one record per finished case. Every figure keeps its raw samples and
@@ -44,6 +44,10 @@ Versions (older files are read through ``bench.results.migrations``):
     a slower host from slower code. Empty in older files.
 11. ``budget.contended_above`` in each case's recorded budget: the share of the machine's CPU
     that others may take before the case is ``contended`` (older files: 0.10, implied).
+12. ``RankReport.interference``, ``.energy`` and ``.clocks``: what each rank of a case trained
+    across ranks saw around its own timed region (the case's figures combine them: contended
+    when any rank was, energy summed over hosts). Absent (none) in older files, whose ranks
+    recorded neither; their cases' energy, clocks and interference are none too.
 """
 
 from __future__ import annotations
@@ -60,7 +64,7 @@ from bench.spec.model import benchmark_key
 from bench.units import DEFAULT_PARITY_TARGET
 
 SCHEMA_NAME = "bench.run"
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 
 # TimingResult.trial_timing: a sample per step, or one per block of steps (its mean).
 TRIAL_PER_ITERATION = "per_iteration"
@@ -387,7 +391,7 @@ class ClassReport:
 
 @dataclass
 class RankReport:
-    """One rank of a case trained across processes (bench.runners.ranks)."""
+    """One rank of a case trained across processes (bench.modes.ranks)."""
 
     rank: int
     host: str
@@ -400,6 +404,10 @@ class RankReport:
     memory_split: dict[str, Any] = field(default_factory=dict)
     peak_rss_mib: float | None = None
     cuda_peak_allocated_mib: float | None = None
+    # Around this rank's own timed region (bench.modes.trackers).
+    interference: InterferenceResult | None = None
+    energy: EnergyResult | None = None
+    clocks: ClockResult | None = None
 
 
 @dataclass

@@ -54,7 +54,7 @@ from bench.runners.merge import merge_process_results
 from bench.runners.plan import plan_suite
 from bench.runners.sweep import new_run_info, skipped_result
 from bench.spec import load_suite
-from bench.spec.model import CLOSED_LOOP
+from bench.spec.model import CLOSED_LOOP, is_distributed
 
 
 @dataclass(frozen=True)
@@ -374,12 +374,11 @@ def lockstep_possible(case, sides: list[Side]) -> bool:  # noqa: ANN001
     sides, both forked CPU workers (a spawned worker's imports would run during the other
     side's turn), both checkouts new enough to take the baton, and a case timed by the
     sampler (serving and time-to-target cases hold the baton throughout: no gain)."""
-    from bench.runners.ranks import is_distributed  # it imports torch: bench ab's parent never
-
     spec = case.spec
     return (len(sides) == 2 and all(side.fork and supports_baton(side.code.source)
                                     for side in sides)
             and spec.device == "cpu" and spec.training is None and not is_distributed(spec)
+            and spec.mode in (None, "closed_loop")
             and spec.axes.get("scenario", CLOSED_LOOP) == CLOSED_LOOP)
 
 

@@ -27,7 +27,7 @@ def benchmark_cases(bench: BenchmarkSpec) -> list[CaseSpec]:
                  budget=bench.budget, accuracy=bench.accuracy, id_axes=bench.named_axes,
                  label=bench.label, parity_target=bench.parity_target,
                  parity_reference=bench.parity_reference, slo=bench.slo,
-                 training=bench.training, serving=bench.serving)
+                 training=bench.training, serving=bench.serving, mode=bench.mode)
         for values in itertools.product(*(bench.matrix[n] for n in names))
     ]
 

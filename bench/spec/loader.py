@@ -33,7 +33,7 @@ _SUITE_KEYS = {"suite", "budget", "benchmark"}
 _SUITE_TABLE_KEYS = {"name", "description", "max_cases", "paired_rounds"}
 _BENCHMARK_KEYS = {"label", "parity_target", "workload", "phase", "matrix", "params", "accuracy",
                    "budget", "model", "python_path", "slo", "target", "training",
-                   "search", "serving"}
+                   "search", "serving", "mode"}
 # ``model = "module:function"``: the user's own model, run by this workload.
 USER_MODEL_WORKLOAD = "model"
 _FACTORY_FORMAT = "module:function, e.g. \"mymodels:build\" (module importable from " \
@@ -186,9 +186,24 @@ def _load_benchmark(table: Any, index: int, default_budget: Budget,
     serving = _load_serving(table, matrix, source, where)
     return BenchmarkSpec(workload=name, phase=phase, matrix=matrix, label=label, slo=slo,
                          training=training, search=search, serving=serving,
+                         mode=_load_mode(table, source, where),
                          parity_target=parity, named_axes=named, params=params,
                          accuracy=accuracy, budget=budget,
                          parity_reference=workload.parity_reference(phase))
+
+
+def _load_mode(table: dict[str, Any], source: str, where: str) -> str | None:
+    """``mode = "name"``: a registered mode (bench.modes) runs the benchmark's cases."""
+    if "mode" not in table:
+        return None
+    # On use: the modes import the measurement layer, which the loader keeps out.
+    from bench.modes import mode_names
+
+    name = table["mode"]
+    if not isinstance(name, str) or name not in mode_names():
+        raise BenchInputError(source, f"unknown mode {name!r}", key=f"{where}.mode",
+                              valid=mode_names())
+    return name
 
 
 _SEARCH_FORMAT = 'a list of values, or { low = ..., high = ..., log = true|false } for a ' \

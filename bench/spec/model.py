@@ -244,6 +244,9 @@ class BenchmarkSpec:
     training: TrainingRunSpec | None = None  # time-to-accuracy mode (target = {...})
     search: tuple[SearchDimension, ...] = ()  # bench tune's search space (search = {...})
     serving: ServingSpec | None = None  # scenario cases' LoadGen settings (serving = {...})
+    # How its cases run (bench.modes), when the suite names one; else the mode the case's
+    # shape picks (ranks, a target, a scenario, the closed loop).
+    mode: str | None = None
 
 
 # Service levels a benchmark's cases must meet, checked by the report and by bench gate:
@@ -300,6 +303,8 @@ class CaseSpec:
     progress_file: str | None = None
     # Scenario cases (axis scenario other than closed_loop): LoadGen's settings.
     serving: ServingSpec | None = None
+    # The mode the suite named (bench.modes), or None: the one the case's shape picks.
+    mode: str | None = None
 
     def named_axes(self) -> list[tuple[str, Any]]:
         """The axes the suite named (all of them when it named none), in order."""
@@ -339,6 +344,7 @@ class CaseSpec:
             "seed": self.seed,
             "progress_file": self.progress_file,
             "serving": None if self.serving is None else self.serving.to_dict(),
+            "mode": self.mode,
         }
 
     @classmethod
@@ -362,4 +368,10 @@ class CaseSpec:
             seed=data.get("seed", 0),
             progress_file=data.get("progress_file"),
             serving=None if data.get("serving") is None else ServingSpec(**data["serving"]),
+            mode=data.get("mode"),
         )
+
+
+def is_distributed(case: CaseSpec) -> bool:
+    """Whether the case trains across ranks (the ``parallel`` axis)."""
+    return case.axes.get("parallel", "none") != "none"
