@@ -108,6 +108,52 @@ def test_every_import_inside_a_function_says_why():
     assert missing == []
 
 
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(BENCH.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _runtime_imports(tree: ast.Module, known: set[str]) -> set[str]:
+    """The bench modules a module imports when it runs: at module level and inside its
+    functions, not in ``if TYPE_CHECKING:`` blocks (annotations only)."""
+    skipped = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+               and "TYPE_CHECKING" in ast.unparse(node.test) for n in ast.walk(node)}
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        names = _imported(node)
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names += [f"{node.module}.{alias.name}" for alias in node.names]
+        found |= {name for name in names if name in known}
+    return found
+
+
+def test_no_module_takes_part_in_an_import_cycle_at_run_time():
+    """Module-level and function-local imports together form no cycle (a function-local
+    import that breaks a cycle only hides it: ranks <-> worker, sweep <-> ray_executor
+    were two)."""
+    paths = {_module_name(p): p for p in _modules()}
+    graph = {name: _runtime_imports(ast.parse(path.read_text()), set(paths)) - {name}
+             for name, path in paths.items()}
+    cycles, state = [], {}
+
+    def visit(name: str, trail: list[str]) -> None:
+        state[name] = "open"
+        for target in sorted(graph[name]):
+            if state.get(target) == "open":
+                cycles.append(" -> ".join(trail[trail.index(target):] + [name, target])
+                              if target in trail else f"{name} -> {target}")
+            elif target not in state:
+                visit(target, [*trail, name])
+        state[name] = "done"
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [])
+    assert cycles == []
+
+
 def test_reading_results_never_imports_torch():
     code = ("import sys, bench.cli, bench.pytest_plugin, bench.reports.gate, "
             "bench.reports.html, bench.reports.hardware, bench.reports.table, "

@@ -51,8 +51,8 @@ from bench.results.store import exclusive_output, write_atomically
 from bench.runners.fork_server import DYNAMO, ForkServers
 from bench.runners.isolation import WorkerCode, run_isolated
 from bench.runners.merge import merge_process_results
-from bench.runners.plan import plan_suite
-from bench.runners.sweep import new_run_info, skipped_result
+from bench.runners.plan import plan_suite, skipped_result
+from bench.runners.sweep import new_run_info
 from bench.spec import load_suite
 from bench.spec.model import CLOSED_LOOP, is_distributed
 

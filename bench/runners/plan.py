@@ -4,8 +4,10 @@ build), asked of the devices, precisions and workloads. The spec layer only pars
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
+from bench.results.schema import STATUS_SKIPPED, CaseResult
 from bench.spec.expand import expand_suite
 from bench.spec.model import CaseSpec, SuiteSpec
 from bench.variants import parallel
@@ -63,3 +65,9 @@ def plan_suite(suite: SuiteSpec, select: dict[str, set[str]] | None = None) -> l
     """Every case of ``suite`` (after ``select``), in file order; cases that cannot run
     here are kept, with their reason, never dropped."""
     return [PlannedCase(case, skip_reason(case)) for case in expand_suite(suite, select)]
+
+
+def skipped_result(planned: PlannedCase) -> CaseResult:
+    """The record of a case this machine cannot run, with the reason."""
+    return CaseResult.for_case(planned.spec, STATUS_SKIPPED, planned.skip_reason,
+                               finished_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))

@@ -25,8 +25,7 @@ from bench.results.schema import STATUS_CRASHED, STATUS_SKIPPED, CaseResult, fro
 from bench.results.store import ResultStore
 from bench.runners.isolation import run_in_processes
 from bench.runners.paired import shared_measurement
-from bench.runners.plan import PlannedCase
-from bench.runners.sweep import skipped_result
+from bench.runners.plan import PlannedCase, skipped_result
 from bench.spec.model import CaseSpec, measurement_key
 
 NODE_RESOURCE = "bench_node"

@@ -25,17 +25,13 @@ from bench.results.store import ResultStore, exclusive_output
 from bench.runners.fork_server import ForkServers
 from bench.runners.isolation import run_in_processes
 from bench.runners.paired import paired_speedup, reference_of, shared_measurement
-from bench.runners.plan import PlannedCase, plan_suite
+from bench.runners.plan import PlannedCase, plan_suite, skipped_result
+from bench.runners.ray_executor import run_cases_on_ray
 from bench.spec import load_suite
 from bench.spec.model import SuiteSpec, measurement_key
 from bench.spec.shards import Shard
 
 CaseRunner = Callable[[PlannedCase], CaseResult]
-
-
-def skipped_result(planned: PlannedCase) -> CaseResult:
-    return CaseResult.for_case(planned.spec, STATUS_SKIPPED, planned.skip_reason,
-                               finished_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
 
 
 def _run_one(planned: PlannedCase, servers: ForkServers | None = None) -> CaseResult:
@@ -111,8 +107,6 @@ def run_suite(suite: str | Path | SuiteSpec, out: str | Path, *, resume: bool = 
         if retry_contended:
             runner = functools.partial(_retrying_contended, runner, retry_contended)
         if executor == "ray":
-            from bench.runners.ray_executor import run_cases_on_ray  # it imports this module
-
             run_cases_on_ray(store, planned, suite.name, progress, ray_address)
         else:
             _run_cases(store, planned, suite.name, out, progress, runner)
