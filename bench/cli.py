@@ -24,6 +24,7 @@ DEFAULT_SUITES_DIR = Path("suites")
 def cmd_list(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
+    from bench.modes import get_mode, mode_names
     from bench.runners.plan import plan_suite
     from bench.spec import load_suite
     from bench.workloads import get_workload, workload_names
@@ -41,6 +42,10 @@ def cmd_list(args: argparse.Namespace) -> int:
         rows = [[n, ", ".join(get_workload(n).phases), get_workload(n).description]
                 for n in workload_names()]
         print(tabulate(rows, headers=["workload", "phases", "description"]))
+        print()
+        rows = [[n, get_mode(n).description] for n in mode_names()]
+        print(tabulate(rows, headers=["mode", "description (a benchmark's mode = ...; none "
+                                              "named: picked by the case's shape)"]))
         return 0
     suite = load_suite(args.suite)
     planned = plan_suite(suite, parse_select(args.select))
@@ -419,7 +424,7 @@ examples:
   bench gate --baseline results/baselines/smoke-cpu-avx512-xeon-2core.json --current new.json
   bench ab suites/smoke.toml --baseline-ref main    interleaved A/B against main
   bench table results/runs/*.json      hardware comparison
-  bench list                           suites and workloads"""
+  bench list                           suites, workloads and modes"""
 
 
 def cmd_tune(args: argparse.Namespace) -> int:

@@ -165,12 +165,37 @@ def test_reading_results_never_imports_torch():
     assert out.stdout.strip() == ""
 
 
-@pytest.mark.parametrize("doc", ["README.md", "docs/ARCHITECTURE.md"])
+DOCS = ["README.md", "results/README.md",
+        *sorted(str(p.relative_to(BENCH.parent)) for p in (BENCH.parent / "docs").glob("*.md"))]
+
+
+@pytest.mark.parametrize("doc", DOCS)
 def test_the_docs_name_only_files_that_exist(doc):
-
-
     root = BENCH.parent
     text = (root / doc).read_text()
-    named = set(re.findall(r"(?<![~\w/.])((?:bench|tools|tests|suites|docs)/[\w/.-]*\w)", text))
-    assert named, doc
-    assert sorted(p for p in named if not (root / p).exists()) == []
+    named = set(re.findall(r"(?<![~\w/.])((?:bench|tools|tests|suites|docs|examples)/"
+                           r"[\w/.-]*\w)", text))
+    # Markdown links are relative to the page.
+    linked = {str(((root / doc).parent / target).relative_to(root)) if not target.startswith(
+        "/") else target for target in re.findall(r"\]\(([^)#:]+)\)", text)}
+    assert named | linked, doc
+    missing = sorted(p for p in named | linked if not (root / p).exists()
+                     and not p.startswith("results/runs/"))  # named before they are written
+    assert missing == []
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_the_docs_name_only_commands_that_exist(doc):
+    from bench.cli import build_parser
+
+    commands = set(build_parser()._subparsers._group_actions[0].choices)
+    targets = set(re.findall(r"^([\w-]+):", (BENCH.parent / "Makefile").read_text(), re.M))
+    text = (BENCH.parent / doc).read_text()
+    used = set(re.findall(r"(?:^|[`$] ?|\n)bench ([a-z][\w-]*)", text))
+    made = set(re.findall(r"`make ([a-z][\w-]*)", text)) | set(
+        re.findall(r"^make ([a-z][\w-]*)", text, re.M))
+    assert sorted(used - commands) == [] and sorted(made - targets) == []
+
+
+def test_the_front_door_stays_short():
+    assert len((BENCH.parent / "README.md").read_text().splitlines()) <= 200

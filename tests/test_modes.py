@@ -127,6 +127,13 @@ def test_a_named_mode_is_what_the_case_runs(write_suite):
             "across_ranks"} <= set(mode_names())
 
 
+def test_a_named_mode_that_cannot_run_a_case_skips_it_with_the_reason(write_suite):
+    from bench.runners.plan import plan_suite
+
+    (planned,) = plan_suite(load_suite(write_suite(SUITE.format(mode="train_to_target"))))
+    assert planned.skip_reason.startswith("mode train_to_target does not run this case")
+
+
 def _figures(others: float, contended: bool, joules: dict[str, float] | None,
              throttled: bool = False) -> TrackedFigures:
     seen = InterferenceResult(wall_s=1.0, cores=2, own_cpu_s=1.0, others_cpu_s=others * 2,

@@ -64,6 +64,14 @@ class Mode(ABC):
     def claims(cls, case: CaseSpec) -> bool:
         return False
 
+    @classmethod
+    def refuses(cls, case: CaseSpec) -> str | None:
+        """Why this mode cannot run ``case`` when a suite names it, or None. A mode that
+        claims cases by their shape runs only those; one that claims none runs any."""
+        if "claims" in vars(cls) and not cls.claims(case):
+            return f"mode {cls.name} does not run this case: it runs {cls.description}"
+        return None
+
     @abstractmethod
     def run(self, case: CaseSpec, result: CaseResult) -> None:
         """Run the case and fill its record (an exception becomes the case's status)."""

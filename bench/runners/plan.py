@@ -38,10 +38,18 @@ def skip_reason(case: CaseSpec) -> str | None:
     reason = precision.unsupported_reason(case.device, case.phase)
     if reason:
         return reason
-    reason = _parallel_reason(case)
+    reason = _parallel_reason(case) or _mode_reason(case)
     if reason:
         return reason
     return workload.unsupported_reason(case)
+
+
+def _mode_reason(case: CaseSpec) -> str | None:
+    if case.mode is None:
+        return None
+    from bench.modes import get_mode  # the modes import torch: only for a suite naming one
+
+    return get_mode(case.mode).refuses(case)
 
 
 def _parallel_reason(case: CaseSpec) -> str | None:
