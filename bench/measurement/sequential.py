@@ -25,14 +25,14 @@ deviation, scipy.stats.median_abs_deviation). Lockstep rounds (bench.measurement
 shared VM are tight but for an occasional worker process that runs 10-25% slow throughout
 (a per-process mode the pairing cannot cancel); one such round inflates the variance and
 costs the case its decision. On synthetic sessions with 15% of rounds so displaced
-("contaminated" in tests/test_sequential.py) a 5% slowdown at 3% spread is caught in 96.5%
+("contaminated" in tests/unit/test_sequential.py) a 5% slowdown at 3% spread is caught in 96.5%
 of sessions instead of 88%, at 5% spread in 65% instead of 36%; false alarms stay <= 1% on
 every spread tested. The variance is divided by the share of a normal variance that
 winsorizing at k leaves (0.978 at 2.5), so clipping alone does not shrink it. Clipping from
 fewer rounds (5) let false alarms reach 1.2% at 5% normal spread: the median absolute
 deviation of a few rounds is itself too noisy.
 
-Measured rates on synthetic sessions (tests/test_sequential.py; normal, Student-t(3) and
+Measured rates on synthetic sessions (tests/unit/test_sequential.py; normal, Student-t(3) and
 trimodal spreads of 1-8%, with drift between the two workers of a round): false alarms
 <= 1% at the defaults (alpha 0.002, beta 0.02), detection of a 5% slowdown >= 95% where
 the rounds' spread is 4% or less; noisier cases end inconclusive more often, never pass

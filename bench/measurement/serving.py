@@ -21,7 +21,7 @@ rule (part of its VALID verdict) needs thousands of queries to vouch for a p99, 
 a CPU suite's scaled-down runs hold; it is recorded beside, not required. Likewise a p99
 of a few hundred queries (one seeded schedule) reads below the stationary p99, so a p99
 capacity from short runs overstates what a long run sustains: bound p90 on short runs, or
-raise ``min_queries`` into the thousands for p99 (tests/test_serving.py shows both).
+raise ``min_queries`` into the thousands for p99 (tests/engine/test_serving.py shows both).
 """
 
 from __future__ import annotations

@@ -190,7 +190,8 @@ class Workload(ABC):
     # Whether prepare() applies Precision.prepare_model (fp8 swaps Linear layers).
     float8_training: ClassVar[bool] = False
     # Parameters of this workload's smallest meaningful case (a few seconds on a CPU): the
-    # workload contract test (tests/test_workload_contract.py) runs every workload with them.
+    # workload contract test (tests/workloads/test_workload_contract.py) runs every
+    # workload with them.
     smoke_params: ClassVar[dict[str, object]] = {}
     # Modules this workload's phases import lazily that a fork server may import once
     # before forking its workers (bench.runners.fork_server): pure imports that start no

@@ -1,0 +1,145 @@
+"""Suite loading: bad files get one line and exit 2; good files expand to cases."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from bench.cli import main
+from bench.runners.plan import plan_suite
+from bench.spec import load_suite
+from tests.builders import REPO
+
+GOOD = """
+[suite]
+name = "t"
+[[benchmark]]
+workload = "digits_cnn"
+phase = "train"
+matrix = { device = ["cpu", "cuda"], precision = ["fp32", "bf16"], batch_size = [8, 16] }
+accuracy = { val_accuracy = { min = 0.5 } }
+"""
+
+BAD_FILES = {
+    "malformed TOML": ("[[benchmark]\nworkload = 'linreg'", "malformed TOML"),
+    "unknown key": (GOOD.replace('phase = "train"', 'phase = "train"\nbatchsize = 3'),
+                    "benchmark[0].batchsize: unknown key"),
+    "wrong type": (GOOD.replace("batch_size = [8, 16]", 'batch_size = ["eight"]'),
+                   "benchmark[0].matrix.batch_size: expected integer"),
+    "unknown workload": (GOOD.replace('"digits_cnn"', '"resnet9000"'),
+                         "benchmark[0].workload: unknown workload 'resnet9000'"),
+    "unknown axis value": (GOOD.replace('"bf16"', '"fp12"'),
+                           "benchmark[0].matrix.precision: unknown value 'fp12'"),
+    "unknown axis": (GOOD.replace("batch_size = [8, 16]", "colour = [1]"),
+                     "benchmark[0].matrix.colour: unknown key"),
+    "budget type": (GOOD + "[budget]\nmax_trials = 'many'\n", "budget.max_trials: expected"),
+    "allocator": (GOOD + "[budget]\nallocator = 'jemalloc'\n",
+                  "budget.allocator: unknown value 'jemalloc' (valid: steady, system)"),
+    "bad phase": (GOOD.replace('phase = "train"', 'phase = "serve"'),
+                  "benchmark[0].phase: unknown phase 'serve'"),
+}
+
+
+@pytest.mark.parametrize("label", sorted(BAD_FILES))
+def test_bad_suite_is_one_line_exit_2(label, write_suite, capsys):
+    text, expected = BAD_FILES[label]
+    path = write_suite(text)
+    assert main(["list", str(path)]) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert str(path) in lines[0]
+    assert expected in lines[0]
+    assert "Traceback" not in err
+
+
+def test_errors_name_the_valid_values(write_suite, capsys):
+    main(["list", str(write_suite(BAD_FILES["unknown axis value"][0]))])
+    err = capsys.readouterr().err
+    assert "(valid: fp32, tf32, fp16, bf16, fp8, fp16_cast, bf16_cast)" in err
+    main(["list", str(write_suite(BAD_FILES["unknown workload"][0]))])
+    err = capsys.readouterr().err
+    from bench.workloads import workload_names
+
+    assert f"valid: {', '.join(workload_names())}" in err
+    assert "minilm, minilm_finetune, model" in err
+
+
+def test_cli_process_prints_no_traceback(write_suite):
+    path = write_suite(BAD_FILES["wrong type"][0])
+    proc = subprocess.run([sys.executable, "-m", "bench", "run", str(path)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith(f"bench: error: {path}: benchmark[0].matrix.batch_size")
+
+
+def test_colliding_case_ids_are_refused(write_suite, capsys):
+    path = write_suite(GOOD + GOOD.split("[suite]")[1].split('name = "t"')[1])
+    assert main(["list", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "benchmark[1].label: case digits_cnn/train[" in err
+    assert "also comes from benchmark[0]" in err
+    labelled = GOOD + GOOD.split('name = "t"')[1].replace("[[benchmark]]",
+                                                          '[[benchmark]]\nlabel = "again"')
+    planned = plan_suite(load_suite(write_suite(labelled, "ok.toml")))
+    assert len({p.case_id for p in planned}) == 16
+    assert any(p.case_id.startswith("digits_cnn/train:again[") for p in planned)
+
+
+def test_missing_file_is_refused(tmp_path, capsys):
+    assert main(["list", str(tmp_path / "nope.toml")]) == 2
+    assert "cannot read suite file" in capsys.readouterr().err
+
+
+def test_expansion_keeps_unrunnable_cases_with_reason(write_suite):
+    suite = load_suite(write_suite(GOOD))
+    planned = plan_suite(suite)
+    assert len(planned) == 2 * 2 * 2
+    cuda = [p for p in planned if p.spec.device == "cuda"]
+    assert len(cuda) == 4
+    if not torch.cuda.is_available():
+        assert all(p.skip_reason and "CUDA not available" in p.skip_reason for p in cuda)
+    assert all(p.skip_reason is None for p in planned if p.spec.device == "cpu")
+    ids = [p.case_id for p in planned]
+    assert "digits_cnn/train[device=cpu,precision=bf16,batch_size=16]" in ids
+    assert len(set(ids)) == len(ids)
+
+
+def test_defaults_and_selection(write_suite):
+    suite = load_suite(write_suite(GOOD))
+    bench = suite.benchmarks[0]
+    assert bench.params == {"epochs": 8, "width": 32}
+    assert bench.matrix["accum_steps"] == (1,)
+    assert bench.matrix["lr"] == (2e-3,)  # a recipe axis of the train phase
+    picked = plan_suite(suite, {"precision": {"bf16"}, "device": {"cpu"}})
+    assert [p.spec.axes["batch_size"] for p in picked] == [8, 16]
+
+
+def test_precision_unavailable_on_device_is_skipped(write_suite):
+    suite = load_suite(write_suite(GOOD.replace('"bf16"', '"tf32"')))
+    tf32_cpu = [p for p in plan_suite(suite)
+                if p.spec.device == "cpu" and p.spec.axes["precision"] == "tf32"]
+    assert tf32_cpu and all("not available on cpu" in p.skip_reason for p in tf32_cpu)
+
+
+def test_shipped_suites_load():
+    for path in sorted((REPO / "suites").glob("*.toml")):
+        assert plan_suite(load_suite(path))
+
+
+def test_zero_processes_is_refused(write_suite, capsys):
+    assert main(["list", str(write_suite(GOOD + "[budget]\nprocesses = 0\n"))]) == 2
+    assert "budget.processes: value 0 is too small (valid: integer >= 1)" in capsys.readouterr().err
+
+
+def test_parity_target_is_validated(write_suite, capsys):
+    bad = GOOD.replace('phase = "train"', 'phase = "train"\nparity_target = 1.5')
+    assert main(["list", str(write_suite(bad))]) == 2
+    assert "benchmark[0].parity_target: value 1.5 is above 1" in capsys.readouterr().err
+    ok = GOOD.replace('phase = "train"', 'phase = "train"\nparity_target = 0.97')
+    planned = plan_suite(load_suite(write_suite(ok, "ok.toml")))
+    assert {p.spec.parity_target for p in planned} == {0.97}
