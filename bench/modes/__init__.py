@@ -13,11 +13,10 @@ theirs through the entry-point group ``bench.modes`` (a module that registers mo
 from __future__ import annotations
 
 import importlib
-import importlib.metadata
 import pkgutil
-import sys
 
 from bench.modes.base import Mode
+from bench.plugins import load_entry_points
 from bench.spec.model import CaseSpec
 
 ENTRY_POINT_GROUP = "bench.modes"
@@ -34,23 +33,12 @@ def register(cls: type[Mode]) -> type[Mode]:
 
 
 def _load_all() -> None:
+    """The installed packages' modes, on the first lookup (the built-in ones are imported
+    with this package, so a fork server's workers inherit them)."""
     global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    for module in pkgutil.iter_modules(__path__):
-        if module.name not in _HELPERS and not module.name.startswith("_"):
-            importlib.import_module(f"{__name__}.{module.name}")
-    for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            loaded = entry.load()
-        except Exception as exc:  # noqa: BLE001 - a plugin's import may raise anything
-            print(f"bench: warning: mode plugin {entry.name} ({entry.value}) left out: "
-                  f"{type(exc).__name__}: {exc}", file=sys.stderr)
-            continue
-        if isinstance(loaded, type) and issubclass(loaded, Mode) and \
-                _REGISTRY.get(getattr(loaded, "name", None)) is not loaded:
-            register(loaded)
+    if not _loaded:
+        _loaded = True
+        load_entry_points(ENTRY_POINT_GROUP, "mode", Mode, _REGISTRY, register)
 
 
 def mode_names() -> list[str]:
@@ -67,8 +55,16 @@ def mode_for(case: CaseSpec) -> type[Mode]:
     """The mode the suite named for ``case``, else the first built-in that claims it."""
     _load_all()
     if case.mode is not None:
+        if case.mode not in _REGISTRY:
+            raise LookupError(f"mode {case.mode!r} is not installed in this worker's "
+                              f"environment (modes here: {', '.join(sorted(_REGISTRY))})")
         return _REGISTRY[case.mode]
     for mode in sorted(_REGISTRY.values(), key=lambda m: m.order):
         if mode.claims(case):
             return mode
     raise LookupError(f"no mode claims case {case.case_id}")  # closed_loop claims every one
+
+
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name not in _HELPERS and not _module.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_module.name}")

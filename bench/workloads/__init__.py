@@ -9,10 +9,9 @@ group ``bench.workloads`` (a module that registers workloads, or a ``Workload`` 
 from __future__ import annotations
 
 import importlib
-import importlib.metadata
 import pkgutil
-import sys
 
+from bench.plugins import load_entry_points
 from bench.workloads.base import Workload
 
 _REGISTRY: dict[str, type[Workload]] = {}
@@ -34,25 +33,10 @@ def _load_all() -> None:
     for module in pkgutil.iter_modules(__path__):
         if module.name != "base" and not module.name.startswith("_"):
             importlib.import_module(f"{__name__}.{module.name}")
-    for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        _load_plugin(entry)
+    load_entry_points(ENTRY_POINT_GROUP, "workload", Workload, _REGISTRY, register)
 
 
 ENTRY_POINT_GROUP = "bench.workloads"
-
-
-def _load_plugin(entry: importlib.metadata.EntryPoint) -> None:
-    """One installed plugin; a broken one is said in one line and left out, never a
-    traceback that stops every suite."""
-    try:
-        loaded = entry.load()
-    except Exception as exc:  # noqa: BLE001 - a plugin's import may raise anything
-        print(f"bench: warning: workload plugin {entry.name} ({entry.value}) left out: "
-              f"{type(exc).__name__}: {exc}", file=sys.stderr)
-        return
-    if isinstance(loaded, type) and issubclass(loaded, Workload) and \
-            _REGISTRY.get(getattr(loaded, "name", None)) is not loaded:
-        register(loaded)
 
 
 def workload_names() -> list[str]:
