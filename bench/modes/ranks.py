@@ -110,6 +110,16 @@ class LeadRun:
 
 
 @dataclasses.dataclass
+class RankTimed:
+    """What one rank's timed region gave (its own steps, memory split and samples)."""
+
+    trials: list[list[float]]  # this rank's own step durations, per trial
+    split: dict[str, Any]  # bench.workloads._training.memory_split of this rank
+    samples: int  # this rank's samples in the region
+    lead: LeadRun | None  # rank 0 only
+
+
+@dataclasses.dataclass
 class RankRun:
     """What one rank sends rank 0 (pickled through all_gather_object)."""
 
@@ -141,7 +151,7 @@ def _across(case: CaseSpec, world: int) -> str:
 
 
 def _sampled(case: CaseSpec, phase: Any, trainer: Any, ranks: RankInfo, control: Any,
-             trackers: Trackers) -> dict[str, Any]:
+             trackers: Trackers) -> RankTimed:
     """The sampler in lock step (tracked), then (ddp, fsdp2) the same step without
     gradient sync."""
     timer = LockstepTimer(timer_for(case.device), control)
@@ -173,12 +183,12 @@ def _sampled(case: CaseSpec, phase: Any, trainer: Any, ranks: RankInfo, control:
             sample_unit=phase.sample_unit, outcome=outcome, memory=None,
             no_sync_median_s=no_sync.summary.median if no_sync is not None else None,
             flops=flops)
-    return {"trials": blocks[-len(measurement.trials):], "split": split, "lead": lead,
-            "samples": measurement.steps_run * phase.samples_per_step}
+    return RankTimed(blocks[-len(measurement.trials):], split,
+                     measurement.steps_run * phase.samples_per_step, lead)
 
 
 def _to_target(case: CaseSpec, phase: Any, trainer: Any, ranks: RankInfo, control: Any,
-               trackers: Trackers) -> dict[str, Any]:
+               trackers: Trackers) -> RankTimed:
     """Time-to-accuracy: this seed's run to its target (tracked), every rank stopping
     together."""
     metric, _ = get_workload(case.workload).watched_metric(case)
@@ -198,8 +208,8 @@ def _to_target(case: CaseSpec, phase: Any, trainer: Any, ranks: RankInfo, contro
                                        + _across(case, ranks.world_size)),
             warnings=[], samples_per_step=phase.samples_per_step,
             sample_unit=phase.sample_unit, outcome=outcome, memory=None, trace=trace)
-    return {"trials": timer.local, "split": memory_split(trainer.model, trainer.optimizer, 0),
-            "lead": lead, "samples": trace.run.steps * phase.samples_per_step}
+    return RankTimed(timer.local, memory_split(trainer.model, trainer.optimizer, 0),
+                     trace.run.steps * phase.samples_per_step, lead)
 
 
 def _run_rank(case: CaseSpec, ranks: RankInfo, control: Any, local_ranks: int) -> RankRun:
@@ -209,13 +219,13 @@ def _run_rank(case: CaseSpec, ranks: RankInfo, control: Any, local_ranks: int) -
     with MemoryTracker(case.device) as tracker:
         phase = get_workload(case.workload).prepare(case, ctx)
         trainer = _trainer_of(phase, case.workload)
-        run = (_to_target if case.training is not None else _sampled)(
+        timed = (_to_target if case.training is not None else _sampled)(
             case, phase, trainer, ranks, control, trackers)
-    own = [d for t in run["trials"] for d in t]
-    split = run["split"]
+    own = [d for t in timed.trials for d in t]
+    split = timed.split
     split.pop("activations_saved_mib", None)
     split.pop("method", None)
-    tracked = trackers.figures(run["samples"])
+    tracked = trackers.figures(timed.samples)
     report = RankReport(rank=ranks.rank, host=socket.gethostname(), pid=os.getpid(),
                         step_median_s=statistics.median(own), step_samples_s=own,
                         memory_split=split,
@@ -224,10 +234,9 @@ def _run_rank(case: CaseSpec, ranks: RankInfo, control: Any, local_ranks: int) -
                                                  if tracker.report else None),
                         interference=tracked.interference, energy=tracked.energy,
                         clocks=tracked.clocks)
-    lead = run["lead"]
-    if lead is not None:
-        lead.memory = tracker.report
-    return RankRun(report, run["trials"], tracked, run["samples"], lead)
+    if timed.lead is not None:
+        timed.lead.memory = tracker.report
+    return RankRun(report, timed.trials, tracked, timed.samples, timed.lead)
 
 
 @record  # a rank's exception reaches the launcher with its traceback (an error file)

@@ -133,8 +133,9 @@ def _v10_to_v11(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _v11_to_v12(data: dict[str, Any]) -> dict[str, Any]:
-    # Version 12 added RankReport.interference, .energy and .clocks: a version-11 rank
-    # recorded none of them, which the fields' defaults (none) say.
+    # Version 12 added RankReport.interference, .energy and .clocks, and CaseResult.mode:
+    # a version-11 rank recorded none of them, and no version-11 suite could name a mode,
+    # which the fields' defaults (none) say.
     return {**data, "schema_version": 12}
 
 

@@ -48,6 +48,8 @@ Versions (older files are read through ``bench.results.migrations``):
     across ranks saw around its own timed region (the case's figures combine them: contended
     when any rank was, energy summed over hosts). Absent (none) in older files, whose ranks
     recorded neither; their cases' energy, clocks and interference are none too.
+    ``CaseResult.mode``: the mode (bench.modes) the case's suite named, none where it named
+    none (the case's shape picked it; ``worker.mode`` says which ran). None in older files.
 """
 
 from __future__ import annotations
@@ -560,6 +562,7 @@ class CaseResult:
     serving: ServingResult | None = None  # schema 8: a LoadGen scenario
     energy: EnergyResult | None = None  # schema 8: over the timed region
     clocks: ClockResult | None = None  # schema 8: during the timed region
+    mode: str | None = None  # schema 12: the mode its suite named (bench.modes), else none
 
     @property
     def benchmark_key(self) -> str:
@@ -579,7 +582,8 @@ class CaseResult:
                    axes=spec.axes, params=spec.params, status=status, reason=reason,
                    budget=spec.budget.to_dict(), label=spec.label,
                    parity_reference=dict(spec.parity_reference),
-                   slo=dict(getattr(spec, "slo", {})), **fields)
+                   slo=dict(getattr(spec, "slo", {})), mode=getattr(spec, "mode", None),
+                   **fields)
 
 
 @dataclass

@@ -31,14 +31,17 @@ def is_reference(case: Any) -> bool:
 
 
 def measurement_key(case: Any) -> str:
-    """What a case measures: workload, phase, axes, params and budget. Two cases of one
-    suite with the same key (the same configuration under two benchmark labels) are one
-    measurement."""
+    """What a case measures: workload, phase, axes, params, budget and a named mode. Two
+    cases of one suite with the same key (the same configuration under two benchmark
+    labels) are one measurement."""
     budget = case.budget if isinstance(case.budget, dict) else case.budget.to_dict()
     key = [case.workload, case.phase, case.axes, case.params, budget, training_settings(case)]
     serving = serving_settings(case)
     if serving is not None:  # absent before schema 8: keys of older files stay as they were
         key.append(serving)
+    mode = getattr(case, "mode", None)
+    if mode is not None:  # a named mode (schema 12): unnamed keys stay as they were
+        key.append({"mode": mode})
     return json.dumps(key, sort_keys=True, default=str)
 
 

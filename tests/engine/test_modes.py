@@ -182,3 +182,17 @@ def test_the_worker_module_brings_every_built_in_mode_so_forked_workers_inherit_
     loaded = set(eval(out.stdout))  # noqa: S307 - our own child's printed list
     assert {f"bench.modes.{m}" for m in ("closed_loop", "served", "to_target", "instructions",
                                          "ranks")} <= loaded
+
+
+def test_a_benchmark_that_names_a_mode_is_not_shared_with_one_that_does_not(write_suite):
+    from bench.results.schema import CaseResult
+    from bench.spec.model import measurement_key
+
+    linreg = 'workload = "linreg"\nphase = "train"\nmatrix = { device = ["cpu"] }\n'
+    named, plain = expand_suite(load_suite(write_suite(
+        f'[[benchmark]]\nlabel = "named"\nmode = "closed_loop"\n{linreg}'
+        f'[[benchmark]]\nlabel = "plain"\n{linreg}')))
+    assert measurement_key(named) != measurement_key(plain)
+    # The record carries the named mode, so a resumed sweep finds the same key.
+    assert measurement_key(CaseResult.for_case(named, "ok")) == measurement_key(named)
+    assert CaseResult.for_case(plain, "ok").mode is None
