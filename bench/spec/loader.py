@@ -110,13 +110,47 @@ def _load_accuracy(table: Any, metrics: tuple[str, ...], source: str,
 
 def _load_benchmark(table: Any, index: int, default_budget: Budget,
                     source: str, folder: Path) -> BenchmarkSpec:
-    # On use: bench.workloads imports bench.spec.axes, so a module-level import is a cycle.
-    from bench.workloads import get_workload, workload_names
-
     where = f"benchmark[{index}]"
     table = _check_keys(table, _BENCHMARK_KEYS, source, where)
     if "model" in table or "python_path" in table:
         table = _user_model_table(table, source, where, folder)
+    workload, phase = _load_workload(table, source, where)
+    axes = workload.phase_axes(phase)
+    matrix_table = _check_keys(table.get("matrix", {}), set(axes), source, f"{where}.matrix")
+    matrix, params = _load_matrix(table, matrix_table, workload, phase, source, where)
+    budget = default_budget
+    if "budget" in table:
+        budget = _load_budget(table["budget"], default_budget, source, f"{where}.budget")
+    label = table.get("label")
+    if label is not None and (not isinstance(label, str) or not label.isidentifier()):
+        raise BenchInputError(source, f"bad label {label!r}", key=f"{where}.label",
+                              valid="a name of letters, digits and underscores")
+    parity = Setting("parity_target", float, DEFAULT_PARITY_TARGET, minimum=0).validate(
+        table.get("parity_target", DEFAULT_PARITY_TARGET), source, f"{where}.parity_target")
+    if parity > 1:
+        raise BenchInputError(source, f"value {parity!r} is above 1",
+                              key=f"{where}.parity_target", valid="number in [0, 1]")
+    training = None
+    if "target" in table or "training" in table:
+        training = _load_training(table, workload, phase, source, where)
+    return BenchmarkSpec(
+        workload=workload.name, phase=phase, matrix=matrix, label=label,
+        slo=_load_slo(table.get("slo", {}), source, f"{where}.slo"), training=training,
+        search=_load_search(table.get("search", {}), axes, matrix_table, source,
+                            f"{where}.search"),
+        serving=_load_serving(table, matrix, source, where),
+        mode=_load_mode(table, source, where), parity_target=parity,
+        named_axes=tuple(a for a in axes if a in matrix_table), params=params,
+        accuracy=_load_accuracy(table.get("accuracy", {}), workload.metrics(phase), source,
+                                f"{where}.accuracy"),
+        budget=budget, parity_reference=workload.parity_reference(phase))
+
+
+def _load_workload(table: dict[str, Any], source: str, where: str) -> tuple[Any, str]:
+    """The benchmark's workload class and phase, both checked."""
+    # On use: bench.workloads imports bench.spec.axes, so a module-level import is a cycle.
+    from bench.workloads import get_workload, workload_names
+
     for required in ("workload", "phase"):
         if required not in table:
             raise BenchInputError(source, "missing required key", key=f"{where}.{required}")
@@ -129,9 +163,15 @@ def _load_benchmark(table: Any, index: int, default_budget: Budget,
     if phase not in workload.phases:
         raise BenchInputError(source, f"unknown phase {phase!r} for workload {name}",
                               key=f"{where}.phase", valid=workload.phases)
+    return workload, phase
 
+
+def _load_matrix(table: dict[str, Any], matrix_table: dict[str, Any], workload: Any,
+                 phase: str, source: str, where: str,
+                 ) -> tuple[dict[str, tuple[Any, ...]], dict[str, Any]]:
+    """Every axis's values (the matrix's, one fixed in params, or the default) and the
+    workload's parameters, each validated against its setting."""
     axes = workload.phase_axes(phase)
-    matrix_table = _check_keys(table.get("matrix", {}), set(axes), source, f"{where}.matrix")
     param_settings = {k: s for k, s in workload.params().items()
                       if s.phases is None or phase in s.phases}
     params_table = _check_keys(table.get("params", {}), set(param_settings) | set(axes), source,
@@ -156,40 +196,12 @@ def _load_benchmark(table: Any, index: int, default_budget: Budget,
                                   valid=setting.valid_values())
         key = f"{where}.{'params' if axis_name in fixed else 'matrix'}.{axis_name}"
         matrix[axis_name] = tuple(setting.validate(v, source, key) for v in values)
-
     params = {
         key: setting.validate(params_table[key], source, f"{where}.params.{key}")
         if key in params_table else setting.default
         for key, setting in param_settings.items()
     }
-    budget = default_budget
-    if "budget" in table:
-        budget = _load_budget(table["budget"], default_budget, source, f"{where}.budget")
-    accuracy = _load_accuracy(table.get("accuracy", {}), workload.metrics(phase), source,
-                              f"{where}.accuracy")
-    named = tuple(a for a in axes if a in matrix_table)
-    label = table.get("label")
-    if label is not None and (not isinstance(label, str) or not label.isidentifier()):
-        raise BenchInputError(source, f"bad label {label!r}", key=f"{where}.label",
-                              valid="a name of letters, digits and underscores")
-    parity = Setting("parity_target", float, DEFAULT_PARITY_TARGET, minimum=0).validate(
-        table.get("parity_target", DEFAULT_PARITY_TARGET), source, f"{where}.parity_target")
-    if parity > 1:
-        raise BenchInputError(source, f"value {parity!r} is above 1",
-                              key=f"{where}.parity_target", valid="number in [0, 1]")
-    slo = _load_slo(table.get("slo", {}), source, f"{where}.slo")
-    training = None
-    if "target" in table or "training" in table:
-        training = _load_training(table, workload, phase, source, where)
-    search = _load_search(table.get("search", {}), axes, matrix_table, source,
-                          f"{where}.search")
-    serving = _load_serving(table, matrix, source, where)
-    return BenchmarkSpec(workload=name, phase=phase, matrix=matrix, label=label, slo=slo,
-                         training=training, search=search, serving=serving,
-                         mode=_load_mode(table, source, where),
-                         parity_target=parity, named_axes=named, params=params,
-                         accuracy=accuracy, budget=budget,
-                         parity_reference=workload.parity_reference(phase))
+    return matrix, params
 
 
 def _load_mode(table: dict[str, Any], source: str, where: str) -> str | None:
