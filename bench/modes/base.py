@@ -48,7 +48,7 @@ def case_memory(case: CaseSpec, result: CaseResult) -> Iterator[None]:
 
 def prepare_phase(case: CaseSpec) -> Any:
     """The workload's phase for this case."""
-    precision = get_precision(case.axes.get("precision", "fp32"))
+    precision = get_precision(case.precision)
     ctx = RunContext(device=case.device, precision=precision, seed=case.seed)
     return get_workload(case.workload).prepare(case, ctx)
 

@@ -146,7 +146,7 @@ def _rank_trackers(case: CaseSpec, local_ranks: int) -> Trackers:
 
 
 def _across(case: CaseSpec, world: int) -> str:
-    return (f"; across {world} ranks (parallel={case.axes['parallel']}), each step the "
+    return (f"; across {world} ranks (parallel={case.parallel}), each step the "
             "slowest rank's")
 
 
@@ -213,7 +213,7 @@ def _to_target(case: CaseSpec, phase: Any, trainer: Any, ranks: RankInfo, contro
 
 
 def _run_rank(case: CaseSpec, ranks: RankInfo, control: Any, local_ranks: int) -> RankRun:
-    precision = get_precision(case.axes.get("precision", "fp32"))
+    precision = get_precision(case.precision)
     ctx = RunContext(device=case.device, precision=precision, seed=case.seed, ranks=ranks)
     trackers = _rank_trackers(case, local_ranks)
     with MemoryTracker(case.device) as tracker:
@@ -255,11 +255,11 @@ def rank_main(case_data: dict[str, Any]) -> list[RankRun] | None:
                             timeout=dt.timedelta(seconds=case.budget.timeout_s))
     try:
         control = dist.new_group(backend="gloo") if case.device == "cuda" else None
-        ranks = RankInfo(case.axes["parallel"], dist.get_rank(), dist.get_world_size(),
+        ranks = RankInfo(case.parallel, dist.get_rank(), dist.get_world_size(),
                          local_rank)
-        if ranks.world_size != case.axes.get("world_size", 1):
+        if ranks.world_size != case.world_size:
             raise ValueError(f"case {case.case_id} has world_size "
-                             f"{case.axes.get('world_size', 1)} but was launched with "
+                             f"{case.world_size} but was launched with "
                              f"{ranks.world_size} ranks (nodes x processes per node)")
         run = _run_rank(case, ranks, control, local_ranks)
         gathered: list[Any] = [None] * ranks.world_size
@@ -298,7 +298,7 @@ def assemble(case: CaseSpec, runs: list[RankRun], result: CaseResult, nnodes: in
     no_sync_s = lead.no_sync_median_s
     timing = lead.timing
     result.parallel = ParallelResult(
-        mode=case.axes["parallel"], world_size=world, nnodes=nnodes,
+        mode=case.parallel, world_size=world, nnodes=nnodes,
         process_group=process_group_backend(case.device), threads_per_rank=threads,
         launcher=LAUNCHER, global_batch=total,
         samples_per_s_per_device=result.throughput.value / world,
@@ -357,7 +357,7 @@ class AcrossRanks(Mode):
         each rank tracks its own timed region."""
         from torch.distributed.launcher.api import LaunchConfig, elastic_launch  # start-up
 
-        world = case.axes.get("world_size", 1)
+        world = case.world_size
         config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=world,
                               run_id=f"bench-{uuid.uuid4().hex[:8]}", rdzv_backend="c10d",
                               rdzv_endpoint="localhost:0", max_restarts=0,

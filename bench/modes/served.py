@@ -26,12 +26,12 @@ class Served(TimedMode):
 
     @classmethod
     def claims(cls, case: CaseSpec) -> bool:
-        return case.axes.get("scenario", CLOSED_LOOP) != CLOSED_LOOP
+        return case.scenario != CLOSED_LOOP
 
     def timed(self, case: CaseSpec, phase: Any, result: CaseResult,
               trackers: Trackers) -> int | None:
         with phase.session():
-            result.serving = serve_scenario(case.axes["scenario"], phase,
+            result.serving = serve_scenario(case.scenario, phase,
                                             case.serving or ServingSpec(),
                                             int(case.axes.get("batch_size", 1)), case.device)
         return None

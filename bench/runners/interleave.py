@@ -379,7 +379,7 @@ def lockstep_possible(case, sides: list[Side]) -> bool:  # noqa: ANN001
                                     for side in sides)
             and spec.device == "cpu" and spec.training is None and not is_distributed(spec)
             and spec.mode in (None, "closed_loop")
-            and spec.axes.get("scenario", CLOSED_LOOP) == CLOSED_LOOP)
+            and spec.scenario == CLOSED_LOOP)
 
 
 def _round_spec(case, done: int):  # noqa: ANN001, ANN202

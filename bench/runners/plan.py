@@ -31,7 +31,7 @@ def skip_reason(case: CaseSpec) -> str | None:
     reason = device_unavailable_reason(case.device)
     if reason:
         return reason
-    precision = get_precision(case.axes.get("precision", "fp32"))
+    precision = get_precision(case.precision)
     workload = get_workload(case.workload)
     if precision.float8_training and not workload.float8_training:
         return f"workload {case.workload} does not build float8 training (gpt does)"
@@ -55,9 +55,8 @@ def _mode_reason(case: CaseSpec) -> str | None:
 def _parallel_reason(case: CaseSpec) -> str | None:
     if "parallel" not in case.axes:
         return None
-    mode, world = case.axes["parallel"], case.axes.get("world_size", 1)
-    reason = parallel.unsupported_reason(mode, world, case.axes.get("backend", "eager"),
-                                         case.axes.get("precision", "fp32"))
+    mode, world = case.parallel, case.world_size
+    reason = parallel.unsupported_reason(mode, world, case.backend, case.precision)
     reason = reason or parallel.device_reason(mode, case.device)
     if reason or mode == "none" or case.device != "cuda":
         return reason

@@ -62,7 +62,7 @@ def _run_on_node(case_data: dict[str, Any], driver_env: dict[str, str | None]) -
 
 def _resources(case: CaseSpec) -> dict[str, Any]:
     if case.device == "cuda":
-        return {"num_cpus": 1, "num_gpus": max(1, int(case.axes.get("world_size", 1)))}
+        return {"num_cpus": 1, "num_gpus": max(1, case.world_size)}
     return {"num_cpus": 0, "resources": {NODE_RESOURCE: 1}}
 
 

@@ -72,7 +72,7 @@ def run_case(case: CaseSpec) -> CaseResult:
                      "bench_source": str(Path(__file__).resolve().parents[2])}
     try:
         result.worker.update(_configure_torch(case))
-        precision = get_precision(case.axes.get("precision", "fp32"))
+        precision = get_precision(case.precision)
         result.details["precision_method"] = precision.method()
         result.details["allocator"] = describe_current()
         mode = mode_for(case)

@@ -328,6 +328,29 @@ class CaseSpec:
     def device(self) -> str:
         return str(self.axes.get("device", "cpu"))
 
+    # The axes every engine layer reads, each with its one default (a workload that lacks
+    # the axis runs at it): the loader fills every declared axis, so these defaults speak
+    # only for cases built by hand.
+    @property
+    def precision(self) -> str:
+        return str(self.axes.get("precision", "fp32"))
+
+    @property
+    def backend(self) -> str:
+        return str(self.axes.get("backend", "eager"))
+
+    @property
+    def scenario(self) -> str:
+        return str(self.axes.get("scenario", CLOSED_LOOP))
+
+    @property
+    def parallel(self) -> str:
+        return str(self.axes.get("parallel", "none"))
+
+    @property
+    def world_size(self) -> int:
+        return int(self.axes.get("world_size", 1))
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "workload": self.workload,
@@ -377,4 +400,4 @@ class CaseSpec:
 
 def is_distributed(case: CaseSpec) -> bool:
     """Whether the case trains across ranks (the ``parallel`` axis)."""
-    return case.axes.get("parallel", "none") != "none"
+    return case.parallel != "none"
