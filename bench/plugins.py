@@ -5,6 +5,21 @@ from __future__ import annotations
 import importlib.metadata
 import sys
 from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T", bound=type)
+
+
+def registrar(registry: dict[str, type], kind: str) -> Callable[[T], T]:
+    """The ``@register`` decorator of one registry: a class under its ``name``, once."""
+
+    def register(cls: T) -> T:
+        if cls.name in registry:
+            raise ValueError(f"{kind} {cls.name!r} registered twice")
+        registry[cls.name] = cls
+        return cls
+
+    return register
 
 
 def load_entry_points(group: str, kind: str, base: type, registry: dict[str, type],

@@ -16,7 +16,7 @@ import importlib
 import pkgutil
 
 from bench.modes.base import Mode
-from bench.plugins import load_entry_points
+from bench.plugins import load_entry_points, registrar
 from bench.spec.model import CaseSpec
 
 ENTRY_POINT_GROUP = "bench.modes"
@@ -25,11 +25,7 @@ _loaded = False
 _HELPERS = ("base", "record", "trackers")
 
 
-def register(cls: type[Mode]) -> type[Mode]:
-    if cls.name in _REGISTRY:
-        raise ValueError(f"mode {cls.name!r} registered twice")
-    _REGISTRY[cls.name] = cls
-    return cls
+register = registrar(_REGISTRY, "mode")
 
 
 def _load_all() -> None:

@@ -11,18 +11,14 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from bench.plugins import load_entry_points
+from bench.plugins import load_entry_points, registrar
 from bench.workloads.base import Workload
 
 _REGISTRY: dict[str, type[Workload]] = {}
 _loaded = False
 
 
-def register(cls: type[Workload]) -> type[Workload]:
-    if cls.name in _REGISTRY:
-        raise ValueError(f"workload {cls.name!r} registered twice")
-    _REGISTRY[cls.name] = cls
-    return cls
+register = registrar(_REGISTRY, "workload")
 
 
 def _load_all() -> None:

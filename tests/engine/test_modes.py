@@ -175,11 +175,11 @@ def test_one_contended_rank_makes_the_case_contended_and_is_named():
 def test_the_worker_module_brings_every_built_in_mode_so_forked_workers_inherit_them():
     """A fork server preloads bench.runners.worker: a mode imported only on first use would
     be imported again in every forked worker (the ranks mode's elastic launcher: 0.1 s)."""
-    code = ("import sys, bench.runners.worker; print(sorted(m for m in sys.modules "
-            "if m.startswith('bench.modes.')))")
+    code = ("import json, sys, bench.runners.worker; print(json.dumps(sorted(m for m in "
+            "sys.modules if m.startswith('bench.modes.'))))")
     out = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True,
                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, check=True)
-    loaded = set(eval(out.stdout))  # noqa: S307 - our own child's printed list
+    loaded = set(json.loads(out.stdout))
     assert {f"bench.modes.{m}" for m in ("closed_loop", "served", "to_target", "instructions",
                                          "ranks")} <= loaded
 
