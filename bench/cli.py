@@ -311,7 +311,7 @@ def _checkout(path: str, option: str) -> Path:
 def _stopping(args: argparse.Namespace, policy: Any) -> Any:
     """bench ab's stopping rule: the policy's sequential test (paired rounds are judged by
     it), else the CI-width rule; the options' defaults depend on which."""
-    from bench.runners.interleave import (
+    from bench.runners.rounds import (
         DEFAULT_MAX_ROUNDS,
         DEFAULT_ROUNDS,
         SEQUENTIAL_MAX_ROUNDS,
@@ -647,7 +647,7 @@ def _add_report_commands(sub: Any) -> None:
 
 
 def _add_ab_command(sub: Any) -> None:
-    from bench.runners.interleave import (
+    from bench.runners.rounds import (
         DEFAULT_MAX_ROUNDS,
         DEFAULT_ROUNDS,
         DEFAULT_TARGET_HALF_WIDTH,

@@ -19,8 +19,9 @@ import time
 from tabulate import tabulate
 
 from bench.reports.compare import compare_runs
-from bench.runners.interleave import Side, Stopping, run_interleaved
+from bench.runners.interleave import Side, run_interleaved
 from bench.runners.isolation import WorkerCode
+from bench.runners.rounds import Stopping
 
 
 def main() -> int:

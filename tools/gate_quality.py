@@ -46,19 +46,18 @@ from tabulate import tabulate
 from bench.measurement.fingerprint import fingerprint
 from bench.reports.compare import compare_runs, geometric_mean
 from bench.reports.gate import Policy, evaluate, load_policy
-from bench.results.schema import PROCESS_MEDIANS_KEY, SLOWDOWN_ENV, RunRecord
+from bench.results.schema import SLOWDOWN_ENV, RunRecord
 from bench.results.store import load_run
-from bench.runners.interleave import (
+from bench.runners.interleave import Side, run_interleaved
+from bench.runners.isolation import WorkerCode, run_in_processes
+from bench.runners.plan import plan_suite
+from bench.runners.rounds import (
     DEFAULT_MAX_ROUNDS,
     DEFAULT_ROUNDS,
     DEFAULT_TARGET_HALF_WIDTH,
     SEQUENTIAL_MAX_ROUNDS,
-    Side,
     Stopping,
-    run_interleaved,
 )
-from bench.runners.isolation import WorkerCode, run_in_processes
-from bench.runners.plan import plan_suite
 from bench.runners.sweep import new_run_info
 from bench.spec import load_suite
 
@@ -101,9 +100,8 @@ def speed_verdicts(baseline: RunRecord, current: RunRecord, policy: Policy) -> d
 def case_subset(record: RunRecord, case_id: str, rounds: list[int]) -> RunRecord:
     """One case of the record, as a session of only these rounds would have written it."""
     case = record.case(case_id)
-    medians = case.details[PROCESS_MEDIANS_KEY]
-    details = {**case.details, PROCESS_MEDIANS_KEY: [medians[r] for r in rounds]}
-    return dataclasses.replace(record, cases=[dataclasses.replace(case, details=details)])
+    kept = dataclasses.replace(case.rounds, medians_s=[case.rounds.medians_s[r] for r in rounds])
+    return dataclasses.replace(record, cases=[dataclasses.replace(case, rounds=kept)])
 
 
 def adaptive_session(chain: list[list[float]], order: list[int], stopping: Stopping,
@@ -155,7 +153,7 @@ def _case_sessions(records: dict[str, RunRecord], cid: str, policy: Policy,
     """One case's gated sessions: U1 against U2 (unchanged: a regression is a false alarm)
     and U2 against S (slowed: a regression is a detection), each carved from the chain as
     a two-sided bench ab session would stop; its table row and the verdict counts."""
-    chain = [list(records[name].case(cid).details[PROCESS_MEDIANS_KEY]) for name in SIDE_NAMES]
+    chain = [list(records[name].case(cid).rounds.medians_s) for name in SIDE_NAMES]
     total = min(len(side) for side in chain)
     stopping = _stopping(args, policy)
     counts: dict[str, Counter] = {}

@@ -40,7 +40,7 @@ class ClosedLoop(TimedMode):
     def timed(self, case: CaseSpec, phase: Any, result: CaseResult,
               trackers: Trackers) -> int | None:
         faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        step = with_injected_slowdown(phase.step, result.details)
+        step = with_injected_slowdown(phase.step, result)
         timer, clock = timer_for(case.device), time.perf_counter
         baton = baton_module.current()
         if baton is not None:  # a lockstep A/B round: time only in this worker's turns

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from bench.measurement.instructions import count_steps
+from bench.measurement.instructions import METHOD, count_steps
 from bench.modes import register
 from bench.modes.base import Mode, case_memory, prepare_phase
-from bench.results.schema import INSTRUCTION_STEPS_KEY
+from bench.results.schema import InstructionCount
 
 if TYPE_CHECKING:
     from bench.results.schema import CaseResult
@@ -30,4 +30,4 @@ class CountInstructions(Mode):
         with case_memory(case, result):
             phase = prepare_phase(case)
             with phase.session():
-                result.details[INSTRUCTION_STEPS_KEY] = count_steps(phase.step)
+                result.instructions = InstructionCount(count_steps(phase.step), method=METHOD)

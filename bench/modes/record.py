@@ -13,7 +13,6 @@ from bench.measurement.flops import FlopCount, compute_record
 from bench.measurement.stats import percentiles, summarize
 from bench.measurement.training_run import TrainingTrace, trials_of
 from bench.results.schema import (
-    INJECTED_SLOWDOWN_KEY,
     SLOWDOWN_ENV,
     STATUS_DIVERGED,
     AccuracyResult,
@@ -68,13 +67,13 @@ def record_timing(result: CaseResult, timing: TimingResult, samples_per_step: in
     result.timing = timing
     result.throughput = ThroughputResult.from_timing(timing, samples_per_step,
                                                      f"{sample_unit}/s")
-    if INJECTED_SLOWDOWN_KEY in result.details:
+    if result.injected_slowdown:
         result.warnings.append(f"injected slowdown: every step spun "
-                               f"{result.details[INJECTED_SLOWDOWN_KEY]:.0%} longer "
+                               f"{result.injected_slowdown:.0%} longer "
                                f"({SLOWDOWN_ENV}, a test knob)")
 
 
-def with_injected_slowdown(step: Any, details: dict[str, Any]) -> Any:
+def with_injected_slowdown(step: Any, result: CaseResult) -> Any:
     """Test-only knob (gate-quality measurements, regression-gate tests): with
     BENCH_TEST_SLOWDOWN=0.1 every step takes 10% longer (it spins for 0.1 x its own
     duration). Recorded in the result, never silent. CPU steps only: a CUDA step returns
@@ -84,7 +83,7 @@ def with_injected_slowdown(step: Any, details: dict[str, Any]) -> Any:
         return step
     if not math.isfinite(fraction):
         raise ValueError(f"{SLOWDOWN_ENV}={fraction!r} is not a finite fraction")
-    details[INJECTED_SLOWDOWN_KEY] = fraction
+    result.injected_slowdown = fraction
 
     def slowed() -> object:
         started = time.perf_counter()

@@ -58,7 +58,7 @@ class TrainToTarget(TimedMode):
               trackers: Trackers) -> int | None:
         metric, _ = get_workload(case.workload).watched_metric(case)
         patience = int(case.axes.get("early_stopping", 0))
-        step = with_injected_slowdown(phase.step, result.details)
+        step = with_injected_slowdown(phase.step, result)
         timer = timer_for(case.device)
         with phase.session():
             self.trace = run_to_target(phase, timer, case.training, case.seed, metric,

@@ -27,9 +27,6 @@ from bench.measurement.stats import (
     ratio_of_medians,
 )
 from bench.results.schema import (
-    INJECTED_SLOWDOWN_KEY,
-    INSTRUCTIONS_KEY,
-    PROCESS_MEDIANS_KEY,
     CaseResult,
     MemoryResult,
     RunRecord,
@@ -62,8 +59,7 @@ def injected_slowdown(case: CaseResult | None) -> float | None:
     """The test-only slowdown a worker injected into this case (BENCH_TEST_SLOWDOWN)."""
     if case is None:
         return None
-    value = case.details.get(INJECTED_SLOWDOWN_KEY)
-    return value if isinstance(value, int | float) and value else None
+    return case.injected_slowdown or None
 
 
 def run_injected_slowdowns(record: RunRecord) -> dict[str, float]:
@@ -212,8 +208,8 @@ def _speed(base: CaseResult, cur: CaseResult, paired: bool,
         problems.append(Problem("speed", "the current run has no timing"))
         return None
     if paired:
-        base_rounds = base.details.get(PROCESS_MEDIANS_KEY) or []
-        cur_rounds = cur.details.get(PROCESS_MEDIANS_KEY) or []
+        base_rounds = base.rounds.medians_s if base.rounds is not None else []
+        cur_rounds = cur.rounds.medians_s if cur.rounds is not None else []
         if not base_rounds or len(base_rounds) != len(cur_rounds):
             problems.append(Problem("speed", f"an A/B session must pair its rounds, got "
                                     f"{len(base_rounds)} baseline and {len(cur_rounds)} "
@@ -302,9 +298,8 @@ def _time_to_accuracy(base: CaseResult, cur: CaseResult,
 
 
 def instructions_per_step(case: CaseResult | None) -> float | None:
-    value = None if case is None else case.details.get(INSTRUCTIONS_KEY)
-    return float(value) if isinstance(value, int | float) and math.isfinite(value) and \
-        value > 0 else None
+    value = None if case is None or case.instructions is None else case.instructions.per_step
+    return value if value is not None and math.isfinite(value) and value > 0 else None
 
 
 def _instructions_ratio(base: CaseResult, cur: CaseResult) -> float | None:

@@ -57,7 +57,7 @@ from bench.reports.compare import (
 )
 from bench.reports.parity import class_parity_failures, worst_class
 from bench.reports.slo import slo_failures
-from bench.results.schema import AB_UNMEASURED_KEY, STATUS_CONTENDED, HostProbe, RunRecord
+from bench.results.schema import STATUS_CONTENDED, HostProbe, RunRecord
 from bench.units import DEFAULT_PARITY_TARGET, MIB
 
 
@@ -532,7 +532,8 @@ def evaluate(comparisons: list[CaseComparison], policy: Policy) -> GateReport:
         if policy.gate_accuracy else {}
     for c in comparisons:
         case_policy = policy.for_case(c.case_id)
-        if c.current is not None and c.current.details.get(AB_UNMEASURED_KEY):
+        if c.current is not None and c.current.rounds is not None and \
+                c.current.rounds.out_of_time:
             report.inconclusive.append(Finding(c.case_id, "speed", c.current.reason or
                                                "not measured", noise=True))
             continue
@@ -580,11 +581,11 @@ def evaluate(comparisons: list[CaseComparison], policy: Policy) -> GateReport:
 def dropped_rounds(c: CaseComparison) -> str:
     """What bench ab left out of the pairing (round pairs timed under contention)."""
     for side in (c.current, c.baseline):
-        dropped = side.details.get("ab_dropped_rounds") if side is not None else None
-        if dropped:
-            reasons = side.details.get("ab_dropped_reasons") or ["no reason recorded"]
-            return (f"; {dropped} contended round pairs left out of "
-                    f"{dropped + side.details.get('ab_rounds', 0)} (e.g. {reasons[0]})")
+        rounds = side.rounds if side is not None else None
+        if rounds is not None and rounds.left_out:
+            reasons = rounds.left_out_reasons or ["no reason recorded"]
+            return (f"; {rounds.left_out} contended round pairs left out of "
+                    f"{rounds.left_out + len(rounds.medians_s)} (e.g. {reasons[0]})")
     return ""
 
 

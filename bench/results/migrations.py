@@ -139,9 +139,43 @@ def _v11_to_v12(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "schema_version": 12}
 
 
+def _typed_gate_figures(case: dict[str, Any]) -> dict[str, Any]:
+    details = dict(case.get("details") or {})
+    medians = details.pop("process_medians_s", None)
+    details.pop("ab_rounds", None)  # always the number of medians kept
+    left_out = details.pop("ab_dropped_rounds", None)
+    reasons = details.pop("ab_dropped_reasons", None)
+    unmeasured = details.pop("ab_unmeasured", None)
+    steps = details.pop("instructions_steps", None)
+    per_step = details.pop("instructions_per_step", None)
+    method = details.pop("instructions_method", None)
+    slowdown = details.pop("injected_slowdown", None)
+    case = {**case, "details": details}
+    if medians is not None or unmeasured:
+        case["rounds"] = {"medians_s": medians if medians is not None else [],
+                          "left_out": left_out or 0, "left_out_reasons": reasons or [],
+                          "out_of_time": bool(unmeasured)}
+    if steps is not None or per_step is not None:
+        case["instructions"] = {"steps": steps if isinstance(steps, int) else 0,
+                                "per_step": per_step, "method": method or ""}
+    if slowdown is not None:
+        case["injected_slowdown"] = slowdown
+    return case
+
+
+def _v12_to_v13(data: dict[str, Any]) -> dict[str, Any]:
+    # Version 13 moved the figures the gate decides on from details into typed fields:
+    # rounds, instructions and injected_slowdown (the schema's changelog names the keys).
+    cases = data.get("cases")
+    if isinstance(cases, list):
+        cases = [_typed_gate_figures(c) if isinstance(c, dict) else c for c in cases]
+    return {**data, "cases": cases, "schema_version": 13}
+
+
 MIGRATIONS: dict[int, Migration] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5,
                                     5: _v5_to_v6, 6: _v6_to_v7, 7: _v7_to_v8, 8: _v8_to_v9,
-                                    9: _v9_to_v10, 10: _v10_to_v11, 11: _v11_to_v12}
+                                    9: _v9_to_v10, 10: _v10_to_v11, 11: _v11_to_v12,
+                                    12: _v12_to_v13}
 
 
 def migrate(data: dict[str, Any], version: int, target: int) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The result file schema (JSON), version 12.
+"""The result file schema (JSON), version 13.
 
 A run file holds ``schema``/``schema_version``, the run's metadata, the machine's
 fingerprint and one record per finished case. Every figure keeps its raw samples and
@@ -50,6 +50,15 @@ Versions (older files are read through ``bench.results.migrations``):
     recorded neither; their cases' energy, clocks and interference are none too.
     ``CaseResult.mode``: the mode (bench.modes) the case's suite named, none where it named
     none (the case's shape picked it; ``worker.mode`` says which ran). None in older files.
+13. The figures the gate decides on left ``details`` for typed fields: ``CaseResult.rounds``
+    (each worker process's median in run order, the rounds of a paired session among them,
+    with the contended rounds left out and why; was ``details.process_medians_s``,
+    ``ab_rounds``, ``ab_dropped_rounds``, ``ab_dropped_reasons`` and ``ab_unmeasured``),
+    ``CaseResult.instructions`` (was ``details.instructions_steps``,
+    ``instructions_per_step`` and ``instructions_method``) and
+    ``CaseResult.injected_slowdown`` (was ``details.injected_slowdown``). The migration moves
+    them. ``PairedSpeedup.left_out`` and ``.contended``: paired rounds now leave out rounds
+    timed under contention, as ``bench ab`` does (older files: 0, false).
 """
 
 from __future__ import annotations
@@ -66,7 +75,7 @@ from bench.spec.model import benchmark_key
 from bench.units import DEFAULT_PARITY_TARGET
 
 SCHEMA_NAME = "bench.run"
-SCHEMA_VERSION = 12
+SCHEMA_VERSION = 13
 
 # TimingResult.trial_timing: a sample per step, or one per block of steps (its mean).
 TRIAL_PER_ITERATION = "per_iteration"
@@ -94,17 +103,6 @@ MEASURED_STATUSES = frozenset({STATUS_OK, STATUS_CONTENDED})
 # A case that should have run and did not: `bench run` exits 1 when any case ends so.
 FAILED_STATUSES = frozenset({STATUS_ERROR, STATUS_CRASHED, STATUS_TIMEOUT, STATUS_OOM})
 
-# details key: each worker process's median step time, in run order (several processes per
-# case, or the rounds of an interleaved A/B run, whose two files pair them round by round).
-PROCESS_MEDIANS_KEY = "process_medians_s"
-# details key of an A/B case the session's time budget ran out before (skipped, unmeasured).
-AB_UNMEASURED_KEY = "ab_unmeasured"
-# details keys of an instruction count (bench.measurement.instructions): the steps the
-# worker ran with callgrind collecting, and instructions per step (set by the parent).
-INSTRUCTION_STEPS_KEY = "instructions_steps"
-INSTRUCTIONS_KEY = "instructions_per_step"
-# details key: the fraction a test-only BENCH_TEST_SLOWDOWN made every step longer.
-INJECTED_SLOWDOWN_KEY = "injected_slowdown"
 # The test knob that injects it: BENCH_TEST_SLOWDOWN=0.1 makes every step 10% longer.
 SLOWDOWN_ENV = "BENCH_TEST_SLOWDOWN"
 
@@ -306,6 +304,10 @@ class PairedSpeedup:
     reference_medians_s: list[float]
     case_medians_s: list[float]
     method: str
+    # Schema 13: rounds left out because an arm was timed under contention; with fewer
+    # than two clean rounds, the contended ones stand and ``contended`` says so.
+    left_out: int = 0
+    contended: bool = False
 
 
 @dataclass
@@ -472,6 +474,31 @@ class ClockResult:
 
 
 @dataclass
+class RoundsResult:
+    """A case timed in several worker processes, each a round (schema 13): the processes
+    of one run (budget ``processes``), or the rounds of a paired session (``bench ab``: one
+    process per side per round; the two sides' files pair round by round)."""
+
+    medians_s: list[float]  # each kept round's median seconds per step, in run order
+    # Rounds of a paired session left out because a side was timed under contention, and
+    # why (the first five).
+    left_out: int = 0
+    left_out_reasons: list[str] = field(default_factory=list)
+    # A paired session's time budget ran out before the case's first round (it is skipped).
+    out_of_time: bool = False
+
+
+@dataclass
+class InstructionCount:
+    """Instructions the worker's steps executed under callgrind (schema 13;
+    bench.measurement.instructions): deterministic, so one count per side suffices."""
+
+    steps: int  # steps run while callgrind collected
+    per_step: float | None = None  # set by the parent, from callgrind's total
+    method: str = ""
+
+
+@dataclass
 class LoadGenRun:
     """One MLPerf LoadGen test (bench.measurement.serving): its figures, read from LoadGen's
     detail log, and whether the run met the latency bound."""
@@ -563,6 +590,10 @@ class CaseResult:
     energy: EnergyResult | None = None  # schema 8: over the timed region
     clocks: ClockResult | None = None  # schema 8: during the timed region
     mode: str | None = None  # schema 12: the mode its suite named (bench.modes), else none
+    rounds: RoundsResult | None = None  # schema 13: timed in several processes or rounds
+    instructions: InstructionCount | None = None  # schema 13
+    # schema 13: the fraction a test-only BENCH_TEST_SLOWDOWN made every step longer.
+    injected_slowdown: float | None = None
 
     @property
     def benchmark_key(self) -> str:
@@ -814,13 +845,8 @@ def check_case(case: CaseResult, where: str) -> None:
         _finite(sv.latency_samples_s, f"{where}.serving.latency_samples_s")
         if sv.capacity_qps is not None:
             _finite([sv.capacity_qps], f"{where}.serving.capacity_qps")
-    medians = case.details.get(PROCESS_MEDIANS_KEY)
-    if medians is not None:
-        if not isinstance(medians, list) or not all(
-                isinstance(v, int | float) and not isinstance(v, bool) for v in medians):
-            raise SchemaError(f"{where}.details.{PROCESS_MEDIANS_KEY}: expected a list of "
-                              "numbers")
-        _finite(medians, f"{where}.details.{PROCESS_MEDIANS_KEY}", positive=True)
+    if case.rounds is not None:
+        _finite(case.rounds.medians_s, f"{where}.rounds.medians_s", positive=True)
     if "memory_split" in case.details:
         _check_memory_split(case.details["memory_split"], f"{where}.details.memory_split")
     for i, rank in enumerate(case.parallel.ranks if case.parallel is not None else ()):

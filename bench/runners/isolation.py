@@ -43,13 +43,12 @@ from bench.measurement.memory import MIB, tree_rss_bytes
 from bench.results.migrations import MIGRATIONS, case_for_worker, migrate_case
 from bench.results.schema import (
     FAILED_STATUSES,
-    INSTRUCTION_STEPS_KEY,
-    INSTRUCTIONS_KEY,
     SCHEMA_VERSION,
     STATUS_CRASHED,
     STATUS_OOM,
     STATUS_TIMEOUT,
     CaseResult,
+    InstructionCount,
     SchemaError,
     from_dict,
 )
@@ -277,15 +276,14 @@ def _add_instruction_count(result: CaseResult, callgrind_out: Path) -> None:
     if result.status != "ok":
         return
     total = instructions.read_total(callgrind_out)
-    steps = result.details.get(INSTRUCTION_STEPS_KEY)
-    if not total or not isinstance(steps, int) or steps <= 0:
+    steps = result.instructions.steps if result.instructions is not None else None
+    if not total or not steps or steps <= 0:
         result.status = "error"
         result.reason = ("no instruction count: " + (
             "this worker's bench does not count instructions" if not steps else
             "callgrind wrote no total"))
         return
-    result.details[INSTRUCTIONS_KEY] = total / steps
-    result.details["instructions_method"] = instructions.METHOD
+    result.instructions = InstructionCount(steps, total / steps, instructions.METHOD)
 
 
 def _start_up_env(case: CaseSpec, code: WorkerCode) -> dict[str, str]:

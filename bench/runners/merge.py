@@ -8,12 +8,12 @@ import statistics
 from bench.measurement.classes import pooled as pooled_classes
 from bench.measurement.stats import olympic, percentiles, summarize
 from bench.results.schema import (
-    PROCESS_MEDIANS_KEY,
     STATUS_CONTENDED,
     STATUS_DIVERGED,
     STATUS_NOT_CONVERGED,
     STATUS_OK,
     CaseResult,
+    RoundsResult,
     ThroughputResult,
     TimingResult,
 )
@@ -83,7 +83,6 @@ def merge_process_results(results: list[CaseResult]) -> CaseResult:
         warnings.insert(0, f"unstable: CV of trial means over {len(results)} processes is "
                            f"{timing.cv:.1%}")
     details = dict(first.details)
-    details[PROCESS_MEDIANS_KEY] = [r.timing.median_s for r in results]
     details["trials_per_process"] = [len(r.timing.trial_samples_s) for r in results]
     details["process_pids"] = [r.worker.get("pid") for r in results]
     contended = next((r for r in results if r.status == STATUS_CONTENDED), None)
@@ -92,6 +91,7 @@ def merge_process_results(results: list[CaseResult]) -> CaseResult:
     return dataclasses.replace(
         first, status=status, reason=reason, timing=timing, throughput=throughput,
         memory=memory, warnings=warnings, details=details,
+        rounds=RoundsResult([r.timing.median_s for r in results]),
         duration_s=sum(r.duration_s or 0 for r in results),
         finished_at=results[-1].finished_at)
 

@@ -8,7 +8,9 @@ every variant axis at its default: fp32, eager, unquantized, unpruned) is measur
 ``bench ab`` measures two commits: ``rounds`` rounds, each running the reference and the
 variant in fresh worker processes back to back (order alternating, ABBA), each round's
 ratio of medians one paired sample, and a t-based 95% CI on their log mean
-(bench.measurement.stats.paired_ratio). The record keeps every round's medians.
+(bench.measurement.stats.paired_ratio). The rounds are the A/B's round runner's
+(bench.runners.rounds), so a round timed under contention is left out and replaced here as
+there. The record keeps every kept round's medians.
 
 Identical configurations (the same workload, phase, axes, params and budget under two
 benchmark labels) are measured once; the later cases share that measurement
@@ -22,13 +24,15 @@ import copy
 from bench.measurement.stats import paired_ratio
 from bench.results.schema import AccuracyResult, CaseResult, PairedSpeedup
 from bench.runners.fork_server import ForkServers
-from bench.runners.isolation import run_isolated
+from bench.runners.isolation import WorkerCode
 from bench.runners.plan import PlannedCase
+from bench.runners.rounds import Arm, Comparison, RoundRunner, Stopping
 from bench.spec.model import CaseSpec, is_reference, shape_key
 
 PAIRED_METHOD = ("rounds of (reference, case) in fresh worker processes back to back, order "
-                 "alternating; per round median(reference) / median(case); geometric mean "
-                 "with a t-based 95% CI on the log ratios")
+                 "alternating, a round timed under contention left out and run again; per "
+                 "round median(reference) / median(case); geometric mean with a t-based 95% "
+                 "CI on the log ratios")
 
 
 def shared_measurement(original: CaseResult, spec: CaseSpec) -> CaseResult:
@@ -62,18 +66,21 @@ def paired_speedup(case: CaseSpec, reference: CaseSpec, rounds: int,
                    servers: ForkServers | None = None) -> PairedSpeedup | str:
     """Measure ``case`` against ``reference`` in ``rounds`` interleaved rounds; the result,
     or why it could not be measured. With ``servers``, CPU workers fork from them."""
-    ref_medians: list[float] = []
-    case_medians: list[float] = []
-    for index in range(rounds):
-        order = ((reference, ref_medians), (case, case_medians))
-        for spec, medians in order if index % 2 == 0 else order[::-1]:
-            result = run_isolated(spec, servers=servers)
-            if not result.measured or result.timing is None:
-                return f"round {index + 1}: {spec.case_id} ended {result.status}: {result.reason}"
-            medians.append(result.timing.median_s)
+    here = WorkerCode.this_checkout()
+    comparison = Comparison(case.case_id, [Arm("reference", reference, here),
+                                           Arm("case", case, here)])
+    RoundRunner(Stopping.fixed(rounds), servers, fresh_servers=False).run([comparison])
+    if (failed := comparison.failure()) is not None:
+        return f"{failed.case_id} ended {failed.status}: {failed.reason}"
+    ref_medians, case_medians = comparison.medians()
+    left_out = len(comparison.left_out[0])
+    contended = len(case_medians) < 2
+    if contended:  # as in bench ab, contended rounds stand when too few clean ones remain
+        ref_medians, case_medians = ([r.timing.median_s for r in per_arm]
+                                     for per_arm in comparison.left_out)
     estimate = paired_ratio(case_medians, ref_medians)
-    return PairedSpeedup(reference_case=reference.case_id, rounds=rounds,
+    return PairedSpeedup(reference_case=reference.case_id, rounds=len(case_medians),
                          speedup=estimate.ratio, ci_low=estimate.ci_low,
                          ci_high=estimate.ci_high, p_value=estimate.p_value,
                          reference_medians_s=ref_medians, case_medians_s=case_medians,
-                         method=PAIRED_METHOD)
+                         method=PAIRED_METHOD, left_out=left_out, contended=contended)

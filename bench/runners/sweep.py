@@ -157,6 +157,9 @@ def _pair_with_references(store: ResultStore, planned: list[PlannedCase], rounds
             result.warnings.append(f"no paired speed-up against {reference.case_id}: {paired}")
         else:
             result.vs_reference = paired
+            if paired.contended:
+                result.warnings.append(f"paired speed-up from rounds timed under contention "
+                                       f"(all {paired.left_out} were)")
         store.flush()
 
 

@@ -19,9 +19,10 @@ from bench.measurement.sequential import SequentialTest
 from bench.measurement.stats import needs_another_round, paired_ratio
 from bench.reports.compare import compare_runs
 from bench.reports.gate import Policy, evaluate
-from bench.results.schema import PROCESS_MEDIANS_KEY, SLOWDOWN_ENV
-from bench.runners.interleave import Side, Stopping, round_order, run_interleaved
+from bench.results.schema import SLOWDOWN_ENV, RoundsResult
+from bench.runners.interleave import Side, run_interleaved
 from bench.runners.isolation import WorkerCode, run_isolated
+from bench.runners.rounds import Stopping, round_order
 from bench.spec.model import Budget, CaseSpec
 from tests.builders import (
     REPO,
@@ -77,7 +78,7 @@ def test_paired_ratio_refuses_unmatched_rounds():
 
 def paired_run(side: str, session: str, medians: np.ndarray, case_id: str = "a"):
     record = run(case(case_id, trials(float(np.median(medians)), seed=len(side))))
-    record.cases[0].details[PROCESS_MEDIANS_KEY] = [float(m) for m in medians]
+    record.cases[0].rounds = RoundsResult([float(m) for m in medians])
     record.run.pairing = {"session": session, "side": side, "rounds": len(medians)}
     return record
 
@@ -180,7 +181,7 @@ def test_worker_imports_the_checkout_it_is_given(tmp_path):
     result = run_isolated(spec, WorkerCode(copy, {SLOWDOWN_ENV: "0.5"}))
     assert result.measured, (result.status, result.reason)
     assert result.worker["bench_source"] == str(copy)
-    assert result.details["injected_slowdown"] == 0.5
+    assert result.injected_slowdown == 0.5
 
 
 @pytest.mark.slow
@@ -197,8 +198,7 @@ def test_interleaved_run_measures_a_known_slowdown(write_suite, tmp_path):
     assert cur.run.pairing["env"] == {SLOWDOWN_ENV: "0.3"}
     assert (tmp_path / "baseline.json").is_file() and (tmp_path / "current.json").is_file()
     (b,), (c,) = base.cases, cur.cases
-    assert len(b.details[PROCESS_MEDIANS_KEY]) == len(c.details[PROCESS_MEDIANS_KEY]) == 3
-    assert b.details["ab_rounds"] == 3
+    assert len(b.rounds.medians_s) == len(c.rounds.medians_s) == 3
     assert len(set(b.details["process_pids"]) | set(c.details["process_pids"])) == 6
     (comparison,) = compare_runs(base, cur)
     assert comparison.speed.time.pairs == 3
@@ -259,16 +259,16 @@ def test_rounds_after_the_first_only_time_and_round_one_figures_stand(write_suit
     """Issue 14: an A/B session computes task metrics, the export check and FLOPs once per
     side (round 1); later rounds are timing-only workers; the merged record carries round
     1's figures, equal to those of a fresh full run of the case."""
-    from bench.runners import interleave
+    from bench.runners import rounds
 
     specs = []
-    real = interleave.run_isolated
+    real = rounds.run_isolated
 
     def recording(spec, code=None, servers=None, *args, **kwargs):
         specs.append(spec.probe)
         return real(spec, code, servers, *args, **kwargs)
 
-    monkeypatch.setattr(interleave, "run_isolated", recording)
+    monkeypatch.setattr(rounds, "run_isolated", recording)
     suite = write_suite(ROUND_BUDGET + 'contended_above = 1.0\n'
                         '[[benchmark]]\nmodel = "bench.workloads.user_model:tiny_mlp"\n'
                         'matrix = { backend = ["onnxruntime"], batch_size = [4] }\n')
@@ -280,7 +280,7 @@ def test_rounds_after_the_first_only_time_and_round_one_figures_stand(write_suit
     assert specs == [False, False, True, True, True, True]
     for record in records:
         (merged,) = record.cases
-        assert merged.details["ab_rounds"] == 3 and len(merged.details[PROCESS_MEDIANS_KEY]) == 3
+        assert len(merged.rounds.medians_s) == 3 and merged.rounds.left_out == 0
         assert merged.model.export_check["passed"] and merged.accuracy.metrics
     fresh = real(load_case(suite))
     assert fresh.accuracy.metrics == records[0].cases[0].accuracy.metrics

@@ -21,8 +21,9 @@ from bench.measurement.baton import (
     supports_baton,
 )
 from bench.measurement.interference import InterferenceProbe
-from bench.runners.interleave import Side, Stopping, lockstep_possible, run_interleaved
+from bench.runners.interleave import Side, run_interleaved
 from bench.runners.isolation import WorkerCode
+from bench.runners.rounds import Arm, Stopping, lockstep_possible
 from tests.builders import ROUND_BUDGET
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -185,10 +186,12 @@ def test_lockstep_only_where_both_sides_can_take_the_baton(tmp_path, write_suite
     (old / "bench" / "runners").mkdir(parents=True)
     (old / "bench" / "runners" / "worker.py").write_text("")
     assert supports_baton(ROOT) and not supports_baton(old)
-    assert lockstep_possible(case, [Side("a", here), Side("b", here)])
-    assert not lockstep_possible(case, [Side("a", WorkerCode(old, {})), Side("b", here)])
-    assert not lockstep_possible(case, [Side("a", here, fork=False), Side("b", here)])
-    assert not lockstep_possible(case, [Side("a", here), Side("b", here), Side("c", here)])
+    spec = case.spec
+    assert lockstep_possible([Arm("a", spec, here), Arm("b", spec, here)])
+    assert not lockstep_possible([Arm("a", spec, WorkerCode(old, {})), Arm("b", spec, here)])
+    assert not lockstep_possible([Arm("a", spec, here, fork=False), Arm("b", spec, here)])
+    assert not lockstep_possible([Arm("a", spec, here), Arm("b", spec, here),
+                                  Arm("c", spec, here)])
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from bench.cli import main
-from bench.results.schema import RunInfo, RunRecord
+from bench.results.schema import RoundsResult, RunInfo, RunRecord
 from bench.results.store import json_safe
 from tests.builders import FINGERPRINT, case, run, trials, write
 
@@ -192,7 +192,7 @@ def _paired(source_a: str, source_b: str, env_b: dict | None = None) -> tuple[Ru
     for side, source, env in (("baseline", source_a, {}), ("current", source_b, env_b or {})):
         c = case("w/infer[a=1]", trials(0.1, seed=len(records)))
         c.worker = {"bench_source": source_b}  # what the workers really imported
-        c.details["process_medians_s"] = trials(0.1, n=6, seed=len(records))
+        c.rounds = RoundsResult(trials(0.1, n=6, seed=len(records)))
         records.append(RunRecord(RunInfo("r", "s", "s.toml", "0", "now", [], {},
                                          {"session": "s1", "side": side, "source": source,
                                           "env": env}), FINGERPRINT, [c]))
@@ -385,7 +385,7 @@ def test_a_second_writer_of_one_out_is_refused(write_suite, tmp_path, capsys):
 
 def test_an_injected_slowdown_is_shown_and_refused_by_the_gate(tmp_path, capsys):
     cur = slow_run(1.1)
-    cur.cases[0].details["injected_slowdown"] = 0.1
+    cur.cases[0].injected_slowdown = 0.1
     code, out = gate(capsys, BASE, cur, tmp_path)
     assert code == 2 and "injected slowdown" in out and "--allow-injected-slowdown" in out
     code, out = gate(capsys, BASE, cur, tmp_path, "--allow-injected-slowdown")
@@ -471,6 +471,7 @@ def _scripted_ab(write_suite, tmp_path, monkeypatch, statuses, slowdown=1.0, rou
     current side's steps take ``slowdown`` x the baseline's."""
     from bench.results.schema import ThroughputResult
     from bench.runners import interleave
+    from bench.runners import rounds as round_runner
     from bench.runners.isolation import WorkerCode
 
     script = iter(statuses)
@@ -487,11 +488,12 @@ def _scripted_ab(write_suite, tmp_path, monkeypatch, statuses, slowdown=1.0, rou
             result.reason = "steal 31% (contended above 10%)"
         return result
 
-    monkeypatch.setattr(interleave, "run_isolated", fake_run)
+    monkeypatch.setattr(round_runner, "run_isolated", fake_run)
     suite = write_suite("".join('[[benchmark]]\nworkload = "sleep"\nphase = "infer"\n'
                                 + (f'label = "s{i}"\n' if i else "") for i in range(cases)))
     sides = [interleave.Side(n, WorkerCode(REPO, {"SIDE": n})) for n in ("baseline", "current")]
-    stopping = interleave.Stopping(rounds=rounds, max_rounds=rounds, time_budget_s=time_budget_s)
+    stopping = round_runner.Stopping(rounds=rounds, max_rounds=rounds,
+                                     time_budget_s=time_budget_s)
     # One side after the other, so the script's statuses fall to the sides in order (the
     # lockstep round's threads would take them in either order).
     base, cur = interleave.run_interleaved(suite, sides, stopping, tmp_path, lockstep=False)
@@ -510,10 +512,9 @@ def test_ab_rounds_timed_under_contention_are_left_out_and_the_clean_ones_pair(
     assert [probe for _, probe in calls] == [False] * 4 + [True] * 6
     for record in (base, cur):
         (merged,) = record.cases
-        assert merged.status == "ok" and merged.details["ab_rounds"] == 3
-        assert len(merged.details["process_medians_s"]) == 3
-        assert merged.details["ab_dropped_rounds"] == 2
-        assert merged.details["ab_dropped_reasons"] == [
+        assert merged.status == "ok" and len(merged.rounds.medians_s) == 3
+        assert merged.rounds.left_out == 2
+        assert merged.rounds.left_out_reasons == [
             "current: steal 31% (contended above 10%)",  # round 1: baseline ran first
             "baseline: steal 31% (contended above 10%)"]  # round 3: current ran first
 
@@ -532,7 +533,7 @@ def test_ab_on_a_host_contended_throughout_is_no_verdict_never_a_pass_or_a_failu
         assert len(calls) == 2 * 3  # as many pairs left out as it may keep (max_rounds)
         for record in (base, cur):
             (merged,) = record.cases
-            assert merged.status == "contended" and merged.details["ab_rounds"] == 3
+            assert merged.status == "contended" and len(merged.rounds.medians_s) == 3
         code, out = gate(capsys, base, cur, tmp_path / str(slowdown))
         assert code == EXIT_NOISY, out
         assert "NO VERDICT" in out and "timed while other processes used the CPU" in out
@@ -548,7 +549,7 @@ def test_a_case_the_time_budget_never_reached_is_no_verdict_never_a_pass(
     assert len(calls) == 2
     for record in (base, cur):
         unmeasured = record.cases[1]
-        assert unmeasured.status == "skipped" and unmeasured.details["ab_unmeasured"]
+        assert unmeasured.status == "skipped" and unmeasured.rounds.out_of_time
         assert "time budget ran out before its first round" in unmeasured.reason
     from bench.reports.compare import compare_runs
     from bench.reports.gate import Policy, evaluate
@@ -568,7 +569,7 @@ def test_too_few_clean_ab_rounds_say_how_many_pairs_were_left_out(write_suite, t
     statuses = ["ok", "ok"] + ["contended", "ok"] * 100  # round 1 clean, then contended
     base, cur, _ = _scripted_ab(write_suite, tmp_path, monkeypatch, statuses, rounds=3)
     (merged,) = cur.cases
-    assert merged.details["ab_rounds"] < 3 and merged.details["ab_dropped_rounds"] == 3
+    assert len(merged.rounds.medians_s) < 3 and merged.rounds.left_out == 3
     code, out = gate(capsys, base, cur, tmp_path)
     assert code == 3, out
     assert "3 contended round pairs left out" in out and "steal 31%" in out

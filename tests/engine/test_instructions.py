@@ -12,7 +12,7 @@ import pytest
 from bench.measurement import instructions
 from bench.reports.compare import compare_runs
 from bench.reports.gate import Policy, evaluate, markdown
-from bench.results.schema import INSTRUCTION_STEPS_KEY, INSTRUCTIONS_KEY
+from bench.results.schema import InstructionCount
 from bench.runners.isolation import _add_instruction_count, run_isolated
 from bench.runners.plan import plan_suite
 from bench.spec import load_suite
@@ -43,10 +43,10 @@ def test_the_parent_records_per_step_counts_or_says_why_not(tmp_path):
     out = tmp_path / "callgrind.out"
     out.write_text(CALLGRIND_OUT)
     counted = case("a", trials(0.1))
-    counted.details[INSTRUCTION_STEPS_KEY] = 10
+    counted.instructions = InstructionCount(steps=10)
     _add_instruction_count(counted, out)
-    assert counted.details[INSTRUCTIONS_KEY] == pytest.approx(15907612.0)
-    assert "callgrind" in counted.details["instructions_method"]
+    assert counted.instructions.per_step == pytest.approx(15907612.0)
+    assert "callgrind" in counted.instructions.method
     old_worker = case("a", trials(0.1))  # a bench that does not count: no steps recorded
     _add_instruction_count(old_worker, out)
     assert old_worker.status == "error" and "does not count instructions" in old_worker.reason
@@ -72,7 +72,7 @@ def test_a_worker_started_uninstrumented_switches_it_on_or_fails(tmp_path, monke
 def counted_run(per_step: float | None):
     record = run(case("a", trials(0.1)))
     if per_step is not None:
-        record.cases[0].details[INSTRUCTIONS_KEY] = per_step
+        record.cases[0].instructions = InstructionCount(10, per_step)
     return record
 
 
@@ -111,8 +111,8 @@ def test_a_steps_instruction_count_follows_its_work(write_suite):
         results = list(pool.map(run_isolated, (small, large)))
     for result in results:
         assert result.measured, (result.status, result.reason, result.stderr_tail)
-        assert result.timing is None and result.details[INSTRUCTIONS_KEY] > 0
+        assert result.timing is None and result.instructions.per_step > 0
         assert result.worker["started"].startswith("spawned")
     # Measured at one thread: 741,198 and 812,110 per step (mostly dispatch overhead; the
     # same two at two threads, 746,771 and 1,111,377, counted OpenMP's spinning).
-    assert results[1].details[INSTRUCTIONS_KEY] > 1.05 * results[0].details[INSTRUCTIONS_KEY]
+    assert results[1].instructions.per_step > 1.05 * results[0].instructions.per_step

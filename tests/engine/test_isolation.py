@@ -142,7 +142,7 @@ def test_processes_pool_trials_of_independent_workers():
     pids = result.details["process_pids"]
     assert len(pids) == 2 and len(set(pids)) == 2
     assert len(result.timing.trial_samples_s) >= 2 * FAULT_BUDGET.min_trials
-    assert len(result.details["process_medians_s"]) == 2
+    assert len(result.rounds.medians_s) == 2
     assert 0.005 <= result.timing.median_s <= 2 * 0.005 + 0.005  # a sanity bound, as above
     assert "each of 2 worker processes" in result.timing.statistic
     assert sum(result.details["trials_per_process"]) == len(result.timing.trial_samples_s)

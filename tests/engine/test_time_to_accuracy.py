@@ -288,13 +288,13 @@ def test_gate_judges_time_to_target_over_seeds_and_says_when_seeds_are_too_few()
 
 
 def test_a_time_to_accuracy_run_under_the_slowdown_knob_says_so(monkeypatch):
-    from bench.results.schema import INJECTED_SLOWDOWN_KEY, SLOWDOWN_ENV
+    from bench.results.schema import SLOWDOWN_ENV
     from bench.runners.worker import run_case
 
     monkeypatch.setenv(SLOWDOWN_ENV, "0.2")
     spec = TrainingRunSpec(seeds=3, eval_every=64, max_epochs=2, max_time_s=30,
                            target_metric="val_mse", target=0.0, higher_is_better=False)
     result = run_case(_case("linreg", {"batch_size": 32}, training=spec))
-    assert result.details[INJECTED_SLOWDOWN_KEY] == 0.2
+    assert result.injected_slowdown == 0.2
     assert any(w.startswith("injected slowdown") for w in result.warnings), result.warnings
     assert result.timing is not None and result.time_to_accuracy.runs[0].steps == 16

@@ -91,3 +91,50 @@ def test_a_variant_is_measured_against_its_reference_in_interleaved_rounds(write
     assert again["timing"] == eager["timing"]
     assert again["details"]["measured_as"] == eager["case_id"]
     assert again["accuracy"]["passed"] is False and eager["accuracy"]["passed"] is None
+
+
+def _scripted_pairing(write_suite, monkeypatch, statuses: list[str], rounds: int = 3):
+    """paired_speedup over scripted workers: each worker call takes the next status; the
+    variant's steps take 0.5 x the reference's."""
+    from bench.runners import rounds as round_runner
+    from bench.runners.paired import paired_speedup
+
+    script = iter(statuses)
+    calls = []
+
+    def fake_run(spec, code=None, servers=None, *args, **kwargs):  # noqa: ANN001, ANN202
+        calls.append(spec.case_id)
+        scale = 1.0 if spec.backend == "eager" else 0.5
+        result = case(spec.case_id, trials(0.01 * scale, n=5, seed=len(calls)))
+        result.status = next(script, "ok")
+        result.reason = "steal 31%" if result.status == "contended" else None
+        return result
+
+    monkeypatch.setattr(round_runner, "run_isolated", fake_run)
+    planned = plan_suite(load_suite(suite(write_suite)))
+    variant = next(p.spec for p in planned if p.spec.backend == "onnxruntime")
+    return paired_speedup(variant, reference_of(variant, planned), rounds), calls
+
+
+def test_paired_rounds_leave_out_a_contended_round_and_run_another(write_suite, monkeypatch):
+    """The round runner bench ab uses: a round with a contended arm is left out of the
+    pairing and replaced, so the speed-up rests on clean rounds only."""
+    paired, calls = _scripted_pairing(write_suite, monkeypatch,
+                                      ["ok", "contended", "ok", "ok", "ok", "ok", "ok", "ok"])
+    assert len(calls) == 2 * 4  # 3 kept rounds and 1 left out
+    assert paired.rounds == 3 and paired.left_out == 1 and not paired.contended
+    assert paired.speedup == pytest.approx(2.0, rel=0.05)
+    assert len(paired.reference_medians_s) == len(paired.case_medians_s) == 3
+
+
+def test_paired_rounds_all_contended_stand_and_say_so(write_suite, monkeypatch):
+    """A host busy throughout: after as many left-out rounds as it may keep, the contended
+    rounds stand, marked contended (never silently clean)."""
+    paired, calls = _scripted_pairing(write_suite, monkeypatch, ["contended"] * 100)
+    assert len(calls) == 2 * 3
+    assert paired.contended and paired.left_out == 3 and paired.rounds == 3
+
+
+def test_a_failed_paired_round_says_why(write_suite, monkeypatch):
+    paired, _ = _scripted_pairing(write_suite, monkeypatch, ["ok", "crashed"])
+    assert isinstance(paired, str) and "ended crashed" in paired

@@ -186,3 +186,56 @@ def test_an_unknown_trial_timing_is_refused(tmp_path):
     path.write_text(json.dumps(data))
     with pytest.raises(BenchInputError, match="trial_timing.*valid: per_iteration, block"):
         load_run(path)
+
+
+def _v12_ab_side(tmp_path: Path, name: str, medians: list[float], per_step: float) -> Path:
+    """One side of a version-12 bench ab session: its gate figures in details."""
+    path = Path(write(tmp_path / f"{name}.json", run(case("w/infer[a=1]", trials(medians[0])))))
+    data = json.loads(path.read_text())
+    data["schema_version"] = 12
+    data["run"]["pairing"] = {"session": "s12", "side": name}
+    (c,) = data["cases"]
+    del c["rounds"], c["instructions"], c["injected_slowdown"]
+    c["details"] = {"process_medians_s": medians, "ab_rounds": len(medians),
+                    "ab_dropped_rounds": 1, "ab_dropped_reasons": ["current: steal 31%"],
+                    "instructions_steps": 10, "instructions_per_step": per_step,
+                    "instructions_method": "callgrind", "injected_slowdown": 0.1,
+                    "trials_per_process": [20] * len(medians)}
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_a_version_12_ab_pair_reads_its_gate_figures_as_typed_fields_and_gates_the_same(
+        tmp_path):
+    """Schema 13 moved the figures the gate decides on out of details: a version-12 A/B
+    pair reads them typed, details keep only the rest, and the gate pairs its rounds."""
+    from bench.reports.gate import Policy, evaluate
+
+    base = load_run(_v12_ab_side(tmp_path, "baseline", [0.010, 0.011, 0.010, 0.011], 1e6))
+    cur = load_run(_v12_ab_side(tmp_path, "current", [0.013, 0.014, 0.013, 0.014], 1.2e6))
+    (c,) = cur.cases
+    assert c.rounds.medians_s == [0.013, 0.014, 0.013, 0.014]
+    assert c.rounds.left_out == 1 and c.rounds.left_out_reasons == ["current: steal 31%"]
+    assert not c.rounds.out_of_time
+    assert (c.instructions.steps, c.instructions.per_step, c.instructions.method) == \
+        (10, 1.2e6, "callgrind")
+    assert c.injected_slowdown == 0.1
+    assert c.details == {"trials_per_process": [20] * 4}
+    (comparison,) = compare_runs(base, cur)
+    assert comparison.instructions_ratio == pytest.approx(1.2)
+    paired = (10 / 13 * 11 / 14) ** 0.5  # the rounds paired: baseline / current per round
+    assert comparison.speed.ratio == pytest.approx(paired)
+    assert [f.check for f in evaluate([comparison], Policy()).regressions] == ["speed"]
+
+
+def test_a_version_12_unmeasured_ab_case_stays_no_verdict(tmp_path):
+    path = Path(write(tmp_path / "v12.json", run(case("w/infer[a=1]", None))))
+    data = json.loads(path.read_text())
+    data["schema_version"] = 12
+    (c,) = data["cases"]
+    del c["rounds"], c["instructions"], c["injected_slowdown"]
+    c.update(status="skipped", reason="not measured: the time budget ran out",
+             details={"ab_unmeasured": True})
+    path.write_text(json.dumps(data))
+    (read,) = load_run(path).cases
+    assert read.rounds.out_of_time and read.rounds.medians_s == [] and read.details == {}
