@@ -33,7 +33,7 @@ class Served(TimedMode):
         with phase.session():
             result.serving = serve_scenario(case.scenario, phase,
                                             case.serving or ServingSpec(),
-                                            int(case.axes.get("batch_size", 1)), case.device)
+                                            case.batch_size or 1, case.device)
         return None
 
     def finish(self, case: CaseSpec, phase: Any, result: CaseResult) -> None:

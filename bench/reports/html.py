@@ -32,11 +32,11 @@ def throughput_vs_batch(cases: list[CaseResult]) -> list[tuple[str, str]]:
     groups: dict[tuple[str, str], dict[str, list[tuple[int, float]]]] = defaultdict(
         lambda: defaultdict(list))
     for c in cases:
-        if c.status == "ok" and c.throughput and "batch_size" in c.axes:
+        if c.status == "ok" and c.throughput and c.batch_size is not None:
             rest = ",".join(f"{k}={v}" for k, v in c.axes.items()
                             if k not in ("batch_size", "precision"))
-            groups[(_benchmark(c), rest)][str(c.axes.get("precision", "fp32"))].append(
-                (int(c.axes["batch_size"]), c.throughput.value))
+            groups[(_benchmark(c), rest)][c.precision].append((c.batch_size,
+                                                               c.throughput.value))
     out = []
     for (bench, rest), lines in groups.items():
         if max(len(points) for points in lines.values()) < 2:
@@ -65,7 +65,7 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
 def _variant_label(case: CaseResult) -> str:
     """The variant axes that differ from the parity reference, plus the batch size."""
     parts = [f"{k}={v}" for k, v in variant_choices(case).items()]
-    parts.append(f"bs{case.axes.get('batch_size', '?')}")
+    parts.append(f"bs{case.batch_size or '?'}")
     return " ".join(parts)
 
 
@@ -157,7 +157,7 @@ def throughput_vs_ranks(cases: list[CaseResult]) -> list[tuple[str, str]]:
     series: dict[tuple[str, str, str], list[tuple[int, float]]] = defaultdict(list)
     for c in cases:
         if c.parallel is not None and c.measured and c.throughput is not None:
-            key = (_benchmark(c), c.parallel.mode, str(c.axes.get("batch_size", "")))
+            key = (_benchmark(c), c.parallel.mode, str(c.batch_size or ""))
             series[key].append((c.parallel.world_size, c.throughput.value))
     lines = {k: sorted(v) for k, v in series.items() if len(v) >= 2}
     if not lines:

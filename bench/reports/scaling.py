@@ -41,10 +41,10 @@ def _series_key(case: CaseResult) -> tuple:
 def _world_one(cases: list[CaseResult], like: CaseResult, batch: int) -> CaseResult | None:
     """The measured world-1 case of ``like``'s series at ``batch``: same mode, else none."""
     key = _series_key(like)
-    found = {c.axes.get("parallel", "none"): c for c in cases
+    found = {c.parallel_axis: c for c in cases
              if c.measured and c.timing and c.throughput and _series_key(c) == key
-             and c.axes.get("world_size", 1) == 1 and c.axes.get("batch_size") == batch}
-    return found.get(like.axes.get("parallel", "none")) or found.get("none")
+             and c.world_size == 1 and c.batch_size == batch}
+    return found.get(like.parallel_axis) or found.get("none")
 
 
 def scaling(record: RunRecord) -> list[Scaling]:
@@ -53,7 +53,7 @@ def scaling(record: RunRecord) -> list[Scaling]:
         if case.parallel is None or not case.measured or case.timing is None:
             continue
         n = case.parallel.world_size
-        batch = case.axes.get("batch_size")
+        batch = case.batch_size
         weak_ref = _world_one(record.cases, case, batch) if batch else None
         strong_ref = _world_one(record.cases, case, n * batch) if batch else None
         weak = strong = None
@@ -88,7 +88,7 @@ def _row(s: Scaling) -> list[str]:
     # The case's throughput (pooled over a time-to-accuracy case's seeds), split per device.
     total = c.throughput.value if c.throughput is not None else p.samples_per_s_total
     return [c.case_id, p.mode, f"{p.world_size} on {p.nnodes} node(s)",
-            str(c.axes.get("batch_size", "")), str(p.global_batch),
+            str(c.batch_size or ""), str(p.global_batch),
             f"{total / p.world_size:.4g}", f"{total:.4g}",
             _pct(s.weak), _pct(s.strong), f"{c.timing.median_s * 1e3:.3g}",
             "" if p.no_sync_step_s is None else f"{p.no_sync_step_s * 1e3:.3g}", exposed,

@@ -26,11 +26,9 @@ from bench.results.schema import (
     SCHEMA_VERSION,
     CaseResult,
     RunRecord,
-    SchemaError,
     check_record,
-    from_dict,
-    plain_numbers,
 )
+from bench.typed import SchemaError, from_dict, plain_numbers
 from bench.units import MIB
 
 # Result files are a few MiB at most; a larger "result file" (or /dev/zero) is refused

@@ -49,12 +49,11 @@ from bench.results.schema import (
     STATUS_TIMEOUT,
     CaseResult,
     InstructionCount,
-    SchemaError,
-    from_dict,
 )
 from bench.runners.fork_server import DYNAMO, ForkHazard, ForkServers, die_with_parent
 from bench.runners.merge import merge_process_results, merge_seed_runs
 from bench.spec.model import CaseSpec
+from bench.typed import SchemaError, from_dict
 
 # The watchdog shares the machine with the worker it guards: poll gently, and scan
 # /proc for the worker's children only when a memory limit needs enforcing.

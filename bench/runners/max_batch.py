@@ -178,7 +178,7 @@ def max_batch_for_case(case: CaseSpec, ceiling: int = DEFAULT_CEILING,
                 break
         return outcome
 
-    result = search(probe, start=int(case.axes.get("batch_size", 1)), ceiling=ceiling)
+    result = search(probe, start=case.batch_size or 1, ceiling=ceiling)
     result.case_id = case.case_id
     result.latency_bound = None if latency is None else str(latency)
     return result

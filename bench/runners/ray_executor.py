@@ -21,12 +21,13 @@ from typing import Any
 from tqdm import tqdm
 
 from bench.errors import BenchInputError
-from bench.results.schema import STATUS_CRASHED, STATUS_SKIPPED, CaseResult, from_dict
+from bench.results.schema import STATUS_CRASHED, STATUS_SKIPPED, CaseResult
 from bench.results.store import ResultStore
 from bench.runners.isolation import run_in_processes
 from bench.runners.paired import shared_measurement
 from bench.runners.plan import PlannedCase, skipped_result
 from bench.spec.model import CaseSpec, measurement_key
+from bench.typed import from_dict
 
 NODE_RESOURCE = "bench_node"
 

@@ -7,6 +7,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from bench.typed import from_dict, plain
 from bench.units import DEFAULT_PARITY_TARGET
 
 
@@ -49,7 +50,7 @@ def serving_settings(case: Any) -> dict[str, Any] | None:
     """The LoadGen settings of a scenario case (a CaseSpec's ``serving``, a CaseResult's
     ``serving.settings``), None for a closed-loop case."""
     spec = getattr(case, "serving", None)
-    if spec is None or str(case.axes.get("scenario", CLOSED_LOOP)) == CLOSED_LOOP:
+    if spec is None or case.scenario == CLOSED_LOOP:
         return None
     if isinstance(spec, ServingSpec):
         return spec.to_dict()
@@ -277,8 +278,48 @@ class SuiteSpec:
     paired_rounds: int = 0
 
 
+class CommonAxes:
+    """The axes every engine layer and report reads, each with its one default (a workload
+    that lacks the axis runs at it), for a case spec and a case record alike: the loader
+    fills every declared axis, so the defaults speak only for cases built by hand or
+    records of workloads without the axis. (A record's ``parallel`` is its ParallelResult:
+    the parallel axis is read as ``parallel_axis``.)"""
+
+    axes: dict[str, Any]
+
+    @property
+    def device(self) -> str:
+        return str(self.axes.get("device", "cpu"))
+
+    @property
+    def precision(self) -> str:
+        return str(self.axes.get("precision", "fp32"))
+
+    @property
+    def backend(self) -> str:
+        return str(self.axes.get("backend", "eager"))
+
+    @property
+    def scenario(self) -> str:
+        return str(self.axes.get("scenario", CLOSED_LOOP))
+
+    @property
+    def parallel_axis(self) -> str:
+        return str(self.axes.get("parallel", "none"))
+
+    @property
+    def world_size(self) -> int:
+        return int(self.axes.get("world_size", 1))
+
+    @property
+    def batch_size(self) -> int | None:
+        """None for a workload without a batch axis."""
+        value = self.axes.get("batch_size")
+        return None if value is None else int(value)
+
+
 @dataclass(frozen=True)
-class CaseSpec:
+class CaseSpec(CommonAxes):
     """One point of a benchmark's matrix, ready to hand to a worker."""
 
     workload: str
@@ -325,77 +366,19 @@ class CaseSpec:
         return f"{self.benchmark_key}[{axes}]"
 
     @property
-    def device(self) -> str:
-        return str(self.axes.get("device", "cpu"))
-
-    # The axes every engine layer reads, each with its one default (a workload that lacks
-    # the axis runs at it): the loader fills every declared axis, so these defaults speak
-    # only for cases built by hand.
-    @property
-    def precision(self) -> str:
-        return str(self.axes.get("precision", "fp32"))
-
-    @property
-    def backend(self) -> str:
-        return str(self.axes.get("backend", "eager"))
-
-    @property
-    def scenario(self) -> str:
-        return str(self.axes.get("scenario", CLOSED_LOOP))
-
-    @property
     def parallel(self) -> str:
-        return str(self.axes.get("parallel", "none"))
-
-    @property
-    def world_size(self) -> int:
-        return int(self.axes.get("world_size", 1))
+        return self.parallel_axis
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "workload": self.workload,
-            "phase": self.phase,
-            "axes": dict(self.axes),
-            "params": dict(self.params),
-            "budget": self.budget.to_dict(),
-            "accuracy": [asdict(target) for target in self.accuracy],
-            "id_axes": None if self.id_axes is None else list(self.id_axes),
-            "label": self.label,
-            "parity_target": self.parity_target,
-            "probe": self.probe,
-            "parity_reference": dict(self.parity_reference),
-            "slo": dict(self.slo),
-            "count_instructions": self.count_instructions,
-            "training": None if self.training is None else self.training.to_dict(),
-            "seed": self.seed,
-            "progress_file": self.progress_file,
-            "serving": None if self.serving is None else self.serving.to_dict(),
-            "mode": self.mode,
-        }
+        """The case file a worker reads: every field, as JSON holds it."""
+        return plain(self, tuples_as_lists=True)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CaseSpec:
-        return cls(
-            workload=data["workload"],
-            phase=data["phase"],
-            axes=dict(data["axes"]),
-            params=dict(data["params"]),
-            budget=Budget(**data["budget"]),
-            accuracy=tuple(AccuracyTarget(**t) for t in data.get("accuracy", [])),
-            id_axes=None if data.get("id_axes") is None else tuple(data["id_axes"]),
-            label=data.get("label"),
-            parity_target=data.get("parity_target", DEFAULT_PARITY_TARGET),
-            probe=data.get("probe", False),
-            parity_reference=dict(data.get("parity_reference", {})),
-            slo=dict(data.get("slo", {})),
-            count_instructions=data.get("count_instructions", False),
-            training=None if data.get("training") is None
-            else TrainingRunSpec(**data["training"]),
-            seed=data.get("seed", 0),
-            progress_file=data.get("progress_file"),
-            serving=None if data.get("serving") is None else ServingSpec(**data["serving"]),
-            mode=data.get("mode"),
-        )
+        """A case file read back, each field checked against its type; keys of a newer
+        bench this one lacks are left out (a parent downgrades what an older worker
+        needs: bench.results.migrations.case_for_worker)."""
+        return from_dict(cls, data, "case", dropped=[])
 
 
 def is_distributed(case: CaseSpec) -> bool:

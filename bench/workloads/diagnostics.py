@@ -79,7 +79,7 @@ class Sleep(Workload):
         # mean batches of one, nothing per sample.
         return SleepPhase(case.params["sleep_ms"] / 1000,
                           case.params.get("per_sample_ms", 0.0) / 1000,
-                          case.axes.get("batch_size", 1))
+                          case.batch_size or 1)
 
 
 class FaultPhase(Phase):
@@ -132,7 +132,7 @@ class FaultTrainPhase(FaultPhase):
         x, y = torch.randn(4096, 16), torch.randn(4096, 1)
         self.trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.01),
                                torch.nn.functional.mse_loss,
-                               BatchStream(x, y, case.axes["batch_size"], ctx.seed,
+                               BatchStream(x, y, case.batch_size, ctx.seed,
                                            shard=ctx.ranks.data_shard),
                                1, ctx.precision, ctx.device)
         self.samples_per_step = self.trainer.samples_per_step
@@ -219,5 +219,5 @@ class Ballast(Workload):
 
     @classmethod
     def prepare(cls, case, ctx: RunContext) -> Phase:
-        return BallastPhase(case.axes["batch_size"], case.params["mib_per_sample"],
+        return BallastPhase(case.batch_size, case.params["mib_per_sample"],
                             case.params.get("per_sample_ms", 0.0) / 1000)

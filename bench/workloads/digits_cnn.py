@@ -247,7 +247,7 @@ class DigitsInfer(VariantInferPhase):
             check_inputs=self.eval_batches, calibration=calibration,
             structured_pruner=pruning.conv_channels)
         self.variant = pipeline.build_variant(adapter, case.axes, ctx.device)
-        batch = case.axes["batch_size"]
+        batch = case.batch_size
         reps = -(-ROTATING_INPUTS * batch // len(self.x_val))
         pool = self.x_val.repeat(reps, 1, 1, 1)
         self.rotate([(pool[i * batch:(i + 1) * batch].contiguous(),)

@@ -219,8 +219,8 @@ class FinetuneTrain(EvaluatedTraining):
     def _details(self) -> dict[str, object]:
         params = list(self.classifier.parameters())
         trainable = sum(p.numel() for p in params if p.requires_grad)
-        micro = self.trainer.stream.x[:self.case.axes["batch_size"]], \
-            self.y_train[:self.case.axes["batch_size"]]
+        micro = self.trainer.stream.x[:self.case.batch_size], \
+            self.y_train[:self.case.batch_size]
         saved = activation_bytes(
             self.model, lambda: nn.functional.cross_entropy(self.model(micro[0]), micro[1]),
             self.ctx.precision, self.ctx.device)

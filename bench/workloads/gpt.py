@@ -259,7 +259,7 @@ class GPTPhase(Phase):
 
     def _outcome(self, trainer: Trainer, curve: list[float]) -> Outcome:
         val_bpb = bits_per_byte(self.runnable, self.x_val, self.y_val,
-                                self.case.axes["batch_size"], self.ctx)
+                                self.case.batch_size, self.ctx)
         details = {"corpus": self.corpus,
                    "config": {"name": self.case.axes["model"], **dataclasses.asdict(self.cfg)},
                    "train_steps": trainer.steps, "train_loss_curve": curve,
@@ -309,7 +309,7 @@ class GPTTrain(GPTPhase, EvaluatedTraining):
                          compute_dtype(a["precision"]))
 
     def evaluate(self) -> dict[str, float]:
-        bpb = bits_per_byte(self.runnable, self.x_val, self.y_val, self.case.axes["batch_size"],
+        bpb = bits_per_byte(self.runnable, self.x_val, self.y_val, self.case.batch_size,
                             self.ctx)
         self.trainer.scheduler.after_eval(bpb)
         return {"val_bpb": bpb}
@@ -319,8 +319,8 @@ class GPTTrain(GPTPhase, EvaluatedTraining):
         return self.last_train_loss
 
     def _saved_activations(self) -> int:
-        micro = self.x_train[:self.case.axes["batch_size"]], \
-            self.y_train[:self.case.axes["batch_size"]]
+        micro = self.x_train[:self.case.batch_size], \
+            self.y_train[:self.case.batch_size]
         return saved_activation_bytes(self.model, *micro, self.ctx)
 
     def run_outcome(self, final: dict[str, float]) -> Outcome:
@@ -345,7 +345,7 @@ class GPTTrain(GPTPhase, EvaluatedTraining):
 class GPTInfer(GPTPhase):
     def __init__(self, case, ctx: RunContext) -> None:
         super().__init__(case, ctx)
-        batch = case.axes["batch_size"]
+        batch = case.batch_size
         pool = windows(self.val_data, ROTATING_INPUTS * batch, self.cfg.block_size, seed=3)[0]
         self.inputs = [pool[i * batch:(i + 1) * batch].to(ctx.device)
                        for i in range(ROTATING_INPUTS)]
@@ -373,7 +373,7 @@ class GPTInfer(GPTPhase):
 
         per_token, formula = analytic_flops_per_token(self.model, self.cfg.block_size, False)
         return FlopCount(count_flops(forward), per_token * self.samples_per_step, formula,
-                         compute_dtype(self.case.axes["precision"]))
+                         compute_dtype(self.case.precision))
 
     def finish(self) -> Outcome:
         trainer, curve = self._trained()
@@ -439,7 +439,7 @@ class Gpt(Workload):
     @classmethod
     def unsupported_reason(cls, case) -> str | None:
         mode = case.axes.get("compile_mode", "default")
-        if mode != "default" and case.axes.get("backend") != "compile":
+        if mode != "default" and case.backend != "compile":
             return f"compile_mode={mode} is torch.compile's: it needs backend=compile"
         if case.axes.get("model") == "gpt2-124m" and case.device == "cpu":
             return "gpt2-124m is a GPU config (one step at batch 8 takes minutes on a CPU); " \

@@ -41,7 +41,7 @@ class LinregTrain(EvaluatedTraining):
             t.to(ctx.device) for t in make_data(p["n_train"], p["n_val"], p["noise"], DATA_SEED))
         self.x_train, self.y_train = x, y
         self.batch_size = {"full_batch": len(x), "sgd": 1}.get(case.axes["method"],
-                                                               case.axes["batch_size"])
+                                                               case.batch_size)
         self.trainer = self._make_trainer(seed=ctx.seed + 1,
                                           keep_losses=case.training is not None)
         self.samples_per_step = self.trainer.samples_per_step

@@ -129,7 +129,7 @@ class UserModelInfer(VariantInferPhase):
         self.held_out = [self._on_device(b) for b in self.user.held_out or [
             self.inputs(FIDELITY_BATCH, FIDELITY_SEED + i) for i in range(FIDELITY_BATCHES)]]
         self.variant = pipeline.build_variant(self._adapter(), case.axes, ctx.device)
-        batch = case.axes["batch_size"]
+        batch = case.batch_size
         self.timed_batches = [self.inputs(batch, seed) for seed in range(ROTATING_INPUTS)]
         self.rotate(self.timed_batches)
         self.samples_per_step = batch
@@ -205,7 +205,7 @@ class UserModelTrain(Phase):
         ctx.precision.prepare_model(self.model)
         make = user.optimizer or (lambda params: torch.optim.AdamW(params, lr=DEFAULT_LR))
         self.optimizer = make(self.model.parameters())
-        batch = case.axes["batch_size"]
+        batch = case.batch_size
         self.batches = [self._on_device(*user.train_batch(batch, seed))
                         for seed in range(TRAIN_BATCHES)]
         self._next = itertools.cycle(self.batches)

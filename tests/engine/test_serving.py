@@ -13,12 +13,13 @@ from bench.errors import BenchInputError
 from bench.measurement.clocks import ClockSampler
 from bench.measurement.energy import EnergyMeter
 from bench.measurement.serving import find_capacity
-from bench.results.schema import LoadGenRun, SchemaError, check_case
+from bench.results.schema import LoadGenRun, check_case
 from bench.runners.isolation import run_isolated
 from bench.runners.max_batch import max_batch_for_case, parse_latency_bound
 from bench.spec import load_suite
 from bench.spec.expand import expand_suite
 from bench.spec.model import Budget, CaseSpec, ServingSpec
+from bench.typed import SchemaError
 
 QUICK = Budget(min_trials=4, max_trials=4, max_time_s=0.5, trial_time_s=0.01,
                warmup_max_s=0.1, timeout_s=120)

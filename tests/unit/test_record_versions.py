@@ -14,8 +14,9 @@ from bench.cli import main
 from bench.errors import BenchInputError
 from bench.reports.compare import compare_runs, render_comparison
 from bench.reports.table import render_report
-from bench.results.schema import SCHEMA_VERSION, CaseResult, SchemaError, from_dict
+from bench.results.schema import SCHEMA_VERSION, CaseResult
 from bench.results.store import load_run
+from bench.typed import SchemaError, from_dict
 from tests.builders import case, run, trials, write
 
 REPO = Path(__file__).resolve().parents[2]

@@ -11,6 +11,7 @@ import torch
 from bench.cli import main
 from bench.runners.plan import plan_suite
 from bench.spec import load_suite
+from bench.spec.model import Budget, CaseSpec
 from tests.builders import REPO
 
 GOOD = """
@@ -143,3 +144,25 @@ def test_parity_target_is_validated(write_suite, capsys):
     ok = GOOD.replace('phase = "train"', 'phase = "train"\nparity_target = 0.97')
     planned = plan_suite(load_suite(write_suite(ok, "ok.toml")))
     assert {p.spec.parity_target for p in planned} == {0.97}
+
+
+def test_a_case_spec_and_its_record_read_the_common_axes_alike_with_one_default_each():
+    """The axes every layer reads (batch_size, device, precision, backend, scenario,
+    world_size, parallel) are typed properties of the spec and of the record, each with
+    one default; reports and modes read them there instead of axes.get(name, default)."""
+    from bench.results.schema import CaseResult
+
+    bare = CaseSpec("sleep", "infer", {}, {}, Budget())
+    full = CaseSpec("gpt", "train", {"device": "cuda", "batch_size": "8", "precision": "bf16",
+                                     "backend": "compile", "scenario": "server",
+                                     "world_size": 2, "parallel": "ddp"}, {}, Budget())
+    names = ("device", "batch_size", "precision", "backend", "scenario", "world_size",
+             "parallel_axis")
+    assert [getattr(bare, n) for n in names] == ["cpu", None, "fp32", "eager", "closed_loop",
+                                                 1, "none"]
+    assert [getattr(full, n) for n in names] == ["cuda", 8, "bf16", "compile", "server", 2,
+                                                 "ddp"]
+    for spec in (bare, full):
+        record = CaseResult.for_case(spec, "ok")
+        assert [getattr(record, n) for n in names] == [getattr(spec, n) for n in names]
+    assert full.parallel == "ddp" and CaseResult.for_case(full, "ok").parallel is None
