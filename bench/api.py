@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.files import write_text_atomically
+from bench.orchestrate.plan import PlannedCase, plan_suite
+from bench.orchestrate.sweep import run_suite
 from bench.reports.html import render_html
 from bench.reports.table import render_report
 from bench.results.schema import CaseResult, RunRecord
-from bench.runners.plan import PlannedCase, plan_suite
-from bench.runners.sweep import run_suite
 from bench.spec.loader import suite_from_data
 from bench.spec.model import SuiteSpec
 

@@ -25,7 +25,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
     from bench.modes import get_mode, mode_names
-    from bench.runners.plan import plan_suite
+    from bench.orchestrate.plan import plan_suite
     from bench.spec import load_suite
     from bench.workloads import get_workload, workload_names
 
@@ -57,9 +57,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from bench.orchestrate.sweep import run_suite
     from bench.reports.table import render_report
     from bench.results.schema import FAILED_STATUSES
-    from bench.runners.sweep import run_suite
 
     out = Path(args.out) if args.out else Path("results") / f"{Path(args.suite).stem}.json"
     if args.paired_rounds is not None and (args.paired_rounds < 0 or args.paired_rounds == 1):
@@ -196,8 +196,8 @@ def cmd_max_batch(args: argparse.Namespace) -> int:
 
     from tabulate import tabulate
 
-    from bench.runners.max_batch import max_batch_for_case, parse_latency_bound
-    from bench.runners.plan import plan_suite
+    from bench.orchestrate.max_batch import max_batch_for_case, parse_latency_bound
+    from bench.orchestrate.plan import plan_suite
     from bench.spec import load_suite
 
     latency = parse_latency_bound(args.latency) if args.latency else None
@@ -300,7 +300,7 @@ def _env_pairs(values: list[str] | None, option: str) -> dict[str, str]:
 
 
 def _checkout(path: str, option: str) -> Path:
-    from bench.runners.interleave import has_bench_package
+    from bench.orchestrate.interleave import has_bench_package
 
     source = Path(path).resolve()
     if not has_bench_package(source):
@@ -311,7 +311,7 @@ def _checkout(path: str, option: str) -> Path:
 def _stopping(args: argparse.Namespace, policy: Any) -> Any:
     """bench ab's stopping rule: the policy's sequential test (paired rounds are judged by
     it), else the CI-width rule; the options' defaults depend on which."""
-    from bench.runners.rounds import (
+    from bench.orchestrate.rounds import (
         DEFAULT_MAX_ROUNDS,
         DEFAULT_ROUNDS,
         SEQUENTIAL_MAX_ROUNDS,
@@ -330,10 +330,10 @@ def _stopping(args: argparse.Namespace, policy: Any) -> Any:
 def cmd_ab(args: argparse.Namespace) -> int:
     import contextlib
 
+    from bench.launch.isolation import WorkerCode
     from bench.measurement.instructions import unavailable_reason
+    from bench.orchestrate.interleave import git_worktree, run_ab
     from bench.reports.compare import compare_runs, render_comparison
-    from bench.runners.interleave import git_worktree, run_ab
-    from bench.runners.isolation import WorkerCode
 
     policy = _policy(args.policy)  # a bad policy is refused before minutes of measuring
     stopping = _stopping(args, policy)
@@ -428,8 +428,8 @@ examples:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
+    from bench.orchestrate.tune import TuneOptions, tune
     from bench.reports.tune import render_summaries, summarize_study
-    from bench.runners.tune import TuneOptions, tune
 
     if args.trials < 1:
         raise BenchInputError("--trials", f"{args.trials} trials", valid="an integer >= 1")
@@ -466,7 +466,7 @@ def cmd_tune_report(args: argparse.Namespace) -> int:
 
 
 def _add_tune_commands(sub: Any) -> None:
-    from bench.runners.tune import OBJECTIVES, PRUNERS, SAMPLERS  # no torch, no optuna
+    from bench.orchestrate.tune import OBJECTIVES, PRUNERS, SAMPLERS  # no torch, no optuna
 
     p = sub.add_parser("tune", help="hyperparameter search through Optuna over a benchmark's "
                                     "search table; each trial an isolated case")
@@ -580,7 +580,7 @@ def _add_run_commands(sub: Any) -> None:
     p.add_argument("suite", help="a suite file (TOML)")
     p.add_argument("--select", action="append", metavar="AXIS=V1,V2",
                    help="keep only cases with these axis values (repeatable)")
-    from bench.runners.max_batch import DEFAULT_CEILING
+    from bench.orchestrate.max_batch import DEFAULT_CEILING
 
     p.add_argument("--ceiling", type=int, default=DEFAULT_CEILING,
                    help="largest batch to probe")
@@ -647,7 +647,7 @@ def _add_report_commands(sub: Any) -> None:
 
 
 def _add_ab_command(sub: Any) -> None:
-    from bench.runners.rounds import (
+    from bench.orchestrate.rounds import (
         DEFAULT_MAX_ROUNDS,
         DEFAULT_ROUNDS,
         DEFAULT_TARGET_HALF_WIDTH,
@@ -728,7 +728,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except KeyboardInterrupt as exc:
-        # The running worker's group was killed on the way up (bench.runners.isolation).
+        # The running worker's group was killed on the way up (bench.launch.isolation).
         print(f"bench: {'terminated' if isinstance(exc, Terminated) else 'interrupted'}; "
               "finished cases (bench ab: rounds) are saved; bench run continues with "
               "--resume", file=sys.stderr)

@@ -5,9 +5,9 @@
 
 Each ``suites/*.toml`` file is collected (only files in a directory named ``suites``);
 each of its cases is an item named ``workload-phase[:label][axis values]``, for example
-``digits_cnn-infer[cpu-fp32-bs32]``. An item runs its case through the engine's isolated
-worker(s) (``bench.runners.isolation.run_in_processes``, as ``bench run`` does: on a CPU
-forked from the session's fork servers, one per workload) and hands the
+``digits_cnn-infer[cpu-fp32-bs32]``. An item runs its case in the engine's isolated
+worker(s), started by the session's launcher (bench.launch.launcher.LocalLauncher, as
+``bench run`` starts them: on a CPU forked from fork servers, one per workload) and hands the
 per-trial step times to pytest-benchmark's fixture in pedantic mode, through a replay
 clock, so pytest-benchmark's statistics are computed from our trials; nothing is timed by
 pytest-benchmark itself. Our figures (throughput, latency percentiles, memory, accuracy,
@@ -25,29 +25,28 @@ from typing import Any
 
 import pytest
 
+from bench.launch.launcher import LocalLauncher
 from bench.measurement.fingerprint import fingerprint, machine_name
+from bench.orchestrate.plan import plan_suite
 from bench.results.store import json_safe
-from bench.runners.fork_server import ForkServers
-from bench.runners.isolation import run_in_processes
-from bench.runners.plan import plan_suite
 from bench.spec import load_suite
 from bench.spec.expand import parse_select
 
 SHORT_AXES = {"batch_size": "bs", "seq_len": "seq", "accum_steps": "acc"}
-_FORK_SERVERS = pytest.StashKey[ForkServers]()
+_LAUNCHER = pytest.StashKey[LocalLauncher]()
 
 
-def fork_servers(config: pytest.Config) -> ForkServers:
-    """The session's fork servers, as a sweep's (``bench run``): started on first use,
-    closed when the session ends."""
-    if _FORK_SERVERS not in config.stash:
-        config.stash[_FORK_SERVERS] = ForkServers(per_preload=True)
-    return config.stash[_FORK_SERVERS]
+def launcher(config: pytest.Config) -> LocalLauncher:
+    """The session's launcher, as a sweep's (``bench run``): fork servers started on first
+    use, closed when the session ends."""
+    if _LAUNCHER not in config.stash:
+        config.stash[_LAUNCHER] = LocalLauncher(per_preload=True)
+    return config.stash[_LAUNCHER]
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    if _FORK_SERVERS in config.stash:
-        config.stash[_FORK_SERVERS].close()
+    if _LAUNCHER in config.stash:
+        config.stash[_LAUNCHER].close()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -118,7 +117,7 @@ def _case_test(case: Any, skip_reason: str | None):  # noqa: ANN202 - a test fun
     def test_case(benchmark: Any, request: pytest.FixtureRequest) -> None:
         if skip_reason:
             pytest.skip(skip_reason)
-        result = run_in_processes(case, fork_servers(request.config))
+        result = launcher(request.config).run_case(case)
         if result.status == "skipped":
             benchmark.extra_info.update(extra_info(result))
             pytest.skip(result.reason or "skipped")
@@ -227,7 +226,7 @@ class BenchModel:
                                  budget=budget, **axes)
         if planned.skip_reason:
             pytest.skip(planned.skip_reason)
-        result = run_in_processes(planned.spec, fork_servers(self._request.config))
+        result = launcher(self._request.config).run_case(planned.spec)
         hand_over(result, self._benchmark, f"{result.case_id}: ")
         return result
 

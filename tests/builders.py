@@ -5,11 +5,13 @@ imported as ``tests.builders``; no test module is imported as a helper."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from bench.launch.launcher import Launcher
 from bench.measurement.stats import summarize
 from bench.results.schema import (
     AccuracyResult,
@@ -138,3 +140,22 @@ def sleep_suite(name: str, cases: int) -> str:
     return f'[suite]\nname = "{name}"\n' + QUICK_BUDGET + "".join(
         benchmark_text("sleep", label=f"s{i}", params=f"{{ sleep_ms = 0.{i} }}")
         for i in range(1, cases + 1))
+
+
+# --- launchers -------------------------------------------------------------------------
+
+class ScriptedLauncher(Launcher):
+    """A launcher whose workers are a function of the case: scripted records, no process
+    (for what orchestrates cases: the sweep's loop, rounds, the max-batch search)."""
+
+    name = "scripted"
+
+    def __init__(self, worker: Callable[[CaseSpec], CaseResult]) -> None:
+        self.worker = worker
+
+    def run_once(self, case: CaseSpec, run_env: Mapping[str, str] | None = None,
+                 timeout_scale: float = 1.0) -> CaseResult:
+        return self.worker(case)
+
+    def run_case(self, case: CaseSpec) -> CaseResult:
+        return self.worker(case)

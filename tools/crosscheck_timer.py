@@ -41,10 +41,9 @@ import sys
 import torch
 from tabulate import tabulate
 
+from bench.launch.launcher import LocalLauncher
+from bench.launch.merge import merge_process_results
 from bench.measurement.allocator import worker_env
-from bench.runners.fork_server import ForkServers
-from bench.runners.isolation import run_isolated
-from bench.runners.merge import merge_process_results
 from bench.spec.model import ALLOCATOR_POLICIES, Budget, CaseSpec
 from bench.variants.precision import get_precision
 from bench.workloads import get_workload
@@ -265,12 +264,12 @@ def main() -> int:
     batch_sizes = args.batch_sizes or {"minilm": [1, 8, 32], "gpt": [16]}.get(
         args.workload, [1, 32, 256])
 
-    with ForkServers() as servers:
-        return _crosscheck(args, batch_sizes, servers if args.workers == "fork" else None)
+    with LocalLauncher(fork=args.workers == "fork") as launcher:
+        return _crosscheck(args, batch_sizes, launcher)
 
 
 def _crosscheck(args: argparse.Namespace, batch_sizes: list[int],
-                servers: ForkServers | None) -> int:
+                launcher: LocalLauncher) -> int:
     rows, worst = [], 0.0
     for batch in batch_sizes:
         case = _case(args.workload, batch, args.device, args.seq_len, args.allocator,
@@ -280,7 +279,7 @@ def _crosscheck(args: argparse.Namespace, batch_sizes: list[int],
         refs, runs = [], []
         for _ in range(args.processes):
             refs.append(reference(args, batch))
-            runs.append(run_isolated(case, servers=servers))
+            runs.append(launcher.run_once(case))
         result = merge_process_results(runs)
         if result.status == "contended":  # measured while the host took CPU: kept, said
             print(f"{case.case_id}: contended: {result.reason}", file=sys.stderr)

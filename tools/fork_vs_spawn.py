@@ -1,6 +1,6 @@
 """Do forked workers measure what spawned workers measure? An interleaved A/B of the same
 code, one side's workers spawned (a fresh interpreter each), the other's forked from a
-fork server (bench.runners.fork_server): every case's paired ratio with its 95% CI, and
+fork server (bench.launch.fork_server): every case's paired ratio with its 95% CI, and
 each side's wall time per worker.
 
     python tools/fork_vs_spawn.py [--suite suites/smoke.toml] [--rounds 8] [--out FILE]
@@ -18,10 +18,10 @@ import time
 
 from tabulate import tabulate
 
+from bench.launch.isolation import WorkerCode
+from bench.orchestrate.interleave import Side, run_interleaved
+from bench.orchestrate.rounds import Stopping
 from bench.reports.compare import compare_runs
-from bench.runners.interleave import Side, run_interleaved
-from bench.runners.isolation import WorkerCode
-from bench.runners.rounds import Stopping
 
 
 def main() -> int:

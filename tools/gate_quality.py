@@ -43,22 +43,22 @@ from collections import Counter
 import numpy as np
 from tabulate import tabulate
 
+from bench.launch.isolation import WorkerCode
+from bench.launch.launcher import LocalLauncher
 from bench.measurement.fingerprint import fingerprint
-from bench.reports.compare import compare_runs, geometric_mean
-from bench.reports.gate import Policy, evaluate, load_policy
-from bench.results.schema import SLOWDOWN_ENV, RunRecord
-from bench.results.store import load_run
-from bench.runners.interleave import Side, run_interleaved
-from bench.runners.isolation import WorkerCode, run_in_processes
-from bench.runners.plan import plan_suite
-from bench.runners.rounds import (
+from bench.orchestrate.interleave import Side, run_interleaved
+from bench.orchestrate.plan import plan_suite
+from bench.orchestrate.rounds import (
     DEFAULT_MAX_ROUNDS,
     DEFAULT_ROUNDS,
     DEFAULT_TARGET_HALF_WIDTH,
     SEQUENTIAL_MAX_ROUNDS,
     Stopping,
 )
-from bench.runners.sweep import new_run_info
+from bench.reports.compare import compare_runs, geometric_mean
+from bench.reports.gate import Policy, evaluate, load_policy
+from bench.results.schema import SLOWDOWN_ENV, RunInfo, RunRecord
+from bench.results.store import load_run
 from bench.spec import load_suite
 
 SIDE_NAMES = ("unchanged-1", "unchanged-2", "slowed")
@@ -70,13 +70,14 @@ def one_run(suite, processes: int, slowdown: float) -> RunRecord:
     else:
         os.environ.pop(SLOWDOWN_ENV, None)
     cases = []
-    for planned in plan_suite(suite):
-        if planned.skip_reason:
-            continue
-        spec = dataclasses.replace(planned.spec, budget=dataclasses.replace(
-            planned.spec.budget, processes=processes))
-        cases.append(run_in_processes(spec))
-    info = new_run_info(suite, None, f"gate-quality-{time.time_ns()}")
+    with LocalLauncher(fork=False) as launcher:
+        for planned in plan_suite(suite):
+            if planned.skip_reason:
+                continue
+            spec = dataclasses.replace(planned.spec, budget=dataclasses.replace(
+                planned.spec.budget, processes=processes))
+            cases.append(launcher.run_case(spec))
+    info = RunInfo.starting(suite, None, f"gate-quality-{time.time_ns()}")
     return RunRecord(run=info, fingerprint=fingerprint(suite.path), cases=cases)
 
 

@@ -11,8 +11,8 @@ block of steps, its task metrics) and hands it over before each block of steps i
 so the two sides' trials alternate a fraction of a second apart over the same stretch of
 host time, and neither is timed while the other works.
 
-The baton is a pair of named pipes, one per side, that the parent (bench.runners.
-interleave) creates and holds open for the session: a worker waits for a byte on its own
+The baton is a pair of named pipes, one per side, that the parent (bench.orchestrate.
+rounds) creates and holds open for the session: a worker waits for a byte on its own
 pipe and passes the turn by writing one to the other's. A worker whose partner has ended
 reads ``DONE`` (the parent writes it when the partner's process ends, however it ended)
 and waits no more. Time spent waiting is kept apart (``held_clock``), so the sampler's

@@ -64,7 +64,10 @@ Versions (older files are read through ``bench.results.migrations``):
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import math
+import sys
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -664,6 +667,17 @@ class RunInfo:
     shard: ShardInfo | None = None
     shards: list[MergedShard] = field(default_factory=list)
     host_probes: list[HostProbe] = field(default_factory=list)
+
+    @classmethod
+    def starting(cls, suite: Any, select: dict[str, set[str]] | None = None,
+                 run_id: str | None = None, **fields: Any) -> RunInfo:
+        """The metadata of a run of ``suite`` (a SuiteSpec) started now by this command."""
+        return cls(
+            run_id=run_id or uuid.uuid4().hex[:12], suite_name=suite.name,
+            suite_path=suite.path, suite_sha256=suite.sha256,
+            started_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            command=list(sys.argv),
+            selection={k: sorted(v) for k, v in (select or {}).items()}, **fields)
 
 
 @dataclass

@@ -19,11 +19,10 @@ from pathlib import Path
 
 from bench.measurement.fingerprint import fingerprint
 from bench.modes.ranks import assemble, rank_main, threads_per_rank
-from bench.results.schema import CaseResult, RunRecord
+from bench.results.schema import CaseResult, RunInfo, RunRecord
 from bench.results.store import ResultStore, exclusive_output
-from bench.runners.plan import plan_suite
-from bench.runners.sweep import new_run_info
 from bench.spec import load_suite
+from bench.spec.expand import expand_suite
 from bench.spec.model import is_distributed
 
 
@@ -36,11 +35,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", required=True, help="result file rank 0 appends the case to")
     args = parser.parse_args(argv)
     suite = load_suite(args.suite)
-    planned = {p.case_id: p for p in plan_suite(suite)}
-    if args.case not in planned or not is_distributed(planned[args.case].spec):
+    cases = {c.case_id: c for c in expand_suite(suite)}
+    if args.case not in cases or not is_distributed(cases[args.case]):
         raise SystemExit(f"{args.suite}: no case {args.case!r} with parallel ddp or fsdp2 "
                          "(bench list shows the case ids)")
-    case = planned[args.case].spec
+    case = cases[args.case]
     started = time.perf_counter()
     runs = rank_main(case.to_dict())
     if runs is None:
@@ -57,7 +56,7 @@ def main(argv: list[str]) -> int:
     out = Path(args.out)
     with exclusive_output(out):
         store = ResultStore.open(out) if out.exists() else ResultStore.create(
-            out, RunRecord(run=new_run_info(suite, None), fingerprint=fingerprint(suite.path)))
+            out, RunRecord(run=RunInfo.starting(suite), fingerprint=fingerprint(suite.path)))
         store.append(result)
     return 0
 

@@ -57,7 +57,7 @@ def expand_suite(suite: SuiteSpec, select: dict[str, set[str]] | None = None) ->
 
     ``select`` keeps only cases whose axis values (as strings) are in the given sets.
     Whether this machine can run a case is the runners' question
-    (bench.runners.plan.plan_suite), not the spec's.
+    (bench.orchestrate.plan.plan_suite), not the spec's.
     """
     _check_select(suite, select or {})
     cases: list[CaseSpec] = []

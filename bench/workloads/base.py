@@ -194,7 +194,7 @@ class Workload(ABC):
     # workload with them.
     smoke_params: ClassVar[dict[str, object]] = {}
     # Modules this workload's phases import lazily that a fork server may import once
-    # before forking its workers (bench.runners.fork_server): pure imports that start no
+    # before forking its workers (bench.launch.fork_server): pure imports that start no
     # thread and read no environment variable the worker sets first.
     warm_imports: ClassVar[tuple[str, ...]] = ()
 
@@ -202,7 +202,7 @@ class Workload(ABC):
     def case_imports(cls, case) -> tuple[str, ...]:  # noqa: ANN001 - a CaseSpec
         """What ``case``'s worker imports lazily, for a fork server to import first: the
         workload's ``warm_imports``, or ``module@folder`` for a user's module that the
-        worker imports with ``folder`` first on sys.path (bench.runners.fork_server)."""
+        worker imports with ``folder`` first on sys.path (bench.launch.fork_server)."""
         return cls.warm_imports
 
     @classmethod

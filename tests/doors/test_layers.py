@@ -15,23 +15,31 @@ import pytest
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 # What each package may not import at module level: the layers above it.
+_STARTERS = ("bench.orchestrate", "bench.launch", "bench.runners")
 ABOVE = {
-    "spec": ("bench.runners", "bench.modes", "bench.reports", "bench.variants",
+    "spec": (*_STARTERS, "bench.modes", "bench.reports", "bench.variants",
              "bench.workloads", "bench.results", "bench.measurement", "bench.cli",
              "bench.pytest_plugin"),
-    "results": ("bench.runners", "bench.modes", "bench.reports", "bench.variants",
+    "results": (*_STARTERS, "bench.modes", "bench.reports", "bench.variants",
                 "bench.workloads", "bench.measurement", "bench.cli", "bench.pytest_plugin"),
-    "measurement": ("bench.runners", "bench.modes", "bench.reports", "bench.variants",
+    "measurement": (*_STARTERS, "bench.modes", "bench.reports", "bench.variants",
                     "bench.workloads", "bench.cli", "bench.pytest_plugin"),
-    "reports": ("bench.runners", "bench.modes", "bench.variants", "bench.workloads",
+    "reports": (*_STARTERS, "bench.modes", "bench.variants", "bench.workloads",
                 "bench.cli", "bench.pytest_plugin"),
-    "variants": ("bench.runners", "bench.modes", "bench.reports", "bench.workloads",
+    "variants": (*_STARTERS, "bench.modes", "bench.reports", "bench.workloads",
                  "bench.cli", "bench.pytest_plugin"),
-    "workloads": ("bench.runners", "bench.modes", "bench.reports", "bench.cli",
+    "workloads": (*_STARTERS, "bench.modes", "bench.reports", "bench.cli",
                   "bench.pytest_plugin"),
-    # How a case runs inside its worker (bench.modes): below the runners that start workers.
-    "modes": ("bench.runners", "bench.reports", "bench.cli", "bench.pytest_plugin"),
-    "runners": ("bench.reports", "bench.cli", "bench.pytest_plugin"),
+    # How a case runs inside its worker (bench.modes): below what starts workers.
+    "modes": (*_STARTERS, "bench.reports", "bench.cli", "bench.pytest_plugin"),
+    # bench/runners/ by role: what runs inside a worker (runners), how workers are
+    # started (launch), what runs many cases (orchestrate). A worker never starts another
+    # case's worker, and a launcher never plans cases.
+    "runners": ("bench.orchestrate", "bench.launch", "bench.reports", "bench.cli",
+                "bench.pytest_plugin"),
+    "launch": ("bench.orchestrate", "bench.runners", "bench.reports", "bench.cli",
+               "bench.pytest_plugin"),
+    "orchestrate": ("bench.runners", "bench.reports", "bench.cli", "bench.pytest_plugin"),
 }
 
 
@@ -157,7 +165,7 @@ def test_no_module_takes_part_in_an_import_cycle_at_run_time():
 def test_reading_results_never_imports_torch():
     code = ("import sys, bench.cli, bench.pytest_plugin, bench.reports.gate, "
             "bench.reports.html, bench.reports.hardware, bench.reports.table, "
-            "bench.results.store, bench.runners.plan, bench.runners.interleave; "
+            "bench.results.store, bench.orchestrate.plan, bench.orchestrate.interleave; "
             "print(' '.join(m for m in ('torch', 'scipy', 'matplotlib', 'onnxruntime') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True,

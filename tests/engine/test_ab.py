@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 
 from bench.cli import main
+from bench.launch.isolation import WorkerCode, run_isolated
 from bench.measurement.sequential import SequentialTest
 from bench.measurement.stats import needs_another_round, paired_ratio
+from bench.orchestrate.interleave import Side, run_interleaved
+from bench.orchestrate.rounds import Stopping, round_order
 from bench.reports.compare import compare_runs
 from bench.reports.gate import Policy, evaluate
 from bench.results.schema import SLOWDOWN_ENV, RoundsResult
-from bench.runners.interleave import Side, run_interleaved
-from bench.runners.isolation import WorkerCode, run_isolated
-from bench.runners.rounds import Stopping, round_order
 from bench.spec.model import Budget, CaseSpec
 from tests.builders import (
     REPO,
@@ -259,16 +259,16 @@ def test_rounds_after_the_first_only_time_and_round_one_figures_stand(write_suit
     """Issue 14: an A/B session computes task metrics, the export check and FLOPs once per
     side (round 1); later rounds are timing-only workers; the merged record carries round
     1's figures, equal to those of a fresh full run of the case."""
-    from bench.runners import rounds
+    from bench.launch.launcher import LocalLauncher
 
     specs = []
-    real = rounds.run_isolated
+    real = LocalLauncher.run_once
 
-    def recording(spec, code=None, servers=None, *args, **kwargs):
+    def recording(self, spec, *args, **kwargs):  # noqa: ANN001, ANN202
         specs.append(spec.probe)
-        return real(spec, code, servers, *args, **kwargs)
+        return real(self, spec, *args, **kwargs)
 
-    monkeypatch.setattr(rounds, "run_isolated", recording)
+    monkeypatch.setattr(LocalLauncher, "run_once", recording)
     suite = write_suite(ROUND_BUDGET + 'contended_above = 1.0\n'
                         '[[benchmark]]\nmodel = "bench.workloads.user_model:tiny_mlp"\n'
                         'matrix = { backend = ["onnxruntime"], batch_size = [4] }\n')
@@ -282,12 +282,12 @@ def test_rounds_after_the_first_only_time_and_round_one_figures_stand(write_suit
         (merged,) = record.cases
         assert len(merged.rounds.medians_s) == 3 and merged.rounds.left_out == 0
         assert merged.model.export_check["passed"] and merged.accuracy.metrics
-    fresh = real(load_case(suite))
+    fresh = run_isolated(load_case(suite))
     assert fresh.accuracy.metrics == records[0].cases[0].accuracy.metrics
 
 
 def load_case(suite):  # noqa: ANN001, ANN201
-    from bench.runners.plan import plan_suite
+    from bench.orchestrate.plan import plan_suite
     from bench.spec import load_suite
 
     return plan_suite(load_suite(suite))[0].spec

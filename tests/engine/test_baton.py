@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.launch.isolation import WorkerCode
+from bench.launch.launcher import LocalLauncher
 from bench.measurement import interference as interference_module
 from bench.measurement.baton import (
     BATON_ENV,
@@ -21,9 +23,8 @@ from bench.measurement.baton import (
     supports_baton,
 )
 from bench.measurement.interference import InterferenceProbe
-from bench.runners.interleave import Side, run_interleaved
-from bench.runners.isolation import WorkerCode
-from bench.runners.rounds import Arm, Stopping, lockstep_possible
+from bench.orchestrate.interleave import Side, run_interleaved
+from bench.orchestrate.rounds import Arm, Stopping, lockstep_possible
 from tests.builders import ROUND_BUDGET
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -175,7 +176,7 @@ def test_interference_counts_only_the_workers_own_turns(monkeypatch):
 
 
 def test_lockstep_only_where_both_sides_can_take_the_baton(tmp_path, write_suite):
-    from bench.runners.plan import plan_suite
+    from bench.orchestrate.plan import plan_suite
     from bench.spec import load_suite
 
     suite = write_suite('[[benchmark]]\nworkload = "linreg"\nphase = "train"\n'
@@ -187,11 +188,13 @@ def test_lockstep_only_where_both_sides_can_take_the_baton(tmp_path, write_suite
     (old / "bench" / "runners" / "worker.py").write_text("")
     assert supports_baton(ROOT) and not supports_baton(old)
     spec = case.spec
-    assert lockstep_possible([Arm("a", spec, here), Arm("b", spec, here)])
-    assert not lockstep_possible([Arm("a", spec, WorkerCode(old, {})), Arm("b", spec, here)])
-    assert not lockstep_possible([Arm("a", spec, here, fork=False), Arm("b", spec, here)])
-    assert not lockstep_possible([Arm("a", spec, here), Arm("b", spec, here),
-                                  Arm("c", spec, here)])
+    forked, spawned = LocalLauncher(here), LocalLauncher(here, fork=False)
+    older = LocalLauncher(WorkerCode(old, {}))
+    assert lockstep_possible([Arm("a", spec, forked), Arm("b", spec, forked)])
+    assert not lockstep_possible([Arm("a", spec, older), Arm("b", spec, forked)])
+    assert not lockstep_possible([Arm("a", spec, spawned), Arm("b", spec, forked)])
+    assert not lockstep_possible([Arm("a", spec, forked), Arm("b", spec, forked),
+                                  Arm("c", spec, forked)])
 
 
 @pytest.mark.slow
@@ -270,8 +273,7 @@ def test_every_pass_over_the_cases_forks_from_fresh_servers(write_suite, tmp_pat
                                                              monkeypatch):
     """A fork server's children share its memory layout; the session closes the servers
     before every pass after the first, so no side keeps one layout for all its rounds."""
-    from bench.runners import interleave
-    from bench.runners.fork_server import ForkServers
+    from bench.launch.fork_server import ForkServers
 
     closed = []
     real_close = ForkServers.close
@@ -281,18 +283,19 @@ def test_every_pass_over_the_cases_forks_from_fresh_servers(write_suite, tmp_pat
         real_close(self)
 
     monkeypatch.setattr(ForkServers, "close", counting_close)
-    monkeypatch.setattr(interleave, "run_isolated",
-                        lambda spec, code, servers=None, *a, **k: _fake_result(spec))
+    monkeypatch.setattr(LocalLauncher, "run_once",
+                        lambda self, spec, *a, **k: _fake_result(spec))
     suite = write_suite('[[benchmark]]\nworkload = "sleep"\nphase = "infer"\n')
     here = WorkerCode.this_checkout()
     run_interleaved(suite, [Side("baseline", here), Side("current", here)],
                     Stopping(rounds=3, max_rounds=3), tmp_path, lockstep=False)
-    assert len(closed) == 3  # before passes 2 and 3, and at the end of the session
+    # Each side's launcher closes its servers before passes 2 and 3, and at the end.
+    assert len(closed) == 2 * 3
     closed.clear()
     run_interleaved(suite, [Side("baseline", here), Side("current", here)],
                     Stopping(rounds=3, max_rounds=3), tmp_path / "kept", lockstep=False,
                     fresh_servers=False)
-    assert len(closed) == 1  # at the end only
+    assert len(closed) == 2  # at the end only
 
 
 def _fake_result(spec):  # noqa: ANN001, ANN202

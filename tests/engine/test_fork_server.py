@@ -1,4 +1,4 @@
-"""Workers forked from a fork server (bench.runners.fork_server) are workers like spawned
+"""Workers forked from a fork server (bench.launch.fork_server) are workers like spawned
 ones: the same figures, the same fault statuses, each in its own process; a server that
 cannot start leaves the case to a spawned worker, said in the record."""
 
@@ -9,8 +9,8 @@ import os
 import psutil
 import pytest
 
-from bench.runners.fork_server import ForkServers
-from bench.runners.isolation import WorkerCode, run_isolated
+from bench.launch.fork_server import ForkServers
+from bench.launch.isolation import WorkerCode, run_isolated
 from bench.spec.model import Budget, CaseSpec
 from tests.builders import FAULT_BUDGET, ROUND_BUDGET, fault_case
 
@@ -77,7 +77,7 @@ def test_a_sweep_forks_each_workload_from_a_server_of_that_workloads_imports(wri
                                                                              tmp_path):
     # A forked worker inherits only modules its own case imports, so its memory reads as a
     # spawned worker's (a gpt worker forked from a digits server would carry scikit-learn).
-    from bench.runners.sweep import run_suite
+    from bench.orchestrate.sweep import run_suite
 
 
     suite = write_suite(ROUND_BUDGET + '[[benchmark]]\nworkload = "sleep"\nphase = "infer"\n'
@@ -134,7 +134,7 @@ def _parameters(result) -> int:
 
 
 def test_a_user_models_module_is_imported_by_its_own_fork_server(write_suite, tmp_path):
-    from bench.runners.sweep import run_suite
+    from bench.orchestrate.sweep import run_suite
 
 
     folders = _user_model_folders(tmp_path)

@@ -163,7 +163,7 @@ def _git(*args: str, cwd: Path) -> str:
 
 def test_a_baseline_commit_without_the_bench_package_is_refused(tmp_path):
     from bench.errors import BenchInputError
-    from bench.runners.interleave import git_worktree
+    from bench.orchestrate.interleave import git_worktree
 
     repo = tmp_path / "repo"
     repo.mkdir()
@@ -212,7 +212,7 @@ def test_gate_refuses_an_ab_session_whose_sides_ran_the_same_code(tmp_path, caps
 
 @pytest.mark.slow
 def test_a_bench_folder_in_the_working_directory_is_not_imported(tmp_path, monkeypatch):
-    from bench.runners.isolation import run_isolated
+    from bench.launch.isolation import run_isolated
     from bench.spec.model import Budget, CaseSpec
 
     fake = tmp_path / "bench" / "runners"
@@ -405,7 +405,7 @@ def test_a_case_timed_beside_spinning_processes_is_contended(tmp_path, capsys):
     """End to end (make test-heavy, which runs alone): real spinners make a real case
     contended. The verdict itself is tested on scripted /proc/stat readings
     (test_interference.py)."""
-    from bench.runners.isolation import run_isolated
+    from bench.launch.isolation import run_isolated
     from bench.spec.model import Budget, CaseSpec
 
     budget = Budget(min_trials=4, max_trials=8, trial_time_s=0.1, warmup_max_s=0.2,
@@ -469,15 +469,17 @@ def _scripted_ab(write_suite, tmp_path, monkeypatch, statuses, slowdown=1.0, rou
                  cases=1, time_budget_s=None, step_s=0.0):
     """bench ab's rounds over scripted workers: each call takes the next status; the
     current side's steps take ``slowdown`` x the baseline's."""
+    from bench.launch.isolation import WorkerCode
+    from bench.launch.launcher import LocalLauncher
+    from bench.orchestrate import interleave
+    from bench.orchestrate import rounds as round_runner
     from bench.results.schema import ThroughputResult
-    from bench.runners import interleave
-    from bench.runners import rounds as round_runner
-    from bench.runners.isolation import WorkerCode
 
     script = iter(statuses)
     calls = []
 
-    def fake_run(spec, code, servers=None, *args, **kwargs):  # noqa: ANN001, ANN202
+    def fake_run(self, spec, *args, **kwargs):  # noqa: ANN001, ANN202
+        code = self.code
         calls.append((code.env["SIDE"], spec.probe))
         time.sleep(step_s)
         scale = slowdown if code.env["SIDE"] == "current" else 1.0
@@ -488,7 +490,7 @@ def _scripted_ab(write_suite, tmp_path, monkeypatch, statuses, slowdown=1.0, rou
             result.reason = "steal 31% (contended above 10%)"
         return result
 
-    monkeypatch.setattr(round_runner, "run_isolated", fake_run)
+    monkeypatch.setattr(LocalLauncher, "run_once", fake_run)
     suite = write_suite("".join('[[benchmark]]\nworkload = "sleep"\nphase = "infer"\n'
                                 + (f'label = "s{i}"\n' if i else "") for i in range(cases)))
     sides = [interleave.Side(n, WorkerCode(REPO, {"SIDE": n})) for n in ("baseline", "current")]

@@ -9,12 +9,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from bench.launch.isolation import _add_instruction_count, run_isolated
 from bench.measurement import instructions
+from bench.orchestrate.plan import plan_suite
 from bench.reports.compare import compare_runs
 from bench.reports.gate import Policy, evaluate, markdown
 from bench.results.schema import InstructionCount
-from bench.runners.isolation import _add_instruction_count, run_isolated
-from bench.runners.plan import plan_suite
 from bench.spec import load_suite
 from tests.builders import benchmark_text, budget_text, case, run, suite_text, trials
 

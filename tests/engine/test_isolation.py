@@ -13,8 +13,8 @@ import time
 import psutil
 import pytest
 
+from bench.launch.isolation import run_isolated
 from bench.results.store import load_run
-from bench.runners.isolation import run_isolated
 from bench.spec.model import Budget, CaseSpec
 from tests.builders import FAULT_BUDGET, REPO, benchmark_text, budget_text, fault_case, suite_text
 
@@ -133,7 +133,7 @@ def test_existing_result_file_is_not_overwritten_silently(write_suite, tmp_path)
 
 
 def test_processes_pool_trials_of_independent_workers():
-    from bench.runners.isolation import run_in_processes
+    from bench.launch.isolation import run_in_processes
 
     budget = Budget(**{**FAULT_BUDGET.to_dict(), "processes": 2, "trial_time_s": 0.02})
     case = CaseSpec("sleep", "infer", {"device": "cpu"}, {"sleep_ms": 5.0}, budget)
@@ -149,7 +149,7 @@ def test_processes_pool_trials_of_independent_workers():
 
 
 def test_processes_stop_at_first_failure():
-    from bench.runners.isolation import run_in_processes
+    from bench.launch.isolation import run_in_processes
 
     result = run_in_processes(fault_case("raise", processes=3))
     assert result.status == "error"
@@ -160,8 +160,8 @@ def test_pooling_weights_processes_equally():
     """A noisy process that ran to max_trials must not outvote a quick, steady one."""
     import dataclasses
 
+    from bench.launch.merge import merge_process_results
     from bench.results.schema import CaseResult, ThroughputResult, TimingResult
-    from bench.runners.merge import merge_process_results
 
     def run(value: float, trials: int) -> CaseResult:
         timing = TimingResult(

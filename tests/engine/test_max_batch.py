@@ -6,10 +6,11 @@ import math
 
 import pytest
 
+from bench.launch.isolation import run_isolated
+from bench.orchestrate.max_batch import Probe, max_batch_for_case, parse_latency_bound, search
 from bench.results.schema import CaseResult
-from bench.runners.isolation import run_isolated
-from bench.runners.max_batch import Probe, max_batch_for_case, parse_latency_bound, search
 from bench.spec.model import Budget, CaseSpec
+from tests.builders import ScriptedLauncher
 
 
 def fits_up_to(limit: int, calls: list[int]):
@@ -75,7 +76,7 @@ def test_a_contended_probe_still_tells_whether_a_batch_fits_in_memory():
     """Memory does not depend on load: contended probes count as fits (before: the search
     stopped at the first contended probe, max_batch None)."""
     run, calls = _scripted({1: ["contended"], 2: ["contended"], 4: ["oom"], 3: ["contended"]})
-    found = max_batch_for_case(SLEEP, run=run)
+    found = max_batch_for_case(SLEEP, launcher=ScriptedLauncher(run))
     assert found.max_batch == 3 and found.first_oom == 4 and found.stopped is None
     assert calls == [1, 2, 4, 3]  # each probed once: nothing to retry
 
@@ -86,7 +87,7 @@ def test_a_contended_probe_within_a_latency_bound_fits_and_one_over_it_runs_agai
     bound = parse_latency_bound("p99_ms=45")
     run, calls = _scripted({2: ["contended"], 8: ["contended", "contended"],
                             4: ["contended"], 6: ["contended"], 5: ["contended"]})
-    found = max_batch_for_case(SLEEP, run=run, latency=bound)
+    found = max_batch_for_case(SLEEP, launcher=ScriptedLauncher(run), latency=bound)
     assert found.max_batch == 4 and found.first_over_latency == 5, found.probes
     assert calls == [1, 2, 4, 8, 8, 8, 6, 6, 5, 5]
 
@@ -94,7 +95,7 @@ def test_a_contended_probe_within_a_latency_bound_fits_and_one_over_it_runs_agai
 def test_a_probe_contended_over_the_bound_every_time_ends_the_search_undecided():
     bound = parse_latency_bound("p99_ms=45")
     run, calls = _scripted({8: ["contended"] * 3})
-    found = max_batch_for_case(SLEEP, run=run, latency=bound)
+    found = max_batch_for_case(SLEEP, launcher=ScriptedLauncher(run), latency=bound)
     assert calls == [1, 2, 4, 8, 8, 8] and found.max_batch == 4
     assert found.first_over_latency is None
     assert found.stopped.startswith("batch 8: contended: p99 80 ms > 45 ms, but timed under "

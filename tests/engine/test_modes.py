@@ -127,7 +127,7 @@ def test_a_named_mode_is_what_the_case_runs(write_suite):
 
 
 def test_a_named_mode_that_cannot_run_a_case_skips_it_with_the_reason(write_suite):
-    from bench.runners.plan import plan_suite
+    from bench.orchestrate.plan import plan_suite
 
     (planned,) = plan_suite(load_suite(write_suite(SUITE.format(mode="train_to_target"))))
     assert planned.skip_reason.startswith("mode train_to_target does not run this case")

@@ -18,8 +18,8 @@ import psutil
 import pytest
 import torch
 
+from bench.launch.isolation import run_isolated
 from bench.results.store import load_run
-from bench.runners.isolation import run_isolated
 from bench.spec.model import Budget, CaseSpec
 from bench.variants.parallel import SHARED_DIR_ENV, RankInfo
 from bench.variants.precision import get_precision

@@ -10,12 +10,12 @@ import time
 import pytest
 
 from bench.errors import BenchInputError
+from bench.launch.isolation import run_isolated
 from bench.measurement.clocks import ClockSampler
 from bench.measurement.energy import EnergyMeter
 from bench.measurement.serving import find_capacity
+from bench.orchestrate.max_batch import max_batch_for_case, parse_latency_bound
 from bench.results.schema import LoadGenRun, check_case
-from bench.runners.isolation import run_isolated
-from bench.runners.max_batch import max_batch_for_case, parse_latency_bound
 from bench.spec import load_suite
 from bench.spec.expand import expand_suite
 from bench.spec.model import Budget, CaseSpec, ServingSpec

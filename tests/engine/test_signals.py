@@ -163,7 +163,7 @@ def test_a_sweep_killed_at_random_moments_leaves_no_worker(write_suite, tmp_path
 
 
 def test_killed_sweeps_case_directories_are_removed(tmp_path):
-    from bench.runners.isolation import remove_stale_case_dirs
+    from bench.launch.isolation import remove_stale_case_dirs
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

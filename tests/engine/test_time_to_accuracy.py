@@ -12,6 +12,7 @@ import torch
 
 from bench.cli import main
 from bench.errors import BenchInputError
+from bench.launch.merge import merge_seed_runs
 from bench.measurement.classes import class_report, pooled, summary_metrics
 from bench.measurement.stats import olympic
 from bench.measurement.timers import PerfCounterTimer
@@ -23,7 +24,6 @@ from bench.results.schema import (
     TimeToAccuracyResult,
 )
 from bench.results.store import load_run
-from bench.runners.merge import merge_seed_runs
 from bench.spec import load_suite
 from bench.spec.model import CaseSpec, TrainingRunSpec
 from bench.variants.precision import get_precision

@@ -97,8 +97,8 @@ def test_a_pruned_trial_stops_its_worker_at_an_evaluation_and_skips_its_other_se
         write_suite, tmp_path):
     import optuna
 
-    from bench.runners.fork_server import ForkServers
-    from bench.runners.tune import TuneOptions, _run_trial, _trial_case
+    from bench.launch.launcher import LocalLauncher
+    from bench.orchestrate.tune import TuneOptions, _run_trial, _trial_case
     from bench.spec.expand import benchmark_cases
 
     (bench,) = load_suite(write_suite(DIGITS)).benchmarks
@@ -108,8 +108,8 @@ def test_a_pruned_trial_stops_its_worker_at_an_evaluation_and_skips_its_other_se
     study = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(upper=-2.0))
     trial = study.ask()
     case = _trial_case(base, {"lr": 0.005}, options)
-    with ForkServers() as servers:
-        merged = _run_trial(trial, case, options, servers, sign=-1.0, metric="val_accuracy",
+    with LocalLauncher() as launcher:
+        merged = _run_trial(trial, case, options, launcher, sign=-1.0, metric="val_accuracy",
                             scratch=tmp_path)
     assert merged.status == "pruned" and "pruned by the median pruner" in merged.reason
     (run,) = merged.time_to_accuracy.runs  # seeds 2 and 3 never ran
@@ -126,8 +126,8 @@ def test_a_pruned_trial_stops_its_worker_at_an_evaluation_and_skips_its_other_se
 
 @pytest.mark.slow
 def test_a_grid_search_visits_every_point_of_the_grid_once(write_suite, tmp_path):
+    from bench.orchestrate.tune import TuneOptions, tune
     from bench.reports.tune import summarize_study
-    from bench.runners.tune import TuneOptions, tune
 
     options = TuneOptions(storage=tmp_path / "grid.journal", study="grid", sampler="grid",
                           trials=4, grid_points=2, seeds=1, objective="samples_to_target")

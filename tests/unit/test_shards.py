@@ -10,7 +10,7 @@ import pytest
 
 from bench.cli import main
 from bench.errors import BenchInputError
-from bench.runners.plan import plan_suite
+from bench.orchestrate.plan import plan_suite
 from bench.spec import load_suite
 from bench.spec.shards import Shard, parse_shard, shard_of
 from tests.builders import sleep_suite

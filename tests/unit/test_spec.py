@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bench.cli import main
-from bench.runners.plan import plan_suite
+from bench.orchestrate.plan import plan_suite
 from bench.spec import load_suite
 from bench.spec.model import Budget, CaseSpec
 from tests.builders import REPO

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from bench.runners.plan import plan_suite
+from bench.orchestrate.plan import plan_suite
 from bench.spec import load_suite
 from bench.variants import backends
 from bench.variants.precision import get_precision

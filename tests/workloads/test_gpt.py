@@ -148,7 +148,7 @@ def test_measured_peak_times_a_real_matmul(tmp_path, monkeypatch):
 
 
 def test_fp8_is_skipped_with_a_reason_where_it_cannot_run():
-    from bench.runners.plan import skip_reason
+    from bench.orchestrate.plan import skip_reason
 
     def reason(workload, phase, device):
         axes = {"device": device, "precision": "fp8", "batch_size": 8}

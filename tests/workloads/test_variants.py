@@ -209,8 +209,8 @@ def test_registry_names_are_the_axis_choices():
 def test_variant_case_through_the_worker_records_model_and_parity(tmp_path):
     """An ONNX Runtime static-int8 digits case and its fp32 eager reference, end to end
     through the isolated worker and the result file."""
+    from bench.launch.isolation import run_isolated
     from bench.reports.parity import parity_by_case
-    from bench.runners.isolation import run_isolated
     from bench.spec.model import Budget, CaseSpec
     from bench.workloads import get_workload
 

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from bench import workloads
-from bench.runners.plan import plan_suite
+from bench.orchestrate.plan import plan_suite
 from bench.spec import load_suite
 from bench.variants.precision import get_precision
 from bench.workloads import get_workload, workload_names

@@ -333,15 +333,15 @@ class ForkServers:
         self.per_preload = per_preload
 
     def _preload_and_key(self, source: Path, env: Mapping[str, str],
-                         preload: tuple[str, ...], slot: str) -> tuple[tuple[str, ...], tuple]:
+                         preload: tuple[str, ...]) -> tuple[tuple[str, ...], tuple]:
         preload = tuple(dict.fromkeys((*self.preload, *preload)))  # each module once
-        return preload, (str(Path(source).resolve()), tuple(sorted(env.items())), slot,
+        return preload, (str(Path(source).resolve()), tuple(sorted(env.items())),
                          preload if self.per_preload else ())
 
-    def refusal(self, source: Path, env: Mapping[str, str], preload: tuple[str, ...] = (),
-                slot: str = "") -> str | None:
+    def refusal(self, source: Path, env: Mapping[str, str],
+                preload: tuple[str, ...] = ()) -> str | None:
         """Why ``get`` with these arguments gives no server (None: it gives one)."""
-        return self.refused.get(self._preload_and_key(source, env, preload, slot)[1])
+        return self.refused.get(self._preload_and_key(source, env, preload)[1])
 
     def give_up(self, server: ForkServer, reason: str) -> None:
         """Close ``server`` and start no other for its key: ``get`` answers None with
@@ -353,10 +353,11 @@ class ForkServers:
         server.close()
 
     def get(self, source: Path, env: Mapping[str, str],
-            preload: tuple[str, ...] = (), slot: str = "") -> ForkServer | None:
+            preload: tuple[str, ...] = ()) -> ForkServer | None:
         """The server for ``source`` and ``env``; a server forks one worker at a time, so
-        workers that run at once ask for different ``slot``s."""
-        preload, key = self._preload_and_key(source, env, preload, slot)
+        workers that run at once start from ForkServers of their own (bench ab's two
+        sides each have a launcher)."""
+        preload, key = self._preload_and_key(source, env, preload)
         if key in self.refused:
             return None
         server = self._servers.get(key)

@@ -1,12 +1,12 @@
 """Interleaved A/B: a suite run for two versions of the code, alternating, case by case.
 
 Each case is one comparison of two arms, the baseline's worker and the current one's,
-measured in paired rounds by the round runner (bench.runners.rounds: its order, its
+measured in paired rounds by the round runner (bench.orchestrate.rounds: its order, its
 stopping rule, contended rounds left out); the gate tests the rounds' paired ratios.
 This module adds what an A/B session is beyond its rounds: the two checkouts (a git
 worktree for ``--baseline-ref``), one file per side rewritten after every pass over the
 cases, and an optional instruction count per side. CPU workers are forked per round from
-a fork server of their side's code (bench.runners.fork_server), so a round costs its
+a fork server of their side's code (bench.launch.fork_server), so a round costs its
 measurement, not the imports.
 
 Each side is a :class:`WorkerCode`: the checkout whose ``bench`` package the worker
@@ -28,15 +28,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.errors import BenchInputError
+from bench.launch.fork_server import DYNAMO
+from bench.launch.isolation import WorkerCode
+from bench.launch.launcher import LocalLauncher
 from bench.measurement.baton import baton_pair
 from bench.measurement.fingerprint import fingerprint, git_state
-from bench.results.schema import STATUS_SKIPPED, CaseResult, RoundsResult, RunRecord
+from bench.orchestrate.plan import PlannedCase, plan_suite, skipped_result
+from bench.orchestrate.rounds import Arm, Comparison, Lockstep, RoundRunner, Stopping
+from bench.results.schema import STATUS_SKIPPED, CaseResult, RoundsResult, RunInfo, RunRecord
 from bench.results.store import exclusive_output, write_atomically
-from bench.runners.fork_server import DYNAMO, ForkServers
-from bench.runners.isolation import WorkerCode, run_isolated
-from bench.runners.plan import PlannedCase, plan_suite, skipped_result
-from bench.runners.rounds import Arm, Comparison, Lockstep, RoundRunner, Stopping
-from bench.runners.sweep import new_run_info
 from bench.spec import load_suite
 
 
@@ -44,7 +44,7 @@ from bench.spec import load_suite
 class Side:
     name: str
     code: WorkerCode
-    # CPU workers forked from a per-side fork server (bench.runners.fork_server) rather
+    # CPU workers forked from a per-side fork server (bench.launch.fork_server) rather
     # than spawned: the same worker code, without paying its imports every round.
     fork: bool = True
 
@@ -52,6 +52,11 @@ class Side:
         return {"side": self.name, "source": str(Path(self.code.source).resolve()),
                 "commit": git_commit(self.code.source), "env": dict(self.code.env),
                 "workers": WORKER_START[self.fork]}
+
+    def launcher(self) -> LocalLauncher:
+        """This side's workers: its own fork servers (both sides' workers may run at
+        once), which also import torch._dynamo (both sides' workers carry it alike)."""
+        return LocalLauncher(self.code, self.fork, preload=(DYNAMO,))
 
 
 ROUND_ORDER = {
@@ -65,7 +70,7 @@ ROUND_ORDER = {
 
 WORKER_START = {
     True: "CPU workers forked, one per round, from a fork server of this side's code that "
-          "imported torch and the worker once (bench.runners.fork_server), started afresh "
+          "imported torch and the worker once (bench.launch.fork_server), started afresh "
           "for every pass over the cases; others spawned",
     False: "every worker spawned (a fresh interpreter per round)",
 }
@@ -145,20 +150,21 @@ def run_interleaved(suite_path: str | Path, sides: list[Side], stopping: Stoppin
     session = uuid.uuid4().hex[:12]
     machine = fingerprint(suite.path)
     pairing = {"session": session, **stopping.describe(), "order": ROUND_ORDER[lockstep]}
-    records = [RunRecord(run=new_run_info(suite, select, f"{session}-{side.name}",
+    records = [RunRecord(run=RunInfo.starting(suite, select, f"{session}-{side.name}",
                                           pairing={**pairing, **side.describe()}),
                          fingerprint=machine) for side in sides]
     with contextlib.ExitStack() as stack:
         for side in sides:
             stack.enter_context(exclusive_output(Path(out_dir) / f"{side.name}.json"))
-        servers = stack.enter_context(ForkServers(preload=(DYNAMO,)))
+        launchers = [stack.enter_context(side.launcher()) for side in sides]
         lockstep_run = Lockstep(stack.enter_context(baton_pair()), stack.enter_context(
             ThreadPoolExecutor(len(sides), thread_name_prefix="ab-side"))) \
             if lockstep and len(sides) == 2 else None
         skipped = [skipped_result(p) for p in planned if p.skip_reason]
         runnable = [p for p in planned if not p.skip_reason]
-        comparisons = [Comparison(p.case_id, [Arm(side.name, p.spec, side.code, side.fork,
-                                                  slot=side.name) for side in sides])
+        comparisons = [Comparison(p.case_id, [Arm(side.name, p.spec, launcher)
+                                              for side, launcher in zip(sides, launchers,
+                                                                        strict=True)])
                        for p in runnable]
 
         def write_sides() -> None:
@@ -168,27 +174,28 @@ def run_interleaved(suite_path: str | Path, sides: list[Side], stopping: Stoppin
                 write_atomically(Path(out_dir) / f"{sides[s].name}.json", record.to_dict(),
                                  "--out-dir")
 
-        RoundRunner(stopping, servers, lockstep_run, progress, fresh_servers).run(
+        RoundRunner(stopping, lockstep_run, progress, fresh_servers).run(
             comparisons, after_pass=write_sides)
         if count_instructions:
-            _count_instructions(sides, records, planned, out_dir, progress)
+            _count_instructions(sides, launchers, records, planned, out_dir, progress)
     return records
 
 
-def _count_instructions(sides: list[Side], records: list[RunRecord], planned: list,
+def _count_instructions(sides: list[Side], launchers: list[LocalLauncher],
+                        records: list[RunRecord], planned: list[PlannedCase],
                         out_dir: str | Path, progress: Callable[[str], None] | None) -> None:
     """One callgrind count per side of every measured CPU case, into its merged record."""
     for case in planned:
         if case.skip_reason or case.spec.device != "cpu":
             continue
-        for side, record in zip(sides, records, strict=True):
+        for side, launcher, record in zip(sides, launchers, records, strict=True):
             merged = record.case(case.case_id)
             if merged is None or merged.status != "ok":
                 continue
             if progress:
                 progress(f"instructions {side.name}: {case.case_id}")
-            counted = run_isolated(dataclasses.replace(case.spec, probe=True,
-                                                       count_instructions=True), side.code)
+            counted = launcher.run_once(dataclasses.replace(case.spec, probe=True,
+                                                            count_instructions=True))
             if counted.status == "ok":
                 merged.instructions = counted.instructions
             else:

@@ -4,7 +4,7 @@ The worker is a fresh process in its own process group: an interpreter started w
 ``python -P`` and PYTHONPATH set to the checkout whose code it must run, so a ``bench``
 folder in the working directory is never imported instead; or, for a CPU case run with
 fork servers, a child forked from such an interpreter that had imported only modules the
-case imports itself (bench.runners.fork_server). The kernel kills
+case imports itself (bench.launch.fork_server). The kernel kills
 it when the thread that started it dies (``PR_SET_PDEATHSIG``, set in the child before
 exec, then a check that the parent is still the one that forked it: no window in which
 a killed sweep leaves a worker running). Ctrl-C (or any exception) in the parent kills
@@ -37,6 +37,8 @@ from pathlib import Path
 import psutil
 
 from bench.errors import BenchInputError
+from bench.launch.fork_server import DYNAMO, ForkHazard, ForkServers, die_with_parent
+from bench.launch.merge import merge_process_results, merge_seed_runs
 from bench.measurement import instructions
 from bench.measurement.allocator import worker_env
 from bench.measurement.memory import MIB, tree_rss_bytes
@@ -50,8 +52,6 @@ from bench.results.schema import (
     CaseResult,
     InstructionCount,
 )
-from bench.runners.fork_server import DYNAMO, ForkHazard, ForkServers, die_with_parent
-from bench.runners.merge import merge_process_results, merge_seed_runs
 from bench.spec.model import CaseSpec
 from bench.typed import SchemaError, from_dict
 
@@ -171,16 +171,17 @@ def _failed(case: CaseSpec, status: str, reason: str, stderr: str, peak_rss: int
     )
 
 
-def run_in_processes(case: CaseSpec, servers: ForkServers | None = None) -> CaseResult:
+def run_in_processes(case: CaseSpec, servers: ForkServers | None = None,
+                     code: WorkerCode | None = None) -> CaseResult:
     """Run a case in ``budget.processes`` independent workers, pooled into one record; a
     time-to-accuracy case in one worker per seed. With ``servers`` (a sweep's), a CPU
     case's workers are forked from them; a time-to-accuracy case's seeds always are (from
     a server of its own without)."""
     if case.training is not None:
-        return run_seeds(case, servers=servers)
+        return run_seeds(case, code, servers)
     results = []
     for _ in range(case.budget.processes):
-        results.append(run_isolated(case, servers=servers))
+        results.append(run_isolated(case, code, servers))
         if results[-1].status not in ("ok", "contended"):  # contended: measured, go on
             break
     return merge_process_results(results)
@@ -200,11 +201,11 @@ def run_seeds(case: CaseSpec, code: WorkerCode | None = None,
 
 def run_isolated(case: CaseSpec, code: WorkerCode | None = None,
                  servers: ForkServers | None = None, run_env: Mapping[str, str] | None = None,
-                 slot: str = "", timeout_scale: float = 1.0) -> CaseResult:
+                 timeout_scale: float = 1.0) -> CaseResult:
     """Run ``case`` in a fresh worker process of ``code`` and return its result. With
     ``servers``, a CPU case's worker is forked from the fork server of its code and
-    start-up environment (bench.runners.fork_server) instead of spawned; ``slot`` keeps
-    workers that run at once on servers of their own. ``run_env``: variables the worker
+    start-up environment (bench.launch.fork_server) instead of spawned (workers that run
+    at once need ForkServers of their own). ``run_env``: variables the worker
     reads at run time. ``timeout_scale``: the watchdog's allowance for a worker that
     shares its wall time (a lockstep A/B round, bench.measurement.baton)."""
     global _swept_stale_dirs
@@ -229,8 +230,8 @@ def run_isolated(case: CaseSpec, code: WorkerCode | None = None,
         env = _start_up_env(case, code)
         forkable = servers is not None and case.device == "cpu" and not case.count_instructions
         preload = _preload(case) if forkable else ()
-        server = servers.get(code.source, env, preload, slot) if forkable else None
-        refusal = servers.refusal(code.source, env, preload, slot) if forkable else None
+        server = servers.get(code.source, env, preload) if forkable else None
+        refusal = servers.refusal(code.source, env, preload) if forkable else None
         callgrind_out = tmpdir / "callgrind.out"
         proc = None
         if server is not None:

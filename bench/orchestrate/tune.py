@@ -33,13 +33,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import BenchInputError
+from bench.launch.fork_server import DYNAMO
+from bench.launch.launcher import Launcher, LocalLauncher
+from bench.launch.merge import merge_seed_runs
 from bench.measurement.stats import olympic
+from bench.orchestrate.sweep import open_store
 from bench.results.journal import open_journal
 from bench.results.schema import STATUS_PRUNED, CaseResult
-from bench.runners.fork_server import DYNAMO, ForkServers
-from bench.runners.isolation import run_isolated
-from bench.runners.merge import merge_seed_runs
-from bench.runners.sweep import open_store
 from bench.spec import load_suite
 from bench.spec.expand import benchmark_cases
 from bench.spec.model import BenchmarkSpec, CaseSpec, SearchDimension
@@ -169,12 +169,11 @@ class _Watcher:
                 Path(str(self.path) + ".stop").touch()
 
 
-def _run_seed(case: CaseSpec, servers: ForkServers, watcher: _Watcher | None) -> CaseResult:
+def _run_seed(case: CaseSpec, launcher: Launcher, watcher: _Watcher | None) -> CaseResult:
     if watcher is None:
-        return run_isolated(case, servers=servers)
+        return launcher.run_once(case)
     box: dict[str, CaseResult] = {}
-    thread = threading.Thread(target=lambda: box.update(result=run_isolated(case,
-                                                                            servers=servers)))
+    thread = threading.Thread(target=lambda: box.update(result=launcher.run_once(case)))
     thread.start()
     while thread.is_alive():
         watcher.poll()
@@ -192,7 +191,7 @@ def _trial_case(base: CaseSpec, values: dict[str, Any], options: TuneOptions) ->
                                training=training)
 
 
-def _run_trial(trial: Any, case: CaseSpec, options: TuneOptions, servers: ForkServers,
+def _run_trial(trial: Any, case: CaseSpec, options: TuneOptions, launcher: Launcher,
                sign: float, metric: str, scratch: Path) -> CaseResult:
     results = []
     watcher = None
@@ -202,7 +201,7 @@ def _run_trial(trial: Any, case: CaseSpec, options: TuneOptions, servers: ForkSe
             path = scratch / f"trial{trial.number}.jsonl"
             watcher = _Watcher(trial, path, sign, metric)
             seeded = dataclasses.replace(seeded, progress_file=str(path))
-        results.append(_run_seed(seeded, servers, watcher if index == 0 else None))
+        results.append(_run_seed(seeded, launcher, watcher if index == 0 else None))
         if results[-1].status not in ("ok", "contended", "diverged") or (
                 watcher is not None and watcher.pruned_at is not None):
             break
@@ -244,7 +243,7 @@ def tune(suite_path: str | Path, out: str | Path, options: TuneOptions,
         case = _trial_case(base, _suggest(trial, bench.search), options)
         trial.set_user_attr("sampler", options.sampler)
         trial.set_user_attr("case_id", case.case_id)
-        merged = _run_trial(trial, case, options, servers, sign, metric, scratch)
+        merged = _run_trial(trial, case, options, launcher, sign, metric, scratch)
         value = objective_value(merged, options.objective)
         seconds = time.perf_counter() - started
         tta = merged.time_to_accuracy
@@ -266,7 +265,7 @@ def tune(suite_path: str | Path, out: str | Path, options: TuneOptions,
             raise RuntimeError(f"trial {trial.number}: {merged.status}: {merged.reason}")
         return value
 
-    with ForkServers(preload=(DYNAMO,)) as servers, \
+    with LocalLauncher(preload=(DYNAMO,)) as launcher, \
             tempfile.TemporaryDirectory(prefix="bench-tune-") as tmp:
         scratch = Path(tmp)
         study.optimize(objective, n_trials=options.trials, catch=(RuntimeError,))

@@ -1,7 +1,9 @@
 """The largest batch that fits: doubling, then bisection, each probe its own worker.
 
-A probe is the case at one batch size, run through ``run_isolated`` with a short budget
-and ``probe`` set (the worker times the step and skips the task metrics):
+A probe is the case at one batch size, one worker started by a launcher
+(bench.launch.launcher; spawned, not forked: a probe's peak memory is the figure, and a
+forked worker's would count pages it shares with its server) with a short budget and
+``probe`` set (the worker times the step and skips the task metrics):
 ``ok`` fits; ``oom`` (a CUDA/host allocation failure caught in the worker, or the
 watchdog's memory limit) does not. With a latency bound (``bench max-batch --latency
 p99_ms=20``) a probe whose step latency percentile (closed loop: one batch per step)
@@ -22,8 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bench.errors import BenchInputError
+from bench.launch.launcher import Launcher, local_launcher
 from bench.results.schema import STATUS_CONTENDED, STATUS_OK, STATUS_OOM, CaseResult
-from bench.runners.isolation import run_isolated
 from bench.spec.model import Budget, CaseSpec
 
 PROBE_BUDGET = {"min_trials": 3, "max_trials": 5, "max_time_s": 1.0, "trial_time_s": 0.05,
@@ -162,7 +164,7 @@ def _probe_result(batch: int, record: CaseResult, bound: LatencyBound | None) ->
 
 
 def max_batch_for_case(case: CaseSpec, ceiling: int = DEFAULT_CEILING,
-                       run: Callable[[CaseSpec], CaseResult] = run_isolated,
+                       launcher: Launcher | None = None,
                        latency: LatencyBound | None = None) -> MaxBatch:
     """Search the batch_size axis of ``case`` (its other axes fixed): the largest batch that
     fits in memory and, with ``latency``, whose step latency percentile meets the bound."""
@@ -173,12 +175,13 @@ def max_batch_for_case(case: CaseSpec, ceiling: int = DEFAULT_CEILING,
         trial = dataclasses.replace(case, axes={**case.axes, "batch_size": batch},
                                     budget=budget, probe=True)
         for _ in range(CONTENDED_PROBE_RETRIES + 1):
-            outcome = _probe_result(batch, run(trial), latency)
+            outcome = _probe_result(batch, launcher.run_once(trial), latency)
             if outcome.status != STATUS_CONTENDED:
                 break
         return outcome
 
-    result = search(probe, start=case.batch_size or 1, ceiling=ceiling)
+    with local_launcher(launcher, fork=False) as launcher:
+        result = search(probe, start=case.batch_size or 1, ceiling=ceiling)
     result.case_id = case.case_id
     result.latency_bound = None if latency is None else str(latency)
     return result

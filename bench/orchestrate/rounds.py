@@ -27,13 +27,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bench.errors import BenchInputError
+from bench.launch.launcher import Launcher, LocalLauncher
+from bench.launch.merge import merge_process_results
 from bench.measurement.baton import BatonPair, supports_baton
 from bench.measurement.sequential import SequentialTest
 from bench.measurement.stats import needs_another_round
 from bench.results.schema import STATUS_CONTENDED, CaseResult, RoundsResult
-from bench.runners.fork_server import ForkServers
-from bench.runners.isolation import WorkerCode, run_isolated
-from bench.runners.merge import merge_process_results
 from bench.spec.model import CLOSED_LOOP, CaseSpec, is_distributed
 
 # bench ab's defaults (the CLI reads them here). Under the sequential test (the gate
@@ -106,14 +105,12 @@ class Stopping:
 
 @dataclass(frozen=True)
 class Arm:
-    """One arm of a comparison: ``spec`` run by ``code``'s worker, forked from a fork
-    server of that code where ``fork`` (CPU cases), under fork-server ``slot``."""
+    """One arm of a comparison: ``spec``, its workers started by ``launcher`` (which
+    holds the checkout they import: bench ab's two sides have a launcher each)."""
 
     name: str
     spec: CaseSpec
-    code: WorkerCode
-    fork: bool = True
-    slot: str = ""
+    launcher: Launcher
 
 
 @dataclass
@@ -192,7 +189,8 @@ def lockstep_possible(arms: list[Arm]) -> bool:
     other's turn), both checkouts new enough to take the baton, and a case timed by the
     sampler (serving and time-to-target cases hold the baton throughout: no gain)."""
     return len(arms) == 2 and all(
-        arm.fork and supports_baton(arm.code.source) and arm.spec.device == "cpu"
+        isinstance(arm.launcher, LocalLauncher) and arm.launcher.fork
+        and supports_baton(arm.launcher.code.source) and arm.spec.device == "cpu"
         and arm.spec.training is None and not is_distributed(arm.spec)
         and arm.spec.mode in (None, "closed_loop") and arm.spec.scenario == CLOSED_LOOP
         for arm in arms)
@@ -202,7 +200,7 @@ def lockstep_possible(arms: list[Arm]) -> bool:
 class Lockstep:
     """What lockstep rounds share over a session: the baton's pipes, and one thread per
     arm that lives as long as the session (a fork server dies with the thread that
-    started it: bench.runners.fork_server.die_with_parent)."""
+    started it: bench.launch.fork_server.die_with_parent)."""
 
     batons: BatonPair
     threads: ThreadPoolExecutor
@@ -211,15 +209,15 @@ class Lockstep:
 class RoundRunner:
     """Runs comparisons in rounds until ``stopping`` says each has enough: round-major
     (every comparison's round r before any round r+1), so a session cut short has
-    rounds of every comparison. CPU workers fork from ``servers``; with ``lockstep``, the
-    two arms of a round run at once wherever the case allows (``lockstep_possible``)."""
+    rounds of every comparison. Each arm's workers start through its launcher; with
+    ``lockstep``, the two arms of a round run at once wherever the case allows
+    (``lockstep_possible``). ``fresh_servers``: the launchers start later workers from
+    fresh fork servers after every pass over the comparisons."""
 
-    def __init__(self, stopping: Stopping, servers: ForkServers | None = None,
-                 lockstep: Lockstep | None = None,
+    def __init__(self, stopping: Stopping, lockstep: Lockstep | None = None,
                  progress: Callable[[str], None] | None = None,
                  fresh_servers: bool = True) -> None:
         self.stopping = stopping
-        self.servers = servers
         self.lockstep = lockstep
         self.progress = progress
         self.fresh_servers = fresh_servers
@@ -232,12 +230,14 @@ class RoundRunner:
         deadline = None if self.stopping.time_budget_s is None else \
             time.monotonic() + self.stopping.time_budget_s
         for r in range(self.stopping.max_rounds + self.stopping.max_left_out()):
-            if r and self.fresh_servers and self.servers is not None:
+            if r and self.fresh_servers:
                 # Fresh fork servers for every pass: a server's children share its memory
                 # layout (ASLR is drawn once, at its start), so one server per side for a
                 # whole session can hold one side a few percent off in every round (an
                 # unchanged lockstep A/B once read x0.966 over 12 rounds of one case).
-                self.servers.close()
+                for launcher in {id(a.launcher): a.launcher for c in comparisons
+                                 for a in c.arms}.values():
+                    launcher.refresh()
             for i, comparison in enumerate(comparisons):
                 if comparison.key not in pending:
                     continue
@@ -269,8 +269,7 @@ class RoundRunner:
         for a in order:
             arm = comparison.arms[a]
             self._say(done, arm.name, comparison)
-            results[a] = run_isolated(specs[a], arm.code,
-                                      self.servers if arm.fork else None, slot=arm.slot)
+            results[a] = arm.launcher.run_once(specs[a])
         return results  # type: ignore[return-value]
 
     def _say(self, done: int, names: str, comparison: Comparison) -> None:
@@ -292,8 +291,8 @@ class RoundRunner:
         def run(a: int) -> CaseResult:
             try:
                 # Each arm's watchdog allows for the partner's turns in its wall time.
-                return run_isolated(specs[a], arms[a].code, self.servers, batons.env(a),
-                                    slot=arms[a].slot, timeout_scale=len(arms))
+                return arms[a].launcher.run_once(specs[a], batons.env(a),
+                                                 timeout_scale=len(arms))
             finally:
                 batons.ended(a)
 

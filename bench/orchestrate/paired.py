@@ -9,7 +9,7 @@ every variant axis at its default: fp32, eager, unquantized, unpruned) is measur
 variant in fresh worker processes back to back (order alternating, ABBA), each round's
 ratio of medians one paired sample, and a t-based 95% CI on their log mean
 (bench.measurement.stats.paired_ratio). The rounds are the A/B's round runner's
-(bench.runners.rounds), so a round timed under contention is left out and replaced here as
+(bench.orchestrate.rounds), so a round timed under contention is left out and replaced here as
 there. The record keeps every kept round's medians.
 
 Identical configurations (the same workload, phase, axes, params and budget under two
@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import copy
 
+from bench.launch.launcher import Launcher
 from bench.measurement.stats import paired_ratio
+from bench.orchestrate.plan import PlannedCase
+from bench.orchestrate.rounds import Arm, Comparison, RoundRunner, Stopping
 from bench.results.schema import AccuracyResult, CaseResult, PairedSpeedup
-from bench.runners.fork_server import ForkServers
-from bench.runners.isolation import WorkerCode
-from bench.runners.plan import PlannedCase
-from bench.runners.rounds import Arm, Comparison, RoundRunner, Stopping
 from bench.spec.model import CaseSpec, is_reference, shape_key
 
 PAIRED_METHOD = ("rounds of (reference, case) in fresh worker processes back to back, order "
@@ -63,13 +62,12 @@ def reference_of(case: CaseSpec, planned: list[PlannedCase]) -> CaseSpec | None:
 
 
 def paired_speedup(case: CaseSpec, reference: CaseSpec, rounds: int,
-                   servers: ForkServers | None = None) -> PairedSpeedup | str:
+                   launcher: Launcher) -> PairedSpeedup | str:
     """Measure ``case`` against ``reference`` in ``rounds`` interleaved rounds; the result,
-    or why it could not be measured. With ``servers``, CPU workers fork from them."""
-    here = WorkerCode.this_checkout()
-    comparison = Comparison(case.case_id, [Arm("reference", reference, here),
-                                           Arm("case", case, here)])
-    RoundRunner(Stopping.fixed(rounds), servers, fresh_servers=False).run([comparison])
+    or why it could not be measured. Workers start through ``launcher``."""
+    comparison = Comparison(case.case_id, [Arm("reference", reference, launcher),
+                                           Arm("case", case, launcher)])
+    RoundRunner(Stopping.fixed(rounds), fresh_servers=False).run([comparison])
     if (failed := comparison.failure()) is not None:
         return f"{failed.case_id} ended {failed.status}: {failed.reason}"
     ref_medians, case_medians = comparison.medians()
