@@ -35,6 +35,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -389,8 +390,6 @@ def serve_scenario(scenario: str, phase: Any, spec: ServingSpec, batch: int,
 
 
 def _version() -> str:
-    from importlib.metadata import version  # only when a record is written
-
     try:
         return version("mlcommons-loadgen")
     except Exception:  # noqa: BLE001 - a source build without metadata

@@ -20,6 +20,7 @@ benchmark labels) are measured once; the later cases share that measurement
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 from bench.launch.launcher import Launcher
 from bench.measurement.stats import paired_ratio
@@ -37,10 +38,7 @@ PAIRED_METHOD = ("rounds of (reference, case) in fresh worker processes back to 
 def shared_measurement(original: CaseResult, spec: CaseSpec) -> CaseResult:
     """``original``'s measurement recorded for ``spec``, an identical configuration under
     another benchmark: its own id, label, parity reference and accuracy targets."""
-    shared = copy.deepcopy(original)
-    shared.case_id, shared.label = spec.case_id, spec.label
-    shared.parity_reference = dict(spec.parity_reference)
-    shared.slo = dict(spec.slo)
+    shared = dataclasses.replace(copy.deepcopy(original), **spec.identity.fields())
     if original.accuracy is not None:
         task = (original.accuracy.task_metric, original.accuracy.higher_is_better) \
             if original.accuracy.task_metric else None

@@ -71,7 +71,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from bench.spec.model import CommonAxes, benchmark_key
+from bench.spec.model import IDENTITY_FIELDS, CaseIdentity, CaseSpec, CommonAxes, benchmark_key
 from bench.typed import SchemaError, plain
 from bench.units import DEFAULT_PARITY_TARGET
 
@@ -606,16 +606,16 @@ class CaseResult(CommonAxes):
         """Whether the case has complete figures (ok, or contended and kept)."""
         return self.status in MEASURED_STATUSES
 
+    @property
+    def identity(self) -> CaseIdentity:
+        return CaseIdentity(**{name: getattr(self, name) for name in IDENTITY_FIELDS})
+
     @classmethod
-    def for_case(cls, spec: Any, status: str, reason: str | None = None,
+    def for_case(cls, spec: CaseSpec, status: str, reason: str | None = None,
                  **fields: Any) -> CaseResult:
-        """A record carrying a CaseSpec's identity, parameters and budget."""
-        return cls(case_id=spec.case_id, workload=spec.workload, phase=spec.phase,
-                   axes=spec.axes, params=spec.params, status=status, reason=reason,
-                   budget=spec.budget.to_dict(), label=spec.label,
-                   parity_reference=dict(spec.parity_reference),
-                   slo=dict(getattr(spec, "slo", {})), mode=getattr(spec, "mode", None),
-                   **fields)
+        """A record carrying a CaseSpec's identity and its budget."""
+        return cls(**spec.identity.fields(), status=status, reason=reason,
+                   budget=spec.budget.to_dict(), **fields)
 
 
 @dataclass

@@ -278,6 +278,31 @@ class SuiteSpec:
     paired_rounds: int = 0
 
 
+@dataclass(frozen=True)
+class CaseIdentity:
+    """What names a case and what it is judged against: one object for its spec and its
+    record (``CaseSpec.identity``, ``CaseResult.identity``), so a record carries its spec's
+    identity by construction (``CaseResult.for_case``) instead of a third copy of fields."""
+
+    case_id: str
+    workload: str
+    phase: str
+    label: str | None
+    axes: dict[str, Any]
+    params: dict[str, Any]
+    parity_reference: dict[str, Any]
+    slo: dict[str, float]
+    mode: str | None
+
+    def fields(self) -> dict[str, Any]:
+        """The record's fields it sets (mutable values copied: each record owns its own)."""
+        return {name: dict(value) if isinstance(value, dict) else value
+                for name, value in ((f, getattr(self, f)) for f in IDENTITY_FIELDS)}
+
+
+IDENTITY_FIELDS = tuple(CaseIdentity.__dataclass_fields__)
+
+
 class CommonAxes:
     """The axes every engine layer and report reads, each with its one default (a workload
     that lacks the axis runs at it), for a case spec and a case record alike: the loader
@@ -368,6 +393,11 @@ class CaseSpec(CommonAxes):
     @property
     def parallel(self) -> str:
         return self.parallel_axis
+
+    @property
+    def identity(self) -> CaseIdentity:
+        return CaseIdentity(self.case_id, self.workload, self.phase, self.label, self.axes,
+                            self.params, self.parity_reference, self.slo, self.mode)
 
     def to_dict(self) -> dict[str, Any]:
         """The case file a worker reads: every field, as JSON holds it."""

@@ -166,3 +166,23 @@ def test_a_case_spec_and_its_record_read_the_common_axes_alike_with_one_default_
         record = CaseResult.for_case(spec, "ok")
         assert [getattr(record, n) for n in names] == [getattr(spec, n) for n in names]
     assert full.parallel == "ddp" and CaseResult.for_case(full, "ok").parallel is None
+
+
+def test_a_record_carries_its_specs_identity_and_a_shared_measurement_takes_the_others():
+    """One identity object for spec and record: a record built for a spec has the spec's
+    identity, owns its own copies, and a configuration measured once under another label
+    takes that label's identity with the measurement."""
+    from bench.orchestrate.paired import shared_measurement
+    from bench.results.schema import CaseResult
+
+    spec = CaseSpec("sleep", "infer", {"device": "cpu", "batch_size": 4}, {"sleep_ms": 1.0},
+                    Budget(), label="a", slo={"p99_ms": 5.0}, mode="closed_loop",
+                    parity_reference={"precision": "fp32"})
+    record = CaseResult.for_case(spec, "ok")
+    assert record.identity == spec.identity
+    record.axes["batch_size"] = 8
+    assert spec.axes["batch_size"] == 4  # the record's axes are its own
+    again = CaseSpec("sleep", "infer", {"device": "cpu", "batch_size": 4}, {"sleep_ms": 1.0},
+                     Budget(), label="b")
+    shared = shared_measurement(CaseResult.for_case(spec, "ok"), again)
+    assert shared.identity == again.identity and shared.details["measured_as"] == spec.case_id
