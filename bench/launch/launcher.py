@@ -25,7 +25,7 @@ from concurrent.futures import Future
 from types import TracebackType
 
 from bench.launch.fork_server import ForkServers
-from bench.launch.isolation import WorkerCode, run_in_processes, run_isolated, run_seeds
+from bench.launch.isolation import WorkerCode, run_in_processes, run_isolated
 from bench.results.schema import CaseResult
 from bench.spec.model import CaseSpec
 
@@ -94,8 +94,6 @@ class LocalLauncher(Launcher):
                             timeout_scale=timeout_scale)
 
     def run_case(self, case: CaseSpec) -> CaseResult:
-        if case.training is not None:
-            return run_seeds(case, self.code, self.servers)
         return run_in_processes(case, self.servers if self.fork else None, self.code)
 
     def refresh(self) -> None:
