@@ -122,8 +122,8 @@ def _pair_with_references(store: ResultStore, planned: list[PlannedCase], rounds
         else:
             result.vs_reference = paired
             if paired.contended:
-                result.warnings.append(f"paired speed-up from rounds timed under contention "
-                                       f"(all {paired.left_out} were)")
+                result.warnings.append(f"paired speed-up from the {paired.rounds} rounds "
+                                       "timed under contention: fewer than two were clean")
         store.flush()
 
 
