@@ -57,9 +57,6 @@ class Launcher:
         """Start later workers from fresh servers (a new memory layout: a paired session
         calls this between passes over its cases)."""
 
-    def describe(self) -> str:
-        return self.name
-
     def close(self) -> None:
         """Stop what the launcher started (fork servers, a local Ray)."""
 
@@ -84,24 +81,25 @@ class LocalLauncher(Launcher):
                  per_preload: bool = False) -> None:
         self.code = code or WorkerCode.this_checkout()
         self.fork = fork
-        self._owns_servers = servers is None and fork
-        self.servers = servers if servers is not None or not fork else \
-            ForkServers(preload=preload, per_preload=per_preload)
+        self._owns_servers = fork and servers is None
+        if not fork:
+            self.servers = None
+        elif servers is not None:
+            self.servers = servers
+        else:
+            self.servers = ForkServers(preload=preload, per_preload=per_preload)
 
     def run_once(self, case: CaseSpec, run_env: Mapping[str, str] | None = None,
                  timeout_scale: float = 1.0) -> CaseResult:
-        return run_isolated(case, self.code, self.servers if self.fork else None, run_env,
+        return run_isolated(case, self.code, self.servers, run_env,
                             timeout_scale=timeout_scale)
 
     def run_case(self, case: CaseSpec) -> CaseResult:
-        return run_in_processes(case, self.servers if self.fork else None, self.code)
+        return run_in_processes(case, self.servers, self.code)
 
     def refresh(self) -> None:
         if self.servers is not None:
             self.servers.close()
-
-    def describe(self) -> str:
-        return "forked from a fork server (CPU), else spawned" if self.fork else "spawned"
 
     def close(self) -> None:
         if self._owns_servers and self.servers is not None:

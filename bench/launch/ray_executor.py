@@ -104,6 +104,3 @@ class RayLauncher(Launcher):
 
     def run_case(self, case: CaseSpec) -> CaseResult:
         return self.submit(case).result()
-
-    def describe(self) -> str:
-        return "Ray tasks, one per case, each run on its node by a local launcher"

@@ -120,13 +120,13 @@ class Comparison:
 
     key: str
     arms: list[Arm]
-    kept: list[list[CaseResult]] = field(default_factory=list)
-    left_out: list[list[CaseResult]] = field(default_factory=list)
-    left_out_reasons: list[str] = field(default_factory=list)
+    kept: list[list[CaseResult]] = field(init=False)
+    left_out: list[list[CaseResult]] = field(init=False)
+    left_out_reasons: list[str] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
-        self.kept = self.kept or [[] for _ in self.arms]
-        self.left_out = self.left_out or [[] for _ in self.arms]
+        self.kept = [[] for _ in self.arms]
+        self.left_out = [[] for _ in self.arms]
 
     def medians(self) -> list[list[float]]:
         """Each arm's kept rounds' medians, in run order."""
