@@ -172,10 +172,15 @@ def _v12_to_v13(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "cases": cases, "schema_version": 13}
 
 
+def _v13_to_v14(data: dict[str, Any]) -> dict[str, Any]:
+    # Version 14 added CaseResult.generation (text-generation cases); older files have none.
+    return {**data, "schema_version": 14}
+
+
 MIGRATIONS: dict[int, Migration] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5,
                                     5: _v5_to_v6, 6: _v6_to_v7, 7: _v7_to_v8, 8: _v8_to_v9,
                                     9: _v9_to_v10, 10: _v10_to_v11, 11: _v11_to_v12,
-                                    12: _v12_to_v13}
+                                    12: _v12_to_v13, 13: _v13_to_v14}
 
 
 def migrate(data: dict[str, Any], version: int, target: int) -> dict[str, Any]:

@@ -59,6 +59,10 @@ Versions (older files are read through ``bench.results.migrations``):
     ``CaseResult.injected_slowdown`` (was ``details.injected_slowdown``). The migration moves
     them. ``PairedSpeedup.left_out`` and ``.contended``: paired rounds now leave out rounds
     timed under contention, as ``bench ab`` does (older files: 0, false).
+14. ``CaseResult.generation``: a text-generation case's token times and figures (TTFT, TPOT,
+    ITL, prefill and decode tokens/s, the KV cache computed and measured, the weights'
+    bytes), with each figure's definition. Absent (none) in older files, which have no
+    such case.
 """
 
 from __future__ import annotations
@@ -76,7 +80,7 @@ from bench.typed import SchemaError, plain
 from bench.units import DEFAULT_PARITY_TARGET
 
 SCHEMA_NAME = "bench.run"
-SCHEMA_VERSION = 13
+SCHEMA_VERSION = 14
 
 # TimingResult.trial_timing: a sample per step, or one per block of steps (its mean).
 TRIAL_PER_ITERATION = "per_iteration"
@@ -500,6 +504,37 @@ class InstructionCount:
 
 
 @dataclass
+class GenerationResult:
+    """A text-generation case (schema 14; the generate phase, bench.modes.generate): each
+    timed call's token times, the figures from them (bench.measurement.generation, whose
+    definitions are written in ``definitions``), and the memory split."""
+
+    batch: int
+    input_tokens: int  # per sequence
+    output_tokens: int  # per sequence, exactly (greedy, end-of-sequence held back)
+    calls: int  # timed calls (after the cold call and the warm-up)
+    ttft_s: dict[str, float]  # p50 / p90 / p99 over calls
+    tpot_s: dict[str, float] | None  # over calls; None for a one-token output
+    itl_s: dict[str, float] | None  # over every gap of every call
+    end_to_end_s: dict[str, float]
+    prefill_tokens_per_s: float  # median over calls
+    decode_tokens_per_s: float | None  # median over calls
+    # Raw: each timed call's token times from its start (seconds), in call order.
+    token_times_s: list[list[float]]
+    cold_token_times_s: list[float]  # the first call's (compile, cache allocation)
+    warmup_calls: int
+    weights_bytes: int  # the variant's state dict as torch.save writes it
+    # From the config: 2 x layers x batch x KV heads x head dim x (input + output - 1) tokens
+    # x element bytes (the last new token is never fed back, so never cached).
+    kv_cache_computed_bytes: int
+    kv_cache_measured_bytes: int | None  # the key and value tensors of the last call's cache
+    kv_cache: str  # dynamic | static
+    missing: dict[str, str] = field(default_factory=dict)  # figure -> why it is absent
+    definitions: dict[str, str] = field(default_factory=dict)
+    method: str = ""
+
+
+@dataclass
 class LoadGenRun:
     """One MLPerf LoadGen test (bench.measurement.serving): its figures, read from LoadGen's
     detail log, and whether the run met the latency bound."""
@@ -595,6 +630,7 @@ class CaseResult(CommonAxes):
     instructions: InstructionCount | None = None  # schema 13
     # schema 13: the fraction a test-only BENCH_TEST_SLOWDOWN made every step longer.
     injected_slowdown: float | None = None
+    generation: GenerationResult | None = None  # schema 14: a text-generation case
 
     @property
     def benchmark_key(self) -> str:
