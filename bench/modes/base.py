@@ -59,6 +59,9 @@ class Mode(ABC):
     # Which built-in mode claims a case first (lowest first); a mode that claims no case
     # of its own (the default) runs only where a suite names it.
     order: ClassVar[int] = 100
+    # Whether its timed region takes turns with another worker's (a lockstep A/B round,
+    # bench.measurement.baton): only the sampler's closed loop does.
+    takes_baton: ClassVar[bool] = False
 
     @classmethod
     def claims(cls, case: CaseSpec) -> bool:

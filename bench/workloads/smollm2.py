@@ -20,6 +20,7 @@ from bench.workloads._generate import (
     generation_axes,
     generation_unsupported,
 )
+from bench.workloads._llm import load_gguf, smollm2_file
 from bench.workloads.base import Phase, RunContext, Workload, common_axes
 
 MODEL_NAME = "SmolLM2-135M-Instruct (GGUF Q4_1, dequantized to fp32)"
@@ -53,6 +54,4 @@ class SmolLM2(Workload):
 
     @classmethod
     def prepare(cls, case, ctx: RunContext) -> Phase:
-        from bench.workloads._llm import load_gguf, smollm2_file
-
         return GeneratePhase(case, ctx, load_gguf(smollm2_file()), MODEL_NAME)

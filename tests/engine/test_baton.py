@@ -4,6 +4,7 @@ clock and out of its interference window; bench ab runs both sides at once where
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import textwrap
@@ -195,6 +196,9 @@ def test_lockstep_only_where_both_sides_can_take_the_baton(tmp_path, write_suite
     assert not lockstep_possible([Arm("a", spec, spawned), Arm("b", spec, forked)])
     assert not lockstep_possible([Arm("a", spec, forked), Arm("b", spec, forked),
                                   Arm("c", spec, forked)])
+    # A generation case's mode holds the baton through each call: no turns to take.
+    generating = dataclasses.replace(spec, phase="generate")
+    assert not lockstep_possible([Arm("a", generating, forked), Arm("b", generating, forked)])
 
 
 @pytest.mark.slow
