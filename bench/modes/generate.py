@@ -75,7 +75,7 @@ def generation_timing(cold: GenerationCall, calls: list[GenerationCall],
 class Generate(TimedMode):
     name = "generate"
     description = "greedy generate calls timed per token (the generate phase)"
-    order = 30
+    order = 35
 
     @classmethod
     def claims(cls, case: CaseSpec) -> bool:

@@ -120,6 +120,8 @@ class CaseComparison:
     # Time to target over seeds (time-to-accuracy cases with a target on both sides).
     time_to_accuracy: SeedComparison | None = None
     serving: ServingComparison | None = None  # LoadGen scenario cases
+    # Text-generation cases: time to first token over calls, current / baseline time.
+    ttft: RatioEstimate | None = None
 
     @property
     def status_change(self) -> str:
@@ -251,8 +253,32 @@ def compare_case(base: CaseResult | None, cur: CaseResult | None,
     metric, accuracy, target = _accuracy(base, cur, problems)
     tta = _time_to_accuracy(base, cur, problems)
     served = _serving(base, cur, problems)
+    ttft = _ttft(base, cur, problems)
     return CaseComparison(case_id, base, cur, speed, memory, kind, metric, accuracy, target,
-                          tuple(problems), _instructions_ratio(base, cur), tta, served)
+                          tuple(problems), _instructions_ratio(base, cur), tta, served, ttft)
+
+
+def call_ttfts(case: CaseResult) -> list[float]:
+    """Each timed generate call's time to first token (a generation case's raw token
+    times), or [] for any other case."""
+    g = case.generation
+    return [] if g is None else [times[0] for times in g.token_times_s if times]
+
+
+def _ttft(base: CaseResult, cur: CaseResult, problems: list[Problem]) -> RatioEstimate | None:
+    """TTFT over calls against the baseline's, where the baseline generated."""
+    then, now = call_ttfts(base), call_ttfts(cur)
+    if not then:
+        return None
+    if not now:
+        problems.append(Problem("ttft", "the baseline's generate calls were timed, the "
+                                        "current run's not"))
+        return None
+    if not _finite_positive(then + now):
+        problems.append(Problem("ttft", "a time to first token is not a finite positive "
+                                        "number"))
+        return None
+    return ratio_of_medians(then, now)
 
 
 def _serving(base: CaseResult, cur: CaseResult,
@@ -366,6 +392,10 @@ def render_comparison(rows: list[CaseComparison], fmt: str = "github") -> str:
                           f"+{tta.seeds_current} seeds"
                           + ("" if tta.decidable(0.05) else "; too few seeds to decide at "
                              "p < 0.05") + ")")
+        if (ttft := c.ttft) is not None:
+            notes.append(f"TTFT x{ttft.ratio:.3f} (time, 95% CI {ttft.ci_low:.3f}-"
+                         f"{ttft.ci_high:.3f}, Mann-Whitney p={ttft.p_value:.2g} over "
+                         f"{ttft.n_baseline}+{ttft.n_current} calls)")
         if (sv := c.serving) is not None:
             notes.append(f"{sv.scenario}: {sv.percentile} latency x{sv.latency_ratio:.3f}, "
                          f"{sv.rate_kind} x{sv.rate_ratio:.3f} (LoadGen, one run a side)"

@@ -12,6 +12,9 @@ A case regresses when (each check a small strategy over a ``CaseComparison``):
 - serving: a LoadGen scenario's latency percentile grew by more than
   ``serving.max_latency_growth``, its capacity (or samples/s) fell by more than
   ``serving.max_rate_drop``, or a server latency bound met before is missed now;
+- ttft: a text-generation case's time to first token (over its calls) grew by more than
+  ``ttft.max_growth`` AND significant (Mann-Whitney at ``speed.alpha``); its time per
+  output token is the case's step time, judged by the speed check;
 - classes / class parity: one class's recall fell by more than ``accuracy.max_class_drop``
   (absolute) against the baseline's same case, or a variant's against its reference in
   the current run (error analysis), even where the overall metric holds.
@@ -25,7 +28,7 @@ rounds, a verdict that contention could have faked (``contention``), or a baseli
 measured case at all.
 
 Contention (other processes or the hypervisor taking the CPU: status ``contended``) only
-ever slows the side it hits. So the timed checks (speed, time to accuracy, serving) of a
+ever slows the side it hits. So the timed checks (speed, time to accuracy, serving, ttft) of a
 contended case are judged in the one direction it cannot fake: a current run that passes
 while slowed passes, and a current run that falls behind a slowed baseline regresses. A
 slowdown of a contended current run, and a pass or gain against a contended baseline,
@@ -95,6 +98,10 @@ class Policy:
     serving_max_latency_growth: float = 0.10
     serving_max_rate_drop: float = 0.10
     gate_serving: bool = True
+    # Text-generation cases: time to first token over calls grew beyond this, significant
+    # at speed_alpha (TPOT is the case's step time: the speed check judges it).
+    ttft_max_growth: float = 0.10
+    gate_ttft: bool = True
     # [[case]] entries: (glob on case ids, the settings it changes), applied in file order.
     overrides: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
 
@@ -127,6 +134,7 @@ _POLICY_RANGES = {
     "tta_max_growth": (0.0, math.inf, True, False),
     "serving_max_latency_growth": (0.0, math.inf, True, False),
     "serving_max_rate_drop": (0.0, 1.0, True, False),
+    "ttft_max_growth": (0.0, math.inf, True, False),
 }
 
 _POLICY_TABLES = {
@@ -140,6 +148,7 @@ _POLICY_TABLES = {
     "time_to_accuracy": {"max_growth": "tta_max_growth", "gate": "gate_tta"},
     "serving": {"max_latency_growth": "serving_max_latency_growth",
                 "max_rate_drop": "serving_max_rate_drop", "gate": "gate_serving"},
+    "ttft": {"max_growth": "ttft_max_growth", "gate": "gate_ttft"},
 }
 
 
@@ -432,15 +441,32 @@ def check_serving(c: CaseComparison, policy: Policy) -> tuple[str | None, str | 
     return None, None
 
 
+def check_ttft(c: CaseComparison, policy: Policy) -> tuple[str | None, str | None]:
+    """A generation case's time to first token over calls against the baseline's."""
+    est = c.ttft
+    if not policy.gate_ttft or est is None:
+        return None, None
+    text = (f"TTFT x{est.ratio:.3f} (time, 95% CI {est.ci_low:.3f}-{est.ci_high:.3f}, "
+            f"p={est.p_value:.2g}, {est.n_baseline}+{est.n_current} calls)")
+    if not est.significant(policy.speed_alpha):
+        return None, None
+    if est.ratio > 1 + policy.ttft_max_growth:
+        return text, None
+    if est.ratio < 1 / (1 + policy.ttft_max_growth):
+        return None, text
+    return None, None
+
+
 CHECKS: dict[str, Check] = {"status": check_status, "speed": check_speed,
                             "memory": check_memory, "accuracy": check_accuracy,
                             "classes": check_classes, "time_to_accuracy": check_time_to_accuracy,
-                            "instructions": check_instructions, "serving": check_serving}
+                            "instructions": check_instructions, "serving": check_serving,
+                            "ttft": check_ttft}
 
 
 # The checks whose figures are times, which contention slows (the others: status, memory,
 # the task metric, instructions per step, do not depend on how fast the CPU ran).
-TIMED_CHECKS = frozenset({"speed", "time_to_accuracy", "serving"})
+TIMED_CHECKS = frozenset({"speed", "time_to_accuracy", "serving", "ttft"})
 CONTENDED_VERDICT = "inconclusive (contended)"
 
 
@@ -487,7 +513,8 @@ def _timed_gated(c: CaseComparison, policy: Policy) -> bool:
     """Whether the policy judges any timed figure this comparison has."""
     return (policy.gate_speed and c.speed is not None) or \
         (policy.gate_tta and c.time_to_accuracy is not None) or \
-        (policy.gate_serving and c.serving is not None)
+        (policy.gate_serving and c.serving is not None) or \
+        (policy.gate_ttft and c.ttft is not None)
 
 
 def judgeability(c: CaseComparison, policy: Policy) -> list[Problem]:
@@ -495,7 +522,7 @@ def judgeability(c: CaseComparison, policy: Policy) -> list[Problem]:
     the checks the policy gates, and a test too small to reach alpha."""
     gated = {"speed": policy.gate_speed, "memory": policy.gate_memory,
              "accuracy": policy.gate_accuracy, "time_to_accuracy": policy.gate_tta,
-             "serving": policy.gate_serving}
+             "serving": policy.gate_serving, "ttft": policy.gate_ttft}
     reasons = [p for p in c.problems if gated.get(p.check, True)]
     tta = c.time_to_accuracy
     if policy.gate_tta and tta is not None and not tta.decidable(policy.speed_alpha):

@@ -16,6 +16,20 @@ from bench.results.schema import CaseResult
 from bench.spec.model import is_reference, shape_key
 
 _LATENCY = {"median_ms": None, "p50_ms": "p50", "p90_ms": "p90", "p99_ms": "p99"}
+# A generation case's bounds: key -> (its figure in CaseResult.generation, percentile).
+_GENERATION = {"ttft_p50_ms": ("ttft_s", "p50"), "ttft_p99_ms": ("ttft_s", "p99"),
+               "tpot_p50_ms": ("tpot_s", "p50"), "tpot_p99_ms": ("tpot_s", "p99"),
+               "itl_p99_ms": ("itl_s", "p99")}
+
+
+def _generation_ms(case: CaseResult, key: str) -> float | None:
+    """A generation figure in ms for an SLO key (None: not a generation case, or the
+    figure is undefined, e.g. TPOT for one output token)."""
+    if case.generation is None:
+        return None
+    figure, percentile = _GENERATION[key]
+    values = getattr(case.generation, figure)
+    return None if values is None or percentile not in values else values[percentile] * 1e3
 
 
 def _at_most(name: str, value: float | None, bound: float, unit: str) -> str | None:
@@ -60,6 +74,8 @@ def slo_failures(cases: list[CaseResult]) -> dict[str, list[str]]:
                     t.median_s if _LATENCY[key] is None else t.latency_s.get(_LATENCY[key]))
                 failures.append(_at_most(key, None if seconds is None else seconds * 1e3,
                                          bound, "ms"))
+            elif key in _GENERATION:
+                failures.append(_at_most(key, _generation_ms(case, key), bound, "ms"))
             elif key == "min_throughput":
                 thr = case.throughput
                 failures.append(_at_least("throughput", thr.value if thr else None, bound,

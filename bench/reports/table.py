@@ -11,6 +11,7 @@ from bench.measurement.allocator import policy_line
 from bench.measurement.fingerprint import machine_name
 from bench.measurement.host_probe import describe as describe_probes
 from bench.reports.compare import injected_slowdown
+from bench.reports.generation import render_generation
 from bench.reports.parity import Parity, parity_by_case
 from bench.reports.scaling import render_scaling
 from bench.reports.serving import render_serving
@@ -161,10 +162,11 @@ def render_report(record: RunRecord, fmt: str = "github") -> str:
     training = render_training(record, fmt) if fmt != "latex" else ""
     scaled = render_scaling(record, fmt) if fmt != "latex" else ""
     serving = render_serving(record, fmt) if fmt != "latex" else ""
+    generation = render_generation(record, fmt) if fmt != "latex" else ""
     if fmt == "html":
         return ("".join(f"<p>{html.escape(line)}</p>" for line in header.splitlines()) + table
                 + training + "".join(f"<p>{html.escape(line)}</p>" for line in winners(record))
-                + scaled + serving)
+                + scaled + serving + generation)
     if fmt == "latex":
         return table + "\n"
     if training:
@@ -176,4 +178,6 @@ def render_report(record: RunRecord, fmt: str = "github") -> str:
         energy = {c.energy.reason for c in record.cases
                   if c.energy is not None and not c.energy.measured}
         table += "".join(f"energy not measurable here: {r}\n" for r in sorted(energy))
+    if generation:
+        table += "\n\nText generation\n\n" + generation + "\n"
     return f"{header}\n\n{table}\n"

@@ -264,6 +264,11 @@ SLO_KEYS = {
     "max_peak_mib": "peak memory, at most (MiB: CUDA allocated, else anonymous RSS, else RSS)",
     "min_speedup": "speed-up over the parity reference, at least (paired when measured)",
     "min_parity": "task metric as a ratio to the parity reference's, at least",
+    "ttft_p50_ms": "generation: median time to first token, at most (ms)",
+    "ttft_p99_ms": "generation: 99th percentile time to first token, at most (ms)",
+    "tpot_p50_ms": "generation: median time per output token over calls, at most (ms)",
+    "tpot_p99_ms": "generation: 99th percentile time per output token over calls, at most (ms)",
+    "itl_p99_ms": "generation: 99th percentile inter-token latency, at most (ms)",
 }
 
 

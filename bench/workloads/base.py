@@ -193,6 +193,9 @@ class Workload(ABC):
     # workload contract test (tests/workloads/test_workload_contract.py) runs every
     # workload with them.
     smoke_params: ClassVar[dict[str, object]] = {}
+    # Axis values of that smallest case, where the defaults are a real case's size (a
+    # generation of 64 tokens after 128).
+    smoke_axes: ClassVar[dict[str, object]] = {}
     # Modules this workload's phases import lazily that a fork server may import once
     # before forking its workers (bench.launch.fork_server): pure imports that start no
     # thread and read no environment variable the worker sets first.

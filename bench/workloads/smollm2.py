@@ -32,6 +32,7 @@ class SmolLM2(Workload):
     description = "SmolLM2-135M-Instruct (pretrained, offline GGUF) generating text: TTFT, " \
                   "TPOT, ITL, KV cache; perplexity and greedy agreement with fp32"
     phases = (PHASE,)
+    smoke_axes = {"input_tokens": 16, "output_tokens": 4}
 
     @classmethod
     def axes(cls) -> dict[str, Setting]:

@@ -39,9 +39,11 @@ def run_smallest_case(name, phase, write_suite):  # noqa: ANN001, ANN201
               if k in workload.params() and (workload.params()[k].phases is None or
                                              phase in workload.params()[k].phases)}
     table = ", ".join(f"{k} = {_toml(v)}" for k, v in params.items())
+    axes = "".join(f", {k} = [{_toml(v)}]" for k, v in workload.smoke_axes.items()
+                   if k in workload.phase_axes(phase))
     suite = load_suite(write_suite(f'[[benchmark]]\nworkload = "{name}"\nphase = "{phase}"\n'
                                    f"params = {{ {table} }}\n"
-                                   'matrix = { device = ["cpu"] }\n'))
+                                   f'matrix = {{ device = ["cpu"]{axes} }}\n'))
     planned = plan_suite(suite)[0]
     assert planned.skip_reason is None, planned.skip_reason
     case = planned.spec

@@ -1,0 +1,72 @@
+"""Text-generation cases (the generate phase): their table in ``bench report``. Figures are
+the records' (``CaseResult.generation``, bench.measurement.generation's definitions);
+nothing is measured here."""
+
+from __future__ import annotations
+
+from tabulate import tabulate
+
+from bench.reports.parity import parity_by_case
+from bench.reports.serving import energy_text
+from bench.reports.text import csv_text
+from bench.results.schema import CaseResult, RunRecord
+from bench.units import MIB
+
+HEADERS = ("case", "batch", "in", "out", "TTFT p50 ms", "TTFT p99 ms", "TPOT p50 ms",
+           "ITL p99 ms", "prefill tok/s", "decode tok/s", "KV cache MiB (computed/measured)",
+           "weights MiB", "perplexity", "x ref ppl", "greedy agreement", "first divergence",
+           "J/token")
+NOTE = ("TTFT: from the generate call to its first new token; TPOT: (end-to-end - TTFT) / "
+        "(output tokens - 1) per call; ITL: every gap between consecutive tokens; decode "
+        "tok/s: batch x (output - 1) / decode time, median over calls; KV cache computed "
+        "from the config for input + output - 1 tokens, measured from the last call's cache "
+        "tensors; x ref ppl: perplexity over the fp32 eager reference's (1.01 = 1% worse); "
+        "greedy agreement: share of new tokens equal to the fp32 eager model's, first "
+        "divergence: mean position of the first different token")
+
+
+def generated(record: RunRecord) -> list[CaseResult]:
+    return [c for c in record.cases if c.generation is not None and c.measured]
+
+
+def _ms(values: dict[str, float] | None, key: str) -> str:
+    return "" if values is None or key not in values else f"{values[key] * 1e3:.4g}"
+
+
+def _row(case: CaseResult, reference_ppl: float | None) -> list[str]:
+    g = case.generation
+    metrics = case.accuracy.metrics if case.accuracy else {}
+    ppl = metrics.get("perplexity")
+    measured = "" if g.kv_cache_measured_bytes is None else \
+        f"{g.kv_cache_measured_bytes / MIB:.3g}"
+    return [case.case_id, str(g.batch), str(g.input_tokens), str(g.output_tokens),
+            _ms(g.ttft_s, "p50"), _ms(g.ttft_s, "p99"), _ms(g.tpot_s, "p50"),
+            _ms(g.itl_s, "p99"), f"{g.prefill_tokens_per_s:.4g}",
+            "" if g.decode_tokens_per_s is None else f"{g.decode_tokens_per_s:.4g}",
+            f"{g.kv_cache_computed_bytes / MIB:.3g} / {measured}",
+            f"{g.weights_bytes / MIB:.4g}", "" if ppl is None else f"{ppl:.4g}",
+            "" if ppl is None or reference_ppl is None else f"{ppl / reference_ppl:.4f}",
+            "" if "greedy_agreement" not in metrics else f"{metrics['greedy_agreement']:.3f}",
+            "" if "greedy_first_divergence" not in metrics
+            else f"{metrics['greedy_first_divergence']:.3g}",
+            _joules_per_token(case)]
+
+
+def _joules_per_token(case: CaseResult) -> str:
+    return energy_text(case.energy) if case.energy is not None else ""
+
+
+def render_generation(record: RunRecord, fmt: str = "github") -> str:
+    """The generation table, or "" when no case generated text."""
+    cases = generated(record)
+    if not cases:
+        return ""
+    parities = parity_by_case(record.cases)
+    rows = []
+    for case in cases:
+        parity = parities.get(case.case_id)
+        rows.append(_row(case, None if parity is None else parity.reference))
+    if fmt == "csv":
+        return csv_text(list(HEADERS), rows)
+    table = tabulate(rows, headers=HEADERS, tablefmt=fmt, disable_numparse=True)
+    return table + ("" if fmt == "html" else f"\n{NOTE}")

