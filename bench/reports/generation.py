@@ -4,8 +4,12 @@ nothing is measured here."""
 
 from __future__ import annotations
 
+import statistics
+from collections import defaultdict
+
 from tabulate import tabulate
 
+from bench.reports.html_figures import figure, png
 from bench.reports.parity import parity_by_case
 from bench.reports.serving import energy_text
 from bench.reports.text import csv_text
@@ -70,3 +74,55 @@ def render_generation(record: RunRecord, fmt: str = "github") -> str:
         return csv_text(list(HEADERS), rows)
     table = tabulate(rows, headers=HEADERS, tablefmt=fmt, disable_numparse=True)
     return table + ("" if fmt == "html" else f"\n{NOTE}")
+
+
+def _label(case: CaseResult) -> str:
+    return case.case_id.partition("[")[2].rstrip("]")
+
+
+def token_latency_by_position(cases: list[CaseResult]) -> list[tuple[str, str]]:
+    """Per benchmark: the median over calls of each token's latency (the gap since the
+    previous token; the first token's TTFT left out) against its position, a line per case,
+    with the cold call dotted, so a cache's growth or a compile's first steps show."""
+    drawn = [c for c in cases if c.generation is not None and c.measured
+             and c.generation.output_tokens > 1 and c.generation.token_times_s]
+    if not drawn:
+        return []
+    fig, ax = figure("Per-token latency against position (median over calls; dotted: "
+                     "the cold call)", "new token position", "latency since previous (ms)")
+    for case in drawn:
+        g = case.generation
+        gaps = [[b - a for a, b in zip(times, times[1:], strict=False)]
+                for times in g.token_times_s]
+        medians = [statistics.median(col) * 1e3 for col in zip(*gaps, strict=False)]
+        line, = ax.plot(range(2, len(medians) + 2), medians, label=_label(case))
+        cold = g.cold_token_times_s
+        ax.plot(range(2, len(cold) + 1),
+                [(b - a) * 1e3 for a, b in zip(cold, cold[1:], strict=False)],
+                linestyle=":", color=line.get_color())
+    ax.set_yscale("log")
+    ax.legend(fontsize=5)
+    return [("Generation: per-token latency against position", png(fig))]
+
+
+def ttft_vs_input_length(cases: list[CaseResult]) -> list[tuple[str, str]]:
+    """Median TTFT against input tokens, a line per case shape apart from the input length
+    (batch, precision, the other axes)."""
+    lines: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for c in cases:
+        if c.generation is not None and c.measured:
+            rest = ",".join(f"{k}={v}" for k, v in sorted(c.axes.items())
+                            if k not in ("input_tokens", "device"))
+            lines[rest].append((c.generation.input_tokens, c.generation.ttft_s["p50"] * 1e3))
+    if not any(len({x for x, _ in points}) > 1 for points in lines.values()):
+        return []
+    fig, ax = figure("Time to first token against input length (median over calls)",
+                     "input tokens", "TTFT (ms)")
+    for rest, points in sorted(lines.items()):
+        xs, ys = zip(*sorted(points), strict=True)
+        ax.plot(xs, ys, marker="o", label=rest)
+    ax.legend(fontsize=4)
+    return [("Generation: TTFT against input length", png(fig))]
+
+
+PLOTS = (token_latency_by_position, ttft_vs_input_length)

@@ -8,7 +8,9 @@ Plots (matplotlib, Agg, PNG as data: URIs), each drawn only when the run has the
 - training runs (bench/reports/training_plots.py): eval curves per recipe, time to accuracy
   across seeds, confusion-matrix heatmaps, a hyperparameter search's best-so-far curve;
 - served cases (bench/reports/serving.py): latency CDF per variant, latency against
-  queries/s for server runs with the bound.
+  queries/s for server runs with the bound;
+- text generation (bench/reports/generation.py): per-token latency against position, TTFT
+  against input length.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import html
 from collections import defaultdict
 
-from bench.reports import serving, training_plots
+from bench.reports import generation, serving, training_plots
 from bench.reports.html_figures import figure, png
 from bench.reports.parity import parity_by_case, variant_choices
 from bench.reports.table import render_report
@@ -173,7 +175,7 @@ def throughput_vs_ranks(cases: list[CaseResult]) -> list[tuple[str, str]]:
 
 
 PLOTS = (throughput_vs_batch, accuracy_vs_throughput, memory_vs_accumulation, loss_curves,
-         throughput_vs_ranks, *training_plots.PLOTS, *serving.PLOTS)
+         throughput_vs_ranks, *training_plots.PLOTS, *serving.PLOTS, *generation.PLOTS)
 
 
 def _plots(cases: list[CaseResult]) -> tuple[list[tuple[str, str]], list[str]]:

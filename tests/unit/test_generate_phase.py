@@ -15,7 +15,13 @@ from bench.cli import main
 from bench.measurement.generation import kv_cache_bytes
 from bench.reports.compare import compare_runs
 from bench.reports.gate import Policy, evaluate
+from bench.reports.generation import (
+    render_generation,
+    token_latency_by_position,
+    ttft_vs_input_length,
+)
 from bench.reports.slo import slo_failures
+from bench.reports.table import render_report
 from bench.results.schema import GenerationResult
 from bench.workloads import _llm
 from bench.workloads._generate import (
@@ -177,3 +183,23 @@ def test_a_slower_first_token_against_the_baseline_fails_the_gate():
     untimed = generation_case("llm/generate[a=1]", 0.1, 0.03, {}, call_ttfts=[])
     problems = compare_runs(run(base), run(untimed))[0].problems
     assert [p.check for p in problems] == ["ttft"]
+
+
+def test_the_report_has_a_generation_table_and_plots():
+    fp32 = generation_case("llm/generate[input_tokens=128,quantization=none]", 0.1, 0.03, {},
+                           call_ttfts=[0.1, 0.11])
+    longer = generation_case("llm/generate[input_tokens=512,quantization=none]", 0.4, 0.03,
+                             {}, call_ttfts=[0.4, 0.41])
+    longer.generation.input_tokens = 512
+    for c, n in ((fp32, 128), (longer, 512)):
+        c.axes = {"input_tokens": n, "quantization": "none"}
+    text = render_generation(run(fp32, longer), "csv")
+    header, first = text.splitlines()[:2]
+    assert header.startswith("case,batch,in,out,TTFT p50 ms,TTFT p99 ms,TPOT p50 ms")
+    assert first.startswith(f"\"{fp32.case_id}\",1,128,64,100,120,30,")
+    assert "Text generation" in render_report(run(fp32, longer))
+    assert [t for t, _ in token_latency_by_position([fp32, longer])] == [
+        "Generation: per-token latency against position"]
+    assert [t for t, _ in ttft_vs_input_length([fp32, longer])] == [
+        "Generation: TTFT against input length"]
+    assert ttft_vs_input_length([fp32]) == []  # one input length: no line to draw
