@@ -388,27 +388,33 @@ def _user_model_table(table: dict[str, Any], source: str, where: str,
 
 
 def _model_workload_table(table: dict[str, Any], source: str, where: str, label: str,
-                          model_params: dict[str, str]) -> dict[str, Any]:
-    """The benchmark table of the ``model`` workload: phase infer and ``label`` unless the
-    table says otherwise, its params with the model's added."""
+                          model_params: dict[str, str], workload: str = USER_MODEL_WORKLOAD,
+                          phase: str = "infer") -> dict[str, Any]:
+    """The benchmark table of a user-model workload (``model``, or ``causal_lm`` for text
+    generation): ``phase`` and ``label`` unless the table says otherwise, its params with
+    the model's added."""
     params = table.get("params", {})
     if not isinstance(params, dict):
         raise BenchInputError(source, f"expected a table, got {type(params).__name__}",
                               key=f"{where}.params")
     rest = {k: v for k, v in table.items() if k not in ("model", "python_path")}
-    return {"phase": "infer", "label": label, **rest, "workload": USER_MODEL_WORKLOAD,
+    return {"phase": phase, "label": label, **rest, "workload": workload,
             "params": {**params, **model_params}}
 
 
 _CHECKPOINT_FORMAT = "{ hf = \"FOLDER\" (relative to the suite file) or \"package:NAME/SUB\", " \
                      "task = \"feature-extraction\" | \"sequence-classification\" | " \
-                     "\"causal-lm\" }"
+                     "\"causal-lm\" | \"text-generation\" }, or { gguf = \"FILE.gguf\" }"
+GENERATION_TASK = "text-generation"
+GENERATION_WORKLOAD = "causal_lm"
 
 
 def _checkpoint_table(table: dict[str, Any], source: str, where: str,
                       suite_folder: Path) -> dict[str, Any]:
     """``model = { hf = ..., task = ... }``: a local Hugging Face checkpoint, found now."""
-    spec = _check_keys(table["model"], {"hf", "task"}, source, f"{where}.model")
+    spec = _check_keys(table["model"], {"hf", "task", "gguf"}, source, f"{where}.model")
+    if "gguf" in spec:
+        return _gguf_table(table, spec, source, where, suite_folder)
     hf, task = spec.get("hf"), spec.get("task", "feature-extraction")
     if not isinstance(hf, str) or not hf:
         raise BenchInputError(source, "missing checkpoint", key=f"{where}.model.hf",
@@ -428,7 +434,31 @@ def _checkpoint_table(table: dict[str, Any], source: str, where: str,
     if not (folder / "config.json").is_file():
         raise BenchInputError(source, f"no Hugging Face checkpoint (config.json) in {folder}",
                               key=f"{where}.model.hf", valid=_CHECKPOINT_FORMAT)
+    if task == GENERATION_TASK:
+        return _model_workload_table(table, source, where, label, {"source": hf},
+                                     GENERATION_WORKLOAD, "generate")
     return _model_workload_table(table, source, where, label, {"hf": hf, "task": task})
+
+
+def _gguf_table(table: dict[str, Any], spec: dict[str, Any], source: str, where: str,
+                suite_folder: Path) -> dict[str, Any]:
+    """``model = { gguf = "FILE.gguf" }``: a GGUF file's causal LM generating text."""
+    gguf = spec["gguf"]
+    if set(spec) - {"gguf", "task"} or spec.get("task", GENERATION_TASK) != GENERATION_TASK:
+        raise BenchInputError(source, "a GGUF file is a causal LM generating text: give gguf "
+                              "alone", key=f"{where}.model", valid=_CHECKPOINT_FORMAT)
+    if not isinstance(gguf, str) or not gguf.endswith(".gguf"):
+        raise BenchInputError(source, f"not a .gguf file: {gguf!r}", key=f"{where}.model.gguf",
+                              valid=_CHECKPOINT_FORMAT)
+    path = package_folder(gguf) if gguf.startswith(PACKAGE_PREFIX) else \
+        (suite_folder / gguf).resolve()
+    if path is None or not path.is_file():
+        raise BenchInputError(source, f"no such file {path or gguf}", key=f"{where}.model.gguf",
+                              valid=_CHECKPOINT_FORMAT)
+    label = "".join(c if c.isalnum() else "_" for c in path.stem)
+    label = label if label[:1].isalpha() else f"gguf_{label}"
+    return _model_workload_table(table, source, where, label, {"source": str(path)},
+                                 GENERATION_WORKLOAD, "generate")
 
 
 def _module_exists(name: str, folder: str) -> bool:

