@@ -31,7 +31,10 @@ Quality, next to speed (``finish``):
   prompts of ``AGREEMENT_PROMPT_TOKENS`` tokens, ``AGREEMENT_NEW_TOKENS`` new tokens each;
   the share of positions whose token equals the reference's, and the mean position of the
   first differing token (``AGREEMENT_NEW_TOKENS`` when none differs). The reference tokens
-  are generated in this worker, before the variant is applied.
+  are generated in this worker, before the variant is applied. A compiled variant's
+  quality is its weights' run eager: perplexity calls the forward, and the agreement
+  generation runs with compilation off (another compile for its shapes, for numerics
+  torch.compile means to keep).
 """
 
 from __future__ import annotations
@@ -311,14 +314,15 @@ class GeneratePhase(Phase):
                 "compiled on the first call (cold start)")
         return model
 
-    def _generate_kwargs(self, reference: bool = False) -> dict[str, Any]:
+    def _generate_kwargs(self, reference: bool = False,
+                         compiled: bool = True) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"do_sample": False, "pad_token_id": self.pad_id,
                                   "return_dict_in_generate": True}
         if reference or self.kv_cache == "dynamic":
             kwargs["disable_compile"] = True
             return kwargs
         kwargs["cache_implementation"] = "static"
-        if self.backend == "compile":
+        if self.backend == "compile" and compiled:
             from transformers import CompileConfig  # loaded by now: the model is one
 
             config = CompileConfig(fullgraph=True, dynamic=False, mode=self.compile_mode)
@@ -329,11 +333,13 @@ class GeneratePhase(Phase):
         return kwargs
 
     def _greedy(self, model: Any, prompts: torch.Tensor, reference: bool = False) -> torch.Tensor:
+        """The prompts' greedy tokens: the fp32 eager model's (``reference``), else the
+        variant's with compilation off (its shapes would cost a compile of their own)."""
         with torch.inference_mode(), (contextlib.nullcontext() if reference
                                       else self.precision.context(self.device)):
             out = model.generate(prompts.to(self.device), max_new_tokens=AGREEMENT_NEW_TOKENS,
                                  min_new_tokens=AGREEMENT_NEW_TOKENS,
-                                 **self._generate_kwargs(reference))
+                                 **self._generate_kwargs(reference, compiled=False))
         return out.sequences[:, prompts.shape[1]:].cpu()
 
     def session(self) -> contextlib.AbstractContextManager[object]:
@@ -374,7 +380,9 @@ class GeneratePhase(Phase):
                 f"sentences in windows of {PERPLEXITY_WINDOW}; greedy agreement: "
                 f"{AGREEMENT_PROMPTS} prompts of {AGREEMENT_PROMPT_TOKENS} tokens, "
                 f"{AGREEMENT_NEW_TOKENS} new tokens, against the fp32 eager model's tokens "
-                "generated in this worker"),
+                "generated in this worker"
+                + ("; both of the weights run eager (compilation off)"
+                   if self.backend == "compile" else "")),
             "variant_steps": self.build.steps, "variant_build_s": self.build.build_s,
         }
         return Outcome(metrics=metrics, details=details, task_metric=("perplexity", False))
