@@ -18,7 +18,7 @@ with the pairs' range; exits 1 beyond --tolerance.
 
     python tools/crosscheck_generation.py [--batch-size 1] [--input-tokens 128]
         [--output-tokens 64] [--precision fp32|bf16_cast] [--processes 5] [--calls 8]
-        [--device cpu|cuda] [--tolerance 0.03]
+        [--device cpu|cuda] [--tolerance 0.03] [--workers fork|spawn]
 """
 
 from __future__ import annotations
@@ -124,6 +124,9 @@ def main() -> int:
     parser.add_argument("--processes", type=int, default=5)
     parser.add_argument("--calls", type=int, default=8, help="timed calls per process")
     parser.add_argument("--tolerance", type=float, default=0.03)
+    parser.add_argument("--workers", choices=("spawn", "fork"), default="fork",
+                        help="the suite's workers forked from a fork server (bench run's "
+                             "default on CPU) or spawned")
     parser.add_argument("--reference-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.output_tokens < 2:
@@ -133,7 +136,7 @@ def main() -> int:
         return 0
     case = _case(args)
     refs, runs = [], []
-    with LocalLauncher() as launcher:
+    with LocalLauncher(fork=args.workers == "fork") as launcher:
         for _ in range(args.processes):
             refs.append(reference(args))
             result = launcher.run_once(case)

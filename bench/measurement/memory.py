@@ -50,11 +50,16 @@ class MemoryTracker(PeriodicSampler):
     # host): done every sample it slowed the measured step by 1.5-2.4x on an H100 host.
     # So the process's own RSS (one small /proc read) is sampled often, the list of
     # children refreshed rarely, and the kernel's exact high-water mark reported too.
-    # Even so, each wake-up preempts a compute thread: at 10 ms it cost ~1.5% of a
-    # 12 ms two-thread CPU step on a 2-core machine, hence 20 ms.
+    # Even so, each wake-up preempts a compute thread and takes the GIL from the timed
+    # code: at 10 ms it cost ~1.5% of a 12 ms two-thread CPU step on a 2-core machine, and
+    # at 20 ms 1.5-2.6% of SmolLM2's Python-heavy decode step (paired calls, tracked or
+    # not; 0.4% at 200 ms). Hence 100 ms: with the steady allocator freed heap stays
+    # resident, so RssAnon only grows and a sample at the end reads its peak; what a
+    # sample can miss is a large mmap'd block freed between samples.
     CHILDREN_REFRESH_S = 1.0
+    INTERVAL_S = 0.1
 
-    def __init__(self, device: str = "cpu", interval: float = 0.02) -> None:
+    def __init__(self, device: str = "cpu", interval: float = INTERVAL_S) -> None:
         super().__init__(interval, "memory-tracker")
         self.device = device
         self._process = psutil.Process()

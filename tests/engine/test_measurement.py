@@ -145,6 +145,18 @@ def test_memory_tracker_sees_an_allocation():
     assert report.cuda_peak_allocated_mib is None
 
 
+def test_the_memory_tracker_wakes_at_most_ten_times_a_second(monkeypatch):
+    """Each sample takes the GIL from the timed code: at 20 ms the tracker cost a
+    Python-heavy decode step 1.5-2.6%, so it samples every 100 ms (and at both ends)."""
+    clock = itertools.count()
+    monkeypatch.setattr(MemoryTracker, "_sample",
+                        lambda self: setattr(self, "_samples", next(clock)))
+    with MemoryTracker("cpu") as tracker:
+        time.sleep(0.55)
+    assert 2 <= tracker.report.samples <= 8  # the two ends and 5 wake-ups, not 27
+    assert tracker.report.sample_interval_s == 0.1
+
+
 def test_allocator_policies_set_and_clear_glibc_tunables():
     from bench.measurement.allocator import STEADY_ENV, worker_env
 
