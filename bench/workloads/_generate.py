@@ -25,10 +25,12 @@ The variant axes, applied to the fp32 model in this order:
 
 Quality, next to speed (``finish``):
 - perplexity on the shipped sentences (bench/workloads/data: the paraphrase pairs and the
-  calibration sentences, joined as one text), in non-overlapping windows of
+  calibration sentences, joined as one text; its first ``perplexity_tokens``, default all),
+  in non-overlapping windows of
   ``PERPLEXITY_WINDOW`` tokens: exp(mean negative log-likelihood per predicted token);
-- greedy agreement with the fp32 eager model (dynamic cache, sdpa): ``AGREEMENT_PROMPTS``
-  prompts of ``AGREEMENT_PROMPT_TOKENS`` tokens, ``AGREEMENT_NEW_TOKENS`` new tokens each;
+- greedy agreement with the fp32 eager model (dynamic cache, sdpa): ``agreement_prompts``
+  (default ``AGREEMENT_PROMPTS``) prompts of ``AGREEMENT_PROMPT_TOKENS`` tokens,
+  ``AGREEMENT_NEW_TOKENS`` new tokens each;
   the share of positions whose token equals the reference's, and the mean position of the
   first differing token (``AGREEMENT_NEW_TOKENS`` when none differs). The reference tokens
   are generated in this worker, before the variant is applied. A compiled variant's
@@ -96,6 +98,19 @@ def generation_axes() -> dict[str, Setting]:
                                 phases=only, variant=True,
                                 help="torchao: int8 or int4 weight-only, or int8 dynamic "
                                      "(weights and activations)"),
+    }
+
+
+def quality_params() -> dict[str, Setting]:
+    """How much text the quality figures read (the defaults: all of it)."""
+    only = (PHASE,)
+    return {
+        "perplexity_tokens": Setting("perplexity_tokens", int, 0, minimum=0, phases=only,
+                                     help="shipped tokens perplexity is measured on (0: all, "
+                                          "about 3,000)"),
+        "agreement_prompts": Setting("agreement_prompts", int, AGREEMENT_PROMPTS, minimum=1,
+                                     maximum=256, phases=only,
+                                     help="prompts greedy agreement with fp32 is measured on"),
     }
 
 
@@ -268,12 +283,13 @@ class GeneratePhase(Phase):
         model = loaded.model.to(ctx.device)
         self.samples_per_step = self.batch
         text_ids = torch.tensor(self.tokenizer(held_out_text())["input_ids"])
-        self.text_ids = text_ids
+        limit = int(case.params.get("perplexity_tokens", 0))
+        self.text_ids = text_ids[:limit] if limit else text_ids
+        prompts = int(case.params.get("agreement_prompts", AGREEMENT_PROMPTS))
         self.prompts = token_windows(text_ids, self.batch, self.input_tokens,
                                      stride=max(1, text_ids.numel() // max(self.batch, 1)))
-        self.agreement_prompts = token_windows(text_ids, AGREEMENT_PROMPTS,
-                                               AGREEMENT_PROMPT_TOKENS,
-                                               stride=text_ids.numel() // AGREEMENT_PROMPTS)
+        self.agreement_prompts = token_windows(text_ids, prompts, AGREEMENT_PROMPT_TOKENS,
+                                               stride=text_ids.numel() // prompts)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \
             else self.tokenizer.eos_token_id
         built = time.perf_counter()
@@ -378,7 +394,7 @@ class GeneratePhase(Phase):
             "quality_method": (
                 f"perplexity: exp(mean NLL) over {predicted} predicted tokens of the shipped "
                 f"sentences in windows of {PERPLEXITY_WINDOW}; greedy agreement: "
-                f"{AGREEMENT_PROMPTS} prompts of {AGREEMENT_PROMPT_TOKENS} tokens, "
+                f"{len(self.agreement_prompts)} prompts of {AGREEMENT_PROMPT_TOKENS} tokens, "
                 f"{AGREEMENT_NEW_TOKENS} new tokens, against the fp32 eager model's tokens "
                 "generated in this worker"
                 + ("; both of the weights run eager (compilation off)"

@@ -37,11 +37,12 @@ class CausalLM(SmolLM2):
     name = "causal_lm"
     description = "your causal LM (a GGUF file or a Hugging Face folder, offline) " \
                   "generating text: the smollm2 figures on your model"
-    smoke_params = {"source": f"{PACKAGE_PREFIX}{SMOLLM2_PACKAGE}/{SMOLLM2_FILE}"}
+    smoke_params = {**SmolLM2.smoke_params,
+                    "source": f"{PACKAGE_PREFIX}{SMOLLM2_PACKAGE}/{SMOLLM2_FILE}"}
 
     @classmethod
     def params(cls) -> dict[str, Setting]:
-        return {"source": Setting("source", str, "", phases=(PHASE,),
+        return {**super().params(), "source": Setting("source", str, "", phases=(PHASE,),
                                   help="a .gguf file or a Hugging Face folder with a causal "
                                        "LM (model = { gguf = ... } or { hf = ..., task = "
                                        "\"text-generation\" } in a suite)")}

@@ -19,6 +19,7 @@ from bench.workloads._generate import (
     GeneratePhase,
     generation_axes,
     generation_unsupported,
+    quality_params,
 )
 from bench.workloads._llm import load_gguf, smollm2_file
 from bench.workloads.base import Phase, RunContext, Workload, common_axes
@@ -33,6 +34,7 @@ class SmolLM2(Workload):
                   "TPOT, ITL, KV cache; perplexity and greedy agreement with fp32"
     phases = (PHASE,)
     smoke_axes = {"input_tokens": 16, "output_tokens": 4}
+    smoke_params = {"perplexity_tokens": 256, "agreement_prompts": 2}
 
     @classmethod
     def axes(cls) -> dict[str, Setting]:
@@ -40,6 +42,10 @@ class SmolLM2(Workload):
         axes["batch_size"] = Setting("batch_size", int, 1, minimum=1, maximum=4096,
                                      help="sequences generated together")
         return {**axes, **generation_axes()}
+
+    @classmethod
+    def params(cls) -> dict[str, Setting]:
+        return quality_params()
 
     @classmethod
     def metrics(cls, phase: str) -> tuple[str, ...]:

