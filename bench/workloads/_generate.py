@@ -42,7 +42,6 @@ Quality, next to speed (``finish``):
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import math
 import time
@@ -54,6 +53,7 @@ import torch
 from bench.measurement.generation import GenerationCall, kv_cache_bytes
 from bench.spec.axes import Setting
 from bench.variants import VariantNotApplied
+from bench.variants.variant import serialized_bytes
 from bench.workloads.base import Outcome, Phase, RunContext
 from bench.workloads.hf import read_lines
 
@@ -238,14 +238,6 @@ def _quantize(model: Any, method: str, device: str) -> str:
     return f"{text}: {quantized} Linear layers (the output head left as it was)"
 
 
-def serialized_bytes(model: Any) -> int:
-    """The state dict's size as torch.save writes it (shared tensors once; a quantized
-    tensor subclass at its own size)."""
-    buffer = io.BytesIO()
-    torch.save(model.state_dict(), buffer)
-    return buffer.tell()
-
-
 def cache_tensor_bytes(cache: Any) -> int:
     """Bytes of the key and value tensors a transformers cache holds."""
     total = 0
@@ -271,7 +263,7 @@ class GeneratePhase(Phase):
     def __init__(self, case: CaseSpec, ctx: RunContext, loaded: LoadedModel,
                  model_name: str) -> None:
         a = case.axes
-        self.case, self.device = case, ctx.device
+        self.device = ctx.device
         self.model_name = model_name
         self.batch, self.input_tokens = case.batch_size, int(a["input_tokens"])
         self.output_tokens = int(a["output_tokens"])
@@ -281,7 +273,7 @@ class GeneratePhase(Phase):
         self.precision = ctx.precision
         self.tokenizer, self.loaded = loaded.tokenizer, loaded
         model = loaded.model.to(ctx.device)
-        self.samples_per_step = self.batch
+        self.samples_per_step = self.batch  # tokens of one decode step
         text_ids = torch.tensor(self.tokenizer(held_out_text())["input_ids"])
         limit = int(case.params.get("perplexity_tokens", 0))
         self.text_ids = text_ids[:limit] if limit else text_ids

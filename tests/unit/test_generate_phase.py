@@ -6,6 +6,7 @@ missed TTFT or TPOT bound failing the gate."""
 from __future__ import annotations
 
 import importlib.util
+import math
 
 import pytest
 import torch
@@ -25,6 +26,7 @@ from bench.reports.table import render_report
 from bench.results.schema import GenerationResult
 from bench.workloads import _llm
 from bench.workloads._generate import (
+    GeneratePhase,
     _TokenClock,
     cache_tensor_bytes,
     greedy_agreement,
@@ -203,3 +205,68 @@ def test_the_report_has_a_generation_table_and_plots():
     assert [t for t, _ in ttft_vs_input_length([fp32, longer])] == [
         "Generation: TTFT against input length"]
     assert ttft_vs_input_length([fp32]) == []  # one input length: no line to draw
+
+
+class WordTokenizer:
+    """A tokenizer of the shipped text into ids by word (the real one needs the GGUF)."""
+
+    pad_token_id, eos_token_id = 0, 1
+
+    def __call__(self, text: str) -> dict[str, list[int]]:
+        return {"input_ids": [2 + len(word) * 7 % (VOCAB - 2) for word in text.split()]}
+
+
+def generate_phase(**axes):
+    from bench.spec.model import Budget, CaseSpec
+    from bench.variants.precision import get_precision
+    from bench.workloads import get_workload
+    from bench.workloads._llm import LoadedModel
+    from bench.workloads.base import RunContext
+
+    workload = get_workload("smollm2")
+    values = {k: s.default for k, s in workload.phase_axes("generate").items()}
+    values.update(input_tokens=6, output_tokens=3, **axes)
+    case = CaseSpec("smollm2", "generate", values,
+                    {"perplexity_tokens": 40, "agreement_prompts": 2}, Budget())
+    assert workload.unsupported_reason(case) is None
+    ctx = RunContext("cpu", get_precision(case.precision))
+    loaded = LoadedModel(WordTokenizer(), tiny_llama(), "tiny", "built in the test")
+    return GeneratePhase(case, ctx, loaded, "tiny llama")
+
+
+@pytest.mark.parametrize("axes", [
+    {}, {"attention": "eager"}, {"kv_cache": "static"}, {"quantization": "int8_dynamic"},
+    {"quantization": "int8_weight_only", "batch_size": 2}, {"precision": "bf16_cast"},
+], ids=lambda a: ",".join(f"{k}={v}" for k, v in a.items()) or "reference")
+def test_each_variant_generates_its_tokens_and_reports_quality(axes):
+    """Every variant path a tiny Llama can take in a second: timed calls of exactly the
+    asked tokens, the cache's bytes as computed, and quality against the fp32 eager model
+    (the reference itself agrees with itself entirely)."""
+    phase = generate_phase(**axes)
+    with phase.session():
+        call = phase.call()
+    assert call.output_tokens == 3 and call.batch == phase.batch
+    assert phase.kv_cache_measured_bytes == phase.kv_cache_computed_bytes
+    outcome = phase.finish()
+    assert set(outcome.metrics) == {"perplexity", "greedy_agreement", "greedy_first_divergence"}
+    assert math.isfinite(outcome.metrics["perplexity"])
+    if not axes:
+        assert outcome.metrics["greedy_agreement"] == 1.0
+    assert "2 prompts" in outcome.details["quality_method"]
+    assert (phase.quantization != "none") == any("torchao" in s
+                                                 for s in outcome.details["variant_steps"])
+
+
+def test_combinations_that_cannot_run_say_why():
+    from bench.spec.model import Budget, CaseSpec
+    from bench.workloads import get_workload
+
+    workload = get_workload("smollm2")
+    base = {k: s.default for k, s in workload.phase_axes("generate").items()}
+    for axes, reason in (({"backend": "compile"}, "needs kv_cache=static"),
+                         ({"precision": "tf32"}, "not built for generation"),
+                         ({"compile_mode": "reduce-overhead"}, "only to backend=compile"),
+                         ({"precision": "fp16_cast", "quantization": "int8_dynamic"},
+                          "starts from fp32 or bf16_cast")):
+        case = CaseSpec("smollm2", "generate", {**base, **axes}, {}, Budget())
+        assert reason in workload.unsupported_reason(case)
