@@ -270,3 +270,27 @@ def test_combinations_that_cannot_run_say_why():
                           "starts from fp32 or bf16_cast")):
         case = CaseSpec("smollm2", "generate", {**base, **axes}, {}, Budget())
         assert reason in workload.unsupported_reason(case)
+
+
+def test_calls_continue_until_the_budgets_rule_holds_on_tpot():
+    from bench.measurement.generation import GenerationCall
+    from bench.modes.generate import enough_calls, generation_timing
+    from bench.spec.model import Budget, CaseSpec
+
+    case = CaseSpec("smollm2", "generate", {}, {},
+                    Budget(min_trials=4, max_trials=6, target_rel_ci=0.02, max_time_s=10))
+
+    def call(tpot: float) -> GenerationCall:
+        return GenerationCall(0.0, tuple(0.1 + tpot * i for i in range(5)), 1, 8)
+
+    steady = [call(0.030)] * 3
+    assert not enough_calls(steady, case, 1.0)  # fewer than min_trials
+    assert enough_calls([*steady, call(0.030)], case, 1.0)  # CI of identical TPOTs: 0
+    spread = [call(t) for t in (0.030, 0.040, 0.025, 0.045)]
+    assert not enough_calls(spread, case, 1.0)
+    assert enough_calls(spread, case, 10.0)  # out of time
+    assert enough_calls([*spread, call(0.03), call(0.05)], case, 1.0)  # max_trials
+    timing = generation_timing(call(0.5), spread, "step", "budget")
+    assert timing.trial_means_s == pytest.approx([0.030, 0.040, 0.025, 0.045])
+    assert timing.median_s == pytest.approx(0.035) and timing.cold_start_s == pytest.approx(0.5)
+    assert timing.iters_per_trial == 4 and "TPOT" in timing.statistic
