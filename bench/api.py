@@ -49,30 +49,38 @@ class ModelRun:
         return self.record.case(case_id)
 
 
-def model_suite(factory: str, *, python_path: str | Path | None = None,
+def model_suite(factory: str | dict[str, str], *, python_path: str | Path | None = None,
                 budget: dict[str, Any] | None = None, label: str | None = None,
                 name: str | None = None, **matrix: Any) -> SuiteSpec:
     """The one-benchmark suite a suite file with ``model = FACTORY`` would give, validated by
-    the same loader (bad input raises ``bench.errors.BenchInputError`` in one line)."""
+    the same loader (bad input raises ``bench.errors.BenchInputError`` in one line).
+    ``factory`` may also be a model table: ``{"gguf": "FILE.gguf"}`` or ``{"hf": "FOLDER",
+    "task": "text-generation"}`` (a causal LM generating text), or another ``hf`` task."""
     benchmark: dict[str, Any] = {
-        "model": factory, "python_path": str(python_path or "."),
+        "model": factory,
         "matrix": {k: list(v) if isinstance(v, list | tuple) else [v] for k, v in matrix.items()}}
+    if isinstance(factory, str):
+        benchmark["python_path"] = str(python_path or ".")
     if label is not None:
         benchmark["label"] = label
     data: dict[str, Any] = {"benchmark": [benchmark]}
     if budget:
         data["budget"] = dict(budget)
     text = json.dumps(data, sort_keys=True, default=str)
-    return suite_from_data(data, f"run_model({factory!r})", name or factory.replace(":", "-"),
+    default = factory.replace(":", "-") if isinstance(factory, str) else \
+        Path(next(iter(factory.values()), "model")).stem
+    return suite_from_data(data, f"run_model({factory!r})", name or default,
                            hashlib.sha256(text.encode()).hexdigest(), Path.cwd())
 
 
-def run_model(factory: str, *, python_path: str | Path | None = None,
+def run_model(factory: str | dict[str, str], *, python_path: str | Path | None = None,
               out: str | Path | None = None, budget: dict[str, Any] | None = None,
               label: str | None = None, progress: bool = False, **matrix: Any) -> ModelRun:
-    """Run ``factory`` (``"module:function"`` returning a ``bench.UserModel``) over every
-    combination of ``matrix`` (precision, backend, quantization, pruning, batch_size,
-    seq_len, device, threads) and return the run."""
+    """Run ``factory`` (``"module:function"`` returning a ``bench.UserModel``, or a model
+    table such as ``{"gguf": "FILE.gguf"}``: see ``model_suite``) over every combination of
+    ``matrix`` (precision, backend, quantization, pruning, batch_size, seq_len, device,
+    threads; for text generation input_tokens, output_tokens, kv_cache...) and return the
+    run."""
     suite = model_suite(factory, python_path=python_path, budget=budget, label=label,
                         **matrix)
     if out is None:
@@ -81,7 +89,7 @@ def run_model(factory: str, *, python_path: str | Path | None = None,
     return ModelRun(store.record, Path(out))
 
 
-def one_model_case(factory: str, *, python_path: str | Path | None = None,
+def one_model_case(factory: str | dict[str, str], *, python_path: str | Path | None = None,
                    budget: dict[str, Any] | None = None, **axes: Any) -> PlannedCase:
     """The single case of ``factory`` at these axis values (one value each), planned: its
     spec and, if this machine cannot run it, why (the pytest fixture's case)."""

@@ -210,6 +210,10 @@ class BenchModel:
             assert result.timing.latency_s["p99"] < 0.020
             assert result.accuracy.metrics["fidelity_mean_cos"] > 0.99
 
+        def test_my_llm_answers_quickly(bench_model):  # a causal LM generating text
+            result = bench_model({"gguf": "/models/my.gguf"}, input_tokens=128, output_tokens=32)
+            assert result.generation.ttft_s["p99"] < 0.5
+
     ``python_path`` defaults to the test file's folder. With pytest-benchmark installed the
     trials feed its ``benchmark`` fixture (its table, --benchmark-json, compare), as the
     suite items do; ``--benchmark-only`` keeps these tests."""
@@ -218,7 +222,7 @@ class BenchModel:
         self._request = request
         self._benchmark = benchmark
 
-    def __call__(self, factory: str, *, python_path: str | Path | None = None,
+    def __call__(self, factory: str | dict[str, str], *, python_path: str | Path | None = None,
                  budget: dict[str, Any] | None = None, **axes: Any) -> Any:
         from bench.api import one_model_case  # on use: a plugin loaded by every pytest run
 

