@@ -53,11 +53,7 @@ def _row(case: CaseResult, reference_ppl: float | None) -> list[str]:
             "" if "greedy_agreement" not in metrics else f"{metrics['greedy_agreement']:.3f}",
             "" if "greedy_first_divergence" not in metrics
             else f"{metrics['greedy_first_divergence']:.3g}",
-            _joules_per_token(case)]
-
-
-def _joules_per_token(case: CaseResult) -> str:
-    return energy_text(case.energy) if case.energy is not None else ""
+            energy_text(case.energy)]
 
 
 def render_generation(record: RunRecord, fmt: str = "github") -> str:

@@ -429,8 +429,7 @@ def _checkpoint_table(table: dict[str, Any], source: str, where: str,
     else:
         folder = (suite_folder / hf).resolve()
         hf = str(folder)
-        label = "".join(c if c.isalnum() else "_" for c in folder.name) or "hf"
-        label = label if label[0].isalpha() else f"hf_{label}"
+        label = _label_of(folder.name, "hf")
     if not (folder / "config.json").is_file():
         raise BenchInputError(source, f"no Hugging Face checkpoint (config.json) in {folder}",
                               key=f"{where}.model.hf", valid=_CHECKPOINT_FORMAT)
@@ -455,10 +454,15 @@ def _gguf_table(table: dict[str, Any], spec: dict[str, Any], source: str, where:
     if path is None or not path.is_file():
         raise BenchInputError(source, f"no such file {path or gguf}", key=f"{where}.model.gguf",
                               valid=_CHECKPOINT_FORMAT)
-    label = "".join(c if c.isalnum() else "_" for c in path.stem)
-    label = label if label[:1].isalpha() else f"gguf_{label}"
-    return _model_workload_table(table, source, where, label, {"source": str(path)},
-                                 GENERATION_WORKLOAD, "generate")
+    return _model_workload_table(table, source, where, _label_of(path.stem, "gguf"),
+                                 {"source": str(path)}, GENERATION_WORKLOAD, "generate")
+
+
+def _label_of(name: str, prefix: str) -> str:
+    """A benchmark label from a file or folder name: letters, digits and underscores,
+    starting with a letter (``prefix_`` put first where it would not)."""
+    label = "".join(c if c.isalnum() else "_" for c in name) or prefix
+    return label if label[0].isalpha() else f"{prefix}_{label}"
 
 
 def _module_exists(name: str, folder: str) -> bool:

@@ -376,8 +376,8 @@ class GeneratePhase(Phase):
         return self.call()
 
     def finish(self) -> Outcome:
-        ppl, predicted = perplexity(self.model, self.text_ids, device=self.device) \
-            if self.precision.autocast_dtype is None else self._autocast_perplexity()
+        with self.precision.context(self.device):
+            ppl, predicted = perplexity(self.model, self.text_ids, device=self.device)
         tokens = self._greedy(self.model, self.agreement_prompts)
         metrics = {"perplexity": ppl, **greedy_agreement(self.reference_tokens, tokens)}
         details = {
@@ -394,7 +394,3 @@ class GeneratePhase(Phase):
             "variant_steps": self.build.steps, "variant_build_s": self.build.build_s,
         }
         return Outcome(metrics=metrics, details=details, task_metric=("perplexity", False))
-
-    def _autocast_perplexity(self) -> tuple[float, int]:
-        with self.precision.context(self.device):
-            return perplexity(self.model, self.text_ids, device=self.device)
