@@ -77,8 +77,21 @@ class BatchingSUT:
     # The phase's session (inference mode, autocast): thread-local in torch, so entered on
     # the thread that serves (the SUT thread once; LoadGen's issue thread per query).
     session: Callable[[], Any] = contextlib.nullcontext
+    # Token serving (a generate phase): ``serve(n, first_token)`` calls ``first_token`` when
+    # the batch's first new tokens reach the host and returns the tokens made per sample;
+    # the SUT reports the first token to LoadGen (``FirstTokenComplete``) and each
+    # sample's token count with its completion.
+    tokens: bool = False
+    # Token serving's bounds (TTFT, TPOT in seconds): samples meeting both are counted
+    # (goodput); None: not counted.
+    token_bounds_s: tuple[float, float] | None = None
+    meeting_bounds: int = 0
     latencies: list[float] = field(default_factory=list)
     batches: list[int] = field(default_factory=list)
+    # Token serving: each sample's TTFT (issue to first token) and TPOT ((latency - TTFT)
+    # / (tokens - 1), LoadGen's formula), as the SUT saw them, in completion order.
+    ttfts: list[float] = field(default_factory=list)
+    tpots: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._queue: collections.deque[tuple[Any, float]] = collections.deque()
@@ -122,16 +135,37 @@ class BatchingSUT:
 
     def _serve_batch(self, batch: list[tuple[Any, float]]) -> None:
         lg = _loadgen()
+        first: list[float] = []
+
+        def first_token() -> None:
+            first.append(time.perf_counter())
+            lg.FirstTokenComplete([lg.QuerySampleResponse(i, 0, 0) for i, _ in batch])
+
+        n_tokens = 0
         try:
-            self.serve(len(batch))
+            if self.tokens:
+                n_tokens = int(self.serve(len(batch), first_token))
+            else:
+                self.serve(len(batch))
             self.sync()
         except BaseException as exc:  # noqa: BLE001 - reported by close()
             self._error = self._error or exc
         done = time.perf_counter()
-        lg.QuerySamplesComplete([lg.QuerySampleResponse(i, 0, 0) for i, _ in batch])
+        extra = (n_tokens,) if self.tokens else ()
+        lg.QuerySamplesComplete([lg.QuerySampleResponse(i, 0, 0, *extra) for i, _ in batch])
         self.batches.append(len(batch))
+        ttfts = tpots = ()
+        if self.tokens and first and n_tokens > 1:
+            ttfts = [first[0] - arrived for _, arrived in batch]
+            tpots = [(done - first[0]) / (n_tokens - 1)] * len(batch)
+            if self.token_bounds_s is not None:
+                ttft_bound, tpot_bound = self.token_bounds_s
+                self.meeting_bounds += sum(t <= ttft_bound and p <= tpot_bound
+                                           for t, p in zip(ttfts, tpots, strict=True))
         if len(self.latencies) < MAX_LATENCY_SAMPLES:
             self.latencies.extend(done - arrived for _, arrived in batch)
+            self.ttfts.extend(ttfts)
+            self.tpots.extend(tpots)
 
     def close(self) -> None:
         with self._ready:
@@ -158,11 +192,36 @@ _RATE_KEYS = {"server": "result_completed_samples_per_sec",
               "single_stream": "result_qps_with_loadgen_overhead"}
 
 
+def _token_figures(log: dict[str, Any]) -> tuple[dict[str, float] | None,
+                                                  dict[str, float] | None, float | None]:
+    """LoadGen's token figures (ms), when it measured them (``use_token_latencies``): TTFT
+    (offline has none) and TPOT, each min, mean, percentiles and max; tokens per second
+    (completed, or offline's)."""
+    ttft = tpot = None
+    if "result_first_token_mean_latency_ns" in log:
+        ttft = {"min": log["result_first_token_min_latency_ns"] / 1e6,
+                "mean": log["result_first_token_mean_latency_ns"] / 1e6,
+                **{k: log[f"result_first_token_{v}_percentile_latency_ns"] / 1e6
+                   for k, v in _PERCENTILES.items()
+                   if f"result_first_token_{v}_percentile_latency_ns" in log},
+                "max": log["result_first_token_max_latency_ns"] / 1e6}
+    if "result_time_to_output_token_mean" in log:
+        tpot = {"min": log["result_time_to_output_token_min"] / 1e6,
+                "mean": log["result_time_to_output_token_mean"] / 1e6,
+                **{k: log[f"result_time_per_output_token_{v}_percentile_ns"] / 1e6
+                   for k, v in _PERCENTILES.items()
+                   if f"result_time_per_output_token_{v}_percentile_ns" in log},
+                "max": log["result_time_to_output_token_max"] / 1e6}
+    rate = log.get("result_completed_tokens_per_second", log.get("result_tokens_per_second"))
+    return ttft, tpot, None if rate is None else float(rate)
+
+
 def run_from_log(scenario: str, target_qps: float | None, log: dict[str, Any],
                  sut: BatchingSUT, duration_s: float,
                  energy: EnergyResult | None) -> LoadGenRun:
     """One LoadGenRun from the detail log's keys (latencies in ns -> ms). Only server has a
-    latency bound (LoadGen's performance constraint); the other scenarios meet theirs when
+    latency bound (LoadGen's performance constraint: the latency percentile, or with token
+    latencies the TTFT and TPOT percentiles); the other scenarios meet theirs when
     LoadGen's minimum duration and query count are met."""
     latency = {"min": log["result_min_latency_ns"] / 1e6,
                "mean": log["result_mean_latency_ns"] / 1e6,
@@ -175,17 +234,25 @@ def run_from_log(scenario: str, target_qps: float | None, log: dict[str, Any],
         met.append(constraints)
     samples = sum(sut.batches)
     rate = log.get(_RATE_KEYS.get(scenario, ""))
+    ttft, tpot, tokens_per_s = _token_figures(log) if sut.tokens else (None, None, None)
+    samples_per_s = float(rate) if rate is not None else samples / duration_s
+    # Goodput: the completed rate's share of samples that met both token bounds.
+    goodput = samples_per_s * sut.meeting_bounds / samples \
+        if sut.token_bounds_s is not None and samples else None
     return LoadGenRun(
         scenario=scenario, target_qps=target_qps, validity=str(log.get("result_validity")),
         invalid_reason=log.get("result_invalid_reason") or None,
         perf_constraints_met=constraints, min_duration_met=met[0], min_queries_met=met[1],
         early_stopping_met=log.get("early_stopping_met"),
         meets_bound=all(m is True for m in met),
-        samples_per_s=float(rate) if rate is not None else samples / duration_s,
+        samples_per_s=samples_per_s,
         scheduled_samples_per_s=log.get("result_scheduled_samples_per_sec"),
         queries=int(log.get("result_query_count", len(sut.batches))), samples=samples,
         latency_ms=latency, mean_batch=samples / len(sut.batches) if sut.batches else 0.0,
-        duration_s=duration_s, energy=energy)
+        duration_s=duration_s, energy=energy, ttft_ms=ttft, tpot_ms=tpot,
+        tokens_per_s=tokens_per_s,
+        requests_meeting_bounds=sut.meeting_bounds if sut.token_bounds_s else None,
+        goodput_per_s=goodput)
 
 
 @dataclass
@@ -201,11 +268,13 @@ class ServedPhase:
     batch: int  # batch_size: server's max batch, offline's batch, multi-stream's query
     expected_batch_s: float  # measured: one call at the full batch
     expected_sample_s: float  # measured: one call of one sample
+    tokens: bool = False  # the phase serves tokens (Phase.serves_tokens)
 
 
 def loadgen_run(served: ServedPhase, scenario: str,
-                target_qps: float | None = None) -> tuple[LoadGenRun, list[float], str]:
-    """One LoadGen test of ``scenario``: its run, the SUT's raw latencies, the summary log."""
+                target_qps: float | None = None) -> tuple[LoadGenRun, BatchingSUT, str]:
+    """One LoadGen test of ``scenario``: its run, the SUT (its raw latencies), the summary
+    log."""
     lg = _loadgen()
     spec = served.spec
     settings = lg.TestSettings()
@@ -230,13 +299,19 @@ def loadgen_run(served: ServedPhase, scenario: str,
         settings.server_target_qps = float(target_qps)
         settings.server_target_latency_ns = int(spec.latency_bound_ms * 1e6)
         settings.server_target_latency_percentile = spec.latency_percentile
+        if served.tokens:
+            settings.ttft_latency = int(spec.ttft_bound_ms * 1e6)
+            settings.tpot_latency = int(spec.tpot_bound_ms * 1e6)
         wait = spec.max_wait_ms / 1000
     else:
         settings.offline_expected_qps = 1.5 * served.batch / served.expected_batch_s
+    settings.use_token_latencies = served.tokens
     batch = 1 if scenario == "single_stream" else served.batch
+    bounds = (spec.ttft_bound_ms / 1e3, spec.tpot_bound_ms / 1e3) \
+        if served.tokens and spec.has_token_bounds else None
     sut = BatchingSUT(served.serve, served.sync, batch, wait,
                       inline=scenario in ("single_stream", "multi_stream"),
-                      session=served.session)
+                      session=served.session, tokens=served.tokens, token_bounds_s=bounds)
     handle = lg.ConstructSUT(sut.issue, sut.flush)
     qsl = lg.ConstructQSL(spec.sample_count, spec.sample_count, lambda _: None,
                           lambda _: None)
@@ -258,7 +333,7 @@ def loadgen_run(served: ServedPhase, scenario: str,
         summary = (Path(folder) / "mlperf_log_summary.txt").read_text(errors="replace")
     run = run_from_log(scenario, target_qps, log, sut, duration,
                        meter.result(sum(sut.batches)))
-    return run, sut.latencies, summary
+    return run, sut, summary
 
 
 def find_capacity(probe: Callable[[float], LoadGenRun], start_qps: float, tolerance: float,
@@ -330,12 +405,13 @@ def serve_scenario(scenario: str, phase: Any, spec: ServingSpec, batch: int,
         for n in warmed:
             phase.serve(n)
             sync()
+    tokens = bool(getattr(phase, "serves_tokens", False))
     served = ServedPhase(phase.serve, sync, device, spec, phase.session, batch,
                          expected_batch_s=_timed(lambda: phase.serve(batch), sync,
                                                  ESTIMATE_CALLS),
                          expected_sample_s=_timed(lambda: phase.serve(1), sync,
-                                                  ESTIMATE_CALLS))
-    outcomes: list[tuple[LoadGenRun, list[float], str]] = []
+                                                  ESTIMATE_CALLS), tokens=tokens)
+    outcomes: list[tuple[LoadGenRun, BatchingSUT, str]] = []
 
     def probe(qps: float | None) -> LoadGenRun:
         outcomes.append(loadgen_run(served, scenario, qps))
@@ -358,7 +434,8 @@ def serve_scenario(scenario: str, phase: Any, spec: ServingSpec, batch: int,
         # The rate LoadGen's Poisson schedule delivered (its fixed seed's draws run a few
         # percent light of the target on short runs), not the rate asked for.
         capacity = runs[headline].scheduled_samples_per_s or capacity
-    run, latencies, summary = outcomes[headline]
+    run, sut, summary = outcomes[headline]
+    latencies = sut.latencies
     stride = max(1, math.ceil(len(latencies) / RECORDED_LATENCY_SAMPLES))
     settings = {**spec.to_dict(), "max_batch": 1 if scenario == "single_stream" else batch,
                 "samples_per_query": batch if scenario == "multi_stream" else 1,
@@ -382,11 +459,24 @@ def serve_scenario(scenario: str, phase: Any, spec: ServingSpec, batch: int,
         "geometric bisection over LoadGen server runs from the measured full-batch service "
         "rate; the capacity is the scheduled rate (LoadGen's result_scheduled_samples_per_sec) "
         "of the fastest run that met the bound; a rate meets the bound when its "
-        f"p{spec.latency_percentile * 100:g} latency <= "
-        f"{spec.latency_bound_ms:g} ms (LoadGen's performance constraint), with minimum "
+        f"{_bound_text(spec, tokens)} (LoadGen's performance constraint), with minimum "
         f"duration and query count met: {method}",
-        latency_samples_s=latencies[::stride], summary_log=summary)
+        latency_samples_s=latencies[::stride], summary_log=summary,
+        ttft_samples_s=sut.ttfts[::stride], tpot_samples_s=sut.tpots[::stride])
+    if tokens:
+        result.sut += ("; token serving: the SUT reports each batch's first new tokens to "
+                       "LoadGen (FirstTokenComplete) when they reach the host, and each "
+                       "sample's token count with its completion (use_token_latencies): "
+                       "LoadGen's TTFT is issue to first token, its TPOT (latency - TTFT) / "
+                       "(tokens - 1)")
     return result
+
+
+def _bound_text(spec: ServingSpec, tokens: bool) -> str:
+    p = f"p{spec.latency_percentile * 100:g}"
+    if tokens:
+        return f"{p} TTFT <= {spec.ttft_bound_ms:g} ms and {p} TPOT <= {spec.tpot_bound_ms:g} ms"
+    return f"{p} latency <= {spec.latency_bound_ms:g} ms"
 
 
 def _version() -> str:

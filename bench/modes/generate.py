@@ -22,6 +22,7 @@ from bench.modes import register
 from bench.modes.base import TimedMode
 from bench.modes.record import record_outcome, record_timing
 from bench.results.schema import GenerationResult, TimingResult
+from bench.spec.model import CLOSED_LOOP
 from bench.workloads._generate import PHASE
 from bench.workloads.base import Outcome
 
@@ -79,7 +80,8 @@ class Generate(TimedMode):
 
     @classmethod
     def claims(cls, case: CaseSpec) -> bool:
-        return case.phase == PHASE
+        # A served generate case (a LoadGen scenario) is the served mode's.
+        return case.phase == PHASE and case.scenario == CLOSED_LOOP
 
     def timed(self, case: CaseSpec, phase: Any, result: CaseResult,
               trackers: Trackers) -> int | None:

@@ -34,10 +34,7 @@ def _row(case: CaseResult, parity: Any) -> list[str]:
     sv = case.serving
     run = sv.headline_run
     lat = run.latency_ms
-    settings = sv.settings
-    bound = ""
-    if sv.scenario == "server":
-        bound = f"{sv.bound_percentile} <= {float(settings.get('latency_bound_ms', 0)):g} ms"
+    bound = sv.bound_text()
     verdict = run.validity + ("" if run.early_stopping_met is not False
                               else " (early stopping not met)")
     return [case.case_id, sv.scenario, f"{lat['p50']:.4g}", f"{lat['p90']:.4g}",
@@ -64,6 +61,47 @@ def render_serving(record: RunRecord, fmt: str = "github") -> str:
             "LoadGen: its own verdict, which adds early stopping")
     table = tabulate(rows, headers=HEADERS, tablefmt=fmt, disable_numparse=True)
     return table + ("" if fmt == "html" else f"\n{note}")
+
+
+TOKEN_HEADERS = ("case", "scenario", "TTFT p50 ms", "TTFT bound-p ms", "TPOT p50 ms",
+                 "TPOT bound-p ms", "tokens/s", "requests/s", "capacity req/s", "goodput req/s",
+                 "met bounds", "bound", "bound met", "mean batch")
+TOKEN_NOTE = ("served generation (LoadGen token latencies): TTFT from LoadGen's issue to the "
+              "batch's first new token on the host, TPOT (latency - TTFT) / (tokens - 1) per "
+              "request, LoadGen's percentiles (bound-p: the bound's percentile); tokens/s: "
+              "LoadGen's completed tokens per second; capacity: the scheduled rate of the "
+              "fastest server run that met both bounds; goodput: requests/s x the share of "
+              "requests whose own TTFT and TPOT met both bounds (met bounds: that share)")
+
+
+def _token_row(case: CaseResult) -> list[str]:
+    sv = case.serving
+    run = sv.headline_run
+    key = sv.bound_percentile
+
+    def ms(values: dict[str, float] | None, k: str) -> str:
+        return "" if values is None or k not in values else f"{values[k]:.4g}"
+
+    met = "" if run.requests_meeting_bounds is None or not run.samples else \
+        f"{run.requests_meeting_bounds}/{run.samples}"
+    return [case.case_id, sv.scenario, ms(run.ttft_ms, "p50"), ms(run.ttft_ms, key),
+            ms(run.tpot_ms, "p50"), ms(run.tpot_ms, key),
+            "" if run.tokens_per_s is None else f"{run.tokens_per_s:.4g}",
+            f"{run.samples_per_s:.4g}",
+            "" if sv.capacity_qps is None else f"{sv.capacity_qps:.4g}",
+            "" if run.goodput_per_s is None else f"{run.goodput_per_s:.4g}", met,
+            sv.bound_text(), "yes" if run.meets_bound else "NO", f"{run.mean_batch:.3g}"]
+
+
+def render_served_tokens(record: RunRecord, fmt: str = "github") -> str:
+    """Served generation's token table, or "" when no case served tokens."""
+    rows = [_token_row(c) for c in served(record) if c.measured and c.serving.serves_tokens]
+    if not rows:
+        return ""
+    if fmt == "csv":
+        return csv_text(list(TOKEN_HEADERS), rows)
+    table = tabulate(rows, headers=TOKEN_HEADERS, tablefmt=fmt, disable_numparse=True)
+    return table + ("" if fmt == "html" else f"\n{TOKEN_NOTE}")
 
 
 def latency_cdf(cases: list[CaseResult]) -> list[tuple[str, str]]:
@@ -111,4 +149,33 @@ def qps_vs_latency(cases: list[CaseResult]) -> list[tuple[str, str]]:
     return out
 
 
-PLOTS = (latency_cdf, qps_vs_latency)
+def token_latency_vs_load(cases: list[CaseResult]) -> list[tuple[str, str]]:
+    """Served generation's server runs: the bound percentile's TTFT and TPOT against the
+    scheduled rate, per variant, with each bound as a line."""
+    groups: dict[str, list[CaseResult]] = defaultdict(list)
+    for c in cases:
+        if c.serving is not None and c.measured and c.serving.scenario == "server" \
+                and c.serving.serves_tokens:
+            groups[c.benchmark_key].append(c)
+    out = []
+    for bench, members in sorted(groups.items()):
+        key = members[0].serving.bound_percentile
+        bounds = members[0].serving.token_bounds_ms
+        for index, figure_name in enumerate(("TTFT", "TPOT")):
+            fig, ax = figure(f"{bench}: {key} {figure_name} against requests/s",
+                             "scheduled requests/s", f"{key} {figure_name} (ms)")
+            for c in members:
+                points = sorted((r.scheduled_samples_per_s or r.target_qps or 0.0,
+                                 (r.ttft_ms if index == 0 else r.tpot_ms or {}).get(key, 0.0))
+                                for r in c.serving.runs if r.tpot_ms is not None)
+                if points:
+                    xs, ys = zip(*points, strict=True)
+                    ax.plot(xs, ys, marker="o", label=c.case_id.partition("[")[2].rstrip("]"))
+            if bounds is not None:
+                ax.axhline(bounds[index], linestyle="--", color="red")
+            ax.legend(fontsize=5)
+            out.append((f"Served generation: {figure_name} against load: {bench}", png(fig)))
+    return out
+
+
+PLOTS = (latency_cdf, qps_vs_latency, token_latency_vs_load)

@@ -14,7 +14,7 @@ from bench.reports.compare import injected_slowdown
 from bench.reports.generation import render_generation
 from bench.reports.parity import Parity, parity_by_case
 from bench.reports.scaling import render_scaling
-from bench.reports.serving import render_serving
+from bench.reports.serving import render_served_tokens, render_serving
 from bench.reports.slo import slo_failures
 from bench.reports.text import csv_text
 from bench.reports.training import render_training, winners
@@ -163,10 +163,11 @@ def render_report(record: RunRecord, fmt: str = "github") -> str:
     scaled = render_scaling(record, fmt) if fmt != "latex" else ""
     serving = render_serving(record, fmt) if fmt != "latex" else ""
     generation = render_generation(record, fmt) if fmt != "latex" else ""
+    tokens = render_served_tokens(record, fmt) if fmt != "latex" else ""
     if fmt == "html":
         return ("".join(f"<p>{html.escape(line)}</p>" for line in header.splitlines()) + table
                 + training + "".join(f"<p>{html.escape(line)}</p>" for line in winners(record))
-                + scaled + serving + generation)
+                + scaled + serving + tokens + generation)
     if fmt == "latex":
         return table + "\n"
     if training:
@@ -178,6 +179,8 @@ def render_report(record: RunRecord, fmt: str = "github") -> str:
         energy = {c.energy.reason for c in record.cases
                   if c.energy is not None and not c.energy.measured}
         table += "".join(f"energy not measurable here: {r}\n" for r in sorted(energy))
+    if tokens:
+        table += "\n\nServed generation (LoadGen token latencies)\n\n" + tokens + "\n"
     if generation:
         table += "\n\nText generation\n\n" + generation + "\n"
     return f"{header}\n\n{table}\n"

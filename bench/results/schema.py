@@ -1,4 +1,4 @@
-"""The result file schema (JSON), version 13.
+"""The result file schema (JSON), version 15.
 
 A run file holds ``schema``/``schema_version``, the run's metadata, the machine's
 fingerprint and one record per finished case. Every figure keeps its raw samples and
@@ -63,6 +63,12 @@ Versions (older files are read through ``bench.results.migrations``):
     ITL, prefill and decode tokens/s, the KV cache computed and measured, the weights'
     bytes), with each figure's definition. Absent (none) in older files, which have no
     such case.
+15. Served text generation (LoadGen's token latencies): ``LoadGenRun.ttft_ms`` and
+    ``.tpot_ms`` (LoadGen's TTFT and TPOT percentiles), ``.tokens_per_s``,
+    ``.requests_meeting_bounds`` and ``.goodput_per_s`` (samples meeting the TTFT and TPOT
+    bounds, per second); ``ServingResult.ttft_samples_s`` and ``.tpot_samples_s`` (the
+    SUT's per-sample figures); the serving settings ``ttft_bound_ms`` and
+    ``tpot_bound_ms``. Absent (none, empty) in older files, which served no tokens.
 """
 
 from __future__ import annotations
@@ -80,7 +86,7 @@ from bench.typed import SchemaError, plain
 from bench.units import DEFAULT_PARITY_TARGET
 
 SCHEMA_NAME = "bench.run"
-SCHEMA_VERSION = 14
+SCHEMA_VERSION = 15
 
 # TimingResult.trial_timing: a sample per step, or one per block of steps (its mean).
 TRIAL_PER_ITERATION = "per_iteration"
@@ -558,6 +564,15 @@ class LoadGenRun:
     mean_batch: float  # the SUT's batches: mean samples per model call
     duration_s: float
     energy: EnergyResult | None = None
+    # Token serving (schema 15): LoadGen's TTFT (issue to first token; offline: none) and
+    # TPOT ((latency - TTFT) / (tokens - 1)), min, mean, p50...p99.9, max in ms; its token
+    # rate; samples whose own TTFT and TPOT met both bounds (the SUT's figures), and
+    # goodput: samples_per_s x their share.
+    ttft_ms: dict[str, float] | None = None
+    tpot_ms: dict[str, float] | None = None
+    tokens_per_s: float | None = None
+    requests_meeting_bounds: int | None = None
+    goodput_per_s: float | None = None
 
 
 @dataclass
@@ -579,6 +594,10 @@ class ServingResult:
     # to completion), raw, for the latency CDF; LoadGen's own percentiles are in the run.
     latency_samples_s: list[float] = field(default_factory=list)
     summary_log: str = ""
+    # Token serving: the headline run's per-sample TTFT and TPOT as the SUT saw them (the
+    # same samples and stride as latency_samples_s).
+    ttft_samples_s: list[float] = field(default_factory=list)
+    tpot_samples_s: list[float] = field(default_factory=list)
 
     @property
     def headline_run(self) -> LoadGenRun:
@@ -589,6 +608,28 @@ class ServingResult:
         """The latency key the bound applies to (``latency_ms``'s: p99, p90, p99.9...)."""
         value = self.settings.get("latency_percentile", 0.99)
         return f"p{float(value) * 100:g}" if isinstance(value, int | float) else "p99"
+
+    @property
+    def token_bounds_ms(self) -> tuple[float, float] | None:
+        """Token serving's (TTFT, TPOT) bounds, None where the case set none."""
+        ttft, tpot = self.settings.get("ttft_bound_ms"), self.settings.get("tpot_bound_ms")
+        if isinstance(ttft, int | float) and isinstance(tpot, int | float):
+            return float(ttft), float(tpot)
+        return None
+
+    @property
+    def serves_tokens(self) -> bool:
+        return self.headline_run.tpot_ms is not None
+
+    def bound_text(self) -> str:
+        """The server's bound as LoadGen held it: the latency percentile, or with token
+        latencies the TTFT and TPOT percentiles; "" for the other scenarios."""
+        if self.scenario != "server":
+            return ""
+        key = self.bound_percentile
+        if self.serves_tokens and (bounds := self.token_bounds_ms) is not None:
+            return f"{key} TTFT <= {bounds[0]:g} ms, {key} TPOT <= {bounds[1]:g} ms"
+        return f"{key} <= {float(self.settings.get('latency_bound_ms', 0)):g} ms"
 
 
 @dataclass

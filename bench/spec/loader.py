@@ -312,6 +312,12 @@ _SERVING_SETTINGS = {
     "max_probes": Setting("max_probes", int, minimum=2, maximum=64),
     "sample_count": Setting("sample_count", int, minimum=1,
                             help="LoadGen's query sample library size"),
+    "ttft_bound_ms": Setting("ttft_bound_ms", float, minimum=0, above_minimum=True,
+                             help="token serving (generate): the TTFT bound at "
+                                  "latency_percentile"),
+    "tpot_bound_ms": Setting("tpot_bound_ms", float, minimum=0, above_minimum=True,
+                             help="token serving (generate): the TPOT bound at "
+                                  "latency_percentile"),
 }
 
 

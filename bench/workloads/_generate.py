@@ -45,6 +45,7 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -52,9 +53,10 @@ import torch
 
 from bench.measurement.generation import GenerationCall, kv_cache_bytes
 from bench.spec.axes import Setting
+from bench.spec.model import CLOSED_LOOP
 from bench.variants import VariantNotApplied
 from bench.variants.variant import serialized_bytes
-from bench.workloads.base import Outcome, Phase, RunContext
+from bench.workloads.base import Outcome, Phase, RunContext, serving_axes
 from bench.workloads.hf import read_lines
 
 if TYPE_CHECKING:
@@ -98,6 +100,7 @@ def generation_axes() -> dict[str, Setting]:
                                 phases=only, variant=True,
                                 help="torchao: int8 or int4 weight-only, or int8 dynamic "
                                      "(weights and activations)"),
+        **serving_axes(only),
     }
 
 
@@ -132,6 +135,19 @@ def generation_unsupported(case: CaseSpec) -> str | None:
     if a.get("quantization", "none") != "none" and case.precision not in ("fp32", "bf16_cast"):
         return f"torchao quantization here starts from fp32 or bf16_cast weights, not " \
                f"{case.precision}"
+    return _served_unsupported(case)
+
+
+def _served_unsupported(case: CaseSpec) -> str | None:
+    if case.scenario == CLOSED_LOOP:
+        return None
+    if int(case.axes["output_tokens"]) < 2:
+        return "a served generate case needs output_tokens >= 2 (LoadGen's TPOT divides by " \
+               "tokens - 1)"
+    spec = case.serving
+    if case.scenario == "server" and (spec is None or not spec.has_token_bounds):
+        return "scenario=server on the generate phase needs serving.ttft_bound_ms and " \
+               "serving.tpot_bound_ms (the TTFT and TPOT bounds LoadGen holds the server to)"
     return None
 
 
@@ -184,16 +200,19 @@ def greedy_agreement(reference: torch.Tensor, tokens: torch.Tensor) -> dict[str,
 
 class _TokenClock:
     """A streamer that notes when each step's new tokens reach the host (the first ``put``
-    is the prompt, before any step)."""
+    is the prompt, before any step), and calls ``on_first`` at the first."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_first: Callable[[], None] | None = None) -> None:
         self.times: list[float] = []
         self._prompt_seen = False
+        self._on_first = on_first
 
     def put(self, value: torch.Tensor) -> None:
         now = time.perf_counter()
         if self._prompt_seen:
             self.times.append(now)
+            if len(self.times) == 1 and self._on_first is not None:
+                self._on_first()
         self._prompt_seen = True
 
     def end(self) -> None:
@@ -374,6 +393,19 @@ class GeneratePhase(Phase):
 
     def step(self) -> object:
         return self.call()
+
+    serves_tokens = True
+
+    def serve(self, samples: int, first_token: Callable[[], None] | None = None) -> int:
+        """A LoadGen batch of ``samples`` requests: one generate call on the first
+        ``samples`` of the case's prompts (``batch_size`` is the server's largest batch),
+        ``first_token`` called when their first new tokens reach the host; returns the
+        tokens made per request."""
+        self.model.generate(self.prompts[:samples].to(self.device),
+                            max_new_tokens=self.output_tokens,
+                            min_new_tokens=self.output_tokens,
+                            streamer=_TokenClock(first_token), **self._generate_kwargs())
+        return self.output_tokens
 
     def finish(self) -> Outcome:
         with self.precision.context(self.device):

@@ -62,11 +62,11 @@ SCENARIO_HELP = ("closed_loop: back-to-back batches of batch_size (the engine's 
                  "the phase served as its system under test (bench.measurement.serving)")
 
 
-def serving_axes() -> dict[str, Setting]:
+def serving_axes(phases: tuple[str, ...] = ("infer",)) -> dict[str, Setting]:
     """Inference as it is served (bench.measurement.serving): the LoadGen scenario. A phase
     that takes it implements ``Phase.serve``."""
     return {"scenario": Setting("scenario", str, CLOSED_LOOP, choices=SCENARIOS,
-                                phases=("infer",), help=SCENARIO_HELP)}
+                                phases=phases, help=SCENARIO_HELP)}
 
 
 @dataclass
@@ -113,6 +113,11 @@ class Phase(ABC):
     def flop_count(self) -> FlopCount | None:
         """FLOPs of one step (counted and analytic), for MFU; None: not reported."""
         return None
+
+    # Whether ``serve`` serves tokens: ``serve(samples, first_token)`` calls
+    # ``first_token()`` when the batch's first new tokens are on the host and returns the
+    # tokens made per sample (LoadGen's token latencies: TTFT, TPOT).
+    serves_tokens: ClassVar[bool] = False
 
     def serve(self, samples: int) -> object:
         """Serve one batch of ``samples`` (1 to ``samples_per_step``) as one call of the
