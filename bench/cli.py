@@ -205,7 +205,13 @@ def cmd_max_batch(args: argparse.Namespace) -> int:
     planned = [p for p in plan_suite(suite, parse_select(args.select)) if not p.skip_reason]
     if not planned:
         raise BenchInputError(args.suite, "no runnable case here", key="--select")
+    if latency is not None and latency.figure != "step" and \
+            (other := next((p.spec for p in planned if p.spec.phase != "generate"), None)):
+        raise BenchInputError("--latency", f"{latency} bounds a text-generation figure, but "
+                              f"{other.case_id} does not generate text", key="--latency",
+                              valid="p50_ms, p90_ms or p99_ms for it")
     rows, records = [], []
+    generating = any(p.spec.phase == "generate" for p in planned)
     for plan in planned:
         found = max_batch_for_case(plan.spec, ceiling=args.ceiling, latency=latency)
         at_max = found.at_max
@@ -213,6 +219,11 @@ def cmd_max_batch(args: argparse.Namespace) -> int:
         if latency is not None:
             row += [found.first_over_latency,
                     f"{at_max.latency_ms:.3g}" if at_max and at_max.latency_ms else ""]
+        if generating:
+            axes = plan.spec.axes
+            row += [int(axes.get("input_tokens", 0)) + int(axes.get("output_tokens", 0))
+                    if "input_tokens" in axes else "",
+                    f"{at_max.kv_cache_mib:.4g}" if at_max and at_max.kv_cache_mib else ""]
         rows.append(row + [f"{at_max.throughput:.4g} {at_max.throughput_unit}"
                            if at_max and at_max.throughput else "",
                            f"{at_max.peak_mib:.0f}" if at_max and at_max.peak_mib else "",
@@ -222,7 +233,9 @@ def cmd_max_batch(args: argparse.Namespace) -> int:
         print(f"{found.case_id}: max batch {found.max_batch}", file=sys.stderr)
     headers = ["case (batch_size searched)", "max batch", "first OOM"]
     if latency is not None:
-        headers += [f"first over {latency}", f"{latency.percentile} ms at max"]
+        headers += [f"first over {latency}", f"{latency.label} ms at max"]
+    if generating:
+        headers += ["context (in + out tokens)", "KV cache MiB at max"]
     print(tabulate(rows, headers=headers + ["throughput at max", "peak MiB at max", "probes",
                                             "stopped"]))
     if args.out:
@@ -588,7 +601,8 @@ def _add_run_commands(sub: Any) -> None:
     p.add_argument("--latency", metavar="PERCENTILE_ms=MS",
                    help="also bound the step latency: the largest batch whose p50/p90/p99 "
                         "step time (closed loop, one batch per step) stays within MS, "
-                        "e.g. p99_ms=20")
+                        "e.g. p99_ms=20; for text generation tpot_p50_ms=MS or "
+                        "ttft_p99_ms=MS bound its TPOT or TTFT percentile over calls")
     p.set_defaults(func=cmd_max_batch)
 
 

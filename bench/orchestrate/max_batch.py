@@ -7,7 +7,10 @@ forked worker's would count pages it shares with its server) with a short budget
 ``ok`` fits; ``oom`` (a CUDA/host allocation failure caught in the worker, or the
 watchdog's memory limit) does not. With a latency bound (``bench max-batch --latency
 p99_ms=20``) a probe whose step latency percentile (closed loop: one batch per step)
-exceeds the bound does not fit either (``over_latency``). A probe timed while other
+exceeds the bound does not fit either (``over_latency``); for a text-generation case
+the bound may be on its time per output token or to first token instead (``--latency
+tpot_p50_ms=60``: the percentile over the probe's generate calls), and a suite whose matrix
+lists several ``input_tokens`` searches the batch at each context. A probe timed while other
 processes took the CPU (``contended``) still says whether the batch fits in memory, which
 load does not change, and a latency within the bound, which load only lengthens: it counts
 as ``ok``. Only a contended probe over a latency bound cannot tell; it is run again (up to
@@ -27,6 +30,7 @@ from bench.errors import BenchInputError
 from bench.launch.launcher import Launcher, local_launcher
 from bench.results.schema import STATUS_CONTENDED, STATUS_OK, STATUS_OOM, CaseResult
 from bench.spec.model import Budget, CaseSpec
+from bench.units import MIB
 
 PROBE_BUDGET = {"min_trials": 3, "max_trials": 5, "max_time_s": 1.0, "trial_time_s": 0.05,
                 "warmup_max_s": 0.5, "processes": 1}
@@ -36,26 +40,48 @@ LATENCY_PROBE_BUDGET = {**PROBE_BUDGET, "min_trials": 5, "max_trials": 10,
 # A probe that ran but whose latency percentile is above the bound (not a CaseResult status).
 OVER_LATENCY = "over_latency"
 LATENCY_KEYS = ("p50_ms", "p90_ms", "p99_ms")
+# Text generation's figures (CaseResult.generation): TPOT or TTFT percentiles over calls.
+GENERATION_LATENCY_KEYS = tuple(f"{figure}_{key}" for figure in ("tpot", "ttft")
+                                for key in LATENCY_KEYS)
 # Runs of a contended probe over the latency bound before the search stops undecided.
 CONTENDED_PROBE_RETRIES = 2
 
 
 @dataclass(frozen=True)
 class LatencyBound:
-    """``p99_ms=20``: the step latency percentile a batch must stay within."""
+    """``p99_ms=20``: the step latency percentile a batch must stay within;
+    ``tpot_p50_ms=60`` (``ttft_...``): a generation case's TPOT (TTFT) percentile."""
 
     percentile: str  # p50 | p90 | p99 (the worker's TimingResult.latency_s keys)
     ms: float
+    figure: str = "step"  # step | tpot | ttft
 
     def __str__(self) -> str:
-        return f"{self.percentile}_ms={self.ms:g}"
+        prefix = "" if self.figure == "step" else f"{self.figure}_"
+        return f"{prefix}{self.percentile}_ms={self.ms:g}"
+
+    @property
+    def label(self) -> str:
+        return self.percentile if self.figure == "step" else \
+            f"{self.figure.upper()} {self.percentile}"
+
+    def read_ms(self, record: CaseResult) -> float | None:
+        """The bound's figure in the record, in ms (None: not recorded)."""
+        if self.figure == "step":
+            value = (record.timing.latency_s if record.timing else {}).get(self.percentile)
+        else:
+            generation = record.generation
+            figures = None if generation is None else getattr(generation, f"{self.figure}_s")
+            value = (figures or {}).get(self.percentile)
+        return None if value is None else value * 1000
 
 
 def parse_latency_bound(text: str, option: str = "--latency") -> LatencyBound:
     key, sep, value = text.partition("=")
-    if not sep or key not in LATENCY_KEYS:
+    valid_keys = LATENCY_KEYS + GENERATION_LATENCY_KEYS
+    if not sep or key not in valid_keys:
         raise BenchInputError(option, f"expected PERCENTILE_ms=MS, got {text!r}", key=option,
-                              valid=", ".join(f"{k}=<ms>" for k in LATENCY_KEYS))
+                              valid=", ".join(f"{k}=<ms>" for k in valid_keys))
     try:
         ms = float(value)
     except ValueError:
@@ -63,7 +89,8 @@ def parse_latency_bound(text: str, option: str = "--latency") -> LatencyBound:
     if not math.isfinite(ms) or ms <= 0:
         raise BenchInputError(option, f"{value!r} is not a positive number of ms", key=key,
                               valid="a finite number > 0")
-    return LatencyBound(key.removesuffix("_ms"), ms)
+    figure, _, percentile = key.removesuffix("_ms").rpartition("_")
+    return LatencyBound(percentile, ms, figure or "step")
 
 
 @dataclass
@@ -75,6 +102,7 @@ class Probe:
     throughput_unit: str | None = None
     peak_mib: float | None = None
     latency_ms: float | None = None  # the bound's percentile, where a bound was given
+    kv_cache_mib: float | None = None  # a generation case's KV cache (computed)
 
 
 @dataclass
@@ -147,14 +175,16 @@ def _probe_result(batch: int, record: CaseResult, bound: LatencyBound | None) ->
     probe = Probe(batch, status, record.reason if status != STATUS_OK else None,
                   throughput.value if throughput else None,
                   throughput.unit if throughput else None, peak)
+    if record.generation is not None:
+        probe.kv_cache_mib = record.generation.kv_cache_computed_bytes / MIB
     if bound is not None and status == STATUS_OK:
-        latency = (record.timing.latency_s if record.timing else {}).get(bound.percentile)
+        latency = bound.read_ms(record)
         if latency is None or not math.isfinite(latency):
-            probe.status, probe.reason = "error", f"no {bound.percentile} step latency recorded"
+            probe.status, probe.reason = "error", f"no {bound.label} latency recorded"
         else:
-            probe.latency_ms = latency * 1000
+            probe.latency_ms = latency
             if probe.latency_ms > bound.ms:
-                over = f"{bound.percentile} {probe.latency_ms:.3g} ms > {bound.ms:g} ms"
+                over = f"{bound.label} {probe.latency_ms:.3g} ms > {bound.ms:g} ms"
                 if record.status == STATUS_CONTENDED:
                     probe.status = STATUS_CONTENDED
                     probe.reason = f"{over}, but timed under contention ({record.reason})"
@@ -168,7 +198,10 @@ def max_batch_for_case(case: CaseSpec, ceiling: int = DEFAULT_CEILING,
                        latency: LatencyBound | None = None) -> MaxBatch:
     """Search the batch_size axis of ``case`` (its other axes fixed): the largest batch that
     fits in memory and, with ``latency``, whose step latency percentile meets the bound."""
-    settings = PROBE_BUDGET if latency is None else LATENCY_PROBE_BUDGET
+    # A step percentile needs many steps; a generation bound is a percentile over calls,
+    # each call's TPOT already the mean of its steps: the fit probe's calls do.
+    settings = LATENCY_PROBE_BUDGET if latency is not None and latency.figure == "step" \
+        else PROBE_BUDGET
     budget = Budget(**{**case.budget.to_dict(), **settings})
 
     def probe(batch: int) -> Probe:

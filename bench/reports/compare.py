@@ -98,6 +98,15 @@ class ServingComparison:
     rate_kind: str  # capacity | samples/s
     rate_ratio: float
     bound_lost: bool  # the baseline's headline run met its bound, the current one's not
+    # Served generation (both sides served tokens): LoadGen's TTFT and TPOT at the same
+    # percentile, current / baseline.
+    ttft_ratio: float | None = None
+    tpot_ratio: float | None = None
+
+    @property
+    def token_ratios(self) -> dict[str, float]:
+        return {name: ratio for name, ratio in (("TTFT", self.ttft_ratio),
+                                                ("TPOT", self.tpot_ratio)) if ratio is not None}
 
 
 @dataclass(frozen=True)
@@ -306,8 +315,15 @@ def _serving(base: CaseResult, cur: CaseResult,
         problems.append(Problem("serving", "a latency or rate is not a finite positive "
                                            "number"))
         return None
+    tokens = {}
+    for name in ("ttft", "tpot"):
+        before, after = getattr(then, f"{name}_ms"), getattr(now, f"{name}_ms")
+        if before is not None and after is not None and key in before and key in after \
+                and _finite_positive([before[key], after[key]]):
+            tokens[f"{name}_ratio"] = after[key] / before[key]
     return ServingComparison(a.scenario, key, now.latency_ms[key] / then.latency_ms[key], kind,
-                             rate_now / rate_then, then.meets_bound and not now.meets_bound)
+                             rate_now / rate_then, then.meets_bound and not now.meets_bound,
+                             **tokens)
 
 
 def _time_to_accuracy(base: CaseResult, cur: CaseResult,

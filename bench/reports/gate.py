@@ -9,8 +9,8 @@ A case regresses when (each check a small strategy over a ``CaseComparison``):
 - memory: peak grew by more than ``memory.max_growth``;
 - accuracy: task metric below ``accuracy.min_ratio`` of the baseline (default: the
   suite's parity target for the case, 0.99);
-- serving: a LoadGen scenario's latency percentile grew by more than
-  ``serving.max_latency_growth``, its capacity (or samples/s) fell by more than
+- serving: a LoadGen scenario's latency percentile (served generation: also its TTFT or
+  TPOT at that percentile) grew by more than ``serving.max_latency_growth``, its capacity (or samples/s) fell by more than
   ``serving.max_rate_drop``, or a server latency bound met before is missed now;
 - ttft: a text-generation case's time to first token (over its calls) grew by more than
   ``ttft.max_growth`` AND significant (Mann-Whitney at ``speed.alpha``); its time per
@@ -429,14 +429,17 @@ def check_serving(c: CaseComparison, policy: Policy) -> tuple[str | None, str | 
     sv = c.serving
     if not policy.gate_serving or sv is None:
         return None, None
-    text = (f"{sv.scenario}: {sv.percentile} latency x{sv.latency_ratio:.3f}, {sv.rate_kind} "
-            f"x{sv.rate_ratio:.3f} (one LoadGen run a side: no CI)")
-    if sv.bound_lost or sv.latency_ratio > 1 + policy.serving_max_latency_growth or \
+    tokens = sv.token_ratios
+    text = (f"{sv.scenario}: {sv.percentile} latency x{sv.latency_ratio:.3f}, "
+            + "".join(f"{sv.percentile} {name} x{ratio:.3f}, " for name, ratio in tokens.items())
+            + f"{sv.rate_kind} x{sv.rate_ratio:.3f} (one LoadGen run a side: no CI)")
+    latencies = [sv.latency_ratio, *tokens.values()]
+    growth = 1 + policy.serving_max_latency_growth
+    if sv.bound_lost or max(latencies) > growth or \
             sv.rate_ratio < 1 - policy.serving_max_rate_drop:
-        return text + ("; the latency bound met before is missed now" if sv.bound_lost
-                       else ""), None
-    if sv.latency_ratio < 1 / (1 + policy.serving_max_latency_growth) or \
-            sv.rate_ratio > 1 / (1 - policy.serving_max_rate_drop):
+        bound = "the TTFT/TPOT bound" if tokens else "the latency bound"
+        return text + (f"; {bound} met before is missed now" if sv.bound_lost else ""), None
+    if max(latencies) < 1 / growth or sv.rate_ratio > 1 / (1 - policy.serving_max_rate_drop):
         return None, text
     return None, None
 

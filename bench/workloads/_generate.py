@@ -304,7 +304,9 @@ class GeneratePhase(Phase):
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \
             else self.tokenizer.eos_token_id
         built = time.perf_counter()
-        self.reference_tokens = self._greedy(model, self.agreement_prompts, reference=True)
+        # A probe (bench max-batch) times the steps only: no quality figures to compare.
+        self.reference_tokens = None if case.probe else \
+            self._greedy(model, self.agreement_prompts, reference=True)
         self.build = VariantBuild([], {"reference_tokens_s": time.perf_counter() - built})
         self.model = self._apply_variant(model)
         self.weights_bytes = serialized_bytes(self.model)

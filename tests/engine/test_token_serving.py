@@ -125,19 +125,23 @@ def test_a_bad_token_bound_is_one_line(write_suite):
     assert "serving.ttft_bound_ms" in str(info.value) and "\n" not in str(info.value)
 
 
-def test_the_token_table_shows_ttft_tpot_goodput_and_the_bound():
+def _served_case(scenario: str = "single_stream", **spec):
     from tests.builders import case
 
-    run, sut, summary = loadgen_run(served(ttft_bound_ms=10_000, tpot_bound_ms=10_000,
-                                           latency_percentile=0.9), "single_stream")
-    result = case("toy/generate[scenario=single_stream]", None)
+    phase = served(ttft_bound_ms=10_000, tpot_bound_ms=10_000, latency_percentile=0.9, **spec)
+    run, sut, summary = loadgen_run(phase, scenario, spec.get("server_qps"))
+    result = case(f"toy/generate[scenario={scenario}]", None)
     result.serving = ServingResult(
-        scenario="single_stream", loadgen_version="x",
-        settings=served(ttft_bound_ms=10_000, tpot_bound_ms=10_000,
-                        latency_percentile=0.9).spec.to_dict(),
+        scenario=scenario, loadgen_version="x", settings=phase.spec.to_dict(),
         sut="scripted", cold_start_s=0.0, warmup="none", runs=[run], headline=0,
         latency_samples_s=sut.latencies, summary_log=summary, ttft_samples_s=sut.ttfts,
         tpot_samples_s=sut.tpots)
+    return result
+
+
+def test_the_token_table_shows_ttft_tpot_goodput_and_the_bound():
+    result = _served_case()
+    run = result.serving.headline_run
     table = render_served_tokens(record_of(result))
     row = next(line for line in table.splitlines() if "toy/generate" in line)
     assert f"{run.ttft_ms['p50']:.4g}" in row and f"{run.tpot_ms['p90']:.4g}" in row
@@ -166,3 +170,34 @@ def test_smollm2_served_single_stream_in_a_worker(write_suite):
     assert len(result.serving.ttft_samples_s) == run.samples
     assert "FirstTokenComplete" in result.serving.sut
     assert result.generation is None and result.accuracy.metrics["greedy_agreement"] == 1.0
+
+
+def test_the_gate_fails_a_served_tpot_or_ttft_regression_and_a_lost_token_bound(tmp_path,
+                                                                              capsys):
+    import copy
+
+    from bench.cli import main
+    from tests.builders import write
+
+    base = _served_case("server", server_qps=5.0, min_queries=4)
+    assert base.serving.headline_run.meets_bound
+
+    def changed(figure=None, factor=1.0, lost=False):
+        out = copy.deepcopy(base)
+        run = out.serving.headline_run
+        if figure:
+            getattr(run, figure)["p90"] *= factor
+        run.meets_bound = run.meets_bound and not lost
+        return out
+
+    files = {name: write(tmp_path / f"{name}.json", record_of(case)) for name, case in {
+        "base": base, "same": changed(), "tpot": changed("tpot_ms", 1.3),
+        "ttft": changed("ttft_ms", 1.3), "lost": changed(lost=True)}.items()}
+    gate = ["gate", "--baseline", files["base"], "--current"]
+    assert main([*gate, files["same"]]) == 0
+    assert main([*gate, files["tpot"]]) == 1
+    assert "p90 TPOT x1.300" in capsys.readouterr().out
+    assert main([*gate, files["ttft"]]) == 1
+    assert "p90 TTFT x1.300" in capsys.readouterr().out
+    assert main([*gate, files["lost"]]) == 1
+    assert "the TTFT/TPOT bound met before is missed now" in capsys.readouterr().out
