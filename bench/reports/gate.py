@@ -10,8 +10,9 @@ A case regresses when (each check a small strategy over a ``CaseComparison``):
 - accuracy: task metric below ``accuracy.min_ratio`` of the baseline (default: the
   suite's parity target for the case, 0.99);
 - serving: a LoadGen scenario's latency percentile (served generation: also its TTFT or
-  TPOT at that percentile) grew by more than ``serving.max_latency_growth``, its capacity (or samples/s) fell by more than
-  ``serving.max_rate_drop``, or a server latency bound met before is missed now;
+  TPOT at that percentile) grew by more than ``serving.max_latency_growth``, its capacity
+  (or samples/s) fell by more than ``serving.max_rate_drop``, or a server latency bound met
+  before is missed now;
 - ttft: a text-generation case's time to first token (over its calls) grew by more than
   ``ttft.max_growth`` AND significant (Mann-Whitney at ``speed.alpha``); its time per
   output token is the case's step time, judged by the speed check;

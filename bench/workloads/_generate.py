@@ -269,6 +269,15 @@ def cache_tensor_bytes(cache: Any) -> int:
 
 
 @dataclass
+class HeldOutText:
+    """The text perplexity is measured on, as token ids (1-D), in windows of ``window``."""
+
+    ids: torch.Tensor
+    source: str = "the shipped sentences"
+    window: int = PERPLEXITY_WINDOW
+
+
+@dataclass
 class VariantBuild:
     steps: list[str]
     build_s: dict[str, float]
@@ -280,7 +289,7 @@ class GeneratePhase(Phase):
     sample_unit = "tokens"
 
     def __init__(self, case: CaseSpec, ctx: RunContext, loaded: LoadedModel,
-                 model_name: str) -> None:
+                 model_name: str, text: HeldOutText | None = None) -> None:
         a = case.axes
         self.device = ctx.device
         self.model_name = model_name
@@ -293,7 +302,9 @@ class GeneratePhase(Phase):
         self.tokenizer, self.loaded = loaded.tokenizer, loaded
         model = loaded.model.to(ctx.device)
         self.samples_per_step = self.batch  # tokens of one decode step
-        text_ids = torch.tensor(self.tokenizer(held_out_text())["input_ids"])
+        self.text = text or HeldOutText(
+            torch.tensor(self.tokenizer(held_out_text())["input_ids"]))
+        text_ids = self.text.ids
         limit = int(case.params.get("perplexity_tokens", 0))
         self.text_ids = text_ids[:limit] if limit else text_ids
         prompts = int(case.params.get("agreement_prompts", AGREEMENT_PROMPTS))
@@ -411,15 +422,16 @@ class GeneratePhase(Phase):
 
     def finish(self) -> Outcome:
         with self.precision.context(self.device):
-            ppl, predicted = perplexity(self.model, self.text_ids, device=self.device)
+            ppl, predicted = perplexity(self.model, self.text_ids, self.text.window,
+                                        device=self.device)
         tokens = self._greedy(self.model, self.agreement_prompts)
         metrics = {"perplexity": ppl, **greedy_agreement(self.reference_tokens, tokens)}
         details = {
             "model_source": self.loaded.source, "model_origin": self.loaded.origin,
             "model_name": self.model_name,
             "quality_method": (
-                f"perplexity: exp(mean NLL) over {predicted} predicted tokens of the shipped "
-                f"sentences in windows of {PERPLEXITY_WINDOW}; greedy agreement: "
+                f"perplexity: exp(mean NLL) over {predicted} predicted tokens of "
+                f"{self.text.source} in windows of {self.text.window}; greedy agreement: "
                 f"{len(self.agreement_prompts)} prompts of {AGREEMENT_PROMPT_TOKENS} tokens, "
                 f"{AGREEMENT_NEW_TOKENS} new tokens, against the fp32 eager model's tokens "
                 "generated in this worker"

@@ -11,6 +11,13 @@ windows of the config's context). Infer phase: prefill, a forward over ``batch_s
 full-context windows with logits at every position (scoring). Validation loss is
 reported in bits per byte (a token is a byte), on a model trained from a fixed seed for
 exactly ``train_steps`` steps with the case's settings, not on the timed one.
+
+Generate phase: the model trained as prefill's is (fp32, ``train_steps`` at
+``train_batch_size``), then moved into a transformers GPT-2 with the same weights
+(bench.workloads._gpt_hf) and run by the generate phase (bench.workloads._generate) as
+any causal LM: prompts are windows of the validation bytes, perplexity is per byte on the
+first ``perplexity_tokens`` of them (default 4,096) in windows of the context, and
+``input_tokens + output_tokens`` must fit the config's context (learned positions).
 """
 
 from __future__ import annotations
@@ -35,7 +42,16 @@ from bench.spec.axes import Setting
 from bench.units import MIB
 from bench.variants.backends import BACKENDS, COMPILE_MODES, training_backend_axis
 from bench.variants.parallel import parallelize
+from bench.variants.precision import get_precision
 from bench.workloads import register
+from bench.workloads._generate import PHASE as GENERATE
+from bench.workloads._generate import (
+    GeneratePhase,
+    HeldOutText,
+    generation_axes,
+    generation_unsupported,
+    quality_params,
+)
 from bench.workloads._recipes import Schedule, build_optimizer, recipe_axes
 from bench.workloads._training import (
     BatchStream,
@@ -386,8 +402,9 @@ class Gpt(Workload):
     smoke_params = {"train_steps": 4, "corpus_mib": 0.2, "train_batch_size": 4}
     description = "nanoGPT-style decoder, byte-level, trained on the Python standard " \
                   "library's sources; tokens/s, FLOPs, MFU, memory split, val bits/byte"
-    phases = ("train", "infer")
+    phases = ("train", "infer", GENERATE)
     float8_training = True
+    smoke_axes = {"input_tokens": 16, "output_tokens": 4}
 
     @classmethod
     def axes(cls) -> dict[str, Setting]:
@@ -409,6 +426,13 @@ class Gpt(Workload):
             **recipe_axes("adamw", None, dropout=False, weight_decay=ADAMW_WEIGHT_DECAY),
             **parallel_axes(),
         })
+        # The generate phase's axes; backend and compile_mode are gpt's own (every phase).
+        generation = generation_axes()
+        generation["input_tokens"] = dataclasses.replace(generation["input_tokens"],
+                                                         default=48)
+        generation["output_tokens"] = dataclasses.replace(generation["output_tokens"],
+                                                          default=16)
+        axes.update({k: v for k, v in generation.items() if k not in axes})
         return axes
 
     @classmethod
@@ -418,19 +442,23 @@ class Gpt(Workload):
                                    help="steps of the fixed-seed run validation is measured on"),
             "lr": Setting("lr", float, 1e-3, minimum=0),
             "train_batch_size": Setting("train_batch_size", int, 16, minimum=1,
-                                        phases=("infer",),
-                                        help="batch of the run prefill's model is trained by"),
+                                        phases=("infer", GENERATE),
+                                        help="batch of the run prefill's and generate's "
+                                             "model is trained by"),
             "corpus_mib": Setting("corpus_mib", float, 4.0, minimum=0.1,
                                   help="MiB of standard-library source to read"),
+            **quality_params(),
         }
 
     @classmethod
     def metrics(cls, phase: str) -> tuple[str, ...]:
+        if phase == GENERATE:
+            return ("perplexity", "greedy_agreement", "greedy_first_divergence")
         return ("val_bpb", "final_train_loss")
 
     @classmethod
     def task_metric(cls, phase: str) -> tuple[str, bool] | None:
-        return ("val_bpb", False)
+        return ("perplexity", False) if phase == GENERATE else ("val_bpb", False)
 
     @classmethod
     def eval_metrics(cls, phase: str) -> dict[str, bool]:
@@ -438,6 +466,8 @@ class Gpt(Workload):
 
     @classmethod
     def unsupported_reason(cls, case) -> str | None:
+        if case.phase == GENERATE:
+            return _generate_unsupported(case)
         mode = case.axes.get("compile_mode", "default")
         if mode != "default" and case.backend != "compile":
             return f"compile_mode={mode} is torch.compile's: it needs backend=compile"
@@ -448,4 +478,49 @@ class Gpt(Workload):
 
     @classmethod
     def prepare(cls, case, ctx: RunContext) -> Phase:
+        if case.phase == GENERATE:
+            return gpt_generate_phase(case, ctx)
         return GPTTrain(case, ctx) if case.phase == "train" else GPTInfer(case, ctx)
+
+
+# Bytes of validation text perplexity reads unless perplexity_tokens says otherwise.
+GENERATE_PERPLEXITY_BYTES = 4096
+
+
+def _generate_unsupported(case) -> str | None:
+    cfg = CONFIGS[case.axes["model"]]
+    context = int(case.axes["input_tokens"]) + int(case.axes["output_tokens"])
+    if context > cfg.block_size:
+        return (f"input_tokens + output_tokens = {context} exceeds the {case.axes['model']} "
+                f"config's context of {cfg.block_size} (learned positions)")
+    if case.axes["model"] == "gpt2-124m" and case.device == "cpu":
+        return "gpt2-124m is a GPU config; use model=tiny or small on CPU"
+    return generation_unsupported(case)
+
+
+def gpt_generate_phase(case, ctx: RunContext) -> Phase:
+    """The generate phase on the gpt model: trained in fp32 as prefill's model is, then a
+    transformers GPT-2 with its weights, the variant applied by the generate phase."""
+    # transformers on use: gpt's train and infer workers never import it.
+    from bench.workloads._gpt_hf import ByteTokenizer, to_transformers
+    from bench.workloads._llm import LoadedModel
+
+    fp32 = dataclasses.replace(ctx, precision=get_precision("fp32"))
+    trainer_case = dataclasses.replace(case, axes={**case.axes, "backend": "eager",
+                                                   "compile_mode": "default"})
+    source = GPTInfer(trainer_case, fp32)
+    trainer, curve = source._trained()
+    val_bpb = bits_per_byte(source.model, source.x_val, source.y_val, case.batch_size, fp32)
+    limit = int(case.params.get("perplexity_tokens") or GENERATE_PERPLEXITY_BYTES)
+    text = HeldOutText(torch.from_numpy(source.val_data[:limit].astype(np.int64)),
+                       "the gpt corpus's validation bytes", source.cfg.block_size)
+    name = case.axes["model"]
+    loaded = LoadedModel(
+        ByteTokenizer(), to_transformers(source.model),
+        source=f"gpt {name} ({source.cfg.n_layer} layers, d{source.cfg.n_embd}, context "
+               f"{source.cfg.block_size}), byte-level",
+        origin=f"trained in this worker: {trainer.steps} AdamW steps at batch "
+               f"{case.params['train_batch_size']} from seed {ctx.seed + 2} (val "
+               f"{val_bpb:.3f} bits/byte, final train loss {curve[-1]:.3f}), as a "
+               "transformers GPT2LMHeadModel with the same weights")
+    return GeneratePhase(case, ctx, loaded, f"gpt {name}", text)

@@ -17,6 +17,7 @@ from bench.results.schema import ServingResult
 from bench.spec import load_suite
 from bench.spec.expand import expand_suite
 from bench.spec.model import ServingSpec
+from tests.builders import case as plain_case
 from tests.builders import run as record_of
 
 FIRST_MS, STEP_MS, TOKENS = 20.0, 5.0, 5
@@ -126,11 +127,9 @@ def test_a_bad_token_bound_is_one_line(write_suite):
 
 
 def _served_case(scenario: str = "single_stream", **spec):
-    from tests.builders import case
-
     phase = served(ttft_bound_ms=10_000, tpot_bound_ms=10_000, latency_percentile=0.9, **spec)
     run, sut, summary = loadgen_run(phase, scenario, spec.get("server_qps"))
-    result = case(f"toy/generate[scenario={scenario}]", None)
+    result = plain_case(f"toy/generate[scenario={scenario}]", None)
     result.serving = ServingResult(
         scenario=scenario, loadgen_version="x", settings=phase.spec.to_dict(),
         sut="scripted", cold_start_s=0.0, warmup="none", runs=[run], headline=0,
@@ -146,7 +145,7 @@ def test_the_token_table_shows_ttft_tpot_goodput_and_the_bound():
     row = next(line for line in table.splitlines() if "toy/generate" in line)
     assert f"{run.ttft_ms['p50']:.4g}" in row and f"{run.tpot_ms['p90']:.4g}" in row
     assert f"{run.samples}/{run.samples}" in row
-    assert render_served_tokens(record_of(case("plain/infer", [0.01] * 5))) == ""
+    assert render_served_tokens(record_of(plain_case("plain/infer", [0.01] * 5))) == ""
 
 
 @pytest.mark.slow

@@ -202,3 +202,40 @@ def test_compile_mode_is_passed_to_torch_compile_and_needs_the_compile_backend(m
     reason = get_workload("gpt").unsupported_reason(
         gpt_case("train", backend="eager", compile_mode="max-autotune"))
     assert reason == "compile_mode=max-autotune is torch.compile's: it needs backend=compile"
+
+
+def test_the_gpt_model_as_transformers_gpt2_gives_the_same_logits_and_tokens():
+    """The generate phase runs gpt through transformers' GPT-2: the same weights must give
+    the same logits (nanoGPT is GPT-2's architecture), and a greedy generate the tokens
+    of a plain argmax loop over the nanoGPT model."""
+    from bench.workloads._gpt_hf import max_logit_difference, to_transformers
+
+    torch.manual_seed(0)
+    model = GPT(CONFIGS["small"]).eval()
+    hf = to_transformers(model)
+    ids = torch.randint(1, 256, (2, 100))
+    assert max_logit_difference(model, hf, ids) < 1e-4
+    prompt = ids[:, :40]
+    out = hf.generate(prompt, max_new_tokens=8, min_new_tokens=8, do_sample=False,
+                      pad_token_id=0)
+    with torch.inference_mode():
+        loop = prompt
+        for _ in range(8):
+            loop = torch.cat([loop, model(loop)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(out, loop)
+    hf.transformer.h[0].mlp.c_fc.weight.data.zero_()  # a copy: nanoGPT's stays as it was
+    assert model.blocks[0].mlp.c_fc.weight.abs().sum() > 0
+
+
+def test_a_gpt_generate_case_must_fit_the_context(write_suite):
+    from bench.orchestrate.plan import skip_reason
+    from bench.spec import load_suite
+    from bench.spec.expand import expand_suite
+
+    path = write_suite('[[benchmark]]\nworkload = "gpt"\nphase = "generate"\n'
+                       'matrix = { model = ["tiny"], input_tokens = [48, 60], '
+                       'output_tokens = [16] }\n')
+    fits, too_long = expand_suite(load_suite(path))
+    assert skip_reason(fits) is None
+    assert "input_tokens + output_tokens = 76 exceeds the tiny config's context of 64" \
+        in skip_reason(too_long)
