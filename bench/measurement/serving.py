@@ -22,6 +22,15 @@ a CPU suite's scaled-down runs hold; it is recorded beside, not required. Likewi
 of a few hundred queries (one seeded schedule) reads below the stationary p99, so a p99
 capacity from short runs overstates what a long run sustains: bound p90 on short runs, or
 raise ``min_queries`` into the thousands for p99 (tests/engine/test_serving.py shows both).
+
+Token serving (a phase that ``serves_tokens``: generate): LoadGen runs with
+``use_token_latencies``. The SUT's ``serve(n, first_token)`` calls back when the batch's
+first new tokens reach the host, and the SUT reports them (``FirstTokenComplete``), then
+completes each sample with its token count, so LoadGen measures TTFT (issue to first token)
+and TPOT ((latency - TTFT) / (tokens - 1)) per sample and holds a server to its TTFT and
+TPOT bounds (``ServingSpec.ttft_bound_ms``, ``tpot_bound_ms``, at ``latency_percentile``)
+instead of the latency bound. The SUT counts the samples whose own TTFT and TPOT met both
+bounds: goodput is LoadGen's completed rate times their share.
 """
 
 from __future__ import annotations
@@ -192,28 +201,17 @@ _RATE_KEYS = {"server": "result_completed_samples_per_sec",
               "single_stream": "result_qps_with_loadgen_overhead"}
 
 
-def _token_figures(log: dict[str, Any]) -> tuple[dict[str, float] | None,
-                                                  dict[str, float] | None, float | None]:
-    """LoadGen's token figures (ms), when it measured them (``use_token_latencies``): TTFT
-    (offline has none) and TPOT, each min, mean, percentiles and max; tokens per second
-    (completed, or offline's)."""
-    ttft = tpot = None
-    if "result_first_token_mean_latency_ns" in log:
-        ttft = {"min": log["result_first_token_min_latency_ns"] / 1e6,
-                "mean": log["result_first_token_mean_latency_ns"] / 1e6,
-                **{k: log[f"result_first_token_{v}_percentile_latency_ns"] / 1e6
-                   for k, v in _PERCENTILES.items()
-                   if f"result_first_token_{v}_percentile_latency_ns" in log},
-                "max": log["result_first_token_max_latency_ns"] / 1e6}
-    if "result_time_to_output_token_mean" in log:
-        tpot = {"min": log["result_time_to_output_token_min"] / 1e6,
-                "mean": log["result_time_to_output_token_mean"] / 1e6,
-                **{k: log[f"result_time_per_output_token_{v}_percentile_ns"] / 1e6
-                   for k, v in _PERCENTILES.items()
-                   if f"result_time_per_output_token_{v}_percentile_ns" in log},
-                "max": log["result_time_to_output_token_max"] / 1e6}
-    rate = log.get("result_completed_tokens_per_second", log.get("result_tokens_per_second"))
-    return ttft, tpot, None if rate is None else float(rate)
+def _latencies_ms(log: dict[str, Any], extremes: str,
+                  percentile: str) -> dict[str, float] | None:
+    """min, mean, the percentiles and max of one LoadGen latency (ns -> ms), its keys
+    ``extremes`` (formatted with min, mean, max) and ``percentile`` (with 50.00...); None
+    where LoadGen logged none."""
+    if extremes.format("mean") not in log:
+        return None
+    return {"min": log[extremes.format("min")] / 1e6, "mean": log[extremes.format("mean")] / 1e6,
+            **{k: log[percentile.format(v)] / 1e6 for k, v in _PERCENTILES.items()
+               if percentile.format(v) in log},
+            "max": log[extremes.format("max")] / 1e6}
 
 
 def run_from_log(scenario: str, target_qps: float | None, log: dict[str, Any],
@@ -223,18 +221,25 @@ def run_from_log(scenario: str, target_qps: float | None, log: dict[str, Any],
     latency bound (LoadGen's performance constraint: the latency percentile, or with token
     latencies the TTFT and TPOT percentiles); the other scenarios meet theirs when
     LoadGen's minimum duration and query count are met."""
-    latency = {"min": log["result_min_latency_ns"] / 1e6,
-               "mean": log["result_mean_latency_ns"] / 1e6,
-               **{k: log[f"result_{v}_percentile_latency_ns"] / 1e6
-                  for k, v in _PERCENTILES.items()},
-               "max": log["result_max_latency_ns"] / 1e6}
+    latency = _latencies_ms(log, "result_{}_latency_ns", "result_{}_percentile_latency_ns")
+    if latency is None:
+        raise ValueError("LoadGen's detail log has no latency figures")
     constraints = log.get("result_perf_constraints_met")
     met = [log.get("result_min_duration_met"), log.get("result_min_queries_met")]
     if scenario == "server":
         met.append(constraints)
     samples = sum(sut.batches)
     rate = log.get(_RATE_KEYS.get(scenario, ""))
-    ttft, tpot, tokens_per_s = _token_figures(log) if sut.tokens else (None, None, None)
+    ttft = tpot = tokens_per_s = None
+    if sut.tokens:
+        # LoadGen's token figures: TTFT (none offline), TPOT and the completed token rate.
+        ttft = _latencies_ms(log, "result_first_token_{}_latency_ns",
+                             "result_first_token_{}_percentile_latency_ns")
+        tpot = _latencies_ms(log, "result_time_to_output_token_{}",
+                             "result_time_per_output_token_{}_percentile_ns")
+        token_rate = log.get("result_completed_tokens_per_second",
+                             log.get("result_tokens_per_second"))
+        tokens_per_s = None if token_rate is None else float(token_rate)
     samples_per_s = float(rate) if rate is not None else samples / duration_s
     # Goodput: the completed rate's share of samples that met both token bounds.
     goodput = samples_per_s * sut.meeting_bounds / samples \

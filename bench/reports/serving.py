@@ -166,7 +166,7 @@ def token_latency_vs_load(cases: list[CaseResult]) -> list[tuple[str, str]]:
                              "scheduled requests/s", f"{key} {figure_name} (ms)")
             for c in members:
                 points = sorted((r.scheduled_samples_per_s or r.target_qps or 0.0,
-                                 (r.ttft_ms if index == 0 else r.tpot_ms or {}).get(key, 0.0))
+                                 ((r.ttft_ms if index == 0 else r.tpot_ms) or {}).get(key, 0.0))
                                 for r in c.serving.runs if r.tpot_ms is not None)
                 if points:
                     xs, ys = zip(*points, strict=True)

@@ -53,7 +53,9 @@ def test_loadgen_measures_ttft_and_tpot_of_a_scripted_sut():
     # SUT's clock starts in LoadGen's issue callback, after LoadGen's own timestamp).
     assert len(sut.ttfts) == len(sut.tpots) == run.samples >= 8
     assert max(sut.ttfts) * 1e3 <= run.ttft_ms["max"] + 0.5
-    assert run.tokens_per_s is not None and run.tokens_per_s > 0
+    # Tokens/s and requests/s are LoadGen's separate figures: TOKENS a request apart (their
+    # spans differ by LoadGen's overhead, so the ratio is a sanity bound, not exact).
+    assert TOKENS / 2 < run.tokens_per_s / run.samples_per_s < TOKENS * 2
     assert "first token" in summary.lower()
     # No bounds set: no goodput.
     assert run.requests_meeting_bounds is None and run.goodput_per_s is None
