@@ -34,6 +34,9 @@ def test_pareto_front_keeps_only_undominated_points():
                                     "Training loss per optimizer step"]),
     ("quick-cpu-epyc-2core.json", ["Throughput against batch size: digits_cnn/infer",
                                     "Training loss per epoch"]),
+    ("generate-served-cpu-xeon-avx512-2core.json",
+     ["Served generation: TTFT against load: smollm2/generate",
+      "Served generation: TPOT against load: smollm2/generate"]),
 ])
 def test_report_embeds_every_plot_as_a_png(run, expected):
     page = render_html(load_run(REPO / "results" / "runs" / run))
