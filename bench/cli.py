@@ -15,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from bench import exit_codes
 from bench.errors import BenchInputError
 from bench.spec.expand import parse_select
 
@@ -59,7 +60,6 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from bench.orchestrate.sweep import run_suite
     from bench.reports.table import render_report
-    from bench.results.schema import FAILED_STATUSES
 
     out = Path(args.out) if args.out else Path("results") / f"{Path(args.suite).stem}.json"
     if args.paired_rounds is not None and (args.paired_rounds < 0 or args.paired_rounds == 1):
@@ -78,13 +78,34 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(render_report(store.record, "github"))
     print(f"results written to {out}", file=sys.stderr)
-    failed = Counter(c.status for c in store.record.cases if c.status in FAILED_STATUSES)
-    if failed:
-        print(f"bench run: {sum(failed.values())} of {len(store.record.cases)} cases failed ("
-              + ", ".join(f"{n} {s}" for s, n in sorted(failed.items())) + "): exit 1",
-              file=sys.stderr)
-        return 1
-    return 0
+    return run_exit_code(store.record, args.allow_missed_targets)
+
+
+def run_exit_code(record: Any, allow_missed_targets: bool = False) -> int:
+    """bench run's exit code, with its reasons on stderr (bench.exit_codes): 1 for a case
+    that failed or diverged and, unless ``allow_missed_targets``, for a missed accuracy
+    target, SLO or time-to-accuracy target (not_converged)."""
+    from bench.reports.slo import slo_failures
+    from bench.results.schema import FAILED_STATUSES, STATUS_DIVERGED, STATUS_NOT_CONVERGED
+
+    failed = Counter(c.status for c in record.cases
+                     if c.status in FAILED_STATUSES | {STATUS_DIVERGED})
+    reasons = [f"{n} {status}" for status, n in sorted(failed.items())]
+    missed = []
+    if not allow_missed_targets:
+        not_converged = sum(c.status == STATUS_NOT_CONVERGED for c in record.cases)
+        accuracy = sum(c.measured and c.accuracy is not None and c.accuracy.passed is False
+                       for c in record.cases)
+        slo = sum(bool(misses) for misses in slo_failures(record.cases).values())
+        missed = [f"{n} {text}" for n, text in (
+            (not_converged, "not_converged (time-to-accuracy target not reached)"),
+            (accuracy, "missed an accuracy target"), (slo, "missed an SLO")) if n]
+    if not reasons and not missed:
+        return exit_codes.OK
+    hint = " (--allow-missed-targets: figures only)" if missed else ""
+    print(f"bench run: of {len(record.cases)} cases, {'; '.join(reasons + missed)}: exit "
+          f"{exit_codes.FAILED}{hint}", file=sys.stderr)
+    return exit_codes.FAILED
 
 
 STARTER_SUITE = """\
@@ -243,7 +264,12 @@ def cmd_max_batch(args: argparse.Namespace) -> int:
 
         write_text_atomically(Path(args.out), json.dumps(
             {"suite": suite.path, "searches": records}, indent=1), "--out")
-    return 0
+    stopped = [r["case_id"] for r in records if r["stopped"]]
+    if stopped:
+        print(f"bench max-batch: {len(stopped)} of {len(records)} searches ended on an error, "
+              f"not a limit (see 'stopped'): exit {exit_codes.FAILED}", file=sys.stderr)
+        return exit_codes.FAILED
+    return exit_codes.OK
 
 
 def _load_pair(args: argparse.Namespace, gating: bool = False):  # noqa: ANN202
@@ -437,7 +463,10 @@ examples:
   bench gate --baseline results/baselines/smoke-cpu-avx512-xeon-2core.json --current new.json
   bench ab suites/smoke.toml --baseline-ref main    interleaved A/B against main
   bench table results/runs/*.json      hardware comparison
-  bench list                           suites, workloads and modes"""
+  bench list                           suites, workloads and modes
+
+exit codes: 0 done; 1 a case failed or missed its target or SLO, a regression; 2 bad input;
+3 gate/ab: host too noisy to decide speed; 130/143 interrupted/terminated (README)"""
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -550,6 +579,10 @@ def _add_run_commands(sub: Any) -> None:
     p.add_argument("--select", action="append", metavar="AXIS=V1,V2",
                    help="keep only cases with these axis values (repeatable)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--allow-missed-targets", action="store_true",
+                   help="figures only: exit 0 even when a case missed its accuracy target, "
+                        "an SLO or its time-to-accuracy target (failed, crashed, diverged "
+                        "cases still exit 1)")
     p.add_argument("--quiet", action="store_true", help="do not print the report at the end")
     p.add_argument("--paired-rounds", type=int, default=None, metavar="N",
                    help="then measure each variant against its reference (fp32 eager...) in "
@@ -737,13 +770,13 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except BenchInputError as exc:
         print(f"bench: error: {exc.one_line()}", file=sys.stderr)
-        return 2
+        return exit_codes.BAD_INPUT
     except BrokenPipeError:  # `bench list | head`: the reader left; not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+        return exit_codes.OK
     except KeyboardInterrupt as exc:
         # The running worker's group was killed on the way up (bench.launch.isolation).
         print(f"bench: {'terminated' if isinstance(exc, Terminated) else 'interrupted'}; "
               "finished cases (bench ab: rounds) are saved; bench run continues with "
               "--resume", file=sys.stderr)
-        return 143 if isinstance(exc, Terminated) else 130
+        return exit_codes.TERMINATED if isinstance(exc, Terminated) else exit_codes.INTERRUPTED

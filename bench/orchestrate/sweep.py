@@ -9,14 +9,13 @@ import sys
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
 
-from tqdm import tqdm
-
 from bench.errors import BenchInputError
 from bench.launch.launcher import Launcher, local_launcher
 from bench.launch.ray_executor import RayLauncher
 from bench.measurement.fingerprint import fingerprint
 from bench.orchestrate.paired import paired_speedup, reference_of, shared_measurement
 from bench.orchestrate.plan import PlannedCase, plan_suite, skipped_result
+from bench.orchestrate.progress import progress as progress_bar
 from bench.results.schema import (
     STATUS_CONTENDED,
     STATUS_CRASHED,
@@ -114,8 +113,7 @@ def _pair_with_references(store: ResultStore, planned: list[PlannedCase], rounds
         reference = reference_of(spec, planned) if spec is not None else None
         if result.measured and reference is not None and result.vs_reference is None:
             todo.append((result, spec, reference))
-    for result, spec, reference in tqdm(todo, desc="paired rounds", unit="case",
-                                         disable=not progress, file=sys.stderr):
+    for result, spec, reference in progress_bar(len(todo), "paired rounds", progress, todo):
         paired = paired_speedup(spec, reference, rounds, launcher)
         if isinstance(paired, str):
             result.warnings.append(f"no paired speed-up against {reference.case_id}: {paired}")
@@ -140,8 +138,7 @@ def _run_cases(store: ResultStore, planned: list[PlannedCase], name: str, out: s
     measured = {measurement_key(c): c for c in store.record.cases if c.status != STATUS_SKIPPED}
     waiting: dict[str, list[CaseSpec]] = {}  # identical configurations waiting on a first
     pending: dict[Future[CaseResult], tuple[PlannedCase, list[str]]] = {}
-    bar = tqdm(total=len(todo), desc=f"{name} ({launcher.name})", unit="case",
-               disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    bar = progress_bar(len(todo), f"{name} ({launcher.name})", progress)
     if done:
         bar.write(f"resuming {out}: {len(done)} cases done, {len(todo)} to run", file=sys.stderr)
 

@@ -47,6 +47,7 @@ from pathlib import Path
 from statistics import NormalDist
 from typing import Any
 
+from bench import exit_codes
 from bench.errors import BenchInputError
 from bench.files import parse_toml, read_bounded_text
 from bench.measurement.host_probe import describe_ratio, host_ratio
@@ -273,7 +274,8 @@ class Finding:
 
 
 # bench gate / bench ab exit codes.
-EXIT_PASS, EXIT_FAIL, EXIT_BAD_INPUT, EXIT_NOISY = 0, 1, 2, 3
+EXIT_PASS, EXIT_FAIL, EXIT_BAD_INPUT, EXIT_NOISY = (exit_codes.OK, exit_codes.FAILED,
+                                                    exit_codes.BAD_INPUT, exit_codes.NO_VERDICT)
 
 
 @dataclass

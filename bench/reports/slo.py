@@ -4,7 +4,8 @@ parity reference (``min_speedup``: paired speed-up when the run measured one, el
 ratio of the two cases' medians, said as such; ``min_parity``: the accuracy parity ratio).
 
 A bound the run cannot check (a figure missing, no reference measured) is a failure with
-its reason, never a pass.
+its reason, never a pass; a case this machine cannot run (skipped, with its reason: no GPU,
+a combination the variant does not build) is neither.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import math
 
 from bench.reports.parity import parity_by_case
-from bench.results.schema import CaseResult
+from bench.results.schema import STATUS_SKIPPED, CaseResult
 from bench.spec.model import is_reference, shape_key
 
 _LATENCY = {"median_ms": None, "p50_ms": "p50", "p90_ms": "p90", "p99_ms": "p99"}
@@ -61,7 +62,8 @@ def slo_failures(cases: list[CaseResult]) -> dict[str, list[str]]:
     parities = parity_by_case(cases)
     out: dict[str, list[str]] = {}
     for case in cases:
-        if not case.slo:
+        # A case this machine cannot run (skipped, with its reason) is not a miss here.
+        if not case.slo or case.status == STATUS_SKIPPED:
             continue
         if not case.measured:
             out[case.case_id] = [f"not measured ({case.status})"]

@@ -814,14 +814,33 @@ def check_case(case: CaseResult, where: str) -> None:
             _finite([run.samples_per_s, *run.latency_ms.values()],
                     f"{where}.serving.runs[{i}]")
         _finite(sv.latency_samples_s, f"{where}.serving.latency_samples_s")
+        for i, run in enumerate(sv.runs):
+            for name in ("ttft_ms", "tpot_ms"):
+                if getattr(run, name) is not None:
+                    _finite(list(getattr(run, name).values()),
+                            f"{where}.serving.runs[{i}].{name}")
         if sv.capacity_qps is not None:
             _finite([sv.capacity_qps], f"{where}.serving.capacity_qps")
     if case.rounds is not None:
         _finite(case.rounds.medians_s, f"{where}.rounds.medians_s", positive=True)
     if "memory_split" in case.details:
         _check_memory_split(case.details["memory_split"], f"{where}.details.memory_split")
+    if case.classes is not None:
+        _check_classes(case.classes, f"{where}.classes")
     for i, rank in enumerate(case.parallel.ranks if case.parallel is not None else ()):
         _check_memory_split(rank.memory_split, f"{where}.parallel.ranks[{i}].memory_split")
+
+
+def _check_classes(classes: ClassReport, where: str) -> None:
+    """One figure per label in each per-class list, and a labels x labels confusion."""
+    n = len(classes.labels)
+    for name in ("precision", "recall", "f1", "support"):
+        if len(getattr(classes, name)) != n:
+            raise SchemaError(f"{where}.{name}: {len(getattr(classes, name))} values for "
+                              f"{n} labels (valid: one per label)")
+    if len(classes.confusion) != n or any(len(row) != n for row in classes.confusion):
+        raise SchemaError(f"{where}.confusion: not {n} x {n} (valid: a row and a column "
+                          "per label)")
 
 
 # The figures of a memory split (bench.workloads._training.memory_split), in MiB.

@@ -27,7 +27,7 @@ from bench.spec.model import (
     SuiteSpec,
     TrainingRunSpec,
 )
-from bench.units import DEFAULT_PARITY_TARGET, MIB
+from bench.units import DEFAULT_PARITY_TARGET, MAX_MEMORY_MIB, MIB
 
 _SUITE_KEYS = {"suite", "budget", "benchmark"}
 _SUITE_TABLE_KEYS = {"name", "description", "max_cases", "paired_rounds"}
@@ -56,7 +56,8 @@ _BUDGET_SETTINGS = {
                     above_minimum=f.name in _POSITIVE_BUDGET,
                     maximum=MAX_TIMEOUT_S if f.name in ("timeout_s", "max_time_s",
                                                         "warmup_max_s")
-                    else 1.0 if f.name == "contended_above" else None)
+                    else 1.0 if f.name == "contended_above"
+                    else MAX_MEMORY_MIB if f.name == "memory_limit_mib" else None)
     for f in dataclasses.fields(Budget) if f.type != "str"
 }
 _BUDGET_SETTINGS["allocator"] = Setting("allocator", str, choices=ALLOCATOR_POLICIES)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from bench.spec.axes import Setting
 from bench.spec.model import CLOSED_LOOP, SCENARIOS
+from bench.units import MAX_BATCH_SIZE
 from bench.variants.parallel import PARALLEL_HELP, PARALLEL_MODES, RankInfo
 from bench.variants.precision import PRECISIONS
 
@@ -34,7 +35,7 @@ def common_axes(phases: tuple[str, ...]) -> dict[str, Setting]:
                           help="where the model runs"),
         "precision": Setting("precision", str, "fp32", choices=tuple(PRECISIONS),
                              help="numeric precision of the compute", variant=True),
-        "batch_size": Setting("batch_size", int, 32, minimum=1,
+        "batch_size": Setting("batch_size", int, 32, minimum=1, maximum=MAX_BATCH_SIZE,
                               help="samples per micro-batch"),
         "threads": Setting("threads", int, 0, minimum=0,
                            help="torch intra-op threads (0: leave torch's default)"),

@@ -14,7 +14,7 @@ import os
 import time
 
 from bench.spec.axes import Setting
-from bench.units import MIB
+from bench.units import MAX_BATCH_SIZE, MIB
 from bench.workloads import register
 from bench.workloads.base import (
     Outcome,
@@ -59,7 +59,8 @@ class Sleep(Workload):
 
     @classmethod
     def axes(cls) -> dict[str, Setting]:
-        return {**_CPU_ONLY, "batch_size": Setting("batch_size", int, 1, minimum=1),
+        return {**_CPU_ONLY, "batch_size": Setting("batch_size", int, 1, minimum=1,
+                                                           maximum=MAX_BATCH_SIZE),
                 **serving_axes()}
 
     @classmethod
@@ -154,7 +155,8 @@ class Fault(Workload):
         axes = dict(_CPU_ONLY)
         axes["fault"] = Setting("fault", str, "none",
                                 choices=("none", "abort", "hang", "memory", "raise"))
-        axes["batch_size"] = Setting("batch_size", int, 8, minimum=1, phases=("train",))
+        axes["batch_size"] = Setting("batch_size", int, 8, minimum=1, maximum=MAX_BATCH_SIZE,
+                                     phases=("train",))
         return {**axes, **parallel_axes()}
 
     @classmethod
@@ -204,7 +206,7 @@ class Ballast(Workload):
     @classmethod
     def axes(cls) -> dict[str, Setting]:
         axes = dict(_CPU_ONLY)
-        axes["batch_size"] = Setting("batch_size", int, 1, minimum=1)
+        axes["batch_size"] = Setting("batch_size", int, 1, minimum=1, maximum=MAX_BATCH_SIZE)
         return axes
 
     @classmethod

@@ -17,6 +17,7 @@ from torch import nn
 from bench.measurement.classes import class_report, summary_metrics
 from bench.results.schema import ClassReport
 from bench.spec.axes import Setting
+from bench.units import MAX_EPOCHS
 from bench.variants import distillation, pipeline, pruning
 from bench.variants.parallel import parallelize
 from bench.variants.precision import get_precision
@@ -300,7 +301,7 @@ class DigitsCnn(Workload):
     @classmethod
     def params(cls) -> dict[str, Setting]:
         return {
-            "epochs": Setting("epochs", int, 8, minimum=1,
+            "epochs": Setting("epochs", int, 8, minimum=1, maximum=MAX_EPOCHS,
                               help="planned training epochs (train: the LR schedule's horizon)"),
             "lr": Setting("lr", float, 2e-3, minimum=0, phases=("infer",),
                           help="Adam's LR for the served model (train: the lr axis)"),

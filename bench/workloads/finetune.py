@@ -30,6 +30,7 @@ from torch import nn
 from bench.measurement.classes import class_report, summary_metrics
 from bench.results.schema import ClassReport
 from bench.spec.axes import Setting
+from bench.units import MAX_BATCH_SIZE, MAX_EPOCHS
 from bench.workloads import register
 from bench.workloads._recipes import (
     Schedule,
@@ -257,7 +258,7 @@ class MinilmFinetune(Workload):
     @classmethod
     def axes(cls) -> dict[str, Setting]:
         axes = {**super().axes(), **recipe_axes("adamw", 1e-4)}
-        axes["batch_size"] = Setting("batch_size", int, 16, minimum=1,
+        axes["batch_size"] = Setting("batch_size", int, 16, minimum=1, maximum=MAX_BATCH_SIZE,
                                      help="sentences per micro-batch")
         axes["dropout"] = Setting("dropout", float, 0.1, minimum=0, maximum=0.95,
                                   help="dropout before the head")
@@ -275,7 +276,7 @@ class MinilmFinetune(Workload):
 
     @classmethod
     def params(cls) -> dict[str, Setting]:
-        return {"epochs": Setting("epochs", int, 6, minimum=1,
+        return {"epochs": Setting("epochs", int, 6, minimum=1, maximum=MAX_EPOCHS,
                                   help="planned epochs (the LR schedule's horizon)"),
                 "seq_len": Setting("seq_len", int, 32, minimum=4, maximum=512)}
 

@@ -39,7 +39,7 @@ from torch import nn
 
 from bench.measurement.flops import FlopCount, compute_dtype, count_flops
 from bench.spec.axes import Setting
-from bench.units import MIB
+from bench.units import MAX_BATCH_SIZE, MAX_MEMORY_MIB, MAX_STEPS, MIB
 from bench.variants.backends import BACKENDS, COMPILE_MODES, training_backend_axis
 from bench.variants.parallel import parallelize
 from bench.variants.precision import get_precision
@@ -409,7 +409,7 @@ class Gpt(Workload):
     @classmethod
     def axes(cls) -> dict[str, Setting]:
         axes = super().axes()
-        axes["batch_size"] = Setting("batch_size", int, 8, minimum=1,
+        axes["batch_size"] = Setting("batch_size", int, 8, minimum=1, maximum=MAX_BATCH_SIZE,
                                      help="sequences per micro-batch")
         axes.update({
             "model": Setting("model", str, "tiny", choices=tuple(CONFIGS),
@@ -438,14 +438,14 @@ class Gpt(Workload):
     @classmethod
     def params(cls) -> dict[str, Setting]:
         return {
-            "train_steps": Setting("train_steps", int, 200, minimum=1,
+            "train_steps": Setting("train_steps", int, 200, minimum=1, maximum=MAX_STEPS,
                                    help="steps of the fixed-seed run validation is measured on"),
             "lr": Setting("lr", float, 1e-3, minimum=0),
             "train_batch_size": Setting("train_batch_size", int, 16, minimum=1,
                                         phases=("infer", GENERATE),
                                         help="batch of the run prefill's and generate's "
                                              "model is trained by"),
-            "corpus_mib": Setting("corpus_mib", float, 4.0, minimum=0.1,
+            "corpus_mib": Setting("corpus_mib", float, 4.0, minimum=0.1, maximum=MAX_MEMORY_MIB,
                                   help="MiB of standard-library source to read"),
             **quality_params(),
         }

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from bench.spec.axes import Setting
+from bench.units import MAX_EPOCHS
 from bench.workloads import register
 from bench.workloads._recipes import Schedule
 from bench.workloads._training import BatchStream, Trainer, train_epochs
@@ -129,7 +130,7 @@ class Linreg(Workload):
     @classmethod
     def params(cls) -> dict[str, Setting]:
         return {
-            "epochs": Setting("epochs", int, 30, minimum=1),
+            "epochs": Setting("epochs", int, 30, minimum=1, maximum=MAX_EPOCHS),
             "n_train": Setting("n_train", int, 256, minimum=2),
             "n_val": Setting("n_val", int, 256, minimum=1),
             "noise": Setting("noise", float, 0.1, minimum=0),

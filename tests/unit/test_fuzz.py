@@ -253,3 +253,19 @@ def _result_mutants(tmp_path: Path, mutants: int, seed: int) -> None:
           f"tracebacks {len(tracebacks)}; bad files passed {len(passes_when_bad)}")
     assert not tracebacks, tracebacks[:3]
     assert not passes_when_bad, passes_when_bad[:2]
+
+
+@pytest.mark.parametrize("field, cut", [("recall", 1), ("support", 3), ("confusion", 1)])
+def test_a_class_report_shorter_than_its_labels_is_refused_in_one_line(tmp_path, capsys,
+                                                                       field, cut):
+    """Before: the gate's class-drop check zipped the lists and a short one ended in a
+    ValueError traceback."""
+    with_classes = REPO / "results" / "baselines" / "smoke-cpu-avx512-epyc-2core.json"
+    data = json.loads(with_classes.read_text())
+    target = next(c for c in data["cases"] if c.get("classes"))
+    target["classes"][field] = target["classes"][field][:-cut]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(data))
+    assert main(["gate", "--baseline", str(with_classes), "--current", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"classes.{field}" in err and "\n" not in err and "Traceback" not in err

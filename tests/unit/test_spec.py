@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from bench.cli import main
+from bench.errors import BenchInputError
 from bench.orchestrate.plan import plan_suite
 from bench.spec import load_suite
 from bench.spec.model import Budget, CaseSpec
@@ -186,3 +187,26 @@ def test_a_record_carries_its_specs_identity_and_a_shared_measurement_takes_the_
                      Budget(), label="b")
     shared = shared_measurement(CaseResult.for_case(spec, "ok"), again)
     assert shared.identity == again.identity and shared.details["measured_as"] == spec.case_id
+
+
+@pytest.mark.parametrize("benchmark, key", [
+    ('workload = "digits_cnn"\nphase = "infer"\nmatrix = { batch_size = [9223372036854775807] }',
+     "batch_size"),
+    ('workload = "gpt"\nphase = "train"\nparams = { corpus_mib = 9e18 }', "corpus_mib"),
+    ('workload = "digits_cnn"\nphase = "train"\nparams = { epochs = 1000000000 }', "epochs"),
+    ('workload = "gpt"\nphase = "train"\nparams = { train_steps = 1000000000000 }',
+     "train_steps"),
+])
+def test_absurd_sizes_are_refused_in_one_line(write_suite, benchmark, key):
+    """Before: they passed the loader and failed later, in a worker, as case errors."""
+    with pytest.raises(BenchInputError) as info:
+        load_suite(write_suite(f"[[benchmark]]\n{benchmark}\n"))
+    message = str(info.value)
+    assert key in message and "\n" not in message and "<=" in message
+
+
+def test_an_absurd_memory_limit_is_refused_in_one_line(write_suite):
+    with pytest.raises(BenchInputError) as info:
+        load_suite(write_suite('[budget]\nmemory_limit_mib = 1e9\n[[benchmark]]\n'
+                               'workload = "sleep"\nphase = "infer"\n'))
+    assert "memory_limit_mib" in str(info.value) and "\n" not in str(info.value)
