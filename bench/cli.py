@@ -88,23 +88,26 @@ def run_exit_code(record: Any, allow_missed_targets: bool = False) -> int:
     from bench.reports.slo import slo_failures
     from bench.results.schema import FAILED_STATUSES, STATUS_DIVERGED, STATUS_NOT_CONVERGED
 
+    total = len(record.cases)
     failed = Counter(c.status for c in record.cases
                      if c.status in FAILED_STATUSES | {STATUS_DIVERGED})
-    reasons = [f"{n} {status}" for status, n in sorted(failed.items())]
+    reasons = [f"{sum(failed.values())} of {total} cases failed ("
+               + ", ".join(f"{n} {status}" for status, n in sorted(failed.items())) + ")"
+               ] if failed else []
     missed = []
     if not allow_missed_targets:
         not_converged = sum(c.status == STATUS_NOT_CONVERGED for c in record.cases)
         accuracy = sum(c.measured and c.accuracy is not None and c.accuracy.passed is False
                        for c in record.cases)
         slo = sum(bool(misses) for misses in slo_failures(record.cases).values())
-        missed = [f"{n} {text}" for n, text in (
-            (not_converged, "not_converged (time-to-accuracy target not reached)"),
+        missed = [f"{n} of {total} cases {text}" for n, text in (
+            (not_converged, "did not reach their time-to-accuracy target (not_converged)"),
             (accuracy, "missed an accuracy target"), (slo, "missed an SLO")) if n]
     if not reasons and not missed:
         return exit_codes.OK
     hint = " (--allow-missed-targets: figures only)" if missed else ""
-    print(f"bench run: of {len(record.cases)} cases, {'; '.join(reasons + missed)}: exit "
-          f"{exit_codes.FAILED}{hint}", file=sys.stderr)
+    print(f"bench run: {'; '.join(reasons + missed)}: exit {exit_codes.FAILED}{hint}",
+          file=sys.stderr)
     return exit_codes.FAILED
 
 

@@ -42,11 +42,11 @@ SKIPPED_WITH_SLO = benchmark_text("gpt", phase="infer", matrix='{ model = ["gpt2
 @pytest.mark.parametrize("benchmarks, options, code, said", [
     ((SLEEP,), (), exit_codes.OK, None),
     ((SLEEP, SKIPPED_WITH_SLO), (), exit_codes.OK, None),
-    ((RAISES,), (), exit_codes.FAILED, "1 error"),
-    ((MISSED_TARGET,), (), exit_codes.FAILED, "1 missed an accuracy target"),
-    ((MISSED_SLO,), (), exit_codes.FAILED, "1 missed an SLO"),
+    ((RAISES,), (), exit_codes.FAILED, "failed (1 error)"),
+    ((MISSED_TARGET,), (), exit_codes.FAILED, "1 of 1 cases missed an accuracy target"),
+    ((MISSED_SLO,), (), exit_codes.FAILED, "1 of 1 cases missed an SLO"),
     ((MISSED_TARGET, MISSED_SLO), ("--allow-missed-targets",), exit_codes.OK, None),
-    ((RAISES, MISSED_SLO), ("--allow-missed-targets",), exit_codes.FAILED, "1 error"),
+    ((RAISES, MISSED_SLO), ("--allow-missed-targets",), exit_codes.FAILED, "failed (1 error)"),
 ], ids=["ok", "skipped-slo", "error", "target", "slo", "allowed", "error-not-allowed"])
 def test_bench_run_exits_with_its_reason(write_suite, tmp_path, capsys, benchmarks, options,
                                          code, said):

@@ -125,8 +125,9 @@ accuracy = { val_mse = { max = 1.0 } }
 def test_diverged_training_gets_its_status_and_every_reader_handles_it(write_suite,
                                                                        tmp_path, capsys):
     out = tmp_path / "run.json"
+    # A diverged case fails the run (exit 1), with or without --allow-missed-targets.
     assert main(["run", str(write_suite(DIVERGING)), "--out", str(out), "--no-progress",
-                 "--quiet"]) == 0
+                 "--quiet", "--allow-missed-targets"]) == 1
     data = json.loads(out.read_text())
     (only,) = data["cases"]
     assert only["status"] == "diverged", only["reason"]

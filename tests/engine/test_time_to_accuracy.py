@@ -166,8 +166,10 @@ IMPOSSIBLE = suite_text(
 def test_an_impossible_target_gives_not_converged_through_the_workers(write_suite, tmp_path,
                                                                       capsys):
     out = tmp_path / "run.json"
+    # A target not reached fails the run (exit 1) unless only the figures are wanted.
     assert main(["run", str(write_suite(IMPOSSIBLE)), "--out", str(out), "--no-progress",
-                 "--quiet"]) == 0
+                 "--quiet"]) == 1
+    assert "did not reach their time-to-accuracy target" in capsys.readouterr().err
     (case,) = load_run(out).cases
     assert case.status == STATUS_NOT_CONVERGED
     assert "3 of 3 seeds did not reach val_mse <= 0" in case.reason

@@ -151,6 +151,7 @@ def test_the_token_table_shows_ttft_tpot_goodput_and_the_bound():
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # about 15 s: the served path is tested on scripted SUTs above
 def test_smollm2_served_single_stream_in_a_worker(write_suite):
     """The real model served: a worker runs LoadGen's single stream on generate calls with
     token latencies, then the quality figures, as any served case."""

@@ -189,7 +189,7 @@ def test_a_record_carries_its_specs_identity_and_a_shared_measurement_takes_the_
     assert shared.identity == again.identity and shared.details["measured_as"] == spec.case_id
 
 
-@pytest.mark.parametrize("benchmark, key", [
+@pytest.mark.parametrize("table, key", [
     ('workload = "digits_cnn"\nphase = "infer"\nmatrix = { batch_size = [9223372036854775807] }',
      "batch_size"),
     ('workload = "gpt"\nphase = "train"\nparams = { corpus_mib = 9e18 }', "corpus_mib"),
@@ -197,10 +197,10 @@ def test_a_record_carries_its_specs_identity_and_a_shared_measurement_takes_the_
     ('workload = "gpt"\nphase = "train"\nparams = { train_steps = 1000000000000 }',
      "train_steps"),
 ])
-def test_absurd_sizes_are_refused_in_one_line(write_suite, benchmark, key):
+def test_absurd_sizes_are_refused_in_one_line(write_suite, table, key):
     """Before: they passed the loader and failed later, in a worker, as case errors."""
     with pytest.raises(BenchInputError) as info:
-        load_suite(write_suite(f"[[benchmark]]\n{benchmark}\n"))
+        load_suite(write_suite(f"[[benchmark]]\n{table}\n"))
     message = str(info.value)
     assert key in message and "\n" not in message and "<=" in message
 
