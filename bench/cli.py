@@ -215,6 +215,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_show(args: argparse.Namespace) -> int:
+    from bench.reports.show import find_case, render_case, render_run
+    from bench.results.store import load_run
+
+    record = load_run(args.run)
+    if args.case is None:
+        print(render_run(record), end="")
+    else:
+        print(render_case(record, find_case(record, args.case, args.run)), end="")
+    return exit_codes.OK
+
+
 def cmd_max_batch(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -643,7 +655,8 @@ def _add_run_commands(sub: Any) -> None:
 
 
 def _add_report_commands(sub: Any) -> None:
-    """report, compare, gate, table, env: the commands that read result files (no torch)."""
+    """report, show, compare, gate, table, env: the commands that read result files (no
+    torch)."""
     from bench.reports.hardware import FORMATS as TABLE_FORMATS
     from bench.reports.hardware import METRICS
     from bench.reports.table import FORMATS
@@ -654,6 +667,13 @@ def _add_report_commands(sub: Any) -> None:
     p.add_argument("--html", metavar="OUT.html",
                    help="write one self-contained HTML file (table + plots) instead")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("show", help="a run's cases a line each, or one case whole: how its "
+                                    "figure was taken, its raw samples as a histogram, "
+                                    "percentiles, memory, accuracy, stderr tail")
+    p.add_argument("run", help="a result file written by bench run")
+    p.add_argument("case", nargs="?", help="a case id, or a part of one that only it has")
+    p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("compare", help="compare two run files case by case (speed with a "
                                        "95%% CI and a Mann-Whitney test, memory, accuracy)")

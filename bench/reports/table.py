@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+from collections import Counter
 from typing import Any
 
 from tabulate import tabulate
@@ -18,7 +19,7 @@ from bench.reports.serving import render_served_tokens, render_serving
 from bench.reports.slo import slo_failures
 from bench.reports.text import csv_text
 from bench.reports.training import render_training, winners
-from bench.results.schema import MEMORY_SPLIT_MIB, CaseResult, RunRecord
+from bench.results.schema import MEMORY_SPLIT_MIB, STATUS_SKIPPED, CaseResult, RunRecord
 from bench.units import MIB
 
 FORMATS = ("github", "plain", "latex", "csv", "html")
@@ -135,10 +136,24 @@ def _samples_per_joule(case: CaseResult) -> str:
     return f"{energy.samples_per_joule:.4g}"
 
 
+def skipped_line(cases: list[CaseResult]) -> str:
+    """The cases this machine cannot run, in one line by reason ("" when none)."""
+    reasons = Counter((c.reason or "no reason given").strip().splitlines()[0]
+                      for c in cases if c.status == STATUS_SKIPPED)
+    if not reasons:
+        return ""
+    return (f"{sum(reasons.values())} skipped here (not run, not failures): "
+            + "; ".join(f"{n} x {reason}" for reason, n in reasons.most_common()))
+
+
 def render_report(record: RunRecord, fmt: str = "github") -> str:
     parities = parity_by_case(record.cases)
     slos = slo_failures(record.cases)
-    rows = [case_row(c, parities.get(c.case_id), slos.get(c.case_id)) for c in record.cases]
+    # Cases this machine cannot run get one line under the table, by reason (csv keeps a
+    # row each: it is for programs).
+    shown = record.cases if fmt == "csv" else \
+        [c for c in record.cases if c.status != STATUS_SKIPPED]
+    rows = [case_row(c, parities.get(c.case_id), slos.get(c.case_id)) for c in shown]
     # Columns no case fills (GPU memory on a CPU run, MFU in an inference-variant suite)
     # are left out; the first two always stay.
     keep = [i for i in range(len(HEADERS)) if i < 2 or any(row[i] != "" for row in rows)]
@@ -159,6 +174,8 @@ def render_report(record: RunRecord, fmt: str = "github") -> str:
                              if isinstance(c.budget.get("allocator"), str)})
               + (f"\n{probes}" if (probes := describe_probes(record.run.host_probes)) else ""))
     table = tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True)
+    if fmt != "csv" and (skipped := skipped_line(record.cases)):
+        table += f"<p>{html.escape(skipped)}</p>" if fmt == "html" else f"\n{skipped}"
     training = render_training(record, fmt) if fmt != "latex" else ""
     scaled = render_scaling(record, fmt) if fmt != "latex" else ""
     serving = render_serving(record, fmt) if fmt != "latex" else ""

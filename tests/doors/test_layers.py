@@ -164,7 +164,7 @@ def test_no_module_takes_part_in_an_import_cycle_at_run_time():
 
 def test_reading_results_never_imports_torch():
     code = ("import sys, bench.cli, bench.pytest_plugin, bench.reports.gate, "
-            "bench.reports.html, bench.reports.hardware, bench.reports.table, "
+            "bench.reports.html, bench.reports.hardware, bench.reports.table, bench.reports.show, "
             "bench.results.store, bench.orchestrate.plan, bench.orchestrate.interleave; "
             "print(' '.join(m for m in ('torch', 'scipy', 'matplotlib', 'onnxruntime') "
             "if m in sys.modules))")

@@ -142,3 +142,20 @@ def test_report_cli(tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("case,status,step ms (median)")
     assert len(lines) == 3
+
+
+def test_skipped_cases_are_one_line_under_the_table_by_reason_and_rows_in_csv():
+    from tests.builders import case, run, trials
+
+    skipped = []
+    for i, reason in enumerate(["no CUDA device here", "no CUDA device here",
+                                "int8 quantization starts from the fp32 model"]):
+        c = case(f"w/infer[s={i}]", None, status="skipped")
+        c.reason, c.memory, c.accuracy = reason, None, None
+        skipped.append(c)
+    record = run(case("w/infer[s=ok]", trials(0.01)), *skipped)
+    text = render_report(record)
+    assert "w/infer[s=0]" not in text and "w/infer[s=ok]" in text
+    assert ("3 skipped here (not run, not failures): 2 x no CUDA device here; 1 x int8 "
+            "quantization starts from the fp32 model") in text
+    assert all(c.case_id in render_report(record, "csv") for c in skipped)
