@@ -13,6 +13,9 @@ clock, so pytest-benchmark's statistics are computed from our trials; nothing is
 pytest-benchmark itself. Our figures (throughput, latency percentiles, memory, accuracy,
 MFU, status) go into ``extra_info``, the environment fingerprint into ``machine_info``.
 Cases that cannot run here are pytest skips, failed cases pytest failures, with the reason.
+Each benchmark of a suite is one pytest-benchmark group (``SUITE workload/phase[:label]``),
+so its variants are tabled side by side. Without pytest-benchmark (not installed, or
+``-p no:benchmark``) the items still run and pass or fail on their records.
 """
 
 from __future__ import annotations
@@ -109,17 +112,34 @@ class SuiteFile(pytest.File):
             if names.count(name) > 1:  # short names collide: fall back to the case id
                 name = plan.case_id
             yield pytest.Function.from_parent(
-                self, name=name, callobj=_case_test(plan.spec, plan.skip_reason),
+                self, name=name, callobj=_case_test(
+                    plan.spec, plan.skip_reason, suite.name,
+                    self.config.pluginmanager.hasplugin("benchmark")),
                 keywords={suite.name: True})
 
 
-def _case_test(case: Any, skip_reason: str | None):  # noqa: ANN202 - a test function
-    def test_case(benchmark: Any, request: pytest.FixtureRequest) -> None:
+def _case_test(case: Any, skip_reason: str | None, suite: str,  # noqa: ANN202 - a test
+               with_benchmark: bool):
+    """The item's test: with pytest-benchmark's fixture where its plugin is active (its
+    --benchmark-only keeps only tests that ask for it), else without (-p no:benchmark, or
+    not installed: the case still runs and passes or fails on its own record)."""
+
+    def test_case_benchmarked(benchmark: Any, request: pytest.FixtureRequest) -> None:
+        run_case_item(request, benchmark)
+
+    def test_case(request: pytest.FixtureRequest) -> None:
+        run_case_item(request, None)
+
+    def run_case_item(request: pytest.FixtureRequest, benchmark: Any | None) -> None:
         if skip_reason:
             pytest.skip(skip_reason)
+        if benchmark is not None:
+            # One pytest-benchmark group per benchmark of the suite: its variants side by side.
+            benchmark.group = f"{suite} {case.benchmark_key}"
         result = launcher(request.config).run_case(case)
         if result.status == "skipped":
-            benchmark.extra_info.update(extra_info(result))
+            if benchmark is not None:
+                benchmark.extra_info.update(extra_info(result))
             pytest.skip(result.reason or "skipped")
         hand_over(result, benchmark, "")
         if result.status != "ok":  # contended: the figures stand, with a warning beside
@@ -128,8 +148,9 @@ def _case_test(case: Any, skip_reason: str | None):  # noqa: ANN202 - a test fun
             pytest.fail("accuracy target missed: " + "; ".join(result.accuracy.failures),
                         pytrace=False)
 
-    test_case.__doc__ = f"{case.case_id} through the engine's isolated worker"
-    return test_case
+    chosen = test_case_benchmarked if with_benchmark else test_case
+    chosen.__doc__ = f"{case.case_id} through the engine's isolated worker"
+    return chosen
 
 
 class ReplayClock:

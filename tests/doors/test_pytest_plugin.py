@@ -54,7 +54,7 @@ def test_cases_run_as_benchmarks_with_our_stats(suite_dir):
     data = json.loads((suite_dir / "out.json").read_text())
     assert "bench_fingerprint" in data["machine_info"]
     (bench,) = data["benchmarks"]
-    assert bench["name"] == "sleep-infer"
+    assert bench["name"] == "sleep-infer" and bench["group"] == "plug sleep/infer"
     # pytest-benchmark's statistics are computed from the worker's own trials.
     assert bench["stats"]["median"] == pytest.approx(bench["extra_info"]["median_s"], rel=1e-9)
     assert 0.010 <= bench["stats"]["median"] <= 2 * 0.010 + 0.005  # sanity bounds on a sleep
@@ -144,6 +144,13 @@ def test_without_pytest_benchmark_nothing_breaks_and_no_suites_are_collected(use
                        env={"PYTHONPATH": str(user_project / "shadow")})
     assert out.returncode == 0, out.stdout + out.stderr
     assert "2 passed" in out.stdout and "INTERNALERROR" not in out.stdout + out.stderr
+
+
+def test_suite_items_run_without_pytest_benchmark(suite_dir):
+    """Before: "fixture 'benchmark' not found" for every item."""
+    out = pytest_run(suite_dir, "-p", "no:benchmark", "-k", "sleep or fault")
+    assert out.returncode == 1, out.stdout + out.stderr  # the injected fault fails
+    assert "1 failed, 1 passed" in out.stdout and "fixture 'benchmark' not found" not in out.stdout
 
 
 def test_suites_are_collected_only_when_asked(suite_dir):
