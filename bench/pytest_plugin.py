@@ -47,6 +47,12 @@ def launcher(config: pytest.Config) -> LocalLauncher:
     return config.stash[_LAUNCHER]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "bench(model, **axes): run the model's case through the engine (as the "
+                   "bench_model fixture does); the test gets its record as bench_result")
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     if _LAUNCHER in config.stash:
         config.stash[_LAUNCHER].close()
@@ -266,3 +272,20 @@ else:
     def bench_model(request: pytest.FixtureRequest) -> BenchModel:
         """Run your model through the engine (pytest-benchmark is not installed)."""
         return BenchModel(request, None)
+
+
+@pytest.fixture
+def bench_result(request: pytest.FixtureRequest, bench_model: BenchModel) -> Any:
+    """The record of the case a ``@pytest.mark.bench(model, **axes)`` marker names, run as
+    ``bench_model(model, **axes)`` runs it::
+
+        @pytest.mark.bench("mymodels:build", precision="bf16", batch_size=32)
+        def test_bf16_is_fast_enough(bench_result):
+            assert bench_result.throughput.value > 1000
+    """
+    marker = request.node.get_closest_marker("bench")
+    if marker is None or len(marker.args) != 1:
+        pytest.fail("bench_result needs @pytest.mark.bench(model, **axes) on the test: the "
+                    "model (a factory 'module:function' or a model table) and its axes",
+                    pytrace=False)
+    return bench_model(marker.args[0], **marker.kwargs)

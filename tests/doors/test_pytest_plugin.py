@@ -134,6 +134,35 @@ def test_the_bench_model_fixture_feeds_pytest_benchmark(user_project):
     assert bench["stats"]["median"] == pytest.approx(bench["extra_info"]["median_s"], rel=1e-9)
 
 
+MARKED_TEST = """
+import pytest
+
+BUDGET = {"min_trials": 4, "max_trials": 4, "trial_time_s": 0.01, "warmup_max_s": 0.05,
+          "max_time_s": 0.5}
+
+
+@pytest.mark.bench("usermodel:build", batch_size=2, budget=BUDGET)
+def test_marked(bench_result):
+    assert bench_result.measured and bench_result.axes["batch_size"] == 2
+
+
+def test_unmarked(bench_result):
+    pass
+"""
+
+
+def test_the_bench_marker_runs_the_case_and_a_test_without_it_errs_in_one_line(user_project):
+    (user_project / "test_usermodel.py").unlink()
+    (user_project / "test_marked.py").write_text(MARKED_TEST)
+    out = plain_pytest(user_project, "--benchmark-only", "--benchmark-json=out.json")
+    assert out.returncode == 1, out.stdout + out.stderr
+    summary = out.stdout.strip().splitlines()[-1]
+    assert "1 passed" in summary and "1 error" in summary  # the fixture refuses at setup
+    assert "bench_result needs @pytest.mark.bench(model, **axes)" in out.stdout
+    (bench,) = json.loads((user_project / "out.json").read_text())["benchmarks"]
+    assert bench["name"] == "test_marked"
+
+
 def test_without_pytest_benchmark_nothing_breaks_and_no_suites_are_collected(user_project):
     """pytest-benchmark not importable (a shadow package) and not loaded: no INTERNALERROR
     from its hooks, suites/*.toml left alone, the fixture still runs the user's model."""
