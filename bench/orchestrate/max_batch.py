@@ -67,12 +67,11 @@ class LatencyBound:
 
     def read_ms(self, record: CaseResult) -> float | None:
         """The bound's figure in the record, in ms (None: not recorded)."""
-        if self.figure == "step":
-            value = (record.timing.latency_s if record.timing else {}).get(self.percentile)
-        else:
+        if self.figure != "step":
             generation = record.generation
-            figures = None if generation is None else getattr(generation, f"{self.figure}_s")
-            value = (figures or {}).get(self.percentile)
+            return None if generation is None else \
+                generation.percentile_ms(self.figure, self.percentile)
+        value = (record.timing.latency_s if record.timing else {}).get(self.percentile)
         return None if value is None else value * 1000
 
 

@@ -18,19 +18,16 @@ from bench.spec.model import is_reference, shape_key
 
 _LATENCY = {"median_ms": None, "p50_ms": "p50", "p90_ms": "p90", "p99_ms": "p99"}
 # A generation case's bounds: key -> (its figure in CaseResult.generation, percentile).
-_GENERATION = {"ttft_p50_ms": ("ttft_s", "p50"), "ttft_p99_ms": ("ttft_s", "p99"),
-               "tpot_p50_ms": ("tpot_s", "p50"), "tpot_p99_ms": ("tpot_s", "p99"),
-               "itl_p99_ms": ("itl_s", "p99")}
+_GENERATION = {"ttft_p50_ms": ("ttft", "p50"), "ttft_p99_ms": ("ttft", "p99"),
+               "tpot_p50_ms": ("tpot", "p50"), "tpot_p99_ms": ("tpot", "p99"),
+               "itl_p99_ms": ("itl", "p99")}
 
 
 def _generation_ms(case: CaseResult, key: str) -> float | None:
     """A generation figure in ms for an SLO key (None: not a generation case, or the
     figure is undefined, e.g. TPOT for one output token)."""
-    if case.generation is None:
-        return None
-    figure, percentile = _GENERATION[key]
-    values = getattr(case.generation, figure)
-    return None if values is None or percentile not in values else values[percentile] * 1e3
+    return None if case.generation is None else \
+        case.generation.percentile_ms(*_GENERATION[key])
 
 
 def _at_most(name: str, value: float | None, bound: float, unit: str) -> str | None:

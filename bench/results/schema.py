@@ -539,6 +539,13 @@ class GenerationResult:
     definitions: dict[str, str] = field(default_factory=dict)
     method: str = ""
 
+    def percentile_ms(self, figure: str, percentile: str) -> float | None:
+        """``figure`` (ttft, tpot or itl) at ``percentile`` (p50...) in ms; None where it
+        is undefined (TPOT of a one-token output)."""
+        values = getattr(self, f"{figure}_s")
+        return None if values is None or percentile not in values else \
+            values[percentile] * 1e3
+
 
 @dataclass
 class LoadGenRun:

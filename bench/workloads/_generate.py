@@ -308,8 +308,10 @@ class GeneratePhase(Phase):
         limit = int(case.params.get("perplexity_tokens", 0))
         self.text_ids = text_ids[:limit] if limit else text_ids
         prompts = int(case.params.get("agreement_prompts", AGREEMENT_PROMPTS))
+        # On the device once: no host-to-device copy inside a timed call.
         self.prompts = token_windows(text_ids, self.batch, self.input_tokens,
-                                     stride=max(1, text_ids.numel() // max(self.batch, 1)))
+                                     stride=max(1, text_ids.numel() // max(self.batch, 1))
+                                     ).to(ctx.device)
         self.agreement_prompts = token_windows(text_ids, prompts, AGREEMENT_PROMPT_TOKENS,
                                                stride=text_ids.numel() // prompts)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \
@@ -390,7 +392,7 @@ class GeneratePhase(Phase):
 
     def call(self) -> GenerationCall:
         """One timed generate call on the case's prompts (inside ``session``)."""
-        prompts = self.prompts.to(self.device)
+        prompts = self.prompts
         clock = _TokenClock()
         if self.device == "cuda":
             torch.cuda.synchronize()
@@ -414,7 +416,7 @@ class GeneratePhase(Phase):
         ``samples`` of the case's prompts (``batch_size`` is the server's largest batch),
         ``first_token`` called when their first new tokens reach the host; returns the
         tokens made per request."""
-        self.model.generate(self.prompts[:samples].to(self.device),
+        self.model.generate(self.prompts[:samples],
                             max_new_tokens=self.output_tokens,
                             min_new_tokens=self.output_tokens,
                             streamer=_TokenClock(first_token), **self._generate_kwargs())
