@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: bench test test-heavy test-repeat lint clean smoke-gate ab-gate example
+.PHONY: bench test test-heavy test-repeat lint clean smoke-gate ab-gate example install-check
 
 # pip byte-compiles on one core (52 of its 80 s here); compileall uses every core. A file
 # that cannot compile (a template, a test fixture) is left out, as pip leaves it out.
@@ -44,6 +44,12 @@ LOADED ?= $(RUNS)
 test-repeat: $(STAMP)
 	$(BIN)/python tools/test_repeat.py --runs $(RUNS) --busy $(BUSY) --loaded-runs $(LOADED) \
 		$(if $(REUSE_VENV),--reuse-venv)
+
+# Install as a user would, outside the repository (tools/install_check.py): the wheel with
+# every extra in a fresh venv runs the built-in quick suite; without extras, a serving suite
+# ends in one line naming its extra. A few minutes; needs the package index.
+install-check: $(STAMP)
+	$(BIN)/python tools/install_check.py
 
 # The stored baseline is the one measured on a CPU of this machine's kind, ISA level and
 # family (file names say which: smoke-cpu-ISA-FAMILY-2core.json), else one of its ISA level;

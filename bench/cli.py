@@ -17,9 +17,13 @@ from typing import Any
 
 from bench import exit_codes
 from bench.errors import BenchInputError
+from bench.extras import require
+from bench.spec.builtin import builtin_suites_dir, listed_suites, resolve_suite
 from bench.spec.expand import parse_select
 
 DEFAULT_SUITES_DIR = Path("suites")
+SUITE_HELP = "a suite file (TOML), or a suite's name: quick is ./suites/quick.toml, else " \
+             "the built-in one (bench list shows them)"
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -31,13 +35,15 @@ def cmd_list(args: argparse.Namespace) -> int:
     from bench.workloads import get_workload, workload_names
 
     if args.suite is None:
-        suites = sorted(DEFAULT_SUITES_DIR.glob("*.toml"))
+        suites = listed_suites()
         rows = []
+        builtin = builtin_suites_dir()
         for path in suites:
             suite = load_suite(path)
             planned = plan_suite(suite)
             runnable = sum(1 for p in planned if not p.skip_reason)
-            rows.append([str(path), len(planned), runnable, suite.description])
+            shown = f"{path.stem} (built-in)" if path.parent == builtin else str(path)
+            rows.append([shown, len(planned), runnable, suite.description])
         print(tabulate(rows, headers=["suite", "cases", "runnable here", "description"]))
         print()
         rows = [[n, ", ".join(get_workload(n).phases), get_workload(n).description]
@@ -208,6 +214,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         from bench.files import write_text_atomically
         from bench.reports.html import render_html
 
+        require("html", "--html")
         write_text_atomically(Path(args.html), render_html(record), "--html")
         print(f"wrote {args.html}", file=sys.stderr)
         return 0
@@ -488,6 +495,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from bench.orchestrate.tune import TuneOptions, tune
     from bench.reports.tune import render_summaries, summarize_study
 
+    require("tune", "bench tune")
     if args.trials < 1:
         raise BenchInputError("--trials", f"{args.trials} trials", valid="an integer >= 1")
     if args.seeds is not None and args.seeds < 1:
@@ -508,6 +516,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_tune_report(args: argparse.Namespace) -> int:
+    require("tune", "bench tune-report")
     from bench.reports.tune import (
         compare_samplers,
         load_studies,
@@ -527,7 +536,7 @@ def _add_tune_commands(sub: Any) -> None:
 
     p = sub.add_parser("tune", help="hyperparameter search through Optuna over a benchmark's "
                                     "search table; each trial an isolated case")
-    p.add_argument("suite")
+    p.add_argument("suite", help=SUITE_HELP)
     p.add_argument("--sampler", choices=SAMPLERS, default="tpe")
     p.add_argument("--trials", type=int, default=20, help="trials this process adds")
     p.add_argument("--pruner", choices=PRUNERS, default="none")
@@ -581,13 +590,13 @@ def _add_run_commands(sub: Any) -> None:
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("list", help="list suites and workloads, or one suite's cases")
-    p.add_argument("suite", nargs="?", help="a suite file (TOML)")
+    p.add_argument("suite", nargs="?", help=SUITE_HELP)
     p.add_argument("--select", action="append", metavar="AXIS=V1,V2",
                    help="keep only cases with these axis values (repeatable)")
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("run", help="run a suite, each case in its own worker process")
-    p.add_argument("suite", help="a suite file (TOML)")
+    p.add_argument("suite", help=SUITE_HELP)
     p.add_argument("--out", help="result file (default results/SUITE.json)")
     p.add_argument("--resume", action="store_true", help="run only cases missing from --out")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
@@ -612,7 +621,7 @@ def _add_run_commands(sub: Any) -> None:
     p.add_argument("--executor", choices=("local", "ray"), default="local",
                    help="local: one case after another here; ray: each case a Ray task "
                         "holding a whole node (bench_node resource) or its GPUs, records "
-                        "streamed into --out as they finish (pip install 'bench[ray]')")
+                        "streamed into --out as they finish (pip install 'bench-suite[ray]')")
     p.add_argument("--ray-address", metavar="ADDR",
                    help="the Ray cluster to submit to (default: RAY_ADDRESS, else a local "
                         "Ray on this machine)")
@@ -638,7 +647,7 @@ def _add_run_commands(sub: Any) -> None:
     p = sub.add_parser("max-batch", help="find the largest batch that fits in memory for "
                                          "each case (doubling, then bisection; each probe "
                                          "its own worker)")
-    p.add_argument("suite", help="a suite file (TOML)")
+    p.add_argument("suite", help=SUITE_HELP)
     p.add_argument("--select", action="append", metavar="AXIS=V1,V2",
                    help="keep only cases with these axis values (repeatable)")
     from bench.orchestrate.max_batch import DEFAULT_CEILING
@@ -728,7 +737,7 @@ def _add_ab_command(sub: Any) -> None:
                                   "this one, alternating case by case, then gate on the "
                                   "paired rounds (exit 0 pass, 1 regression, 2 bad input, "
                                   "3 no verdict: the host too noisy to decide speed)")
-    p.add_argument("suite", help="a suite file (TOML)")
+    p.add_argument("suite", help=SUITE_HELP)
     p.add_argument("--baseline-ref", help="a git commit of this repository to check out "
                                           "as the baseline (e.g. main, HEAD~1)")
     p.add_argument("--baseline-source", help="or: a checkout holding the baseline's bench "
@@ -790,6 +799,8 @@ def main(argv: list[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
+        if getattr(args, "suite", None):
+            args.suite = resolve_suite(args.suite)
         return args.func(args)
     except BenchInputError as exc:
         print(f"bench: error: {exc.one_line()}", file=sys.stderr)

@@ -8,7 +8,7 @@ what finished and ``--resume`` submits the rest. Two timed cases never share a
 machine: a CPU case holds the node's whole ``bench_node`` resource (1 per node: start
 each node with ``ray start --resources '{"bench_node": 1}'``; a local Ray started here
 gets it), a CUDA case one GPU per rank. Identical configurations are measured once, as
-in the local sweep. Install with ``pip install 'bench[ray]'``.
+in the local sweep. Install with ``pip install 'bench-suite[ray]'``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import socket
 from concurrent.futures import Future
 from typing import Any
 
-from bench.errors import BenchInputError
+from bench.extras import require
 from bench.launch.launcher import Launcher, LocalLauncher
 from bench.results.schema import CaseResult
 from bench.spec.model import CaseSpec
@@ -29,11 +29,9 @@ NODE_RESOURCE = "bench_node"
 
 
 def _ray() -> Any:
-    try:
-        import ray  # an optional extra: bench[ray]
-    except ImportError:
-        raise BenchInputError("--executor", "ray is not installed (pip install 'bench[ray]')",
-                              valid="local, ray") from None
+    require("ray", "--executor")
+    import ray  # the optional extra bench-suite[ray], checked just above
+
     return ray
 
 

@@ -7,13 +7,15 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
+from bench.extras import missing_reason
 from bench.results.schema import STATUS_SKIPPED, CaseResult
 from bench.spec.expand import expand_suite
-from bench.spec.model import CaseSpec, SuiteSpec
+from bench.spec.model import CLOSED_LOOP, CaseSpec, SuiteSpec
 from bench.variants import parallel
 from bench.variants.devices import device_unavailable_reason
 from bench.variants.precision import get_precision
 from bench.workloads import get_workload
+from bench.workloads.base import Workload
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,9 @@ def skip_reason(case: CaseSpec) -> str | None:
         return reason
     precision = get_precision(case.precision)
     workload = get_workload(case.workload)
+    reason = missing_reason(case_extras(case, workload))
+    if reason:
+        return reason
     if precision.float8_training and not workload.float8_training:
         return f"workload {case.workload} does not build float8 training (gpt does)"
     reason = precision.unsupported_reason(case.device, case.phase)
@@ -42,6 +47,19 @@ def skip_reason(case: CaseSpec) -> str | None:
     if reason:
         return reason
     return workload.unsupported_reason(case)
+
+
+def case_extras(case: CaseSpec, workload: type[Workload]) -> tuple[str, ...]:
+    """The optional features (bench.extras) ``case`` needs installed."""
+    extras = list(workload.case_extras(case))
+    if case.scenario != CLOSED_LOOP:
+        extras.append("serving")
+    backend, quantization = case.axes.get("backend"), case.axes.get("quantization", "none")
+    if backend == "compile" and quantization != "none":
+        extras.append("quant")  # torchao's PT2E int8 for inductor
+    if backend == "onnxruntime" and quantization != "none":
+        extras.append("onnx")  # the int8 initializers are counted with onnx
+    return tuple(extras)
 
 
 def _mode_reason(case: CaseSpec) -> str | None:

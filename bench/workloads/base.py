@@ -206,6 +206,8 @@ class Workload(ABC):
     # before forking its workers (bench.launch.fork_server): pure imports that start no
     # thread and read no environment variable the worker sets first.
     warm_imports: ClassVar[tuple[str, ...]] = ()
+    # Optional features (bench.extras) every case of this workload needs installed.
+    extras: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def case_imports(cls, case) -> tuple[str, ...]:  # noqa: ANN001 - a CaseSpec
@@ -213,6 +215,11 @@ class Workload(ABC):
         workload's ``warm_imports``, or ``module@folder`` for a user's module that the
         worker imports with ``folder`` first on sys.path (bench.launch.fork_server)."""
         return cls.warm_imports
+
+    @classmethod
+    def case_extras(cls, case) -> tuple[str, ...]:  # noqa: ANN001 - a CaseSpec
+        """The optional features (bench.extras) ``case`` needs: the workload's ``extras``."""
+        return cls.extras
 
     @classmethod
     def axes(cls) -> dict[str, Setting]:

@@ -250,6 +250,7 @@ class FinetuneTrain(EvaluatedTraining):
 @register
 class MinilmFinetune(Workload):
     name = "minilm_finetune"
+    extras = ("hf",)
     description = "all-MiniLM-L6-v2 + linear head fine-tuned on 12 shipped topics " \
                   "(168 train / 72 val sentences)"
     phases = ("train",)

@@ -407,6 +407,10 @@ class Gpt(Workload):
     smoke_axes = {"input_tokens": 16, "output_tokens": 4}
 
     @classmethod
+    def case_extras(cls, case) -> tuple[str, ...]:  # noqa: ANN001 - a CaseSpec
+        return ("hf",) if case.phase == GENERATE else ()  # GPT-2 generates (transformers)
+
+    @classmethod
     def axes(cls) -> dict[str, Setting]:
         axes = super().axes()
         axes["batch_size"] = Setting("batch_size", int, 8, minimum=1, maximum=MAX_BATCH_SIZE,

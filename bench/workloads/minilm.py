@@ -204,6 +204,7 @@ class MiniLMInfer(UserModelInfer):
 @register
 class MiniLM(Workload):
     name = "minilm"
+    extras = ("hf",)
     description = "all-MiniLM-L6-v2 sentence embeddings (pretrained, offline); fidelity to " \
                   "fp32 and paraphrase retrieval on 120 shipped pairs"
     phases = ("infer",)

@@ -32,6 +32,12 @@ class SmolLM2(Workload):
     name = "smollm2"
     description = "SmolLM2-135M-Instruct (pretrained, offline GGUF) generating text: TTFT, " \
                   "TPOT, ITL, KV cache; perplexity and greedy agreement with fp32"
+    extras = ("hf",)
+
+    @classmethod
+    def case_extras(cls, case) -> tuple[str, ...]:  # noqa: ANN001 - a CaseSpec
+        quantized = case.axes.get("quantization", "none") != "none"
+        return (*cls.extras, "quant") if quantized else cls.extras
     phases = (PHASE,)
     smoke_axes = {"input_tokens": 16, "output_tokens": 4}
     smoke_params = {"perplexity_tokens": 256, "agreement_prompts": 2}

@@ -258,6 +258,10 @@ class UserModelWorkload(Workload):
     description = "your own PyTorch model: model = \"module:function\" returning bench.UserModel"
     phases = ("infer", "train")
     smoke_params = {"factory": "bench.workloads.user_model:tiny_mlp"}
+
+    @classmethod
+    def case_extras(cls, case) -> tuple[str, ...]:  # noqa: ANN001 - a CaseSpec
+        return ("hf",) if case.params.get("hf") else ()  # checkpoints load with transformers
     # Whether the model has a structured pruning rule is the factory's to say
     # (UserModel.structured_pruning): a case asking for one without it is an error.
     support = pipeline.VariantSupport(structured_pruning="UserModel.structured_pruning",
