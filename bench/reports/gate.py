@@ -78,9 +78,12 @@ class Policy:
     gate_speed: bool = True
     gate_memory: bool = True
     gate_accuracy: bool = True
-    # A case whose speed CI neither shows a regression nor excludes one beyond max_drop:
-    # "fail" (counts as a failure) or "warn" (listed, the gate passes).
-    speed_inconclusive: str = "fail"
+    # A case whose speed CI neither shows a regression nor excludes one beyond max_drop (an
+    # underpowered comparison: the warning says what slowdown it could have detected):
+    # "warn" (listed under Warnings, the gate passes: a file gated against itself passes)
+    # or "fail" (no verdict, exit 3: the spread left it undecided). A case that cannot be
+    # judged at all (too few trials, a missing or non-finite figure) fails either way.
+    speed_inconclusive: str = "warn"
     # Paired A/B rounds are judged by the sequential test (bench.measurement.sequential)
     # with these error rates per case; false: by significance and magnitude as separate
     # runs are.
@@ -286,7 +289,8 @@ class GateReport:
     inconclusive: list[Finding] = field(default_factory=list)
     # Cases measured now whose baseline could not run: said, neither failure nor gain.
     not_compared: list[Finding] = field(default_factory=list)
-    # Inconclusive speed under a "warn" policy: listed, not failed.
+    # Inconclusive speed under a "warn" policy, a class loss the baseline had too: listed,
+    # not failed.
     warnings: list[Finding] = field(default_factory=list)
     # Per case with a speed comparison: (verdict, ratio, CI, detectable slowdown).
     verdicts: dict[str, tuple[str, float, tuple[float, float], float | None]] = \
@@ -563,6 +567,8 @@ def evaluate(comparisons: list[CaseComparison], policy: Policy) -> GateReport:
     slos = slo_failures(current)
     lost_class = class_parity_failures(current, policy.accuracy_max_class_drop) \
         if policy.gate_accuracy else {}
+    lost_before = class_parity_failures(baseline_cases, policy.accuracy_max_class_drop) \
+        if policy.gate_accuracy else {}
     for c in comparisons:
         case_policy = policy.for_case(c.case_id)
         if c.current is not None and c.current.rounds is not None and \
@@ -573,8 +579,13 @@ def evaluate(comparisons: list[CaseComparison], policy: Policy) -> GateReport:
         if slos.get(c.case_id):  # the suite's own service levels: no baseline needed
             report.regressions.append(Finding(c.case_id, "slo", "; ".join(slos[c.case_id])))
         if lost_class.get(c.case_id):  # a variant against its own reference, this run
-            report.regressions.append(Finding(c.case_id, "class parity",
-                                              lost_class[c.case_id]))
+            if c.case_id in lost_before:  # not this change's doing
+                report.warnings.append(Finding(c.case_id, "class parity",
+                                               f"{lost_class[c.case_id]}; the baseline lost "
+                                               "it too: not a regression"))
+            else:
+                report.regressions.append(Finding(c.case_id, "class parity",
+                                                  lost_class[c.case_id]))
         contention = Contention.of(c)
         timed_regression = False
         for name, check in CHECKS.items():
@@ -696,7 +707,9 @@ def markdown(report: GateReport, baseline: str, current: str, policy: Policy,
                              "a failure above)", noisy),
                             ("Not compared: the baseline could not run (no verdict)",
                              report.not_compared),
-                            ("Warnings: speed inconclusive (policy: warn)", report.warnings),
+                            ("Warnings (not failed: speed inconclusive under the policy's "
+                             "inconclusive = \"warn\", a class the baseline lost too)",
+                             report.warnings),
                             ("Improvements (consider refreshing the baseline)",
                              report.improvements)):
         if findings:

@@ -135,14 +135,14 @@ def test_sequential_stopping_runs_only_the_undecided():
     assert Stopping(3, 40, test=SequentialTest()).describe()["stopping"].startswith("Wald SPRT")
 
 
-def test_an_underpowered_ab_session_is_inconclusive_and_fails_unless_policy_warns():
+def test_an_underpowered_ab_session_is_inconclusive_and_fails_when_policy_says_fail():
     """Four noisy rounds around a real 5% slowdown: neither verdict is reachable, and the
-    gate says so: no verdict, the host too noisy to decide speed (exit 3, never 0), or
-    listed under warnings when the policy asks."""
+    gate says so: no verdict, the host too noisy to decide speed (exit 3, never 0) under
+    inconclusive = "fail", or listed under warnings (the default)."""
     base, cur = drifting_rounds(1.05, rounds=4, pair_sd=0.06, seed=4)
     comparisons = compare_runs(paired_run("baseline", "s", base),
                                paired_run("current", "s", cur))
-    report = evaluate(comparisons, Policy())
+    report = evaluate(comparisons, Policy(speed_inconclusive="fail"))
     assert report.verdicts["a"][0] == "inconclusive"
     assert report.exit_code == 3 and not report.regressions
     assert report.verdict.startswith("NO VERDICT")

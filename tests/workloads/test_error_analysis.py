@@ -86,6 +86,21 @@ def test_bench_gate_fails_the_damaged_class_and_passes_the_intact_one(tmp_path, 
                  str(policy_file)]) == 0
 
 
+def test_a_class_the_baseline_lost_too_is_a_warning_so_a_file_gated_against_itself_passes(
+        tmp_path, capsys):
+    """Issue 30: the loss is in the file, not in a change; only a new loss regresses."""
+    policy = Policy(accuracy_min_ratio=0.95)
+    damaged = _pair(lost=6)
+    report = evaluate(compare_runs(run(*damaged), run(*_pair(lost=6))), policy)
+    assert report.exit_code == 0 and not report.regressions
+    (warning,) = report.warnings
+    assert warning.check == "class parity" and "the baseline lost it too" in warning.text
+    assert evaluate(compare_runs(run(*_pair(lost=0)), run(*damaged)), policy).exit_code == 1
+    same = write(tmp_path / "same.json", run(*damaged))
+    assert main(["gate", "--baseline", same, "--current", same]) == 0
+    assert "PASS (with warnings)" in capsys.readouterr().out
+
+
 def test_every_digits_record_carries_its_confusion_matrix():
     from bench.variants.precision import get_precision
     from bench.workloads import get_workload
