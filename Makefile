@@ -85,11 +85,16 @@ ab-gate: $(STAMP)
 		code=$$?; echo $$code > results/gate-exit-code; exit $$code; \
 	else echo "ab-gate: this clone has no commit $(AB_BASE) (shallow clone?): interleaved A/B not run"; fi
 
-# The example user project (examples/my_model), as a user runs it from its own folder.
+# The example user project (examples/my_model), as a user runs it from its own folder: its
+# suite, its report, its gate against its own committed baseline (measured on another
+# machine: gate-policy.toml says what that allows), its pytest tests.
 example: $(STAMP)
 	@out=$$(mktemp -d); cd examples/my_model && \
 	$(CURDIR)/$(BIN)/bench run suite.toml --out $$out/run.json --no-progress --quiet && \
 	$(CURDIR)/$(BIN)/bench report $$out/run.json --html $$out/report.html && \
+	$(CURDIR)/$(BIN)/bench gate --baseline baseline.json.gz --current $$out/run.json \
+		--policy gate-policy.toml --allow-different-machines > $$out/gate.md; \
+	code=$$?; head -n 3 $$out/gate.md; [ $$code -eq 0 ] || { cat $$out/gate.md; exit $$code; }; \
 	$(CURDIR)/$(BIN)/python -m pytest -q -p no:cacheprovider --benchmark-json=$$out/bench.json && \
 	echo "example: ok ($$out)"
 

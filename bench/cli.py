@@ -205,11 +205,21 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _selected(record, args: argparse.Namespace):  # noqa: ANN001, ANN202 - a RunRecord
+    from bench.results.selection import select_cases
+
+    (record,) = select_cases([record], parse_select(args.select), [args.run])
+    return record
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from bench.reports.table import render_report
     from bench.results.store import load_run
 
-    record = load_run(args.run)
+    if args.html and args.format is not None:
+        raise BenchInputError("--html", f"and --format {args.format} both choose the output",
+                              valid="--html FILE (one HTML file with plots), or --format")
+    record = _selected(load_run(args.run), args)
     if args.html:
         from bench.files import write_text_atomically
         from bench.reports.html import render_html
@@ -218,7 +228,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         write_text_atomically(Path(args.html), render_html(record), "--html")
         print(f"wrote {args.html}", file=sys.stderr)
         return 0
-    print(render_report(record, args.format), end="")
+    _emit(render_report(record, args.format or "github"), args.out)
     return 0
 
 
@@ -226,7 +236,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     from bench.reports.show import find_case, render_case, render_run
     from bench.results.store import load_run
 
-    record = load_run(args.run)
+    record = _selected(load_run(args.run), args)
     if args.case is None:
         print(render_run(record), end="")
     else:
@@ -296,9 +306,19 @@ def cmd_max_batch(args: argparse.Namespace) -> int:
 
 def _load_pair(args: argparse.Namespace, gating: bool = False):  # noqa: ANN202
     from bench.reports.compare import fingerprint_differences
+    from bench.results.selection import inherited_selection, select_cases
     from bench.results.store import load_run
 
+    _pair_names(args)
     baseline, current = load_run(args.baseline), load_run(args.current)
+    select = inherited_selection(current, parse_select(args.select))
+    if current.run.selection:
+        chosen = " ".join(f"{axis}={','.join(sorted(values))}"
+                          for axis, values in current.run.selection.items())
+        print(f"bench: {args.current} was run with --select {chosen}: the baseline's other "
+              "cases are left out", file=sys.stderr)
+    baseline, current = select_cases([baseline, current], select,
+                                     [args.baseline, args.current])
     diffs = fingerprint_differences(baseline, current)
     if diffs and not args.allow_different_machines:
         raise BenchInputError(args.current, "measured on a different machine or stack than "
@@ -312,14 +332,46 @@ def _load_pair(args: argparse.Namespace, gating: bool = False):  # noqa: ANN202
     return baseline, current
 
 
+def _pair_names(args: argparse.Namespace) -> None:
+    """The two run files: --baseline/--current, or BASELINE CURRENT (positional)."""
+    if args.pair and (args.baseline or args.current):
+        raise BenchInputError("BASELINE CURRENT", "give the two run files as positional "
+                              "arguments or as --baseline/--current, not both")
+    if args.pair:
+        if len(args.pair) != 2:
+            raise BenchInputError("BASELINE CURRENT", f"expected two run files, got "
+                                  f"{len(args.pair)}")
+        args.baseline, args.current = args.pair
+    if not (args.baseline and args.current):
+        raise BenchInputError("--baseline/--current", "both run files are needed",
+                              valid="--baseline OLD.json --current NEW.json, or OLD.json "
+                                    "NEW.json")
+
+
+def _emit(text: str, out: str | None) -> None:
+    """A command's primary output: to --out when given, else to stdout."""
+    if out:
+        from bench.files import write_text_atomically
+
+        write_text_atomically(Path(out), text, "--out")
+        print(f"wrote {out}", file=sys.stderr)
+    else:
+        print(text, end="" if text.endswith("\n") else "\n")
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from bench.measurement.host_probe import describe_ratio
-    from bench.reports.compare import compare_runs, render_comparison
+    from bench.reports.compare import compare_runs, comparison_json, render_comparison
 
     baseline, current = _load_pair(args)
-    print(render_comparison(compare_runs(baseline, current), args.format))
+    comparisons = compare_runs(baseline, current)
+    if args.json:
+        _emit(json.dumps(comparison_json(comparisons), indent=1), args.out)
+        return 0
+    text = render_comparison(comparisons, args.format)
     if host := describe_ratio(baseline.run.host_probes, current.run.host_probes):
-        print(host)
+        text += "\n" + host
+    _emit(text, args.out)
     return 0
 
 
@@ -329,14 +381,15 @@ def _policy(path: str | None):  # noqa: ANN202 - bench.reports.gate.Policy
     return load_policy(path) if path else Policy()
 
 
-def _gate(baseline, current, policy, baseline_name: str, current_name: str) -> int:  # noqa: ANN001
+def _gate(baseline, current, policy, baseline_name: str, current_name: str,  # noqa: ANN001
+          out: str | None = None, as_json: bool = False) -> int:
     from bench.reports.compare import compare_runs
-    from bench.reports.gate import evaluate, markdown
+    from bench.reports.gate import evaluate, markdown, report_json
 
     report = evaluate(compare_runs(baseline, current), policy)
     summary = markdown(report, baseline_name, current_name, policy,
                        (baseline.run.host_probes, current.run.host_probes))
-    print(summary, end="")
+    _emit(json.dumps(report_json(report), indent=1) if as_json else summary, out)
     step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if step_summary:
         with open(step_summary, "a") as fh:
@@ -347,7 +400,7 @@ def _gate(baseline, current, policy, baseline_name: str, current_name: str) -> i
 def cmd_gate(args: argparse.Namespace) -> int:
     policy = _policy(args.policy)
     baseline, current = _load_pair(args, gating=True)
-    return _gate(baseline, current, policy, args.baseline, args.current)
+    return _gate(baseline, current, policy, args.baseline, args.current, args.out, args.json)
 
 
 def _env_pairs(values: list[str] | None, option: str) -> dict[str, str]:
@@ -435,9 +488,11 @@ def cmd_ab(args: argparse.Namespace) -> int:
 
 def cmd_table(args: argparse.Namespace) -> int:
     from bench.reports.hardware import render_table
+    from bench.results.selection import select_cases
     from bench.results.store import load_run
 
-    runs = [load_run(path) for path in args.runs]
+    runs = select_cases([load_run(path) for path in args.runs], parse_select(args.select),
+                        args.runs)
     try:
         text = render_table(runs, args.metric, args.reference, args.format)
     except KeyError:
@@ -663,6 +718,24 @@ def _add_run_commands(sub: Any) -> None:
     p.set_defaults(func=cmd_max_batch)
 
 
+FORMAT_HELP = "github (markdown, the default), plain, latex, csv or html"
+
+
+def _add_select(p: Any) -> None:
+    p.add_argument("--select", action="append", metavar="AXIS=V1,V2",
+                   help="keep only cases with these axis values (repeatable)")
+
+
+def _add_pair_arguments(p: Any, json_help: str) -> None:
+    p.add_argument("pair", nargs="*", metavar="BASELINE CURRENT",
+                   help="the two run files (or --baseline and --current)")
+    p.add_argument("--baseline", help="the baseline run file")
+    p.add_argument("--current", help="the run file under test")
+    _add_select(p)
+    p.add_argument("--out", help="write the output to this file instead of stdout")
+    p.add_argument("--json", action="store_true", help=json_help)
+
+
 def _add_report_commands(sub: Any) -> None:
     """report, show, compare, gate, table, env: the commands that read result files (no
     torch)."""
@@ -672,7 +745,9 @@ def _add_report_commands(sub: Any) -> None:
 
     p = sub.add_parser("report", help="print a run file as a table")
     p.add_argument("run", help="a result file written by bench run")
-    p.add_argument("--format", choices=FORMATS, default="github")
+    p.add_argument("--format", choices=FORMATS, help=FORMAT_HELP)
+    _add_select(p)
+    p.add_argument("--out", help="write the table to this file instead of stdout")
     p.add_argument("--html", metavar="OUT.html",
                    help="write one self-contained HTML file (table + plots) instead")
     p.set_defaults(func=cmd_report)
@@ -682,13 +757,13 @@ def _add_report_commands(sub: Any) -> None:
                                     "percentiles, memory, accuracy, stderr tail")
     p.add_argument("run", help="a result file written by bench run")
     p.add_argument("case", nargs="?", help="a case id, or a part of one that only it has")
+    _add_select(p)
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("compare", help="compare two run files case by case (speed with a "
                                        "95%% CI and a Mann-Whitney test, memory, accuracy)")
-    p.add_argument("baseline", help="the reference run file")
-    p.add_argument("current", help="the run file to compare with it")
-    p.add_argument("--format", choices=FORMATS, default="github")
+    _add_pair_arguments(p, "a JSON list of the case comparisons instead of the table")
+    p.add_argument("--format", choices=FORMATS, default="github", help=FORMAT_HELP)
     p.add_argument("--allow-different-machines", action="store_true",
                    help="compare even when the fingerprints differ")
     p.set_defaults(func=cmd_compare)
@@ -696,8 +771,8 @@ def _add_report_commands(sub: Any) -> None:
     p = sub.add_parser("gate", help="fail (exit 1) on a regression against a baseline; "
                                     "exit 2 on bad input; exit 3 when the host was too noisy "
                                     "to decide speed; markdown summary")
-    p.add_argument("--baseline", required=True, help="the baseline run file")
-    p.add_argument("--current", required=True, help="the run file under test")
+    _add_pair_arguments(p, "the verdict as JSON (exit code, each finding) instead of the "
+                           "markdown summary")
     p.add_argument("--policy", help="TOML thresholds ([speed] max_drop, alpha, gate; "
                                     "[memory] max_growth, gate; [accuracy] min_ratio, gate)")
     p.add_argument("--allow-different-machines", action="store_true",
@@ -712,8 +787,10 @@ def _add_report_commands(sub: Any) -> None:
     p.add_argument("--metric", choices=sorted(METRICS), default="throughput")
     p.add_argument("--reference", help="the machine the others are compared with (a part "
                                        "of its column name; default: the first run)")
-    p.add_argument("--format", choices=TABLE_FORMATS, default="github")
-    p.add_argument("--out", help="write the table to a file")
+    p.add_argument("--format", choices=TABLE_FORMATS, default="github",
+                   help="github (markdown, the default), latex, csv or html")
+    _add_select(p)
+    p.add_argument("--out", help="write the table to this file instead of stdout")
     p.set_defaults(func=cmd_table)
 
     p = sub.add_parser("env", help="print this machine's environment fingerprint")

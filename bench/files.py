@@ -9,6 +9,7 @@ import os
 import stat
 import tempfile
 import tomllib
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,9 @@ def write_text_atomically(path: Path, text: str, option: str | None = None) -> N
 
 
 def read_bounded_text(path: str | Path, what: str, limit: int = 256 * MIB) -> str:
-    """A regular file's UTF-8 text, at most ``limit`` bytes; anything else is one line."""
+    """A regular file's UTF-8 text, at most ``limit`` bytes; anything else is one line. A
+    gzip-compressed file (a committed baseline, ``baseline.json.gz``) is read as its text,
+    decompressed to at most ``limit`` bytes."""
     source = str(path)
     try:
         with open(path, "rb") as handle:
@@ -73,11 +76,30 @@ def read_bounded_text(path: str | Path, what: str, limit: int = 256 * MIB) -> st
         raise BenchInputError(source, f"cannot read {what}: {exc.strerror or exc}") from None
     if len(raw) > limit:
         raise BenchInputError(source, f"larger than {limit // MIB} MiB; not a {what}")
+    if raw[:2] == GZIP_MAGIC:
+        raw = _gunzip_bounded(raw, source, what, limit)
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise BenchInputError(source, f"not UTF-8 text (byte {exc.start}); not a "
                               f"{what}") from None
+
+
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _gunzip_bounded(raw: bytes, source: str, what: str, limit: int) -> bytes:
+    inflate = zlib.decompressobj(wbits=31)  # 31: a gzip header and trailer
+    try:
+        text = inflate.decompress(raw, limit + 1)
+    except zlib.error as exc:
+        raise BenchInputError(source, f"corrupt gzip data ({exc}); not a {what}") from None
+    if len(text) > limit or inflate.unconsumed_tail:
+        raise BenchInputError(source, f"decompresses to more than {limit // MIB} MiB; not a "
+                              f"{what}")
+    if not inflate.eof:
+        raise BenchInputError(source, f"truncated gzip data; not a {what}")
+    return text
 
 
 def parse_toml(text: str, source: str) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from tabulate import tabulate
 
@@ -384,6 +385,25 @@ def geometric_mean(values: list[float]) -> float | None:
     if not values:
         return None
     return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+def comparison_json(rows: list[CaseComparison]) -> list[dict[str, Any]]:
+    """``bench compare --json``: each case's figures, current against baseline."""
+    def finite(value: float | None) -> float | None:
+        return value if value is not None and math.isfinite(value) else None
+
+    return [{
+        "case_id": c.case_id, "status": c.status_change,
+        "speed": None if c.speed is None else {
+            "ratio": c.speed.ratio, "ci95": [finite(v) for v in c.speed.ci],
+            "p_value": finite(c.speed.time.p_value)},
+        "memory_ratio": c.memory_ratio, "memory_kind": c.memory_kind,
+        "accuracy": None if c.accuracy_ratio is None else {
+            "metric": c.accuracy_metric, "ratio": c.accuracy_ratio,
+            "target": c.accuracy_target},
+        "instructions_ratio": c.instructions_ratio,
+        "problems": [str(p) for p in c.problems],
+    } for c in rows]
 
 
 def render_comparison(rows: list[CaseComparison], fmt: str = "github") -> str:

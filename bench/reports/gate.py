@@ -652,6 +652,28 @@ def _speed_verdict(report: GateReport, c: CaseComparison, policy: Policy, judged
         target.append(Finding(c.case_id, "speed", text, noise=True))
 
 
+def report_json(report: GateReport) -> dict[str, Any]:
+    """``bench gate --json``: the verdict, its exit code and every finding by kind."""
+    def findings(items: list[Finding]) -> list[dict[str, str]]:
+        return [{"case_id": f.case_id, "check": f.check, "text": f.text} for f in items]
+
+    return {
+        "verdict": report.verdict, "exit_code": report.exit_code, "cases": report.cases,
+        "regressions": findings(report.regressions),
+        "cannot_judge": findings([f for f in report.inconclusive if not f.noise]),
+        "no_verdict_for_noise": findings([f for f in report.inconclusive if f.noise]),
+        "not_compared": findings(report.not_compared),
+        "warnings": findings(report.warnings),
+        "improvements": findings(report.improvements),
+        "speed": {case_id: {"verdict": verdict, "ratio": ratio,
+                            "ci95": [low, high if math.isfinite(high) else None],
+                            "detectable_slowdown": detectable}
+                  for case_id, (verdict, ratio, (low, high), detectable)
+                  in report.verdicts.items()},
+        "instructions": report.instructions,
+    }
+
+
 def markdown(report: GateReport, baseline: str, current: str, policy: Policy,
              host_probes: tuple[list[HostProbe], list[HostProbe]] = ([], [])) -> str:
     """The gate's summary; with both runs' host probes, the host's change beside the

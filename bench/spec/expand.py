@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 from bench.errors import BenchInputError
 from bench.spec.model import BenchmarkSpec, CaseSpec, SuiteSpec
@@ -19,6 +20,25 @@ def parse_select(items: list[str] | None, option: str = "--select") -> dict[str,
     return select
 
 
+def matrix_combinations(bench: BenchmarkSpec) -> list[tuple[Any, ...]]:
+    """The benchmark's axis values per case, in the order of ``bench.matrix``: the product
+    less its excluded combinations, then the included ones not already there."""
+    names = list(bench.matrix)
+
+    def matches(values: tuple[Any, ...], entry: dict[str, tuple[Any, ...]]) -> bool:
+        return all(values[names.index(axis)] in wanted for axis, wanted in entry.items())
+
+    kept = [values for values in itertools.product(*(bench.matrix[n] for n in names))
+            if not any(matches(values, entry) for entry in bench.exclude)]
+    seen = set(kept)
+    for entry in bench.include:
+        for values in itertools.product(*(entry.get(n, bench.matrix[n]) for n in names)):
+            if values not in seen:
+                seen.add(values)
+                kept.append(values)
+    return kept
+
+
 def benchmark_cases(bench: BenchmarkSpec) -> list[CaseSpec]:
     names = list(bench.matrix)
     return [
@@ -28,7 +48,7 @@ def benchmark_cases(bench: BenchmarkSpec) -> list[CaseSpec]:
                  label=bench.label, parity_target=bench.parity_target,
                  parity_reference=bench.parity_reference, slo=bench.slo,
                  training=bench.training, serving=bench.serving, mode=bench.mode)
-        for values in itertools.product(*(bench.matrix[n] for n in names))
+        for values in matrix_combinations(bench)
     ]
 
 
@@ -40,8 +60,9 @@ def _check_select(suite: SuiteSpec, select: dict[str, set[str]]) -> None:
     """A typo in --select would silently keep every case (or none): refuse it in one line."""
     values: dict[str, set[str]] = {}
     for bench in suite.benchmarks:
-        for axis, choices in bench.matrix.items():
-            values.setdefault(axis, set()).update(str(v) for v in choices)
+        for entry in (bench.matrix, *bench.include):
+            for axis, choices in entry.items():
+                values.setdefault(axis, set()).update(str(v) for v in choices)
     for axis, wanted in select.items():
         if axis not in values:
             raise BenchInputError("--select", f"no benchmark of {suite.path} has an axis "

@@ -13,7 +13,7 @@ from typing import Any
 from bench.errors import BenchInputError
 from bench.files import PACKAGE_PREFIX, package_folder, parse_toml, read_bounded_text
 from bench.spec.axes import Setting
-from bench.spec.expand import benchmark_case_ids
+from bench.spec.expand import benchmark_case_ids, matrix_combinations
 from bench.spec.model import (
     ALLOCATOR_POLICIES,
     CLOSED_LOOP,
@@ -117,8 +117,16 @@ def _load_benchmark(table: Any, index: int, default_budget: Budget,
         table = _user_model_table(table, source, where, folder)
     workload, phase = _load_workload(table, source, where)
     axes = workload.phase_axes(phase)
-    matrix_table = _check_keys(table.get("matrix", {}), set(axes), source, f"{where}.matrix")
+    matrix_table = table.get("matrix", {})
+    lists = {}
+    if isinstance(matrix_table, dict):
+        matrix_table = dict(matrix_table)
+        lists = {k: matrix_table.pop(k) for k in MATRIX_LISTS if k in matrix_table}
+    matrix_table = _check_keys(matrix_table, set(axes), source, f"{where}.matrix")
     matrix, params = _load_matrix(table, matrix_table, workload, phase, source, where)
+    exclude, include = (_load_matrix_list(lists.get(name, []), name, matrix, matrix_table,
+                                          axes, source, f"{where}.matrix.{name}")
+                        for name in MATRIX_LISTS)
     budget = default_budget
     if "budget" in table:
         budget = _load_budget(table["budget"], default_budget, source, f"{where}.budget")
@@ -134,17 +142,22 @@ def _load_benchmark(table: Any, index: int, default_budget: Budget,
     training = None
     if "target" in table or "training" in table:
         training = _load_training(table, workload, phase, source, where)
-    return BenchmarkSpec(
+    spec = BenchmarkSpec(
         workload=workload.name, phase=phase, matrix=matrix, label=label,
         slo=_load_slo(table.get("slo", {}), source, f"{where}.slo"), training=training,
         search=_load_search(table.get("search", {}), axes, matrix_table, source,
                             f"{where}.search"),
         serving=_load_serving(table, matrix, source, where),
         mode=_load_mode(table, source, where), parity_target=parity,
+        exclude=exclude, include=include,
         named_axes=tuple(a for a in axes if a in matrix_table), params=params,
         accuracy=_load_accuracy(table.get("accuracy", {}), workload.metrics(phase), source,
                                 f"{where}.accuracy"),
         budget=budget, parity_reference=workload.parity_reference(phase))
+    if exclude and not _case_count(spec, 1_000_000):
+        raise BenchInputError(source, "the exclude list leaves no case",
+                              key=f"{where}.matrix.exclude", valid="fewer or narrower entries")
+    return spec
 
 
 def _load_workload(table: dict[str, Any], source: str, where: str) -> tuple[Any, str]:
@@ -203,6 +216,38 @@ def _load_matrix(table: dict[str, Any], matrix_table: dict[str, Any], workload: 
         for key, setting in param_settings.items()
     }
     return matrix, params
+
+
+MATRIX_LISTS = ("exclude", "include")
+
+
+def _load_matrix_list(raw: Any, name: str, matrix: dict[str, tuple[Any, ...]],
+                      matrix_table: dict[str, Any], axes: dict[str, Setting], source: str,
+                      where: str) -> tuple[dict[str, tuple[Any, ...]], ...]:
+    """``exclude`` or ``include``: a list of tables, each naming axes of the matrix with a
+    value or a list of values. An excluded value must be one the matrix takes (else the
+    entry excludes nothing: a typo); an included one any value the axis accepts."""
+    named = sorted(matrix_table)
+    if not isinstance(raw, list) or not all(isinstance(e, dict) and e for e in raw):
+        raise BenchInputError(source, f"expected a list of tables, got {raw!r}", key=where,
+                              valid=f"[{{ AXIS = VALUE, ... }}, ...] over {', '.join(named)}")
+    entries = []
+    for i, entry in enumerate(raw):
+        _check_keys(entry, set(matrix_table), source, f"{where}[{i}]")
+        values = {}
+        for axis, value in entry.items():
+            key = f"{where}[{i}].{axis}"
+            given = value if isinstance(value, list) else [value]
+            if not given:
+                raise BenchInputError(source, "empty list", key=key, valid=matrix[axis])
+            checked = tuple(axes[axis].validate(v, source, key) for v in given)
+            if name == "exclude" and (absent := [v for v in checked if v not in matrix[axis]]):
+                raise BenchInputError(source, f"the matrix never takes {absent[0]!r}: the "
+                                      "entry would exclude nothing", key=key,
+                                      valid=matrix[axis])
+            values[axis] = checked
+        entries.append(values)
+    return tuple(entries)
 
 
 def _load_mode(table: dict[str, Any], source: str, where: str) -> str | None:
@@ -497,6 +542,15 @@ def _refuse_colliding_ids(benchmarks: tuple[BenchmarkSpec, ...], source: str) ->
             owner[case_id] = index
 
 
+def _case_count(bench: BenchmarkSpec, max_cases: int) -> int:
+    """How many cases the benchmark expands to; a product far past the limit is counted
+    without building its combinations (a matrix of 10^12 is refused, not listed)."""
+    bound = math.prod(len(v) for v in bench.matrix.values()) + sum(
+        math.prod(len(entry.get(n, v)) for n, v in bench.matrix.items())
+        for entry in bench.include)
+    return bound if bound > 100 * max_cases else len(matrix_combinations(bench))
+
+
 def load_suite(path: str | Path) -> SuiteSpec:
     """Parse and validate a suite file. Raises BenchInputError on any problem."""
     path = Path(path)
@@ -521,7 +575,7 @@ def suite_from_data(data: Any, source: str, default_name: str, sha256: str,
         suite_table.get("max_cases", DEFAULT_MAX_CASES), source, "suite.max_cases")
     benchmarks = tuple(_load_benchmark(table, i, budget, source, folder)
                        for i, table in enumerate(benchmarks_raw))
-    cases = sum(math.prod(len(v) for v in b.matrix.values()) for b in benchmarks)
+    cases = sum(_case_count(b, max_cases) for b in benchmarks)
     if cases > max_cases:
         raise BenchInputError(source, f"the matrices expand to {cases:,} cases, above the "
                               f"limit of {max_cases:,}; trim an axis or raise the limit",

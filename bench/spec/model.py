@@ -267,6 +267,12 @@ class BenchmarkSpec:
     # How its cases run (bench.modes), when the suite names one; else the mode the case's
     # shape picks (ranks, a target, a scenario, the closed loop).
     mode: str | None = None
+    # The matrix's exclude and include lists (GitHub Actions' matrix semantics): each entry
+    # maps axes to the values it names. A combination matching every axis of an exclude
+    # entry is left out; then each include entry adds its combinations, the axes it does
+    # not name taking every matrix value.
+    exclude: tuple[dict[str, tuple[Any, ...]], ...] = ()
+    include: tuple[dict[str, tuple[Any, ...]], ...] = ()
 
 
 # Service levels a benchmark's cases must meet, checked by the report and by bench gate:

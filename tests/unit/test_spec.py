@@ -11,7 +11,7 @@ import torch
 from bench.cli import main
 from bench.errors import BenchInputError
 from bench.orchestrate.plan import plan_suite
-from bench.spec import load_suite
+from bench.spec import expand_suite, load_suite
 from bench.spec.model import Budget, CaseSpec
 from tests.builders import REPO
 
@@ -42,7 +42,38 @@ BAD_FILES = {
                   "budget.allocator: unknown value 'jemalloc' (valid: steady, system)"),
     "bad phase": (GOOD.replace('phase = "train"', 'phase = "serve"'),
                   "benchmark[0].phase: unknown phase 'serve'"),
+    "exclude typo": (GOOD.replace("batch_size = [8, 16] }", "batch_size = [8, 16], exclude = "
+                                  "[{ precision = 'fp16' }] }"),
+                     "benchmark[0].matrix.exclude[0].precision: the matrix never takes 'fp16'"),
+    "exclude axis": (GOOD.replace("batch_size = [8, 16] }", "batch_size = [8, 16], exclude = "
+                                  "[{ lr = 0.1 }] }"),
+                     "benchmark[0].matrix.exclude[0].lr: unknown key"),
+    "exclude shape": (GOOD.replace("batch_size = [8, 16] }", "batch_size = [8, 16], exclude = "
+                                   "'bf16' }"), "benchmark[0].matrix.exclude: expected a list"),
+    "exclude all": (GOOD.replace("batch_size = [8, 16] }", "batch_size = [8, 16], exclude = "
+                                 "[{ batch_size = [8, 16] }] }"),
+                    "benchmark[0].matrix.exclude: the exclude list leaves no case"),
+    "include value": (GOOD.replace("batch_size = [8, 16] }", "batch_size = [8, 16], include = "
+                                   "[{ batch_size = 0 }] }"),
+                      "benchmark[0].matrix.include[0].batch_size"),
 }
+
+
+def test_matrix_exclude_and_include_shape_the_cases(write_suite):
+    """Issue 30: GitHub Actions' matrix semantics. Exclude drops every combination that
+    matches all the axes of an entry; include adds combinations (values the matrix lacks
+    allowed), the axes it does not name taking every matrix value."""
+    path = write_suite(GOOD.replace("batch_size = [8, 16] }", """batch_size = [8, 16], \
+exclude = [{ precision = "bf16", batch_size = 16 }, { device = "cuda", precision = ["fp32", "bf16"] }], \
+include = [{ device = "cpu", precision = "bf16", batch_size = 32 }, { batch_size = 8 }] }"""))
+    suite = load_suite(path)
+    got = [tuple(c.axes[a] for a in ("device", "precision", "batch_size"))
+           for c in expand_suite(suite)]
+    assert got == [("cpu", "fp32", 8), ("cpu", "fp32", 16), ("cpu", "bf16", 8),
+                   ("cpu", "bf16", 32),  # the include's new value
+                   ("cuda", "fp32", 8), ("cuda", "bf16", 8)]  # {batch_size = 8}: back in
+    assert len(plan_suite(suite)) == 6
+    assert [c.axes["batch_size"] for c in expand_suite(suite, {"batch_size": {"32"}})] == [32]
 
 
 @pytest.mark.parametrize("label", sorted(BAD_FILES))
