@@ -6,11 +6,14 @@ import dataclasses
 import hashlib
 import importlib.util
 import math
+import os
+import re
 from importlib.machinery import PathFinder
 from pathlib import Path
 from typing import Any
 
 from bench.errors import BenchInputError
+from bench.extras import require
 from bench.files import PACKAGE_PREFIX, package_folder, parse_toml, read_bounded_text
 from bench.spec.axes import Setting
 from bench.spec.expand import benchmark_case_ids, matrix_combinations
@@ -454,11 +457,34 @@ def _model_workload_table(table: dict[str, Any], source: str, where: str, label:
             "params": {**params, **model_params}}
 
 
-_CHECKPOINT_FORMAT = "{ hf = \"FOLDER\" (relative to the suite file) or \"package:NAME/SUB\", " \
+_CHECKPOINT_FORMAT = "{ hf = \"FOLDER\" (relative to the suite file), \"ORG/NAME\" (in the local " \
+                     "Hugging Face cache) or \"package:NAME/SUB\", " \
                      "task = \"feature-extraction\" | \"sequence-classification\" | " \
                      "\"causal-lm\" | \"text-generation\" }, or { gguf = \"FILE.gguf\" }"
 GENERATION_TASK = "text-generation"
 GENERATION_WORKLOAD = "causal_lm"
+
+
+# A Hugging Face model id (ORG/NAME), as huggingface_hub's validate_repo_id accepts them.
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def _hf_cache_snapshot(repo_id: str, source: str, key: str) -> Path:
+    """The folder of ``repo_id`` in the local Hugging Face cache (``HF_HUB_CACHE``, else
+    huggingface_hub's default), never downloaded: suites run offline."""
+    require("hf", source, key)
+    # huggingface_hub (~0.3 s) on use: only a suite naming a model id pays for it.
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    cache = os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE
+    try:
+        return Path(snapshot_download(repo_id, cache_dir=cache, local_files_only=True))
+    except LocalEntryNotFoundError:
+        raise BenchInputError(source, f"{repo_id} is not in the Hugging Face cache "
+                              f"({cache}) and suites never download: fetch it once "
+                              f"(hf download {repo_id}) or name its folder", key=key,
+                              valid=_CHECKPOINT_FORMAT) from None
 
 
 def _checkpoint_table(table: dict[str, Any], source: str, where: str,
@@ -478,6 +504,10 @@ def _checkpoint_table(table: dict[str, Any], source: str, where: str,
             raise BenchInputError(source, f"no installed package {name!r}",
                                   key=f"{where}.model.hf", valid=_CHECKPOINT_FORMAT)
         label = name
+    elif not (suite_folder / hf).exists() and _REPO_ID.fullmatch(hf):
+        folder = _hf_cache_snapshot(hf, source, f"{where}.model.hf")
+        label = _label_of(hf.rpartition("/")[2], "hf")
+        hf = str(folder)
     else:
         folder = (suite_folder / hf).resolve()
         hf = str(folder)

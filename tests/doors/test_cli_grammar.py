@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import json
+from pathlib import Path
 
 import pytest
 
@@ -99,7 +100,7 @@ def test_a_gzip_result_file_reads_as_its_json_and_a_bomb_is_one_line(tmp_path, c
                                                                        monkeypatch):
     base, _ = _pair(tmp_path)
     packed = tmp_path / "base.json.gz"
-    packed.write_bytes(gzip.compress(open(base, "rb").read()))
+    packed.write_bytes(gzip.compress(Path(base).read_bytes()))
     assert main(["compare", base, str(packed)]) == 0
     assert "w/infer[b=8]" in capsys.readouterr().out
     (tmp_path / "cut.json.gz").write_bytes(packed.read_bytes()[:-20])

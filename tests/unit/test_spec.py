@@ -64,7 +64,8 @@ def test_matrix_exclude_and_include_shape_the_cases(write_suite):
     matches all the axes of an entry; include adds combinations (values the matrix lacks
     allowed), the axes it does not name taking every matrix value."""
     path = write_suite(GOOD.replace("batch_size = [8, 16] }", """batch_size = [8, 16], \
-exclude = [{ precision = "bf16", batch_size = 16 }, { device = "cuda", precision = ["fp32", "bf16"] }], \
+exclude = [{ precision = "bf16", batch_size = 16 }, \
+           { device = "cuda", precision = ["fp32", "bf16"] }], \
 include = [{ device = "cpu", precision = "bf16", batch_size = 32 }, { batch_size = 8 }] }"""))
     suite = load_suite(path)
     got = [tuple(c.axes[a] for a in ("device", "precision", "batch_size"))
