@@ -453,16 +453,34 @@ def cmd_ab(args: argparse.Namespace) -> int:
     stopping = _stopping(args, policy)
     if args.instructions and (reason := unavailable_reason()) is not None:
         raise BenchInputError("--instructions", reason)
-    if (args.baseline_ref is None) == (args.baseline_source is None):
-        raise BenchInputError("bench ab", "give exactly one of --baseline-ref (a git commit "
-                              "of this repository) and --baseline-source (a checkout)")
+    if args.baseline_ref is None and args.baseline_source is None:
+        raise BenchInputError("bench ab", "no baseline: give --baseline-ref (a commit of the "
+                              "repository holding the suite) or --baseline-source (a bench "
+                              "checkout), or both")
     current_env = _env_pairs(args.current_env, "--current-env")
     current = WorkerCode.this_checkout(current_env) if args.current_source is None else \
         WorkerCode(_checkout(args.current_source, "--current-source"), current_env)
     baseline_env = _env_pairs(args.baseline_env, "--baseline-env")
-    out_dir = Path(args.out_dir)
+    out_dir = Path(args.out)
+    users_repo = _users_repository(args.suite, current.source) \
+        if args.baseline_ref is not None else None
+    if args.baseline_ref is not None and args.baseline_source is not None and not users_repo:
+        raise BenchInputError("bench ab", "--baseline-ref and --baseline-source both name "
+                              "the baseline's bench; give one (both: a suite in your own "
+                              "repository, at the ref, measured by that bench)")
+    baseline_suite = None
     with contextlib.ExitStack() as stack:
-        if args.baseline_ref is not None:
+        if users_repo is not None:
+            tree = stack.enter_context(git_worktree(args.baseline_ref, users_repo,
+                                                    bench_package=False))
+            relative = Path(args.suite).resolve().relative_to(users_repo)
+            baseline_suite = tree / relative
+            if not baseline_suite.is_file():
+                raise BenchInputError("--baseline-ref", f"{relative} does not exist at "
+                                      f"{args.baseline_ref} in {users_repo}")
+            tree = _checkout(args.baseline_source, "--baseline-source") \
+                if args.baseline_source else current.source
+        elif args.baseline_ref is not None:
             tree = stack.enter_context(git_worktree(args.baseline_ref, current.source))
         else:
             tree = _checkout(args.baseline_source, "--baseline-source")
@@ -472,7 +490,8 @@ def cmd_ab(args: argparse.Namespace) -> int:
                                    select=parse_select(args.select), progress=progress,
                                    fork=args.workers == "fork",
                                    count_instructions=args.instructions,
-                                   lockstep=args.rounds_run == "lockstep")
+                                   lockstep=args.rounds_run == "lockstep",
+                                   baseline_suite=baseline_suite)
     from bench.reports.gate import refuse_misleading_pair
     from bench.results.schema import SLOWDOWN_ENV
 
@@ -484,6 +503,17 @@ def cmd_ab(args: argparse.Namespace) -> int:
     refuse_misleading_pair(base_name, base_run, cur_name, cur_run,
                            allow_injected=SLOWDOWN_ENV in {**current_env, **baseline_env})
     return _gate(base_run, cur_run, policy, base_name, cur_name)
+
+
+def _users_repository(suite: str, bench_source: Path) -> Path | None:
+    """The git repository holding ``suite`` when it is not bench's own: a user's project,
+    whose models --baseline-ref then checks out (None: bench's repository, or no git)."""
+    from bench.orchestrate.interleave import git_toplevel
+
+    top = git_toplevel(Path(suite).resolve().parent)
+    if top is None or top == bench_source.resolve():
+        return None
+    return top
 
 
 def cmd_table(args: argparse.Namespace) -> int:
@@ -815,10 +845,16 @@ def _add_ab_command(sub: Any) -> None:
                                   "paired rounds (exit 0 pass, 1 regression, 2 bad input, "
                                   "3 no verdict: the host too noisy to decide speed)")
     p.add_argument("suite", help=SUITE_HELP)
-    p.add_argument("--baseline-ref", help="a git commit of this repository to check out "
-                                          "as the baseline (e.g. main, HEAD~1)")
-    p.add_argument("--baseline-source", help="or: a checkout holding the baseline's bench "
-                                             "package")
+    p.add_argument("--baseline-ref", help="a commit (e.g. main, HEAD~1) of the git "
+                                          "repository holding the suite, checked out as the "
+                                          "baseline: your models at that commit, measured by "
+                                          "this bench (in bench's own repository: bench "
+                                          "itself at that commit)")
+    p.add_argument("--baseline-source", help="a checkout holding the bench package the "
+                                             "baseline side runs (alone: the baseline is "
+                                             "that bench; with --baseline-ref on your "
+                                             "repository: your models at the ref, measured "
+                                             "by that bench)")
     p.add_argument("--current-source", help="the checkout under test (default: this one)")
     p.add_argument("--rounds", type=int, default=None,
                    help="rounds per case at least; each runs one worker process per side "
@@ -834,8 +870,9 @@ def _add_ab_command(sub: Any) -> None:
                    help="without the sequential test ([speed] sequential = false): the "
                         "paired CI's half width (log scale; 0.04 = about +-4%%) at which a "
                         "case stops adding rounds")
-    p.add_argument("--out-dir", default="results/ab",
-                   help="where baseline.json and current.json are written")
+    p.add_argument("--out", "--out-dir", dest="out", default="results/ab",
+                   help="the folder where baseline.json and current.json are written "
+                        "(default results/ab; --out-dir is the old name)")
     p.add_argument("--policy", help="gate policy TOML (as for bench gate)")
     p.add_argument("--select", action="append", metavar="AXIS=V1,V2",
                    help="keep only cases with these axis values (repeatable)")

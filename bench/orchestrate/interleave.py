@@ -38,6 +38,7 @@ from bench.orchestrate.rounds import Arm, Comparison, Lockstep, RoundRunner, Sto
 from bench.results.schema import STATUS_SKIPPED, CaseResult, RoundsResult, RunInfo, RunRecord
 from bench.results.store import exclusive_output, write_atomically
 from bench.spec import load_suite
+from bench.spec.model import CaseSpec, SuiteSpec
 
 
 @dataclass(frozen=True)
@@ -47,11 +48,19 @@ class Side:
     # CPU workers forked from a per-side fork server (bench.launch.fork_server) rather
     # than spawned: the same worker code, without paying its imports every round.
     fork: bool = True
+    # The suite file this side reads, when it is not the session's: the user's repository
+    # at another commit (bench ab --baseline-ref on a user's project), whose models the
+    # side's cases then import.
+    suite: Path | None = None
 
     def describe(self) -> dict[str, object]:
-        return {"side": self.name, "source": str(Path(self.code.source).resolve()),
-                "commit": git_commit(self.code.source), "env": dict(self.code.env),
-                "workers": WORKER_START[self.fork]}
+        described = {"side": self.name, "source": str(Path(self.code.source).resolve()),
+                     "commit": git_commit(self.code.source), "env": dict(self.code.env),
+                     "workers": WORKER_START[self.fork]}
+        if self.suite is not None:
+            described.update(suite=str(self.suite.resolve()),
+                             suite_commit=git_commit(self.suite.resolve().parent))
+        return described
 
     def launcher(self) -> LocalLauncher:
         """This side's workers: its own fork servers (both sides' workers may run at
@@ -100,14 +109,26 @@ def resolve_commit(ref: str, repo: Path) -> str:
     return commit
 
 
+def git_toplevel(folder: Path) -> Path | None:
+    """The root of the git work tree holding ``folder`` (None outside one, or no git)."""
+    try:
+        proc = subprocess.run(["git", "-C", str(folder), "rev-parse", "--show-toplevel"],
+                              capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    top = proc.stdout.strip()
+    return Path(top).resolve() if proc.returncode == 0 and top else None
+
+
 def has_bench_package(tree: Path) -> bool:
     return (tree / "bench" / "runners" / "worker.py").is_file()
 
 
 @contextlib.contextmanager
-def git_worktree(ref: str, repo: Path) -> Iterator[Path]:
-    """A detached checkout of ``ref`` in a temporary directory, removed afterwards; it
-    must hold the bench package (else its workers would import another checkout's)."""
+def git_worktree(ref: str, repo: Path, bench_package: bool = True) -> Iterator[Path]:
+    """A detached checkout of ``ref`` in a temporary directory, removed afterwards; with
+    ``bench_package`` it must hold the bench package (else its workers would import
+    another checkout's); without, it is a user's repository (its suite and models)."""
     commit = resolve_commit(ref, repo)
     parent = Path(tempfile.mkdtemp(prefix="bench-ab-"))
     tree = parent / "src"
@@ -120,7 +141,7 @@ def git_worktree(ref: str, repo: Path) -> Iterator[Path]:
         last = (proc.stderr.strip().splitlines() or ["git failed"])[-1]
         raise BenchInputError("--baseline-ref", f"cannot check out {ref!r}: {last}")
     try:
-        if not has_bench_package(tree):
+        if bench_package and not has_bench_package(tree):
             raise BenchInputError("--baseline-ref", f"commit {commit[:12]} ({ref}) holds no "
                                   "bench package (bench/runners/worker.py): nothing to "
                                   "measure as the baseline")
@@ -145,14 +166,15 @@ def run_interleaved(suite_path: str | Path, sides: list[Side], stopping: Stoppin
     pass over the cases (about 3 s a pass here); without, one per side for the session."""
     if len({side.name for side in sides}) != len(sides):
         raise ValueError("side names must differ")
-    suite = load_suite(suite_path)
-    planned = plan_suite(suite, select)
+    suites = [load_suite(side.suite or suite_path) for side in sides]
+    planned, specs = _plan_sides(sides, suites, select)
     session = uuid.uuid4().hex[:12]
-    machine = fingerprint(suite.path)
+    machine = fingerprint(suites[-1].path)
     pairing = {"session": session, **stopping.describe(), "order": ROUND_ORDER[lockstep]}
     records = [RunRecord(run=RunInfo.starting(suite, select, f"{session}-{side.name}",
                                           pairing={**pairing, **side.describe()}),
-                         fingerprint=machine) for side in sides]
+                         fingerprint=machine) for side, suite in zip(sides, suites,
+                                                                     strict=True)]
     with contextlib.ExitStack() as stack:
         for side in sides:
             stack.enter_context(exclusive_output(Path(out_dir) / f"{side.name}.json"))
@@ -162,9 +184,9 @@ def run_interleaved(suite_path: str | Path, sides: list[Side], stopping: Stoppin
             if lockstep and len(sides) == 2 else None
         skipped = [skipped_result(p) for p in planned if p.skip_reason]
         runnable = [p for p in planned if not p.skip_reason]
-        comparisons = [Comparison(p.case_id, [Arm(side.name, p.spec, launcher)
-                                              for side, launcher in zip(sides, launchers,
-                                                                        strict=True)])
+        comparisons = [Comparison(p.case_id, [Arm(side.name, side_specs[p.case_id], launcher)
+                                              for side, side_specs, launcher in zip(
+                                                  sides, specs, launchers, strict=True)])
                        for p in runnable]
 
         def write_sides() -> None:
@@ -179,6 +201,28 @@ def run_interleaved(suite_path: str | Path, sides: list[Side], stopping: Stoppin
         if count_instructions:
             _count_instructions(sides, launchers, records, planned, out_dir, progress)
     return records
+
+
+def _plan_sides(sides: list[Side], suites: list[SuiteSpec],
+                select: dict[str, set[str]] | None
+                ) -> tuple[list[PlannedCase], list[dict[str, CaseSpec]]]:
+    """The session's cases, as the last side's suite names them, and each side's own spec
+    of every case (its suite's copy: the models of its commit). A case another side cannot
+    run, or whose suite lacks it, is skipped with that side's reason."""
+    plans = [plan_suite(suite, select) for suite in suites]
+    by_side = [{p.case_id: p for p in plan} for plan in plans]
+    planned = []
+    for case in plans[-1]:
+        reason = case.skip_reason
+        for side, cases in zip(sides, by_side, strict=True):
+            other = cases.get(case.case_id)
+            if reason is None and other is None:
+                reason = f"the {side.name} side's suite has no such case"
+            elif reason is None and other.skip_reason:
+                reason = f"{side.name} side: {other.skip_reason}"
+        planned.append(dataclasses.replace(case, skip_reason=reason))
+    specs = [{cid: p.spec for cid, p in cases.items()} for cases in by_side]
+    return planned, specs
 
 
 def _count_instructions(sides: list[Side], launchers: list[LocalLauncher],
@@ -216,11 +260,15 @@ def _unmeasured(case: PlannedCase) -> CaseResult:
 def run_ab(suite_path: str | Path, baseline: WorkerCode, current: WorkerCode,
            stopping: Stopping, out_dir: str | Path, select: dict[str, set[str]] | None = None,
            progress: Callable[[str], None] | None = None, fork: bool = True,
-           count_instructions: bool = False,
-           lockstep: bool = True) -> tuple[RunRecord, RunRecord]:
-    """The A/B of ``bench ab``: OUT_DIR/baseline.json and OUT_DIR/current.json."""
-    base, cur = run_interleaved(suite_path, [Side("baseline", baseline, fork),
-                                             Side("current", current, fork)],
+           count_instructions: bool = False, lockstep: bool = True,
+           baseline_suite: Path | None = None) -> tuple[RunRecord, RunRecord]:
+    """The A/B of ``bench ab``: OUT_DIR/baseline.json and OUT_DIR/current.json. With
+    ``baseline_suite``, the baseline side reads that suite file (the user's repository at
+    the baseline commit) and the current side ``suite_path``, each recorded with its
+    repository's commit."""
+    current_suite = Path(suite_path) if baseline_suite is not None else None
+    base, cur = run_interleaved(suite_path, [Side("baseline", baseline, fork, baseline_suite),
+                                             Side("current", current, fork, current_suite)],
                                 stopping, out_dir, select, progress, count_instructions,
                                 lockstep)
     return base, cur

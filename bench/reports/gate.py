@@ -772,7 +772,11 @@ def refuse_misleading_pair(base_name: str, baseline: RunRecord, cur_name: str,
                                   f"({wrong[0]}); refusing a session that did not measure "
                                   "what it says")
     same = [cid for cid, src in ran[1].items() if src is not None and ran[0].get(cid) == src]
-    if same and envs[0] == envs[1]:
+    # A user's project A/B (bench ab --baseline-ref in their repository): one bench, the
+    # user's models at two commits.
+    suites = [r.run.pairing.get("suite_commit") or r.run.pairing.get("suite")
+              for r in (baseline, current)]
+    if same and envs[0] == envs[1] and suites[0] == suites[1]:
         raise BenchInputError(cur_name, f"both sides of the A/B session ran the same code "
                               f"({ran[1][same[0]]}) with the same environment: the session "
                               "compares the code with itself")

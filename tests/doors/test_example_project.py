@@ -51,7 +51,12 @@ def test_the_examples_gate_fails_a_damaged_model_and_passes_the_intact_one(tmp_p
     if damage == "none":
         assert gate.returncode == 0, gate.stdout
         return
-    assert gate.returncode == 1, gate.stdout
-    regressions = gate.stdout.split("### Regressions", 1)[1].split("###", 1)[0]
-    check = "| accuracy |" if damage == "less accurate" else "| speed |"
-    assert check in regressions, gate.stdout
+    if damage == "less accurate":  # seeded: judged whatever the host's load
+        assert gate.returncode == 1, gate.stdout
+        assert "| accuracy |" in gate.stdout.split("### Regressions", 1)[1], gate.stdout
+        return
+    # A slowdown measured while other processes took the CPU is no verdict (exit 3), never
+    # a pass: contention could have made it (docs/gating.md).
+    assert gate.returncode in (1, 3), gate.stdout
+    section = "### Regressions" if gate.returncode == 1 else "### Cannot judge for the host"
+    assert "| speed |" in gate.stdout.split(section, 1)[1], gate.stdout

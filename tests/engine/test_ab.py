@@ -219,7 +219,7 @@ def test_bench_ab_cli_refuses_bad_input_in_one_line(write_suite, tmp_path, capsy
     suite = str(write_suite(SLEEP_SUITE))
     out = str(tmp_path / "ab")
     for args, message in (
-            ([], "give exactly one of --baseline-ref"),
+            ([], "no baseline: give --baseline-ref"),
             (["--baseline-source", str(tmp_path)], "holds no bench package"),
             (["--baseline-source", str(REPO), "--rounds", "1"], "--rounds: 1 is too few"),
             (["--baseline-source", str(REPO), "--current-env", "NOVALUE"], "KEY=VALUE")):
