@@ -139,6 +139,11 @@ precision = ["fp32", "bf16"]
 backend = ["eager", "onnxruntime"]          # also: compile
 quantization = ["none", "int8_dynamic"]     # also: int8_static
 batch_size = [1, 32]
+# Combinations that can never run: int8 starts from the fp32 model, the ONNX export is fp32.
+exclude = [
+    {{ precision = "bf16", quantization = "int8_dynamic" }},
+    {{ precision = "bf16", backend = "onnxruntime" }},
+]
 """
 
 
@@ -283,14 +288,16 @@ def cmd_max_batch(args: argparse.Namespace) -> int:
                            " ".join(f"{p.batch_size}:{p.status}" for p in found.probes),
                            found.stopped or ""])
         records.append(dataclasses.asdict(found))
-        print(f"{found.case_id}: max batch {found.max_batch}", file=sys.stderr)
+        if not args.no_progress:
+            print(f"{found.case_id}: max batch {found.max_batch}", file=sys.stderr)
     headers = ["case (batch_size searched)", "max batch", "first OOM"]
     if latency is not None:
         headers += [f"first over {latency}", f"{latency.label} ms at max"]
     if generating:
         headers += ["context (in + out tokens)", "KV cache MiB at max"]
-    print(tabulate(rows, headers=headers + ["throughput at max", "peak MiB at max", "probes",
-                                            "stopped"]))
+    if not args.quiet:
+        print(tabulate(rows, headers=headers + ["throughput at max", "peak MiB at max",
+                                                "probes", "stopped"]))
     if args.out:
         from bench.files import write_text_atomically
 
@@ -495,8 +502,9 @@ def cmd_ab(args: argparse.Namespace) -> int:
     from bench.reports.gate import refuse_misleading_pair
     from bench.results.schema import SLOWDOWN_ENV
 
-    print(render_comparison(compare_runs(base_run, cur_run)))
-    print()
+    if not args.quiet:
+        print(render_comparison(compare_runs(base_run, cur_run)))
+        print()
     base_name, cur_name = str(out_dir / "baseline.json"), str(out_dir / "current.json")
     # A slowdown asked for on the command line is the point of the session; one inherited
     # from the shell's environment is not.
@@ -584,7 +592,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if args.trials < 1:
         raise BenchInputError("--trials", f"{args.trials} trials", valid="an integer >= 1")
     if args.seeds is not None and args.seeds < 1:
-        raise BenchInputError("--seeds", f"{args.seeds} seeds", valid="an integer >= 1")
+        raise BenchInputError("--training-seeds", f"{args.seeds} seeds",
+                              valid="an integer >= 1")
     storage = Path(args.storage or f"results/tune-{Path(args.suite).stem}.journal")
     storage.parent.mkdir(parents=True, exist_ok=True)
     study = args.study or f"{Path(args.suite).stem}-{args.sampler}-seed{args.seed}"
@@ -595,7 +604,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
                           benchmark=args.benchmark)
     progress = None if args.no_progress else (lambda line: print(line, file=sys.stderr))
     result = tune(args.suite, out, options, progress)
-    print(render_summaries([summarize_study(result)]))
+    if not args.quiet:
+        print(render_summaries([summarize_study(result)]))
     print(f"study {study} in {storage}; this process's trials in {out}", file=sys.stderr)
     return 0
 
@@ -627,8 +637,9 @@ def _add_tune_commands(sub: Any) -> None:
     p.add_argument("--pruner", choices=PRUNERS, default="none")
     p.add_argument("--objective", choices=OBJECTIVES, default="time_to_target")
     p.add_argument("--seed", type=int, default=0, help="the sampler's seed (study seed)")
-    p.add_argument("--seeds", type=int, help="training seeds per trial (default: the "
-                                             "benchmark's training.seeds)")
+    p.add_argument("--training-seeds", "--seeds", dest="seeds", type=int,
+                   help="training seeds per trial (default: the benchmark's training.seeds; "
+                        "--seeds is the old name); --seed is the sampler's")
     p.add_argument("--grid-points", type=int, default=4,
                    help="values per numeric range under --sampler grid")
     p.add_argument("--study", help="study name (default: SUITE-SAMPLER-seedN)")
@@ -637,7 +648,8 @@ def _add_tune_commands(sub: Any) -> None:
     p.add_argument("--benchmark", help="the label of the benchmark to tune (default: the "
                                        "first with a search table)")
     p.add_argument("--out", help="result file for this process's trials")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no line per trial")
+    p.add_argument("--quiet", action="store_true", help="do not print the study summary at the end")
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("tune-report", help="summarize studies of a journal: best values, "
@@ -745,6 +757,9 @@ def _add_run_commands(sub: Any) -> None:
                         "step time (closed loop, one batch per step) stays within MS, "
                         "e.g. p99_ms=20; for text generation tpot_p50_ms=MS or "
                         "ttft_p99_ms=MS bound its TPOT or TTFT percentile over calls")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no line per finished search")
+    p.add_argument("--quiet", action="store_true", help="do not print the table at the end")
     p.set_defaults(func=cmd_max_batch)
 
 
@@ -817,8 +832,7 @@ def _add_report_commands(sub: Any) -> None:
     p.add_argument("--metric", choices=sorted(METRICS), default="throughput")
     p.add_argument("--reference", help="the machine the others are compared with (a part "
                                        "of its column name; default: the first run)")
-    p.add_argument("--format", choices=TABLE_FORMATS, default="github",
-                   help="github (markdown, the default), latex, csv or html")
+    p.add_argument("--format", choices=TABLE_FORMATS, default="github", help=FORMAT_HELP)
     _add_select(p)
     p.add_argument("--out", help="write the table to this file instead of stdout")
     p.set_defaults(func=cmd_table)
@@ -894,6 +908,8 @@ def _add_ab_command(sub: Any) -> None:
                         "callgrind, once per side (about half a minute each): a deterministic "
                         "signal reported beside wall time ([instructions] in the policy)")
     p.add_argument("--no-progress", action="store_true", help="no progress lines")
+    p.add_argument("--quiet", action="store_true",
+                   help="print only the gate's summary, not the comparison table")
     p.set_defaults(func=cmd_ab)
 
 

@@ -20,7 +20,8 @@ from bench.reports.text import csv_text
 from bench.results.schema import STATUS_CONTENDED, CaseResult, RunRecord
 
 PLACEMENT_AXES = ("device", "threads")
-FORMATS = ("github", "latex", "csv", "html")
+# The same choices as bench report's (bench.reports.table.FORMATS).
+FORMATS = ("github", "plain", "latex", "csv", "html")
 
 
 @dataclass(frozen=True)

@@ -113,3 +113,43 @@ def test_a_gzip_result_file_reads_as_its_json_and_a_bomb_is_one_line(tmp_path, c
     monkeypatch.setattr(store, "MAX_RESULT_BYTES", 1 << 20)
     assert main(["report", str(bomb)]) == 2
     assert "decompresses to more than 1 MiB" in capsys.readouterr().err
+
+
+def _options(command: str) -> dict[str, str | None]:
+    from bench.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    return {opt: action.help for action in sub.choices[command]._actions
+            for opt in action.option_strings}
+
+
+@pytest.mark.parametrize("command", ["run", "max-batch", "ab", "tune"])
+def test_every_long_command_can_be_quiet_and_without_progress(command):
+    options = _options(command)
+    assert "--quiet" in options and "--no-progress" in options
+    assert options["--quiet"] and options["--no-progress"]
+
+
+@pytest.mark.parametrize("command", ["list", "run", "max-batch", "ab", "report", "show",
+                                     "compare", "gate", "table"])
+def test_every_command_that_lists_cases_selects_them(command):
+    assert "--select" in _options(command)
+
+
+@pytest.mark.parametrize("command", ["run", "report", "compare", "gate", "table", "ab",
+                                     "max-batch", "tune", "init", "merge"])
+def test_every_command_writes_its_primary_output_with_out(command):
+    assert "--out" in _options(command)
+
+
+@pytest.mark.parametrize("command", ["report", "compare", "table"])
+def test_format_says_its_choices(command):
+    assert "github" in (_options(command)["--format"] or "")
+
+
+def test_report_and_table_offer_one_set_of_formats():
+    from bench.reports.hardware import FORMATS as TABLE_FORMATS
+    from bench.reports.table import FORMATS
+
+    assert TABLE_FORMATS == FORMATS
