@@ -231,6 +231,7 @@ def test_bench_ab_cli_refuses_bad_input_in_one_line(write_suite, tmp_path, capsy
         assert "'no-such-ref' is not a commit" in capsys.readouterr().err
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 @pytest.mark.skipif(not _git_checkout(), reason="needs a git checkout")
 def test_bench_ab_against_a_git_ref_exits_1_on_an_injected_slowdown(write_suite, tmp_path,
