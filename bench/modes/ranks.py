@@ -288,7 +288,9 @@ def assemble(case: CaseSpec, runs: list[RankRun], result: CaseResult, nnodes: in
     lead, world = runs[0].lead, len(runs)
     assert lead is not None, "rank 0 sends the case's shared figures"
     result.warnings.extend(lead.warnings)
-    total = lead.samples_per_step * world
+    # The global batch: every data-parallel rank's own (tensor-parallel ranks share theirs).
+    data_parallel = RankInfo(case.parallel, 0, world).data_parallel_size
+    total = lead.samples_per_step * data_parallel
     record_timing(result, lead.timing, total, lead.sample_unit)
     result.throughput.method += f"; samples over all {world} ranks (global batch)"
     record_figures(result, combine_ranks([r.report.host for r in runs],
@@ -306,7 +308,7 @@ def assemble(case: CaseSpec, runs: list[RankRun], result: CaseResult, nnodes: in
         straggler_median_spread=spread["median_spread"],
         straggler_max_spread=spread["max_spread"], no_sync_step_s=no_sync_s,
         exposed_communication_s=(timing.median_s - no_sync_s) if no_sync_s else None,
-        ranks=[r.report for r in runs], method=METHOD)
+        ranks=[r.report for r in runs], method=METHOD, data_parallel_size=data_parallel)
     if lead.memory is not None:
         result.memory = lead.memory
     result.details["parallel_memory_note"] = (

@@ -55,7 +55,10 @@ def scaling(record: RunRecord) -> list[Scaling]:
         n = case.parallel.world_size
         batch = case.batch_size
         weak_ref = _world_one(record.cases, case, batch) if batch else None
-        strong_ref = _world_one(record.cases, case, n * batch) if batch else None
+        # The world-1 case at the global batch: N x b across data-parallel ranks, b where
+        # tensor-parallel ranks share one batch.
+        data_parallel = case.parallel.data_parallel_size or n
+        strong_ref = _world_one(record.cases, case, data_parallel * batch) if batch else None
         weak = strong = None
         if weak_ref is not None and case.throughput is not None:
             weak = case.throughput.value / (n * weak_ref.throughput.value)

@@ -183,11 +183,26 @@ def _v14_to_v15(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "schema_version": 15}
 
 
+def _v15_to_v16(data: dict[str, Any]) -> dict[str, Any]:
+    # Version 16 added ParallelResult.data_parallel_size; every older mode was data-parallel.
+    cases = data.get("cases")
+    if isinstance(cases, list):
+        cases = [_with_data_parallel_size(c) for c in cases]
+    return {**data, "cases": cases, "schema_version": 16}
+
+
+def _with_data_parallel_size(case: Any) -> Any:
+    parallel = case.get("parallel") if isinstance(case, dict) else None
+    if not isinstance(parallel, dict) or "data_parallel_size" in parallel:
+        return case
+    return {**case, "parallel": {**parallel, "data_parallel_size": parallel.get("world_size")}}
+
+
 MIGRATIONS: dict[int, Migration] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5,
                                     5: _v5_to_v6, 6: _v6_to_v7, 7: _v7_to_v8, 8: _v8_to_v9,
                                     9: _v9_to_v10, 10: _v10_to_v11, 11: _v11_to_v12,
                                     12: _v12_to_v13, 13: _v13_to_v14,
-                                    14: _v14_to_v15}
+                                    14: _v14_to_v15, 15: _v15_to_v16}
 
 
 def migrate(data: dict[str, Any], version: int, target: int) -> dict[str, Any]:

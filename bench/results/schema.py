@@ -1,4 +1,4 @@
-"""The result file schema (JSON), version 15.
+"""The result file schema (JSON), version 16.
 
 A run file holds ``schema``/``schema_version``, the run's metadata, the machine's
 fingerprint and one record per finished case. Every figure keeps its raw samples and
@@ -69,6 +69,9 @@ Versions (older files are read through ``bench.results.migrations``):
     bounds, per second); ``ServingResult.ttft_samples_s`` and ``.tpot_samples_s`` (the
     SUT's per-sample figures); the serving settings ``ttft_bound_ms`` and
     ``tpot_bound_ms``. Absent (none, empty) in older files, which served no tokens.
+16. ``ParallelResult.data_parallel_size``: how many ranks train on different data (the
+    world size for data-parallel modes, 1 for tensor parallelism, whose ranks share a
+    batch). Older files, whose modes were all data-parallel: the world size.
 """
 
 from __future__ import annotations
@@ -86,7 +89,7 @@ from bench.typed import SchemaError, plain
 from bench.units import DEFAULT_PARITY_TARGET
 
 SCHEMA_NAME = "bench.run"
-SCHEMA_VERSION = 15
+SCHEMA_VERSION = 16
 
 # TimingResult.trial_timing: a sample per step, or one per block of steps (its mean).
 TRIAL_PER_ITERATION = "per_iteration"
@@ -448,6 +451,9 @@ class ParallelResult:
     exposed_communication_s: float | None = None
     ranks: list[RankReport] = field(default_factory=list)
     method: str = ""
+    # Ranks training on different data (global_batch is theirs together): world_size for
+    # ddp, fsdp2 and hogwild; 1 for tp, whose ranks split the model and share a batch.
+    data_parallel_size: int | None = None
 
 
 @dataclass

@@ -7,6 +7,10 @@ mode, with PyTorch's own data-parallel engines.
   (``fsdp_units()``: gpt's transformer blocks) and on the root: parameters, gradients and
   optimizer state sharded 1/N, parameters all-gathered per unit for forward and backward,
   gradients reduce-scattered.
+- ``tp``: tensor parallelism (``torch.distributed.tensor.parallel.parallelize_module`` on a
+  one-dimensional DeviceMesh of the ranks, with the plan the model names:
+  ``tensor_parallel_plan(world)``, gpt's Megatron-style column- and row-wise splits): each
+  rank holds its slice of every split layer and every rank trains on the same batch.
 - ``hogwild``: asynchronous training (Recht et al., 2011) on one machine: the parameters
   live in one shared-memory mapping (``torch.from_file(shared=True)`` in the folder the
   launcher names in ``BENCH_SHARED_DIR``) that every rank's optimizer updates without locks
@@ -31,11 +35,16 @@ if TYPE_CHECKING:  # torch stays out of the parent's start-up (the plan reads th
     import torch
     from torch import nn
 
-PARALLEL_MODES = ("none", "ddp", "fsdp2", "hogwild")
+PARALLEL_MODES = ("none", "ddp", "fsdp2", "tp", "hogwild")
+# Modes that split the model itself: the workload's model names how (a plan), and the
+# ranks see the same data (data-parallel degree 1).
+MODEL_PARALLEL_MODES = ("tp",)
 PARALLEL_HELP = {
     "none": "one process",
     "ddp": "DistributedDataParallel: full replicas, gradients all-reduced",
     "fsdp2": "fully_shard: parameters, gradients and optimizer state sharded 1/N",
+    "tp": "tensor parallel: each layer's matrices split over the ranks (column- then "
+          "row-wise), activations all-reduced; every rank the same batch (gpt)",
     "hogwild": "asynchronous: one shared-memory model, each rank's optimizer updates it "
                "without locks (CPU, one machine)",
 }
@@ -57,9 +66,15 @@ class RankInfo:
         return self.mode != "none"
 
     @property
+    def data_parallel_size(self) -> int:
+        """How many different slices of the data the ranks train on at once."""
+        return 1 if not self.distributed or self.mode in MODEL_PARALLEL_MODES \
+            else self.world_size
+
+    @property
     def data_shard(self) -> tuple[int, int]:
         """(this rank's slice, slices) of every global batch."""
-        return (self.rank, self.world_size) if self.distributed else (0, 1)
+        return (self.rank, self.world_size) if self.data_parallel_size > 1 else (0, 1)
 
 
 def process_group_backend(device: str) -> str:
@@ -102,6 +117,15 @@ def parallelize(model: nn.Module, ranks: RankInfo, device: str) -> nn.Module:
             fully_shard(unit)
         fully_shard(model)
         return model
+    if ranks.mode == "tp":
+        from torch.distributed.device_mesh import init_device_mesh  # kept out of start-up
+        from torch.distributed.tensor.parallel import parallelize_module
+
+        plan = getattr(model, "tensor_parallel_plan", None)
+        if plan is None:
+            raise ValueError(f"{type(model).__name__} names no tensor_parallel_plan")
+        mesh = init_device_mesh(device, (ranks.world_size,))
+        return parallelize_module(model, mesh, plan(ranks.world_size))
     if ranks.mode == "hogwild":
         _share_parameters(model, ranks)
         return model

@@ -195,7 +195,9 @@ def activation_bytes(model: nn.Module, forward_loss: Callable[[], torch.Tensor],
     seen: dict[tuple[int, int], int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
+        # A DTensor (tensor parallelism) saves its local shard: a wrapper has no storage.
+        with torch.no_grad():
+            storage = local_tensor(t).untyped_storage()
         seen[(storage.data_ptr(), t.device.index or 0)] = storage.nbytes()
         return t
 

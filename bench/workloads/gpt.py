@@ -404,6 +404,7 @@ class Gpt(Workload):
                   "library's sources; tokens/s, FLOPs, MFU, memory split, val bits/byte"
     phases = ("train", "infer", GENERATE)
     float8_training = True
+    model_parallel = True  # GPT.tensor_parallel_plan
     smoke_axes = {"input_tokens": 16, "output_tokens": 4}
 
     @classmethod
@@ -478,6 +479,12 @@ class Gpt(Workload):
         if case.axes.get("model") == "gpt2-124m" and case.device == "cpu":
             return "gpt2-124m is a GPU config (one step at batch 8 takes minutes on a CPU); " \
                    "use model=tiny or small on CPU"
+        heads, world = CONFIGS[case.axes["model"]].n_head, case.axes.get("world_size", 1)
+        if case.axes.get("parallel") == "tp" and heads % world:
+            return f"parallel=tp splits the {heads} attention heads over the ranks: " \
+                   f"world_size {world} does not divide them"
+        if case.axes.get("parallel") == "tp" and case.axes.get("checkpointing"):
+            return "parallel=tp with activation checkpointing is not built"
         return None
 
     @classmethod

@@ -40,15 +40,32 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
         self.n_head = cfg.n_head
+        self.head_dim = cfg.n_embd // cfg.n_head
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, c = x.shape
-        q, k, v = self.c_attn(x).split(c, dim=2)
-        q, k, v = (z.view(b, t, self.n_head, c // self.n_head).transpose(1, 2) for z in (q, k, v))
+        # Widths from the tensors, not the config: under tensor parallelism c_attn's output
+        # is this rank's heads only (q, k and v of n_head / world heads).
+        b, t, _ = x.shape
+        qkv = self.c_attn(x)
+        q, k, v = qkv.split(qkv.shape[-1] // 3, dim=2)
+        q, k, v = (z.view(b, t, -1, self.head_dim).transpose(1, 2) for z in (q, k, v))
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.c_proj(y.transpose(1, 2).contiguous().view(b, t, c))
+        return self.c_proj(y.transpose(1, 2).contiguous().view(b, t, -1))
+
+    def group_heads_by_rank(self, world: int) -> None:
+        """Reorder c_attn's output rows from [q; k; v] to [q_0; k_0; v_0; q_1; ...], the
+        heads of rank r together, so a column-wise split in ``world`` contiguous parts hands
+        each rank the q, k and v of its own heads (the same function, rows permuted)."""
+        def regroup(t: torch.Tensor) -> torch.Tensor:
+            parts = [z.chunk(world, dim=0) for z in t.chunk(3, dim=0)]
+            return torch.cat([parts[j][r] for r in range(world) for j in range(3)], dim=0)
+
+        with torch.no_grad():
+            self.c_attn.weight.copy_(regroup(self.c_attn.weight))
+            if self.c_attn.bias is not None:
+                self.c_attn.bias.copy_(regroup(self.c_attn.bias))
 
 
 class MLP(nn.Module):
@@ -104,6 +121,25 @@ class GPT(nn.Module):
         """What fully_shard wraps apart (bench.variants.parallel): each block, so one
         block's parameters are gathered at a time; embeddings and head stay in the root."""
         return list(self.blocks)
+
+    def tensor_parallel_plan(self, world: int) -> dict[str, object]:
+        """Megatron-style tensor parallelism for ``parallelize_module``: in each block, the
+        attention's qkv and the MLP's first layer split column-wise (each rank its heads,
+        its quarter of the hidden units), their output projections row-wise (partial sums
+        all-reduced); embeddings, norms and the tied head replicated. Reorders c_attn's
+        rows first (CausalSelfAttention.group_heads_by_rank)."""
+        from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
+
+        if self.cfg.n_head % world:
+            raise ValueError(f"{self.cfg.n_head} heads do not split over {world} ranks")
+        plan: dict[str, object] = {}
+        for i, block in enumerate(self.blocks):
+            block.attn.group_heads_by_rank(world)
+            plan.update({f"blocks.{i}.attn.c_attn": ColwiseParallel(),
+                         f"blocks.{i}.attn.c_proj": RowwiseParallel(),
+                         f"blocks.{i}.mlp.c_fc": ColwiseParallel(),
+                         f"blocks.{i}.mlp.c_proj": RowwiseParallel()})
+        return plan
 
     def non_embedding_parameters(self) -> int:
         """N of the 6N FLOPs rule: every parameter except the position embeddings (the

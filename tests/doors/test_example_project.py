@@ -14,7 +14,7 @@ import pytest
 from tests.builders import REPO
 
 EXAMPLE = REPO / "examples" / "my_model"
-LOADED = "    model.load_state_dict(_checkpoint(images[train], labels[train]))\n"
+LOADED = "    model.load_state_dict(torch.load(CHECKPOINT, weights_only=True))\n"
 DAMAGE = {
     "none": "",
     # Three classes can no longer be predicted: accuracy falls about 30%.

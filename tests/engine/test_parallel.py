@@ -92,9 +92,26 @@ def equivalence_rank() -> dict:
             trainer.step()
         dist.barrier()
         moved = not torch.equal(before, weight.detach())
+        tp = _tensor_parallel(RankInfo("tp", rank, world), BATCH)
     finally:
         dist.destroy_process_group()
-    return {"grads": grads, "losses": losses, "local_mib": local_mib, "moved": moved}
+    return {"grads": grads, "losses": losses, "local_mib": local_mib, "moved": moved,
+            "tp": tp}
+
+
+def _tensor_parallel(ranks: RankInfo, batch: int, steps: int = 3) -> dict:
+    """gpt tiny under tensor parallelism: its losses (every rank the same batch) and the
+    local shapes of one block's split layers and of a replicated one."""
+    from bench.variants.parallel import local_tensor
+
+    phase = _phase("gpt", ranks, batch, {"corpus_mib": 0.2, "train_steps": 2})
+    losses = [float(phase.step().detach()) for _ in range(steps)]
+    block = phase.trainer.model.blocks[0]
+    shapes = {name: tuple(local_tensor(module.weight).shape) for name, module in (
+        ("c_attn", block.attn.c_attn), ("attn.c_proj", block.attn.c_proj),
+        ("c_fc", block.mlp.c_fc), ("mlp.c_proj", block.mlp.c_proj), ("ln_1", block.ln_1))}
+    return {"losses": losses, "shapes": shapes,
+            "data_shard": ranks.data_shard}
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +139,22 @@ def test_fsdp2_trains_to_the_single_process_losses_with_half_the_state_per_rank(
     assert single[-1] < single[0]  # it trained
     for rank in (0, 1):  # parameters and Adam state sharded: about half each
         assert world_of_two[rank]["local_mib"] == pytest.approx(single_mib / 2, rel=0.05)
+
+
+def test_tensor_parallel_at_world_2_trains_to_the_single_process_losses(world_of_two):
+    """Issue 31: each rank holds half of every split layer (heads and hidden units), the
+    ranks share one batch, and 3 steps reproduce one process's losses within 1e-5."""
+    single = _tensor_parallel(RankInfo(), BATCH)
+    d = 64  # gpt tiny's width
+    for rank in (0, 1):
+        tp = world_of_two[rank]["tp"]
+        assert tp["losses"] == pytest.approx(single["losses"], rel=1e-5)
+        assert tp["data_shard"] == (0, 1)  # the same data on every rank
+        assert tp["shapes"] == {"c_attn": (3 * d // 2, d), "attn.c_proj": (d, d // 2),
+                                "c_fc": (4 * d // 2, d), "mlp.c_proj": (d, 4 * d // 2),
+                                "ln_1": (d,)}
+    assert single["shapes"]["c_attn"] == (3 * d, d)
+    assert single["losses"][-1] < single["losses"][0]
 
 
 def test_hogwild_ranks_train_one_shared_model(world_of_two):
