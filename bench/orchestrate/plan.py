@@ -44,9 +44,9 @@ def skip_reason(case: CaseSpec) -> str | None:
     if reason:
         return reason
     if case.axes.get("parallel") in parallel.MODEL_PARALLEL_MODES and \
-            not workload.model_parallel:
+            case.parallel not in workload.model_parallel:
         return f"parallel={case.parallel} splits the model itself: workload " \
-               f"{case.workload} names no plan for it (gpt does)"
+               f"{case.workload} names no split for it (gpt does)"
     reason = _parallel_reason(case) or _mode_reason(case)
     if reason:
         return reason

@@ -75,8 +75,18 @@ def _pct(value: float | None) -> str:
 
 HEADERS = ("case", "mode", "ranks", "batch/rank", "global batch", "per device /s",
            "total /s", "weak eff.", "strong eff.", "step ms", "no-sync ms",
-           "exposed comm ms", "straggler (median / max)", "rank 0 params/grads/optim MiB",
-           "peak RSS per rank MiB")
+           "exposed comm ms", "pp bubble theory / idle", "straggler (median / max)",
+           "rank 0 params/grads/optim MiB", "peak RSS per rank MiB")
+
+
+def _bubble(s: Scaling) -> str:
+    """A pipeline's idle share: the schedule's theoretical bubble, and the measured idle
+    share 1 - strong efficiency (the bubble with the stages' communication and imbalance)."""
+    pipeline = s.case.details.get("pipeline")
+    if not isinstance(pipeline, dict) or "bubble_theoretical" not in pipeline:
+        return ""
+    idle = "" if s.strong is None else f"{1 - s.strong:.0%}"
+    return f"{pipeline['bubble_theoretical']:.0%} / {idle}"
 
 
 def _row(s: Scaling) -> list[str]:
@@ -95,7 +105,7 @@ def _row(s: Scaling) -> list[str]:
             f"{total / p.world_size:.4g}", f"{total:.4g}",
             _pct(s.weak), _pct(s.strong), f"{c.timing.median_s * 1e3:.3g}",
             "" if p.no_sync_step_s is None else f"{p.no_sync_step_s * 1e3:.3g}", exposed,
-            f"{p.straggler_median_spread:.0%} / {p.straggler_max_spread:.0%}", memory,
+            _bubble(s), f"{p.straggler_median_spread:.0%} / {p.straggler_max_spread:.0%}", memory,
             ", ".join(f"{r.peak_rss_mib:.0f}" for r in p.ranks if r.peak_rss_mib)]
 
 
@@ -108,6 +118,8 @@ def render_scaling(record: RunRecord, fmt: str = "github") -> str:
         return csv_text(list(HEADERS), rows)
     note = ("weak eff. = total throughput / (ranks x the world-1 case's at the same batch "
             "per rank); strong eff. = world-1 step time at the global batch / (ranks x "
-            "step time); exposed comm = step - the same step without gradient sync")
+            "step time); exposed comm = step - the same step without gradient sync; pp "
+            "bubble: (stages - 1) / (microbatches + stages - 1), and the idle share measured "
+            "as 1 - strong eff. (bubble, stage communication and imbalance)")
     table = tabulate(rows, headers=HEADERS, tablefmt=fmt, disable_numparse=True)
     return table + ("" if fmt == "html" else f"\n{note}")

@@ -35,16 +35,20 @@ if TYPE_CHECKING:  # torch stays out of the parent's start-up (the plan reads th
     import torch
     from torch import nn
 
-PARALLEL_MODES = ("none", "ddp", "fsdp2", "tp", "hogwild")
-# Modes that split the model itself: the workload's model names how (a plan), and the
-# ranks see the same data (data-parallel degree 1).
-MODEL_PARALLEL_MODES = ("tp",)
+PARALLEL_MODES = ("none", "ddp", "fsdp2", "tp", "pp", "hogwild")
+# Modes that split the model itself: the workload's model names how (a plan, stages), and
+# the ranks see the same data (data-parallel degree 1).
+MODEL_PARALLEL_MODES = ("tp", "pp")
+# torch.distributed.pipelining's schedules by axis value.
+PIPELINE_SCHEDULES = {"gpipe": "ScheduleGPipe", "1f1b": "Schedule1F1B"}
 PARALLEL_HELP = {
     "none": "one process",
     "ddp": "DistributedDataParallel: full replicas, gradients all-reduced",
     "fsdp2": "fully_shard: parameters, gradients and optimizer state sharded 1/N",
     "tp": "tensor parallel: each layer's matrices split over the ranks (column- then "
           "row-wise), activations all-reduced; every rank the same batch (gpt)",
+    "pp": "pipeline parallel: the model's blocks in one stage per rank, the batch in "
+          "micro-batches flowing through them (pp_schedule, microbatches; gpt)",
     "hogwild": "asynchronous: one shared-memory model, each rank's optimizer updates it "
                "without locks (CPU, one machine)",
 }
@@ -183,6 +187,76 @@ def _share_parameters(model: nn.Module, ranks: RankInfo) -> None:
         p.data = shared[offset:offset + p.numel()].view_as(p)
         offset += p.numel()
     dist.barrier()  # nobody trains before every rank is mapped
+
+
+class Pipeline:
+    """This rank's stage of a pipeline over a model that names its stages
+    (``pipeline_stage(stage, stages)``, ``tied_weight()``): torch.distributed.pipelining's
+    PipelineStage under the schedule asked for, one stage per rank, ``microbatches``
+    micro-batches per step (gradients scaled by 1 / microbatches: the batch's mean loss).
+
+    Every rank holds the whole model and trains its stage's parameters in place; the
+    others are brought from their owners for evaluation (``gather``). The weight the first
+    stage's embedding and the last stage's head share gets their summed gradient on both,
+    so the two copies take the same optimizer steps, as one tied weight would."""
+
+    def __init__(self, model: nn.Module, ranks: RankInfo, device: str, microbatches: int,
+                 schedule: str, loss_fn: object) -> None:
+        import torch  # kept out of start-up
+        import torch.distributed as dist
+        from torch.distributed import pipelining
+
+        self.model, self.ranks = model, ranks
+        stages = ranks.world_size
+        self.stages = [model.pipeline_stage(s, stages) for s in range(stages)]
+        self.module = self.stages[ranks.rank]
+        self.first, self.last = ranks.rank == 0, ranks.rank == stages - 1
+        stage = pipelining.PipelineStage(self.module, ranks.rank, stages, torch.device(device))
+        self.schedule = getattr(pipelining, PIPELINE_SCHEDULES[schedule])(
+            stage, microbatches, loss_fn=loss_fn)
+        self.microbatches, self.schedule_name = microbatches, schedule
+        ends = sorted({0, stages - 1})
+        self.tie_group = None if len(ends) == 1 else \
+            dist.group.WORLD if stages == 2 else dist.new_group(ends)
+
+    @property
+    def theoretical_bubble(self) -> float:
+        """The idle share of a step in a synchronous schedule (GPipe's and 1F1B's alike):
+        (stages - 1) / (microbatches + stages - 1)."""
+        stages = len(self.stages)
+        return (stages - 1) / (self.microbatches + stages - 1)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Forward and backward of one batch through the pipeline; the batch's mean loss
+        on every rank (the last stage's, broadcast)."""
+        import torch  # kept out of start-up
+        import torch.distributed as dist
+
+        losses: list[torch.Tensor] = []
+        args = (x,) if self.first else ()
+        targets = {"target": y, "losses": losses} if self.last else {}
+        self.schedule.step(*args, **targets)
+        if self.tie_group is not None and (self.first or self.last):
+            tied = self.model.tied_weight()
+            dist.all_reduce(tied.grad, group=self.tie_group)
+        loss = torch.stack(losses).mean().detach() if self.last else \
+            torch.zeros((), device=x.device)
+        dist.broadcast(loss, src=len(self.stages) - 1)
+        return loss
+
+    def gather(self) -> None:
+        """Every stage's parameters from the rank that trains them into this rank's whole
+        model (before evaluating it)."""
+        import torch  # kept out of start-up
+        import torch.distributed as dist
+
+        done: set[int] = set()
+        for owner, stage in enumerate(self.stages):
+            for p in stage.parameters():
+                if id(p) not in done:
+                    done.add(id(p))
+                    with torch.no_grad():
+                        dist.broadcast(p.data, src=owner)
 
 
 def local_tensor(t: torch.Tensor) -> torch.Tensor:

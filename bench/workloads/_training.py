@@ -211,3 +211,30 @@ def activation_bytes(model: nn.Module, forward_loss: Callable[[], torch.Tensor],
         loss.backward()
     model.zero_grad(set_to_none=True)
     return sum(n for (ptr, _), n in seen.items() if ptr not in param_ptrs)
+
+
+class PipelineTrainer(Trainer):
+    """A Trainer whose step runs one batch through a pipeline (bench.variants.parallel.
+    Pipeline: its micro-batches replace gradient accumulation) before the optimizer step of
+    this rank's stage; ``model`` is the stage."""
+
+    def __init__(self, pipeline: object, optimizer: torch.optim.Optimizer,
+                 stream: BatchStream, precision: Precision, device: str,
+                 scheduler: object | None = None, keep_losses: bool = False) -> None:
+        super().__init__(pipeline.module, optimizer, lambda out, y: out, stream, 1, precision,
+                         device, scheduler, keep_losses=keep_losses)
+        self.pipeline = pipeline
+
+    def step(self) -> torch.Tensor:
+        self.model.train()
+        x, y = self.stream.next()
+        with self.precision.context(self.device):
+            loss = self.pipeline.step(x, y)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.steps += 1
+        if self.kept_losses is not None:
+            self.kept_losses.append(loss)
+        return loss

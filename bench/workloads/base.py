@@ -208,9 +208,9 @@ class Workload(ABC):
     warm_imports: ClassVar[tuple[str, ...]] = ()
     # Optional features (bench.extras) every case of this workload needs installed.
     extras: ClassVar[tuple[str, ...]] = ()
-    # Whether its model names how to split itself across ranks (parallel = tp: a
-    # tensor_parallel_plan), beyond the data-parallel modes every training phase takes.
-    model_parallel: ClassVar[bool] = False
+    # The model-parallel modes its model names a split for (tp: a tensor_parallel_plan;
+    # pp: pipeline_stage), beyond the data-parallel modes every training phase takes.
+    model_parallel: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def case_imports(cls, case) -> tuple[str, ...]:  # noqa: ANN001 - a CaseSpec

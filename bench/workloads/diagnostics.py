@@ -116,7 +116,7 @@ class FaultPhase(Phase):
 
 
 class FaultTrainPhase(FaultPhase):
-    step_description = "one SGD step of a 16x1 linear model on batch_size random rows; " \
+    step_description = "one SGD step of a 16-8-1 MLP on batch_size random rows; " \
                        "misbehaves after `after_steps` steps on rank `fault_rank`"
 
     def __init__(self, case, ctx: RunContext) -> None:
@@ -129,7 +129,7 @@ class FaultTrainPhase(FaultPhase):
                          case.params["chunk_mib"])
         self.faulty = ctx.ranks.rank == case.params["fault_rank"]
         torch.manual_seed(ctx.seed)
-        model = parallelize(torch.nn.Linear(16, 1), ctx.ranks, ctx.device)
+        model = parallelize(_split_mlp(), ctx.ranks, ctx.device)
         x, y = torch.randn(4096, 16), torch.randn(4096, 1)
         self.trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.01),
                                torch.nn.functional.mse_loss,
@@ -144,11 +144,28 @@ class FaultTrainPhase(FaultPhase):
         return self.trainer.step()
 
 
+def _split_mlp():  # noqa: ANN202 - a torch module; torch is imported on use
+    """A 16-8-1 MLP that names its tensor-parallel plan: the hidden layer split
+    column-wise, the output layer row-wise (a fault in one rank then strands the other in
+    the all-reduce, as in a real model's)."""
+    import torch  # kept out of start-up (the infer phase needs none)
+
+    class SplitMLP(torch.nn.Sequential):
+        def tensor_parallel_plan(self, world: int) -> dict[str, object]:
+            # On use: only a tensor-parallel case loads torch.distributed.tensor.
+            from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
+
+            return {"0": ColwiseParallel(), "2": RowwiseParallel()}
+
+    return SplitMLP(torch.nn.Linear(16, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+
+
 @register
 class Fault(Workload):
     name = "fault"
     description = "injects a crash, hang, memory blow-up or exception: checks isolation"
     phases = ("infer", "train")
+    model_parallel = ("tp",)  # its MLP's tensor_parallel_plan
 
     @classmethod
     def axes(cls) -> dict[str, Setting]:

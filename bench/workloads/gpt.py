@@ -41,7 +41,7 @@ from bench.measurement.flops import FlopCount, compute_dtype, count_flops
 from bench.spec.axes import Setting
 from bench.units import MAX_BATCH_SIZE, MAX_MEMORY_MIB, MAX_STEPS, MIB
 from bench.variants.backends import BACKENDS, COMPILE_MODES, training_backend_axis
-from bench.variants.parallel import parallelize
+from bench.variants.parallel import PIPELINE_SCHEDULES, Pipeline, parallelize
 from bench.variants.precision import get_precision
 from bench.workloads import register
 from bench.workloads._generate import PHASE as GENERATE
@@ -55,6 +55,7 @@ from bench.workloads._generate import (
 from bench.workloads._recipes import Schedule, build_optimizer, recipe_axes
 from bench.workloads._training import (
     BatchStream,
+    PipelineTrainer,
     Trainer,
     activation_bytes,
     memory_split,
@@ -187,6 +188,7 @@ class GPTPhase(Phase):
                                   windows(self.val_data, VAL_WINDOWS, t, seed=2))
         torch.manual_seed(ctx.seed)
         self.model = GPT(self.cfg, checkpointing=a.get("checkpointing", False)).to(ctx.device)
+        self.pipeline: Pipeline | None = None  # parallel = pp: this rank's stage
         self.precision_steps = ctx.precision.prepare_model(self.model)
         self.runnable = BACKENDS[a["backend"]].training_module(
             self.model, a.get("compile_mode", "default"))
@@ -195,8 +197,8 @@ class GPTPhase(Phase):
         """nanoGPT's AdamW (betas 0.9/0.95, weight decay on matrices only), or the recipe's
         optimizer over the same two groups. The prefill model trains with the default."""
         a, p = self.case.axes, self.case.params
-        decay = [q for q in self.model.parameters() if q.dim() >= 2]
-        no_decay = [q for q in self.model.parameters() if q.dim() < 2]
+        decay = [q for q in self._trained_module().parameters() if q.dim() >= 2]
+        no_decay = [q for q in self._trained_module().parameters() if q.dim() < 2]
         groups = [{"params": decay, "weight_decay": a.get("weight_decay", ADAMW_WEIGHT_DECAY)},
                   {"params": no_decay, "weight_decay": 0.0}]
         name = a.get("optimizer", "adamw")
@@ -242,7 +244,23 @@ class GPTPhase(Phase):
         model.reset_parameters()
         self.precision_steps = self.ctx.precision.prepare_model(model)
         self.model = model
+        if ranks.mode == "pp":
+            self.pipeline = Pipeline(model, ranks, self.ctx.device,
+                                     self.case.axes["microbatches"],
+                                     self.case.axes["pp_schedule"], next_token_loss)
+            self.runnable = model  # evaluated whole, after gather_stages()
+            return
         self.runnable = parallelize(model, ranks, self.ctx.device)
+
+    def _trained_module(self) -> nn.Module:
+        """What this rank trains: the model, or its pipeline stage."""
+        return self.pipeline.module if self.pipeline is not None else self.model
+
+    def gather_stages(self) -> None:
+        """Under pipeline parallelism, every stage's trained parameters into this rank's
+        whole model, so it can be evaluated (a no-op otherwise)."""
+        if self.pipeline is not None:
+            self.pipeline.gather()
 
     def _trainer(self, seed: int, keep_losses: bool = False) -> Trainer:
         a = self.case.axes
@@ -257,6 +275,9 @@ class GPTPhase(Phase):
         schedule = Schedule(a.get("lr_schedule", "constant"), optimizer,
                             self.case.params["train_steps"], per_epoch, self.case.params["lr"],
                             higher_is_better=False)
+        if self.pipeline is not None:
+            return PipelineTrainer(self.pipeline, optimizer, stream, self.ctx.precision,
+                                   self.ctx.device, schedule, keep_losses)
         return Trainer(self.runnable, optimizer, next_token_loss, stream,
                        a.get("accum_steps", 1), self.ctx.precision, self.ctx.device, schedule,
                        a.get("grad_clip", 0.0), keep_losses)
@@ -274,6 +295,7 @@ class GPTPhase(Phase):
         return trainer, curve
 
     def _outcome(self, trainer: Trainer, curve: list[float]) -> Outcome:
+        self.gather_stages()
         val_bpb = bits_per_byte(self.runnable, self.x_val, self.y_val,
                                 self.case.batch_size, self.ctx)
         details = {"corpus": self.corpus,
@@ -304,7 +326,9 @@ class GPTTrain(GPTPhase, EvaluatedTraining):
     def step(self) -> object:
         return self.trainer.step()
 
-    def flop_count(self) -> FlopCount:
+    def flop_count(self) -> FlopCount | None:
+        if self.pipeline is not None:
+            return None  # a stage's share of the model's FLOPs is not counted yet
         a = self.case.axes
         micro = self.x_train[:a["batch_size"]], self.y_train[:a["batch_size"]]
 
@@ -325,6 +349,7 @@ class GPTTrain(GPTPhase, EvaluatedTraining):
                          compute_dtype(a["precision"]))
 
     def evaluate(self) -> dict[str, float]:
+        self.gather_stages()
         bpb = bits_per_byte(self.runnable, self.x_val, self.y_val, self.case.batch_size,
                             self.ctx)
         self.trainer.scheduler.after_eval(bpb)
@@ -337,13 +362,33 @@ class GPTTrain(GPTPhase, EvaluatedTraining):
     def _saved_activations(self) -> int:
         micro = self.x_train[:self.case.batch_size], \
             self.y_train[:self.case.batch_size]
+        if self.pipeline is not None:
+            return self._stage_activations(*micro)
         return saved_activation_bytes(self.model, *micro, self.ctx)
+
+    def _stage_activations(self, x: torch.Tensor, y: torch.Tensor) -> int:
+        """Bytes this rank's stage saves for backward over one micro-batch: its input made
+        here by the earlier stages (no communication), its output summed as a stand-in
+        loss where the stage has no head."""
+        pipeline = self.pipeline
+        size = max(1, len(x) // pipeline.microbatches)
+        hidden = x[:size]
+        with torch.no_grad():
+            for earlier in pipeline.stages[:self.ctx.ranks.rank]:
+                hidden = earlier(hidden)
+        stage = pipeline.module
+
+        def forward_loss() -> torch.Tensor:
+            out = stage(hidden)
+            return next_token_loss(out, y[:size]) if pipeline.last else out.float().sum()
+
+        return activation_bytes(stage, forward_loss, self.ctx.precision, self.ctx.device)
 
     def run_outcome(self, final: dict[str, float]) -> Outcome:
         details = {"corpus": self.corpus, "train_steps": self.trainer.steps,
                    "config": {"name": self.case.axes["model"], **dataclasses.asdict(self.cfg)},
                    "val_windows": len(self.x_val),
-                   "memory_split": memory_split(self.model, self.trainer.optimizer,
+                   "memory_split": memory_split(self._trained_module(), self.trainer.optimizer,
                                                 self._saved_activations())}
         return Outcome(metrics={**final, "final_train_loss": self.last_train_loss},
                        details=details)
@@ -353,8 +398,17 @@ class GPTTrain(GPTPhase, EvaluatedTraining):
         recipe = self.step_recipe(self.trainer.optimizer, self.step)
         trainer, curve = self._trained()
         outcome = self._outcome(trainer, curve)
-        outcome.details["memory_split"] = memory_split(self.model, trainer.optimizer, saved)
+        outcome.details["memory_split"] = memory_split(self._trained_module(),
+                                                       trainer.optimizer, saved)
         outcome.details["step_recipe"] = recipe
+        if self.pipeline is not None:
+            outcome.details["pipeline"] = {
+                "stages": len(self.pipeline.stages), "microbatches": self.pipeline.microbatches,
+                "schedule": self.pipeline.schedule_name,
+                "blocks": [len(s.blocks) for s in self.pipeline.stages],
+                "bubble_theoretical": self.pipeline.theoretical_bubble,
+                "bubble_formula": "(stages - 1) / (microbatches + stages - 1)",
+                "memory_split": "this rank's stage (rank 0: the embeddings and its blocks)"}
         return outcome
 
 
@@ -404,7 +458,7 @@ class Gpt(Workload):
                   "library's sources; tokens/s, FLOPs, MFU, memory split, val bits/byte"
     phases = ("train", "infer", GENERATE)
     float8_training = True
-    model_parallel = True  # GPT.tensor_parallel_plan
+    model_parallel = ("tp", "pp")  # GPT.tensor_parallel_plan, GPT.pipeline_stage
     smoke_axes = {"input_tokens": 16, "output_tokens": 4}
 
     @classmethod
@@ -430,6 +484,14 @@ class Gpt(Workload):
                                     help="torch.compile's mode (backend=compile only)"),
             **recipe_axes("adamw", None, dropout=False, weight_decay=ADAMW_WEIGHT_DECAY),
             **parallel_axes(),
+            "microbatches": Setting("microbatches", int, 4, minimum=1, maximum=MAX_BATCH_SIZE,
+                                    phases=("train",),
+                                    help="parallel=pp: micro-batches each batch is split "
+                                         "into, flowing through the stages"),
+            "pp_schedule": Setting("pp_schedule", str, "1f1b", choices=tuple(PIPELINE_SCHEDULES),
+                                   phases=("train",),
+                                   help="parallel=pp: torch.distributed.pipelining's "
+                                        "ScheduleGPipe or Schedule1F1B"),
         })
         # The generate phase's axes; backend and compile_mode are gpt's own (every phase).
         generation = generation_axes()
@@ -485,6 +547,8 @@ class Gpt(Workload):
                    f"world_size {world} does not divide them"
         if case.axes.get("parallel") == "tp" and case.axes.get("checkpointing"):
             return "parallel=tp with activation checkpointing is not built"
+        if case.axes.get("parallel") == "pp":
+            return _pipeline_unsupported(case)
         return None
 
     @classmethod
@@ -496,6 +560,22 @@ class Gpt(Workload):
 
 # Bytes of validation text perplexity reads unless perplexity_tokens says otherwise.
 GENERATE_PERPLEXITY_BYTES = 4096
+
+
+def _pipeline_unsupported(case) -> str | None:
+    a = case.axes
+    blocks, world, micro = CONFIGS[a["model"]].n_layer, a["world_size"], a["microbatches"]
+    if world > blocks:
+        return f"parallel=pp puts whole blocks in each stage: {blocks} blocks make at most " \
+               f"{blocks} stages, not world_size {world}"
+    if a["batch_size"] % micro:
+        return f"parallel=pp splits batch_size {a['batch_size']} into {micro} equal " \
+               "micro-batches: make it a multiple"
+    for axis, off in (("accum_steps", 1), ("grad_clip", 0.0), ("checkpointing", False)):
+        if a.get(axis, off) != off:
+            return f"parallel=pp with {axis}={a[axis]} is not built (micro-batches are its " \
+                   "accumulation)"
+    return None
 
 
 def _generate_unsupported(case) -> str | None:

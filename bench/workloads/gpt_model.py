@@ -122,12 +122,23 @@ class GPT(nn.Module):
         block's parameters are gathered at a time; embeddings and head stay in the root."""
         return list(self.blocks)
 
+    def pipeline_stage(self, stage: int, stages: int) -> GPTStage:
+        """Stage ``stage`` of ``stages`` at block boundaries (bench.variants.parallel)."""
+        if not 1 <= stages <= self.cfg.n_layer:
+            raise ValueError(f"{self.cfg.n_layer} blocks do not make {stages} stages")
+        return GPTStage(self, stage, stages)
+
+    def tied_weight(self) -> nn.Parameter:
+        """The weight the first stage's embedding and the last stage's head share."""
+        return self.wte.weight
+
     def tensor_parallel_plan(self, world: int) -> dict[str, object]:
         """Megatron-style tensor parallelism for ``parallelize_module``: in each block, the
         attention's qkv and the MLP's first layer split column-wise (each rank its heads,
         its quarter of the hidden units), their output projections row-wise (partial sums
         all-reduced); embeddings, norms and the tied head replicated. Reorders c_attn's
         rows first (CausalSelfAttention.group_heads_by_rank)."""
+        # On use: only a tensor-parallel case loads torch.distributed.tensor.
         from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
 
         if self.cfg.n_head % world:
@@ -156,6 +167,31 @@ class GPT(nn.Module):
             else:
                 x = block(x)
         return self.lm_head(self.ln_f(x))
+
+
+class GPTStage(nn.Module):
+    """One stage of a pipeline of ``stages`` over a GPT: the embeddings (first stage), its
+    contiguous run of blocks, the final norm and the head (last stage). Its parts are the
+    full model's own modules, so a stage trains the full model's parameters in place; the
+    tied head on the last stage is the embedding's weight on that rank (its gradient is
+    summed with the first stage's: bench.variants.parallel.Pipeline)."""
+
+    def __init__(self, model: GPT, stage: int, stages: int) -> None:
+        super().__init__()
+        bounds = [round(i * model.cfg.n_layer / stages) for i in range(stages + 1)]
+        self.first, self.last = stage == 0, stage == stages - 1
+        self.wte = model.wte if self.first else None
+        self.wpe = model.wpe if self.first else None
+        self.blocks = nn.ModuleList(model.blocks[bounds[stage]:bounds[stage + 1]])
+        self.ln_f = model.ln_f if self.last else None
+        self.lm_head = model.lm_head if self.last else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.first:
+            x = self.wte(x) + self.wpe(torch.arange(x.shape[1], device=x.device))
+        for block in self.blocks:
+            x = block(x)
+        return self.lm_head(self.ln_f(x)) if self.last else x
 
 
 def next_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -93,10 +93,28 @@ def equivalence_rank() -> dict:
         dist.barrier()
         moved = not torch.equal(before, weight.detach())
         tp = _tensor_parallel(RankInfo("tp", rank, world), BATCH)
+        pp = {schedule: _pipeline(RankInfo("pp", rank, world), BATCH, schedule)
+              for schedule in ("gpipe", "1f1b")}
     finally:
         dist.destroy_process_group()
     return {"grads": grads, "losses": losses, "local_mib": local_mib, "moved": moved,
-            "tp": tp}
+            "tp": tp, "pp": pp}
+
+
+def _pipeline(ranks: RankInfo, batch: int, schedule: str, steps: int = 3) -> dict:
+    """gpt tiny in a pipeline of one stage per rank, 4 micro-batches: its losses, what the
+    stage holds, and the whole model evaluated after gathering the stages."""
+    case = _case("gpt", {"batch_size": batch, "parallel": ranks.mode,
+                         "world_size": ranks.world_size, "pp_schedule": schedule,
+                         "microbatches": 4}, {"corpus_mib": 0.2, "train_steps": 2})
+    phase = get_workload("gpt").prepare(case, RunContext("cpu", FP32, 0, ranks))
+    losses = [float(phase.step().detach()) for _ in range(steps)]
+    stage = phase.trainer.model
+    held = sorted({name.split(".")[0] for name, _ in stage.named_parameters()})
+    blocks = [i for i, block in enumerate(phase.model.blocks)
+              if any(block is mine for mine in stage.blocks)]
+    evaluated = phase.evaluate()
+    return {"losses": losses, "held": held, "blocks": blocks, "bpb": evaluated}
 
 
 def _tensor_parallel(ranks: RankInfo, batch: int, steps: int = 3) -> dict:
@@ -157,6 +175,22 @@ def test_tensor_parallel_at_world_2_trains_to_the_single_process_losses(world_of
     assert single["losses"][-1] < single["losses"][0]
 
 
+@pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
+def test_pipeline_parallel_at_2_stages_trains_to_the_single_process_losses(world_of_two,
+                                                                         schedule):
+    """Issue 31: one block per stage, 4 micro-batches; the tied embedding and head stay one
+    weight; 3 steps reproduce one process's losses within 1e-5, stage 0 holds only the
+    embeddings and its block, and the gathered model evaluates as the same on both ranks."""
+    single = _tensor_parallel(RankInfo(), BATCH)
+    for rank in (0, 1):
+        assert world_of_two[rank]["pp"][schedule]["losses"] == \
+            pytest.approx(single["losses"], rel=1e-5)
+    first, last = world_of_two[0]["pp"][schedule], world_of_two[1]["pp"][schedule]
+    assert (first["held"], first["blocks"]) == (["blocks", "wpe", "wte"], [0])
+    assert (last["held"], last["blocks"]) == (["blocks", "lm_head", "ln_f"], [1])
+    assert first["bpb"] == last["bpb"]
+
+
 def test_hogwild_ranks_train_one_shared_model(world_of_two):
     assert world_of_two[0]["moved"] and world_of_two[1]["moved"]
 
@@ -186,8 +220,9 @@ def _spawned_ranks(mark: str) -> set[int]:
     return found
 
 
-def test_a_rank_that_raises_fails_its_case_with_that_ranks_traceback(marked):
-    result = run_isolated(_case("fault", {"fault": "raise", "parallel": "ddp", "world_size": 2},
+@pytest.mark.parametrize("mode", ["ddp", "tp"])
+def test_a_rank_that_raises_fails_its_case_with_that_ranks_traceback(marked, mode):
+    result = run_isolated(_case("fault", {"fault": "raise", "parallel": mode, "world_size": 2},
                                 {"fault_rank": 1}))
     assert result.status == "error"
     assert result.reason == "rank 1 of 2: RuntimeError: injected failure"
@@ -195,9 +230,10 @@ def test_a_rank_that_raises_fails_its_case_with_that_ranks_traceback(marked):
     assert _spawned_ranks(marked) == set()
 
 
-def test_a_hung_rank_times_the_case_out_and_no_rank_is_left_running(marked):
+@pytest.mark.parametrize("mode", ["ddp", "tp"])
+def test_a_hung_rank_times_the_case_out_and_no_rank_is_left_running(marked, mode):
     started = time.monotonic()
-    result = run_isolated(_case("fault", {"fault": "hang", "parallel": "ddp", "world_size": 2},
+    result = run_isolated(_case("fault", {"fault": "hang", "parallel": mode, "world_size": 2},
                                 {"fault_rank": 1}, timeout_s=9))
     assert result.status == "timeout"
     assert time.monotonic() - started < 25

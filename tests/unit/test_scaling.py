@@ -60,3 +60,27 @@ def test_weak_and_strong_efficiency_against_the_world_one_cases():
     assert "0.5/0.5/1" in text  # rank 0's sharded split
     assert "| 88%" in render_scaling(record)  # ddp's weak efficiency, 1280 / 1454.5
     assert "Scaling across ranks" in render_html(record)  # the plot, beside the table
+
+
+def test_model_parallel_ranks_share_a_batch_and_a_pipeline_shows_its_bubble():
+    """Issue 31: tp and pp ranks train on one batch (data_parallel_size 1), so strong
+    scaling compares with the world-1 case at that batch, not at N x b; a pipeline's row
+    shows its theoretical bubble beside the idle share measured (1 - strong eff.)."""
+    def model_parallel(mode: str, world: int, step_s: float):
+        c = _case(mode, world, 8, step_s)
+        c.parallel = dataclasses.replace(c.parallel, global_batch=8, data_parallel_size=1)
+        c.throughput = ThroughputResult(8 / step_s, 8 / step_s, 8 / step_s, "samples/s", 8,
+                                        "test")
+        if mode == "pp":
+            c.details["pipeline"] = {"bubble_theoretical": (world - 1) / (4 + world - 1)}
+        return c
+
+    record = run(model_parallel("pp", 1, 0.010), model_parallel("pp", 2, 0.008),
+                 _case("none", 1, 16, 0.018), model_parallel("tp", 2, 0.006))
+    rows = {s.case.case_id: s for s in scaling(record)}
+    pp = rows["gpt/train[parallel=pp,world_size=2,batch_size=8]"]
+    assert pp.strong_reference == "gpt/train[parallel=pp,world_size=1,batch_size=8]"
+    assert pp.strong == pytest.approx(0.010 / (2 * 0.008))
+    tp = rows["gpt/train[parallel=tp,world_size=2,batch_size=8]"]
+    assert tp.strong_reference is None  # no world-1 case at 8; never the one at 2 x 8
+    assert "20% / 38%" in render_scaling(record)  # 1/5 theoretical; 1 - 0.625 measured
