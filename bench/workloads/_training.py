@@ -136,11 +136,15 @@ class Trainer:
     def samples_per_step(self) -> int:
         return self.stream.batch_size * self.accum_steps
 
+    def gradients(self) -> torch.Tensor:
+        """Forward and backward of one optimizer step's batches; their mean loss."""
+        batches = [self.stream.next() for _ in range(self.accum_steps)]
+        return accumulate_gradients(self.model, self.loss_fn, batches, self.precision,
+                                    self.device, self.scaler)
+
     def step(self) -> torch.Tensor:
         self.model.train()
-        batches = [self.stream.next() for _ in range(self.accum_steps)]
-        loss = accumulate_gradients(self.model, self.loss_fn, batches, self.precision,
-                                    self.device, self.scaler)
+        loss = self.gradients()
         if self.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)  # clip the true gradients, not scaled ones
             nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
@@ -214,9 +218,9 @@ def activation_bytes(model: nn.Module, forward_loss: Callable[[], torch.Tensor],
 
 
 class PipelineTrainer(Trainer):
-    """A Trainer whose step runs one batch through a pipeline (bench.variants.parallel.
-    Pipeline: its micro-batches replace gradient accumulation) before the optimizer step of
-    this rank's stage; ``model`` is the stage."""
+    """A Trainer whose gradients come from one batch run through a pipeline
+    (bench.variants.parallel.Pipeline: its micro-batches replace gradient accumulation);
+    ``model`` is this rank's stage, which its optimizer steps."""
 
     def __init__(self, pipeline: object, optimizer: torch.optim.Optimizer,
                  stream: BatchStream, precision: Precision, device: str,
@@ -225,16 +229,7 @@ class PipelineTrainer(Trainer):
                          device, scheduler, keep_losses=keep_losses)
         self.pipeline = pipeline
 
-    def step(self) -> torch.Tensor:
-        self.model.train()
+    def gradients(self) -> torch.Tensor:
         x, y = self.stream.next()
         with self.precision.context(self.device):
-            loss = self.pipeline.step(x, y)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.scheduler is not None:
-            self.scheduler.step()
-        self.steps += 1
-        if self.kept_losses is not None:
-            self.kept_losses.append(loss)
-        return loss
+            return self.pipeline.step(x, y)
