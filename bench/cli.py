@@ -478,6 +478,8 @@ def cmd_ab(args: argparse.Namespace) -> int:
     baseline_suite = None
     with contextlib.ExitStack() as stack:
         if users_repo is not None:
+            _refuse_comparing_a_commit_with_itself(args.baseline_ref, users_repo,
+                                                   args.baseline_source)
             tree = stack.enter_context(git_worktree(args.baseline_ref, users_repo,
                                                     bench_package=False))
             relative = Path(args.suite).resolve().relative_to(users_repo)
@@ -511,6 +513,18 @@ def cmd_ab(args: argparse.Namespace) -> int:
     refuse_misleading_pair(base_name, base_run, cur_name, cur_run,
                            allow_injected=SLOWDOWN_ENV in {**current_env, **baseline_env})
     return _gate(base_run, cur_run, policy, base_name, cur_name)
+
+
+def _refuse_comparing_a_commit_with_itself(ref: str, repo: Path,
+                                           baseline_bench: str | None) -> None:
+    """--baseline-ref naming the commit the user's clean work tree holds, measured by the
+    same bench: the session would compare the code with itself. Said before measuring."""
+    from bench.orchestrate.interleave import git_commit, resolve_commit
+
+    if baseline_bench is None and resolve_commit(ref, repo) == git_commit(repo):
+        raise BenchInputError("--baseline-ref", f"{ref} is the commit {repo} holds, with no "
+                              "change in its work tree: the session would compare the code "
+                              "with itself", valid="an earlier commit, or uncommitted changes")
 
 
 def _users_repository(suite: str, bench_source: Path) -> Path | None:

@@ -103,8 +103,8 @@ def _refuse_missing_extras(planned: list[PlannedCase], source: str) -> None:
     if planned and all(p.skip_reason for p in planned):
         missing = [p.skip_reason for p in planned if is_missing_extra(p.skip_reason)]
         if missing:
-            raise BenchInputError(source, f"none of its {len(planned)} cases can run here "
-                                  f"({len(missing)} of them {missing[0]})")
+            raise BenchInputError(source, f"none of its {len(planned)} cases can run here; "
+                                  f"{len(missing)} of them: {missing[0]}")
 
 
 def _probe_into(store: ResultStore, when: str) -> None:

@@ -15,8 +15,7 @@ from tests.builders import REPO
 
 EXAMPLE = REPO / "examples" / "my_model"
 LOADED = "    model.load_state_dict(torch.load(CHECKPOINT, weights_only=True))\n"
-DAMAGE = {
-    "none": "",
+DAMAGE = {  # the intact model passing is make example's own gate (CI runs it)
     # Three classes can no longer be predicted: accuracy falls about 30%.
     "less accurate": "    with torch.no_grad():\n        model[2].bias[3:6] = -100.0\n",
     # 20 ms more per forward call: hundreds of times the baseline's step.
@@ -46,11 +45,8 @@ def _gate_copy(tmp_path: Path, damage: str) -> subprocess.CompletedProcess:
 @pytest.mark.heavy
 @pytest.mark.slow
 @pytest.mark.parametrize("damage", sorted(DAMAGE))
-def test_the_examples_gate_fails_a_damaged_model_and_passes_the_intact_one(tmp_path, damage):
+def test_the_examples_gate_fails_a_damaged_model(tmp_path, damage):
     gate = _gate_copy(tmp_path, damage)
-    if damage == "none":
-        assert gate.returncode == 0, gate.stdout
-        return
     if damage == "less accurate":  # seeded: judged whatever the host's load
         assert gate.returncode == 1, gate.stdout
         assert "| accuracy |" in gate.stdout.split("### Regressions", 1)[1], gate.stdout

@@ -55,7 +55,7 @@ def _commit(repo: Path, message: str, files: dict[str, str]) -> None:
 
 def _ab(repo: Path, out: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "bench", "ab", "suite.toml", "--baseline-ref",
-                           "HEAD~1", "--max-rounds", "6", "--time-budget", "60", "--out", out,
+                           "HEAD~1", "--max-rounds", "4", "--time-budget", "40", "--out", out,
                            "--no-progress"], cwd=repo, capture_output=True, text=True,
                           timeout=600)
 
@@ -89,6 +89,7 @@ def test_ab_of_two_commits_of_a_users_repository_flags_the_slowed_model(tmp_path
         assert "contended" in slowed.stdout
 
     same = subprocess.run([sys.executable, "-m", "bench", "ab", "suite.toml", "--baseline-ref",
-                           "HEAD", "--max-rounds", "3", "--out", "ab-same", "--no-progress"],
+                           "HEAD", "--out", "ab-same", "--no-progress"],
                           cwd=repo, capture_output=True, text=True, timeout=600)
-    assert same.returncode == 2 and "compares the code with itself" in same.stderr
+    assert same.returncode == 2 and "compare the code with itself" in same.stderr
+    assert not (repo / "ab-same").exists()  # refused before measuring

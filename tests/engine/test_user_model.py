@@ -341,6 +341,7 @@ def test_bad_gguf_models_are_one_line(user_dir, model, problem):
     assert "benchmark[0].model" in str(info.value) and "\n" not in str(info.value)
 
 
+@pytest.mark.heavy  # 40 s in CI, where the dequantized weights' cache starts empty
 @pytest.mark.slow
 def test_a_gguf_model_generates_text_in_a_worker(user_dir):
     """The shipped GGUF as a user's model: a real worker loads it (dequantized, cached),
