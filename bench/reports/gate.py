@@ -351,8 +351,11 @@ def check_speed(c: CaseComparison, policy: Policy) -> tuple[str | None, str | No
     test = _sequential(c, policy)
     if test is not None and test.decide(c.speed.log_ratios) == REGRESSION:
         llr = float(test.log_likelihood_ratio(c.speed.log_ratios))
-        return (f"{text}; the rounds favour a {policy.speed_max_drop:.0%} drop over none "
-                f"(sequential test: LLR {llr:.1f} >= {test.upper:.1f})"), None
+        if llr >= test.upper:
+            return (f"{text}; the rounds favour a {policy.speed_max_drop:.0%} drop over none "
+                    f"(sequential test: LLR {llr:.1f} >= {test.upper:.1f})"), None
+        return (f"{text}; the rounds' lower {1 - test.false_alarm:.1%} confidence bound is a "
+                f"slowdown beyond {policy.speed_max_drop:.0%}"), None
     if not c.speed.time.significant(policy.speed_alpha):
         return None, None
     if ratio < 1 - policy.speed_max_drop and test is None:

@@ -263,3 +263,25 @@ def test_speed_the_hosts_noise_left_undecided_is_never_called_a_failure_in_the_s
     assert report.exit_code == EXIT_FAIL
     failing = text[text.index("each counts as a failure"):text.index("host's noise (no")]
     assert "`b`" in failing and "`a`" not in failing
+
+
+def test_paired_rounds_of_a_huge_spread_slowdown_are_a_regression_not_a_warning():
+    """CI at 540476c: an A/B of four rounds at x0.006 (a 2 ms sleep on a ~10 us step, the
+    rounds 30% apart) passed with a warning; a slowdown surely beyond the drop fails."""
+    import dataclasses as dc
+
+    from bench.results.schema import RoundsResult
+
+    def side(name: str, medians: list[float]):
+        record = run(dc.replace(case("w/infer[a=1]", medians),
+                                rounds=RoundsResult(medians_s=medians)))
+        record.run.pairing = {"session": "s", "side": name}
+        return record
+
+    base = [1.0e-5, 1.2e-5, 0.9e-5, 1.1e-5]
+    cur = [b * r for b, r in zip(base, (150.0, 240.0, 160.0, 175.0), strict=True)]
+    report = evaluate(compare_runs(side("baseline", base), side("current", cur)), Policy())
+    assert report.verdicts["w/infer[a=1]"][0] == "regression"
+    assert report.exit_code == 1 and not report.warnings
+    assert "lower 99.8% confidence bound is a slowdown beyond 5%" in \
+        report.regressions[0].text

@@ -104,6 +104,30 @@ def test_an_underpowered_session_is_inconclusive_not_a_pass() -> None:
     assert rate(verdicts, NO_REGRESSION) <= 0.05
 
 
+def test_a_slowdown_far_beyond_the_drop_is_a_regression_however_spread_the_rounds() -> None:
+    """CI's user-repo A/B at 540476c: +2 ms on a ~10 us step, four rounds at x0.006 with
+    a 30% spread of log ratios. The SPRT's evidence is linear in the mean over the
+    variance, so it stayed below its bound and the gate passed a 160-fold slowdown; the
+    rounds' one-sided lower bound on the slowdown (at the test's false-alarm level) lies
+    far beyond the drop, which is a regression."""
+    rounds = np.log([150.0, 160.0, 175.0, 240.0])
+    test = SequentialTest()
+    assert float(test.log_likelihood_ratio(rounds)) < test.upper  # the SPRT alone: undecided
+    assert test.decide(rounds) == REGRESSION
+    verdicts, used = test.first_decisions(np.tile(rounds, (2, 1)))
+    assert list(verdicts) == [REGRESSION] * 2 and list(used) == [3] * 2  # the first look
+    # Spread rounds whose lower bound does not clear the drop stay undecided.
+    assert test.decide(np.log([0.9, 1.3, 1.02, 1.4])) is None
+
+
+@pytest.mark.parametrize("sigma", [0.05, 0.15, 0.30])
+def test_the_lower_bound_rule_adds_no_false_alarms(sigma: float) -> None:
+    """Unchanged sessions with a spread up to 30%: no regression from the bound rule."""
+    data = sessions(0.0, sigma, "t3", drift=0.01, seed=4)
+    verdicts, _ = SequentialTest().first_decisions(data)
+    assert rate(verdicts, REGRESSION) <= 0.01
+
+
 def test_the_final_look_agrees_with_the_first_crossing() -> None:
     """decide() on a session cut at its first crossing gives that crossing's verdict."""
     test = SequentialTest()
