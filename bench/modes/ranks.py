@@ -1,5 +1,5 @@
-"""Across ranks: a case trained across processes (``parallel`` = ddp | fsdp2 | hogwild,
-``world_size`` ranks).
+"""Across ranks: a case trained across processes (``parallel`` = ddp | fsdp2 | tp | pp |
+fsdp2_tp | hogwild, ``world_size`` ranks).
 
 Inside the case's isolated worker, ``AcrossRanks.run`` starts the ranks with torch's
 elastic launcher (``torch.distributed.launcher.api.elastic_launch``: a c10d rendezvous on
@@ -152,14 +152,14 @@ def _across(case: CaseSpec, world: int) -> str:
 
 def _sampled(case: CaseSpec, phase: Any, trainer: Any, ranks: RankInfo, control: Any,
              trackers: Trackers) -> RankTimed:
-    """The sampler in lock step (tracked), then (ddp, fsdp2) the same step without
+    """The sampler in lock step (tracked), then (ddp, fsdp2, fsdp2_tp) the same step without
     gradient sync."""
     timer = LockstepTimer(timer_for(case.device), control)
     with trackers, phase.session():
         measurement = measure(phase.step, timer, case.budget, clock=collective_clock(control))
     split = memory_split(trainer.model, trainer.optimizer, 0)
     no_sync = None
-    if ranks.mode in ("ddp", "fsdp2"):
+    if ranks.mode in ("ddp", "fsdp2", "fsdp2_tp"):
         quick = dataclasses.replace(case.budget, max_trials=case.budget.min_trials,
                                     max_time_s=case.budget.max_time_s / 2)
 
@@ -255,8 +255,7 @@ def rank_main(case_data: dict[str, Any]) -> list[RankRun] | None:
                             timeout=dt.timedelta(seconds=case.budget.timeout_s))
     try:
         control = dist.new_group(backend="gloo") if case.device == "cuda" else None
-        ranks = RankInfo(case.parallel, dist.get_rank(), dist.get_world_size(),
-                         local_rank)
+        ranks = RankInfo.of_case(case, dist.get_rank(), dist.get_world_size(), local_rank)
         if ranks.world_size != case.world_size:
             raise ValueError(f"case {case.case_id} has world_size "
                              f"{case.world_size} but was launched with "
@@ -275,8 +274,9 @@ METHOD = ("step time: per step the slowest rank's (all-reduce MAX of each block'
           "communication: median step minus the median of the same step with gradient sync "
           "off (ddp: no_sync(), the all-reduce skipped; fsdp2: "
           "set_requires_gradient_sync(False), the reduce-scatter skipped and with it the "
-          "optimizer update of the sharded parameters, its all-gathers kept; hogwild has "
-          "none); memory split per rank: that rank's tensors (its shards under fsdp2; "
+          "optimizer update of the sharded parameters, its all-gathers kept; fsdp2_tp: "
+          "the same over its dp mesh, the tensor-parallel activations' all-reduces kept; "
+          "hogwild has none); memory split per rank: that rank's tensors (its shards under fsdp2; "
           "hogwild's parameters are one shared mapping, counted by every rank); "
           "interference, clocks and energy: each rank's own around its timed region")
 
@@ -289,7 +289,7 @@ def assemble(case: CaseSpec, runs: list[RankRun], result: CaseResult, nnodes: in
     assert lead is not None, "rank 0 sends the case's shared figures"
     result.warnings.extend(lead.warnings)
     # The global batch: every data-parallel rank's own (tensor-parallel ranks share theirs).
-    data_parallel = RankInfo(case.parallel, 0, world).data_parallel_size
+    data_parallel = RankInfo.of_case(case, 0, world).data_parallel_size
     total = lead.samples_per_step * data_parallel
     record_timing(result, lead.timing, total, lead.sample_unit)
     result.throughput.method += f"; samples over all {world} ranks (global batch)"

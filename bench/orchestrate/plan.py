@@ -79,6 +79,8 @@ def _parallel_reason(case: CaseSpec) -> str | None:
         return None
     mode, world = case.parallel, case.world_size
     reason = parallel.unsupported_reason(mode, world, case.backend, case.precision)
+    reason = reason or parallel.mesh_reason(mode, world, case.axes.get("tp_size",
+                                                                      parallel.DEFAULT_TP_SIZE))
     reason = reason or parallel.device_reason(mode, case.device)
     if reason or mode == "none" or case.device != "cuda":
         return reason

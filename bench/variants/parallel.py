@@ -11,6 +11,10 @@ mode, with PyTorch's own data-parallel engines.
   one-dimensional DeviceMesh of the ranks, with the plan the model names:
   ``tensor_parallel_plan(world)``, gpt's Megatron-style column- and row-wise splits): each
   rank holds its slice of every split layer and every rank trains on the same batch.
+- ``fsdp2_tp``: both on a two-dimensional DeviceMesh (``world_size / tp_size`` x
+  ``tp_size``, named dp and tp): tensor parallelism inside each group of ``tp_size``
+  consecutive ranks, FSDP2 sharding across the groups, which train on different slices
+  of the batch.
 - ``hogwild``: asynchronous training (Recht et al., 2011) on one machine: the parameters
   live in one shared-memory mapping (``torch.from_file(shared=True)`` in the folder the
   launcher names in ``BENCH_SHARED_DIR``) that every rank's optimizer updates without locks
@@ -35,10 +39,11 @@ if TYPE_CHECKING:  # torch stays out of the parent's start-up (the plan reads th
     import torch
     from torch import nn
 
-PARALLEL_MODES = ("none", "ddp", "fsdp2", "tp", "pp", "hogwild")
-# Modes that split the model itself: the workload's model names how (a plan, stages), and
-# the ranks see the same data (data-parallel degree 1).
-MODEL_PARALLEL_MODES = ("tp", "pp")
+PARALLEL_MODES = ("none", "ddp", "fsdp2", "tp", "pp", "fsdp2_tp", "hogwild")
+# Modes that split the model itself: the workload's model names how (a plan, stages).
+MODEL_PARALLEL_MODES = ("tp", "pp", "fsdp2_tp")
+# The tensor-parallel group size fsdp2_tp takes unless the case's tp_size says otherwise.
+DEFAULT_TP_SIZE = 2
 # torch.distributed.pipelining's schedules by axis value.
 PIPELINE_SCHEDULES = {"gpipe": "ScheduleGPipe", "1f1b": "Schedule1F1B"}
 PARALLEL_HELP = {
@@ -49,6 +54,8 @@ PARALLEL_HELP = {
           "row-wise), activations all-reduced; every rank the same batch (gpt)",
     "pp": "pipeline parallel: the model's blocks in one stage per rank, the batch in "
           "micro-batches flowing through them (pp_schedule, microbatches; gpt)",
+    "fsdp2_tp": "2-D: tensor parallel inside groups of tp_size ranks, fsdp2 across the "
+                "groups (world_size / tp_size slices of the batch; gpt)",
     "hogwild": "asynchronous: one shared-memory model, each rank's optimizer updates it "
                "without locks (CPU, one machine)",
 }
@@ -64,21 +71,37 @@ class RankInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    tp_size: int = DEFAULT_TP_SIZE  # fsdp2_tp's tensor-parallel group size
+
+    @classmethod
+    def of_case(cls, case: object, rank: int, world_size: int, local_rank: int = 0) -> RankInfo:
+        """Where rank ``rank`` of ``world_size`` stands in a case (a CaseSpec) of its mode."""
+        axes = getattr(case, "axes", {})
+        return cls(getattr(case, "parallel", "none"), rank, world_size, local_rank,
+                   axes.get("tp_size", DEFAULT_TP_SIZE))
 
     @property
     def distributed(self) -> bool:
         return self.mode != "none"
 
     @property
+    def tensor_parallel_size(self) -> int:
+        """Ranks that split each layer between them (and share a batch)."""
+        return {"tp": self.world_size, "fsdp2_tp": self.tp_size}.get(self.mode, 1)
+
+    @property
     def data_parallel_size(self) -> int:
         """How many different slices of the data the ranks train on at once."""
-        return 1 if not self.distributed or self.mode in MODEL_PARALLEL_MODES \
-            else self.world_size
+        if not self.distributed or self.mode == "pp":
+            return 1
+        return self.world_size // self.tensor_parallel_size
 
     @property
     def data_shard(self) -> tuple[int, int]:
-        """(this rank's slice, slices) of every global batch."""
-        return (self.rank, self.world_size) if self.data_parallel_size > 1 else (0, 1)
+        """(this rank's slice, slices) of every global batch: a tensor-parallel group's
+        ranks (consecutive ranks, the mesh's inner dimension) share theirs."""
+        slices = self.data_parallel_size
+        return (self.rank // self.tensor_parallel_size, slices) if slices > 1 else (0, 1)
 
 
 def process_group_backend(device: str) -> str:
@@ -93,6 +116,16 @@ def unsupported_reason(mode: str, world_size: int, backend: str, precision: str)
         return f"parallel={mode} is measured on the eager backend (backend={backend} not built)"
     if mode != "none" and precision not in ("fp32", "bf16", "tf32"):
         return f"parallel={mode} trains in fp32, tf32 or bf16 autocast (not {precision})"
+    return None
+
+
+def mesh_reason(mode: str, world_size: int, tp_size: int) -> str | None:
+    """Why fsdp2_tp's two-dimensional mesh cannot be laid over ``world_size`` ranks."""
+    if mode == "fsdp2_tp" and (tp_size < 2 or world_size % tp_size
+                               or world_size // tp_size < 2):
+        return f"parallel=fsdp2_tp lays world_size {world_size} out as (world_size / " \
+               f"tp_size) x tp_size with both at least 2: tp_size {tp_size} does not fit " \
+               f"(e.g. world_size 4, tp_size 2)"
     return None
 
 
@@ -130,10 +163,33 @@ def parallelize(model: nn.Module, ranks: RankInfo, device: str) -> nn.Module:
             raise ValueError(f"{type(model).__name__} names no tensor_parallel_plan")
         mesh = init_device_mesh(device, (ranks.world_size,))
         return parallelize_module(model, mesh, plan(ranks.world_size))
+    if ranks.mode == "fsdp2_tp":
+        return _fsdp2_over_tensor_parallel(model, ranks, device)
     if ranks.mode == "hogwild":
         _share_parameters(model, ranks)
         return model
     raise ValueError(f"unknown parallel mode {ranks.mode!r} (valid: {PARALLEL_MODES})")
+
+
+def _fsdp2_over_tensor_parallel(model: nn.Module, ranks: RankInfo, device: str) -> nn.Module:
+    """The model split by its tensor-parallel plan inside each group of tp_size ranks (the
+    mesh's tp dimension), then sharded by fully_shard across the groups (its dp dimension),
+    as torchtitan composes them: FSDP2 shards the DTensors TP made along the dp mesh."""
+    from torch.distributed.device_mesh import init_device_mesh  # kept out of start-up
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor.parallel import parallelize_module
+
+    plan = getattr(model, "tensor_parallel_plan", None)
+    units = getattr(model, "fsdp_units", None)
+    if plan is None or units is None:
+        raise ValueError(f"{type(model).__name__} names no tensor_parallel_plan and fsdp_units")
+    tp = ranks.tensor_parallel_size
+    mesh = init_device_mesh(device, (ranks.world_size // tp, tp), mesh_dim_names=("dp", "tp"))
+    parallelize_module(model, mesh["tp"], plan(tp))
+    for unit in units():
+        fully_shard(unit, mesh=mesh["dp"])
+    fully_shard(model, mesh=mesh["dp"])
+    return model
 
 
 @contextlib.contextmanager
@@ -144,7 +200,7 @@ def no_gradient_sync(runnable: nn.Module, ranks: RankInfo) -> Iterator[None]:
     if ranks.mode == "ddp":
         with runnable.no_sync():
             yield
-    elif ranks.mode == "fsdp2":
+    elif ranks.mode in ("fsdp2", "fsdp2_tp"):  # the dp mesh's reduce-scatter only
         runnable.set_requires_gradient_sync(False)
         try:
             yield

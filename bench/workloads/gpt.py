@@ -41,7 +41,12 @@ from bench.measurement.flops import FlopCount, compute_dtype, count_flops
 from bench.spec.axes import Setting
 from bench.units import MAX_BATCH_SIZE, MAX_MEMORY_MIB, MAX_STEPS, MIB
 from bench.variants.backends import BACKENDS, COMPILE_MODES, training_backend_axis
-from bench.variants.parallel import PIPELINE_SCHEDULES, Pipeline, parallelize
+from bench.variants.parallel import (
+    DEFAULT_TP_SIZE,
+    PIPELINE_SCHEDULES,
+    Pipeline,
+    parallelize,
+)
 from bench.variants.precision import get_precision
 from bench.workloads import register
 from bench.workloads._generate import PHASE as GENERATE
@@ -169,6 +174,8 @@ def host_syncs(step, device: str, steps: int) -> int | None:
     return sum("synchroniz" in str(w.message) for w in caught)
 
 
+# A tensor-parallel group larger than any config's head count cannot split it.
+MAX_TP_SIZE = max(c.n_head for c in CONFIGS.values())
 # Steps the host-sync check runs after timing (on CUDA).
 SYNC_CHECK_STEPS = 4
 
@@ -458,7 +465,7 @@ class Gpt(Workload):
                   "library's sources; tokens/s, FLOPs, MFU, memory split, val bits/byte"
     phases = ("train", "infer", GENERATE)
     float8_training = True
-    model_parallel = ("tp", "pp")  # GPT.tensor_parallel_plan, GPT.pipeline_stage
+    model_parallel = ("tp", "pp", "fsdp2_tp")  # GPT.tensor_parallel_plan, .pipeline_stage
     smoke_axes = {"input_tokens": 16, "output_tokens": 4}
 
     @classmethod
@@ -488,6 +495,11 @@ class Gpt(Workload):
                                     phases=("train",),
                                     help="parallel=pp: micro-batches each batch is split "
                                          "into, flowing through the stages"),
+            "tp_size": Setting("tp_size", int, DEFAULT_TP_SIZE, minimum=1, maximum=MAX_TP_SIZE,
+                               phases=("train",),
+                               help="parallel=fsdp2_tp: ranks in each tensor-parallel group "
+                                    "(the mesh's inner dimension); world_size / tp_size "
+                                    "groups shard with fsdp2 and split the batch"),
             "pp_schedule": Setting("pp_schedule", str, "1f1b", choices=tuple(PIPELINE_SCHEDULES),
                                    phases=("train",),
                                    help="parallel=pp: torch.distributed.pipelining's "
@@ -541,12 +553,15 @@ class Gpt(Workload):
         if case.axes.get("model") == "gpt2-124m" and case.device == "cpu":
             return "gpt2-124m is a GPU config (one step at batch 8 takes minutes on a CPU); " \
                    "use model=tiny or small on CPU"
-        heads, world = CONFIGS[case.axes["model"]].n_head, case.axes.get("world_size", 1)
-        if case.axes.get("parallel") == "tp" and heads % world:
-            return f"parallel=tp splits the {heads} attention heads over the ranks: " \
-                   f"world_size {world} does not divide them"
-        if case.axes.get("parallel") == "tp" and case.axes.get("checkpointing"):
-            return "parallel=tp with activation checkpointing is not built"
+        heads, mode = CONFIGS[case.axes["model"]].n_head, case.axes.get("parallel")
+        split = {"tp": ("world_size", case.axes.get("world_size", 1)),
+                 "fsdp2_tp": ("tp_size", case.axes.get("tp_size", DEFAULT_TP_SIZE))}
+        if mode in split and heads % split[mode][1]:
+            axis, ranks = split[mode]
+            return f"parallel={mode} splits the {heads} attention heads over the ranks: " \
+                   f"{axis} {ranks} does not divide them"
+        if mode in split and case.axes.get("checkpointing"):
+            return f"parallel={mode} with activation checkpointing is not built"
         if case.axes.get("parallel") == "pp":
             return _pipeline_unsupported(case)
         return None
