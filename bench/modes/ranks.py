@@ -117,6 +117,7 @@ class RankTimed:
     split: dict[str, Any]  # bench.workloads._training.memory_split of this rank
     samples: int  # this rank's samples in the region
     lead: LeadRun | None  # rank 0 only
+    pipeline_bubble: float | None = None  # pp: this stage's median idle share per step
 
 
 @dataclasses.dataclass
@@ -157,6 +158,8 @@ def _sampled(case: CaseSpec, phase: Any, trainer: Any, ranks: RankInfo, control:
     timer = LockstepTimer(timer_for(case.device), control)
     with trackers, phase.session():
         measurement = measure(phase.step, timer, case.budget, clock=collective_clock(control))
+    bubbles = phase.pipeline_bubbles()
+    bubble = statistics.median(bubbles[-measurement.steps_run:]) if bubbles else None
     split = memory_split(trainer.model, trainer.optimizer, 0)
     no_sync = None
     if ranks.mode in ("ddp", "fsdp2", "fsdp2_tp"):
@@ -184,7 +187,7 @@ def _sampled(case: CaseSpec, phase: Any, trainer: Any, ranks: RankInfo, control:
             no_sync_median_s=no_sync.summary.median if no_sync is not None else None,
             flops=flops)
     return RankTimed(blocks[-len(measurement.trials):], split,
-                     measurement.steps_run * phase.samples_per_step, lead)
+                     measurement.steps_run * phase.samples_per_step, lead, bubble)
 
 
 def _to_target(case: CaseSpec, phase: Any, trainer: Any, ranks: RankInfo, control: Any,
@@ -208,8 +211,10 @@ def _to_target(case: CaseSpec, phase: Any, trainer: Any, ranks: RankInfo, contro
                                        + _across(case, ranks.world_size)),
             warnings=[], samples_per_step=phase.samples_per_step,
             sample_unit=phase.sample_unit, outcome=outcome, memory=None, trace=trace)
+    bubbles = phase.pipeline_bubbles()
     return RankTimed(timer.local, memory_split(trainer.model, trainer.optimizer, 0),
-                     trace.run.steps * phase.samples_per_step, lead)
+                     trace.run.steps * phase.samples_per_step, lead,
+                     statistics.median(bubbles[-trace.run.steps:]) if bubbles else None)
 
 
 def _run_rank(case: CaseSpec, ranks: RankInfo, control: Any, local_ranks: int) -> RankRun:
@@ -233,7 +238,7 @@ def _run_rank(case: CaseSpec, ranks: RankInfo, control: Any, local_ranks: int) -
                         cuda_peak_allocated_mib=(tracker.report.cuda_peak_allocated_mib
                                                  if tracker.report else None),
                         interference=tracked.interference, energy=tracked.energy,
-                        clocks=tracked.clocks)
+                        clocks=tracked.clocks, pipeline_bubble=timed.pipeline_bubble)
     if timed.lead is not None:
         timed.lead.memory = tracker.report
     return RankRun(report, timed.trials, tracked, timed.samples, timed.lead)
@@ -278,7 +283,11 @@ METHOD = ("step time: per step the slowest rank's (all-reduce MAX of each block'
           "the same over its dp mesh, the tensor-parallel activations' all-reduces kept; "
           "hogwild has none); memory split per rank: that rank's tensors (its shards under fsdp2; "
           "hogwild's parameters are one shared mapping, counted by every rank); "
-          "interference, clocks and energy: each rank's own around its timed region")
+          "interference, clocks and energy: each rank's own around its timed region; pp "
+          "bubble per stage: 1 - (its forward and backward chunks' time) / (the "
+          "schedule's run from the first micro-batch in to the last gradient out), "
+          "median over the timed steps (perf_counter; CUDA events on CUDA), the case's "
+          "the mean over the stages")
 
 
 def assemble(case: CaseSpec, runs: list[RankRun], result: CaseResult, nnodes: int,
@@ -308,7 +317,8 @@ def assemble(case: CaseSpec, runs: list[RankRun], result: CaseResult, nnodes: in
         straggler_median_spread=spread["median_spread"],
         straggler_max_spread=spread["max_spread"], no_sync_step_s=no_sync_s,
         exposed_communication_s=(timing.median_s - no_sync_s) if no_sync_s else None,
-        ranks=[r.report for r in runs], method=METHOD, data_parallel_size=data_parallel)
+        ranks=[r.report for r in runs], method=METHOD, data_parallel_size=data_parallel,
+        pipeline_bubble=_mean_bubble([r.report for r in runs]))
     if lead.memory is not None:
         result.memory = lead.memory
     result.details["parallel_memory_note"] = (
@@ -319,6 +329,11 @@ def assemble(case: CaseSpec, runs: list[RankRun], result: CaseResult, nnodes: in
         return
     # Per device: one rank's FLOPs over the step time, against one device's peak.
     record_outcome(case, lead.outcome, result, lead.flops)
+
+
+def _mean_bubble(reports: list[RankReport]) -> float | None:
+    bubbles = [r.pipeline_bubble for r in reports if r.pipeline_bubble is not None]
+    return statistics.fmean(bubbles) if bubbles else None
 
 
 def _failure(exc: BaseException, result: CaseResult) -> None:

@@ -75,18 +75,20 @@ def _pct(value: float | None) -> str:
 
 HEADERS = ("case", "mode", "ranks", "batch/rank", "global batch", "per device /s",
            "total /s", "weak eff.", "strong eff.", "step ms", "no-sync ms",
-           "exposed comm ms", "pp bubble theory / idle", "straggler (median / max)",
+           "exposed comm ms", "pp bubble theory / measured / idle", "straggler (median / max)",
            "rank 0 params/grads/optim MiB", "peak RSS per rank MiB")
 
 
 def _bubble(s: Scaling) -> str:
-    """A pipeline's idle share: the schedule's theoretical bubble, and the measured idle
-    share 1 - strong efficiency (the bubble with the stages' communication and imbalance)."""
+    """A pipeline's idle share: the schedule's theoretical bubble, the measured one (the
+    stages' mean idle share of the schedule's run) and the whole step's idle share
+    1 - strong efficiency."""
     pipeline = s.case.details.get("pipeline")
     if not isinstance(pipeline, dict) or "bubble_theoretical" not in pipeline:
         return ""
-    idle = "" if s.strong is None else f"{1 - s.strong:.0%}"
-    return f"{pipeline['bubble_theoretical']:.0%} / {idle}"
+    measured = s.case.parallel.pipeline_bubble
+    return " / ".join((f"{pipeline['bubble_theoretical']:.0%}", _pct(measured), _pct(
+        None if s.strong is None else 1 - s.strong)))
 
 
 def _row(s: Scaling) -> list[str]:
@@ -119,7 +121,9 @@ def render_scaling(record: RunRecord, fmt: str = "github") -> str:
     note = ("weak eff. = total throughput / (ranks x the world-1 case's at the same batch "
             "per rank); strong eff. = world-1 step time at the global batch / (ranks x "
             "step time); exposed comm = step - the same step without gradient sync; pp "
-            "bubble: (stages - 1) / (microbatches + stages - 1), and the idle share measured "
-            "as 1 - strong eff. (bubble, stage communication and imbalance)")
+            "bubble: theory (stages - 1) / (microbatches + stages - 1); measured, the "
+            "stages' mean of 1 - (forward and backward chunks) / (the schedule's run); idle "
+            "1 - strong eff. (the whole step: bubble, optimizer, tied-weight and loss "
+            "communication)")
     table = tabulate(rows, headers=HEADERS, tablefmt=fmt, disable_numparse=True)
     return table + ("" if fmt == "html" else f"\n{note}")

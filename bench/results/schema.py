@@ -1,4 +1,4 @@
-"""The result file schema (JSON), version 16.
+"""The result file schema (JSON), version 17.
 
 A run file holds ``schema``/``schema_version``, the run's metadata, the machine's
 fingerprint and one record per finished case. Every figure keeps its raw samples and
@@ -72,6 +72,11 @@ Versions (older files are read through ``bench.results.migrations``):
 16. ``ParallelResult.data_parallel_size``: how many ranks train on different data (the
     world size for data-parallel modes, 1 for tensor parallelism, whose ranks share a
     batch). Older files, whose modes were all data-parallel: the world size.
+17. ``RankReport.pipeline_bubble`` and ``ParallelResult.pipeline_bubble``: under pipeline
+    parallelism, each stage's measured idle share of the schedule (1 - its forward and
+    backward chunks' time / the schedule's, median over the timed steps) and their mean
+    over the stages; the ``fsdp2_tp`` mode (2-D mesh), whose ``data_parallel_size`` is
+    world_size / tp_size. Absent (none) in older files, which ran no pipeline.
 """
 
 from __future__ import annotations
@@ -89,7 +94,7 @@ from bench.typed import SchemaError, plain
 from bench.units import DEFAULT_PARITY_TARGET
 
 SCHEMA_NAME = "bench.run"
-SCHEMA_VERSION = 16
+SCHEMA_VERSION = 17
 
 # TimingResult.trial_timing: a sample per step, or one per block of steps (its mean).
 TRIAL_PER_ITERATION = "per_iteration"
@@ -426,6 +431,9 @@ class RankReport:
     interference: InterferenceResult | None = None
     energy: EnergyResult | None = None
     clocks: ClockResult | None = None
+    # pp: the share of the schedule's run this rank's stage spent outside its forward
+    # and backward chunks (waiting on the other stages), median over the timed steps.
+    pipeline_bubble: float | None = None
 
 
 @dataclass
@@ -452,8 +460,11 @@ class ParallelResult:
     ranks: list[RankReport] = field(default_factory=list)
     method: str = ""
     # Ranks training on different data (global_batch is theirs together): world_size for
-    # ddp, fsdp2 and hogwild; 1 for tp, whose ranks split the model and share a batch.
+    # ddp, fsdp2 and hogwild; 1 for tp, whose ranks split the model and share a batch;
+    # world_size / tp_size for fsdp2_tp.
     data_parallel_size: int | None = None
+    # pp: the measured bubble, the mean of the stages' RankReport.pipeline_bubble.
+    pipeline_bubble: float | None = None
 
 
 @dataclass

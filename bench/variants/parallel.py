@@ -31,7 +31,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-from collections.abc import Iterator
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -268,6 +270,11 @@ class Pipeline:
         self.module = self.stages[ranks.rank]
         self.first, self.last = ranks.rank == 0, ranks.rank == stages - 1
         stage = pipelining.PipelineStage(self.module, ranks.rank, stages, torch.device(device))
+        self.clock = _SpanClock(device)
+        # This stage's compute: its forward and backward of each micro-batch (the schedule
+        # waits on the other stages between them).
+        for chunk in ("forward_one_chunk", "backward_one_chunk"):
+            setattr(stage, chunk, self.clock.timed(getattr(stage, chunk)))
         self.schedule = getattr(pipelining, PIPELINE_SCHEDULES[schedule])(
             stage, microbatches, loss_fn=loss_fn)
         self.microbatches, self.schedule_name = microbatches, schedule
@@ -291,7 +298,7 @@ class Pipeline:
         losses: list[torch.Tensor] = []
         args = (x,) if self.first else ()
         targets = {"target": y, "losses": losses} if self.last else {}
-        self.schedule.step(*args, **targets)
+        self.clock.timed(self.schedule.step, whole=True)(*args, **targets)
         if self.tie_group is not None and (self.first or self.last):
             tied = self.model.tied_weight()
             dist.all_reduce(tied.grad, group=self.tie_group)
@@ -299,6 +306,12 @@ class Pipeline:
             torch.zeros((), device=x.device)
         dist.broadcast(loss, src=len(self.stages) - 1)
         return loss
+
+    def bubbles(self) -> list[float]:
+        """Per step so far: the share of the schedule's run (from the first micro-batch in
+        to the last gradient out) this rank's stage spent outside its forward and backward
+        chunks: its measured bubble, waiting on the other stages and their sends."""
+        return [max(0.0, 1 - busy / whole) for busy, whole in self.clock.spans() if whole > 0]
 
     def gather(self) -> None:
         """Every stage's parameters from the rank that trains them into this rank's whole
@@ -313,6 +326,64 @@ class Pipeline:
                     done.add(id(p))
                     with torch.no_grad():
                         dist.broadcast(p.data, src=owner)
+
+
+SPAN_STEPS_KEPT = 4096
+
+
+class _SpanClock:
+    """Seconds inside wrapped calls: per ``whole`` call (a pipeline step), the time of the
+    inner calls it made and its own. On CUDA, event pairs on the current stream (the
+    device's time, read when asked, so timing adds no host sync); elsewhere perf_counter."""
+
+    def __init__(self, device: str) -> None:
+        self.cuda = device == "cuda"
+        self._inner: list[object] = []
+        # The latest steps' spans (a long time-to-accuracy run keeps only these).
+        self._steps: deque[tuple[list[object], object]] = deque(maxlen=SPAN_STEPS_KEPT)
+
+    def _span(self, call: Callable[..., object], *args: object,
+              **kwargs: object) -> tuple[object, object]:
+        # On use: the parent's plan reads this module without torch.
+        import torch
+
+        if self.cuda:
+            start, end = (torch.cuda.Event(enable_timing=True) for _ in range(2))
+            start.record()
+            out = call(*args, **kwargs)
+            end.record()
+            return out, (start, end)
+        began = time.perf_counter()
+        out = call(*args, **kwargs)
+        return out, time.perf_counter() - began
+
+    def timed(self, call: Callable[..., object], whole: bool = False) -> Callable[..., object]:
+        def wrapped(*args: object, **kwargs: object) -> object:
+            if whole:
+                self._inner = []
+            out, span = self._span(call, *args, **kwargs)
+            if whole:
+                self._steps.append((self._inner, span))
+            else:
+                self._inner.append(span)
+            return out
+
+        return wrapped
+
+    def spans(self) -> list[tuple[float, float]]:
+        """Per whole call: (seconds in its inner calls, its own seconds)."""
+        if self.cuda:
+            import torch  # kept out of start-up
+
+            torch.cuda.synchronize()
+
+        def seconds(span: object) -> float:
+            if isinstance(span, float):
+                return span
+            start, end = span  # type: ignore[misc]
+            return start.elapsed_time(end) / 1e3
+
+        return [(sum(seconds(s) for s in inner), seconds(whole)) for inner, whole in self._steps]
 
 
 def local_tensor(t: torch.Tensor) -> torch.Tensor:

@@ -115,6 +115,12 @@ class Phase(ABC):
         """FLOPs of one step (counted and analytic), for MFU; None: not reported."""
         return None
 
+    def pipeline_bubbles(self) -> list[float] | None:
+        """Under pipeline parallelism, per step so far (the latest ones), the share of the
+        schedule this rank's stage spent idle (bench.variants.parallel.Pipeline.bubbles);
+        None otherwise."""
+        return None
+
     # Whether ``serve`` serves tokens: ``serve(samples, first_token)`` calls
     # ``first_token()`` when the batch's first new tokens are on the host and returns the
     # tokens made per sample (LoadGen's token latencies: TTFT, TPOT).

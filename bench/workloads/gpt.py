@@ -263,6 +263,9 @@ class GPTPhase(Phase):
         """What this rank trains: the model, or its pipeline stage."""
         return self.pipeline.module if self.pipeline is not None else self.model
 
+    def pipeline_bubbles(self) -> list[float] | None:
+        return self.pipeline.bubbles() if self.pipeline is not None else None
+
     def gather_stages(self) -> None:
         """Under pipeline parallelism, every stage's trained parameters into this rank's
         whole model, so it can be evaluated (a no-op otherwise)."""

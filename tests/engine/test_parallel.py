@@ -114,7 +114,8 @@ def _pipeline(ranks: RankInfo, batch: int, schedule: str, steps: int = 3) -> dic
     blocks = [i for i, block in enumerate(phase.model.blocks)
               if any(block is mine for mine in stage.blocks)]
     evaluated = phase.evaluate()
-    return {"losses": losses, "held": held, "blocks": blocks, "bpb": evaluated}
+    return {"losses": losses, "held": held, "blocks": blocks, "bpb": evaluated,
+            "bubbles": phase.pipeline_bubbles()}
 
 
 def _tensor_parallel(ranks: RankInfo, batch: int, steps: int = 3) -> dict:
@@ -189,6 +190,8 @@ def test_pipeline_parallel_at_2_stages_trains_to_the_single_process_losses(world
     assert (first["held"], first["blocks"]) == (["blocks", "wpe", "wte"], [0])
     assert (last["held"], last["blocks"]) == (["blocks", "lm_head", "ln_f"], [1])
     assert first["bpb"] == last["bpb"]
+    for stage in (first, last):  # each step's measured idle share of the schedule
+        assert len(stage["bubbles"]) == 3 and all(0 <= b < 1 for b in stage["bubbles"])
 
 
 def two_dimensional_rank() -> dict:
