@@ -36,6 +36,8 @@ import psutil
 import torch
 from torch.distributed.elastic.multiprocessing.errors import record
 
+from bench.measurement.communication import METHOD as COMMUNICATION_METHOD
+from bench.measurement.communication import blocked_share
 from bench.measurement.flops import FlopCount
 from bench.measurement.lockstep import (
     LockstepPhase,
@@ -105,6 +107,8 @@ class LeadRun:
     outcome: Outcome
     memory: MemoryResult | None
     no_sync_median_s: float | None = None
+    # tp on a CPU: the share of profiled steps rank 0 spent blocked in communication.
+    blocked_share: float | None = None
     flops: FlopCount | None = None
     trace: TrainingTrace | None = None  # time-to-accuracy: the seed's run
 
@@ -173,6 +177,10 @@ def _sampled(case: CaseSpec, phase: Any, trainer: Any, ranks: RankInfo, control:
         with phase.session():
             no_sync = measure(unsynced, LockstepTimer(timer_for(case.device), control), quick,
                               clock=collective_clock(control))
+    blocked = None
+    if ranks.mode == "tp" and case.device == "cpu":  # no step without its communication
+        with phase.session():
+            blocked = blocked_share(phase.step)
     # The throughput trials' blocks: the latency trials (block-timed CUDA) come after them.
     blocks = timer.local[:len(timer.local) - len(measurement.latency_trials)]
     flops = phase.flop_count()
@@ -185,7 +193,7 @@ def _sampled(case: CaseSpec, phase: Any, trainer: Any, ranks: RankInfo, control:
             warnings=list(measurement.warnings), samples_per_step=phase.samples_per_step,
             sample_unit=phase.sample_unit, outcome=outcome, memory=None,
             no_sync_median_s=no_sync.summary.median if no_sync is not None else None,
-            flops=flops)
+            blocked_share=blocked, flops=flops)
     return RankTimed(blocks[-len(measurement.trials):], split,
                      measurement.steps_run * phase.samples_per_step, lead, bubble)
 
@@ -281,7 +289,8 @@ METHOD = ("step time: per step the slowest rank's (all-reduce MAX of each block'
           "set_requires_gradient_sync(False), the reduce-scatter skipped and with it the "
           "optimizer update of the sharded parameters, its all-gathers kept; fsdp2_tp: "
           "the same over its dp mesh, the tensor-parallel activations' all-reduces kept; "
-          "hogwild has none); memory split per rank: that rank's tensors (its shards under fsdp2; "
+          f"hogwild has none; {COMMUNICATION_METHOD}; pp: in its bubble); memory split "
+          "per rank: that rank's tensors (its shards under fsdp2; "
           "hogwild's parameters are one shared mapping, counted by every rank); "
           "interference, clocks and energy: each rank's own around its timed region; pp "
           "bubble per stage: 1 - (its forward and backward chunks' time) / (the "
@@ -308,6 +317,9 @@ def assemble(case: CaseSpec, runs: list[RankRun], result: CaseResult, nnodes: in
     spread = straggler_figures([[d for t in r.local_trials for d in t] for r in runs])
     no_sync_s = lead.no_sync_median_s
     timing = lead.timing
+    exposed = (timing.median_s - no_sync_s) if no_sync_s else None
+    if lead.blocked_share is not None:
+        exposed = lead.blocked_share * timing.median_s
     result.parallel = ParallelResult(
         mode=case.parallel, world_size=world, nnodes=nnodes,
         process_group=process_group_backend(case.device), threads_per_rank=threads,
@@ -316,7 +328,7 @@ def assemble(case: CaseSpec, runs: list[RankRun], result: CaseResult, nnodes: in
         samples_per_s_total=result.throughput.value,
         straggler_median_spread=spread["median_spread"],
         straggler_max_spread=spread["max_spread"], no_sync_step_s=no_sync_s,
-        exposed_communication_s=(timing.median_s - no_sync_s) if no_sync_s else None,
+        exposed_communication_s=exposed,
         ranks=[r.report for r in runs], method=METHOD, data_parallel_size=data_parallel,
         pipeline_bubble=_mean_bubble([r.report for r in runs]))
     if lead.memory is not None:

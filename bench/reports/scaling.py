@@ -120,7 +120,8 @@ def render_scaling(record: RunRecord, fmt: str = "github") -> str:
         return csv_text(list(HEADERS), rows)
     note = ("weak eff. = total throughput / (ranks x the world-1 case's at the same batch "
             "per rank); strong eff. = world-1 step time at the global batch / (ranks x "
-            "step time); exposed comm = step - the same step without gradient sync; pp "
+            "step time); exposed comm = step - the same step without gradient sync (tp: the "
+            "step's share blocked in communication, profiled); pp "
             "bubble: theory (stages - 1) / (microbatches + stages - 1); measured, the "
             "stages' mean of 1 - (forward and backward chunks) / (the schedule's run); idle "
             "1 - strong eff. (the whole step: bubble, optimizer, tied-weight and loss "

@@ -93,6 +93,7 @@ def equivalence_rank() -> dict:
         dist.barrier()
         moved = not torch.equal(before, weight.detach())
         tp = _tensor_parallel(RankInfo("tp", rank, world), BATCH)
+        tp["blocked_share"] = _blocked_share(RankInfo("tp", rank, world), BATCH)
         pp = {schedule: _pipeline(RankInfo("pp", rank, world), BATCH, schedule)
               for schedule in ("gpipe", "1f1b")}
     finally:
@@ -131,6 +132,22 @@ def _tensor_parallel(ranks: RankInfo, batch: int, steps: int = 3) -> dict:
         ("c_fc", block.mlp.c_fc), ("mlp.c_proj", block.mlp.c_proj), ("ln_1", block.ln_1))}
     return {"losses": losses, "shapes": shapes,
             "data_shard": ranks.data_shard}
+
+
+def _blocked_share(ranks: RankInfo, batch: int) -> float:
+    """The share of profiled tensor-parallel steps this rank spent blocked in communication,
+    rank 1 starting each step 50 ms late: rank 0 waits for it in the first all-reduce."""
+    from bench.measurement.communication import blocked_share
+
+    phase = _phase("gpt", ranks, batch, {"corpus_mib": 0.2, "train_steps": 2})
+    phase.step()
+
+    def step() -> object:
+        if ranks.rank == 1:
+            time.sleep(0.05)
+        return phase.step()
+
+    return blocked_share(step)
 
 
 @pytest.fixture(scope="module")
@@ -173,6 +190,10 @@ def test_tensor_parallel_at_world_2_trains_to_the_single_process_losses(world_of
                                 "c_fc": (4 * d // 2, d), "mlp.c_proj": (d, 4 * d // 2),
                                 "ln_1": (d,)}
     assert single["shapes"]["c_attn"] == (3 * d, d)
+    # Exposed communication under tp (profiled): rank 0 waits out rank 1's late start
+    # (50 ms of a step of a few ms) inside the all-reduces; rank 1 hardly waits.
+    waiting, late = (world_of_two[rank]["tp"]["blocked_share"] for rank in (0, 1))
+    assert 0.3 < waiting <= 1 and 0 <= late < waiting
     assert single["losses"][-1] < single["losses"][0]
 
 
