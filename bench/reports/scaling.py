@@ -21,7 +21,7 @@ from bench.reports.text import csv_text
 from bench.results.schema import CaseResult, RunRecord
 
 # Axes that tell the cases of one scaling series apart (everything else must match).
-SERIES_AXES = ("parallel", "world_size", "batch_size")
+SERIES_AXES = ("parallel", "world_size", "tp_size", "batch_size")
 
 
 @dataclass(frozen=True)

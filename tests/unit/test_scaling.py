@@ -87,3 +87,20 @@ def test_model_parallel_ranks_share_a_batch_and_a_pipeline_shows_its_bubble():
     assert tp.strong_reference is None  # no world-1 case at 8; never the one at 2 x 8
     # 1/5 theoretical; the stages' mean idle share; 1 - 0.625 the whole step's
     assert "20% / 25% / 38%" in render_scaling(record)
+
+
+def test_a_two_dimensional_case_scales_against_one_process_at_its_data_parallel_batch():
+    """fsdp2_tp at world 4, tp_size 2: two groups train on different slices, so strong
+    scaling compares with one process at 2 x b; its tp_size axis does not start a series
+    of its own (the parallel=none cases are its references)."""
+    two_d = _case("fsdp2_tp", 4, 8, 0.040)
+    two_d.axes["tp_size"] = 2
+    two_d.parallel = dataclasses.replace(two_d.parallel, global_batch=16,
+                                         data_parallel_size=2)
+    two_d.throughput = ThroughputResult(16 / 0.040, 16 / 0.040, 16 / 0.040, "samples/s", 16,
+                                        "test")
+    record = run(_case("none", 1, 8, 0.010), _case("none", 1, 16, 0.018), two_d)
+    (row,) = scaling(record)
+    assert row.strong_reference == "gpt/train[parallel=none,world_size=1,batch_size=16]"
+    assert row.strong == pytest.approx(0.018 / (4 * 0.040))
+    assert row.weak == pytest.approx((16 / 0.040) / (4 * 8 / 0.010))
