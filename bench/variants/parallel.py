@@ -47,7 +47,10 @@ MODEL_PARALLEL_MODES = ("tp", "pp", "fsdp2_tp")
 # The tensor-parallel group size fsdp2_tp takes unless the case's tp_size says otherwise.
 DEFAULT_TP_SIZE = 2
 # torch.distributed.pipelining's schedules by axis value.
-PIPELINE_SCHEDULES = {"gpipe": "ScheduleGPipe", "1f1b": "Schedule1F1B"}
+PIPELINE_SCHEDULES = {"gpipe": "ScheduleGPipe", "1f1b": "Schedule1F1B",
+                      "interleaved_1f1b": "ScheduleInterleaved1F1B"}
+# Stages each rank holds under a schedule (interleaved: looped, rank r the stages r, r + N...).
+STAGES_PER_RANK = {"interleaved_1f1b": 2}
 PARALLEL_HELP = {
     "none": "one process",
     "ddp": "DistributedDataParallel: full replicas, gradients all-reduced",
@@ -248,9 +251,10 @@ def _share_parameters(model: nn.Module, ranks: RankInfo) -> None:
 
 
 class Pipeline:
-    """This rank's stage of a pipeline over a model that names its stages
+    """This rank's stages of a pipeline over a model that names its stages
     (``pipeline_stage(stage, stages)``, ``tied_weight()``): torch.distributed.pipelining's
-    PipelineStage under the schedule asked for, one stage per rank, ``microbatches``
+    PipelineStage under the schedule asked for, one stage per rank (gpipe, 1f1b) or two in
+    a loop (interleaved_1f1b: rank r of N holds stages r and r + N), ``microbatches``
     micro-batches per step (gradients scaled by 1 / microbatches: the batch's mean loss).
 
     Every rank holds the whole model and trains its stage's parameters in place; the
@@ -262,32 +266,46 @@ class Pipeline:
                  schedule: str, loss_fn: object) -> None:
         import torch  # kept out of start-up
         import torch.distributed as dist
+        from torch import nn
         from torch.distributed import pipelining
 
         self.model, self.ranks = model, ranks
-        stages = ranks.world_size
+        world, self.per_rank = ranks.world_size, STAGES_PER_RANK.get(schedule, 1)
+        stages = world * self.per_rank
         self.stages = [model.pipeline_stage(s, stages) for s in range(stages)]
-        self.module = self.stages[ranks.rank]
-        self.first, self.last = ranks.rank == 0, ranks.rank == stages - 1
-        stage = pipelining.PipelineStage(self.module, ranks.rank, stages, torch.device(device))
+        self.own = [ranks.rank + k * world for k in range(self.per_rank)]
+        mine = [self.stages[s] for s in self.own]
+        self.module = mine[0] if len(mine) == 1 else nn.ModuleList(mine)
+        self.first, self.last = ranks.rank == 0, ranks.rank == world - 1
+        runtime = [pipelining.PipelineStage(self.stages[s], s, stages, torch.device(device))
+                   for s in self.own]
         self.clock = _SpanClock(device)
-        # This stage's compute: its forward and backward of each micro-batch (the schedule
+        # This rank's compute: its forward and backward of each micro-batch (the schedule
         # waits on the other stages between them).
-        for chunk in ("forward_one_chunk", "backward_one_chunk"):
-            setattr(stage, chunk, self.clock.timed(getattr(stage, chunk)))
+        for stage in runtime:
+            for chunk in ("forward_one_chunk", "backward_one_chunk"):
+                setattr(stage, chunk, self.clock.timed(getattr(stage, chunk)))
+        # Gradients scaled here, once per parameter: the schedule scales each stage's own,
+        # twice for the tied weight when one rank holds the first and the last stage.
         self.schedule = getattr(pipelining, PIPELINE_SCHEDULES[schedule])(
-            stage, microbatches, loss_fn=loss_fn)
+            runtime if self.per_rank > 1 else runtime[0], microbatches, loss_fn=loss_fn,
+            scale_grads=False)
         self.microbatches, self.schedule_name = microbatches, schedule
-        ends = sorted({0, stages - 1})
+        ends = sorted({0, world - 1})
         self.tie_group = None if len(ends) == 1 else \
-            dist.group.WORLD if stages == 2 else dist.new_group(ends)
+            dist.group.WORLD if world == 2 else dist.new_group(ends)
 
     @property
     def theoretical_bubble(self) -> float:
         """The idle share of a step in a synchronous schedule (GPipe's and 1F1B's alike):
-        (stages - 1) / (microbatches + stages - 1)."""
-        stages = len(self.stages)
-        return (stages - 1) / (self.microbatches + stages - 1)
+        (ranks - 1) / (microbatches + ranks - 1); interleaved over v stages per rank,
+        (ranks - 1) / (v x microbatches + ranks - 1) (Narayanan et al., 2021)."""
+        ranks = self.ranks.world_size
+        return (ranks - 1) / (self.per_rank * self.microbatches + ranks - 1)
+
+    def owner(self, stage: int) -> int:
+        """The rank that trains stage ``stage``."""
+        return stage % self.ranks.world_size
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Forward and backward of one batch through the pipeline; the batch's mean loss
@@ -299,12 +317,15 @@ class Pipeline:
         args = (x,) if self.first else ()
         targets = {"target": y, "losses": losses} if self.last else {}
         self.clock.timed(self.schedule.step, whole=True)(*args, **targets)
+        for p in self.module.parameters():  # unique: the batch's mean loss
+            if p.grad is not None:
+                p.grad.div_(self.microbatches)
         if self.tie_group is not None and (self.first or self.last):
             tied = self.model.tied_weight()
             dist.all_reduce(tied.grad, group=self.tie_group)
         loss = torch.stack(losses).mean().detach() if self.last else \
             torch.zeros((), device=x.device)
-        dist.broadcast(loss, src=len(self.stages) - 1)
+        dist.broadcast(loss, src=self.owner(len(self.stages) - 1))
         return loss
 
     def bubbles(self) -> list[float]:
@@ -320,12 +341,12 @@ class Pipeline:
         import torch.distributed as dist
 
         done: set[int] = set()
-        for owner, stage in enumerate(self.stages):
+        for index, stage in enumerate(self.stages):
             for p in stage.parameters():
                 if id(p) not in done:
                     done.add(id(p))
                     with torch.no_grad():
-                        dist.broadcast(p.data, src=owner)
+                        dist.broadcast(p.data, src=self.owner(index))
 
 
 SPAN_STEPS_KEPT = 4096

@@ -44,6 +44,7 @@ from bench.variants.backends import BACKENDS, COMPILE_MODES, training_backend_ax
 from bench.variants.parallel import (
     DEFAULT_TP_SIZE,
     PIPELINE_SCHEDULES,
+    STAGES_PER_RANK,
     Pipeline,
     parallelize,
 )
@@ -377,22 +378,25 @@ class GPTTrain(GPTPhase, EvaluatedTraining):
         return saved_activation_bytes(self.model, *micro, self.ctx)
 
     def _stage_activations(self, x: torch.Tensor, y: torch.Tensor) -> int:
-        """Bytes this rank's stage saves for backward over one micro-batch: its input made
-        here by the earlier stages (no communication), its output summed as a stand-in
-        loss where the stage has no head."""
+        """Bytes this rank's stages save for backward over one micro-batch each: a stage's
+        input made here by the earlier stages (no communication), its output summed as a
+        stand-in loss where the stage has no head."""
         pipeline = self.pipeline
         size = max(1, len(x) // pipeline.microbatches)
-        hidden = x[:size]
-        with torch.no_grad():
-            for earlier in pipeline.stages[:self.ctx.ranks.rank]:
-                hidden = earlier(hidden)
-        stage = pipeline.module
+        total = 0
+        for index in pipeline.own:
+            hidden = x[:size]
+            with torch.no_grad():
+                for earlier in pipeline.stages[:index]:
+                    hidden = earlier(hidden)
+            stage = pipeline.stages[index]
 
-        def forward_loss() -> torch.Tensor:
-            out = stage(hidden)
-            return next_token_loss(out, y[:size]) if pipeline.last else out.float().sum()
+            def forward_loss(stage=stage, hidden=hidden) -> torch.Tensor:
+                out = stage(hidden)
+                return next_token_loss(out, y[:size]) if stage.last else out.float().sum()
 
-        return activation_bytes(stage, forward_loss, self.ctx.precision, self.ctx.device)
+            total += activation_bytes(stage, forward_loss, self.ctx.precision, self.ctx.device)
+        return total
 
     def run_outcome(self, final: dict[str, float]) -> Outcome:
         details = {"corpus": self.corpus, "train_steps": self.trainer.steps,
@@ -417,8 +421,9 @@ class GPTTrain(GPTPhase, EvaluatedTraining):
                 "schedule": self.pipeline.schedule_name,
                 "blocks": [len(s.blocks) for s in self.pipeline.stages],
                 "bubble_theoretical": self.pipeline.theoretical_bubble,
-                "bubble_formula": "(stages - 1) / (microbatches + stages - 1)",
-                "memory_split": "this rank's stage (rank 0: the embeddings and its blocks)"}
+                "stages_per_rank": self.pipeline.per_rank,
+                "bubble_formula": "(ranks - 1) / (stages_per_rank x microbatches + ranks - 1)",
+                "memory_split": "this rank's stages (rank 0: the embeddings and its blocks)"}
         return outcome
 
 
@@ -506,7 +511,8 @@ class Gpt(Workload):
             "pp_schedule": Setting("pp_schedule", str, "1f1b", choices=tuple(PIPELINE_SCHEDULES),
                                    phases=("train",),
                                    help="parallel=pp: torch.distributed.pipelining's "
-                                        "ScheduleGPipe or Schedule1F1B"),
+                                        "ScheduleGPipe, Schedule1F1B or "
+                                        "ScheduleInterleaved1F1B (two stages per rank)"),
         })
         # The generate phase's axes; backend and compile_mode are gpt's own (every phase).
         generation = generation_axes()
@@ -583,9 +589,15 @@ GENERATE_PERPLEXITY_BYTES = 4096
 def _pipeline_unsupported(case) -> str | None:
     a = case.axes
     blocks, world, micro = CONFIGS[a["model"]].n_layer, a["world_size"], a["microbatches"]
-    if world > blocks:
+    per_rank = STAGES_PER_RANK.get(a["pp_schedule"], 1)
+    if world * per_rank > blocks:
         return f"parallel=pp puts whole blocks in each stage: {blocks} blocks make at most " \
-               f"{blocks} stages, not world_size {world}"
+               f"{blocks} stages, not world_size {world} x {per_rank} stage(s) per rank " \
+               f"(pp_schedule={a['pp_schedule']})"
+    rounds = max(1, micro // world)
+    if per_rank > 1 and micro % rounds:
+        return f"pp_schedule={a['pp_schedule']} runs microbatches in rounds of world_size: " \
+               f"{micro} micro-batches do not split into {rounds} equal rounds"
     if a["batch_size"] % micro:
         return f"parallel=pp splits batch_size {a['batch_size']} into {micro} equal " \
                "micro-batches: make it a multiple"
