@@ -117,8 +117,10 @@ def _pipeline(ranks: RankInfo, batch: int, schedule: str, steps: int = 3,
                    for name, _ in stage.named_parameters()})
     blocks = [i for i, block in enumerate(phase.model.blocks)
               if any(block is mine for stage in stages for mine in stage.blocks)]
+    flops = phase.flop_count()
     evaluated = phase.evaluate()
     return {"losses": losses, "held": held, "blocks": blocks, "bpb": evaluated,
+            "flops": (flops.counted_per_step, flops.analytic_per_step),
             "bubbles": phase.pipeline_bubbles()}
 
 
@@ -214,6 +216,10 @@ def test_pipeline_parallel_at_2_stages_trains_to_the_single_process_losses(world
     assert (first["held"], first["blocks"]) == (["blocks", "wpe", "wte"], [0])
     assert (last["held"], last["blocks"]) == (["blocks", "lm_head", "ln_f"], [1])
     assert first["bpb"] == last["bpb"]
+    # FLOPs per device: the whole model's over the batch, over the 2 ranks.
+    whole = _phase("gpt", RankInfo(), BATCH, {"corpus_mib": 0.2, "train_steps": 2}).flop_count()
+    assert first["flops"] == last["flops"] == pytest.approx(
+        (whole.counted_per_step / 2, whole.analytic_per_step / 2))
     for stage in (first, last):  # each step's measured idle share of the schedule
         assert len(stage["bubbles"]) == 3 and all(0 <= b < 1 for b in stage["bubbles"])
 
