@@ -116,7 +116,8 @@ def process_group_backend(device: str) -> str:
 def unsupported_reason(mode: str, world_size: int, backend: str, precision: str) -> str | None:
     """Combinations this module does not build (the plan skips them with this reason)."""
     if mode == "none" and world_size != 1:
-        return f"parallel=none runs one process (world_size {world_size} needs ddp or fsdp2)"
+        return f"parallel=none runs one process (world_size {world_size} needs a parallel " \
+               f"mode: {', '.join(m for m in PARALLEL_MODES if m != 'none')})"
     if mode != "none" and backend != "eager":
         return f"parallel={mode} is measured on the eager backend (backend={backend} not built)"
     if mode != "none" and precision not in ("fp32", "bf16", "tf32"):
