@@ -253,7 +253,8 @@ def _share_parameters(model: nn.Module, ranks: RankInfo) -> None:
 
 class Pipeline:
     """This rank's stages of a pipeline over a model that names its stages
-    (``pipeline_stage(stage, stages)``, ``tied_weight()``): torch.distributed.pipelining's
+    (``pipeline_stage(stage, stages)``; ``tied_weight()`` if the first and the last stage
+    share one): torch.distributed.pipelining's
     PipelineStage under the schedule asked for, one stage per rank (gpipe, 1f1b) or two in
     a loop (interleaved_1f1b: rank r of N holds stages r and r + N), ``microbatches``
     micro-batches per step (gradients scaled by 1 / microbatches: the batch's mean loss).
@@ -293,7 +294,8 @@ class Pipeline:
             scale_grads=False)
         self.microbatches, self.schedule_name = microbatches, schedule
         ends = sorted({0, world - 1})
-        self.tie_group = None if len(ends) == 1 else \
+        self.tied = getattr(model, "tied_weight", None)  # a weight first and last share
+        self.tie_group = None if len(ends) == 1 or self.tied is None else \
             dist.group.WORLD if world == 2 else dist.new_group(ends)
 
     @property
@@ -322,8 +324,7 @@ class Pipeline:
             if p.grad is not None:
                 p.grad.div_(self.microbatches)
         if self.tie_group is not None and (self.first or self.last):
-            tied = self.model.tied_weight()
-            dist.all_reduce(tied.grad, group=self.tie_group)
+            dist.all_reduce(self.tied().grad, group=self.tie_group)
         loss = torch.stack(losses).mean().detach() if self.last else \
             torch.zeros((), device=x.device)
         dist.broadcast(loss, src=self.owner(len(self.stages) - 1))

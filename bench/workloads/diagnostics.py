@@ -122,26 +122,36 @@ class FaultTrainPhase(FaultPhase):
     def __init__(self, case, ctx: RunContext) -> None:
         import torch  # kept out of start-up (the infer phase needs none)
 
-        from bench.variants.parallel import parallelize
-        from bench.workloads._training import BatchStream, Trainer
+        from bench.variants.parallel import Pipeline, parallelize
+        from bench.workloads._training import BatchStream, PipelineTrainer, Trainer
 
         super().__init__(case.axes["fault"], case.params["after_steps"],
                          case.params["chunk_mib"])
         self.faulty = ctx.ranks.rank == case.params["fault_rank"]
         torch.manual_seed(ctx.seed)
-        model = parallelize(_split_mlp(), ctx.ranks, ctx.device)
         x, y = torch.randn(4096, 16), torch.randn(4096, 1)
-        self.trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.01),
-                               torch.nn.functional.mse_loss,
-                               BatchStream(x, y, case.batch_size, ctx.seed,
-                                           shard=ctx.ranks.data_shard),
-                               1, ctx.precision, ctx.device)
+        stream = BatchStream(x, y, case.batch_size, ctx.seed, shard=ctx.ranks.data_shard)
+        loss = torch.nn.functional.mse_loss
+        if ctx.ranks.mode == "pp":  # a fault in one stage strands the other in its recv
+            pipeline = Pipeline(_split_mlp(), ctx.ranks, ctx.device, PIPELINE_MICROBATCHES,
+                                "1f1b", loss)
+            optimizer = torch.optim.SGD(pipeline.module.parameters(), lr=0.01)
+            self.trainer = PipelineTrainer(pipeline, optimizer, stream, ctx.precision,
+                                           ctx.device)
+        else:
+            model = parallelize(_split_mlp(), ctx.ranks, ctx.device)
+            self.trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.01), loss,
+                                   stream, 1, ctx.precision, ctx.device)
         self.samples_per_step = self.trainer.samples_per_step
 
     def step(self) -> object:
         if self.faulty:
             super().step()
         return self.trainer.step()
+
+
+# parallel = pp: each batch in this many micro-batches through the fault MLP's stages.
+PIPELINE_MICROBATCHES = 2
 
 
 def _split_mlp():  # noqa: ANN202 - a torch module; torch is imported on use
@@ -157,6 +167,11 @@ def _split_mlp():  # noqa: ANN202 - a torch module; torch is imported on use
 
             return {"0": ColwiseParallel(), "2": RowwiseParallel()}
 
+        def pipeline_stage(self, stage: int, stages: int) -> torch.nn.Module:
+            if stages > 2:
+                raise ValueError(f"the fault MLP makes at most 2 stages, not {stages}")
+            return self if stages == 1 else self[:2] if stage == 0 else self[2:]
+
     return SplitMLP(torch.nn.Linear(16, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
 
 
@@ -165,7 +180,7 @@ class Fault(Workload):
     name = "fault"
     description = "injects a crash, hang, memory blow-up or exception: checks isolation"
     phases = ("infer", "train")
-    model_parallel = ("tp",)  # its MLP's tensor_parallel_plan
+    model_parallel = ("tp", "pp")  # its MLP's tensor_parallel_plan and pipeline_stage
 
     @classmethod
     def axes(cls) -> dict[str, Setting]:

@@ -333,7 +333,8 @@ def _spawned_ranks(mark: str) -> set[int]:
     return found
 
 
-@pytest.mark.parametrize("mode", ["ddp", pytest.param("tp", marks=pytest.mark.heavy)])
+@pytest.mark.parametrize("mode", ["ddp", pytest.param("tp", marks=pytest.mark.heavy),
+                                  pytest.param("pp", marks=pytest.mark.heavy)])
 def test_a_rank_that_raises_fails_its_case_with_that_ranks_traceback(marked, mode):
     result = run_isolated(_case("fault", {"fault": "raise", "parallel": mode, "world_size": 2},
                                 {"fault_rank": 1}))
@@ -343,7 +344,8 @@ def test_a_rank_that_raises_fails_its_case_with_that_ranks_traceback(marked, mod
     assert _spawned_ranks(marked) == set()
 
 
-@pytest.mark.parametrize("mode", ["ddp", pytest.param("tp", marks=pytest.mark.heavy)])
+@pytest.mark.parametrize("mode", ["ddp", pytest.param("tp", marks=pytest.mark.heavy),
+                                  pytest.param("pp", marks=pytest.mark.heavy)])
 def test_a_hung_rank_times_the_case_out_and_no_rank_is_left_running(marked, mode):
     started = time.monotonic()
     result = run_isolated(_case("fault", {"fault": "hang", "parallel": mode, "world_size": 2},
