@@ -20,8 +20,9 @@ from tabulate import tabulate
 from bench.reports.text import csv_text
 from bench.results.schema import CaseResult, RunRecord
 
-# Axes that tell the cases of one scaling series apart (everything else must match).
-SERIES_AXES = ("parallel", "world_size", "tp_size", "batch_size")
+# Axes that tell the cases of one scaling series apart (everything else must match): their
+# layout over ranks, whose reference is one process.
+SERIES_AXES = ("parallel", "world_size", "tp_size", "sequence_parallel", "batch_size")
 
 
 @dataclass(frozen=True)

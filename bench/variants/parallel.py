@@ -77,13 +77,14 @@ class RankInfo:
     world_size: int = 1
     local_rank: int = 0
     tp_size: int = DEFAULT_TP_SIZE  # fsdp2_tp's tensor-parallel group size
+    sequence_parallel: bool = False  # tp, fsdp2_tp: the residual stream split by tokens
 
     @classmethod
     def of_case(cls, case: object, rank: int, world_size: int, local_rank: int = 0) -> RankInfo:
         """Where rank ``rank`` of ``world_size`` stands in a case (a CaseSpec) of its mode."""
         axes = getattr(case, "axes", {})
         return cls(getattr(case, "parallel", "none"), rank, world_size, local_rank,
-                   axes.get("tp_size", DEFAULT_TP_SIZE))
+                   axes.get("tp_size", DEFAULT_TP_SIZE), bool(axes.get("sequence_parallel")))
 
     @property
     def distributed(self) -> bool:
@@ -168,13 +169,19 @@ def parallelize(model: nn.Module, ranks: RankInfo, device: str) -> nn.Module:
         if plan is None:
             raise ValueError(f"{type(model).__name__} names no tensor_parallel_plan")
         mesh = init_device_mesh(device, (ranks.world_size,))
-        return parallelize_module(model, mesh, plan(ranks.world_size))
+        return parallelize_module(model, mesh, _plan(plan, ranks))
     if ranks.mode == "fsdp2_tp":
         return _fsdp2_over_tensor_parallel(model, ranks, device)
     if ranks.mode == "hogwild":
         _share_parameters(model, ranks)
         return model
     raise ValueError(f"unknown parallel mode {ranks.mode!r} (valid: {PARALLEL_MODES})")
+
+
+def _plan(plan: Callable[..., dict[str, object]], ranks: RankInfo) -> dict[str, object]:
+    """The model's tensor-parallel plan for this rank's group, sequence-parallel if asked."""
+    size = ranks.tensor_parallel_size
+    return plan(size, sequence_parallel=True) if ranks.sequence_parallel else plan(size)
 
 
 def _fsdp2_over_tensor_parallel(model: nn.Module, ranks: RankInfo, device: str) -> nn.Module:
@@ -191,7 +198,7 @@ def _fsdp2_over_tensor_parallel(model: nn.Module, ranks: RankInfo, device: str) 
         raise ValueError(f"{type(model).__name__} names no tensor_parallel_plan and fsdp_units")
     tp = ranks.tensor_parallel_size
     mesh = init_device_mesh(device, (ranks.world_size // tp, tp), mesh_dim_names=("dp", "tp"))
-    parallelize_module(model, mesh["tp"], plan(tp))
+    parallelize_module(model, mesh["tp"], _plan(plan, ranks))
     for unit in units():
         fully_shard(unit, mesh=mesh["dp"])
     fully_shard(model, mesh=mesh["dp"])

@@ -526,6 +526,11 @@ class Gpt(Workload):
                                help="parallel=fsdp2_tp: ranks in each tensor-parallel group "
                                     "(the mesh's inner dimension); world_size / tp_size "
                                     "groups shard with fsdp2 and split the batch"),
+            "sequence_parallel": Setting("sequence_parallel", bool, False, phases=("train",),
+                                         help="parallel=tp or fsdp2_tp: the residual stream "
+                                              "and the norms split along the sequence "
+                                              "(all-gather into attention and MLP, "
+                                              "reduce-scatter out of them)"),
             "pp_schedule": Setting("pp_schedule", str, "1f1b", choices=tuple(PIPELINE_SCHEDULES),
                                    phases=("train",),
                                    help="parallel=pp: torch.distributed.pipelining's "
@@ -589,6 +594,8 @@ class Gpt(Workload):
                    f"{axis} {ranks} does not divide them"
         if mode in split and case.axes.get("checkpointing"):
             return f"parallel={mode} with activation checkpointing is not built"
+        if case.axes.get("sequence_parallel"):
+            return _sequence_parallel_unsupported(case, mode, split)
         if case.axes.get("parallel") == "pp":
             return _pipeline_unsupported(case)
         return None
@@ -602,6 +609,17 @@ class Gpt(Workload):
 
 # Bytes of validation text perplexity reads unless perplexity_tokens says otherwise.
 GENERATE_PERPLEXITY_BYTES = 4096
+
+
+def _sequence_parallel_unsupported(case, mode: str, split: dict) -> str | None:
+    if mode not in split:
+        return f"sequence_parallel splits tensor-parallel ranks' tokens: parallel={mode} " \
+               f"has none (valid: {', '.join(split)})"
+    context, (axis, ranks) = CONFIGS[case.axes["model"]].block_size, split[mode]
+    if context % ranks:
+        return f"sequence_parallel splits the context of {context} tokens over the " \
+               f"ranks: {axis} {ranks} does not divide it"
+    return None
 
 
 def _pipeline_unsupported(case) -> str | None:

@@ -132,24 +132,58 @@ class GPT(nn.Module):
         """The weight the first stage's embedding and the last stage's head share."""
         return self.wte.weight
 
-    def tensor_parallel_plan(self, world: int) -> dict[str, object]:
+    def tensor_parallel_plan(self, world: int,
+                             sequence_parallel: bool = False) -> dict[str, object]:
         """Megatron-style tensor parallelism for ``parallelize_module``: in each block, the
         attention's qkv and the MLP's first layer split column-wise (each rank its heads,
         its quarter of the hidden units), their output projections row-wise (partial sums
         all-reduced); embeddings, norms and the tied head replicated. Reorders c_attn's
-        rows first (CausalSelfAttention.group_heads_by_rank)."""
+        rows first (CausalSelfAttention.group_heads_by_rank).
+
+        With ``sequence_parallel`` (Korthikanti et al., 2022; torchtitan's plan), the
+        residual stream between the blocks is split along the sequence instead: the norms
+        run on each rank's tokens (SequenceParallel), attention and MLP all-gather their
+        input and reduce-scatter their output (row-wise layers with Shard(1) outputs); the
+        embeddings' sum is split on entering the first block and gathered again for the
+        tied head, which stays replicated with the embedding it shares."""
         # On use: only a tensor-parallel case loads torch.distributed.tensor.
-        from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
+        from torch.distributed.tensor import Replicate, Shard
+        from torch.distributed.tensor.parallel import (
+            ColwiseParallel,
+            PrepareModuleInput,
+            RowwiseParallel,
+            SequenceParallel,
+        )
 
         if self.cfg.n_head % world:
             raise ValueError(f"{self.cfg.n_head} heads do not split over {world} ranks")
+        if sequence_parallel and self.cfg.block_size % world:
+            raise ValueError(f"a context of {self.cfg.block_size} does not split over {world} "
+                             "ranks")
+        out = {"output_layouts": Shard(1)} if sequence_parallel else {}
         plan: dict[str, object] = {}
         for i, block in enumerate(self.blocks):
             block.attn.group_heads_by_rank(world)
             plan.update({f"blocks.{i}.attn.c_attn": ColwiseParallel(),
-                         f"blocks.{i}.attn.c_proj": RowwiseParallel(),
+                         f"blocks.{i}.attn.c_proj": RowwiseParallel(**out),
                          f"blocks.{i}.mlp.c_fc": ColwiseParallel(),
-                         f"blocks.{i}.mlp.c_proj": RowwiseParallel()})
+                         f"blocks.{i}.mlp.c_proj": RowwiseParallel(**out)})
+            if sequence_parallel:
+                gather = PrepareModuleInput(input_layouts=(Shard(1),),
+                                            desired_input_layouts=(Replicate(),))
+                plan.update({f"blocks.{i}.ln_1": SequenceParallel(),
+                             f"blocks.{i}.attn": gather,
+                             f"blocks.{i}.ln_2": SequenceParallel(),
+                             f"blocks.{i}.mlp": gather})
+        if sequence_parallel:
+            plan.update({
+                "blocks.0": PrepareModuleInput(input_layouts=(Replicate(),),
+                                               desired_input_layouts=(Shard(1),),
+                                               use_local_output=True),
+                "ln_f": SequenceParallel(),
+                "lm_head": PrepareModuleInput(input_layouts=(Shard(1),),
+                                              desired_input_layouts=(Replicate(),),
+                                              use_local_output=True)})
         return plan
 
     def non_embedding_parameters(self) -> int:

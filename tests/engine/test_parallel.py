@@ -95,6 +95,8 @@ def equivalence_rank() -> dict:
         moved = not torch.equal(before, weight.detach())
         tp = _tensor_parallel(RankInfo("tp", rank, world), BATCH)
         tp["blocked_share"] = _blocked_share(RankInfo("tp", rank, world), BATCH)
+        tp["sequence_parallel"] = _tensor_parallel(
+            RankInfo("tp", rank, world, sequence_parallel=True), BATCH)
         pp = {schedule: _pipeline(RankInfo("pp", rank, world), BATCH, schedule)
               for schedule in ("gpipe", "1f1b")}
     finally:
@@ -130,12 +132,15 @@ def _tensor_parallel(ranks: RankInfo, batch: int, steps: int = 3, model: str = "
     from bench.variants.parallel import local_tensor
 
     phase = _phase("gpt", ranks, batch, {"corpus_mib": 0.2, "train_steps": 2}, model)
+    between: list[tuple[int, ...]] = []  # what the second block is handed: the residual
+    last = phase.trainer.model.blocks[-1]
+    last.register_forward_pre_hook(lambda _, args: between.append(tuple(args[0].shape)))
     losses = [float(phase.step().detach()) for _ in range(steps)]
     block = phase.trainer.model.blocks[0]
     shapes = {name: tuple(local_tensor(module.weight).shape) for name, module in (
         ("c_attn", block.attn.c_attn), ("attn.c_proj", block.attn.c_proj),
         ("c_fc", block.mlp.c_fc), ("mlp.c_proj", block.mlp.c_proj), ("ln_1", block.ln_1))}
-    return {"losses": losses, "shapes": shapes,
+    return {"losses": losses, "shapes": shapes, "residual": between[-1],
             "data_shard": ranks.data_shard}
 
 
@@ -195,6 +200,12 @@ def test_tensor_parallel_at_world_2_trains_to_the_single_process_losses(world_of
                                 "c_fc": (4 * d // 2, d), "mlp.c_proj": (d, 4 * d // 2),
                                 "ln_1": (d,)}
     assert single["shapes"]["c_attn"] == (3 * d, d)
+    # Sequence parallel: the same losses, each rank holding half the tokens between blocks.
+    for rank in (0, 1):
+        sp = world_of_two[rank]["tp"]["sequence_parallel"]
+        assert sp["losses"] == pytest.approx(single["losses"], rel=1e-5)
+        assert sp["residual"] == (BATCH, 64 // 2, d)
+        assert world_of_two[rank]["tp"]["residual"] == single["residual"] == (BATCH, 64, d)
     # Exposed communication under tp (profiled): rank 0 waits out rank 1's late start
     # (50 ms of a step of a few ms) inside the all-reduces; rank 1 hardly waits.
     waiting, late = (world_of_two[rank]["tp"]["blocked_share"] for rank in (0, 1))
