@@ -16,8 +16,13 @@ def parse_select(items: list[str] | None, option: str = "--select") -> dict[str,
         key, sep, values = item.partition("=")
         if not sep or not key or not values:
             raise BenchInputError(option, f"expected AXIS=VALUE[,VALUE...], got {item!r}")
-        select.setdefault(key, set()).update(values.split(","))
+        select.setdefault(key, set()).update(_as_in_case_ids(v) for v in values.split(","))
     return select
+
+
+def _as_in_case_ids(value: str) -> str:
+    """A value as case ids spell it: a boolean as TOML writes it (true) or Python (True)."""
+    return {"true": "True", "false": "False"}.get(value.lower(), value)
 
 
 def matrix_combinations(bench: BenchmarkSpec) -> list[tuple[Any, ...]]:

@@ -242,3 +242,15 @@ def test_an_absurd_memory_limit_is_refused_in_one_line(write_suite):
         load_suite(write_suite('[budget]\nmemory_limit_mib = 1e9\n[[benchmark]]\n'
                                'workload = "sleep"\nphase = "infer"\n'))
     assert "memory_limit_mib" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_select_takes_booleans_as_toml_writes_them():
+    """--select sequence_parallel=true named a value the suite has (TOML's true) and was
+    refused: case ids spell it True."""
+    from bench.spec.expand import expand_suite, parse_select
+
+    suite = load_suite(REPO / "suites" / "parallel.toml")
+    for spelling in ("true", "True"):
+        picked = expand_suite(suite, parse_select([f"sequence_parallel={spelling}"]))
+        assert picked and all(c.axes.get("sequence_parallel", True) for c in picked)
+        assert any(c.axes.get("sequence_parallel") is True for c in picked)
