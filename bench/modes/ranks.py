@@ -37,7 +37,12 @@ import torch
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from bench.measurement.communication import METHOD as COMMUNICATION_METHOD
-from bench.measurement.communication import blocked_share
+from bench.measurement.communication import (
+    PAIRED_ROUNDS,
+    PairedDifference,
+    blocked_share,
+    paired_difference,
+)
 from bench.measurement.flops import FlopCount
 from bench.measurement.lockstep import (
     LockstepPhase,
@@ -106,7 +111,7 @@ class LeadRun:
     sample_unit: str
     outcome: Outcome
     memory: MemoryResult | None
-    no_sync_median_s: float | None = None
+    no_sync: PairedDifference | None = None  # ddp, fsdp2, fsdp2_tp
     # tp on a CPU: the share of profiled steps rank 0 spent blocked in communication.
     blocked_share: float | None = None
     flops: FlopCount | None = None
@@ -167,16 +172,16 @@ def _sampled(case: CaseSpec, phase: Any, trainer: Any, ranks: RankInfo, control:
     split = memory_split(trainer.model, trainer.optimizer, 0)
     no_sync = None
     if ranks.mode in ("ddp", "fsdp2", "fsdp2_tp"):
-        quick = dataclasses.replace(case.budget, max_trials=case.budget.min_trials,
-                                    max_time_s=case.budget.max_time_s / 2)
-
         def unsynced() -> object:
             with no_gradient_sync(trainer.model, ranks):
                 return phase.step()
 
+        # Blocks about a trial long; every rank reads the same (lock-step) durations.
+        steps = max(1, round(case.budget.trial_time_s / measurement.summary.median))
         with phase.session():
-            no_sync = measure(unsynced, LockstepTimer(timer_for(case.device), control), quick,
-                              clock=collective_clock(control))
+            no_sync = paired_difference(phase.step, unsynced,
+                                        LockstepTimer(timer_for(case.device), control).time_block,
+                                        steps)
     blocked = None
     if ranks.mode == "tp" and case.device == "cpu":  # no step without its communication
         with phase.session():
@@ -192,8 +197,7 @@ def _sampled(case: CaseSpec, phase: Any, trainer: Any, ranks: RankInfo, control:
                                   + _across(case, ranks.world_size)),
             warnings=list(measurement.warnings), samples_per_step=phase.samples_per_step,
             sample_unit=phase.sample_unit, outcome=outcome, memory=None,
-            no_sync_median_s=no_sync.summary.median if no_sync is not None else None,
-            blocked_share=blocked, flops=flops)
+            no_sync=no_sync, blocked_share=blocked, flops=flops)
     return RankTimed(blocks[-len(measurement.trials):], split,
                      measurement.steps_run * phase.samples_per_step, lead, bubble)
 
@@ -284,8 +288,10 @@ def rank_main(case_data: dict[str, Any]) -> list[RankRun] | None:
 METHOD = ("step time: per step the slowest rank's (all-reduce MAX of each block's per-step "
           "durations); straggler spread: per step (slowest - fastest) / slowest over the "
           "ranks' own durations, median and max over the timed steps; exposed "
-          "communication: median step minus the median of the same step with gradient sync "
-          "off (ddp: no_sync(), the all-reduce skipped; fsdp2: "
+          "communication: the step minus the same step with gradient sync off, in "
+          f"{PAIRED_ROUNDS} paired rounds of a block (about a trial) of each, ABBA order, "
+          "the mean difference with its Student-t 95% CI (ddp: no_sync(), the all-reduce "
+          "skipped; fsdp2: "
           "set_requires_gradient_sync(False), the reduce-scatter skipped and with it the "
           "optimizer update of the sharded parameters, its all-gathers kept; fsdp2_tp: "
           "the same over its dp mesh, the tensor-parallel activations' all-reduces kept; "
@@ -315,9 +321,8 @@ def assemble(case: CaseSpec, runs: list[RankRun], result: CaseResult, nnodes: in
                                          [r.tracked for r in runs],
                                          sum(r.samples for r in runs)))
     spread = straggler_figures([[d for t in r.local_trials for d in t] for r in runs])
-    no_sync_s = lead.no_sync_median_s
-    timing = lead.timing
-    exposed = (timing.median_s - no_sync_s) if no_sync_s else None
+    no_sync, timing = lead.no_sync, lead.timing
+    exposed = no_sync.mean_s if no_sync is not None else None
     if lead.blocked_share is not None:
         exposed = lead.blocked_share * timing.median_s
     result.parallel = ParallelResult(
@@ -327,8 +332,10 @@ def assemble(case: CaseSpec, runs: list[RankRun], result: CaseResult, nnodes: in
         samples_per_s_per_device=result.throughput.value / world,
         samples_per_s_total=result.throughput.value,
         straggler_median_spread=spread["median_spread"],
-        straggler_max_spread=spread["max_spread"], no_sync_step_s=no_sync_s,
+        straggler_max_spread=spread["max_spread"],
+        no_sync_step_s=no_sync.without_s if no_sync is not None else None,
         exposed_communication_s=exposed,
+        exposed_communication_ci_s=list(no_sync.ci_s) if no_sync is not None else None,
         ranks=[r.report for r in runs], method=METHOD, data_parallel_size=data_parallel,
         pipeline_bubble=_mean_bubble([r.report for r in runs]))
     if lead.memory is not None:

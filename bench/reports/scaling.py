@@ -100,7 +100,9 @@ def _row(s: Scaling) -> list[str]:
     exposed = ""
     if p.exposed_communication_s is not None:
         share = p.exposed_communication_s / c.timing.median_s
-        exposed = f"{p.exposed_communication_s * 1e3:.3g} ({share:.0%})"
+        interval = "" if not p.exposed_communication_ci_s else \
+            " [{:.2g}, {:.2g}]".format(*(x * 1e3 for x in p.exposed_communication_ci_s))
+        exposed = f"{p.exposed_communication_s * 1e3:.3g}{interval} ({share:.0%})"
     # The case's throughput (pooled over a time-to-accuracy case's seeds), split per device.
     total = c.throughput.value if c.throughput is not None else p.samples_per_s_total
     return [c.case_id, p.mode, f"{p.world_size} on {p.nnodes} node(s)",
@@ -121,8 +123,9 @@ def render_scaling(record: RunRecord, fmt: str = "github") -> str:
         return csv_text(list(HEADERS), rows)
     note = ("weak eff. = total throughput / (ranks x the world-1 case's at the same batch "
             "per rank); strong eff. = world-1 step time at the global batch / (ranks x "
-            "step time); exposed comm = step - the same step without gradient sync (tp: the "
-            "step's share blocked in communication, profiled); pp "
+            "step time); exposed comm = step - the same step without gradient sync, mean of "
+            "paired rounds [95% CI] (tp: the step's share blocked in communication, "
+            "profiled); pp "
             "bubble: theory (stages - 1) / (microbatches + stages - 1); measured, the "
             "stages' mean of 1 - (forward and backward chunks) / (the schedule's run); idle "
             "1 - strong eff. (the whole step: bubble, optimizer, tied-weight and loss "

@@ -200,7 +200,8 @@ def _with_data_parallel_size(case: Any) -> Any:
 
 def _v16_to_v17(data: dict[str, Any]) -> dict[str, Any]:
     # Version 17 added the measured pipeline bubble (RankReport and ParallelResult
-    # .pipeline_bubble); older files ran no pipeline with it, so it stays none.
+    # .pipeline_bubble) and exposed communication's interval; older files ran no pipeline
+    # with it and sampled no interval, so both stay none.
     return {**data, "schema_version": 17}
 
 

@@ -77,6 +77,9 @@ Versions (older files are read through ``bench.results.migrations``):
     backward chunks' time / the schedule's, median over the timed steps) and their mean
     over the stages; the ``fsdp2_tp`` mode (2-D mesh), whose ``data_parallel_size`` is
     world_size / tp_size. Absent (none) in older files, which ran no pipeline.
+    ``ParallelResult.exposed_communication_ci_s``: exposed communication is now the mean of
+    paired rounds (with and without gradient sync, interleaved), with its 95% interval;
+    older files took the difference of two separate medians and have none.
 """
 
 from __future__ import annotations
@@ -454,9 +457,11 @@ class ParallelResult:
     straggler_median_spread: float
     straggler_max_spread: float
     # The same step with its gradient communication switched off (DDP no_sync, FSDP2
-    # set_requires_gradient_sync(False)); exposed communication is the difference.
+    # set_requires_gradient_sync(False)); exposed communication is the difference, from
+    # paired rounds (schema 17), with its 95% interval (tp: profiled, no interval).
     no_sync_step_s: float | None = None
     exposed_communication_s: float | None = None
+    exposed_communication_ci_s: list[float] | None = None
     ranks: list[RankReport] = field(default_factory=list)
     method: str = ""
     # Ranks training on different data (global_batch is theirs together): world_size for

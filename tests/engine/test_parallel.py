@@ -377,6 +377,8 @@ def test_a_healthy_case_across_ranks_records_every_ranks_figures():
     assert par.samples_per_s_total == pytest.approx(2 * par.samples_per_s_per_device)
     assert result.throughput.samples_per_step == 16
     assert par.no_sync_step_s > 0 and par.exposed_communication_s is not None
+    low, high = par.exposed_communication_ci_s  # paired rounds' interval around the mean
+    assert low <= par.exposed_communication_s <= high
     assert 0 <= par.straggler_median_spread <= par.straggler_max_spread <= 1
     # The case's step is the slowest rank's, step by step: never below any rank's own.
     slowest = [max(steps) for steps in zip(*(r.step_samples_s for r in par.ranks),

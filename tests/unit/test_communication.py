@@ -20,3 +20,29 @@ def test_only_the_ranks_own_waits_in_communication_ops_count():
         ("aten::mm", 10_000.0))]
     assert blocked_seconds(events) == pytest.approx(0.044)
     assert not is_communication("gloo:recv") and is_communication("c10d::broadcast_")
+
+
+def test_paired_rounds_cancel_the_hosts_drift():
+    """A host slowing down by 0.5 ms per block throughout: blocks in ABBA order recover the
+    3 ms the sync costs exactly, where all synced blocks first and the unsynced ones after
+    (two separate samplings) would read none of it."""
+    from bench.measurement.communication import paired_difference
+
+    calls = []
+
+    def synced() -> None: ...
+
+    def unsynced() -> None: ...
+
+    def time_block(step, steps: int) -> float:
+        drift = 0.0005 * len(calls)
+        calls.append(step)
+        return steps * ((0.010 if step is synced else 0.007) + drift)
+
+    paired = paired_difference(synced, unsynced, time_block, steps=4, rounds=6)
+    assert paired.mean_s == pytest.approx(0.003, abs=1e-12)
+    assert paired.ci_s[0] <= paired.mean_s <= paired.ci_s[1] and paired.rounds == 6
+    assert calls[:4] == [synced, unsynced, unsynced, synced]
+    separate = (sum(0.010 + 0.0005 * i for i in range(6)) / 6
+                - sum(0.007 + 0.0005 * i for i in range(6, 12)) / 6)
+    assert separate == pytest.approx(0.0)  # the separate samplings: the cost hidden

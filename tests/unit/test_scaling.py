@@ -30,6 +30,7 @@ def _case(mode: str, world: int, batch: int, step_s: float):
             samples_per_s_per_device=total / step_s / world, samples_per_s_total=total / step_s,
             straggler_median_spread=0.02, straggler_max_spread=0.1, no_sync_step_s=step_s * 0.8,
             exposed_communication_s=step_s * 0.2,
+            exposed_communication_ci_s=[step_s * 0.1, step_s * 0.3],
             ranks=[RankReport(r, "h", 100 + r, step_s,
                               memory_split={"parameters_mib": 1.0 / world,
                                             "gradients_mib": 1.0 / world,
@@ -59,6 +60,7 @@ def test_weak_and_strong_efficiency_against_the_world_one_cases():
     assert "Scaling across ranks" in text
     assert "0.5/0.5/1" in text  # rank 0's sharded split
     assert "| 88%" in render_scaling(record)  # ddp's weak efficiency, 1280 / 1454.5
+    assert "| 2.5 [1.3, 3.8] (20%)" in render_scaling(record)  # ddp world 2's exposed comm
     assert "Scaling across ranks" in render_html(record)  # the plot, beside the table
 
 
