@@ -52,7 +52,7 @@ from bench.workloads.base import RunContext
 
 def _case(workload_name: str, batch: int, device: str, seq_len: int,
           allocator: str = "steady", precision: str = "fp32", backend: str = "eager",
-          model: str = "tiny") -> CaseSpec:
+          model: str = "tiny", threads: int = 0) -> CaseSpec:
     workload = get_workload(workload_name)
     phase = "train" if workload_name == "gpt" else "infer"
     params = {k: s.default for k, s in workload.params().items()
@@ -60,6 +60,8 @@ def _case(workload_name: str, batch: int, device: str, seq_len: int,
     budget = Budget(max_time_s=3.0, target_rel_ci=0.01, min_trials=10, max_trials=40,
                     allocator=allocator)
     axes = {"device": device, "precision": precision, "batch_size": batch}
+    if threads:
+        axes["threads"] = threads
     if workload_name == "minilm":
         axes["seq_len"] = seq_len
     if workload_name == "gpt":
@@ -194,7 +196,9 @@ def event_loop_median(step, device: str, min_run_time: float, block_s: float = 0
 
 def reference_worker(workload: str, batch: int, device: str, seq_len: int,
                      min_run_time: float, timer_name: str, precision: str, backend: str,
-                     model: str) -> None:
+                     model: str, threads: int = 0) -> None:
+    if threads:
+        torch.set_num_threads(threads)
     stmt, env = _reference_statement(workload, batch, device, seq_len, precision, backend,
                                      model)
     if timer_name == "events":
@@ -213,7 +217,8 @@ def reference(args: argparse.Namespace, batch: int) -> float:
                           "--workload", args.workload, "--seq-len", str(args.seq_len),
                           "--device", args.device, "--min-run-time", str(args.min_run_time),
                           "--reference", args.reference, "--precision", args.precision,
-                          "--backend", args.backend, "--model", args.model],
+                          "--backend", args.backend, "--model", args.model,
+                          "--threads", str(args.threads)],
                          capture_output=True, text=True, env=worker_env(args.allocator))
     if out.returncode != 0:
         raise SystemExit(f"reference process failed ({out.returncode}): "
@@ -248,6 +253,10 @@ def main() -> int:
     parser.add_argument("--workers", choices=("spawn", "fork"), default="spawn",
                         help="the suite's workers spawned (bench run) or forked from a fork "
                              "server (bench ab's rounds on CPU)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch intra-op threads on both sides (0: torch's default). On "
+                             "a shared VM a 2-thread process can run in a slow mode for "
+                             "tens of seconds (issue 27); one thread has shown none")
     parser.add_argument("--reference-worker", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.reference = args.reference or (
@@ -259,7 +268,7 @@ def main() -> int:
     if args.reference_worker:
         reference_worker(args.workload, args.reference_worker, args.device, args.seq_len,
                          args.min_run_time, args.reference, args.precision, args.backend,
-                         args.model)
+                         args.model, args.threads)
         return 0
     batch_sizes = args.batch_sizes or {"minilm": [1, 8, 32], "gpt": [16]}.get(
         args.workload, [1, 32, 256])
@@ -273,7 +282,7 @@ def _crosscheck(args: argparse.Namespace, batch_sizes: list[int],
     rows, worst = [], 0.0
     for batch in batch_sizes:
         case = _case(args.workload, batch, args.device, args.seq_len, args.allocator,
-                     args.precision, args.backend, args.model)
+                     args.precision, args.backend, args.model, args.threads)
         # Interleave the two sides process by process, so slow drift of a shared machine
         # hits both alike; the suite's processes are pooled as budget.processes would.
         refs, runs = [], []
@@ -303,7 +312,7 @@ def _crosscheck(args: argparse.Namespace, batch_sizes: list[int],
                                   f"{name} ms", "reference per process",
                                   "paired ratio (median)", "range", "suite timer"]))
     print(f"suite workers: {result.worker.get('started', args.workers)}")
-    print(f"threads: {torch.get_num_threads()}; allocator: {args.allocator} "
+    print(f"threads: {args.threads or torch.get_num_threads()}; allocator: {args.allocator} "
           f"({result.details.get('allocator')}); {args.processes} process pairs; "
           f"worst disagreement {worst:.1%} (tolerance {args.tolerance:.0%})")
     return 0 if worst <= args.tolerance else 1

@@ -42,11 +42,16 @@ def test_a_gpt_training_step_cannot_be_replayed_by_torch_utils_benchmark():
 @pytest.mark.alone
 @pytest.mark.heavy
 def test_gpt_training_step_agrees_with_a_hand_written_loop_on_cpu():
-    # Process-to-process spread of a tiny 2-thread step on a shared 2-core VM is 10-20%:
-    # this checks the two sides time the same step (not half of it, not twice), at 50%.
+    # This checks the two sides time the same step (not half of it, not twice), at 50%.
+    # One thread on both sides: on a shared 2-core VM a fresh 2-thread process can run in
+    # a slow mode for tens of seconds, invisible to /proc/stat (issue 27), and at a6ce8e2
+    # both suite processes of CI's run landed in it (x1.46 and x1.69 against their
+    # reference processes); one-thread processes have shown no second mode.
     out = subprocess.run([sys.executable, str(REPO / "tools" / "crosscheck_timer.py"),
                           "--workload", "gpt", "--model", "tiny", "--batch-sizes", "8",
-                          "--processes", "2", "--min-run-time", "1", "--tolerance", "0.5"],
+                          "--processes", "2", "--min-run-time", "1", "--tolerance", "0.5",
+                          "--threads", "1"],
                          capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0, out.stdout + out.stderr
+    assert "threads: 1;" in out.stdout
     assert "event loop ms" in out.stdout and "gpt/train[" in out.stdout
