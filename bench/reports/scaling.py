@@ -126,7 +126,8 @@ def render_scaling(record: RunRecord, fmt: str = "github") -> str:
             "step time); exposed comm = step - the same step without gradient sync, mean of "
             "paired rounds [95% CI] (tp: the step's share blocked in communication, "
             "profiled); pp "
-            "bubble: theory (stages - 1) / (microbatches + stages - 1); measured, the "
+            "bubble: theory (ranks - 1) / (stages per rank x microbatches + ranks - 1); "
+            "measured, the "
             "stages' mean of 1 - (forward and backward chunks) / (the schedule's run); idle "
             "1 - strong eff. (the whole step: bubble, optimizer, tied-weight and loss "
             "communication)")

@@ -340,8 +340,6 @@ class GPTTrain(GPTPhase, EvaluatedTraining):
     def flop_count(self) -> FlopCount | None:
         a = self.case.axes
         micro = self.x_train[:a["batch_size"]], self.y_train[:a["batch_size"]]
-        if self.pipeline is not None:
-            return self._pipeline_flops(*micro)
 
         def one_step() -> None:  # the eager model: FLOPs of the math, not of a compiler
             self.model.train()
@@ -352,30 +350,19 @@ class GPTTrain(GPTPhase, EvaluatedTraining):
             self.model.zero_grad(set_to_none=True)
 
         per_token, formula = analytic_flops_per_token(self.model, self.cfg.block_size, True)
-        counted = count_flops(one_step)
+        counted, analytic = count_flops(one_step), per_token * self.samples_per_step
         if a.get("checkpointing"):
             formula += "; checkpointing recomputes each block's forward, which the counter " \
                        "sees and the formula does not"
-        return FlopCount(counted, per_token * self.samples_per_step, formula,
-                         compute_dtype(a["precision"]))
-
-    def _pipeline_flops(self, x: torch.Tensor, y: torch.Tensor) -> FlopCount:
-        """Per device under pp: the whole model's FLOPs over one batch (every rank holds the
-        whole model; counted here outside the pipeline) divided by the ranks, their mean:
-        the stages differ (the first has the embeddings, the last the head)."""
-        world = self.ctx.ranks.world_size
-
-        def one_step() -> None:
-            self.model.train()
-            with self.ctx.precision.context(self.ctx.device):
-                loss = next_token_loss(self.model(x), y)
-            loss.backward()
-            self.model.zero_grad(set_to_none=True)
-
-        per_token, formula = analytic_flops_per_token(self.model, self.cfg.block_size, True)
-        return FlopCount(count_flops(one_step) / world, per_token * self.samples_per_step / world,
-                         f"({formula}) x tokens per step / {world} ranks (per device: the "
-                         "mean over the stages)", compute_dtype(self.case.axes["precision"]))
+        if self.pipeline is not None:
+            # Every rank holds the whole model: its FLOPs over the batch, counted outside the
+            # pipeline, split over the ranks (their mean: the first stage has the
+            # embeddings, the last the head).
+            world = self.ctx.ranks.world_size
+            counted, analytic = counted / world, analytic / world
+            formula = f"({formula}) x tokens per step / {world} ranks (per device: the mean " \
+                      "over the stages)"
+        return FlopCount(counted, analytic, formula, compute_dtype(a["precision"]))
 
     def evaluate(self) -> dict[str, float]:
         self.gather_stages()
