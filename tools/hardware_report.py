@@ -22,7 +22,7 @@ def main() -> int:
     parser.add_argument("--out", default="results/HARDWARE.md")
     args = parser.parse_args()
     by_suite: dict[str, dict[str, tuple[int, Path]]] = defaultdict(dict)
-    for path in sorted(Path(args.runs).glob("*.json")):
+    for path in sorted([*Path(args.runs).glob("*.json"), *Path(args.runs).glob("*.json.gz")]):
         run = load_run(path)
         threads = run.fingerprint.get("threads", {}).get("torch_intraop")
         machine = f"{machine_name(run.fingerprint)}, {threads} torch threads"

@@ -28,13 +28,13 @@ def test_pareto_front_keeps_only_undominated_points():
 
 
 @pytest.mark.parametrize("run, expected", [
-    ("inference-cpu-epyc-2core.json", ["Accuracy against throughput: minilm",
+    ("inference-cpu-epyc-2core.json.gz", ["Accuracy against throughput: minilm",
                                         "Accuracy against throughput: digits_cnn"]),
-    ("train-cpu-epyc-2core.json", ["Memory against accumulation steps",
+    ("train-cpu-epyc-2core.json.gz", ["Memory against accumulation steps",
                                     "Training loss per optimizer step"]),
-    ("quick-cpu-epyc-2core.json", ["Throughput against batch size: digits_cnn/infer",
+    ("quick-cpu-epyc-2core.json.gz", ["Throughput against batch size: digits_cnn/infer",
                                     "Training loss per epoch"]),
-    ("generate-served-cpu-xeon-avx512-2core.json",
+    ("generate-served-cpu-xeon-avx512-2core.json.gz",
      ["Served generation: TTFT against load: smollm2/generate",
       "Served generation: TPOT against load: smollm2/generate"]),
 ])

@@ -10,7 +10,7 @@ from bench.reports.show import find_case, histogram, render_case, render_run
 from bench.results.store import load_run
 from tests.builders import REPO
 
-QUICK = REPO / "results" / "runs" / "quick-cpu-epyc-2core.json"
+QUICK = REPO / "results" / "runs" / "quick-cpu-epyc-2core.json.gz"
 CASE = "digits_cnn/infer[device=cpu,precision=fp32,batch_size=32]"
 
 
