@@ -702,8 +702,7 @@ def _add_run_commands(sub: Any) -> None:
 
     p = sub.add_parser("list", help="list suites and workloads, or one suite's cases")
     p.add_argument("suite", nargs="?", help=SUITE_HELP)
-    p.add_argument("--select", action="append", metavar="AXIS=V1,V2",
-                   help="keep only cases with these axis values (repeatable)")
+    _add_select(p)
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("run", help="run a suite, each case in its own worker process")
@@ -711,8 +710,7 @@ def _add_run_commands(sub: Any) -> None:
     p.add_argument("--out", help="result file (default results/SUITE.json)")
     p.add_argument("--resume", action="store_true", help="run only cases missing from --out")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    p.add_argument("--select", action="append", metavar="AXIS=V1,V2",
-                   help="keep only cases with these axis values (repeatable)")
+    _add_select(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--allow-missed-targets", action="store_true",
                    help="figures only: exit 0 even when a case missed its accuracy target, "
@@ -759,8 +757,7 @@ def _add_run_commands(sub: Any) -> None:
                                          "each case (doubling, then bisection; each probe "
                                          "its own worker)")
     p.add_argument("suite", help=SUITE_HELP)
-    p.add_argument("--select", action="append", metavar="AXIS=V1,V2",
-                   help="keep only cases with these axis values (repeatable)")
+    _add_select(p)
     from bench.orchestrate.max_batch import DEFAULT_CEILING
 
     p.add_argument("--ceiling", type=int, default=DEFAULT_CEILING,
@@ -782,7 +779,8 @@ FORMAT_HELP = "github (markdown, the default), plain, latex, csv or html"
 
 def _add_select(p: Any) -> None:
     p.add_argument("--select", action="append", metavar="AXIS=V1,V2",
-                   help="keep only cases with these axis values (repeatable)")
+                   help="keep only cases with these axis values, or label=NAME: those of "
+                        "the benchmarks with that label (repeatable)")
 
 
 def _add_pair_arguments(p: Any, json_help: str) -> None:
@@ -902,8 +900,7 @@ def _add_ab_command(sub: Any) -> None:
                    help="the folder where baseline.json and current.json are written "
                         "(default results/ab; --out-dir is the old name)")
     p.add_argument("--policy", help="gate policy TOML (as for bench gate)")
-    p.add_argument("--select", action="append", metavar="AXIS=V1,V2",
-                   help="keep only cases with these axis values (repeatable)")
+    _add_select(p)
     p.add_argument("--baseline-env", action="append", metavar="KEY=VALUE",
                    help="extra environment for the baseline's workers (repeatable)")
     p.add_argument("--current-env", action="append", metavar="KEY=VALUE",

@@ -6,7 +6,8 @@ from __future__ import annotations
 import dataclasses
 
 from bench.errors import BenchInputError
-from bench.results.schema import RunRecord
+from bench.results.schema import CaseResult, RunRecord
+from bench.spec.expand import LABEL
 
 
 def select_cases(records: list[RunRecord], select: dict[str, set[str]],
@@ -18,7 +19,7 @@ def select_cases(records: list[RunRecord], select: dict[str, set[str]],
     values: dict[str, set[str]] = {}
     for record in records:
         for case in record.cases:
-            for axis, value in case.axes.items():
+            for axis, value in _selectable(case).items():
                 values.setdefault(axis, set()).add(str(value))
     where = ", ".join(sources)
     for axis, wanted in select.items():
@@ -31,8 +32,16 @@ def select_cases(records: list[RunRecord], select: dict[str, set[str]],
                                   valid=sorted(values[axis]))
     return [dataclasses.replace(record, cases=[
         case for case in record.cases
-        if all(str(case.axes[axis]) in wanted for axis, wanted in select.items()
-               if axis in case.axes)]) for record in records]
+        if all(str(value) in select[axis] for axis, value in _selectable(case).items()
+               if axis in select)]) for record in records]
+
+
+def _selectable(case: CaseResult) -> dict[str, object]:
+    """What --select matches on a case: its axes, and its benchmark's label as ``label``
+    (bench.spec.expand.LABEL), as a suite's cases are selected."""
+    if case.label is None or LABEL in case.axes:
+        return case.axes
+    return {**case.axes, LABEL: case.label}
 
 
 def inherited_selection(current: RunRecord, select: dict[str, set[str]]

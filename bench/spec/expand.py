@@ -8,6 +8,9 @@ from typing import Any
 from bench.errors import BenchInputError
 from bench.spec.model import BenchmarkSpec, CaseSpec, SuiteSpec
 
+# --select label=NAME keeps the cases of the benchmarks with that label ([[benchmark]] label).
+LABEL = "label"
+
 
 def parse_select(items: list[str] | None, option: str = "--select") -> dict[str, set[str]]:
     """``["device=cpu", "batch_size=8,16"]`` -> ``{"device": {"cpu"}, ...}`` (CLI, plugin)."""
@@ -65,6 +68,8 @@ def _check_select(suite: SuiteSpec, select: dict[str, set[str]]) -> None:
     """A typo in --select would silently keep every case (or none): refuse it in one line."""
     values: dict[str, set[str]] = {}
     for bench in suite.benchmarks:
+        if bench.label:
+            values.setdefault(LABEL, set()).add(bench.label)
         for entry in (bench.matrix, *bench.include):
             for axis, choices in entry.items():
                 values.setdefault(axis, set()).update(str(v) for v in choices)
@@ -78,6 +83,18 @@ def _check_select(suite: SuiteSpec, select: dict[str, set[str]]) -> None:
                                   f"{suite.path}", key=axis, valid=sorted(values[axis]))
 
 
+def _selected(case: CaseSpec, select: dict[str, set[str]]) -> bool:
+    """The case's axis values (an axis the case lacks does not filter it) and its
+    benchmark's label, when ``label`` is selected, are among the wanted ones."""
+    for key, allowed in select.items():
+        if key == LABEL and LABEL not in case.axes:
+            if case.label not in allowed:
+                return False
+        elif key in case.axes and str(case.axes[key]) not in allowed:
+            return False
+    return True
+
+
 def expand_suite(suite: SuiteSpec, select: dict[str, set[str]] | None = None) -> list[CaseSpec]:
     """Every combination of every benchmark's matrix, in file order.
 
@@ -89,8 +106,7 @@ def expand_suite(suite: SuiteSpec, select: dict[str, set[str]] | None = None) ->
     cases: list[CaseSpec] = []
     for bench in suite.benchmarks:
         for case in benchmark_cases(bench):
-            if select and any(str(case.axes.get(k)) not in allowed
-                              for k, allowed in select.items() if k in case.axes):
+            if select and not _selected(case, select):
                 continue
             cases.append(case)
     return cases

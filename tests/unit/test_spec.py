@@ -254,3 +254,25 @@ def test_select_takes_booleans_as_toml_writes_them():
         picked = expand_suite(suite, parse_select([f"sequence_parallel={spelling}"]))
         assert picked and all(c.axes.get("sequence_parallel", True) for c in picked)
         assert any(c.axes.get("sequence_parallel") is True for c in picked)
+
+
+def test_select_label_keeps_the_benchmarks_with_that_label_and_refuses_an_unknown_one():
+    """The device script runs one benchmark of a suite (train_gpu's "target") by its label."""
+    from bench.results.schema import CaseResult, RunRecord
+    from bench.results.selection import select_cases
+    from bench.spec.expand import expand_suite, parse_select
+
+    suite = load_suite(REPO / "suites" / "train_gpu.toml")
+    picked = expand_suite(suite, parse_select(["label=target,fp8"]))
+    assert {c.label for c in picked} == {"target", "fp8"} and len(picked) == 2
+    both = expand_suite(suite, parse_select(["label=throughput", "precision=bf16"]))
+    assert {(c.label, c.axes["precision"]) for c in both} == {("throughput", "bf16")}
+    with pytest.raises(BenchInputError, match="label never takes targett.*valid: .*target"):
+        expand_suite(suite, parse_select(["label=targett"]))
+
+    def result(label):
+        return CaseResult(case_id=label, workload="gpt", phase="train", axes={"device": "cpu"},
+                          params={}, status="ok", label=label)
+    record = RunRecord(run=None, fingerprint={}, cases=[result("target"), result("fp8")])
+    (kept,) = select_cases([record], parse_select(["label=fp8"]), ["x.json"])
+    assert [c.label for c in kept.cases] == ["fp8"]
