@@ -3,7 +3,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: bench test test-heavy test-repeat lint clean smoke-gate ab-gate example install-check
+.PHONY: bench test test-heavy test-repeat lint clean smoke-gate ab-gate example install-check \
+	gpu-dry-run
 
 # pip byte-compiles on one core (52 of its 80 s here); compileall uses every core. A file
 # that cannot compile (a template, a test fixture) is left out, as pip leaves it out.
@@ -50,6 +51,13 @@ test-repeat: $(STAMP)
 # ends in one line naming its extra. A few minutes; needs the package index.
 install-check: $(STAMP)
 	$(BIN)/python tools/install_check.py
+
+# The GPU lease's two stage calls (tools/gpu/session.py), dry: .gpu/ prepared (wheels for
+# the device's Python, the GGUF file in halves), then both stages on CPU in a copy of the
+# tree as a device call sends it. About a minute; needs the package index.
+gpu-dry-run: $(STAMP)
+	$(BIN)/python tools/gpu/session.py prepare
+	$(BIN)/python tools/gpu/session.py dry-run
 
 # The stored baseline is the one measured on a CPU of this machine's kind, ISA level and
 # family (file names say which: smoke-cpu-ISA-FAMILY-2core.json), else one of its ISA level;
