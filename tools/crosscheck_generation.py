@@ -114,7 +114,7 @@ def reference(args: argparse.Namespace) -> dict[str, float]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--input-tokens", type=int, default=128)
@@ -128,7 +128,12 @@ def main() -> int:
                         help="the suite's workers forked from a fork server (bench run's "
                              "default on CPU) or spawned")
     parser.add_argument("--reference-worker", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.output_tokens < 2:
         parser.error("--output-tokens: at least 2, for a time per output token")
     if args.reference_worker:

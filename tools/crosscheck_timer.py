@@ -226,7 +226,7 @@ def reference(args: argparse.Namespace, batch: int) -> float:
     return json.loads(out.stdout.strip().splitlines()[-1])["median_s"]
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workload", default="digits_cnn",
                         choices=["digits_cnn", "minilm", "gpt"])
@@ -258,7 +258,12 @@ def main() -> int:
                              "a shared VM a 2-thread process can run in a slow mode for "
                              "tens of seconds (issue 27); one thread has shown none")
     parser.add_argument("--reference-worker", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
     args.reference = args.reference or (
         "events" if args.device == "cuda" or args.workload == "gpt" else "tub")
     if args.workload == "gpt" and args.reference == "tub":

@@ -39,7 +39,8 @@ def test_the_target_case_runs_first_and_generation_waits_for_the_whole_model_fil
     first = [j for j in session.STAGES[1].jobs if j.kind != "env"][0]
     assert first.name == "train_gpu-target"
     assert all("gguf" not in j.needs for j in session.STAGES[1].jobs)
-    assert [j.name for j in session.STAGES[2].jobs if "gguf" in j.needs] == ["generate_gpu"]
+    assert [j.name for j in session.STAGES[2].jobs if "gguf" in j.needs] == [
+        "generate_gpu", "generation"]
 
 
 class Clock:
@@ -132,3 +133,15 @@ def test_the_working_tree_leaves_room_for_half_the_model_file_and_the_wheels():
     half = gguf.stat().st_size / session.PARTS / 2**20
     tree = session.call_payload_mib(REPO, ())
     assert tree + half + 4.0 <= session.CALL_LIMIT_MIB - 1.0, (tree, half)
+
+
+@pytest.mark.parametrize("job", [j for s in session.STAGES.values() for j in s.jobs
+                                 if j.kind == "crosscheck"], ids=lambda j: j.name)
+def test_every_cross_check_is_called_with_arguments_its_tool_takes(job):
+    import importlib
+
+    sys.path.insert(0, str(REPO / "tools"))
+    for device, (tool, *args) in (("cuda", job.args), ("cpu", job.dry_args or job.args)):
+        parser = importlib.import_module(Path(tool).stem).build_parser()
+        parsed = parser.parse_args(["--device", device, *args])  # exits 2 on a wrong one
+        assert parsed.device == device

@@ -22,10 +22,11 @@ the warm machine (sha256 checked). A machine that went back in between has lost 
 half: stage 2 then says so and runs what needs no GGUF. MiniLM's 87 MiB checkpoint would need
 two more calls and does not travel: its cases are not in the plan.
 
-Stage 1 (the issue's first 6 minutes): the fingerprint, the 500k tokens/s target (gpt2-124m
-bf16 + torch.compile at 16 x 1024 tokens), the gpt2-124m training-step cross-check against a
-hand-written event loop, then `quick --select device=cuda`. Stage 2 (5 minutes): generation
-on SmolLM2 (fp32 and bf16 at batch 1 and 32), fp8 training, the digits variants of
+Stage 1 (at most 6 minutes): the fingerprint, the 500k tokens/s target (gpt2-124m bf16 +
+torch.compile at 16 x 1024 tokens), the compiled gpt2-124m training step against a
+hand-written CUDA-event loop, then `quick --select device=cuda`. Stage 2 (at most 5): SmolLM2
+generation (fp32 and bf16 at batch 1 and 32), fp8 training, TTFT/TPOT against a hand-written
+generate loop, the launch-bound digits_cnn against the event loop, the digits variants of
 inference_gpu, then the rest of quick.
 """
 
@@ -83,11 +84,23 @@ class Stage:
     jobs: tuple[Job, ...]
 
 
-GPT2_CROSSCHECK = ("--workload", "gpt", "--model", "gpt2-124m", "--precision", "bf16",
-                   "--batch-sizes", "16", "--reference", "events", "--processes", "2",
-                   "--min-run-time", "2", "--tolerance", "0.01")
-TINY_CROSSCHECK = ("--workload", "gpt", "--model", "tiny", "--batch-sizes", "2",
-                   "--reference", "events", "--processes", "1", "--min-run-time", "0.2",
+# Cross-checks: the tool, then its arguments (on the GPU; in a CPU dry run).
+GPT2_CROSSCHECK = ("crosscheck_timer.py", "--workload", "gpt", "--model", "gpt2-124m",
+                   "--precision", "bf16", "--backend", "compile", "--batch-sizes", "16",
+                   "--reference", "events", "--processes", "2", "--min-run-time", "2",
+                   "--tolerance", "0.01")
+TINY_CROSSCHECK = ("crosscheck_timer.py", "--workload", "gpt", "--model", "tiny",
+                   "--batch-sizes", "2", "--reference", "events", "--processes", "1",
+                   "--min-run-time", "0.2", "--tolerance", "10")
+DIGITS_CROSSCHECK = ("crosscheck_timer.py", "--workload", "digits_cnn", "--batch-sizes", "1",
+                     "256", "--reference", "events", "--processes", "2", "--min-run-time", "1",
+                     "--tolerance", "0.05")
+GENERATION_CROSSCHECK = ("crosscheck_generation.py", "--batch-size", "1", "--input-tokens",
+                         "512", "--output-tokens", "128", "--processes", "2", "--calls", "5",
+                         "--workers", "spawn", "--tolerance", "0.02")
+# A dry run loads the joined GGUF file and generates from it: the file the jobs would use.
+TINY_GENERATION = ("crosscheck_generation.py", "--batch-size", "1", "--input-tokens", "16",
+                   "--output-tokens", "4", "--processes", "1", "--calls", "2",
                    "--tolerance", "10")
 QUICK = Job("quick", "sweep", LEASE_S, ("suites/quick.toml", "--select", "device=cuda"))
 STAGES = {
@@ -95,7 +108,8 @@ STAGES = {
         Job("env", "env", 30),
         Job("train_gpu-target", "sweep", 150,
             ("suites/train_gpu.toml", "--select", "label=target")),
-        Job("gpt2-124m", "crosscheck", 100, GPT2_CROSSCHECK, dry_args=TINY_CROSSCHECK),
+        # After the target case: the same compiled graphs come from inductor's cache.
+        Job("gpt2-124m", "crosscheck", 110, GPT2_CROSSCHECK, dry_args=TINY_CROSSCHECK),
         QUICK,
     )),
     2: Stage(270, (
@@ -104,6 +118,12 @@ STAGES = {
              "--select", "precision=fp32,bf16_cast"), needs=("gguf",)),
         Job("train_gpu-fp8", "sweep", 90, ("suites/train_gpu.toml", "--select", "label=fp8"),
             needs=("torchao",)),
+        Job("generation", "crosscheck", 60, GENERATION_CROSSCHECK, needs=("gguf",),
+            dry_args=TINY_GENERATION),
+        Job("digits", "crosscheck", 45, DIGITS_CROSSCHECK,
+            dry_args=("crosscheck_timer.py", "--workload", "digits_cnn", "--batch-sizes", "32",
+                      "--reference", "events", "--processes", "1", "--min-run-time", "0.2",
+                      "--tolerance", "10")),
         Job("inference_gpu-variants", "sweep", 50,
             ("suites/inference_gpu.toml", "--select", "label=variants")),
         QUICK,
@@ -363,9 +383,8 @@ def stage(number: int, seconds: int, dry_run: bool = False, out: Path | None = N
         if job.kind == "env":
             return [sys.executable, "-m", "bench", "env"]
         if job.kind == "crosscheck":
-            args = job.dry_args if dry_run and job.dry_args is not None else job.args
-            return [sys.executable, str(REPO / "tools" / "crosscheck_timer.py"),
-                    "--device", device, *args]
+            tool, *args = job.dry_args if dry_run and job.dry_args is not None else job.args
+            return [sys.executable, str(REPO / "tools" / tool), "--device", device, *args]
         suite, *rest = job.args
         return [sys.executable, "-m", "bench", "run", suite, "--out",
                 str(runs / f"{job.name}-{tag}.json"), "--resume", "--no-progress", *rest]
