@@ -12,6 +12,7 @@ import pytest
 
 from bench.cli import main
 from bench.errors import BenchInputError
+from bench.files import read_bounded_text
 from bench.reports.compare import compare_runs, render_comparison
 from bench.reports.table import render_report
 from bench.results.schema import SCHEMA_VERSION, CaseResult
@@ -20,12 +21,15 @@ from bench.typed import SchemaError, from_dict
 from tests.builders import case, run, trials, write
 
 REPO = Path(__file__).resolve().parents[2]
-COMMITTED = sorted(p for p in (REPO / "results").rglob("*.json")
-                   if '"schema": "bench.run"' in p.read_text()[:200])
+# Committed run files are gzipped (results/runs/*.json.gz); baselines are plain JSON.
+COMMITTED = sorted(p for p in [*(REPO / "results").rglob("*.json"),
+                               *(REPO / "results").rglob("*.json.gz")]
+                   if '"schema": "bench.run"' in read_bounded_text(p, "run file")[:200])
 
 
 def test_there_are_committed_runs_of_every_version():
-    versions = {json.loads(p.read_text())["schema_version"] for p in COMMITTED}
+    versions = {json.loads(read_bounded_text(p, "run file"))["schema_version"]
+                for p in COMMITTED}
     assert 1 in versions and len(COMMITTED) >= 8
 
 
