@@ -145,3 +145,14 @@ def test_every_cross_check_is_called_with_arguments_its_tool_takes(job):
         parser = importlib.import_module(Path(tool).stem).build_parser()
         parsed = parser.parse_args(["--device", device, *args])  # exits 2 on a wrong one
         assert parsed.device == device
+
+
+def test_a_stage_without_a_cuda_device_runs_no_job_and_still_packs(tmp_path, monkeypatch):
+    """A machine whose torch sees no GPU would only record skips: the stage says why in
+    seconds and keeps the lease for a rerun."""
+    monkeypatch.setattr(session, "GPU_DIR", str(tmp_path / "no-gpu-dir"))
+    assert session.stage(1, 60, dry_run=False, out=tmp_path) == 0
+    summary = __import__("json").loads((tmp_path / "stage1.json").read_text())
+    assert summary["jobs"] == [] and "no CUDA device" in summary["ready"]["cuda"]
+    assert summary["found"]["torch"] and summary["found"]["cuda"] is False
+    assert (tmp_path / "stage1.tgz").is_file()

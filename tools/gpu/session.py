@@ -332,6 +332,34 @@ def _found_in(models: Path, env: dict[str, str]) -> str | None:
     return None if found == wanted else f"the jobs would load {MODEL_PACKAGE} from {found}"
 
 
+# What the plan's jobs import beyond bench's own dependencies.
+PLAN_PACKAGES = ("transformers", "accelerate", "gguf", "torchao")
+PREFLIGHT = """
+import importlib.metadata as m, json, torch
+found = {"torch": torch.__version__, "cuda": torch.cuda.is_available()}
+if found["cuda"]:
+    found["gpu"] = torch.cuda.get_device_name()
+    found["capability"] = ".".join(map(str, torch.cuda.get_device_capability()))
+for name in ("transformers", "accelerate", "gguf", "torchao", "mlcommons-loadgen",
+             "onnxruntime", "scipy", "tabulate", "psutil", "nvidia-ml-py"):
+    try:
+        found[name] = m.version(name)
+    except m.PackageNotFoundError:
+        found[name] = None
+print(json.dumps(found))
+"""
+
+
+def preflight(env: dict[str, str]) -> dict[str, object]:
+    """What the jobs will find, in seconds, before any of them spends the lease: torch and
+    its GPU, and the packages the plan uses (None: missing)."""
+    out = subprocess.run([sys.executable, "-c", PREFLIGHT], capture_output=True, text=True,
+                         env=env, timeout=120)
+    if out.returncode != 0:
+        return {"error": out.stderr.strip()[-500:]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def stage(number: int, seconds: int, dry_run: bool = False, out: Path | None = None) -> int:
     began = time.monotonic()
     deadline = began + seconds - PACK_RESERVE_S
@@ -374,6 +402,10 @@ def stage(number: int, seconds: int, dry_run: bool = False, out: Path | None = N
           + ", ".join(f"{k}={'yes' if v is None else v}" for k, v in ready.items()), flush=True)
 
     os.environ.update(env_for(wheels, models, dry_run))
+    found = preflight(dict(os.environ))
+    print(f"stage {number}: preflight: {json.dumps(found)}", flush=True)
+    if not dry_run and found.get("cuda") is not True:
+        ready["cuda"] = f"torch sees no CUDA device ({found})"
     tag = f"{'cpu' if dry_run else 'cuda'}-{gpu_tag(dry_run)}"
     runs = REPO / "results" / "runs"
     runs.mkdir(parents=True, exist_ok=True)
@@ -396,19 +428,20 @@ def stage(number: int, seconds: int, dry_run: bool = False, out: Path | None = N
             return runs / f"crosscheck-{job.name}-{tag}.txt"
         return out / f"stage{number}-{job.name}.log"
 
-    if not dry_run:
+    if not dry_run and shutil.which("nvidia-smi"):
         with (out / "nvidia-smi.txt").open("w") as f:
             subprocess.run(["nvidia-smi", "-q", "-d", "CLOCK,POWER,PERFORMANCE"], stdout=f,
-                           stderr=subprocess.STDOUT)
-    outcomes = run_jobs(STAGES[number].jobs, deadline, ready, command, log_of,
-                        execute_with_limit)
+                           stderr=subprocess.STDOUT, timeout=60)
+    # Without a GPU every job would only record skips: the lease is kept for a rerun.
+    jobs = STAGES[number].jobs if ready.get("cuda") is None else ()
+    outcomes = run_jobs(jobs, deadline, ready, command, log_of, execute_with_limit)
     written = sorted(runs.glob(f"*-{tag}.json"))
     for result in written:
         with result.with_suffix(".md").open("w") as f:
             subprocess.run([sys.executable, "-m", "bench", "report", str(result)], stdout=f,
                            stderr=subprocess.STDOUT)
     summary = {"stage": number, "seconds": seconds, "tag": tag,
-               "took_s": round(time.monotonic() - began, 1), "ready": ready,
+               "took_s": round(time.monotonic() - began, 1), "ready": ready, "found": found,
                "jobs": [dataclasses.asdict(o) for o in outcomes]}
     (out / f"stage{number}.json").write_text(json.dumps(summary, indent=1) + "\n")
     with tarfile.open(out / f"stage{number}.tgz", "w:gz") as tar:
@@ -458,6 +491,8 @@ def dry_run() -> int:
     # Stage 1 has one half of the GGUF file by design; the last stage must have both.
     problems = [f"stage {summaries[-1]['stage']}: {k} not ready: {v}"
                 for k, v in summaries[-1]["ready"].items() if v is not None]
+    problems += [f"stage {s['stage']}: preflight found no {name}" for s in summaries
+                 for name in PLAN_PACKAGES if not s["found"].get(name)]
     problems += [f"stage {s['stage']}: {j['name']} exited {j['exit_code']}"
                  for s in summaries for j in s["jobs"] if j["exit_code"] not in (None, 0)]
     problems += [f"stage {s['stage']}: {j['name']} skipped: {j['reason']}"
