@@ -156,3 +156,20 @@ def test_a_stage_without_a_cuda_device_runs_no_job_and_still_packs(tmp_path, mon
     assert summary["jobs"] == [] and "no CUDA device" in summary["ready"]["cuda"]
     assert summary["found"]["torch"] and summary["found"]["cuda"] is False
     assert (tmp_path / "stage1.tgz").is_file()
+
+
+def test_a_rerun_resumes_sweeps_and_does_not_repeat_a_finished_cross_check():
+    clock, ran = Clock(), []
+
+    def execute(command, limit, log):
+        ran.append(command[0])
+        clock.now += 10
+        return {"xc-cut": -15}.get(command[0], 0)
+
+    jobs = [session.Job("xc", "crosscheck", 100), session.Job("xc-cut", "crosscheck", 100),
+            session.Job("sweep", "sweep", 100)]
+    done: set[str] = set()
+    for _ in range(2):
+        session.run_jobs(jobs, 1000.0, {}, lambda j: [j.name], lambda j: Path("/dev/null"),
+                         execute, clock, done=done)
+    assert ran == ["xc", "xc-cut", "sweep", "xc-cut", "sweep"] and done == {"xc"}
