@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.torch_version import TorchVersion
 
 from bench.measurement.flops import FlopCount, compute_dtype, count_flops
 from bench.spec.axes import Setting
@@ -609,6 +610,10 @@ def _sequence_parallel_unsupported(case, mode: str, split: dict) -> str | None:
     return None
 
 
+# The first torch seen running a rank's two interleaved stages over gloo (2.11 was not).
+GLOO_LOCAL_STAGES_TORCH = "2.13"
+
+
 def _pipeline_unsupported(case) -> str | None:
     a = case.axes
     blocks, world, micro = CONFIGS[a["model"]].n_layer, a["world_size"], a["microbatches"]
@@ -617,6 +622,12 @@ def _pipeline_unsupported(case) -> str | None:
         return f"parallel=pp puts whole blocks in each stage: {blocks} blocks make at most " \
                f"{blocks} stages, not world_size {world} x {per_rank} stage(s) per rank " \
                f"(pp_schedule={a['pp_schedule']})"
+    if per_rank > 1 and world == 1 and case.device == "cpu" and \
+            TorchVersion(torch.__version__) < GLOO_LOCAL_STAGES_TORCH:
+        return f"pp_schedule={a['pp_schedule']} on one rank passes activations between its " \
+               f"own stages through gloo, which torch {torch.__version__} refuses (a send to " \
+               f"itself: 'Pair is not connected'; torch {GLOO_LOCAL_STAGES_TORCH} runs it): " \
+               "run it at world_size 2 or more"
     rounds = max(1, micro // world)
     if per_rank > 1 and micro % rounds:
         return f"pp_schedule={a['pp_schedule']} runs microbatches in rounds of world_size: " \

@@ -276,3 +276,25 @@ def test_select_label_keeps_the_benchmarks_with_that_label_and_refuses_an_unknow
     record = RunRecord(run=None, fingerprint={}, cases=[result("target"), result("fp8")])
     (kept,) = select_cases([record], parse_select(["label=fp8"]), ["x.json"])
     assert [c.label for c in kept.cases] == ["fp8"]
+
+
+def test_interleaved_pipeline_on_one_cpu_rank_is_skipped_where_gloo_refuses_it(monkeypatch):
+    """torch 2.11 (the GPU machines' torch) sends a rank's activations between its own two
+    interleaved stages through gloo, which fails ('Pair is not connected'): a reason, not a
+    crash in the worker. World 2 and torch 2.13 run it."""
+    import torch
+
+    from bench.spec.expand import expand_suite, parse_select
+    from bench.workloads import get_workload
+
+    suite = load_suite(REPO / "suites" / "parallel.toml")
+    cases = expand_suite(suite, parse_select(["pp_schedule=interleaved_1f1b"]))
+    one = [c for c in cases if c.axes["world_size"] == 1 and c.axes["parallel"] == "pp"]
+    two = [c for c in cases if c.axes["world_size"] == 2 and c.axes["parallel"] == "pp"]
+    assert one and two
+    gpt = get_workload("gpt")
+    monkeypatch.setattr(torch, "__version__", "2.11.0+cu130")
+    assert "gloo, which torch 2.11.0+cu130 refuses" in gpt.unsupported_reason(one[0])
+    assert gpt.unsupported_reason(two[0]) is None
+    monkeypatch.setattr(torch, "__version__", "2.13.0+cpu")
+    assert gpt.unsupported_reason(one[0]) is None
