@@ -20,7 +20,8 @@ def select_cases(records: list[RunRecord], select: dict[str, set[str]],
     for record in records:
         for case in record.cases:
             for axis, value in _selectable(case).items():
-                values.setdefault(axis, set()).add(str(value))
+                if value is not None:
+                    values.setdefault(axis, set()).add(str(value))
     where = ", ".join(sources)
     for axis, wanted in select.items():
         if axis not in values:
@@ -38,10 +39,9 @@ def select_cases(records: list[RunRecord], select: dict[str, set[str]],
 
 def _selectable(case: CaseResult) -> dict[str, object]:
     """What --select matches on a case: its axes, and its benchmark's label as ``label``
-    (bench.spec.expand.LABEL), as a suite's cases are selected."""
-    if case.label is None or LABEL in case.axes:
-        return case.axes
-    return {**case.axes, LABEL: case.label}
+    (bench.spec.expand.LABEL; None for an unlabelled one, which a label never selects), as
+    a suite's cases are selected."""
+    return case.axes if LABEL in case.axes else {**case.axes, LABEL: case.label}
 
 
 def inherited_selection(current: RunRecord, select: dict[str, set[str]]
