@@ -271,8 +271,9 @@ def test_select_label_keeps_the_benchmarks_with_that_label_and_refuses_an_unknow
         expand_suite(suite, parse_select(["label=targett"]))
 
     def result(label):
-        return CaseResult(case_id=f"gpt/train:{label}[device=cpu]", workload="gpt", phase="train", axes={"device": "cpu"},
-                          params={}, status="ok", label=label)
+        return CaseResult(case_id=f"gpt/train:{label}[device=cpu]", workload="gpt",
+                          phase="train", axes={"device": "cpu"}, params={}, status="ok",
+                          label=label)
     record = RunRecord(run=None, fingerprint={},
                        cases=[result("target"), result("fp8"), result(None)])
     (kept,) = select_cases([record], parse_select(["label=fp8"]), ["x.json"])
