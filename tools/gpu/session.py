@@ -158,14 +158,18 @@ def split_file(path: Path, parts_dir: Path, parts: int = PARTS) -> dict[str, obj
     return {"name": path.name, "size": size, "sha256": sha256_of(path), "parts": parts}
 
 
-def call_payload_mib(repo: Path, carry: Sequence[str]) -> float:
-    """What a device call sends: tracked files present in the tree, untracked files git
-    does not ignore, and the carried paths."""
+def sent_files(repo: Path) -> list[str]:
+    """The tree a device call sends, without what it carries: tracked files present in the
+    tree and untracked files git does not ignore."""
     listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others",
                              "--exclude-standard"], cwd=repo, capture_output=True,
                             check=True).stdout.decode().split("\0")
-    total = sum((repo / name).stat().st_size for name in listed
-                if name and (repo / name).is_file())
+    return [name for name in listed if name and (repo / name).is_file()]
+
+
+def call_payload_mib(repo: Path, carry: Sequence[str]) -> float:
+    """What a device call sends: the tree (sent_files) and the carried paths."""
+    total = sum((repo / name).stat().st_size for name in sent_files(repo))
     for path in carry:
         for f in (repo / path).rglob("*"):
             if f.is_file():
@@ -174,11 +178,12 @@ def call_payload_mib(repo: Path, carry: Sequence[str]) -> float:
 
 
 def _pins() -> dict[str, str]:
+    """constraints.txt as {normalized name: version}."""
     pins = {}
     for line in (REPO / "constraints.txt").read_text().splitlines():
         name, sep, version = line.partition("==")
         if sep:
-            pins[name.strip().lower()] = version.strip()
+            pins[name.strip().lower().replace("_", "-")] = version.strip()
     return pins
 
 
@@ -410,12 +415,12 @@ def stage(number: int, seconds: int, dry_run: bool = False, out: Path | None = N
         ready["gguf"] = join_parts(manifest, parts, package / manifest["name"])
     else:
         ready["gguf"] = f"{manifest_path} missing: run prepare here first"
+    os.environ.update(env_for(wheels, models, dry_run))  # the jobs' environment
     if ready["gguf"] is None:
-        ready["gguf"] = _found_in(models, env_for(wheels, models, dry_run))
+        ready["gguf"] = _found_in(models, dict(os.environ))
     print(f"stage {number}: {seconds} s; ready: "
           + ", ".join(f"{k}={'yes' if v is None else v}" for k, v in ready.items()), flush=True)
 
-    os.environ.update(env_for(wheels, models, dry_run))
     found = preflight(dict(os.environ))
     print(f"stage {number}: preflight: {json.dumps(found)}", flush=True)
     if not dry_run and found.get("cuda") is not True:
@@ -481,10 +486,7 @@ def stage(number: int, seconds: int, dry_run: bool = False, out: Path | None = N
 def copy_of_tree(repo: Path, target: Path, carry: Sequence[str]) -> None:
     """What a device call sends, copied to ``target``: the files git tracks or would
     (untracked, not ignored), and the carried paths; no .git."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others",
-                             "--exclude-standard"], cwd=repo, capture_output=True,
-                            check=True).stdout.decode().split("\0")
-    for name in [n for n in listed if n and (repo / n).is_file()]:
+    for name in sent_files(repo):
         (target / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(repo / name, target / name)
     for path in carry:
@@ -542,11 +544,8 @@ def compat(venv: Path) -> int:
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         constraints = venv / "constraints.txt"
-        lines = [line for line in (REPO / "constraints.txt").read_text().splitlines()
-                 if line.partition("==")[0].strip().lower().replace("_", "-")
-                 not in DEVICE_PINS]
-        constraints.write_text("\n".join(lines + [f"{k}=={v}" for k, v in
-                                                    DEVICE_PINS.items()]) + "\n")
+        pins = {**_pins(), **DEVICE_PINS}
+        constraints.write_text("".join(f"{k}=={v}\n" for k, v in pins.items()))
         pip = [str(python), "-m", "pip", "install", "-q", "--no-compile"]
         subprocess.run([*pip, f"torch=={DEVICE_PINS['torch']}"], check=True)
         subprocess.run([*pip, "-c", str(constraints), "-e", f"{REPO}[test]"], check=True)
